@@ -1,0 +1,3 @@
+"""sand-boxer: a sandbox custodian (profiles -> isolated, leased, SSH-reachable sandboxes)."""
+
+__version__ = "0.1.0"

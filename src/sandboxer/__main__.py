@@ -1,0 +1,3 @@
+from sandboxer.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `sandboxer` command line: a thin shell over one Client."""

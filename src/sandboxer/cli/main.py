@@ -1,0 +1,85 @@
+"""Entry point: parse, dispatch to a command group, map errors to exit codes once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sandboxer.cli import doctor, events, profiles, reach, sandboxes
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors -> exit 2
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"sandboxer: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print a stable JSON document")
+    parser = _Parser(
+        prog="sandboxer",
+        description="Sandbox custodian: profiles become isolated, leased, SSH-reachable "
+        "sandboxes. Exit codes: 0 ok, 1 unexpected, 2 usage, 3 not found, 4 invalid input "
+        "or profile, 5 provisioning failed, 6 no target, 7 secrets, 8 conflict.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for group in (profiles, sandboxes, reach, events, doctor):
+        group.register(sub, common)
+    return parser
+
+
+def _version() -> str:
+    from sandboxer import __version__
+
+    return f"sandboxer {__version__}"
+
+
+def _report(error: Exception, as_json: bool) -> int:
+    from sandboxer.errors import SandboxerError
+
+    if isinstance(error, SandboxerError):
+        code, exit_code, text = error.code, error.exit_code, error.render()
+    else:
+        code, exit_code, text = "unexpected", 1, f"{type(error).__name__}: {error}"
+    if as_json:
+        from sandboxer.cli.output import emit_json
+
+        emit_json({"schema": "sandboxer.error/v1", "code": code, "exit_code": exit_code,
+                   "message": text})
+    sys.stderr.write(f"sandboxer: {text}\n")
+    return exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+        return result
+    except KeyboardInterrupt:
+        sys.stderr.write("sandboxer: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # every error leaves through one mapping
+        from sandboxer.errors import SandboxerError
+
+        if not isinstance(e, SandboxerError) and _debug():
+            raise
+        return _report(e, getattr(args, "json", False))
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get("SANDBOXER_DEBUG") == "1"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

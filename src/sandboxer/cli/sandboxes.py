@@ -1,0 +1,181 @@
+"""`sandboxer create | get | list | extend | destroy | reap | reconcile`"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandboxer.models.sandbox import SandboxStatus
+
+STATES = ["provisioning", "ready", "destroying", "destroyed", "failed"]
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    c = sub.add_parser("create", parents=[common], help="create a sandbox from a profile")
+    c.add_argument("profile")
+    c.add_argument("--ttl", help="lease length, e.g. 90s, 15m, 8h, 7d")
+    c.add_argument("--actor", help="who the sandbox belongs to")
+    c.add_argument("--label", action="append", metavar="K=V", help="add a label (repeatable)")
+    c.add_argument("--target", help="pin a target")
+    c.add_argument("--name", help="a free-form name")
+    c.add_argument("--dry-run", action="store_true", help="validate and plan; create nothing")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    c.set_defaults(handler=cmd_create)
+
+    g = sub.add_parser("get", parents=[common], help="show one sandbox")
+    g.add_argument("id")
+    g.set_defaults(handler=cmd_get)
+
+    ls = sub.add_parser("list", parents=[common], help="list sandboxes (live ones by default)")
+    ls.add_argument("--state", action="append", choices=STATES)
+    ls.add_argument("--profile")
+    ls.add_argument("--actor")
+    ls.add_argument("--label", action="append", metavar="K=V")
+    ls.add_argument("--all", action="store_true", help="include destroyed and failed")
+    ls.set_defaults(handler=cmd_list)
+
+    e = sub.add_parser("extend", parents=[common], help="renew a lease (up to ttl.max)")
+    e.add_argument("id")
+    e.add_argument("--ttl", required=True, help="new lease from now, e.g. 2h")
+    e.set_defaults(handler=cmd_extend)
+
+    d = sub.add_parser("destroy", parents=[common], help="destroy sandboxes (idempotent)")
+    d.add_argument("ids", nargs="+", metavar="ID")
+    d.set_defaults(handler=cmd_destroy)
+
+    r = sub.add_parser("reap", parents=[common], help="destroy expired leases now")
+    r.set_defaults(handler=cmd_reap)
+    rc = sub.add_parser("reconcile", parents=[common],
+                        help="destroy resources that no live sandbox claims")
+    rc.set_defaults(handler=cmd_reconcile)
+
+
+def _show(status: SandboxStatus, as_json: bool) -> None:
+    from sandboxer.cli.output import emit_json, kv
+
+    if as_json:
+        emit_json(status.document())
+        return
+    r = status.reachability
+    print(kv([
+        ("id", status.id), ("profile", status.profile), ("state", status.state),
+        ("reason", status.reason), ("target", status.target), ("actor", status.actor),
+        ("labels", ",".join(f"{k}={v}" for k, v in status.labels.items()) or None),
+        ("created", status.created_at.isoformat(timespec="seconds")),
+        ("expires", status.expires_at.isoformat(timespec="seconds")),
+        ("ssh", r.ssh_command if r else None), ("error", status.error),
+    ]))
+
+
+def _rows(items: list[SandboxStatus]) -> list[list[Any]]:
+    return [[s.id, s.profile, s.state, s.target, s.actor,
+             s.expires_at.strftime("%Y-%m-%d %H:%M:%S"),
+             f"{s.reachability.host}:{s.reachability.port}" if s.reachability else None]
+            for s in items]
+
+
+HEADERS = ["id", "profile", "state", "target", "actor", "expires (utc)", "ssh"]
+
+
+def _list_doc(items: list[SandboxStatus]) -> dict[str, Any]:
+    return {"schema": "sandboxer.sandboxes/v1", "items": [s.document() for s in items]}
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client, parse_labels
+    from sandboxer.cli.output import Progress, emit_json, kv
+
+    options = {"ttl": args.ttl, "actor": args.actor, "labels": parse_labels(args.label),
+               "target": args.target}
+    if args.dry_run:
+        plan = make_client().plan(args.profile, **options)
+        if args.json:
+            emit_json(plan)
+        else:
+            print(kv([(k, v) for k, v in plan.items() if k != "schema"]))
+        return 0
+    progress = Progress(quiet=args.quiet)
+    try:
+        status = make_client(progress=progress).create(args.profile, name=args.name, **options)
+    finally:
+        progress.done()
+    _show(status, args.json)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client
+
+    _show(make_client().get(args.id), args.json)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client, parse_labels
+    from sandboxer.cli.output import emit_json, table
+
+    items = make_client().list_sandboxes(
+        states=args.state, profile=args.profile, actor=args.actor,
+        labels=parse_labels(args.label) or None, all=args.all,
+    )
+    if args.json:
+        emit_json(_list_doc(items))
+    else:
+        print(table(HEADERS, _rows(items)))
+    return 0
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client
+
+    _show(make_client().extend(args.id, args.ttl), args.json)
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client
+    from sandboxer.cli.output import emit_json, table
+    from sandboxer.errors import SandboxerError
+
+    client = make_client()
+    done, worst = [], 0
+    for sid in args.ids:
+        try:
+            done.append(client.destroy(sid))
+        except SandboxerError as e:
+            import sys
+
+            sys.stderr.write(f"sandboxer: {e.render()}\n")
+            worst = worst or e.exit_code
+    if args.json:
+        emit_json(_list_doc(done))
+    else:
+        print(table(HEADERS, _rows(done)))
+    return worst
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client
+    from sandboxer.cli.output import emit_json, table
+
+    done = make_client().reap()
+    if args.json:
+        emit_json(_list_doc(done))
+    else:
+        print(table(HEADERS, _rows(done)) if done else "nothing to reap")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client
+    from sandboxer.cli.output import emit_json, table
+
+    removed = make_client().reconcile()
+    if args.json:
+        emit_json({"schema": "sandboxer.reconcile/v1", "removed": removed})
+    else:
+        print(table(["sandbox_id", "extension", "target"],
+                    [[r["sandbox_id"], r["extension"], r["target"]] for r in removed])
+              if removed else "nothing orphaned")
+    return 0

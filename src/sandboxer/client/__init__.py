@@ -1,0 +1,55 @@
+"""One Client interface for the CLI, API and MCP server: in-process or over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from sandboxer.models.events import Event
+from sandboxer.models.profile import Profile
+from sandboxer.models.reachability import Reachability
+from sandboxer.models.sandbox import SandboxStatus
+
+
+class Client(Protocol):
+    """What every front end may ask of sand-boxer."""
+
+    def list_profiles(self) -> list[dict[str, Any]]:
+        """Summaries: id, description, extension, source file."""
+
+    def get_profile(self, profile_id: str) -> Profile:
+        """The merged, validated profile."""
+
+    def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
+        """Per file: id, ok and the error text when not ok. Creates nothing."""
+
+    def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
+        """What a create would do (dry run): validation, placement, secret refs."""
+
+    def create(self, profile_id: str, **options: Any) -> SandboxStatus:
+        """Provision and return a ready sandbox (or raise, leaving it recorded failed)."""
+
+    def get(self, sandbox_id: str) -> SandboxStatus:
+        """One sandbox by id."""
+
+    def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
+        """Sandboxes matching states, profile, actor and labels."""
+
+    def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
+        """Renew a lease up to the profile's ttl.max."""
+
+    def destroy(self, sandbox_id: str) -> SandboxStatus:
+        """Destroy one sandbox; idempotent."""
+
+    def reap(self) -> list[SandboxStatus]:
+        """Destroy expired leases now."""
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """Destroy resources no live sandbox claims; returns what was removed."""
+
+    def reachability(self, sandbox_id: str) -> Reachability:
+        """The reachability descriptor of a ready sandbox."""
+
+    def events(self, *, after: int = 0, sandbox_id: str | None = None,
+               limit: int = 1000) -> list[Event]:
+        """Outbox events in order."""

@@ -1,0 +1,158 @@
+"""LocalClient: the in-process manager over the embedded store.
+
+Reads go straight to the store so that `get` and `list` stay fast and import nothing that
+talks to SSH or docker; anything that changes state goes through the Manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.config import Settings
+from sandboxer.errors import SandboxerError, SandboxNotFound
+from sandboxer.models.common import utcnow
+from sandboxer.models.events import Event
+from sandboxer.models.profile import Profile
+from sandboxer.models.reachability import Reachability
+from sandboxer.models.sandbox import LIVE_STATES, SandboxStatus
+from sandboxer.store import open_store
+from sandboxer.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from sandboxer.catalog import Catalog
+    from sandboxer.manager import Manager
+
+log = logging.getLogger(__name__)
+
+
+class LocalClient:
+    """The Client that runs the manager in this process."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        progress: Callable[[str], None] | None = None,
+        reap_opportunistically: bool = True,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.progress = progress
+        self._store: SqliteStore | None = None
+        self._manager: Manager | None = None
+        self._reap = reap_opportunistically
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            self.settings.ensure()
+            self._store = open_store(self.settings)
+        return self._store
+
+    @property
+    def manager(self) -> Manager:
+        if self._manager is None:
+            from sandboxer.manager import Manager
+
+            self._manager = Manager(self.settings, store=self.store, progress=self.progress)
+        return self._manager
+
+    def _catalog(self) -> Catalog:
+        from sandboxer.catalog import Catalog
+
+        return Catalog(self.settings)
+
+    def _opportunistic_reap(self) -> None:
+        """Every CLI call reaps expired leases it sees; one indexed query when none are."""
+        if self._reap and self.store.has_reapable(utcnow()):
+            try:
+                asyncio.run(self.manager.reap())
+            except SandboxerError as e:
+                log.warning("opportunistic reap failed: %s", e.render())
+
+    # -- profiles ---------------------------------------------------------------------
+
+    def list_profiles(self) -> list[dict[str, Any]]:
+        catalog = self._catalog()
+        out = []
+        for pid in catalog.ids():
+            src = catalog.source(pid)
+            out.append({
+                "id": pid,
+                "description": src.raw.get("description", ""),
+                "extension": catalog.get(pid).extension,
+                "source": str(src.path),
+            })
+        return out
+
+    def get_profile(self, profile_id: str) -> Profile:
+        return self._catalog().get(profile_id)
+
+    def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
+        results = []
+        for path in paths:
+            catalog = self._catalog()
+            try:
+                (profile,) = catalog.validate_files([path])
+                if profile.extension:
+                    self.manager.extension(profile.extension).parse_spec(profile)
+                results.append({"file": str(path), "id": profile.id, "ok": True,
+                                "error": None})
+            except SandboxerError as e:
+                results.append({"file": str(path), "id": None, "ok": False,
+                                "error": e.render(), "code": e.code})
+        return results
+
+    # -- sandboxes --------------------------------------------------------------------
+
+    def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
+        plan, _ext, _secrets = self.manager.plan(profile_id, **options)
+        return plan.document()
+
+    def create(self, profile_id: str, **options: Any) -> SandboxStatus:
+        self._opportunistic_reap()
+        return asyncio.run(self.manager.create(profile_id, **options))
+
+    def get(self, sandbox_id: str) -> SandboxStatus:
+        self._opportunistic_reap()
+        status = self.store.get(sandbox_id)
+        if status is None:
+            raise SandboxNotFound(
+                f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
+            )
+        return status
+
+    def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
+        self._opportunistic_reap()
+        states = filters.pop("states", None)
+        if states is None and not filters.pop("all", False):
+            states = sorted(LIVE_STATES)
+        filters.pop("all", None)
+        return self.store.query(states=states, **filters)
+
+    def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
+        self._opportunistic_reap()
+        return self.manager.extend(sandbox_id, ttl)
+
+    def destroy(self, sandbox_id: str) -> SandboxStatus:
+        return asyncio.run(self.manager.destroy(sandbox_id))
+
+    def reap(self) -> list[SandboxStatus]:
+        return asyncio.run(self.manager.reap())
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        self._opportunistic_reap()
+        removed = asyncio.run(self.manager.reconcile())
+        return [h.model_dump(mode="json", include={"sandbox_id", "extension", "target"})
+                for h in removed]
+
+    def reachability(self, sandbox_id: str) -> Reachability:
+        self._opportunistic_reap()
+        return self.manager.reachability(sandbox_id)
+
+    def events(self, *, after: int = 0, sandbox_id: str | None = None,
+               limit: int = 1000) -> list[Event]:
+        return self.store.events(after=after, sandbox_id=sandbox_id, limit=limit)

@@ -1,0 +1,79 @@
+"""Where sand-boxer keeps its state, read from the environment once per process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "sandboxer"
+
+
+def _traversable_by_others(path: Path) -> bool:
+    """True when every existing ancestor lets other users pass through (o+x)."""
+    for p in [path, *path.parents]:
+        try:
+            if not p.stat().st_mode & 0o001:
+                return False
+        except FileNotFoundError:
+            continue
+    return True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings; every path is absolute."""
+
+    home: Path
+    profile_dirs: tuple[Path, ...] = ()
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        home = Path(env["SANDBOXER_HOME"]) if env.get("SANDBOXER_HOME") else _default_home()
+        dirs: list[Path] = [Path.home() / ".config" / "sandboxer" / "profiles"]
+        dirs += [Path(p) for p in env.get("SANDBOXER_PROFILES", "").split(":") if p]
+        return cls(home=home.absolute(), profile_dirs=tuple(dirs), env=env)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "state.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def local_root(self) -> Path:
+        """Where ext.local keeps workspaces.
+
+        When sand-boxer runs as root, jails run under unprivileged uids that must be able
+        to reach their workspace, so a home behind a private directory (``/root``) gets
+        its workspaces under ``/var/lib/sandboxer/local/<hash of home>`` instead.
+        """
+        if self.env.get("SANDBOXER_LOCAL_ROOT"):
+            return Path(self.env["SANDBOXER_LOCAL_ROOT"]).absolute()
+        default = self.home / "local"
+        if os.geteuid() != 0 or _traversable_by_others(self.home):
+            return default
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return Path("/var/lib/sandboxer/local") / digest
+
+    def ensure(self) -> None:
+        """Create the private directories (0700) sand-boxer writes to."""
+        for d in (self.home, self.keys_dir, self.run_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)

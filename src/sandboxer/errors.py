@@ -1,0 +1,106 @@
+"""One exception root with stable codes, mapped once to CLI exit codes and HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SandboxerError(Exception):
+    """Root of every error sand-boxer raises on purpose.
+
+    ``code`` is stable (API payloads and docs name it); ``exit_code`` and ``http_status``
+    are the single mapping used by the CLI and the HTTP API.
+    """
+
+    code: ClassVar[str] = "unexpected"
+    exit_code: ClassVar[int] = 1
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def render(self) -> str:
+        """The one-paragraph text shown to a user."""
+        if not self.hint:
+            return self.message
+        stop = "" if self.message.endswith((".", ":", "?", "!")) else "."
+        return f"{self.message}{stop} {self.hint[0].upper()}{self.hint[1:]}"
+
+
+class UsageError(SandboxerError):
+    code = "usage"
+    exit_code = 2
+    http_status = 400
+
+
+class NotFound(SandboxerError):
+    code = "not_found"
+    exit_code = 3
+    http_status = 404
+
+
+class ProfileNotFound(NotFound):
+    code = "profile_not_found"
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+
+class InvalidInput(SandboxerError):
+    code = "invalid_input"
+    exit_code = 4
+    http_status = 422
+
+
+class ProfileInvalid(InvalidInput):
+    code = "profile_invalid"
+
+
+class ProvisionFailed(SandboxerError):
+    code = "provision_failed"
+    exit_code = 5
+    http_status = 502
+
+
+class DestroyFailed(ProvisionFailed):
+    code = "destroy_failed"
+
+
+class NoTarget(SandboxerError):
+    code = "no_target"
+    exit_code = 6
+    http_status = 503
+
+
+class SecretError(SandboxerError):
+    code = "secret_failed"
+    exit_code = 7
+    http_status = 422
+
+
+class Conflict(SandboxerError):
+    code = "conflict"
+    exit_code = 8
+    http_status = 409
+
+
+class StoreBusy(SandboxerError):
+    code = "store_busy"
+    exit_code = 1
+    http_status = 503
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "ok",
+    1: "unexpected error",
+    2: "usage",
+    3: "not found",
+    4: "invalid input or profile",
+    5: "provisioning failed",
+    6: "no target or capacity",
+    7: "secret validation/resolution failed",
+    8: "conflict (wrong state or not the owner)",
+}

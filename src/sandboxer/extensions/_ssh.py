@@ -1,0 +1,76 @@
+"""Reaching a sandbox with the system OpenSSH client, host key pinned."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions.base import Endpoint
+
+
+def ssh_options(ep: Endpoint) -> list[str]:
+    """Options that pin the host key and use only the sandbox's own identity."""
+    return [
+        "-i", ep.identity_file,
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={ep.known_hosts_file}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "LogLevel=ERROR",
+        "-p", str(ep.port),
+    ]
+
+
+def ssh_argv(ep: Endpoint, command: str | None = None, *, connect_timeout: int = 5) -> list[str]:
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise ProvisionFailed(
+            "the OpenSSH client (ssh) is not installed",
+            hint="install it: apt-get install openssh-client",
+        )
+    argv = [ssh, *ssh_options(ep), "-o", f"ConnectTimeout={connect_timeout}",
+            f"{ep.user}@{ep.host}"]
+    if command is not None:
+        argv += ["--", command]
+    return argv
+
+
+async def ssh_run(ep: Endpoint, command: str, *, timeout: float) -> tuple[int, str]:
+    """Run one command; returns (exit status, stdout+stderr). 255 means SSH itself failed."""
+    proc = await asyncio.create_subprocess_exec(
+        *ssh_argv(ep, command, connect_timeout=max(1, int(timeout))),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 255, f"timed out after {timeout:.0f}s"
+    return proc.returncode or 0, out.decode("utf-8", "replace")
+
+
+async def ssh_probe(ep: Endpoint, *, timeout: float, command: str = "true") -> None:
+    """Retry ``command`` over SSH until it succeeds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    last = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProvisionFailed(
+                f"SSH to {ep.user}@{ep.host}:{ep.port} did not succeed within {timeout:.0f}s: "
+                f"{last.strip()[-300:] or 'no answer'}"
+            )
+        rc, out = await ssh_run(ep, command, timeout=min(remaining, 10.0))
+        if rc == 0:
+            return
+        last = out
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)

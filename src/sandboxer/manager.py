@@ -1,0 +1,365 @@
+"""Lifecycle of sandboxes: create, get, list, extend, destroy, reap, reconcile (DESIGN §5).
+
+States: provisioning -> ready -> destroying -> destroyed; provisioning -> failed. A
+sandbox still provisioning may also be destroyed (provisioning -> destroying), so that an
+operator can stop a create that hangs. Network and process work never happens inside a
+store transaction: each transition is a short write on either side of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import SecretStr
+
+from sandboxer.catalog import Catalog
+from sandboxer.config import Settings
+from sandboxer.errors import (
+    Conflict,
+    DestroyFailed,
+    InvalidInput,
+    ProvisionFailed,
+    SandboxerError,
+    SandboxNotFound,
+)
+from sandboxer.extensions import base as extensions
+from sandboxer.extensions.base import Extension, Handle, ProvisionRequest, Target
+from sandboxer.models.common import (
+    format_duration,
+    iso,
+    new_sandbox_id,
+    parse_duration,
+    utcnow,
+    validate_labels,
+)
+from sandboxer.models.profile import Profile
+from sandboxer.models.reachability import Reachability
+from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
+from sandboxer.placement import choose
+from sandboxer.reachability import assemble
+from sandboxer.secrets import boundary
+from sandboxer.store import open_store
+from sandboxer.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT = 60.0
+SETUP_STEP_TIMEOUT = 1800.0
+
+
+@dataclass
+class Plan:
+    """What ``create --dry-run`` would do; nothing has been created."""
+
+    profile: Profile
+    target: Target
+    ttl: timedelta
+    actor: str | None
+    labels: dict[str, str]
+    secret_names: list[str]
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "schema": "sandboxer.plan/v1",
+            "profile": self.profile.id,
+            "extension": self.profile.extension,
+            "target": self.target.name,
+            "ttl": format_duration(self.ttl),
+            "actor": self.actor,
+            "labels": self.labels,
+            "secret_refs": [{"name": n, "status": "ok"} for n in self.secret_names],
+        }
+
+
+class Manager:
+    """The one place that changes sandbox state; CLI, API and MCP go through a Client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: SqliteStore | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.ensure()
+        self.store = store or open_store(settings)
+        self.progress = progress or (lambda _msg: None)
+        self._catalog: Catalog | None = None
+        self._extensions: dict[str, Extension] = {}
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.settings)
+        return self._catalog
+
+    def extension(self, name: str) -> Extension:
+        if name not in self._extensions:
+            self._extensions[name] = extensions.instance(name, self.settings)
+        return self._extensions[name]
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> SandboxStatus:
+        status = self.store.get(sandbox_id)
+        if status is None:
+            raise SandboxNotFound(
+                f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
+            )
+        return status
+
+    def reachability(self, sandbox_id: str) -> Reachability:
+        status = self.get(sandbox_id)
+        if status.reachability is None:
+            raise Conflict(f"sandbox {sandbox_id} is {status.state}; it has no reachability")
+        return status.reachability
+
+    # -- create -----------------------------------------------------------------------
+
+    def plan(
+        self,
+        profile_id: str,
+        *,
+        ttl: str | None = None,
+        actor: str | None = None,
+        labels: dict[str, str] | None = None,
+        target: str | None = None,
+    ) -> tuple[Plan, Extension, dict[str, SecretStr]]:
+        """Validate everything a create needs, resolving secrets last; creates nothing."""
+        profile = self.catalog.get(profile_id)
+        ext = self.extension(profile.extension)
+        ext.parse_spec(profile)
+        try:
+            lease = parse_duration(ttl) if ttl is not None else profile.ttl.default
+            merged = validate_labels({**profile.labels, **(labels or {})})
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        if lease > profile.ttl.max:
+            raise InvalidInput(
+                f"--ttl {format_duration(lease)} exceeds {profile.id}'s ttl.max "
+                f"({format_duration(profile.ttl.max)})",
+                hint="ask for a shorter lease",
+            )
+        chosen = choose(ext.targets(self.settings), profile.route, pinned=target)
+        secrets = boundary.resolve(profile, self.settings)
+        plan = Plan(
+            profile=profile,
+            target=chosen,
+            ttl=lease,
+            actor=actor or profile.actor,
+            labels=merged,
+            secret_names=[r.name for r in profile.setup.secret_refs],
+        )
+        return plan, ext, secrets
+
+    async def create(
+        self,
+        profile_id: str,
+        *,
+        ttl: str | None = None,
+        actor: str | None = None,
+        labels: dict[str, str] | None = None,
+        target: str | None = None,
+        name: str | None = None,
+    ) -> SandboxStatus:
+        """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise."""
+        plan, ext, secrets = self.plan(
+            profile_id, ttl=ttl, actor=actor, labels=labels, target=target
+        )
+        now = utcnow()
+        sid = new_sandbox_id()
+        status = SandboxStatus(
+            id=sid, name=name, profile=plan.profile.id, extension=ext.name,
+            target=plan.target.name, state="provisioning", actor=plan.actor,
+            labels=plan.labels, created_at=now, expires_at=now + plan.ttl,
+        )
+        self.store.insert(status, max_expires_at=now + plan.profile.ttl.max)
+        self.progress(f"{sid}: provisioning {plan.profile.id} on {plan.target.name}")
+        handle = Handle(sandbox_id=sid, extension=ext.name, target=plan.target.name)
+        try:
+            req = ProvisionRequest(
+                sandbox_id=sid, profile=plan.profile, spec=ext.parse_spec(plan.profile),
+                target=plan.target, settings=self.settings,
+                user=plan.profile.reachability.user, labels=plan.labels,
+                env=dict(plan.profile.setup.env), expires_at=status.expires_at,
+                progress=self.progress,
+            )
+            handle = await ext.provision(req, secrets)
+            self.store.set_handle(sid, handle.model_dump(mode="json"))
+            self.progress(f"{sid}: waiting for SSH")
+            await ext.wait_ready(handle, READY_TIMEOUT)
+            await self._run_setup(ext, handle, plan.profile, secrets)
+            endpoint = await ext.endpoint(handle)
+            reach = assemble(sid, endpoint, plan.profile)
+            ready = self.store.transition(
+                sid, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",
+                reachability=reach.model_dump(mode="json", by_alias=True),
+            )
+        except BaseException as e:
+            await self._fail(sid, ext, handle, e, secrets)
+            if isinstance(e, Conflict):
+                raise Conflict(f"sandbox {sid} was destroyed while it was provisioning") from e
+            if isinstance(e, SandboxerError) and not isinstance(e, ProvisionFailed):
+                raise
+            if isinstance(e, Exception):
+                detail = boundary.redact(e.render() if isinstance(e, SandboxerError)
+                                         else f"{type(e).__name__}: {e}", secrets)
+                raise ProvisionFailed(f"creating {sid} from {profile_id} failed: {detail}",
+                                      hint="nothing was left behind; see `sandboxer get "
+                                      f"{sid}` for the recorded error") from e
+            raise
+        self.progress(f"{sid}: ready")
+        return ready
+
+    async def _run_setup(
+        self, ext: Extension, handle: Handle, profile: Profile, secrets: dict[str, SecretStr]
+    ) -> None:
+        steps = profile.setup.instructions
+        for i, step in enumerate(steps, 1):
+            self.progress(f"{handle.sandbox_id}: setup step {i}/{len(steps)}")
+            rc, out = await ext.run(handle, step, timeout=SETUP_STEP_TIMEOUT)
+            if rc != 0:
+                tail = boundary.redact(out, secrets).strip().splitlines()[-10:]
+                raise ProvisionFailed(
+                    f"setup step {i} of {len(steps)} exited {rc}: " + "\n".join(tail)
+                )
+
+    async def _fail(
+        self,
+        sid: str,
+        ext: Extension,
+        handle: Handle,
+        exc: BaseException,
+        secrets: dict[str, SecretStr],
+        reason: str = "provision_failed",
+    ) -> None:
+        """Destroy partial resources, then record ``failed`` (unless destroyed meanwhile)."""
+        try:
+            await asyncio.shield(ext.destroy(handle))
+        except BaseException as e:  # a failed cleanup must not hide the original error
+            log.warning("cleanup of %s after a failed create also failed: %s", sid, e)
+        if isinstance(exc, SandboxerError):
+            message = exc.render()
+        elif isinstance(exc, Exception):
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            message = f"interrupted ({type(exc).__name__})"
+        # Conflict: destroyed by someone else while provisioning; their record stands.
+        with contextlib.suppress(Conflict):
+            self.store.transition(
+                sid, from_states={"provisioning"}, to_state="failed", event="sandbox.failed",
+                reason=reason, error=boundary.redact(message, secrets)[-2000:],
+            )
+
+    # -- extend -----------------------------------------------------------------------
+
+    def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
+        """Renew the lease to now + ``ttl``, no later than creation + ``ttl.max``."""
+        try:
+            lease = parse_duration(ttl)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        rec = self.store.get_record(sandbox_id)
+        if rec is None:
+            raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+        new_expiry = utcnow() + lease
+        if new_expiry > rec.max_expires_at:
+            raise InvalidInput(
+                f"cannot extend {sandbox_id} to {iso(new_expiry)}: its lease may not run "
+                f"past {iso(rec.max_expires_at)} (ttl.max of {rec.status.profile}, "
+                "counted from creation)",
+                hint="ask for a shorter --ttl or create a new sandbox",
+            )
+        return self.store.transition(
+            sandbox_id, from_states={"ready"}, to_state="ready", event="sandbox.extended",
+            expires_at=new_expiry,
+        )
+
+    # -- destroy, reap, reconcile ---------------------------------------------------
+
+    async def destroy(self, sandbox_id: str, *, reason: str = "destroyed") -> SandboxStatus:
+        """Tear a sandbox down. Idempotent: a final sandbox is returned unchanged."""
+        rec = self.store.get_record(sandbox_id)
+        if rec is None:
+            raise SandboxNotFound(
+                f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
+            )
+        if rec.status.state in FINAL_STATES:
+            return rec.status
+        if rec.status.state != "destroying":
+            try:
+                self.store.transition(
+                    sandbox_id, from_states={"provisioning", "ready"}, to_state="destroying",
+                    event="sandbox.expired" if reason == "expired" else None, reason=reason,
+                )
+            except Conflict:
+                return await self.destroy(sandbox_id, reason=reason)
+        handle = Handle.model_validate(rec.handle) if rec.handle else Handle(
+            sandbox_id=sandbox_id, extension=rec.status.extension, target=rec.status.target
+        )
+        try:
+            await self.extension(rec.status.extension).destroy(handle)
+        except Exception as e:
+            msg = e.render() if isinstance(e, SandboxerError) else f"{type(e).__name__}: {e}"
+            self.store.transition(
+                sandbox_id, from_states={"destroying"}, to_state="destroying", event=None,
+                error=f"destroy failed: {msg}"[-2000:],
+            )
+            raise DestroyFailed(f"destroying {sandbox_id} failed: {msg}",
+                                hint="retry `sandboxer destroy`; it is idempotent") from e
+        try:
+            return self.store.transition(
+                sandbox_id, from_states={"destroying"}, to_state="destroyed",
+                event="sandbox.destroyed", reason=reason,
+            )
+        except Conflict:
+            return self.get(sandbox_id)  # another process finished the same destroy
+
+    async def reap(self, *, extension: str | None = None) -> list[SandboxStatus]:
+        """Destroy expired leases; finish abandoned destroys; fail abandoned creates."""
+        done: list[SandboxStatus] = []
+        for sid in self.store.reapable(utcnow(), extension=extension):
+            rec = self.store.get_record(sid)
+            if rec is None:
+                continue
+            state = rec.status.state
+            try:
+                if state == "provisioning":
+                    handle = Handle.model_validate(rec.handle) if rec.handle else Handle(
+                        sandbox_id=sid, extension=rec.status.extension,
+                        target=rec.status.target,
+                    )
+                    stopped = SandboxerError("the creating process stopped before ready")
+                    await self._fail(sid, self.extension(rec.status.extension), handle,
+                                     stopped, {}, reason="abandoned")
+                    done.append(self.get(sid))
+                    continue
+                reason = "expired" if state == "ready" else (rec.status.reason or "abandoned")
+                done.append(await self.destroy(sid, reason=reason))
+            except SandboxerError as e:
+                log.warning("reaping %s failed: %s", sid, e.render())
+        return done
+
+    async def reconcile(self) -> list[Handle]:
+        """Destroy what extensions own but no live sandbox in the store claims."""
+        live = self.store.live_ids()
+        removed: list[Handle] = []
+        for name in extensions.available():
+            try:
+                ext = self.extension(name)
+                targets = [t for t in ext.targets(self.settings) if t.healthy]
+            except SandboxerError as e:
+                log.warning("reconcile skips %s: %s", name, e.render())
+                continue
+            for target in targets:
+                for handle in await ext.owned(target):
+                    if handle.sandbox_id not in live:
+                        await ext.destroy(handle)
+                        removed.append(handle)
+        return removed

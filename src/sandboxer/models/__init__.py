@@ -1,0 +1,1 @@
+"""Pydantic models (``extra="forbid"``) shared by the CLI, API, store and extensions."""

@@ -1,0 +1,35 @@
+"""Events appended to the outbox in the same transaction as each state change (DESIGN §9)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pydantic import ConfigDict, Field
+
+from sandboxer.models.base import StrictModel
+
+EVENT_SCHEMA: Final = "sandboxer.event/v1"
+EventType = Literal[
+    "sandbox.created",
+    "sandbox.ready",
+    "sandbox.failed",
+    "sandbox.extended",
+    "sandbox.expired",
+    "sandbox.destroyed",
+]
+
+
+class Event(StrictModel):
+    """One state change; ``payload`` is the SandboxStatus document at that moment."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: Literal["sandboxer.event/v1"] = Field(EVENT_SCHEMA, alias="schema")
+    id: str
+    seq: int
+    type: EventType
+    sandbox_id: str
+    time: datetime
+    payload: dict[str, Any]
+    delivered_at: datetime | None = None

@@ -1,0 +1,112 @@
+"""A profile: the named, declarative recipe for a sandbox (DESIGN §3)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sandboxer.models.base import StrictModel
+from sandboxer.models.common import Duration, Labels
+
+PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]*(?:\.[a-z0-9][a-z0-9-]*)*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Route = Literal["prefer-self-hosted", "self-hosted-only", "prefer-cloud", "cloud-only"]
+
+
+class TTL(StrictModel):
+    """Lease length: ``default`` for a new sandbox, ``max`` counted from creation."""
+
+    default: Duration = timedelta(hours=1)
+    max: Duration = timedelta(hours=8)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> TTL:
+        if self.default > self.max:
+            raise ValueError("ttl.default must not exceed ttl.max")
+        return self
+
+
+class SecretRefSpec(StrictModel):
+    """One secret to inject: the variable ``name`` inside the sandbox and where it lives."""
+
+    name: str
+    ref: str
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not ENV_NAME.match(v):
+            raise ValueError(f"expected an environment variable name, got {v!r}")
+        return v
+
+
+class SetupSpec(StrictModel):
+    """What runs in the sandbox after provision, and the environment it gets."""
+
+    instructions: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_refs: list[SecretRefSpec] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_NAME.match(key):
+                raise ValueError(f"expected environment variable names, got {key!r}")
+        return v
+
+
+class TunnelSpec(StrictModel):
+    """An ops-bridge tunnel declaration; sand-boxer never starts the tunnel."""
+
+    via: str | None = None
+    alias: str | None = None
+    local_port: int | Literal["auto"] | None = None
+
+
+class ReachabilitySpec(StrictModel):
+    """How consumers reach the sandbox: SSH user, warden identity hint, optional tunnel."""
+
+    user: str = "sandbox"
+    identity: str | None = None
+    tunnel: TunnelSpec | None = None
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", v):
+            raise ValueError(f"expected a POSIX user name, got {v!r}")
+        return v
+
+
+class Profile(StrictModel):
+    """A validated profile. ``spec`` is checked later by the extension's own Spec model."""
+
+    id: str
+    description: str = ""
+    extends: str | None = None
+    extension: str
+    route: Route = "prefer-self-hosted"
+    actor: str | None = None
+    ttl: TTL = Field(default_factory=TTL)
+    labels: Labels = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    reachability: ReachabilitySpec = Field(default_factory=ReachabilitySpec)
+    setup: SetupSpec = Field(default_factory=SetupSpec)
+
+    @field_validator("id", "extends")
+    @classmethod
+    def _profile_id(cls, v: str | None) -> str | None:
+        if v is not None and not PROFILE_ID.match(v):
+            raise ValueError(f"expected an id like profile.name, got {v!r}")
+        return v
+
+    @field_validator("extension")
+    @classmethod
+    def _extension_name(cls, v: str) -> str:
+        if not re.match(r"^ext\.[a-z0-9][a-z0-9-]*$", v):
+            raise ValueError(f"expected an extension name like ext.local, got {v!r}")
+        return v

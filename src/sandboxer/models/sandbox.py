@@ -1,0 +1,42 @@
+"""A sandbox as `get --json`, the API and State Hub see it (DESIGN §5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from pydantic import ConfigDict, Field
+
+from sandboxer.models.base import StrictModel
+from sandboxer.models.reachability import Reachability
+
+SANDBOX_SCHEMA: Final = "sandboxer.sandbox/v1"
+State = Literal["provisioning", "ready", "destroying", "destroyed", "failed"]
+STATES: tuple[State, ...] = ("provisioning", "ready", "destroying", "destroyed", "failed")
+FINAL_STATES: frozenset[str] = frozenset({"destroyed", "failed"})
+LIVE_STATES: frozenset[str] = frozenset({"provisioning", "ready", "destroying"})
+
+
+class SandboxStatus(StrictModel):
+    """The public view of one sandbox. Never carries a secret value or a handle."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: Literal["sandboxer.sandbox/v1"] = Field(SANDBOX_SCHEMA, alias="schema")
+    id: str
+    name: str | None = None
+    profile: str
+    extension: str
+    target: str | None = None
+    state: State
+    reason: str | None = None
+    actor: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+    expires_at: datetime
+    reachability: Reachability | None = None
+    error: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The schema-tagged JSON document (``schema`` key, RFC 3339 times)."""
+        return self.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,47 @@
+"""Versioned schema migrations; ``PRAGMA user_version`` records the applied version."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE sandboxes (
+            id           TEXT PRIMARY KEY,
+            name         TEXT,
+            profile      TEXT NOT NULL,
+            extension    TEXT NOT NULL,
+            target       TEXT,
+            state        TEXT NOT NULL,
+            reason       TEXT,
+            actor        TEXT,
+            labels       TEXT NOT NULL DEFAULT '{}',
+            created_at   REAL NOT NULL,
+            expires_at   REAL NOT NULL,
+            max_expires_at REAL NOT NULL,
+            updated_at   REAL NOT NULL,
+            handle       TEXT,
+            reachability TEXT,
+            error        TEXT,
+            version      INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX sandboxes_state_expires ON sandboxes (state, expires_at);
+        CREATE INDEX sandboxes_expires ON sandboxes (expires_at);
+        CREATE INDEX sandboxes_profile ON sandboxes (profile);
+        CREATE INDEX sandboxes_actor ON sandboxes (actor);
+        CREATE TABLE events (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+            id           TEXT NOT NULL UNIQUE,
+            sandbox_id   TEXT NOT NULL,
+            type         TEXT NOT NULL,
+            time         REAL NOT NULL,
+            payload      TEXT NOT NULL,
+            delivered_at REAL
+        );
+        CREATE INDEX events_sandbox ON events (sandbox_id, seq);
+        CREATE INDEX events_undelivered ON events (delivered_at, seq);
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]

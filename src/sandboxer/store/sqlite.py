@@ -1,0 +1,376 @@
+"""SQLite store in WAL mode, safe for several sandboxer processes at once.
+
+Every write runs in ``BEGIN IMMEDIATE`` (the write lock is taken up front, so a read never
+has to be upgraded and no update is lost), re-checks the sandbox's state inside the
+transaction, and appends its event to the outbox in that same transaction. Lock waits are
+absorbed by SQLite's busy handler plus a bounded retry, so "database is locked" never
+reaches a user; after the deadline a StoreBusy error says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.errors import Conflict, SandboxNotFound, StoreBusy
+from sandboxer.models.events import Event
+from sandboxer.models.sandbox import SandboxStatus
+from sandboxer.store.migrations import LATEST, MIGRATIONS
+
+if TYPE_CHECKING:
+    from sandboxer.extensions.base import Handle
+
+_COLUMNS = (
+    "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
+    "expires_at, max_expires_at, updated_at, handle, reachability, error, version"
+)
+
+
+def _ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass
+class Record:
+    """A stored sandbox: its public status plus what only sand-boxer itself sees."""
+
+    status: SandboxStatus
+    handle: dict[str, Any] | None
+    max_expires_at: datetime
+    updated_at: datetime
+    version: int
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class SqliteStore:
+    """The embedded store at ``$SANDBOXER_HOME/state.db``."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._retry(self._setup)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _retry(self, fn: Any, *args: Any) -> Any:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreBusy(
+                        f"the state store {self.path} stayed locked for "
+                        f"{self.busy_timeout:.0f}s",
+                        hint="another sandboxer process holds it; retry, or check for a "
+                        "hung process with `fuser` on that file",
+                    ) from e
+                time.sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not crypto
+                delay = min(delay * 2, 0.2)
+
+    def _setup(self) -> None:
+        c = self._conn
+        c.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        if c.execute("PRAGMA user_version").fetchone()[0] == LATEST:
+            return
+        if c.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            c.execute("PRAGMA journal_mode = WAL")
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            current = c.execute("PRAGMA user_version").fetchone()[0]
+            for version, script in MIGRATIONS:
+                if version <= current:
+                    continue
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version = {version}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._retry(self._conn.execute, "BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._retry(self._conn.execute, "COMMIT")
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- rows -------------------------------------------------------------------------
+
+    @staticmethod
+    def _status(row: sqlite3.Row) -> SandboxStatus:
+        return SandboxStatus.model_validate(
+            {
+                "id": row["id"],
+                "name": row["name"],
+                "profile": row["profile"],
+                "extension": row["extension"],
+                "target": row["target"],
+                "state": row["state"],
+                "reason": row["reason"],
+                "actor": row["actor"],
+                "labels": json.loads(row["labels"]),
+                "created_at": _dt(row["created_at"]),
+                "expires_at": _dt(row["expires_at"]),
+                "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
+                "error": row["error"],
+            }
+        )
+
+    def _record(self, row: sqlite3.Row) -> Record:
+        return Record(
+            status=self._status(row),
+            handle=json.loads(row["handle"]) if row["handle"] else None,
+            max_expires_at=_dt(row["max_expires_at"]),
+            updated_at=_dt(row["updated_at"]),
+            version=row["version"],
+        )
+
+    def _append_event(self, c: sqlite3.Connection, kind: str, status: SandboxStatus) -> None:
+        c.execute(
+            "INSERT INTO events (id, sandbox_id, type, time, payload) VALUES (?, ?, ?, ?, ?)",
+            (
+                f"evt-{uuid.uuid4().hex}",
+                status.id,
+                kind,
+                time.time(),
+                json.dumps(status.document(), separators=(",", ":")),
+            ),
+        )
+
+    # -- sandboxes --------------------------------------------------------------------
+
+    def insert(self, status: SandboxStatus, *, max_expires_at: datetime) -> None:
+        """Record a new sandbox and its ``sandbox.created`` event in one transaction."""
+        now = time.time()
+        with self._write() as c:
+            c.execute(
+                f"INSERT INTO sandboxes ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1)",
+                (
+                    status.id, status.name, status.profile, status.extension, status.target,
+                    status.state, status.reason, status.actor,
+                    json.dumps(status.labels, sort_keys=True),
+                    _ts(status.created_at), _ts(status.expires_at), _ts(max_expires_at), now,
+                    status.error,
+                ),
+            )
+            self._append_event(c, "sandbox.created", status)
+
+    def get_record(self, sandbox_id: str) -> Record | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
+        ).fetchone()
+        return self._record(row) if row else None
+
+    def get(self, sandbox_id: str) -> SandboxStatus | None:
+        rec = self.get_record(sandbox_id)
+        return rec.status if rec else None
+
+    def transition(
+        self,
+        sandbox_id: str,
+        *,
+        from_states: Iterable[str],
+        to_state: str,
+        event: str | None,
+        **changes: Any,
+    ) -> SandboxStatus:
+        """Move a sandbox between states atomically, with its event, or raise Conflict.
+
+        ``changes`` may set reason, error, expires_at (datetime), reachability (dict),
+        handle (dict) and target.
+        """
+        allowed = set(from_states)
+        with self._write() as c:
+            row = c.execute(
+                f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
+            ).fetchone()
+            if row is None:
+                raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+            if row["state"] not in allowed:
+                raise Conflict(
+                    f"sandbox {sandbox_id} is {row['state']}; this needs it to be "
+                    f"{' or '.join(sorted(allowed))}"
+                )
+            sets = ["state = ?", "updated_at = ?", "version = version + 1"]
+            args: list[Any] = [to_state, time.time()]
+            for key, value in changes.items():
+                if key in ("expires_at",):
+                    value = _ts(value)
+                elif key in ("reachability", "handle"):
+                    value = None if value is None else json.dumps(value, sort_keys=True)
+                elif key not in ("reason", "error", "target"):
+                    raise ValueError(f"unknown sandbox field {key}")
+                sets.append(f"{key} = ?")
+                args.append(value)
+            sql = f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?"
+            c.execute(sql, (*args, sandbox_id))
+            new = c.execute(
+                f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
+            ).fetchone()
+            status = self._status(new)
+            if event:
+                self._append_event(c, event, status)
+            return status
+
+    def set_handle(self, sandbox_id: str, handle: dict[str, Any]) -> None:
+        with self._write() as c:
+            c.execute(
+                "UPDATE sandboxes SET handle = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(handle, sort_keys=True), time.time(), sandbox_id),
+            )
+
+    def query(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        profile: str | None = None,
+        actor: str | None = None,
+        extension: str | None = None,
+        labels: dict[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[SandboxStatus]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            st = list(states)
+            where.append(f"state IN ({', '.join('?' * len(st))})")
+            args += st
+        for col, val in (("profile", profile), ("actor", actor), ("extension", extension)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        for key, value in (labels or {}).items():
+            where.append("json_extract(labels, ?) = ?")
+            args += [f'$."{key}"', value]
+        sql = f"SELECT {_COLUMNS} FROM sandboxes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._status(r) for r in self._conn.execute(sql, args)]
+
+    def reapable(self, now: datetime, *, extension: str | None = None,
+                 stale_after: float = 1800.0) -> list[str]:
+        """Ids whose lease ran out, plus destroys or creates abandoned for ``stale_after``."""
+        t = _ts(now)
+        sql = (
+            "SELECT id FROM sandboxes WHERE ((state = 'ready' AND expires_at <= ?) "
+            "OR (state IN ('provisioning', 'destroying') AND updated_at <= ?))"
+        )
+        args: list[Any] = [t, t - stale_after]
+        if extension is not None:
+            sql += " AND extension = ?"
+            args.append(extension)
+        return [r[0] for r in self._conn.execute(sql + " ORDER BY expires_at", args)]
+
+    def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
+        """A cheap check for the opportunistic reap in every CLI call."""
+        t = _ts(now)
+        row = self._conn.execute(
+            "SELECT 1 FROM sandboxes WHERE (state = 'ready' AND expires_at <= ?) "
+            "OR (state IN ('provisioning', 'destroying') AND updated_at <= ?) LIMIT 1",
+            (t, t - stale_after),
+        ).fetchone()
+        return row is not None
+
+    def live_handles(self, extension: str) -> list[Handle]:
+        """Handles of every not-final sandbox of one extension that has a handle."""
+        from sandboxer.extensions.base import Handle
+
+        rows = self._conn.execute(
+            "SELECT handle FROM sandboxes WHERE extension = ? AND handle IS NOT NULL "
+            "AND state IN ('provisioning', 'ready', 'destroying')",
+            (extension,),
+        )
+        return [Handle.model_validate_json(r[0]) for r in rows]
+
+    def live_ids(self) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT id FROM sandboxes WHERE state IN ('provisioning', 'ready', 'destroying')"
+        )
+        return {r[0] for r in rows}
+
+    def states(self, ids: Iterable[str]) -> dict[str, str]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = self._conn.execute(
+            f"SELECT id, state FROM sandboxes WHERE id IN ({', '.join('?' * len(wanted))})",
+            wanted,
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM sandboxes").fetchone()[0])
+
+    # -- events -----------------------------------------------------------------------
+
+    def events(
+        self, *, after: int = 0, sandbox_id: str | None = None, limit: int = 1000
+    ) -> list[Event]:
+        sql = (
+            "SELECT seq, id, sandbox_id, type, time, payload, delivered_at FROM events "
+            "WHERE seq > ?"
+        )
+        args: list[Any] = [after]
+        if sandbox_id is not None:
+            sql += " AND sandbox_id = ?"
+            args.append(sandbox_id)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [
+            Event.model_validate(
+                {
+                    "id": r["id"],
+                    "seq": r["seq"],
+                    "type": r["type"],
+                    "sandbox_id": r["sandbox_id"],
+                    "time": _dt(r["time"]),
+                    "payload": json.loads(r["payload"]),
+                    "delivered_at": _dt(r["delivered_at"]) if r["delivered_at"] else None,
+                }
+            )
+            for r in self._conn.execute(sql, args)
+        ]
