@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sandboxer.errors import Conflict, SandboxNotFound
+from sandboxer.models.common import new_sandbox_id, utcnow
+from sandboxer.models.sandbox import SandboxStatus
+from sandboxer.store.migrations import LATEST
+from sandboxer.store.sqlite import SqliteStore
+
+
+def status(state: str = "ready", **kw: object) -> SandboxStatus:
+    now = utcnow()
+    fields: dict[str, object] = {
+        "id": new_sandbox_id(), "profile": "profile.fake", "extension": "ext.fake",
+        "target": "fake-1", "state": state, "labels": {"a": "1"}, "created_at": now,
+        "expires_at": now + timedelta(hours=1),
+    }
+    fields.update(kw)
+    return SandboxStatus.model_validate(fields)
+
+
+def test_migrates_to_latest_in_wal_mode(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    assert store.schema_version() == LATEST
+    conn = sqlite3.connect(tmp_path / "state.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"sandboxes_state_expires", "sandboxes_expires"} <= indexes
+    assert (tmp_path / "state.db").stat().st_mode & 0o077 == 0
+    SqliteStore(tmp_path / "state.db")  # reopening an up-to-date store is a no-op
+    assert store.schema_version() == LATEST
+
+
+def test_insert_writes_event_in_same_transaction(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    s = status("provisioning")
+    store.insert(s, max_expires_at=s.created_at + timedelta(hours=2))
+    events = store.events()
+    assert [e.type for e in events] == ["sandbox.created"]
+    assert events[0].payload["id"] == s.id
+    assert events[0].payload["schema"] == "sandboxer.sandbox/v1"
+
+
+def test_transition_checks_state_and_appends_event(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    s = status("provisioning")
+    store.insert(s, max_expires_at=s.created_at + timedelta(hours=2))
+    ready = store.transition(s.id, from_states={"provisioning"}, to_state="ready",
+                             event="sandbox.ready")
+    assert ready.state == "ready"
+    with pytest.raises(Conflict, match="is ready"):
+        store.transition(s.id, from_states={"provisioning"}, to_state="failed",
+                         event="sandbox.failed")
+    assert [e.type for e in store.events()] == ["sandbox.created", "sandbox.ready"]
+    with pytest.raises(SandboxNotFound):
+        store.transition("sbx-aaaaaaaaaa", from_states={"ready"}, to_state="ready", event=None)
+
+
+def test_query_filters(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    a = status(labels={"team": "x"}, actor="agt")
+    b = status(state="destroyed", labels={"team": "y"})
+    for s in (a, b):
+        store.insert(s, max_expires_at=s.expires_at)
+    assert [s.id for s in store.query(labels={"team": "x"})] == [a.id]
+    assert [s.id for s in store.query(states=["destroyed"])] == [b.id]
+    assert [s.id for s in store.query(actor="agt")] == [a.id]
+    assert store.query(labels={"team": "x'; DROP TABLE sandboxes; --"}) == []
+    assert store.count() == 2
+
+
+def test_reapable_finds_expired_ready_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    now = utcnow()
+    old = status(expires_at=now - timedelta(seconds=1))
+    fresh = status()
+    gone = status(state="destroyed", expires_at=now - timedelta(hours=1))
+    for s in (old, fresh, gone):
+        store.insert(s, max_expires_at=s.expires_at)
+    assert store.reapable(now) == [old.id]
+    assert store.has_reapable(now)
+
+
+def _writer(db: str, sandbox_id: str, n: int) -> None:
+    store = SqliteStore(Path(db))
+    for _ in range(n):
+        rec = store.get_record(sandbox_id)
+        assert rec is not None
+        store.transition(sandbox_id, from_states={"ready"}, to_state="ready",
+                         event="sandbox.extended",
+                         expires_at=rec.status.expires_at + timedelta(seconds=1))
+
+
+def _creator(db: str, n: int) -> None:
+    store = SqliteStore(Path(db))
+    for _ in range(n):
+        s = status()
+        store.insert(s, max_expires_at=s.expires_at)
+
+
+def test_concurrent_processes_lose_no_update(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = SqliteStore(db)
+    s = status()
+    store.insert(s, max_expires_at=s.expires_at)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(db), s.id, 40)) for _ in range(4)]
+    procs += [ctx.Process(target=_creator, args=(str(db), 40)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 8
+    rec = store.get_record(s.id)
+    assert rec is not None
+    assert rec.version == 1 + 4 * 40  # every transition counted exactly once
+    assert store.count() == 1 + 4 * 40
+    types = [e.type for e in store.events(limit=10_000)]
+    assert types.count("sandbox.extended") == 160
+    assert types.count("sandbox.created") == 161
+
+
+def test_payload_never_contains_handle(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    s = status("provisioning")
+    store.insert(s, max_expires_at=s.expires_at)
+    store.set_handle(s.id, {"sandbox_id": s.id, "extension": "ext.fake", "data": {"x": 1}})
+    store.transition(s.id, from_states={"provisioning"}, to_state="ready", event="sandbox.ready")
+    for e in store.events():
+        assert "handle" not in json.dumps(e.payload)
