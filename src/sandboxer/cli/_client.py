@@ -14,7 +14,7 @@ def make_client(progress: Callable[[str], None] | None = None) -> LocalClient:
 def parse_labels(items: list[str] | None) -> dict[str, str]:
     """``k=v`` pairs from repeated --label options, validated like profile labels."""
     from sandboxer.errors import InvalidInput
-    from sandboxer.models.common import safe_repr, validate_label
+    from sandboxer.values import safe_repr, validate_label
 
     labels: dict[str, str] = {}
     for item in items or []:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sandboxer.models.sandbox import SandboxStatus
+from typing import Any
 
 STATES = ["provisioning", "ready", "destroying", "destroyed", "failed"]
 
@@ -51,35 +48,50 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     rc.set_defaults(handler=cmd_reconcile)
 
 
-def _show(status: SandboxStatus, as_json: bool) -> None:
+# Commands print sandboxer.sandbox/v1 documents (plain dicts): the read path never needs
+# pydantic, which keeps `get` and `list` fast.
+Doc = dict[str, Any]
+
+
+def _doc(status: Any) -> Doc:
+    return status if isinstance(status, dict) else dict(status.document())
+
+
+def _when(text: str) -> str:
+    return text[:19].replace("T", " ")
+
+
+def _show(status: Any, as_json: bool) -> None:
     from sandboxer.cli.output import emit_json, kv
 
+    d = _doc(status)
     if as_json:
-        emit_json(status.document())
+        emit_json(d)
         return
-    r = status.reachability
+    r = d["reachability"]
     print(kv([
-        ("id", status.id), ("profile", status.profile), ("state", status.state),
-        ("reason", status.reason), ("target", status.target), ("actor", status.actor),
-        ("labels", ",".join(f"{k}={v}" for k, v in status.labels.items()) or None),
-        ("created", status.created_at.isoformat(timespec="seconds")),
-        ("expires", status.expires_at.isoformat(timespec="seconds")),
-        ("ssh", r.ssh_command if r else None), ("error", status.error),
+        ("id", d["id"]), ("profile", d["profile"]), ("state", d["state"]),
+        ("reason", d["reason"]), ("target", d["target"]), ("actor", d["actor"]),
+        ("labels", ",".join(f"{k}={v}" for k, v in d["labels"].items()) or None),
+        ("created (utc)", _when(d["created_at"])), ("expires (utc)", _when(d["expires_at"])),
+        ("ssh", r["ssh_command"] if r else None), ("error", d["error"]),
     ]))
 
 
-def _rows(items: list[SandboxStatus]) -> list[list[Any]]:
-    return [[s.id, s.profile, s.state, s.target, s.actor,
-             s.expires_at.strftime("%Y-%m-%d %H:%M:%S"),
-             f"{s.reachability.host}:{s.reachability.port}" if s.reachability else None]
-            for s in items]
+def _rows(items: list[Any]) -> list[list[Any]]:
+    rows = []
+    for s in map(_doc, items):
+        r = s["reachability"]
+        rows.append([s["id"], s["profile"], s["state"], s["target"], s["actor"],
+                     _when(s["expires_at"]), f"{r['host']}:{r['port']}" if r else None])
+    return rows
 
 
 HEADERS = ["id", "profile", "state", "target", "actor", "expires (utc)", "ssh"]
 
 
-def _list_doc(items: list[SandboxStatus]) -> dict[str, Any]:
-    return {"schema": "sandboxer.sandboxes/v1", "items": [s.document() for s in items]}
+def _list_doc(items: list[Any]) -> Doc:
+    return {"schema": "sandboxer.sandboxes/v1", "items": [_doc(s) for s in items]}
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -107,7 +119,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client
 
-    _show(make_client().get(args.id), args.json)
+    _show(make_client().get_document(args.id), args.json)
     return 0
 
 
@@ -115,7 +127,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client, parse_labels
     from sandboxer.cli.output import emit_json, table
 
-    items = make_client().list_sandboxes(
+    items = make_client().list_documents(
         states=args.state, profile=args.profile, actor=args.actor,
         labels=parse_labels(args.label) or None, all=args.all,
     )

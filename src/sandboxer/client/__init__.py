@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sandboxer.models.events import Event
-from sandboxer.models.profile import Profile
-from sandboxer.models.reachability import Reachability
-from sandboxer.models.sandbox import SandboxStatus
+if TYPE_CHECKING:  # importing the client must stay cheap (CLI cold start)
+    from sandboxer.models.events import Event
+    from sandboxer.models.profile import Profile
+    from sandboxer.models.reachability import Reachability
+    from sandboxer.models.sandbox import SandboxStatus
 
 
 class Client(Protocol):
@@ -32,8 +33,14 @@ class Client(Protocol):
     def get(self, sandbox_id: str) -> SandboxStatus:
         """One sandbox by id."""
 
+    def get_document(self, sandbox_id: str) -> dict[str, Any]:
+        """One sandbox as its sandboxer.sandbox/v1 JSON document (the wire format)."""
+
     def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
         """Sandboxes matching states, profile, actor and labels."""
+
+    def list_documents(self, **filters: Any) -> list[dict[str, Any]]:
+        """Like list_sandboxes, as JSON documents (the wire format)."""
 
     def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
         """Renew a lease up to the profile's ttl.max."""

@@ -6,25 +6,33 @@ talks to SSH or docker; anything that changes state goes through the Manager.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError, SandboxNotFound
-from sandboxer.models.common import utcnow
-from sandboxer.models.events import Event
-from sandboxer.models.profile import Profile
-from sandboxer.models.reachability import Reachability
-from sandboxer.models.sandbox import LIVE_STATES, SandboxStatus
 from sandboxer.store import open_store
 from sandboxer.store.sqlite import SqliteStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.catalog import Catalog
     from sandboxer.manager import Manager
+    from sandboxer.models.events import Event
+    from sandboxer.models.profile import Profile
+    from sandboxer.models.reachability import Reachability
+    from sandboxer.models.sandbox import SandboxStatus
+
+LIVE_STATES = ("destroying", "provisioning", "ready")
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # 30+ ms to import: only commands that change state pay for it
+
+    return asyncio.run(coro)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +75,9 @@ class LocalClient:
 
     def _opportunistic_reap(self) -> None:
         """Every CLI call reaps expired leases it sees; one indexed query when none are."""
-        if self._reap and self.store.has_reapable(utcnow()):
+        if self._reap and self.store.has_reapable(datetime.now(UTC)):
             try:
-                asyncio.run(self.manager.reap())
+                _run(self.manager.reap())
             except SandboxerError as e:
                 log.warning("opportunistic reap failed: %s", e.render())
 
@@ -114,38 +122,48 @@ class LocalClient:
 
     def create(self, profile_id: str, **options: Any) -> SandboxStatus:
         self._opportunistic_reap()
-        return asyncio.run(self.manager.create(profile_id, **options))
+        return _run(self.manager.create(profile_id, **options))
 
     def get(self, sandbox_id: str) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(self.get_document(sandbox_id))
+
+    def get_document(self, sandbox_id: str) -> dict[str, Any]:
         self._opportunistic_reap()
-        status = self.store.get(sandbox_id)
-        if status is None:
+        doc = self.store.get_document(sandbox_id)
+        if doc is None:
             raise SandboxNotFound(
                 f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
             )
-        return status
+        return doc
 
     def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return [SandboxStatus.model_validate(d) for d in self.list_documents(**filters)]
+
+    def list_documents(self, **filters: Any) -> list[dict[str, Any]]:
         self._opportunistic_reap()
         states = filters.pop("states", None)
         if states is None and not filters.pop("all", False):
-            states = sorted(LIVE_STATES)
+            states = list(LIVE_STATES)
         filters.pop("all", None)
-        return self.store.query(states=states, **filters)
+        return self.store.query_documents(states=states, **filters)
 
     def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
         self._opportunistic_reap()
         return self.manager.extend(sandbox_id, ttl)
 
     def destroy(self, sandbox_id: str) -> SandboxStatus:
-        return asyncio.run(self.manager.destroy(sandbox_id))
+        return _run(self.manager.destroy(sandbox_id))
 
     def reap(self) -> list[SandboxStatus]:
-        return asyncio.run(self.manager.reap())
+        return _run(self.manager.reap())
 
     def reconcile(self) -> list[dict[str, Any]]:
         self._opportunistic_reap()
-        removed = asyncio.run(self.manager.reconcile())
+        removed = _run(self.manager.reconcile())
         return [h.model_dump(mode="json", include={"sandbox_id", "extension", "target"})
                 for h in removed]
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.errors import Conflict, SandboxNotFound, StoreBusy
-from sandboxer.models.events import Event
-from sandboxer.models.sandbox import SandboxStatus
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
     from sandboxer.extensions.base import Handle
+    from sandboxer.models.events import Event
+    from sandboxer.models.sandbox import SandboxStatus
 
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
@@ -42,6 +42,31 @@ def _ts(dt: datetime) -> float:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _iso(ts: float) -> str:
+    """The same RFC 3339 text pydantic writes for a UTC datetime."""
+    return _dt(ts).isoformat().replace("+00:00", "Z")
+
+
+def _document(row: sqlite3.Row) -> dict[str, Any]:
+    """The SandboxStatus document of a row, built without pydantic (fast read path)."""
+    return {
+        "schema": "sandboxer.sandbox/v1",
+        "id": row["id"],
+        "name": row["name"],
+        "profile": row["profile"],
+        "extension": row["extension"],
+        "target": row["target"],
+        "state": row["state"],
+        "reason": row["reason"],
+        "actor": row["actor"],
+        "labels": json.loads(row["labels"]),
+        "created_at": _iso(row["created_at"]),
+        "expires_at": _iso(row["expires_at"]),
+        "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
+        "error": row["error"],
+    }
 
 
 @dataclass
@@ -138,23 +163,9 @@ class SqliteStore:
 
     @staticmethod
     def _status(row: sqlite3.Row) -> SandboxStatus:
-        return SandboxStatus.model_validate(
-            {
-                "id": row["id"],
-                "name": row["name"],
-                "profile": row["profile"],
-                "extension": row["extension"],
-                "target": row["target"],
-                "state": row["state"],
-                "reason": row["reason"],
-                "actor": row["actor"],
-                "labels": json.loads(row["labels"]),
-                "created_at": _dt(row["created_at"]),
-                "expires_at": _dt(row["expires_at"]),
-                "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
-                "error": row["error"],
-            }
-        )
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(_document(row))
 
     def _record(self, row: sqlite3.Row) -> Record:
         return Record(
@@ -205,6 +216,12 @@ class SqliteStore:
     def get(self, sandbox_id: str) -> SandboxStatus | None:
         rec = self.get_record(sandbox_id)
         return rec.status if rec else None
+
+    def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
+        ).fetchone()
+        return _document(row) if row else None
 
     def transition(
         self,
@@ -260,7 +277,13 @@ class SqliteStore:
                 (json.dumps(handle, sort_keys=True), time.time(), sandbox_id),
             )
 
-    def query(
+    def query(self, **filters: Any) -> list[SandboxStatus]:
+        return [self._status(r) for r in self._select(**filters)]
+
+    def query_documents(self, **filters: Any) -> list[dict[str, Any]]:
+        return [_document(r) for r in self._select(**filters)]
+
+    def _select(
         self,
         *,
         states: Iterable[str] | None = None,
@@ -269,7 +292,7 @@ class SqliteStore:
         extension: str | None = None,
         labels: dict[str, str] | None = None,
         limit: int | None = None,
-    ) -> list[SandboxStatus]:
+    ) -> list[sqlite3.Row]:
         where: list[str] = []
         args: list[Any] = []
         if states is not None:
@@ -289,7 +312,7 @@ class SqliteStore:
         sql += " ORDER BY created_at, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [self._status(r) for r in self._conn.execute(sql, args)]
+        return self._conn.execute(sql, args).fetchall()
 
     def reapable(self, now: datetime, *, extension: str | None = None,
                  stale_after: float = 1800.0) -> list[str]:
@@ -350,6 +373,8 @@ class SqliteStore:
     def events(
         self, *, after: int = 0, sandbox_id: str | None = None, limit: int = 1000
     ) -> list[Event]:
+        from sandboxer.models.events import Event
+
         sql = (
             "SELECT seq, id, sandbox_id, type, time, payload, delivered_at FROM events "
             "WHERE seq > ?"
