@@ -58,7 +58,14 @@ def _report(error: Exception, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if words[:1] == ["ssh"] and "--" in words:  # `ssh ID [options] -- CMD...`
+        cut = words.index("--")
+        words, command = words[:cut], words[cut + 1:]
+    args = parser.parse_args(words)
+    if command:
+        args.command = command
     try:
         result: int = args.handler(args)
         return result

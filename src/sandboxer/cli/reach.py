@@ -16,12 +16,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("id")
     show.set_defaults(handler=cmd_show)
 
-    s = sub.add_parser("ssh", parents=[common],
-                       help="run the system ssh into a sandbox (host key pinned)")
+    s = sub.add_parser(
+        "ssh", parents=[common], usage="sandboxer ssh ID [--json] [-- CMD...]",
+        help="run the system ssh into a sandbox (host key pinned)",
+        description="Without CMD: an interactive shell. After --: the command to run; "
+        "one word is passed to the sandbox's shell as is, several are quoted as one argv.",
+    )
     s.add_argument("id")
-    s.add_argument("command", nargs=argparse.REMAINDER,
-                   help="after --: a command; several words are quoted as one argv")
-    s.set_defaults(handler=cmd_ssh)
+    s.set_defaults(handler=cmd_ssh, command=[])
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -82,8 +84,6 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(reach.known_hosts + "\n")
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
     argv = ssh_argv(reach, str(known), command)
     if args.json:
         done = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)

@@ -151,17 +151,23 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     from sandboxer.errors import SandboxerError
 
     client = make_client()
-    done, worst = [], 0
-    for sid in args.ids:
-        try:
-            done.append(client.destroy(sid))
-        except SandboxerError as e:
-            import sys
+    if len(args.ids) == 1:  # one id: its error is the command's error
+        done = [client.destroy(args.ids[0])]
+        errors: list[dict[str, Any]] = []
+    else:
+        done, errors = [], []
+        for sid in args.ids:
+            try:
+                done.append(client.destroy(sid))
+            except SandboxerError as e:
+                import sys
 
-            sys.stderr.write(f"sandboxer: {e.render()}\n")
-            worst = worst or e.exit_code
+                sys.stderr.write(f"sandboxer: {e.render()}\n")
+                errors.append({"id": sid, "code": e.code, "exit_code": e.exit_code,
+                               "message": e.render()})
+    worst = max((e["exit_code"] for e in errors), default=0)
     if args.json:
-        emit_json(_list_doc(done))
+        emit_json({**_list_doc(done), "errors": errors})
     else:
         print(table(HEADERS, _rows(done)))
     return worst

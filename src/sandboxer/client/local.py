@@ -100,18 +100,27 @@ class LocalClient:
         return self._catalog().get(profile_id)
 
     def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
+        catalog = self._catalog()
+        loaded: dict[Path, str | SandboxerError] = {}
+        for path in paths:  # all files first, so they may extend one another
+            try:
+                loaded[path] = catalog.add_file(path).id
+            except SandboxerError as e:
+                loaded[path] = e
         results = []
         for path in paths:
-            catalog = self._catalog()
+            outcome = loaded[path]
             try:
-                (profile,) = catalog.validate_files([path])
-                if profile.extension:
-                    self.manager.extension(profile.extension).parse_spec(profile)
+                if isinstance(outcome, SandboxerError):
+                    raise outcome
+                profile = catalog.get(outcome)
+                self.manager.extension(profile.extension).parse_spec(profile)
                 results.append({"file": str(path), "id": profile.id, "ok": True,
-                                "error": None})
+                                "error": None, "code": None})
             except SandboxerError as e:
-                results.append({"file": str(path), "id": None, "ok": False,
-                                "error": e.render(), "code": e.code})
+                results.append({"file": str(path), "id": None if isinstance(outcome, Exception)
+                                else outcome, "ok": False, "error": e.render(),
+                                "code": e.code})
         return results
 
     # -- sandboxes --------------------------------------------------------------------

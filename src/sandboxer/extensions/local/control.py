@@ -1,0 +1,217 @@
+"""Client side of the shared ext.local endpoint daemon: control socket and spawn-on-demand.
+
+Protocol: one newline-terminated JSON object per connection each way. Requests carry
+``op`` (ping, add, remove, list); replies carry ``ok`` and either the result or ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import sandboxer
+from sandboxer.config import Settings
+from sandboxer.errors import ProvisionFailed
+
+SHUTTING_DOWN = "shutting-down"
+_REQUEST_TIMEOUT = 15.0
+_START_TIMEOUT = 15.0
+
+
+SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def sandbox_dir(settings: Settings, sandbox_id: str) -> Path:
+    if not SANDBOX_ID.match(sandbox_id):
+        raise ProvisionFailed(f"invalid sandbox id {sandbox_id!r}")
+    return settings.local_root / sandbox_id
+
+
+def record_path(settings: Settings, sandbox_id: str) -> Path:
+    """The sandbox's ``add`` request (no secrets), so a restarted daemon can serve it again."""
+    return sandbox_dir(settings, sandbox_id) / "sandbox.json"
+
+
+def read_record(settings: Settings, sandbox_id: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(record_path(settings, sandbox_id).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def write_record(settings: Settings, sandbox_id: str, record: dict[str, Any]) -> None:
+    path = record_path(settings, sandbox_id)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    tmp.replace(path)
+
+
+class DaemonUnavailable(ProvisionFailed):
+    """No endpoint daemon answers on the control socket (not running or going away)."""
+
+
+def socket_path(settings: Settings) -> Path:
+    return settings.run_dir / "local-endpoint.sock"
+
+
+def pid_path(settings: Settings) -> Path:
+    return settings.run_dir / "local-endpoint.pid"
+
+
+def lock_path(settings: Settings) -> Path:
+    return settings.run_dir / "local-endpoint.lock"
+
+
+def log_path(settings: Settings) -> Path:
+    return settings.log_dir / "local-endpoint.log"
+
+
+def daemon_pid(settings: Settings) -> int | None:
+    """The pid recorded by a live daemon, or None when the pid file is missing or stale."""
+    try:
+        pid = int(pid_path(settings).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+async def request(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
+    """Send one request; raises DaemonUnavailable when nobody (or a dying daemon) answers."""
+    path = socket_path(settings)
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise DaemonUnavailable(f"the ext.local endpoint is not running ({path})") from e
+    try:
+        writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT)
+    except (ConnectionError, TimeoutError) as e:
+        raise DaemonUnavailable(f"the ext.local endpoint did not answer {op!r}: {e}") from e
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    if not line:
+        raise DaemonUnavailable(f"the ext.local endpoint closed the connection during {op!r}")
+    reply: dict[str, Any] = json.loads(line)
+    if not reply.get("ok"):
+        error = str(reply.get("error", "unknown error"))
+        if error == SHUTTING_DOWN:
+            raise DaemonUnavailable("the ext.local endpoint is shutting down")
+        raise ProvisionFailed(
+            f"ext.local endpoint: {op} failed: {error}",
+            hint=f"see {log_path(settings)}",
+        )
+    return reply
+
+
+async def ping(settings: Settings) -> bool:
+    try:
+        await request(settings, "ping")
+    except DaemonUnavailable:
+        return False
+    return True
+
+
+def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
+    settings.ensure()
+    env = {**os.environ, **settings.env, "SANDBOXER_HOME": str(settings.home)}
+    # The daemon must run the same sand-boxer as its caller, installed or from a checkout.
+    src = str(Path(sandboxer.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "sandboxer.extensions.local.endpoint",
+            "--home", str(settings.home)]
+    fd = os.open(log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # The daemon forks once and its first process exits, so nobody keeps a zombie.
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+            start_new_session=True, close_fds=True, env=env,
+        )
+    finally:
+        os.close(fd)
+
+
+async def _lock(path: Path, deadline: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    delay = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise ProvisionFailed(f"timed out waiting for {path}") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+async def ensure_running(settings: Settings, timeout: float = _START_TIMEOUT) -> None:
+    """Make sure a daemon answers on the control socket, starting one if needed.
+
+    Concurrent callers serialise on ``local-endpoint.lock`` so only one of them spawns.
+    """
+    if await ping(settings):
+        return
+    settings.ensure()
+    deadline = time.monotonic() + timeout
+    fd = await _lock(lock_path(settings), deadline)
+    try:
+        if await ping(settings):
+            return
+        proc = _spawn(settings)
+        delay = 0.005
+        while not await ping(settings):
+            rc = proc.poll()
+            if rc not in (None, 0) or time.monotonic() > deadline:
+                raise ProvisionFailed(
+                    "the ext.local endpoint did not start"
+                    + (f" (exit status {rc})" if rc not in (None, 0) else ""),
+                    hint=f"see {log_path(settings)}",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+    finally:
+        os.close(fd)
+
+
+async def call(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
+    """``request`` against a running daemon, starting or replacing it when it is gone."""
+    for _attempt in range(3):
+        await ensure_running(settings)
+        try:
+            return await request(settings, op, **args)
+        except DaemonUnavailable:
+            continue
+    raise ProvisionFailed(f"the ext.local endpoint kept going away during {op!r}",
+                          hint=f"see {log_path(settings)}")
+
+
+async def call_if_running(settings: Settings, op: str, **args: Any) -> dict[str, Any] | None:
+    """``request`` only if a daemon is up; None otherwise (never starts one)."""
+    try:
+        return await request(settings, op, **args)
+    except DaemonUnavailable:
+        return None

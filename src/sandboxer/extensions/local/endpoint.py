@@ -1,0 +1,423 @@
+"""The shared ext.local endpoint daemon: one SSH listener per sandbox, sessions in bwrap.
+
+Run as ``python -m sandboxer.extensions.local.endpoint --home HOME``; ``control.py``
+starts it on demand. It holds an exclusive flock on ``run/local-endpoint.pid`` for its
+whole life, serves newline-delimited JSON on ``run/local-endpoint.sock`` (ops ping, add,
+remove, list), reaps expired leases every second, and exits once it has served no sandbox
+for ``SANDBOXER_LOCAL_IDLE_EXIT`` seconds (default 3). This is the only module that
+imports asyncssh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from sandboxer.config import Settings
+from sandboxer.extensions.local import control, jail
+from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
+from sandboxer.extensions.local.spec import LocalSpec
+
+log = logging.getLogger(__name__)
+FINAL_STATES = frozenset({"destroyed", "failed"})
+
+
+@dataclass(eq=False)
+class _Sandbox:
+    id: str
+    user: str
+    workspace: Path
+    host_uid: int
+    spec: LocalSpec
+    env: dict[str, str]
+    client_key: asyncssh.SSHKey
+    acceptor: asyncssh.SSHAcceptor | None = None
+    conns: set[_SSHServer] = field(default_factory=set)
+
+    @property
+    def port(self) -> int:
+        return self.acceptor.get_port() if self.acceptor else 0
+
+
+class _SSHServer(asyncssh.SSHServer):
+    """One connection to one sandbox: its user and its client key only, no forwarding."""
+
+    def __init__(self, sb: _Sandbox) -> None:
+        self.sb = sb
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.procs: set[asyncio.subprocess.Process] = set()
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.sb.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sb.conns.discard(self)
+        # A client that goes away must not leave its jailed processes running.
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return username == self.sb.user and key.public_data == self.sb.client_key.public_data
+
+
+class Daemon:
+    """The endpoint: registered sandboxes, their listeners and the control socket."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sandboxes: dict[str, _Sandbox] = {}
+        self.shutting_down = False
+        self.busy = 0
+        self.ops_lock = asyncio.Lock()
+        self.root = os.geteuid() == 0
+        self.bwrap = shutil.which("bwrap")
+        self.idle_exit = float(settings.env.get("SANDBOXER_LOCAL_IDLE_EXIT", "3"))
+        self._store: Any = None
+        self._stop = asyncio.Event()
+        self._warned: set[str] = set()
+
+    def _warn_once(self, what: str, e: Exception) -> None:
+        # A missing store or manager would otherwise flood the log every second.
+        level = logging.DEBUG if what in self._warned else logging.WARNING
+        self._warned.add(what)
+        log.log(level, "%s failed: %s", what, e)
+
+    # -- control socket ---------------------------------------------------------------
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.busy += 1
+        try:
+            line = await reader.readline()
+            try:
+                req = json.loads(line)
+                reply = await self._dispatch(req)
+            except Exception as e:
+                log.warning("control request failed: %s", e,
+                            exc_info=not isinstance(e, (ValueError, KeyError)))
+                reply = {"ok": False, "error": str(e) or type(e).__name__}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self.busy -= 1
+            writer.close()
+
+    async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if self.shutting_down:
+            return {"ok": False, "error": control.SHUTTING_DOWN}
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "list":
+            return {"ok": True, "sandboxes": [
+                {"sandbox_id": sb.id, "port": sb.port} for sb in self.sandboxes.values()]}
+        async with self.ops_lock:
+            if op == "add":
+                return {"ok": True, "port": await self._add(req)}
+            if op == "remove":
+                await self._remove(str(req["sandbox_id"]))
+                return {"ok": True}
+        raise ValueError(f"unknown op {op!r}")
+
+    # -- sandboxes --------------------------------------------------------------------
+
+    async def _add(self, req: dict[str, Any]) -> int:
+        sid = str(req["sandbox_id"])
+        if not SANDBOX_ID.match(sid):
+            raise ValueError(f"invalid sandbox id {sid!r}")
+        if sid in self.sandboxes:
+            return self.sandboxes[sid].port
+        if self.bwrap is None:
+            raise ValueError("bwrap is not installed (apt-get install bubblewrap)")
+        sb = _Sandbox(
+            id=sid,
+            user=str(req["user"]),
+            workspace=Path(req["workspace"]),
+            host_uid=int(req["host_uid"]),
+            spec=LocalSpec.model_validate(req.get("spec") or {}),
+            env={str(k): str(v) for k, v in (req.get("env") or {}).items()},
+            client_key=asyncssh.import_public_key(str(req["authorized_key"])),
+        )
+        host_key = asyncssh.read_private_key(str(req["host_key_path"]))
+        sb.acceptor = await asyncssh.listen(
+            host="127.0.0.1",
+            port=int(req.get("port") or 0),
+            reuse_address=True,
+            server_host_keys=[host_key],
+            server_factory=partial(_SSHServer, sb),
+            process_factory=partial(self._session, sb),
+            encoding=None,
+            line_editor=False,
+            allow_scp=False,
+            sftp_factory=None,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            login_timeout=30,
+        )
+        self.sandboxes[sid] = sb
+        log.info("serving %s on 127.0.0.1:%d (host uid %d)", sid, sb.port, sb.host_uid)
+        return sb.port
+
+    async def _remove(self, sid: str) -> None:
+        sb = self.sandboxes.pop(sid, None)
+        if sb is None:
+            return
+        if sb.acceptor is not None:
+            sb.acceptor.close()
+        procs = [p for server in list(sb.conns) for p in server.procs]
+        for server in list(sb.conns):
+            if server.conn is not None:
+                server.conn.abort()
+            server.connection_lost(None)
+        if procs:
+            await asyncio.wait([asyncio.create_task(p.wait()) for p in procs], timeout=3)
+        log.info("removed %s", sid)
+
+    # -- sessions ---------------------------------------------------------------------
+
+    async def _session(self, sb: _Sandbox, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if process.subsystem:
+            process.stderr.write(b"subsystems are not supported\n")
+            process.exit(1)
+            return
+        term = process.term_type
+        pty = term is not None
+        s = jail.Session(sb.id, sb.user, sb.workspace, sb.spec, command=process.command,
+                         term=term, pty=pty, env=sb.env)
+        bwrap = self.bwrap or "bwrap"
+        fds = jail.data_pipes(jail.etc_files(sb.user, sb.spec.hostname or sb.id, sb.spec.shell))
+        kw: dict[str, Any] = {
+            "pass_fds": tuple(fds.values()),
+            "preexec_fn": jail.make_preexec(sb.spec, pty=pty),
+        }
+        if self.root:
+            kw.update(user=sb.host_uid, group=sb.host_uid, extra_groups=[])
+        master = slave = -1
+        pipes: list[int] = []
+        ours: tuple[int, int, int] = (-1, -1, -1)
+        try:
+            argv = jail.build_argv(s, fds, bwrap=bwrap)
+            if pty:
+                cols, rows, _, _ = process.term_size
+                master, slave, _ = jail.open_pty(cols, rows, sb.host_uid if self.root else None)
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, **kw)
+            else:
+                # Plain pipes (not asyncio streams): asyncssh owns and closes our ends.
+                for _ in range(3):
+                    r, w = os.pipe()
+                    pipes += [r, w]
+                child = (pipes[0], pipes[3], pipes[5])
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=child[0], stdout=child[1], stderr=child[2], **kw)
+                ours = (pipes[1], pipes[2], pipes[4])
+                pipes = list(child)
+        except Exception as e:
+            log.exception("spawning a session of %s failed", sb.id)
+            jail.close_fds([master] if master >= 0 else [])
+            process.stderr.write(f"sandboxer: could not start the session: {e}\n".encode())
+            process.exit(255)
+            return
+        finally:
+            jail.close_fds([*fds.values(), *([slave] if slave >= 0 else []), *pipes])
+        owner = process.get_extra_info("connection").get_owner()
+        owner.procs.add(proc)
+        tty_in = None
+        try:
+            if pty:
+                # EOF from the client must not hang up the terminal: recv_eof=False.
+                tty_in = os.fdopen(os.dup(master), "wb", buffering=0)
+                await process.redirect(stdin=tty_in, stdout=master, recv_eof=False)
+            else:
+                await process.redirect(stdin=ours[0], stdout=ours[1], stderr=ours[2])
+            rc = await proc.wait()
+            # Every byte of output reaches the client before the exit status does.
+            await process.stdout.drain()
+            await process.stderr.drain()
+            process.exit(rc if rc >= 0 else 128 - rc)
+        except (OSError, asyncssh.Error) as e:
+            log.info("session of %s ended early: %s", sb.id, e)
+        finally:
+            owner.procs.discard(proc)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            # Lets asyncssh finish its per-redirect cleanup instead of dropping coroutines.
+            with contextlib.suppress(Exception):
+                process.close()
+                await asyncio.wait_for(process.wait_closed(), 10)
+            if tty_in is not None:
+                tty_in.close()
+
+    # -- store, leases, restore -------------------------------------------------------
+
+    def store(self) -> Any:
+        if self._store is None:
+            from sandboxer.store import open_store
+
+            self._store = open_store(self.settings)
+        return self._store
+
+    async def _restore(self) -> None:
+        """Serve again every live sandbox of this home, on its recorded port.
+
+        Candidates are the store's live handles plus every sandbox dir with a record (a
+        store that does not know an id cannot veto it); any id whose state is final is not.
+        """
+        root = self.settings.local_root
+        ids = {p.parent.name for p in root.glob("*/sandbox.json")} if root.is_dir() else set()
+        try:
+            store = self.store()
+            ids |= {h.sandbox_id for h in store.live_handles("ext.local")}
+            states: dict[str, str] = store.states(sorted(ids)) if ids else {}
+            ids -= {sid for sid, state in states.items() if state in FINAL_STATES}
+        except Exception as e:
+            self._store = None
+            self._warn_once("reading the store", e)
+        for sid in sorted(ids):
+            record = read_record(self.settings, sid)
+            if record is None:
+                log.info("not restoring %s: no %s", sid, record_path(self.settings, sid))
+                continue
+            try:
+                async with self.ops_lock:
+                    await self._add(record)
+            except Exception:
+                log.exception("restoring %s failed", sid)
+
+    async def _housekeeping(self) -> None:
+        try:
+            ids = list(self.sandboxes)
+            if ids:
+                states = self.store().states(ids)
+                for sid, state in states.items():
+                    if state in FINAL_STATES:
+                        log.info("dropping %s: its state is %s", sid, state)
+                        async with self.ops_lock:
+                            await self._remove(sid)
+        except Exception as e:
+            self._store = None
+            self._warn_once("store check", e)
+        try:
+            from sandboxer.manager import Manager
+
+            await Manager(self.settings).reap(extension="ext.local")
+        except Exception as e:
+            self._warn_once("lease reaping", e)
+
+    async def run(self) -> None:
+        path = control.socket_path(self.settings)
+        path.unlink(missing_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        # Restore before answering, so a client that sees us up also sees its sandbox.
+        await self._restore()
+        server = await asyncio.start_unix_server(self._control, str(path))
+        path.chmod(0o600)
+        log.info("endpoint %d ready with %d sandbox(es)", os.getpid(), len(self.sandboxes))
+        tick = max(0.05, min(1.0, self.idle_exit / 3))
+        idle_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), tick)
+                await self._housekeeping()
+                if self.sandboxes or self.busy:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= self.idle_exit:
+                    break
+        finally:
+            # No await between the check above and this flag: a late add sees it.
+            self.shutting_down = True
+            server.close()
+            path.unlink(missing_ok=True)
+            for sid in list(self.sandboxes):
+                await self._remove(sid)
+            log.info("endpoint %d exiting", os.getpid())
+
+
+def _lock_pid_file(settings: Settings, timeout: float = 10.0) -> int | None:
+    """Hold the pid file's flock; wait out a daemon that is still shutting down."""
+    path = control.pid_path(settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            time.sleep(0.02)
+            continue
+        # The previous owner unlinks the file on exit: make sure we locked the live one.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sandboxer-local-endpoint")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--foreground", action="store_true")
+    args = ap.parse_args(argv)
+    settings = Settings.from_env({**os.environ, "SANDBOXER_HOME": args.home})
+    settings.ensure()
+    if not args.foreground and os.fork() > 0:
+        os._exit(0)  # the caller reaps this parent at once; the daemon is adopted by init
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one line per packet otherwise
+    fd = _lock_pid_file(settings)
+    if fd is None:
+        log.info("another endpoint holds %s; exiting", control.pid_path(settings))
+        return 0
+    try:
+        asyncio.run(Daemon(settings).run())
+    finally:
+        control.pid_path(settings).unlink(missing_ok=True)
+        os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

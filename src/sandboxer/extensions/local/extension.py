@@ -1,0 +1,272 @@
+"""LocalExtension: workspace directories jailed with bubblewrap, served by one daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+from typing_extensions import override
+
+from sandboxer.config import Settings
+from sandboxer.errors import ProvisionFailed, SandboxNotFound
+from sandboxer.extensions import _keys
+from sandboxer.extensions.base import (
+    Endpoint,
+    Extension,
+    Handle,
+    Observed,
+    ProvisionRequest,
+    Target,
+    key_paths,
+)
+from sandboxer.extensions.local import control
+from sandboxer.extensions.local.spec import LocalSpec
+
+TARGET = "local"
+UID_SPAN = 65536
+
+
+def _uid_base(settings: Settings) -> int:
+    return int(settings.env.get("SANDBOXER_LOCAL_UID_BASE", "1100000"))
+
+
+def _proc_uids() -> dict[int, set[int]]:
+    """Real uid -> pids of every live (non-zombie) process on the host."""
+    out: dict[int, set[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                text = f.read()
+        except OSError:
+            continue
+        state = uid = None
+        for line in text.splitlines():
+            if line.startswith("State:"):
+                state = line.split()[1]
+            elif line.startswith("Uid:"):
+                uid = int(line.split()[1])
+                break
+        if uid is not None and state != "Z":
+            out.setdefault(uid, set()).add(int(entry.name))
+    return out
+
+
+def kill_uid(uid: int, timeout: float = 3.0) -> None:
+    """SIGKILL every process of ``uid`` until none is left (a fork bomb respawns)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while pids := _proc_uids().get(uid):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise ProvisionFailed(f"processes of host uid {uid} survive SIGKILL: {sorted(pids)}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents as 0711: passable, not listable, by jail uids."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(exist_ok=True)
+        p.chmod(0o711)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a sandbox dir; already gone is fine."""
+    top = str(path)
+
+    def onerror(func: Callable[..., Any], p: str, exc_info: Any) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        parent = os.path.dirname(p)
+        # Without root, a jail may leave read-only dirs behind; its owner can chmod them.
+        if not isinstance(exc, PermissionError) or p == top or not parent.startswith(top):
+            raise exc
+        os.chmod(parent, 0o700)
+        func(p)
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+class LocalExtension(Extension):
+    """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint."""
+
+    name = "ext.local"
+    Spec = LocalSpec
+
+    @property
+    def _root(self) -> bool:
+        return os.geteuid() == 0
+
+    def _dirs(self) -> list[Path]:
+        root = self.settings.local_root
+        if not root.is_dir():
+            return []
+        return [p for p in root.iterdir() if p.is_dir() and control.SANDBOX_ID.match(p.name)]
+
+    @override
+    def targets(self, config: Settings) -> list[Target]:
+        bwrap = shutil.which("bwrap")
+        return [Target(
+            name=TARGET,
+            extension=self.name,
+            kind="self-hosted",
+            healthy=bwrap is not None,
+            reason=None if bwrap else "bubblewrap is not installed: apt-get install bubblewrap",
+            capacity=int(config.env.get("SANDBOXER_LOCAL_CAPACITY", "64")),
+            used=len(LocalExtension(config)._dirs()),
+        )]
+
+    def _create_dirs(self, sandbox_id: str) -> tuple[int, Path, Path]:
+        """Pick a free host uid and create the sandbox dir and its workspace (owned by it)."""
+        s = self.settings
+        d = control.sandbox_dir(s, sandbox_id)
+        ws = d / "workspace"
+        _make_private_dirs(s.local_root)
+        if not self._root:
+            d.mkdir(mode=0o711)
+            ws.mkdir(mode=0o700)
+            return os.getuid(), d, ws
+        s.ensure()
+        fd = os.open(s.run_dir / "local-uid.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # Concurrent creates serialise here; the workspace's owner marks the uid taken.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            taken = set(_proc_uids())
+            for other in self._dirs():
+                with contextlib.suppress(OSError):
+                    taken.add((other / "workspace").stat().st_uid)
+            base = _uid_base(s)
+            uid = next((u for u in range(base, base + UID_SPAN) if u not in taken), None)
+            if uid is None:
+                raise ProvisionFailed(f"no free host uid in [{base}, {base + UID_SPAN})")
+            d.mkdir(mode=0o711)
+            d.chmod(0o711)
+            ws.mkdir(mode=0o700)
+            os.chown(ws, uid, uid)
+            return uid, d, ws
+        finally:
+            os.close(fd)
+
+    @override
+    async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
+        # Secret values are not injected into ext.local sandboxes yet; none reach the disk.
+        s = self.settings
+        sid = req.sandbox_id
+        spec = req.spec if isinstance(req.spec, LocalSpec) else self._spec(req.spec)
+        req.progress("starting the local endpoint")
+        starting = asyncio.create_task(control.ensure_running(s))
+        try:
+            if control.sandbox_dir(s, sid).exists():
+                raise ProvisionFailed(f"ext.local sandbox {sid} already exists")
+            req.progress("generating keys")
+            keys = _keys.generate(s, sid)
+            req.progress("creating the workspace")
+            host_uid, d, ws = self._create_dirs(sid)
+            await starting
+            record: dict[str, Any] = {
+                "sandbox_id": sid, "user": req.user, "port": None,
+                "host_key_path": str(keys.host_key), "authorized_key": keys.client_public,
+                "workspace": str(ws), "host_uid": host_uid,
+                "spec": spec.model_dump(mode="json"), "env": dict(req.env),
+            }
+            req.progress("opening the SSH endpoint")
+            port = int((await control.call(s, "add", **record))["port"])
+            record["port"] = port
+            control.write_record(s, sid, record)
+            _keys.write_known_hosts(
+                keys.known_hosts, [_keys.known_hosts_line("127.0.0.1", port, keys.host_public)])
+        except BaseException as e:
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            await self.destroy(Handle(sandbox_id=sid, extension=self.name, target=TARGET))
+            if isinstance(e, ProvisionFailed) or not isinstance(e, Exception):
+                raise
+            raise ProvisionFailed(f"ext.local: creating {sid} failed: {e}") from e
+        return Handle(sandbox_id=sid, extension=self.name, target=TARGET, data={
+            "port": port, "host_uid": host_uid, "dir": str(d), "workspace": str(ws),
+            "user": req.user,
+        })
+
+    def _spec(self, spec: BaseModel) -> LocalSpec:
+        return LocalSpec.model_validate(spec.model_dump())
+
+    def _record(self, handle: Handle) -> dict[str, Any]:
+        rec = control.read_record(self.settings, handle.sandbox_id)
+        if rec is None or not rec.get("port"):
+            raise SandboxNotFound(
+                f"ext.local sandbox {handle.sandbox_id} has no workspace under "
+                f"{self.settings.local_root}",
+                hint="it was destroyed; create a new one",
+            )
+        return rec
+
+    @override
+    async def endpoint(self, handle: Handle) -> Endpoint:
+        rec = self._record(handle)
+        # Re-serve after a daemon restart; add is idempotent and keeps the recorded port.
+        port = int((await control.call(self.settings, "add", **rec))["port"])
+        paths = key_paths(self.settings, handle.sandbox_id)
+        return Endpoint(
+            host="127.0.0.1", port=port, user=str(rec["user"]),
+            host_key=_public_line(paths["host_key"]),
+            identity_file=str(paths["identity"]),
+            known_hosts_file=str(paths["known_hosts"]),
+        )
+
+    @override
+    async def inspect(self, handle: Handle) -> Observed:
+        if not control.sandbox_dir(self.settings, handle.sandbox_id).is_dir():
+            return Observed(live=False, detail="its workspace directory is gone")
+        listed = await control.call(self.settings, "list")
+        if any(e["sandbox_id"] == handle.sandbox_id for e in listed["sandboxes"]):
+            return Observed(live=True)
+        return Observed(live=False, detail="the local endpoint does not serve it")
+
+    @override
+    async def destroy(self, handle: Handle) -> None:
+        s = self.settings
+        sid = handle.sandbox_id
+        d = control.sandbox_dir(s, sid)
+        await control.call_if_running(s, "remove", sandbox_id=sid)
+        if self._root:
+            uid = handle.data.get("host_uid")
+            with contextlib.suppress(OSError):
+                uid = (d / "workspace").stat().st_uid
+            base = _uid_base(s)
+            # Only ever a uid from our private range: never root's or a real user's.
+            if isinstance(uid, int) and base <= uid < base + UID_SPAN:
+                kill_uid(uid)
+        _rmtree(d)
+        _keys.remove(s, sid)
+
+    @override
+    async def owned(self, target: Target) -> list[Handle]:
+        ids = {p.name for p in self._dirs()}
+        listed = await control.call_if_running(self.settings, "list")
+        if listed:
+            ids |= {str(e["sandbox_id"]) for e in listed["sandboxes"]}
+        return [Handle(sandbox_id=i, extension=self.name, target=TARGET) for i in sorted(ids)]
+
+
+def _public_line(private_key: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private_key.read_bytes(), password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
