@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,5 +41,5 @@ def profiles_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def settings(home: Path, profiles_dir: Path) -> Iterator[Settings]:
-    yield Settings.from_env()
+def settings(home: Path, profiles_dir: Path) -> Settings:
+    return Settings.from_env()

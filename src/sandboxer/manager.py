@@ -116,8 +116,10 @@ class Manager:
 
     def reachability(self, sandbox_id: str) -> Reachability:
         status = self.get(sandbox_id)
-        if status.reachability is None:
-            raise Conflict(f"sandbox {sandbox_id} is {status.state}; it has no reachability")
+        if status.state != "ready" or status.reachability is None:
+            raise Conflict(
+                f"sandbox {sandbox_id} is {status.state}; only a ready sandbox is reachable"
+            )
         return status.reachability
 
     # -- create -----------------------------------------------------------------------
@@ -133,8 +135,6 @@ class Manager:
     ) -> tuple[Plan, Extension, dict[str, SecretStr]]:
         """Validate everything a create needs, resolving secrets last; creates nothing."""
         profile = self.catalog.get(profile_id)
-        ext = self.extension(profile.extension)
-        ext.parse_spec(profile)
         try:
             lease = parse_duration(ttl) if ttl is not None else profile.ttl.default
             merged = validate_labels({**profile.labels, **(labels or {})})
@@ -146,6 +146,8 @@ class Manager:
                 f"({format_duration(profile.ttl.max)})",
                 hint="ask for a shorter lease",
             )
+        ext = self.extension(profile.extension)
+        ext.parse_spec(profile)
         chosen = choose(ext.targets(self.settings), profile.route, pinned=target)
         secrets = boundary.resolve(profile, self.settings)
         plan = Plan(
@@ -225,9 +227,10 @@ class Manager:
             self.progress(f"{handle.sandbox_id}: setup step {i}/{len(steps)}")
             rc, out = await ext.run(handle, step, timeout=SETUP_STEP_TIMEOUT)
             if rc != 0:
-                tail = boundary.redact(out, secrets).strip().splitlines()[-10:]
+                tail = "\n".join(boundary.redact(out, secrets).strip().splitlines()[-10:])
                 raise ProvisionFailed(
-                    f"setup step {i} of {len(steps)} exited {rc}: " + "\n".join(tail)
+                    f"setup step {i} of {len(steps)} exited {rc}"
+                    + (f": {tail}" if tail else " (no output)")
                 )
 
     async def _fail(

@@ -116,7 +116,7 @@ def test_extend_up_to_max_from_creation(settings: Settings) -> None:
     s = run(m.create("profile.fake"))
     extended = m.extend(s.id, "90m")
     assert extended.expires_at > s.expires_at
-    with pytest.raises(InvalidInput, match="ttl.max"):
+    with pytest.raises(InvalidInput, match=r"ttl\.max"):
         m.extend(s.id, "3h")
     assert m.get(s.id).expires_at == extended.expires_at
     with pytest.raises(SandboxNotFound):

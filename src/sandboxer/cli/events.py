@@ -10,7 +10,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     e = sub.add_parser("events", parents=[common], help="show the event outbox")
     e.add_argument("--sandbox", help="only this sandbox's events")
     e.add_argument("--after", type=int, default=0, help="only events after this sequence")
-    e.add_argument("--limit", type=int, default=1000)
+    e.add_argument("--limit", type=int, default=1000, help="at most this many events")
     e.add_argument("--follow", action="store_true", help="keep printing new events")
     e.set_defaults(handler=cmd_events)
 

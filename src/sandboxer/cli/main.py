@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print a stable JSON document")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print a stable JSON document")
     parser = _Parser(
         prog="sandboxer",
         description="Sandbox custodian: profiles become isolated, leased, SSH-reachable "
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or profile, 5 provisioning failed, 6 no target, 7 secrets, 8 conflict.",
     )
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for group in (profiles, sandboxes, reach, events, doctor):

@@ -25,7 +25,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g.set_defaults(handler=cmd_get)
 
     ls = sub.add_parser("list", parents=[common], help="list sandboxes (live ones by default)")
-    ls.add_argument("--state", action="append", choices=STATES)
+    ls.add_argument("--state", action="append", choices=STATES,
+                    help="only this state (repeatable); default: the live states")
     ls.add_argument("--profile")
     ls.add_argument("--actor")
     ls.add_argument("--label", action="append", metavar="K=V")
@@ -74,7 +75,8 @@ def _show(status: Any, as_json: bool) -> None:
         ("reason", d["reason"]), ("target", d["target"]), ("actor", d["actor"]),
         ("labels", ",".join(f"{k}={v}" for k, v in d["labels"].items()) or None),
         ("created (utc)", _when(d["created_at"])), ("expires (utc)", _when(d["expires_at"])),
-        ("ssh", r["ssh_command"] if r else None), ("error", d["error"]),
+        ("ssh", r["ssh_command"] if r and d["state"] == "ready" else None),
+        ("error", d["error"]),
     ]))
 
 
@@ -83,7 +85,8 @@ def _rows(items: list[Any]) -> list[list[Any]]:
     for s in map(_doc, items):
         r = s["reachability"]
         rows.append([s["id"], s["profile"], s["state"], s["target"], s["actor"],
-                     _when(s["expires_at"]), f"{r['host']}:{r['port']}" if r else None])
+                     _when(s["expires_at"]),
+                     f"{r['host']}:{r['port']}" if r and s["state"] == "ready" else None])
     return rows
 
 

@@ -9,6 +9,10 @@ import time
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions.base import Endpoint
 
+# Answers that retrying cannot change: a wrong host key or a refused key.
+_PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
+              "Permission denied")
+
 
 def ssh_options(ep: Endpoint) -> list[str]:
     """Options that pin the host key and use only the sandbox's own identity."""
@@ -71,6 +75,10 @@ async def ssh_probe(ep: Endpoint, *, timeout: float, command: str = "true") -> N
         rc, out = await ssh_run(ep, command, timeout=min(remaining, 10.0))
         if rc == 0:
             return
+        if any(word in out for word in _PERMANENT):
+            raise ProvisionFailed(
+                f"SSH to {ep.user}@{ep.host}:{ep.port} was refused: {out.strip()[-300:]}"
+            )
         last = out
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)

@@ -85,12 +85,12 @@ def test_self_extends_is_a_cycle(settings: Settings, profiles_dir: Path) -> None
 
 def test_unknown_parent(settings: Settings, profiles_dir: Path) -> None:
     write(profiles_dir, "o.yaml", "id: profile.o\nextends: profile.nope\n")
-    with pytest.raises(ProfileInvalid, match="unknown parent profile 'profile.nope'"):
+    with pytest.raises(ProfileInvalid, match=r"unknown parent profile 'profile\.nope'"):
         Catalog(settings).get("profile.o")
 
 
 def test_unknown_profile_id(settings: Settings) -> None:
-    with pytest.raises(ProfileNotFound, match="profile.missing"):
+    with pytest.raises(ProfileNotFound, match=r"profile\.missing"):
         Catalog(settings).get("profile.missing")
 
 

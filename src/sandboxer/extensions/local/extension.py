@@ -35,6 +35,39 @@ TARGET = "local"
 UID_SPAN = 65536
 
 
+def _claims_dir(settings: Settings) -> Path:
+    """Machine-wide uid claims: one file per host uid naming the sandbox dir that owns it.
+
+    Several SANDBOXER_HOMEs (users, test runs) share this machine's uid range, so the
+    choice of a free uid must be made under one lock for the whole machine.
+    """
+    return Path(settings.env.get("SANDBOXER_LOCAL_UID_CLAIMS", "/var/lib/sandboxer/uids"))
+
+
+def _claimed_uids(claims: Path) -> set[int]:
+    """Uids claimed by a sandbox dir that still exists; stale claims are dropped."""
+    taken: set[int] = set()
+    for f in claims.iterdir():
+        if not f.name.isdigit():
+            continue
+        try:
+            owner = Path(f.read_text().strip())
+        except OSError:
+            continue
+        if owner.is_dir():
+            taken.add(int(f.name))
+        else:
+            f.unlink(missing_ok=True)
+    return taken
+
+
+def _release_uid(settings: Settings, uid: int, sandbox_dir: Path) -> None:
+    claim = _claims_dir(settings) / str(uid)
+    with contextlib.suppress(OSError):
+        if Path(claim.read_text().strip()) == sandbox_dir:
+            claim.unlink()
+
+
 def _uid_base(settings: Settings) -> int:
     return int(settings.env.get("SANDBOXER_LOCAL_UID_BASE", "1100000"))
 
@@ -141,12 +174,13 @@ class LocalExtension(Extension):
             d.mkdir(mode=0o711)
             ws.mkdir(mode=0o700)
             return os.getuid(), d, ws
-        s.ensure()
-        fd = os.open(s.run_dir / "local-uid.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        claims = _claims_dir(s)
+        claims.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(claims / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            # Concurrent creates serialise here; the workspace's owner marks the uid taken.
+            # Concurrent creates of every home on this machine serialise here.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            taken = set(_proc_uids())
+            taken = set(_proc_uids()) | _claimed_uids(claims)
             for other in self._dirs():
                 with contextlib.suppress(OSError):
                     taken.add((other / "workspace").stat().st_uid)
@@ -155,9 +189,16 @@ class LocalExtension(Extension):
             if uid is None:
                 raise ProvisionFailed(f"no free host uid in [{base}, {base + UID_SPAN})")
             d.mkdir(mode=0o711)
-            d.chmod(0o711)
-            ws.mkdir(mode=0o700)
-            os.chown(ws, uid, uid)
+            try:
+                d.chmod(0o711)
+                ws.mkdir(mode=0o700)
+                os.chown(ws, uid, uid)
+                claim = os.open(claims / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(claim, "w") as f:
+                    f.write(f"{d}\n")
+            except BaseException:
+                _rmtree(d)
+                raise
             return uid, d, ws
         finally:
             os.close(fd)
@@ -171,12 +212,21 @@ class LocalExtension(Extension):
         req.progress("starting the local endpoint")
         starting = asyncio.create_task(control.ensure_running(s))
         try:
-            if control.sandbox_dir(s, sid).exists():
-                raise ProvisionFailed(f"ext.local sandbox {sid} already exists")
+            req.progress("creating the workspace")
+            try:
+                # mkdir claims the id: nothing below may touch a sandbox we did not create.
+                host_uid, d, ws = self._create_dirs(sid)
+            except FileExistsError as e:
+                starting.cancel()
+                raise ProvisionFailed(f"ext.local sandbox {sid} already exists") from e
+        except BaseException:
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            raise
+        try:
             req.progress("generating keys")
             keys = _keys.generate(s, sid)
-            req.progress("creating the workspace")
-            host_uid, d, ws = self._create_dirs(sid)
             await starting
             record: dict[str, Any] = {
                 "sandbox_id": sid, "user": req.user, "port": None,
@@ -252,6 +302,8 @@ class LocalExtension(Extension):
             # Only ever a uid from our private range: never root's or a real user's.
             if isinstance(uid, int) and base <= uid < base + UID_SPAN:
                 kill_uid(uid)
+                _rmtree(d)
+                _release_uid(s, uid, d)
         _rmtree(d)
         _keys.remove(s, sid)
 

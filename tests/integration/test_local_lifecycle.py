@@ -1,0 +1,147 @@
+"""ext.local through the manager and the CLI: leases, failures, concurrency, reconcile."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxer.client.local import LocalClient
+from sandboxer.config import Settings
+from sandboxer.errors import ProvisionFailed
+
+from .conftest import SANDBOXER, port_open, raw_state, ssh
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_descriptor_reaches_the_sandbox_with_a_pinned_key(local_home: Settings) -> None:
+    client = LocalClient(local_home)
+    s = client.create("profile.local", ttl="5m").document()
+    reach = s["reachability"]
+    done = ssh(reach, "echo $USER:$(id -u):$PWD")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"{reach['user']}:1000:/workspace\n"
+    # A different host key under the same name must be refused (StrictHostKeyChecking=yes).
+    bad_known = Path(local_home.home) / "wrong_known_hosts"
+    bad_known.write_text(
+        f"[127.0.0.1]:{reach['port']} ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIGJzZWNvbmRrZXlub3R0aGVyZWFsb25lYWFhYWFhYWFh\n"
+    )
+    forged = {**reach, "ssh_command": reach["ssh_command"].replace(
+        f"UserKnownHostsFile={Path(local_home.keys_dir) / (s['id'] + '.known_hosts')}",
+        f"UserKnownHostsFile={bad_known}")}
+    refused = ssh(forged, "true")
+    assert refused.returncode == 255
+    assert b"host key" in refused.stderr.lower() or b"verification" in refused.stderr.lower()
+
+
+def test_lease_expires_with_no_sandboxer_command_running(local_home: Settings) -> None:
+    client = LocalClient(local_home)
+    s = client.create("profile.local", ttl="3s").document()
+    port = s["reachability"]["port"]
+    workspace = Path(raw_state(local_home, s["id"])["handle"]["data"]["workspace"])
+    assert workspace.exists()
+    # Only the endpoint process is running now; it must enforce the lease by itself.
+    wait_for(lambda: raw_state(local_home, s["id"])["state"] == "destroyed", 30,
+             "the endpoint to expire the lease")
+    assert raw_state(local_home, s["id"])["reason"] == "expired"
+    assert not workspace.exists()
+    assert not port_open(port)
+    conn = sqlite3.connect(local_home.db_path)
+    types = [r[0] for r in conn.execute(
+        "SELECT type FROM events WHERE sandbox_id = ? ORDER BY seq", (s["id"],))]
+    assert types == ["sandbox.created", "sandbox.ready", "sandbox.expired",
+                     "sandbox.destroyed"]
+
+
+def test_failed_create_leaves_nothing_behind(local_home: Settings) -> None:
+    profiles = Path(os.environ["SANDBOXER_PROFILES"])
+    (profiles / "failing.yaml").write_text(
+        "id: profile.failing\nextends: profile.local\n"
+        "setup: {instructions: ['echo step one', 'echo broken >&2; exit 9']}\n"
+    )
+    client = LocalClient(local_home)
+    with pytest.raises(ProvisionFailed, match=r"setup step 2 of 2 exited 9: broken"):
+        client.create("profile.failing")
+    (failed,) = client.list_documents(all=True)
+    assert failed["state"] == "failed"
+    assert "exited 9" in failed["error"]
+    handle = raw_state(local_home, failed["id"])["handle"]
+    assert handle is not None
+    assert not Path(handle["data"]["workspace"]).exists()
+    assert not port_open(handle["data"]["port"])
+    assert not list(local_home.keys_dir.glob(f"{failed['id']}*"))
+    if os.geteuid() == 0:
+        uid = handle["data"]["host_uid"]
+        owners = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                  and _uid_of(p) == uid]
+        assert owners == []
+
+
+def _uid_of(proc: Path) -> int | None:
+    """The real uid of a live process (zombies awaiting init's reaping don't count)."""
+    try:
+        lines = (proc / "status").read_text().splitlines()
+    except OSError:
+        return None
+    if any(line.startswith("State:") and line.split()[1] == "Z" for line in lines):
+        return None
+    for line in lines:
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return None
+
+
+def test_eight_concurrent_creates_from_separate_processes(local_home: Settings) -> None:
+    env = {**os.environ}
+    procs = [subprocess.Popen([SANDBOXER, "create", "profile.local", "--ttl", "5m", "--json",
+                               "--quiet"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(8)]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err.decode()
+        docs.append(json.loads(out))
+    ports = {d["reachability"]["port"] for d in docs}
+    assert len(ports) == 8
+    assert len({d["id"] for d in docs}) == 8
+    for d in docs:
+        done = ssh(d["reachability"], "hostname")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().strip() == d["id"]
+    pidfile = local_home.run_dir / "local-endpoint.pid"
+    assert pidfile.exists()  # one shared endpoint serves all eight
+    destroy = subprocess.run([SANDBOXER, "destroy", *[d["id"] for d in docs], "--json"],
+                             env=env, capture_output=True, timeout=120, check=False)
+    assert destroy.returncode == 0, destroy.stderr
+    assert {i["state"] for i in json.loads(destroy.stdout)["items"]} == {"destroyed"}
+    assert not any(port_open(p) for p in ports)
+
+
+def test_reconcile_reaps_what_no_live_sandbox_claims(local_home: Settings) -> None:
+    client = LocalClient(local_home)
+    keep = client.create("profile.local").document()
+    lost = client.create("profile.local").document()
+    # Simulate a control plane that lost track of `lost` (crash between steps).
+    conn = sqlite3.connect(local_home.db_path)
+    conn.execute("UPDATE sandboxes SET state = 'destroyed' WHERE id = ?", (lost["id"],))
+    conn.commit()
+    conn.close()
+    removed = client.reconcile()
+    assert [r["sandbox_id"] for r in removed] == [lost["id"]]
+    assert ssh(lost["reachability"], "true").returncode == 255
+    assert ssh(keep["reachability"], "true").returncode == 0
