@@ -93,6 +93,17 @@ class StoreBusy(SandboxerError):
     http_status = 503
 
 
+def from_code(code: str, message: str) -> SandboxerError:
+    """Rebuild an error sent over a wire (control socket, HTTP) from its stable code."""
+    def walk(cls: type[SandboxerError]) -> list[type[SandboxerError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in walk(sub))]
+
+    for cls in walk(SandboxerError):
+        if cls.code == code:
+            return cls(message)
+    return SandboxerError(message)
+
+
 EXIT_CODES: dict[int, str] = {
     0: "ok",
     1: "unexpected error",

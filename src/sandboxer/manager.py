@@ -14,11 +14,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
-
-from sandboxer.catalog import Catalog
 from sandboxer.config import Settings
 from sandboxer.errors import (
     Conflict,
@@ -38,14 +35,17 @@ from sandboxer.models.common import (
     utcnow,
     validate_labels,
 )
-from sandboxer.models.profile import Profile
-from sandboxer.models.reachability import Reachability
 from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
-from sandboxer.placement import choose
-from sandboxer.reachability import assemble
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
 from sandboxer.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, profile models)
+    from pydantic import SecretStr
+
+    from sandboxer.catalog import Catalog
+    from sandboxer.models.profile import Profile
+    from sandboxer.models.reachability import Reachability
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
@@ -96,6 +96,8 @@ class Manager:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            from sandboxer.catalog import Catalog
+
             self._catalog = Catalog(self.settings)
         return self._catalog
 
@@ -134,6 +136,8 @@ class Manager:
         target: str | None = None,
     ) -> tuple[Plan, Extension, dict[str, SecretStr]]:
         """Validate everything a create needs, resolving secrets last; creates nothing."""
+        from sandboxer.placement import choose
+
         profile = self.catalog.get(profile_id)
         try:
             lease = parse_duration(ttl) if ttl is not None else profile.ttl.default
@@ -198,6 +202,8 @@ class Manager:
             await ext.wait_ready(handle, READY_TIMEOUT)
             await self._run_setup(ext, handle, plan.profile, secrets)
             endpoint = await ext.endpoint(handle)
+            from sandboxer.reachability import assemble
+
             reach = assemble(sid, endpoint, plan.profile)
             ready = self.store.transition(
                 sid, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",

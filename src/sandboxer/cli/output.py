@@ -11,8 +11,13 @@ from typing import Any, TextIO
 
 
 def emit_json(doc: Any, stream: TextIO | None = None) -> None:
+    """Indented for a terminal; compact (and several times faster) into a pipe or file."""
     out = stream or sys.stdout
-    out.write(json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    if out.isatty():
+        text = json.dumps(doc, indent=2, ensure_ascii=False)
+    else:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    out.write(text + "\n")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

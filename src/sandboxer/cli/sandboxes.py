@@ -155,13 +155,13 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
     client = make_client()
     if len(args.ids) == 1:  # one id: its error is the command's error
-        done = [client.destroy(args.ids[0])]
+        done = [client.destroy_document(args.ids[0])]
         errors: list[dict[str, Any]] = []
     else:
         done, errors = [], []
         for sid in args.ids:
             try:
-                done.append(client.destroy(sid))
+                done.append(client.destroy_document(sid))
             except SandboxerError as e:
                 import sys
 

@@ -48,6 +48,9 @@ class Client(Protocol):
     def destroy(self, sandbox_id: str) -> SandboxStatus:
         """Destroy one sandbox; idempotent."""
 
+    def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
+        """Like destroy, returning the final document (the wire format)."""
+
     def reap(self) -> list[SandboxStatus]:
         """Destroy expired leases now."""
 

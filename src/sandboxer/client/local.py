@@ -164,6 +164,27 @@ class LocalClient:
         self._opportunistic_reap()
         return self.manager.extend(sandbox_id, ttl)
 
+    def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
+        """Destroy and return the final document; the fast path for the CLI.
+
+        A running ext.local endpoint already has the manager loaded, so a local sandbox's
+        destroy is handed to it; anything else (or no endpoint) runs in this process.
+        """
+        doc = self.get_document(sandbox_id)
+        if doc["state"] in ("destroyed", "failed"):
+            return doc
+        if doc["extension"] == "ext.local":
+            from sandboxer.errors import from_code
+            from sandboxer.extensions.local.wire import request_if_running
+
+            reply = request_if_running(self.settings, "destroy", sandbox_id=sandbox_id)
+            if reply is not None:
+                if not reply.get("ok"):
+                    raise from_code(str(reply.get("code")), str(reply.get("error")))
+                document: dict[str, Any] = reply["document"]
+                return document
+        return dict(self.destroy(sandbox_id).document())
+
     def destroy(self, sandbox_id: str) -> SandboxStatus:
         return _run(self.manager.destroy(sandbox_id))
 

@@ -6,9 +6,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from sandboxer.config import Settings
 from sandboxer.extensions.base import key_paths
 
@@ -32,6 +29,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _keypair(comment: str) -> tuple[bytes, str]:
+    # cryptography costs ~15 ms to import; only provisioning needs it.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM,

@@ -8,14 +8,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.models.base import StrictModel
-from sandboxer.models.profile import Profile
+
+if TYPE_CHECKING:
+    from sandboxer.models.profile import Profile
 
 ENTRY_POINT_GROUP = "sandboxer.extensions"
 LABEL = "sandboxer.id"

@@ -7,11 +7,15 @@ starts without the secrets it was promised.
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from typing import TYPE_CHECKING
 
 from sandboxer.config import Settings
 from sandboxer.errors import SecretError
-from sandboxer.models.profile import Profile
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from sandboxer.models.profile import Profile
 
 
 def resolve(profile: Profile, settings: Settings) -> dict[str, SecretStr]:

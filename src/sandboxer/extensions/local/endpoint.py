@@ -141,6 +141,8 @@ class Daemon:
         if op == "list":
             return {"ok": True, "sandboxes": [
                 {"sandbox_id": sb.id, "port": sb.port} for sb in self.sandboxes.values()]}
+        if op == "destroy":  # outside ops_lock: the manager calls `remove` on us
+            return await self._destroy(str(req["sandbox_id"]))
         async with self.ops_lock:
             if op == "add":
                 return {"ok": True, "port": await self._add(req)}
@@ -148,6 +150,21 @@ class Daemon:
                 await self._remove(str(req["sandbox_id"]))
                 return {"ok": True}
         raise ValueError(f"unknown op {op!r}")
+
+    async def _destroy(self, sid: str) -> dict[str, Any]:
+        """Run the manager's destroy here, where everything is already imported.
+
+        A CLI `destroy` of a local sandbox would otherwise spend most of its time
+        importing pydantic and the manager; here it costs the work itself.
+        """
+        from sandboxer.errors import SandboxerError
+        from sandboxer.manager import Manager
+
+        try:
+            status = await Manager(self.settings).destroy(sid)
+        except SandboxerError as e:
+            return {"ok": False, "error": e.render(), "code": e.code}
+        return {"ok": True, "document": status.document()}
 
     # -- sandboxes --------------------------------------------------------------------
 

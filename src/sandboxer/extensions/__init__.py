@@ -1,0 +1,1 @@
+"""Provisioning backends; each is a package registered under ``sandboxer.extensions``."""

@@ -1,0 +1,36 @@
+"""A synchronous, stdlib-only client for the endpoint's control socket.
+
+Used on the CLI's fast paths, which must not pay for importing asyncio or pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from sandboxer.config import Settings
+
+
+def request_if_running(
+    settings: Settings, op: str, timeout: float = 60.0, **args: Any
+) -> dict[str, Any] | None:
+    """One request/reply; None when no daemon answers (absent, refused, shutting down)."""
+    path = settings.run_dir / "local-endpoint.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            line = f.readline()
+    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, TimeoutError):
+        return None
+    finally:
+        sock.close()
+    if not line:
+        return None
+    reply: dict[str, Any] = json.loads(line)
+    if not reply.get("ok") and reply.get("error") == "shutting-down":
+        return None
+    return reply
