@@ -154,3 +154,22 @@ def test_read_only_commands_stay_light(
     done = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_a_new_extension_is_one_package_and_one_entry_point(
+    cli: Cli, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    fixtures = Path(__file__).parents[1] / "fixtures" / "fake_ext"
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "fake.yaml").write_text("id: profile.fake\nextension: ext.fake\n")
+    env = {**cli_env, "PYTHONPATH": str(fixtures), "SANDBOXER_PROFILES": str(profiles)}
+    listed = cli("profiles", "list", "--json", env=env).json()
+    assert {"id": "profile.fake", "extension": "ext.fake"}.items() <= {
+        k: v for i in listed["items"] if i["id"] == "profile.fake" for k, v in i.items()
+    }.items()
+    created = cli("create", "profile.fake", "--json", env=env)
+    assert created.code == 0, created.err
+    sid = created.json()["id"]
+    assert created.json()["extension"] == "ext.fake"
+    assert cli("destroy", sid, "--json", env=env).json()["items"][0]["state"] == "destroyed"
