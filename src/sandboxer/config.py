@@ -42,6 +42,11 @@ class Settings:
         return cls(home=home.absolute(), profile_dirs=tuple(dirs), env=env)
 
     @property
+    def instance(self) -> str:
+        """A short, stable id of this home, labelled on remote resources it creates."""
+        return hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+
+    @property
     def db_path(self) -> Path:
         return self.home / "state.db"
 

@@ -21,6 +21,9 @@ class SandboxerError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return self.render()
+
     def render(self) -> str:
         """The one-paragraph text shown to a user."""
         if not self.hint:

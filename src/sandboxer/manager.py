@@ -126,7 +126,7 @@ class Manager:
 
     # -- create -----------------------------------------------------------------------
 
-    def plan(
+    async def plan(
         self,
         profile_id: str,
         *,
@@ -152,7 +152,14 @@ class Manager:
             )
         ext = self.extension(profile.extension)
         ext.parse_spec(profile)
-        chosen = choose(ext.targets(self.settings), profile.route, pinned=target)
+        from sandboxer.reachability import resolve_tunnel
+
+        resolve_tunnel(profile.reachability, self.settings.env)  # bad SANDBOXER_TUNNEL_*: exit 4
+        candidates = [t for t in ext.targets(self.settings) if target in (None, t.name)]
+        probed = await asyncio.gather(*(ext.probe(t) for t in candidates))
+        others = [t for t in ext.targets(self.settings) if t not in candidates]
+        chosen = choose([*probed, *others], profile.route, pinned=target)
+        ext.check(profile, ext.parse_spec(profile), chosen, self.catalog.source(profile.id).path)
         secrets = boundary.resolve(profile, self.settings)
         plan = Plan(
             profile=profile,
@@ -175,7 +182,7 @@ class Manager:
         name: str | None = None,
     ) -> SandboxStatus:
         """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise."""
-        plan, ext, secrets = self.plan(
+        plan, ext, secrets = await self.plan(
             profile_id, ttl=ttl, actor=actor, labels=labels, target=target
         )
         now = utcnow()
@@ -185,7 +192,10 @@ class Manager:
             target=plan.target.name, state="provisioning", actor=plan.actor,
             labels=plan.labels, created_at=now, expires_at=now + plan.ttl,
         )
-        self.store.insert(status, max_expires_at=now + plan.profile.ttl.max)
+        from sandboxer import creator
+
+        self.store.insert(status, max_expires_at=now + plan.profile.ttl.max,
+                          creator=creator.current())
         self.progress(f"{sid}: provisioning {plan.profile.id} on {plan.target.name}")
         handle = Handle(sandbox_id=sid, extension=ext.name, target=plan.target.name)
         try:
@@ -194,7 +204,7 @@ class Manager:
                 target=plan.target, settings=self.settings,
                 user=plan.profile.reachability.user, labels=plan.labels,
                 env=dict(plan.profile.setup.env), expires_at=status.expires_at,
-                progress=self.progress,
+                progress=self.progress, source=self.catalog.source(plan.profile.id).path,
             )
             handle = await ext.provision(req, secrets)
             self.store.set_handle(sid, handle.model_dump(mode="json"))
@@ -204,7 +214,7 @@ class Manager:
             endpoint = await ext.endpoint(handle)
             from sandboxer.reachability import assemble
 
-            reach = assemble(sid, endpoint, plan.profile)
+            reach = assemble(sid, endpoint, plan.profile, self.settings.env, self.store)
             ready = self.store.transition(
                 sid, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",
                 reachability=reach.model_dump(mode="json", by_alias=True),
@@ -357,6 +367,7 @@ class Manager:
 
     async def reconcile(self) -> list[Handle]:
         """Destroy what extensions own but no live sandbox in the store claims."""
+        await self.reap()  # creates whose process died are no longer "live"
         live = self.store.live_ids()
         removed: list[Handle] = []
         for name in extensions.available():

@@ -182,3 +182,27 @@ def test_destroy_while_provisioning_wins(settings: Settings) -> None:
         run(m.create("profile.fake"))
     (s,) = m.store.query(states=["destroyed"])
     assert not (settings.home / "fake" / s.id).exists()
+
+
+def test_a_create_whose_process_died_is_reaped_at_once(settings: Settings) -> None:
+    import subprocess
+
+    from sandboxer import creator
+    from sandboxer.models.sandbox import SandboxStatus
+
+    m = Manager(settings)
+    child = subprocess.Popen(["sleep", "30"])
+    dead = creator.of(child.pid)
+    now = utcnow()
+    stuck = SandboxStatus(id="sbx-abandoned0", profile="profile.fake", extension="ext.fake",
+                          target="fake-1", state="provisioning", created_at=now,
+                          expires_at=now + timedelta(hours=1))
+    m.store.insert(stuck, max_expires_at=stuck.expires_at, creator=dead)
+    (settings.home / "fake" / stuck.id).mkdir(parents=True)
+    assert run(m.reap()) == []  # its creator is still running: a slow create, not a dead one
+    child.kill()
+    child.wait()
+    (reaped,) = run(m.reap())
+    assert reaped.state == "failed"
+    assert reaped.reason == "abandoned"
+    assert not (settings.home / "fake" / stuck.id).exists()

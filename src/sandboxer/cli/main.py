@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sandboxer.cli import doctor, events, profiles, reach, sandboxes
+from sandboxer.cli import doctor, events, images, profiles, reach, sandboxes, targets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for group in (profiles, sandboxes, reach, events, doctor):
+    for group in (profiles, sandboxes, reach, targets, images, events, doctor):
         group.register(sub, common)
     return parser
 

@@ -63,3 +63,18 @@ class Client(Protocol):
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
         """Outbox events in order."""
+
+    def targets_list(self) -> list[dict[str, Any]]:
+        """Configured targets plus the implicit `local`."""
+
+    def targets_add(self, **options: Any) -> dict[str, Any]:
+        """Record a docker host after first contact (its host key is pinned)."""
+
+    def targets_check(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Reachability, engine, compose and capacity of one or every target."""
+
+    def targets_remove(self, name: str) -> None:
+        """Forget a target (refused while it holds live sandboxes)."""
+
+    def images_build(self, name: str, *, target: str = "local") -> dict[str, Any]:
+        """Run an image recipe (images/sandbox-NAME) for a target."""

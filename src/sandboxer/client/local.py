@@ -126,7 +126,7 @@ class LocalClient:
     # -- sandboxes --------------------------------------------------------------------
 
     def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
-        plan, _ext, _secrets = self.manager.plan(profile_id, **options)
+        plan, _ext, _secrets = _run(self.manager.plan(profile_id, **options))
         return plan.document()
 
     def create(self, profile_id: str, **options: Any) -> SandboxStatus:
@@ -204,3 +204,33 @@ class LocalClient:
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
         return self.store.events(after=after, sandbox_id=sandbox_id, limit=limit)
+
+    # -- targets ----------------------------------------------------------------------
+
+    def targets_list(self) -> list[dict[str, Any]]:
+        from sandboxer.extensions.compose_ssh import targets
+
+        return targets.list_targets(self.settings)
+
+    def targets_add(self, **options: Any) -> dict[str, Any]:
+        from sandboxer.extensions.compose_ssh import targets
+
+        if options.get("identity") is None:
+            options["identity"] = targets.default_identity()
+        return _run(targets.add(self.settings, **options))
+
+    def targets_check(self, name: str | None = None) -> list[dict[str, Any]]:
+        from sandboxer.extensions.compose_ssh import targets
+
+        return _run(targets.check(self.settings, name))
+
+    def targets_remove(self, name: str) -> None:
+        from sandboxer.extensions.compose_ssh import targets
+
+        targets.remove(self.settings, name)
+
+    def images_build(self, name: str, *, target: str = "local") -> dict[str, Any]:
+        from sandboxer.extensions.compose_ssh import images
+
+        return _run(images.build(self.settings, name, target,
+                                 progress=self.progress or (lambda _m: None)))

@@ -79,3 +79,12 @@ def remove(settings: Settings, sandbox_id: str) -> None:
     """Delete a sandbox's key files; missing files are fine."""
     for p in key_paths(settings, sandbox_id).values():
         p.unlink(missing_ok=True)
+
+
+def public_of(private_key: Path) -> str:
+    """The OpenSSH public line ("ssh-ed25519 AAAA...") of a private key file."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private_key.read_bytes(), password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()

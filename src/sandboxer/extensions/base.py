@@ -80,6 +80,7 @@ class ProvisionRequest:
     env: dict[str, str]
     expires_at: datetime
     progress: Callable[[str], None] = field(default=lambda _msg: None)
+    source: Path | None = None  # the profile file, for paths relative to it
 
 
 class Extension(ABC):
@@ -108,6 +109,22 @@ class Extension(ABC):
     @abstractmethod
     def targets(self, config: Settings) -> list[Target]:
         """Targets this extension can place on, each marked healthy or not with a reason."""
+
+    def check(self, profile: Profile, spec: BaseModel, target: Target,
+              source: Path | None) -> None:
+        """Refuse (InvalidInput) what this target must not run, before anything exists.
+
+        Called after placement; the default accepts everything the Spec model accepts.
+        """
+        return None
+
+    async def probe(self, target: Target) -> Target:
+        """Check a target's health and free capacity now (SSH, engine, ...).
+
+        Called for each candidate before placement; the default trusts ``targets()``.
+        Return a copy with ``healthy``/``reason``/``used`` filled in; never raise.
+        """
+        return target
 
     @abstractmethod
     async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:

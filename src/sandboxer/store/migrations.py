@@ -44,4 +44,25 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        """
+        CREATE TABLE targets (
+            name          TEXT PRIMARY KEY,
+            extension     TEXT NOT NULL,
+            url           TEXT NOT NULL,
+            identity_file TEXT,
+            public_host   TEXT,
+            capacity      INTEGER,
+            kind          TEXT NOT NULL DEFAULT 'self-hosted',
+            host_keys     TEXT,
+            allow         TEXT NOT NULL DEFAULT '[]',
+            created_at    REAL NOT NULL
+        );
+        ALTER TABLE sandboxes ADD COLUMN creator TEXT;
+        CREATE INDEX sandboxes_target ON sandboxes (target, state)
+        """,
+    )
+)
 LATEST = MIGRATIONS[-1][0]

@@ -29,10 +29,11 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
     from sandboxer.extensions.base import Handle
     from sandboxer.models.events import Event
     from sandboxer.models.sandbox import SandboxStatus
+    from sandboxer.models.target import TargetConfig
 
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
-    "expires_at, max_expires_at, updated_at, handle, reachability, error, version"
+    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
 )
 
 
@@ -190,19 +191,21 @@ class SqliteStore:
 
     # -- sandboxes --------------------------------------------------------------------
 
-    def insert(self, status: SandboxStatus, *, max_expires_at: datetime) -> None:
+    def insert(
+        self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None
+    ) -> None:
         """Record a new sandbox and its ``sandbox.created`` event in one transaction."""
         now = time.time()
         with self._write() as c:
             c.execute(
                 f"INSERT INTO sandboxes ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?)",
                 (
                     status.id, status.name, status.profile, status.extension, status.target,
                     status.state, status.reason, status.actor,
                     json.dumps(status.labels, sort_keys=True),
                     _ts(status.created_at), _ts(status.expires_at), _ts(max_expires_at), now,
-                    status.error,
+                    status.error, creator,
                 ),
             )
             self._append_event(c, "sandbox.created", status)
@@ -316,27 +319,43 @@ class SqliteStore:
 
     def reapable(self, now: datetime, *, extension: str | None = None,
                  stale_after: float = 1800.0) -> list[str]:
-        """Ids whose lease ran out, plus destroys or creates abandoned for ``stale_after``."""
+        """Ids whose lease ran out, destroys abandoned for ``stale_after``, and creates
+        whose creating process is gone (or silent for ``stale_after``)."""
         t = _ts(now)
         sql = (
-            "SELECT id FROM sandboxes WHERE ((state = 'ready' AND expires_at <= ?) "
-            "OR (state IN ('provisioning', 'destroying') AND updated_at <= ?))"
+            "SELECT id, state, updated_at, creator FROM sandboxes WHERE "
+            "((state = 'ready' AND expires_at <= ?) "
+            "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= ?))"
         )
         args: list[Any] = [t, t - stale_after]
         if extension is not None:
             sql += " AND extension = ?"
             args.append(extension)
-        return [r[0] for r in self._conn.execute(sql + " ORDER BY expires_at", args)]
+        return [
+            r["id"] for r in self._conn.execute(sql + " ORDER BY expires_at", args)
+            if r["state"] != "provisioning" or self._abandoned(r, t - stale_after)
+        ]
+
+    @staticmethod
+    def _abandoned(row: sqlite3.Row, stale_before: float) -> bool:
+        from sandboxer.creator import is_gone
+
+        return bool(row["updated_at"] <= stale_before or is_gone(row["creator"]))
 
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
         """A cheap check for the opportunistic reap in every CLI call."""
         t = _ts(now)
         row = self._conn.execute(
             "SELECT 1 FROM sandboxes WHERE (state = 'ready' AND expires_at <= ?) "
-            "OR (state IN ('provisioning', 'destroying') AND updated_at <= ?) LIMIT 1",
+            "OR (state = 'destroying' AND updated_at <= ?) LIMIT 1",
             (t, t - stale_after),
         ).fetchone()
-        return row is not None
+        if row is not None:
+            return True
+        creating = self._conn.execute(
+            "SELECT updated_at, creator FROM sandboxes WHERE state = 'provisioning'"
+        ).fetchall()
+        return any(self._abandoned(r, t - stale_after) for r in creating)
 
     def live_handles(self, extension: str) -> list[Handle]:
         """Handles of every not-final sandbox of one extension that has a handle."""
@@ -399,3 +418,64 @@ class SqliteStore:
             )
             for r in self._conn.execute(sql, args)
         ]
+
+    # -- targets ----------------------------------------------------------------------
+
+    def add_target(self, target: TargetConfig) -> None:
+        """Record a target; Conflict if the name is taken."""
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM targets WHERE name = ?", (target.name,)).fetchone():
+                raise Conflict(f"a target named {target.name!r} exists already",
+                               hint="remove it first with `sandboxer targets remove`")
+            c.execute(
+                "INSERT INTO targets (name, extension, url, identity_file, public_host, "
+                "capacity, kind, host_keys, allow, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (target.name, target.extension, target.url, target.identity_file,
+                 target.public_host, target.capacity, target.kind,
+                 json.dumps(target.host_keys), json.dumps(target.allow), time.time()),
+            )
+
+    def list_targets(self, extension: str | None = None) -> list[TargetConfig]:
+        from sandboxer.models.target import TargetConfig
+
+        sql = "SELECT * FROM targets"
+        args: list[Any] = []
+        if extension is not None:
+            sql += " WHERE extension = ?"
+            args.append(extension)
+        return [
+            TargetConfig(
+                name=r["name"], extension=r["extension"], url=r["url"],
+                identity_file=r["identity_file"], public_host=r["public_host"],
+                capacity=r["capacity"], kind=r["kind"],
+                host_keys=json.loads(r["host_keys"] or "[]"), allow=json.loads(r["allow"]),
+                created_at=_dt(r["created_at"]),
+            )
+            for r in self._conn.execute(sql + " ORDER BY name", args)
+        ]
+
+    def get_target(self, name: str) -> TargetConfig | None:
+        return next((t for t in self.list_targets() if t.name == name), None)
+
+    def remove_target(self, name: str) -> None:
+        """Forget a target; Conflict while live sandboxes sit on it."""
+        with self._write() as c:
+            live = c.execute(
+                "SELECT COUNT(*) FROM sandboxes WHERE target = ? "
+                "AND state IN ('provisioning', 'ready', 'destroying')", (name,)
+            ).fetchone()[0]
+            if live:
+                raise Conflict(f"target {name!r} still holds {live} live sandbox(es)",
+                               hint="destroy them first (sandboxer list shows them)")
+            if c.execute("DELETE FROM targets WHERE name = ?", (name,)).rowcount == 0:
+                from sandboxer.errors import NotFound
+
+                raise NotFound(f"no target named {name!r}", hint="see `sandboxer targets list`")
+
+    def live_count(self, target: str) -> int:
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM sandboxes WHERE target = ? "
+            "AND state IN ('provisioning', 'ready', 'destroying')", (target,)
+        ).fetchone()
+        return int(row[0])

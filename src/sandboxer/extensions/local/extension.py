@@ -274,7 +274,7 @@ class LocalExtension(Extension):
         paths = key_paths(self.settings, handle.sandbox_id)
         return Endpoint(
             host="127.0.0.1", port=port, user=str(rec["user"]),
-            host_key=_public_line(paths["host_key"]),
+            host_key=_keys.public_of(paths["host_key"]),
             identity_file=str(paths["identity"]),
             known_hosts_file=str(paths["known_hosts"]),
         )
@@ -314,11 +314,3 @@ class LocalExtension(Extension):
         if listed:
             ids |= {str(e["sandbox_id"]) for e in listed["sandboxes"]}
         return [Handle(sandbox_id=i, extension=self.name, target=TARGET) for i in sorted(ids)]
-
-
-def _public_line(private_key: Path) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_ssh_private_key(private_key.read_bytes(), password=None)
-    return key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()

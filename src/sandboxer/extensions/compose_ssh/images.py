@@ -1,0 +1,87 @@
+"""`sandboxer images build NAME [--target T]`: run a recipe from images/ for a target.
+
+Recipes build from Debian packages only (no registry pull is possible here). On the local
+target the recipe imports the image itself; for a remote target the rootfs tar is built
+here and streamed over the target's SSH connection into `docker import`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sandboxer
+from sandboxer.config import Settings
+from sandboxer.errors import InvalidInput, ProvisionFailed
+from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
+from sandboxer.extensions.compose_ssh.remote import local_env
+
+
+def images_dir(settings: Settings) -> Path:
+    if settings.env.get("SANDBOXER_IMAGES"):
+        return Path(settings.env["SANDBOXER_IMAGES"])
+    return Path(sandboxer.__file__).resolve().parents[2] / "images"
+
+
+def recipe(settings: Settings, name: str) -> Path:
+    d = images_dir(settings) / f"sandbox-{name}"
+    script = d / "build.sh"
+    if not script.is_file():
+        known = sorted(p.name.removeprefix("sandbox-") for p in images_dir(settings).glob(
+            "sandbox-*/build.sh") for p in [p.parent])
+        raise InvalidInput(f"no image recipe {name!r} in {images_dir(settings)}",
+                           hint=f"known recipes: {', '.join(known) or 'none'} "
+                           "(SANDBOXER_IMAGES names another folder)")
+    return script
+
+
+async def _script(argv: list[str], env: dict[str, str],
+                  progress: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run a build script, passing each line of its output on as progress."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
+    tail: list[str] = []
+    async for raw in proc.stdout:
+        line = raw.decode("utf-8", "replace").rstrip()
+        tail = [*tail[-19:], line]
+        progress(line)
+    return await proc.wait(), tail
+
+
+async def build(settings: Settings, name: str, target: str = LOCAL,
+                progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    script = recipe(settings, name)
+    version = (script.parent / "VERSION").read_text().strip()
+    tag = f"sandboxer/{name}:{version}"
+    env = {**os.environ, **settings.env}
+    if target == LOCAL:
+        env.update(local_env(settings.env))
+        rc, tail = await _script(["bash", str(script)], env, progress)
+        if rc != 0:
+            raise ProvisionFailed(f"image recipe {name} failed (exit {rc}):\n" + "\n".join(tail))
+        return {"image": tag, "target": target}
+    ext = ComposeSSHExtension(settings)
+    with tempfile.TemporaryDirectory(prefix="sbx-image-") as tmp:
+        tar = Path(tmp) / "rootfs.tar"
+        rc, tail = await _script(["bash", str(script), "--output-tar", str(tar)], env, progress)
+        if rc != 0:
+            raise ProvisionFailed(f"image recipe {name} failed (exit {rc}):\n" + "\n".join(tail))
+        changes = await asyncio.create_subprocess_exec(
+            "bash", str(script), "--print-changes", stdout=asyncio.subprocess.PIPE, env=env)
+        out, _ = await changes.communicate()
+        argv = ["docker", "import"]
+        for change in out.decode().splitlines():
+            if change.strip():
+                argv += ["--change", change]
+        progress(f"importing {tag} on target {target}")
+        async with await ext.runner(target) as r:
+            done = await r.run_with_file([*argv, "-", tag], tar)
+            if done.rc != 0:
+                raise ProvisionFailed(f"docker import on target {target} failed: {done.tail()}")
+            await r.check(["docker", "tag", tag, f"sandboxer/{name}:latest"])
+    return {"image": tag, "target": target}

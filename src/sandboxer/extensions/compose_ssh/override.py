@@ -1,0 +1,145 @@
+"""The compose document a sandbox runs: the profile's file, checked, plus our override.
+
+The override labels every service, publishes the main service's SSH port on an ephemeral
+host port, passes setup env, and locks the main service down (no new privileges, all
+capabilities dropped but what sshd needs). It never grants privileged mode, host
+namespaces, devices or host paths; a profile asking for any of those is refused unless the
+target's operator allow-list permits it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sandboxer.errors import InvalidInput
+from sandboxer.extensions.base import LABEL
+from sandboxer.extensions.compose_ssh.spec import ComposeSpec
+
+INSTANCE_LABEL = "sandboxer.instance"
+# What sshd needs with `cap_drop: [ALL]` and `no-new-privileges` (see images/sandbox-base).
+SSHD_CAPS = ["CHOWN", "SETUID", "SETGID", "SYS_CHROOT", "AUDIT_WRITE", "NET_BIND_SERVICE",
+             "KILL", "DAC_OVERRIDE", "FOWNER"]
+
+
+def load(spec: ComposeSpec, source: Path | None, where: str) -> dict[str, Any]:
+    """The profile's compose document, parsed (a syntax error is InvalidInput)."""
+    if spec.compose is not None or spec.compose_file is None:
+        doc: Any = spec.compose
+        origin = f"{where}: spec.compose"
+    else:
+        path = Path(spec.compose_file)
+        if not path.is_absolute() and source is not None:
+            path = source.parent / path
+        origin = str(path)
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise InvalidInput(f"{where}: spec.compose_file: cannot read {path}: {e.strerror}"
+                               ) from e
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{path}: not UTF-8 text") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InvalidInput(f"{path}:{at}: invalid YAML: "
+                               f"{getattr(e, 'problem', None) or e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) \
+            or not doc["services"]:
+        raise InvalidInput(f"{origin}: expected a compose document with a `services` mapping")
+    if spec.service not in doc["services"]:
+        raise InvalidInput(
+            f"{where}: spec.service: no service {spec.service!r} in {origin}; "
+            f"expected one of {', '.join(sorted(doc['services']))}"
+        )
+    return doc
+
+
+def _host_source(volume: Any) -> str | None:
+    """The host path a service volume binds, if any."""
+    if isinstance(volume, str):
+        src = volume.split(":", 1)[0] if ":" in volume else ""
+        return src if src.startswith(("/", ".", "~")) else None
+    if isinstance(volume, dict) and volume.get("type") == "bind":
+        return str(volume.get("source", ""))
+    return None
+
+
+def violations(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(allow-list entry, key path: what) for each dangerous setting in the document."""
+    found: list[tuple[str, str]] = []
+    for name, svc in doc["services"].items():
+        if not isinstance(svc, dict):
+            continue
+        at = f"services.{name}"
+        if svc.get("privileged"):
+            found.append(("privileged", f"{at}.privileged: privileged mode"))
+        for key, what in (("network_mode", "host-network"), ("pid", "host-pid"),
+                          ("ipc", "host-ipc"), ("userns_mode", "privileged"),
+                          ("uts", "host-network")):
+            if svc.get(key) == "host":
+                found.append((what, f"{at}.{key}: the host's namespace"))
+        if svc.get("devices"):
+            found.append(("devices", f"{at}.devices: host devices"))
+        if svc.get("cap_add"):
+            found.append(("extra-capabilities", f"{at}.cap_add: {svc['cap_add']}"))
+        for opt in svc.get("security_opt") or []:
+            if "unconfined" in str(opt) or "no-new-privileges:false" in str(opt):
+                found.append(("privileged", f"{at}.security_opt: {opt}"))
+        for vol in svc.get("volumes") or []:
+            src = _host_source(vol)
+            if src is None:
+                continue
+            if src.rstrip("/").endswith("docker.sock"):
+                found.append(("docker-socket", f"{at}.volumes: the docker socket {src}"))
+            else:
+                found.append(("host-paths", f"{at}.volumes: host path {src}"))
+    return found
+
+
+def check(doc: dict[str, Any], allow: list[str], where: str, target: str) -> None:
+    """Refuse every violation the target's allow-list does not permit."""
+    refused = [(entry, what) for entry, what in violations(doc) if entry not in allow]
+    if refused:
+        lines = "; ".join(what for _, what in refused)
+        entries = ",".join(sorted({e for e, _ in refused}))
+        raise InvalidInput(
+            f"{where} asks for what target {target} does not allow: {lines}",
+            hint=f"the target's operator may allow it with `sandboxer targets add ... "
+            f"--allow {entries}`",
+        )
+
+
+def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: str,
+          user: str, env: dict[str, str], bind: str) -> dict[str, Any]:
+    """The override compose file for one sandbox."""
+    labels = {LABEL: sandbox_id, INSTANCE_LABEL: instance}
+    services: dict[str, Any] = {}
+    for name in doc["services"]:
+        services[name] = {"labels": dict(labels), "security_opt": ["no-new-privileges:true"]}
+        if spec.pull != "missing":
+            services[name]["pull_policy"] = spec.pull
+    main = services[spec.service]
+    main["ports"] = [{"target": spec.ssh_port, "host_ip": bind, "protocol": "tcp"}]
+    main["environment"] = {**env, "SANDBOXER_ID": sandbox_id, "SANDBOXER_USER": user}
+    main["cap_drop"] = ["ALL"]
+    main["cap_add"] = list(SSHD_CAPS)
+    r = spec.resources
+    if r.cpus is not None:
+        main["cpus"] = r.cpus
+    if r.memory is not None:
+        main["mem_limit"] = r.memory
+    if r.pids is not None:
+        main["pids_limit"] = r.pids
+    out: dict[str, Any] = {"services": services}
+    uses_default = any(not isinstance(s, dict) or ("networks" not in s
+                       and "network_mode" not in s) for s in doc["services"].values())
+    if uses_default:
+        out["networks"] = {"default": {"labels": dict(labels)}}
+    return out
+
+
+def dump(doc: dict[str, Any]) -> bytes:
+    return yaml.safe_dump(doc, sort_keys=False).encode()

@@ -1,0 +1,218 @@
+"""Running argument arrays on a docker host: this machine, or a target over one SSH link.
+
+Every remote command is an argument array joined with ``shlex.join``; nothing from input
+is ever interpolated into a shell string. One SSH connection serves a whole operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sandboxer.errors import ProvisionFailed
+from sandboxer.models.target import TargetConfig
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    rc: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+    def tail(self, lines: int = 8) -> str:
+        text = (self.err.strip() or self.out.strip()).splitlines()
+        return "\n".join(text[-lines:]) or f"exit {self.rc}, no output"
+
+
+class Runner(ABC):
+    """Where docker commands run for one target."""
+
+    name: str
+    base_dir: str  # where per-sandbox directories live (relative to the login dir if remote)
+
+    @abstractmethod
+    async def run(self, argv: list[str], *, input: bytes | None = None,
+                  timeout: float = 120.0) -> Completed:
+        """Run ``argv`` to completion (never raises for a non-zero exit)."""
+
+    async def close(self) -> None:
+        """Release the connection."""
+        return None
+
+    @abstractmethod
+    async def run_with_file(self, argv: list[str], stdin: Path,
+                            timeout: float = 3600.0) -> Completed:
+        """Run ``argv`` with a (large) local file streamed to its standard input."""
+
+    async def check(self, argv: list[str], *, input: bytes | None = None,
+                    timeout: float = 120.0, what: str = "") -> Completed:
+        """Run, and raise ProvisionFailed with the tail of its output unless it succeeds."""
+        done = await self.run(argv, input=input, timeout=timeout)
+        if done.rc != 0:
+            raise ProvisionFailed(
+                f"{what or shlex.join(argv[:3])} failed on target {self.name}: {done.tail()}"
+            )
+        return done
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` on the host, mode 0600."""
+        await self.check(["sh", "-c", 'umask 077 && cat > "$1"', "sh", path], input=data,
+                         what=f"writing {path}")
+
+    async def __aenter__(self) -> Runner:
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None
+                        ) -> None:
+        await self.close()
+
+
+class LocalRunner(Runner):
+    """This machine's docker engine (``DOCKER_HOST`` from sand-boxer's environment)."""
+
+    def __init__(self, base_dir: str, env: dict[str, str]) -> None:
+        self.name = "local"
+        self.base_dir = base_dir
+        self.env = env
+
+    async def run(self, argv: list[str], *, input: bytes | None = None,
+                  timeout: float = 120.0) -> Completed:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=self.env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            return Completed(argv, 127, b"", f"{argv[0]}: command not found".encode())
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return Completed(argv, 124, b"", f"timed out after {timeout:.0f}s".encode())
+        return Completed(argv, proc.returncode or 0, out, err)
+
+
+    async def run_with_file(self, argv: list[str], stdin: Path,
+                            timeout: float = 3600.0) -> Completed:
+        with stdin.open("rb") as f:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=self.env, stdin=f, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        return Completed(argv, proc.returncode or 0, out, err)
+
+
+class SSHRunner(Runner):
+    """A target reached over one asyncssh connection, host key pinned."""
+
+    def __init__(self, target: TargetConfig, conn: Any) -> None:
+        self.name = target.name
+        self.base_dir = ".sandboxer/sandboxes"
+        self._conn = conn
+
+    @classmethod
+    async def connect(cls, target: TargetConfig, timeout: float = 10.0) -> SSHRunner:
+        import asyncssh
+
+        if not target.host_keys:
+            raise ProvisionFailed(
+                f"target {target.name} has no recorded host key",
+                hint=f"run `sandboxer targets remove {target.name}` and add it again",
+            )
+        known = asyncssh.import_known_hosts("\n".join(target.host_keys) + "\n")
+        keys = [target.identity_file] if target.identity_file else ()
+        try:
+            conn = await asyncio.wait_for(asyncssh.connect(
+                target.host, target.port, username=target.user, known_hosts=known,
+                client_keys=keys, agent_path=None, config=None,
+            ), timeout)
+        except asyncssh.HostKeyNotVerifiable as e:
+            raise ProvisionFailed(
+                f"target {target.name} ({target.host}:{target.port}) presented a host key "
+                "that does not match the one recorded when it was added",
+                hint="if the host was rebuilt on purpose, remove and re-add the target",
+            ) from e
+        except (OSError, asyncssh.Error, TimeoutError) as e:
+            raise ProvisionFailed(
+                f"cannot reach target {target.name} over SSH "
+                f"({target.user}@{target.host}:{target.port}): {e or type(e).__name__}"
+            ) from e
+        return cls(target, conn)
+
+    async def run(self, argv: list[str], *, input: bytes | None = None,
+                  timeout: float = 120.0) -> Completed:
+        import asyncssh
+
+        try:
+            res = await asyncio.wait_for(
+                self._conn.run(shlex.join(argv), input=input, check=False, encoding=None),
+                timeout,
+            )
+        except TimeoutError:
+            return Completed(argv, 124, b"", f"timed out after {timeout:.0f}s".encode())
+        except (OSError, asyncssh.Error) as e:
+            raise ProvisionFailed(f"SSH to target {self.name} broke: {e}") from e
+        status = res.exit_status if res.exit_status is not None else 255
+        return Completed(argv, status, bytes(res.stdout or b""), bytes(res.stderr or b""))
+
+    async def run_with_file(self, argv: list[str], stdin: Path,
+                            timeout: float = 3600.0) -> Completed:
+        res = await asyncio.wait_for(self._conn.run(
+            shlex.join(argv), stdin=str(stdin), check=False, encoding=None), timeout)
+        status = res.exit_status if res.exit_status is not None else 255
+        return Completed(argv, status, bytes(res.stdout or b""), bytes(res.stderr or b""))
+
+    async def close(self) -> None:
+        self._conn.close()
+        await self._conn.wait_closed()
+
+
+async def first_contact(target: TargetConfig, timeout: float = 10.0) -> tuple[str, str]:
+    """Connect without a pinned key to learn it: (known_hosts line, SHA256 fingerprint)."""
+    import asyncssh
+
+    keys = [target.identity_file] if target.identity_file else ()
+    try:
+        conn = await asyncio.wait_for(asyncssh.connect(
+            target.host, target.port, username=target.user, known_hosts=None,
+            client_keys=keys, agent_path=None, config=None,
+        ), timeout)
+    except (OSError, asyncssh.Error, TimeoutError) as e:
+        raise ProvisionFailed(
+            f"cannot reach {target.user}@{target.host}:{target.port} over SSH: "
+            f"{e or type(e).__name__}"
+        ) from e
+    try:
+        key = conn.get_server_host_key()
+        if key is None:
+            raise ProvisionFailed(f"{target.host}:{target.port} presented no host key")
+        public = key.export_public_key().decode().strip()
+        name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+        return f"{name} {public}", key.get_fingerprint("sha256")
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+def local_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment docker runs with on the local target."""
+    keep = {k: v for k, v in env.items() if k in ("PATH", "HOME", "DOCKER_HOST",
+                                                  "DOCKER_CONFIG", "DOCKER_CONTEXT")}
+    keep.setdefault("PATH", os.defpath)
+    return keep

@@ -1,0 +1,78 @@
+"""A configured target: a docker host reached over SSH (or, later, a cloud account)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from sandboxer.models.base import StrictModel
+
+TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# What a target's operator may allow beyond the secure default of ext.compose-ssh.
+ALLOWABLE = ("privileged", "host-network", "host-pid", "host-ipc", "devices",
+             "docker-socket", "host-paths", "extra-capabilities")
+
+
+class TargetConfig(StrictModel):
+    """What `sandboxer targets add` records. Never a private key, only its path."""
+
+    name: str
+    extension: str = "ext.compose-ssh"
+    url: str
+    identity_file: str | None = None
+    public_host: str | None = None
+    capacity: int | None = Field(default=None, ge=1)
+    kind: Literal["self-hosted", "cloud"] = "self-hosted"
+    host_keys: list[str] = Field(default_factory=list)  # known_hosts lines, first contact
+    allow: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TARGET_NAME.match(v) or v == "local":
+            raise ValueError(
+                f"target name {v!r}: expected 1-63 of a-z, 0-9 and '-', not 'local' "
+                "(the implicit target for this machine)"
+            )
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "ssh" or not parts.hostname or not parts.username:
+            raise ValueError(f"expected ssh://user@host[:port], got {v!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.password:
+            raise ValueError(f"expected ssh://user@host[:port] and nothing more, got {v!r}")
+        _ = parts.port  # raises ValueError for a bad port
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(ALLOWABLE))
+        if unknown:
+            raise ValueError(f"unknown allow-list entries {unknown}; expected {list(ALLOWABLE)}")
+        return sorted(set(v))
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 22
+
+    @property
+    def user(self) -> str:
+        return urlsplit(self.url).username or ""
+
+    @property
+    def endpoint_host(self) -> str:
+        """Where consumers reach sandboxes on this target."""
+        return self.public_host or self.host

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sandboxer.errors import Conflict, NotFound
+from sandboxer.models.target import TargetConfig
+from sandboxer.store.sqlite import SqliteStore
+
+
+def test_url_parts() -> None:
+    t = TargetConfig(name="coulombcore", url="ssh://agent@10.0.0.5:2222")
+    assert (t.user, t.host, t.port, t.endpoint_host) == ("agent", "10.0.0.5", 2222, "10.0.0.5")
+    assert TargetConfig(name="x", url="ssh://u@h", public_host="pub").endpoint_host == "pub"
+    assert TargetConfig(name="x", url="ssh://u@h").port == 22
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": "local", "url": "ssh://u@h"}, {"name": "Bad Name", "url": "ssh://u@h"},
+     {"name": "x", "url": "http://u@h"}, {"name": "x", "url": "ssh://h"},
+     {"name": "x", "url": "ssh://u@h/path"}, {"name": "x", "url": "ssh://u@h:99999"},
+     {"name": "x", "url": "ssh://u:pw@h"}, {"name": "x", "url": "ssh://u@h", "capacity": 0},
+     {"name": "x", "url": "ssh://u@h", "allow": ["everything"]}],
+)
+def test_bad_targets_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        TargetConfig.model_validate(fields)
+
+
+def test_store_round_trip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    store = SqliteStore(Path(str(tmp_path)) / "s.db")
+    t = TargetConfig(name="h1", url="ssh://u@h:2200", identity_file="/k", capacity=3,
+                     host_keys=["[h]:2200 ssh-ed25519 AAAA"], allow=["devices"])
+    store.add_target(t)
+    (got,) = store.list_targets("ext.compose-ssh")
+    assert got.model_dump(exclude={"created_at"}) == t.model_dump(exclude={"created_at"})
+    with pytest.raises(Conflict):
+        store.add_target(t)
+    store.remove_target("h1")
+    with pytest.raises(NotFound):
+        store.remove_target("h1")
