@@ -1,42 +1,316 @@
-"""Assemble the reachability descriptor from an extension endpoint and the profile (§7)."""
+"""The reachability descriptor (DESIGN §7): assembled once at ready, consumed many times.
+
+Values come from the extension's endpoint, then the profile's ``reachability`` spec, then
+``SANDBOXER_TUNNEL_*`` in the environment of the process that creates the sandbox (the
+environment wins, key by key). The resolved descriptor is stored with the sandbox, so any
+shell later prints the same thing. sand-boxer never starts or checks a tunnel.
+
+This module imports no pydantic at module level: ``ssh-config`` and ``ssh`` use the SSH
+option helpers at the bottom on plain ``sandboxer.reachability/v1`` documents.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import shlex
+import socket
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from sandboxer.extensions.base import Endpoint
-from sandboxer.models.profile import Profile
-from sandboxer.models.reachability import Reachability
+from sandboxer.errors import InvalidInput, NoTarget
+
+if TYPE_CHECKING:
+    from sandboxer.config import Settings
+    from sandboxer.extensions.base import Endpoint
+    from sandboxer.models.profile import Profile, ReachabilitySpec
+    from sandboxer.models.reachability import Reachability, Tunnel
+
+ENV_VIA = "SANDBOXER_TUNNEL_VIA"
+ENV_ALIAS = "SANDBOXER_TUNNEL_ALIAS"
+ENV_LOCAL_PORT = "SANDBOXER_TUNNEL_LOCAL_PORT"
+ENV_IDENTITY = "SANDBOXER_TUNNEL_IDENTITY"
+ENV_PORT_RANGE = "SANDBOXER_TUNNEL_PORT_RANGE"
+DEFAULT_ALIAS = "{id}"
+DEFAULT_PORT_RANGE = (2200, 2999)
+LIVE = ("provisioning", "ready", "destroying")
+T = TypeVar("T")
 
 
-def ssh_command(ep: Endpoint) -> str:
-    """A copy-pasteable OpenSSH one-liner that pins the host key."""
+@dataclass(frozen=True)
+class TunnelDecl:
+    """What the profile and the environment declare, validated; nothing picked yet."""
+
+    declared: bool = False
+    via: str | None = None
+    alias: str = DEFAULT_ALIAS
+    local_port: int | Literal["auto"] = "auto"
+    identity: str | None = None
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+
+
+class Documents(Protocol):
+    """The part of the store that auto port selection reads."""
+
+    def query_documents(self, **filters: Any) -> list[dict[str, Any]]: ...
+
+
+def _from_env(env: Mapping[str, str], name: str, check: Callable[[str], T]) -> T | None:
+    """The checked value of ``name``; set-but-empty counts as unset."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return check(value)
+    except ValueError as e:
+        raise InvalidInput(
+            f"{name}={value!r}: {e}",
+            hint=f"fix or unset {name} in the environment of the creating process "
+            "(see docs/meta-framework.md)",
+        ) from e
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"2200-2999"`` -> (2200, 2999); both ends are ports and low <= high."""
+    m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", text)
+    if not m:
+        raise ValueError("expected a port range LOW-HIGH such as 2200-2999")
+    low, high = int(m.group(1)), int(m.group(2))
+    if not (1 <= low <= high <= 65535):
+        raise ValueError(f"expected 1 <= LOW <= HIGH <= 65535, got {low}-{high}")
+    return low, high
+
+
+def _local_port(text: str) -> int | Literal["auto"]:
+    from sandboxer.models.reachability import check_port
+
+    if text == "auto":
+        return "auto"
+    return check_port(int(text) if text.isdigit() else text, "local_port (or auto)")
+
+
+def resolve_tunnel(spec: ReachabilitySpec, env: Mapping[str, str]) -> TunnelDecl:
+    """Merge the profile's spec with ``SANDBOXER_TUNNEL_*`` (environment wins, per key).
+
+    Pure apart from reading ``env``; raises InvalidInput (exit 4) for a bad variable, so
+    ``Manager.plan`` can refuse a create before anything exists. Profile values were
+    already validated by the profile model.
+    """
+    from sandboxer.models.reachability import check_alias_template, check_name
+
+    via = _from_env(env, ENV_VIA, lambda v: check_name(v, "an ops-bridge route id"))
+    alias = _from_env(env, ENV_ALIAS, check_alias_template)
+    local_port = _from_env(env, ENV_LOCAL_PORT, _local_port)
+    identity = _from_env(env, ENV_IDENTITY, lambda v: check_name(v, "a warden actor id"))
+    port_range = _from_env(env, ENV_PORT_RANGE, parse_port_range) or DEFAULT_PORT_RANGE
+    tunnel = spec.tunnel
+    return TunnelDecl(
+        declared=tunnel is not None or any(v is not None for v in (via, alias, local_port)),
+        via=via or (tunnel.via if tunnel else None),
+        alias=alias or (tunnel.alias if tunnel else None) or DEFAULT_ALIAS,
+        local_port=local_port or (tunnel.local_port if tunnel else None) or "auto",
+        identity=identity or spec.identity,
+        port_range=port_range,
+    )
+
+
+def _bindable(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_local_port(
+    sandbox_id: str,
+    port_range: tuple[int, int],
+    taken: Collection[int] = (),
+    bindable: Callable[[int], bool] = _bindable,
+) -> int:
+    """A free port chosen deterministically per sandbox: start where the hash of the id
+    points within the range, walk forward (wrapping) past ports other live sandboxes'
+    tunnels claim or something on 127.0.0.1 holds."""
+    low, high = port_range
+    size = high - low + 1
+    start = int.from_bytes(hashlib.sha256(sandbox_id.encode()).digest()[:8], "big") % size
+    for step in range(size):
+        port = low + (start + step) % size
+        if port not in taken and bindable(port):
+            return port
+    raise NoTarget(
+        f"no free tunnel port for {sandbox_id} in {low}-{high}",
+        hint=f"widen {ENV_PORT_RANGE} or give the profile a fixed tunnel.local_port",
+    )
+
+
+def tunnel_ports_in_use(store: Documents, exclude: str | None = None) -> set[int]:
+    """Local ports claimed by the tunnels of live sandboxes."""
+    ports: set[int] = set()
+    for doc in store.query_documents(states=list(LIVE)):
+        tunnel = (doc.get("reachability") or {}).get("tunnel")
+        if tunnel and doc.get("id") != exclude:
+            ports.add(int(tunnel["local_port"]))
+    return ports
+
+
+def known_hosts_text(ep: Endpoint, alias: str | None = None) -> str:
+    """One known_hosts line pinning the host key for the direct name (and the alias)."""
+    name = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
+    names = f"{name},{alias}" if alias else name
+    return f"{names} {' '.join(ep.host_key.split()[:2])}"
+
+
+def ssh_command(ep: Endpoint, tunnel: Tunnel | None = None) -> str:
+    """A copy-pasteable OpenSSH one-liner that pins the host key.
+
+    Through the tunnel's local end with ``HostKeyAlias`` when one is declared, so the
+    key pinned for the sandbox still applies to ``127.0.0.1:local_port``.
+    """
     argv = [
         "ssh",
-        "-i", ep.identity_file,
+        "-i", config_value(ep.identity_file, path=True, quote=False),
         "-o", "IdentitiesOnly=yes",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={ep.known_hosts_file}",
-        "-p", str(ep.port),
-        f"{ep.user}@{ep.host}",
+        "-o", f"UserKnownHostsFile={config_value(ep.known_hosts_file, path=True)}",
     ]
+    if tunnel is not None:
+        argv += ["-o", f"HostKeyAlias={tunnel.alias}",
+                 "-p", str(tunnel.local_port), f"{ep.user}@127.0.0.1"]
+    else:
+        argv += ["-p", str(ep.port), f"{ep.user}@{ep.host}"]
     return shlex.join(argv)
 
 
-def known_hosts_text(ep: Endpoint) -> str:
-    name = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
-    return f"{name} {' '.join(ep.host_key.split()[:2])}"
+def assemble(
+    sandbox_id: str,
+    ep: Endpoint,
+    profile: Profile,
+    env: Mapping[str, str] | None = None,
+    store: Documents | None = None,
+) -> Reachability:
+    """The descriptor: direct endpoint, then the profile's spec, then ``env``.
 
+    ``store`` lets ``local_port: auto`` skip ports other live sandboxes' tunnels claim.
+    When a tunnel is declared, the alias is also pinned in the endpoint's known_hosts file.
+    """
+    from sandboxer.models.reachability import (
+        TUNNEL_STATUS_DOC,
+        Reachability,
+        Tunnel,
+        TunnelStatus,
+    )
 
-def assemble(sandbox_id: str, ep: Endpoint, profile: Profile) -> Reachability:
-    """The descriptor: direct endpoint first, then the profile's reachability spec."""
+    decl = resolve_tunnel(profile.reachability, env or {})
+    tunnel = None
+    if decl.declared:
+        port = decl.local_port
+        if port == "auto":
+            taken = tunnel_ports_in_use(store, exclude=sandbox_id) if store else set()
+            port = pick_local_port(sandbox_id, decl.port_range, taken)
+        tunnel = Tunnel(alias=decl.alias.replace("{id}", sandbox_id), local_port=port)
+    known = known_hosts_text(ep, tunnel.alias if tunnel else None)
+    if tunnel is not None:
+        _pin_in_file(Path(ep.known_hosts_file), known)
     return Reachability(
         sandbox_id=sandbox_id,
         host=ep.host,
         port=ep.port,
         user=ep.user,
         identity_file=ep.identity_file,
-        known_hosts=known_hosts_text(ep),
-        ssh_command=ssh_command(ep),
-        identity=profile.reachability.identity,
+        known_hosts=known,
+        ssh_command=ssh_command(ep, tunnel),
+        tunnel=tunnel,
+        tunnel_via=decl.via,
+        identity=decl.identity,
+        tunnel_status=TunnelStatus(command=f"ops-bridge tunnel status {decl.via}",
+                                   doc=TUNNEL_STATUS_DOC) if decl.via else None,
     )
+
+
+def _pin_in_file(path: Path, line: str) -> None:
+    # Only a regular file (or a new one in an existing directory): never /dev/null.
+    if path.exists() and not path.is_file():
+        return
+    if not path.parent.is_dir():
+        return
+    ensure_known_hosts(path, line)
+
+
+# -- consuming a descriptor (plain documents, no pydantic) ------------------------------
+
+
+def known_hosts_path(settings: Settings, sandbox_id: str) -> Path:
+    """The sand-boxer-managed known_hosts file (``extensions.base.key_paths``)."""
+    return settings.keys_dir / f"{sandbox_id}.known_hosts"
+
+
+def ensure_known_hosts(path: Path, line: str) -> None:
+    """Make ``path`` pin ``line``; other lines are kept, the file is 0600."""
+    existing = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if line in existing:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join([*existing, line]) + "\n")
+    tmp.replace(path)
+
+
+def config_value(value: str, *, path: bool = False, quote: bool = True) -> str:
+    """A value as OpenSSH reads it in a config line or ``-o``: ``%`` doubled in paths
+    (OpenSSH expands tokens there), double quotes around whitespace or ``#``."""
+    if path:
+        value = value.replace("%", "%%")
+    if quote and re.search(r"[\s#\"'\\]", value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def host_alias(reach: Mapping[str, Any]) -> str:
+    """The ``Host`` name: the tunnel alias when declared, else the sandbox id."""
+    tunnel = reach.get("tunnel")
+    return str(tunnel["alias"]) if tunnel else str(reach["sandbox_id"])
+
+
+def ssh_options(
+    reach: Mapping[str, Any], known_hosts_file: Path | str, *, direct: bool = False
+) -> list[tuple[str, str]]:
+    """OpenSSH options for a descriptor, in ssh_config order; raw (unquoted) values.
+
+    Through the tunnel (``127.0.0.1:local_port`` with ``HostKeyAlias``) when one is
+    declared, unless ``direct``; the host key is pinned either way.
+    """
+    tunnel = None if direct else reach.get("tunnel")
+    opts = [
+        ("HostName", "127.0.0.1" if tunnel else str(reach["host"])),
+        ("Port", str(tunnel["local_port"] if tunnel else reach["port"])),
+        ("User", str(reach["user"])),
+        ("IdentityFile", str(reach["identity_file"])),
+        ("IdentitiesOnly", "yes"),
+        ("UserKnownHostsFile", str(known_hosts_file)),
+        ("GlobalKnownHostsFile", "/dev/null"),
+        ("StrictHostKeyChecking", "yes"),
+    ]
+    if tunnel:
+        opts.append(("HostKeyAlias", str(tunnel["alias"])))
+    return opts
+
+
+PATH_OPTIONS = frozenset({"IdentityFile", "UserKnownHostsFile", "GlobalKnownHostsFile"})
+
+
+def render_option(key: str, value: str) -> str:
+    return f"{key} {config_value(value, path=key in PATH_OPTIONS)}"
+
+
+def ssh_config_stanza(alias: str, options: Iterable[tuple[str, str]], comment: str) -> str:
+    lines = [f"# {comment}", f"Host {alias}"]
+    lines += [f"    {render_option(k, v)}" for k, v in options]
+    return "\n".join(lines) + "\n"

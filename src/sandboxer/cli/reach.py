@@ -1,4 +1,8 @@
-"""`sandboxer reachability show ID` and `sandboxer ssh ID [-- CMD...]`"""
+"""`sandboxer reachability show ID`, `sandboxer ssh ID [-- CMD...]`, `sandboxer ssh-config [ID]`
+
+All three read the stored ``sandboxer.reachability/v1`` document (no pydantic, no SSH
+library) and share one set of OpenSSH options (``sandboxer.reachability.ssh_options``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandboxer.models.reachability import Reachability
+    from sandboxer.client.local import LocalClient
+
+Doc = dict[str, Any]
+DIRECT_HELP = "connect to the direct endpoint even when a tunnel is declared"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -17,51 +24,78 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(handler=cmd_show)
 
     s = sub.add_parser(
-        "ssh", parents=[common], usage="sandboxer ssh ID [--json] [-- CMD...]",
+        "ssh", parents=[common], usage="sandboxer ssh ID [--direct] [--json] [-- CMD...]",
         help="run the system ssh into a sandbox (host key pinned)",
         description="Without CMD: an interactive shell. After --: the command to run; "
-        "one word is passed to the sandbox's shell as is, several are quoted as one argv.",
+        "one word is passed to the sandbox's shell as is, several are quoted as one argv. "
+        "Goes through the declared tunnel (127.0.0.1:tunnel.local_port) unless --direct.",
     )
     s.add_argument("id")
+    s.add_argument("--direct", action="store_true", help=DIRECT_HELP)
     s.set_defaults(handler=cmd_ssh, command=[])
+
+    c = sub.add_parser(
+        "ssh-config", parents=[common],
+        help="print OpenSSH Host stanzas for ready sandboxes (to Include; edits nothing)",
+    )
+    c.add_argument("id", nargs="?", help="one sandbox; default every ready sandbox")
+    c.add_argument("--direct", action="store_true", help=DIRECT_HELP)
+    c.set_defaults(handler=cmd_ssh_config)
+
+
+def ready_descriptor(client: LocalClient, sandbox_id: str) -> Doc:
+    """The stored descriptor of a ready sandbox; Conflict (exit 8) otherwise."""
+    from sandboxer.errors import Conflict
+
+    doc = client.get_document(sandbox_id)
+    reach: Doc | None = doc.get("reachability")
+    if doc["state"] != "ready" or reach is None:
+        raise Conflict(
+            f"sandbox {sandbox_id} is {doc['state']}; only a ready sandbox is reachable"
+        )
+    return reach
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client
     from sandboxer.cli.output import emit_json, kv
 
-    reach = make_client().reachability(args.id)
+    reach = ready_descriptor(make_client(), args.id)
     if args.json:
-        emit_json(reach.model_dump(mode="json", by_alias=True))
-    else:
-        tunnel = reach.tunnel
-        print(kv([
-            ("sandbox", reach.sandbox_id), ("endpoint", f"{reach.host}:{reach.port}"),
-            ("user", reach.user), ("identity_file", reach.identity_file),
-            ("known_hosts", reach.known_hosts), ("ssh", reach.ssh_command),
-            ("tunnel", f"{tunnel.alias} on 127.0.0.1:{tunnel.local_port}" if tunnel else None),
-            ("tunnel_via", reach.tunnel_via), ("identity", reach.identity),
-            ("tunnel_status", reach.tunnel_status.command if reach.tunnel_status else None),
-        ]))
+        emit_json(reach)
+        return 0
+    tunnel, status = reach.get("tunnel"), reach.get("tunnel_status")
+    print(kv([
+        ("sandbox", reach["sandbox_id"]), ("endpoint", f"{reach['host']}:{reach['port']}"),
+        ("user", reach["user"]), ("identity_file", reach["identity_file"]),
+        ("known_hosts", reach["known_hosts"]), ("ssh", reach["ssh_command"]),
+        ("tunnel", f"{tunnel['alias']} on 127.0.0.1:{tunnel['local_port']}" if tunnel else None),
+        ("tunnel_via", reach.get("tunnel_via")), ("identity", reach.get("identity")),
+        ("tunnel_status", status["command"] if status else None),
+        ("tunnel_doc", status["doc"] if status else None),
+    ]))
     return 0
 
 
-def ssh_argv(reach: Reachability, known_hosts_file: str, command: list[str]) -> list[str]:
-    """The OpenSSH argv for a descriptor, host key pinned to ``known_hosts_file``."""
+def ssh_argv(reach: Doc, known_hosts_file: str, command: list[str], *,
+             direct: bool = False) -> list[str]:
+    """The OpenSSH argv for a descriptor: the ssh-config options, host key pinned."""
     import shlex
     import shutil
 
     from sandboxer.errors import UsageError
+    from sandboxer.reachability import PATH_OPTIONS, config_value, ssh_options
 
     ssh = shutil.which("ssh")
     if ssh is None:
         raise UsageError("the OpenSSH client (ssh) is not installed",
                          hint="install it: apt-get install openssh-client")
-    argv = [ssh, "-i", reach.identity_file, "-o", "IdentitiesOnly=yes",
-            "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={known_hosts_file}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-p", str(reach.port), f"{reach.user}@{reach.host}"]
+    options = dict(ssh_options(reach, known_hosts_file, direct=direct))
+    host = options.pop("HostName")
+    argv = [ssh]
+    for key, value in options.items():
+        argv += ["-o", f"{key}={config_value(value, path=key in PATH_OPTIONS)}"]
+    argv += ["-o", "IdentityAgent=none", "-o", "LogLevel=ERROR", host]
     if command:
         argv += ["--", command[0] if len(command) == 1 else shlex.join(command)]
     return argv
@@ -73,18 +107,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
     from sandboxer.cli._client import make_client
     from sandboxer.cli.output import emit_json
-    from sandboxer.extensions.base import key_paths
+    from sandboxer.reachability import ensure_known_hosts, known_hosts_path
 
     client = make_client()
-    reach = client.reachability(args.id)
-    known = key_paths(client.settings, args.id)["known_hosts"]
-    if not known.exists():
-        known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(known, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(reach.known_hosts + "\n")
-    command = list(args.command)
-    argv = ssh_argv(reach, str(known), command)
+    reach = ready_descriptor(client, args.id)
+    known = known_hosts_path(client.settings, args.id)
+    ensure_known_hosts(known, reach["known_hosts"])
+    argv = ssh_argv(reach, str(known), list(args.command), direct=args.direct)
     if args.json:
         done = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         emit_json({"schema": "sandboxer.ssh-result/v1", "sandbox_id": args.id,
@@ -92,5 +121,57 @@ def cmd_ssh(args: argparse.Namespace) -> int:
                    "stdout": done.stdout.decode("utf-8", "replace"),
                    "stderr": done.stderr.decode("utf-8", "replace")})
         return done.returncode
+    tunnel = None if args.direct else reach.get("tunnel")
+    if tunnel:  # the one thing sand-boxer cannot check: is the tunnel up?
+        import sys
+
+        route = reach.get("tunnel_via")
+        sys.stderr.write(
+            f"sandboxer: through the tunnel {tunnel['alias']} on 127.0.0.1:"
+            f"{tunnel['local_port']}"
+            + (f" (check it: ops-bridge tunnel status {route})" if route else "")
+            + "; --direct bypasses it\n")
     os.execv(argv[0], argv)  # noqa: S606 - an argument array, by design
     return 1  # unreachable: execv does not return
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import make_client
+    from sandboxer.cli.output import emit_json
+    from sandboxer.reachability import (
+        ensure_known_hosts,
+        host_alias,
+        known_hosts_path,
+        ssh_config_stanza,
+        ssh_options,
+    )
+
+    client = make_client()
+    if args.id:
+        sandboxes = [(client.get_document(args.id), ready_descriptor(client, args.id))]
+    else:
+        sandboxes = [(d, d["reachability"]) for d in client.list_documents(states=["ready"])
+                     if d.get("reachability")]
+    hosts: list[Doc] = []
+    stanzas: list[str] = []
+    seen: dict[str, str] = {}
+    for doc, reach in sandboxes:
+        known = known_hosts_path(client.settings, doc["id"])
+        ensure_known_hosts(known, reach["known_hosts"])
+        alias, options = host_alias(reach), ssh_options(reach, known, direct=args.direct)
+        comment = f"{doc['id']}: {doc['profile']}, expires {doc['expires_at']}"
+        if alias in seen:  # OpenSSH uses the first stanza that matches
+            comment += f"; alias {alias} is shadowed by {seen[alias]}'s stanza above"
+        seen.setdefault(alias, doc["id"])
+        stanzas.append(ssh_config_stanza(alias, options, comment))
+        hosts.append({"sandbox_id": doc["id"], "host": alias,
+                      "tunnel": bool(reach.get("tunnel")) and not args.direct,
+                      "options": dict(options)})
+    header = (f"# sand-boxer: {len(hosts)} ready sandbox(es); generated by `sandboxer "
+              "ssh-config`, do not edit\n")
+    text = "\n".join([header, *stanzas])
+    if args.json:
+        emit_json({"schema": "sandboxer.ssh-config/v1", "hosts": hosts, "text": text})
+    else:
+        print(text, end="")
+    return 0

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sandboxer.models.base import StrictModel
 from sandboxer.models.common import Duration, Labels
+from sandboxer.models.reachability import check_alias_template, check_name, check_port
 
 PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]*(?:\.[a-z0-9][a-z0-9-]*)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -60,11 +61,30 @@ class SetupSpec(StrictModel):
 
 
 class TunnelSpec(StrictModel):
-    """An ops-bridge tunnel declaration; sand-boxer never starts the tunnel."""
+    """An ops-bridge tunnel declaration; sand-boxer never starts the tunnel.
+
+    Its presence declares a tunnel (``tunnel: {}`` too): ``alias`` defaults to ``{id}`` and
+    ``local_port`` to ``auto``; ``via`` may stay unset for a tunnel ops-bridge does not carry.
+    """
 
     via: str | None = None
     alias: str | None = None
     local_port: int | Literal["auto"] | None = None
+
+    @field_validator("via")
+    @classmethod
+    def _via(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v, "via (an ops-bridge route id)")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str | None) -> str | None:
+        return None if v is None else check_alias_template(v)
+
+    @field_validator("local_port", mode="before")
+    @classmethod
+    def _local_port(cls, v: object) -> object:
+        return v if v is None or v == "auto" else check_port(v, "local_port (or auto)")
 
 
 class ReachabilitySpec(StrictModel):
@@ -80,6 +100,11 @@ class ReachabilitySpec(StrictModel):
         if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", v):
             raise ValueError(f"expected a POSIX user name, got {v!r}")
         return v
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v, "identity (a warden actor id)")
 
 
 class Profile(StrictModel):

@@ -1,0 +1,160 @@
+"""`reachability show`, `ssh-config` and `ssh` through the CLI entry point (test extension)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.cli.main import main
+from sandboxer.cli.reach import ssh_argv
+from sandboxer.config import Settings
+
+TUNNEL_ENV = {"SANDBOXER_TUNNEL_VIA": "obr-dev", "SANDBOXER_TUNNEL_ALIAS": "dev-{id}",
+              "SANDBOXER_TUNNEL_LOCAL_PORT": "2345", "SANDBOXER_TUNNEL_IDENTITY": "agt"}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def create(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+           env: dict[str, str] | None = None) -> dict[str, Any]:
+    with monkeypatch.context() as m:
+        for k, v in (env or {}).items():
+            m.setenv(k, v)
+        code, out, err = run(capsys, "create", "profile.fake", "--json", "-q")
+    assert code == 0, err
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+@pytest.mark.usefixtures("settings")
+def test_show_prints_the_stored_descriptor_from_a_shell_without_the_variables(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = create(capsys, monkeypatch, TUNNEL_ENV)
+    assert "SANDBOXER_TUNNEL_VIA" not in os.environ
+    code, out, _ = run(capsys, "reachability", "show", sandbox["id"], "--json")
+    assert code == 0
+    reach = json.loads(out)
+    assert reach == sandbox["reachability"]
+    assert reach["tunnel"] == {"alias": f"dev-{sandbox['id']}", "local_port": 2345}
+    code, out, _ = run(capsys, "reachability", "show", sandbox["id"])
+    assert "ops-bridge tunnel status obr-dev" in out
+    assert "docs/integrations/ops-bridge.md" in out
+    assert f"dev-{sandbox['id']} on 127.0.0.1:2345" in out
+
+
+@pytest.mark.usefixtures("settings")
+def test_bad_variable_exits_4_and_stores_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SANDBOXER_TUNNEL_ALIAS", "sbx {id}")
+    code, out, err = run(capsys, "create", "profile.fake", "--json", "-q")
+    assert code == 4
+    assert json.loads(out)["code"] == "invalid_input"
+    assert "SANDBOXER_TUNNEL_ALIAS" in err
+    code, out, err = run(capsys, "create", "profile.fake", "--dry-run")
+    assert code == 4
+    monkeypatch.delenv("SANDBOXER_TUNNEL_ALIAS")
+    assert json.loads(run(capsys, "list", "--all", "--json")[1])["items"] == []
+
+
+def test_ssh_config_one_and_all(capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    plain = create(capsys, monkeypatch)
+    tunnelled = create(capsys, monkeypatch, TUNNEL_ENV)
+    code, out, _ = run(capsys, "ssh-config")
+    assert code == 0
+    assert out.startswith("# sand-boxer: 2 ready sandbox(es)")
+    keys = settings.keys_dir
+    assert f"""Host {plain['id']}
+    HostName 127.0.0.1
+    Port 2222
+    User sandbox
+    IdentityFile /dev/null
+    IdentitiesOnly yes
+    UserKnownHostsFile {keys / plain['id']}.known_hosts
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+""" in out
+    alias = f"dev-{tunnelled['id']}"
+    assert f"Host {alias}\n    HostName 127.0.0.1\n    Port 2345\n" in out
+    assert f"    HostKeyAlias {alias}\n" in out
+    # the managed known_hosts files pin what the descriptors say
+    for s in (plain, tunnelled):
+        known = (keys / f"{s['id']}.known_hosts").read_text().splitlines()
+        assert s["reachability"]["known_hosts"] in known
+    code, out, _ = run(capsys, "ssh-config", tunnelled["id"], "--json")
+    doc = json.loads(out)
+    assert doc["schema"] == "sandboxer.ssh-config/v1"
+    (host,) = doc["hosts"]
+    assert (host["sandbox_id"], host["host"], host["tunnel"]) == (tunnelled["id"], alias, True)
+    assert host["options"]["Port"] == "2345"
+    assert f"Host {alias}" in doc["text"]
+    code, out, _ = run(capsys, "ssh-config", tunnelled["id"], "--direct", "--json")
+    (host,) = json.loads(out)["hosts"]
+    assert (host["host"], host["tunnel"], host["options"]["Port"]) == (alias, False, "2222")
+    assert "HostKeyAlias" not in host["options"]
+
+
+def test_ssh_config_never_touches_the_users_ssh_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    create(capsys, monkeypatch)
+    run(capsys, "ssh-config")
+    assert not (Path(os.environ["HOME"]) / ".ssh").exists()
+
+
+@pytest.mark.usefixtures("settings")
+def test_ssh_config_with_nothing_ready_and_for_a_sandbox_that_is_not(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run(capsys, "ssh-config")
+    assert (code, out) == (0, "# sand-boxer: 0 ready sandbox(es); generated by `sandboxer "
+                              "ssh-config`, do not edit\n")
+    sid = create(capsys, monkeypatch)["id"]
+    run(capsys, "destroy", sid)
+    code, _, err = run(capsys, "ssh-config", sid)
+    assert code == 8
+    assert "destroyed; only a ready sandbox is reachable" in err
+    assert run(capsys, "ssh-config", "sbx-nopenopeno")[0] == 3
+    assert run(capsys, "reachability", "show", sid)[0] == 8
+
+
+def test_ssh_argv_matches_ssh_config(tmp_path: Path) -> None:
+    reach = {"sandbox_id": "sbx-aaaaaaaaaa", "host": "10.0.0.5", "port": 40123,
+             "user": "agent", "identity_file": "/k/a b", "known_hosts": "x",
+             "tunnel": {"alias": "dev-x", "local_port": 2345}}
+    argv = ssh_argv(reach, "/k/kh", ["echo", "a b"])
+    assert argv[-3:] == ["127.0.0.1", "--", "echo 'a b'"]
+    assert argv[argv.index("Port=2345") - 1] == "-o"
+    assert {"HostKeyAlias=dev-x", 'IdentityFile="/k/a b"', "User=agent",
+            "StrictHostKeyChecking=yes", "UserKnownHostsFile=/k/kh"} <= set(argv)
+    direct = ssh_argv(reach, "/k/kh", [], direct=True)
+    assert direct[-1] == "10.0.0.5"
+    assert "Port=40123" in direct
+    assert not any(a.startswith("HostKeyAlias") for a in direct)
+
+
+@pytest.mark.parametrize("argv", [["ssh-config", "--json"],
+                                  ["reachability", "show", "sbx-aaaaaaaaaa", "--json"]])
+def test_reading_descriptors_stays_light(settings: Settings, argv: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from sandboxer.cli.main import main\n"
+        f"main({argv!r})\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('pydantic', 'asyncssh')]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          check=False, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr.decode()
