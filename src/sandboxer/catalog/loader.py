@@ -82,11 +82,17 @@ class Catalog:
     def __init__(self, settings: Settings, *, include_builtin: bool = True) -> None:
         self.settings = settings
         self._sources: dict[str, Source] = {}
+        # A broken file in a profile directory (or a compose file kept beside the profiles)
+        # must not take every other profile down with it: it is reported when it matters.
+        self.broken: dict[Path, ProfileInvalid] = {}
         dirs = ([BUILTIN_DIR] if include_builtin else []) + list(settings.profile_dirs)
         for d in dirs:
             if d.is_dir():
                 for path in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
-                    self.add_file(path)
+                    try:
+                        self.add_file(path)
+                    except ProfileInvalid as e:
+                        self.broken[path] = e
 
     def add_file(self, path: Path) -> Source:
         """Read one profile file; it overrides any earlier profile with the same id."""
@@ -102,10 +108,12 @@ class Catalog:
         try:
             return self._sources[profile_id]
         except KeyError:
+            unreadable = "".join(f"; {e.message}" for e in self.broken.values())
             raise ProfileNotFound(
                 f"unknown profile {profile_id!r}",
                 hint=f"known profiles: {', '.join(self.ids()) or 'none'} "
-                "(see `sandboxer profiles list`)",
+                f"(see `sandboxer profiles list`){unreadable and '. Files not loaded'}"
+                f"{unreadable}",
             ) from None
 
     def _chain(self, profile_id: str) -> list[Source]:

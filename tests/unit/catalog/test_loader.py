@@ -111,3 +111,12 @@ def test_non_utf8_file(settings: Settings, tmp_path: Path) -> None:
     f.write_bytes(b"id: profile.x\ndescription: caf\xe9\n")
     with pytest.raises(ProfileInvalid, match="not UTF-8"):
         Catalog(settings).validate_files([f])
+
+
+def test_a_broken_file_does_not_hide_the_others(settings: Settings, profiles_dir: Path) -> None:
+    write(profiles_dir, "zz-broken.yaml", "services: [unclosed\n")
+    catalog = Catalog(settings)
+    assert catalog.get("profile.fake").extension == "ext.fake"
+    assert list(catalog.broken) == [profiles_dir / "zz-broken.yaml"]
+    with pytest.raises(ProfileNotFound, match="Files not loaded.*zz-broken.yaml"):
+        catalog.get("profile.zz")
