@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandboxer.config import Settings
+from sandboxer.secrets import redaction
 
 FAKE_EXT = Path(__file__).parent / "fixtures" / "fake_ext"
 # The test-only extension is found through the entry-point group, like any plugin.
@@ -21,6 +23,13 @@ ttl: {default: 1h, max: 2h}
 labels: {tier: test}
 spec: {}
 """
+
+
+@pytest.fixture(autouse=True)
+def _forget_secret_values() -> Iterator[None]:
+    """Values one test resolved must not mask another test's text (process-wide net)."""
+    yield
+    redaction.forget_all()
 
 
 @pytest.fixture

@@ -25,11 +25,13 @@ class SandboxerError(Exception):
         return self.render()
 
     def render(self) -> str:
-        """The one-paragraph text shown to a user."""
+        """The one-paragraph text shown to a user (resolved secret values become ``***``)."""
+        from sandboxer.secrets.redaction import redact
+
         if not self.hint:
-            return self.message
+            return redact(self.message)
         stop = "" if self.message.endswith((".", ":", "?", "!")) else "."
-        return f"{self.message}{stop} {self.hint[0].upper()}{self.hint[1:]}"
+        return redact(f"{self.message}{stop} {self.hint[0].upper()}{self.hint[1:]}")
 
 
 class UsageError(SandboxerError):
@@ -79,9 +81,28 @@ class NoTarget(SandboxerError):
 
 
 class SecretError(SandboxerError):
+    """A secret ref could not be validated or resolved. Messages name refs, never values."""
+
     code = "secret_failed"
     exit_code = 7
     http_status = 422
+
+
+class SecretRefInvalid(SecretError):
+    code = "secret_ref_invalid"
+
+
+class SecretNotFound(SecretError):
+    code = "secret_not_found"
+
+
+class SecretAccessDenied(SecretError):
+    code = "secret_access_denied"
+
+
+class SecretBackendUnavailable(SecretError):
+    code = "secret_backend_unavailable"
+    http_status = 503
 
 
 class Conflict(SandboxerError):

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,7 @@ class Plan:
     ttl: timedelta
     actor: str | None
     labels: dict[str, str]
-    secret_names: list[str]
+    secret_checks: list[boundary.RefCheck] = field(default_factory=list)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -72,7 +72,7 @@ class Plan:
             "ttl": format_duration(self.ttl),
             "actor": self.actor,
             "labels": self.labels,
-            "secret_refs": [{"name": n, "status": "ok"} for n in self.secret_names],
+            "secret_refs": [c.document() for c in self.secret_checks],
         }
 
 
@@ -134,11 +134,18 @@ class Manager:
         actor: str | None = None,
         labels: dict[str, str] | None = None,
         target: str | None = None,
+        resolve_secrets: bool = True,
     ) -> tuple[Plan, Extension, dict[str, SecretStr]]:
-        """Validate everything a create needs, resolving secrets last; creates nothing."""
+        """Validate everything a create needs, resolving secrets last; creates nothing.
+
+        Secret refs are parsed first (grammar: exit 7 before any probe), validated after
+        placement, and resolved only when ``resolve_secrets`` (a create) and every ref
+        validated; a dry run reports each ref's check in the plan instead of raising.
+        """
         from sandboxer.placement import choose
 
         profile = self.catalog.get(profile_id)
+        refs = boundary.parse(profile, self.settings)
         try:
             lease = parse_duration(ttl) if ttl is not None else profile.ttl.default
             merged = validate_labels({**profile.labels, **(labels or {})})
@@ -160,14 +167,18 @@ class Manager:
         others = [t for t in ext.targets(self.settings) if t not in candidates]
         chosen = choose([*probed, *others], profile.route, pinned=target)
         ext.check(profile, ext.parse_spec(profile), chosen, self.catalog.source(profile.id).path)
-        secrets = boundary.resolve(profile, self.settings)
+        checks = await asyncio.to_thread(boundary.check, refs, self.settings) if refs else []
+        secrets: dict[str, SecretStr] = {}
+        if resolve_secrets and refs:
+            boundary.ensure_valid(profile.id, checks)
+            secrets = await asyncio.to_thread(boundary.read, refs, self.settings)
         plan = Plan(
             profile=profile,
             target=chosen,
             ttl=lease,
             actor=actor or profile.actor,
             labels=merged,
-            secret_names=[r.name for r in profile.setup.secret_refs],
+            secret_checks=checks,
         )
         return plan, ext, secrets
 

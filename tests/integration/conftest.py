@@ -66,3 +66,119 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- secrets: a KV v2 server and a stub warden -----------------------------------------------
+
+
+class KVServer:
+    """A real HTTP server on 127.0.0.1 speaking the OpenBao/Vault KV v2 read subset hvac
+    uses: ``GET /v1/<mount>/data/<path>`` and ``/v1/<mount>/metadata/<path>``, the token in
+    ``X-Vault-Token``, 403 for a wrong token or a denied path, 404 for a missing secret."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.secrets: dict[str, dict[str, Any]] = {}  # "mount/path" -> fields
+        self.denied: set[str] = set()
+        self.deleted: set[str] = set()
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, token
+        self.url = ""
+
+    def put(self, location: str, **fields: Any) -> None:
+        self.secrets[location] = fields
+
+    def answer(self, method: str, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
+        self.requests.append((method, path, token))
+        parts = path.split("?", 1)[0].split("/")
+        # ["", "v1", mount, "data"|"metadata", *path]
+        if method != "GET" or len(parts) < 5 or parts[1] != "v1" \
+                or parts[3] not in ("data", "metadata"):
+            return 405, {"errors": ["unsupported by this test server"]}
+        location = f"{parts[2]}/{'/'.join(parts[4:])}"
+        if token != self.token or location in self.denied:
+            return 403, {"errors": ["permission denied"]}
+        if location not in self.secrets:
+            return 404, {"errors": []}
+        deleted = location in self.deleted
+        version = {"created_time": "2026-01-01T00:00:00Z", "version": 1, "destroyed": False,
+                   "deletion_time": "2026-01-02T00:00:00Z" if deleted else ""}
+        if parts[3] == "metadata":
+            return 200, {"data": {"current_version": 1, "versions": {"1": version}}}
+        if deleted:
+            return 404, {"data": {"data": None, "metadata": version}}
+        return 200, {"data": {"data": self.secrets[location], "metadata": version}}
+
+
+@pytest.fixture
+def kv_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[KVServer]:
+    """A KV v2 server with a random token; BAO_ADDR and BAO_TOKEN point at it."""
+    import secrets as random
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    kv = KVServer(token=f"tok-{random.token_hex(8)}")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = kv.answer("GET", self.path, self.headers.get("X-Vault-Token"))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kv.url = f"http://127.0.0.1:{server.server_address[1]}"
+    for name in ("VAULT_ADDR", "VAULT_TOKEN", "SANDBOXER_WARDEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BAO_ADDR", kv.url)
+    monkeypatch.setenv("BAO_TOKEN", kv.token)
+    try:
+        yield kv
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class Warden:
+    """A stub ``warden`` on PATH: routes every ref except those ``refuse``d."""
+
+    def __init__(self, directory: Path) -> None:
+        self.refused = directory / "refused"
+        self.refused.write_text("")
+        self.log = directory / "asked"
+        self.exe = directory / "warden"
+        self.exe.write_text(
+            "#!/bin/sh\n"
+            '[ "$1" = route ] && [ $# -eq 2 ] || { echo "usage: warden route REF" >&2; '
+            "exit 2; }\n"
+            f'printf "%s\\n" "$2" >> "{self.log}"\n'
+            f'if grep -qxF -- "$2" "{self.refused}"; then\n'
+            '    echo "warden: $2 is not routed for this actor" >&2; exit 1\nfi\n'
+            'echo "routed $2"\n')
+        self.exe.chmod(0o755)
+
+    def refuse(self, ref: str) -> None:
+        with self.refused.open("a") as f:
+            f.write(ref + "\n")
+
+    def asked(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+@pytest.fixture
+def warden_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Warden:
+    """SANDBOXER_WARDEN=warden, found on PATH in a private bin directory."""
+    d = tmp_path / "warden-bin"
+    d.mkdir()
+    stub = Warden(d)
+    monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("SANDBOXER_WARDEN", "warden")
+    return stub

@@ -44,11 +44,13 @@ def _version() -> str:
 
 def _report(error: Exception, as_json: bool) -> int:
     from sandboxer.errors import SandboxerError
+    from sandboxer.secrets.redaction import redact
 
     if isinstance(error, SandboxerError):
         code, exit_code, text = error.code, error.exit_code, error.render()
     else:
         code, exit_code, text = "unexpected", 1, f"{type(error).__name__}: {error}"
+    text = redact(text)  # the safety net: a resolved secret value never leaves as text
     if as_json:
         from sandboxer.cli.output import emit_json
 
@@ -66,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = words.index("--")
         words, command = words[:cut], words[cut + 1:]
     args = parser.parse_args(words)
+    from sandboxer.secrets import redaction
+
+    redaction.install()
     if command:
         args.command = command
     try:

@@ -105,11 +105,17 @@ def cmd_create(args: argparse.Namespace) -> int:
                "target": args.target}
     if args.dry_run:
         plan = make_client().plan(args.profile, **options)
+        refs = plan.get("secret_refs") or []
         if args.json:
             emit_json(plan)
         else:
-            print(kv([(k, v) for k, v in plan.items() if k != "schema"]))
-        return 0
+            print(kv([(k, v) for k, v in plan.items() if k not in ("schema", "secret_refs")]
+                     + [("secret_refs", _refs_summary(refs))]))
+            for r in refs:  # a ref's check: ok, or why not; never a value
+                why = "ok" if r["status"] == "ok" else f"{r['code']}: {r['reason']}"
+                print(f"  {r['name']} ({r['ref']}, via {r['checked_by']}): {why}")
+        # A ref that does not validate fails the dry run like it would fail the create.
+        return 7 if any(r["status"] != "ok" for r in refs) else 0
     progress = Progress(quiet=args.quiet)
     try:
         status = make_client(progress=progress).create(args.profile, name=args.name, **options)
@@ -117,6 +123,13 @@ def cmd_create(args: argparse.Namespace) -> int:
         progress.done()
     _show(status, args.json)
     return 0
+
+
+def _refs_summary(refs: list[Doc]) -> str | None:
+    if not refs:
+        return None
+    bad = sum(r["status"] != "ok" for r in refs)
+    return f"{len(refs)} ref(s), " + (f"{bad} failed" if bad else "all valid")
 
 
 def cmd_get(args: argparse.Namespace) -> int:

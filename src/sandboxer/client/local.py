@@ -85,6 +85,8 @@ class LocalClient:
 
     def list_profiles(self) -> list[dict[str, Any]]:
         catalog = self._catalog()
+        for e in catalog.broken.values():
+            log.warning("skipped: %s", e.message)
         out = []
         for pid in catalog.ids():
             src = catalog.source(pid)
@@ -126,7 +128,8 @@ class LocalClient:
     # -- sandboxes --------------------------------------------------------------------
 
     def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
-        plan, _ext, _secrets = _run(self.manager.plan(profile_id, **options))
+        plan, _ext, _secrets = _run(self.manager.plan(profile_id, resolve_secrets=False,
+                                                      **options))
         return plan.document()
 
     def create(self, profile_id: str, **options: Any) -> SandboxStatus:

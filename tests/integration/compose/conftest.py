@@ -195,19 +195,8 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="session")
-def docker_daemon() -> Iterator[DockerDaemon]:
-    """dockerd on its own socket/data root, or the one in SANDBOXER_TEST_DOCKER_HOST."""
-    require("docker")
-    external = os.environ.get(EXTERNAL_DOCKER_ENV)
-    if external:
-        daemon = DockerDaemon(host=external)
-        if not daemon.answers():
-            pytest.fail(f"{EXTERNAL_DOCKER_ENV}={external}: no docker engine answers there",
-                        pytrace=False)
-        yield daemon
-        return
-
+def start_dockerd() -> tuple[DockerDaemon, subprocess.Popen[bytes]]:
+    """Start a dockerd that coexists with any other engine here; wait until it answers."""
     tools = require("dockerd", "ip")
     require_root("starting dockerd")
     _docker_group()
@@ -252,6 +241,27 @@ def docker_daemon() -> Iterator[DockerDaemon]:
                 pytest.fail(f"dockerd did not answer within 60s:\n{_tail(logfile)}",
                             pytrace=False)
             time.sleep(0.2)
+    except BaseException:
+        _stop_dockerd(daemon, proc)
+        raise
+    return daemon, proc
+
+
+@pytest.fixture(scope="session")
+def docker_daemon() -> Iterator[DockerDaemon]:
+    """dockerd on its own socket/data root, or the one in SANDBOXER_TEST_DOCKER_HOST."""
+    require("docker")
+    external = os.environ.get(EXTERNAL_DOCKER_ENV)
+    if external:
+        daemon = DockerDaemon(host=external)
+        if not daemon.answers():
+            pytest.fail(f"{EXTERNAL_DOCKER_ENV}={external}: no docker engine answers there",
+                        pytrace=False)
+        yield daemon
+        return
+
+    daemon, proc = start_dockerd()
+    try:
         yield daemon
     finally:
         _stop_dockerd(daemon, proc)

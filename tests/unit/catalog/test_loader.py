@@ -118,5 +118,5 @@ def test_a_broken_file_does_not_hide_the_others(settings: Settings, profiles_dir
     catalog = Catalog(settings)
     assert catalog.get("profile.fake").extension == "ext.fake"
     assert list(catalog.broken) == [profiles_dir / "zz-broken.yaml"]
-    with pytest.raises(ProfileNotFound, match="Files not loaded.*zz-broken.yaml"):
+    with pytest.raises(ProfileNotFound, match=r"Files not loaded.*zz-broken\.yaml"):
         catalog.get("profile.zz")

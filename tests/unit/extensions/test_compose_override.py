@@ -81,14 +81,15 @@ def test_named_volumes_are_fine() -> None:
 def test_override_labels_publishes_and_locks_down() -> None:
     out = ov.build(BASE, spec(resources={"cpus": 1.5, "memory": "1g", "pids": 256}),
                    sandbox_id="sbx-abcdefghij", instance="i1", user="agent",
-                   env={"FOO": "bar"}, bind="127.0.0.1")
+                   env={"FOO": "bar", "PRICE": "$HOME"}, bind="127.0.0.1")
     for svc in out["services"].values():
         assert svc["labels"] == {"sandboxer.id": "sbx-abcdefghij", "sandboxer.instance": "i1"}
         assert "no-new-privileges:true" in svc["security_opt"]
     main = out["services"]["main"]
     assert main["ports"] == [{"target": 22, "host_ip": "127.0.0.1", "protocol": "tcp"}]
-    assert main["environment"] == {"FOO": "bar", "SANDBOXER_ID": "sbx-abcdefghij",
-                                   "SANDBOXER_USER": "agent"}
+    assert main["environment"] == {"FOO": "bar", "PRICE": "$$HOME",
+                                   "SANDBOXER_ID": "sbx-abcdefghij", "SANDBOXER_USER": "agent",
+                                   "SANDBOXER_KEYS_WAIT": "120"}
     assert main["cap_drop"] == ["ALL"]
     assert set(main["cap_add"]) <= set(ov.SSHD_CAPS)
     assert "SYS_ADMIN" not in main["cap_add"]

@@ -71,8 +71,11 @@ def test_argv_isolates_by_default() -> None:
     a = argv(command="id -u")
     assert a[:2] == ["/usr/bin/bwrap", "--unshare-all"]
     assert "--share-net" not in a
-    for flag in ("--die-with-parent", "--new-session", "--clearenv"):
+    for flag in ("--die-with-parent", "--new-session"):
         assert flag in a
+    # The environment is the child's own (session_env), never bwrap's argv.
+    assert "--setenv" not in a
+    assert "--clearenv" not in a
     assert pairs(a, "--uid") == ["1000"]
     assert pairs(a, "--gid") == ["1000"]
     assert pairs(a, "--cap-drop") == ["ALL"]
@@ -104,7 +107,7 @@ def test_argv_pty_keeps_session_and_runs_login_shell() -> None:
     a = argv(pty=True, term="xterm-256color")
     assert "--new-session" not in a
     assert a[-3:] == ["--", "/bin/sh", "-l"]
-    assert "TERM" in pairs(a, "--setenv")
+    assert jail.session_env(session(pty=True, term="xterm-256color"))["TERM"] == "xterm-256color"
 
 
 def test_argv_shell_without_command_reads_stdin() -> None:
@@ -117,6 +120,30 @@ def test_env_is_clean_and_reserved_names_win() -> None:
         "FOO": "1", "PATH": jail.JAIL_PATH, "HOME": "/workspace", "USER": "dev",
         "LOGNAME": "dev", "SHELL": "/bin/sh", "SANDBOXER_ID": "sbx-1",
     }
+
+
+def test_secrets_are_in_the_environment_and_files_never_in_argv() -> None:
+    value = "canary-3f1c9e"
+    s = session(env={"FOO": "1"}, secrets={"TOKEN": value, "HOME": "/evil"}, command="true")
+    env = jail.session_env(s)
+    assert env["TOKEN"] == value
+    assert env["FOO"] == "1"
+    assert env["HOME"] == "/workspace"  # a reserved name never comes from a secret
+    assert value not in repr(s)
+    files = jail.secret_files({"TOKEN": value})
+    assert files == {"/run/secrets/TOKEN": value.encode()}
+    a = jail.build_argv(s, {"/etc/passwd": 5}, bwrap="bwrap", layout=LAYOUT,
+                        secret_fds={"/run/secrets/TOKEN": 7})
+    assert not any(value in word for word in a)
+    i = a.index("/run/secrets/TOKEN")
+    assert a[i - 4:i + 1] == ["--perms", "0400", "--ro-bind-data", "7", "/run/secrets/TOKEN"]
+    # /run/secrets is made inside the /run tmpfs, after it is mounted.
+    assert a.index("/run/secrets") > a.index("/run")
+    assert pairs(a, "--dir") == ["/run/secrets"]
+
+
+def test_no_secrets_no_secrets_dir() -> None:
+    assert "/run/secrets" not in argv()
 
 
 def test_etc_files_resolve_the_user() -> None:
@@ -149,3 +176,11 @@ def test_data_pipes_carry_content() -> None:
         assert os.read(fds["/etc/hostname"], 100) == b"box\n"
     finally:
         jail.close_fds(fds.values())
+
+
+def test_checked_secrets() -> None:
+    assert jail.checked_secrets(None) == {}
+    assert jail.checked_secrets({"TOKEN": "v"}) == {"TOKEN": "v"}
+    for bad in ({"HOME": "v"}, {"not-ident": "v"}, {"A": 1}, {"A": "a\0b"}, ["A"]):
+        with pytest.raises(ValueError, match="secret"):
+            jail.checked_secrets(bad)

@@ -27,6 +27,7 @@ from sandboxer.extensions.base import (
     key_paths,
 )
 from sandboxer.extensions.compose_ssh import override as ov
+from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.remote import LocalRunner, Runner, SSHRunner, local_env
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 
@@ -39,11 +40,22 @@ LOCAL = "local"
 SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 _IMAGE_MISSING = ("pull access denied", "No such image", "manifest unknown",
                   "failed to resolve reference", "repository does not exist",
-                  "not found: manifest")
+                  "not found: manifest", "no such host", "toomanyrequests",
+                  "image not found", "No such image")
 
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _tarball(files: dict[str, bytes], mode: int = 0o600) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def _key_tarball(host_key: bytes, authorized: str) -> bytes:
@@ -53,12 +65,24 @@ def _key_tarball(host_key: bytes, authorized: str) -> bytes:
         d = tarfile.TarInfo("etc/sandboxer")
         d.type, d.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(d)
+        # `ready` last: the entrypoint waits for it, and tar writes members in order.
         for name, data, mode in (("ssh_host_ed25519_key", host_key, 0o600),
-                                 ("authorized_keys", authorized.encode() + b"\n", 0o644)):
+                                 ("authorized_keys", authorized.encode() + b"\n", 0o644),
+                                 ("ready", b"", 0o644)):
             info = tarfile.TarInfo(f"etc/sandboxer/{name}")
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def _container_name(doc: dict[str, Any], service: str, project: str, compose: list[str]
+                    ) -> str:
+    """The main container's name, as compose v2 and v1 name it (or as the file pins it)."""
+    pinned = doc["services"][service].get("container_name")
+    if pinned:
+        return str(pinned)
+    sep = "_" if compose == ["docker-compose"] else "-"
+    return sep.join((project, service, "1"))
 
 
 class ComposeSSHExtension(Extension):
@@ -70,6 +94,7 @@ class ComposeSSHExtension(Extension):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._store_db: SqliteStore | None = None
+        self._compose: dict[str, tuple[list[str], str]] = {}
 
     @property
     def store(self) -> SqliteStore:
@@ -107,13 +132,17 @@ class ComposeSSHExtension(Extension):
         runner.base_dir = f".sandboxer/{self.settings.instance}"
         return runner
 
-    @staticmethod
-    async def compose_command(r: Runner) -> list[str]:
-        """`docker compose` (v2) if present, else `docker-compose` (v1)."""
-        if (await r.run(["docker", "compose", "version", "--short"], timeout=20)).rc == 0:
-            return ["docker", "compose"]
-        if (await r.run(["docker-compose", "version", "--short"], timeout=20)).rc == 0:
-            return ["docker-compose"]
+    async def compose_command(self, r: Runner) -> list[str]:
+        """`docker compose` (v2) if present, else `docker-compose` (v1); remembered per
+        target for the life of this process (a probe, then the create that follows)."""
+        known = self._compose.get(r.name)
+        if known is not None:
+            return known[0]
+        for argv in (["docker", "compose"], ["docker-compose"]):
+            found = await r.run([*argv, "version", "--short"], timeout=20)
+            if found.rc == 0:
+                self._compose[r.name] = (argv, found.out.strip())
+                return argv
         raise ProvisionFailed(
             f"target {r.name} has neither `docker compose` (v2) nor `docker-compose` (v1)",
             hint="install the compose v2 plugin (Debian: docker-compose-plugin or the binary "
@@ -122,15 +151,17 @@ class ComposeSSHExtension(Extension):
 
     async def facts(self, r: Runner) -> dict[str, Any]:
         """Engine version and compose flavour, or ProvisionFailed saying what is missing."""
-        engine = await r.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                             timeout=20)
+        engine, compose = await asyncio.gather(
+            r.run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=20),
+            self.compose_command(r), return_exceptions=True)
+        assert not isinstance(engine, BaseException)  # noqa: S101 - run() never raises
         if engine.rc != 0:
             raise ProvisionFailed(f"no docker engine answers on target {r.name}: "
                                   f"{engine.tail(2)}")
-        compose = await self.compose_command(r)
-        version = await r.run([*compose, "version", "--short"], timeout=20)
+        if isinstance(compose, BaseException):
+            raise compose
         return {"engine": engine.out.strip(), "compose": " ".join(compose),
-                "compose_version": version.out.strip()}
+                "compose_version": self._compose[r.name][1]}
 
     @override
     async def probe(self, target: Target) -> Target:
@@ -163,7 +194,6 @@ class ComposeSSHExtension(Extension):
 
     @override
     async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
-        # Secret values are not injected into compose sandboxes yet; none reach a file.
         spec = req.spec
         assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
         sid, target = req.sandbox_id, req.target.name
@@ -174,9 +204,13 @@ class ComposeSSHExtension(Extension):
         try:
             async with await self.runner(target) as r:
                 compose = await self.compose_command(r)
-                d = await self._dir(r, sid)
+                extra = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
+                                 user=req.user, env=req.env, bind=bind,
+                                 secrets=bool(secrets))
+                d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc),
+                                             "override.yaml": ov.dump(extra)})
                 try:
-                    port = await self._up(r, compose, d, doc, spec, req, keys, bind)
+                    port = await self._up(r, compose, d, doc, spec, req, keys, bind, secrets)
                 except BaseException:
                     await asyncio.shield(self._teardown(r, sid, compose, d))
                     raise
@@ -189,42 +223,39 @@ class ComposeSSHExtension(Extension):
             "dir": d, "host": host, "port": port, "user": req.user, "compose": compose,
         })
 
-    async def _dir(self, r: Runner, sid: str) -> str:
+    async def _dir(self, r: Runner, sid: str, files: dict[str, bytes] | None = None) -> str:
+        """Create the sandbox's 0700 directory (and its 0600 files) in one round trip."""
         done = await r.check(
-            ["sh", "-c", 'umask 077 && mkdir -p "$1" && cd "$1" && pwd', "sh",
-             f"{r.base_dir}/{sid}"], what="creating the sandbox directory")
+            ["sh", "-c", 'umask 077 && mkdir -p "$1" && cd "$1" && tar -x -o -f - && pwd',
+             "sh", f"{r.base_dir}/{sid}"], input=_tarball(files or {}),
+            what="creating the sandbox directory")
         return done.out.strip()
 
     async def _up(self, r: Runner, compose: list[str], d: str, doc: dict[str, Any],
                   spec: ComposeSpec, req: ProvisionRequest, keys: _keys.SandboxKeys,
-                  bind: str) -> int:
+                  bind: str, secrets: Mapping[str, SecretStr]) -> int:
         sid = req.sandbox_id
-        extra = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
-                         user=req.user, env=req.env, bind=bind)
-        await r.write_file(f"{d}/compose.yaml", ov.dump(doc))
-        await r.write_file(f"{d}/override.yaml", ov.dump(extra))
         base = [*compose, "-p", sid, "--project-directory", d,
                 "-f", f"{d}/compose.yaml", "-f", f"{d}/override.yaml"]
-        req.progress(f"{sid}: creating containers")
-        created = await r.run([*base, "up", "--no-start"], timeout=spec.wait_timeout)
-        if created.rc != 0:
-            raise self._explain(r, created.tail())
-        ids = (await r.check([*base, "ps", "-a", "-q", spec.service],
-                             what="finding the main container")).out.split()
-        if not ids:
-            raise ProvisionFailed(f"compose created no container for service {spec.service}")
-        tarball = _key_tarball(keys.host_key.read_bytes(), keys.client_public)
-        await r.check(["docker", "cp", "-", f"{ids[0]}:/"], input=tarball,
-                      what="installing the sandbox's SSH keys")
-        req.progress(f"{sid}: starting")
+        req.progress(f"{sid}: starting containers")
         up = [*base, "up", "-d"]
-        if compose == ["docker", "compose"]:
+        if spec.wait and compose == ["docker", "compose"]:  # other services' healthchecks
             up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
         started = await r.run(up, timeout=spec.wait_timeout + 30)
         if started.rc != 0:
             raise self._explain(r, started.tail())
-        published = (await r.check([*base, "port", spec.service, str(spec.ssh_port)],
-                                   what="reading the published SSH port")).out.strip()
+        ids = [_container_name(doc, spec.service, sid, compose)]
+        if secrets:
+            await cs.install_loader(r, ids[0])
+        # The entrypoint waits for these (SANDBOXER_KEYS_WAIT): keys never touch the disk.
+        tarball = _key_tarball(keys.host_key.read_bytes(), keys.client_public)
+        await r.check(["docker", "cp", "-", f"{ids[0]}:/"], input=tarball,
+                      what="installing the sandbox's SSH keys")
+        if secrets:  # values only now, into the running container's tmpfs, over stdin
+            req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
+            await cs.fill(r, ids[0], secrets, req.user)
+        published = (await r.check(["docker", "port", ids[0], f"{spec.ssh_port}/tcp"],
+                                   what="reading the published SSH port")).out.split()[0]
         try:
             return int(published.rsplit(":", 1)[1])
         except (IndexError, ValueError) as e:
@@ -248,13 +279,15 @@ class ComposeSSHExtension(Extension):
             await r.run([*compose, "-p", sid, "down", "-v", "--remove-orphans", "-t", "5"],
                         timeout=120)
         label = f"label={LABEL}={sid}"
-        for kind, rm in (("ps", ["docker", "rm", "-f", "-v"]),
-                         ("network", ["docker", "network", "rm"]),
-                         ("volume", ["docker", "volume", "rm", "-f"])):
-            ls = ["docker", kind, "-a", "-q"] if kind == "ps" else ["docker", kind, "ls", "-q"]
-            left = (await r.run([*ls, "--filter", label], timeout=60)).out.split()
-            if left:
-                await r.check([*rm, *left], timeout=120, what=f"removing {kind} of {sid}")
+        sweeps = ((["docker", "ps", "-a", "-q"], ["docker", "rm", "-f", "-v"]),
+                  (["docker", "network", "ls", "-q"], ["docker", "network", "rm"]),
+                  (["docker", "volume", "ls", "-q"], ["docker", "volume", "rm", "-f"]))
+        found = await asyncio.gather(*(r.run([*ls, "--filter", label], timeout=60)
+                                       for ls, _ in sweeps))
+        for (_, rm), left in zip(sweeps, found, strict=True):  # containers first
+            if left.out.split():
+                await r.check([*rm, *left.out.split()], timeout=120,
+                              what=f"removing leftovers of {sid}")
         await r.check(["rm", "-rf", "--", d or f"{r.base_dir}/{sid}"],
                       what="removing the sandbox directory")
 
@@ -283,10 +316,12 @@ class ComposeSSHExtension(Extension):
         target = handle.target or LOCAL
         try:
             async with await self.runner(target) as r:
-                try:
-                    compose: list[str] | None = await self.compose_command(r)
-                except ProvisionFailed:
-                    compose = None  # labels still find everything
+                compose: list[str] | None = handle.data.get("compose")
+                if compose is None:
+                    try:
+                        compose = await self.compose_command(r)
+                    except ProvisionFailed:
+                        compose = None  # labels still find everything
                 await self._teardown(r, sid, compose, handle.data.get("dir"))
         except ProvisionFailed as e:
             raise DestroyFailed(f"cannot destroy {sid} on target {target}: {e.message}") from e

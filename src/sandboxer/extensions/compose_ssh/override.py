@@ -16,12 +16,15 @@ import yaml
 
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import LABEL
+from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 
 INSTANCE_LABEL = "sandboxer.instance"
-# What sshd needs with `cap_drop: [ALL]` and `no-new-privileges` (see images/sandbox-base).
-SSHD_CAPS = ["CHOWN", "SETUID", "SETGID", "SYS_CHROOT", "AUDIT_WRITE", "NET_BIND_SERVICE",
-             "KILL", "DAC_OVERRIDE", "FOWNER"]
+# What sshd needs with `cap_drop: [ALL]` and `no-new-privileges`, measured one at a time
+# (images/sandbox-base/README.md): AUDIT_WRITE for PTY sessions, SYS_CHROOT for privilege
+# separation, SETUID/SETGID/CHOWN to become the user and own its tty. NET_BIND_SERVICE only
+# matters on engines older than 20.10, which do not let containers bind port 22 without it.
+SSHD_CAPS = ["CHOWN", "SETUID", "SETGID", "SYS_CHROOT", "AUDIT_WRITE", "NET_BIND_SERVICE"]
 
 
 def load(spec: ComposeSpec, source: Path | None, where: str) -> dict[str, Any]:
@@ -113,8 +116,8 @@ def check(doc: dict[str, Any], allow: list[str], where: str, target: str) -> Non
 
 
 def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: str,
-          user: str, env: dict[str, str], bind: str) -> dict[str, Any]:
-    """The override compose file for one sandbox."""
+          user: str, env: dict[str, str], bind: str, secrets: bool = False) -> dict[str, Any]:
+    """The override compose file for one sandbox (``secrets``: add the /run/secrets tmpfs)."""
     labels = {LABEL: sandbox_id, INSTANCE_LABEL: instance}
     services: dict[str, Any] = {}
     for name in doc["services"]:
@@ -123,7 +126,12 @@ def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: 
             services[name]["pull_policy"] = spec.pull
     main = services[spec.service]
     main["ports"] = [{"target": spec.ssh_port, "host_ip": bind, "protocol": "tcp"}]
-    main["environment"] = {**env, "SANDBOXER_ID": sandbox_id, "SANDBOXER_USER": user}
+    # Compose interpolates `$` on the target with the SSH user's environment: escape it.
+    literal = {k: v.replace("$", "$$") for k, v in env.items()}
+    main["environment"] = {**literal, "SANDBOXER_ID": sandbox_id, "SANDBOXER_USER": user,
+                           "SANDBOXER_KEYS_WAIT": "120"}
+    if secrets:
+        cs.add_to_override(main)
     main["cap_drop"] = ["ALL"]
     main["cap_add"] = list(SSHD_CAPS)
     r = spec.resources

@@ -32,6 +32,9 @@ class ComposeSpec(StrictModel):
     service: str  # the main service: SSH lands here
     ssh_port: int = Field(default=22, ge=1, le=65535)
     pull: Literal["missing", "never", "always"] = "missing"
+    # Also wait for every service's healthcheck (compose v2 `up --wait`); the sandbox is
+    # ready when SSH answers either way.
+    wait: bool = False
     resources: Resources = Field(default_factory=Resources)
     wait_timeout: int = Field(default=180, ge=5, le=3600)
 

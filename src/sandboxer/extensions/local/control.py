@@ -135,6 +135,8 @@ async def ping(settings: Settings) -> bool:
 def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     settings.ensure()
     env = {**os.environ, **settings.env, "SANDBOXER_HOME": str(settings.home)}
+    for name in ("BAO_TOKEN", "VAULT_TOKEN"):  # the daemon never reads OpenBao
+        env.pop(name, None)
     # The daemon must run the same sand-boxer as its caller, installed or from a checkout.
     src = str(Path(sandboxer.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)

@@ -6,6 +6,11 @@ whole life, serves newline-delimited JSON on ``run/local-endpoint.sock`` (ops pi
 remove, list), reaps expired leases every second, and exits once it has served no sandbox
 for ``SANDBOXER_LOCAL_IDLE_EXIT`` seconds (default 3). This is the only module that
 imports asyncssh.
+
+Secret values arrive in the ``add`` request over the control socket (0600, in a 0700
+directory) and live only in this process's memory: never in ``sandbox.json``, never on a
+command line. A restarted daemon restores sandboxes from their records without them and
+says so in each session (``SANDBOXER_SECRETS_MISSING``); see docs/secrets.md.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from sandboxer.config import Settings
 from sandboxer.extensions.local import control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.spec import LocalSpec
+from sandboxer.secrets import redaction
 
 log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"destroyed", "failed"})
@@ -48,6 +54,8 @@ class _Sandbox:
     client_key: asyncssh.SSHKey
     acceptor: asyncssh.SSHAcceptor | None = None
     conns: set[_SSHServer] = field(default_factory=set)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    secrets_missing: list[str] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -123,7 +131,7 @@ class Daemon:
             except Exception as e:
                 log.warning("control request failed: %s", e,
                             exc_info=not isinstance(e, (ValueError, KeyError)))
-                reply = {"ok": False, "error": str(e) or type(e).__name__}
+                reply = {"ok": False, "error": redaction.redact(str(e) or type(e).__name__)}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except ConnectionError:
@@ -176,6 +184,7 @@ class Daemon:
             return self.sandboxes[sid].port
         if self.bwrap is None:
             raise ValueError("bwrap is not installed (apt-get install bubblewrap)")
+        secrets = jail.checked_secrets(req.get("secrets"))
         sb = _Sandbox(
             id=sid,
             user=str(req["user"]),
@@ -184,6 +193,8 @@ class Daemon:
             spec=LocalSpec.model_validate(req.get("spec") or {}),
             env={str(k): str(v) for k, v in (req.get("env") or {}).items()},
             client_key=asyncssh.import_public_key(str(req["authorized_key"])),
+            secrets=secrets,
+            secrets_missing=[str(n) for n in req.get("secret_names") or [] if n not in secrets],
         )
         host_key = asyncssh.read_private_key(str(req["host_key_path"]))
         sb.acceptor = await asyncssh.listen(
@@ -202,13 +213,20 @@ class Daemon:
             login_timeout=30,
         )
         self.sandboxes[sid] = sb
+        redaction.register(secrets.values())
         log.info("serving %s on 127.0.0.1:%d (host uid %d)", sid, sb.port, sb.host_uid)
+        if sb.secrets_missing:
+            log.warning("%s is served without its secrets %s: they lived only in the memory "
+                        "of the endpoint that stopped; recreate the sandbox to get them back",
+                        sid, ", ".join(sb.secrets_missing))
         return sb.port
 
     async def _remove(self, sid: str) -> None:
         sb = self.sandboxes.pop(sid, None)
         if sb is None:
             return
+        redaction.unregister(sb.secrets.values())
+        sb.secrets.clear()
         if sb.acceptor is not None:
             sb.acceptor.close()
         procs = [p for server in list(sb.conns) for p in server.procs]
@@ -229,13 +247,23 @@ class Daemon:
             return
         term = process.term_type
         pty = term is not None
+        env = dict(sb.env)
+        if sb.secrets_missing:
+            env["SANDBOXER_SECRETS_MISSING"] = ",".join(sb.secrets_missing)
         s = jail.Session(sb.id, sb.user, sb.workspace, sb.spec, command=process.command,
-                         term=term, pty=pty, env=sb.env)
+                         term=term, pty=pty, env=env, secrets=sb.secrets)
         bwrap = self.bwrap or "bwrap"
         fds = jail.data_pipes(jail.etc_files(sb.user, sb.spec.hostname or sb.id, sb.spec.shell))
+        try:
+            secret_fds = jail.data_pipes(jail.secret_files(sb.secrets))
+        except BaseException:
+            jail.close_fds(fds.values())
+            raise
         kw: dict[str, Any] = {
-            "pass_fds": tuple(fds.values()),
+            "pass_fds": (*fds.values(), *secret_fds.values()),
             "preexec_fn": jail.make_preexec(sb.spec, pty=pty),
+            # The whole environment, secrets included: never bwrap --setenv (argv).
+            "env": jail.session_env(s),
         }
         if self.root:
             kw.update(user=sb.host_uid, group=sb.host_uid, extra_groups=[])
@@ -243,7 +271,7 @@ class Daemon:
         pipes: list[int] = []
         ours: tuple[int, int, int] = (-1, -1, -1)
         try:
-            argv = jail.build_argv(s, fds, bwrap=bwrap)
+            argv = jail.build_argv(s, fds, bwrap=bwrap, secret_fds=secret_fds)
             if pty:
                 cols, rows, _, _ = process.term_size
                 master, slave, _ = jail.open_pty(cols, rows, sb.host_uid if self.root else None)
@@ -266,7 +294,8 @@ class Daemon:
             process.exit(255)
             return
         finally:
-            jail.close_fds([*fds.values(), *([slave] if slave >= 0 else []), *pipes])
+            jail.close_fds([*fds.values(), *secret_fds.values(),
+                            *([slave] if slave >= 0 else []), *pipes])
         owner = process.get_extra_info("connection").get_owner()
         owner.procs.add(proc)
         tty_in = None
@@ -424,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one line per packet otherwise
+    redaction.install()
     fd = _lock_pid_file(settings)
     if fd is None:
         log.info("another endpoint holds %s; exiting", control.pid_path(settings))

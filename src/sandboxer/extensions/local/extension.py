@@ -205,7 +205,6 @@ class LocalExtension(Extension):
 
     @override
     async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
-        # Secret values are not injected into ext.local sandboxes yet; none reach the disk.
         s = self.settings
         sid = req.sandbox_id
         spec = req.spec if isinstance(req.spec, LocalSpec) else self._spec(req.spec)
@@ -233,9 +232,14 @@ class LocalExtension(Extension):
                 "host_key_path": str(keys.host_key), "authorized_key": keys.client_public,
                 "workspace": str(ws), "host_uid": host_uid,
                 "spec": spec.model_dump(mode="json"), "env": dict(req.env),
+                "secret_names": sorted(secrets),
             }
             req.progress("opening the SSH endpoint")
-            port = int((await control.call(s, "add", **record))["port"])
+            # Values travel only in this request, over the 0600 control socket; the record
+            # written below (sandbox.json) names the secrets but holds no value.
+            values = {k: v.get_secret_value() for k, v in secrets.items()}
+            port = int((await control.call(s, "add", **record, secrets=values))["port"])
+            del values
             record["port"] = port
             control.write_record(s, sid, record)
             _keys.write_known_hosts(

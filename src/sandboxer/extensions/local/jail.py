@@ -1,7 +1,10 @@
-"""The bubblewrap jail: argv, generated /etc files and the child's rlimits.
+"""The bubblewrap jail: argv, environment, generated files and the child's rlimits.
 
-Argument arrays only, never shell strings. ``build_argv`` and ``etc_files`` are pure; the
-small helpers below them create the fds a spawn needs.
+Argument arrays only, never shell strings. ``build_argv``, ``session_env`` and
+``etc_files`` are pure; the small helpers below them create the fds a spawn needs. The
+environment is never on bwrap's command line (argv is world-readable in /proc): the
+caller passes ``session_env`` as the child's whole environment, and secret files reach
+``/run/secrets`` through pipes (``--ro-bind-data FD``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ JAIL_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Names the jail sets itself; a profile's env cannot override them.
 RESERVED_ENV = frozenset({"HOME", "USER", "LOGNAME", "SANDBOXER_ID", "TERM", "SHELL"})
 _ROOT_ENTRIES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+SECRETS_DIR = "/run/secrets"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Session:
     term: str | None = None          # set for PTY sessions
     pty: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    # Resolved secret values by variable name; kept out of repr so a logged session is safe.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 def host_layout(root: Path = Path("/")) -> list[tuple[str, str | None]]:
@@ -70,7 +76,37 @@ def etc_files(user: str, hostname: str, shell: str) -> dict[str, bytes]:
     }
 
 
+def checked_secrets(raw: object) -> dict[str, str]:
+    """The ``secrets`` of an endpoint ``add`` request: identifier -> value, or ValueError."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("secrets must be an object of NAME: value")
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        if not (isinstance(name, str) and name.isidentifier() and name.isascii()
+                and name not in RESERVED_ENV):
+            raise ValueError(f"invalid secret name {name!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(f"the value of secret {name} is not a string without NUL bytes")
+        out[name] = value
+    return out
+
+
+def secret_files(secrets: Mapping[str, str]) -> dict[str, bytes]:
+    """``/run/secrets/NAME`` -> value, for ``data_pipes``; names are identifiers."""
+    return {f"{SECRETS_DIR}/{name}": value.encode() for name, value in secrets.items()}
+
+
+def session_env(s: Session) -> dict[str, str]:
+    """The complete environment of a session's processes, secrets included."""
+    env = {k: v for k, v in s.secrets.items() if k not in RESERVED_ENV}
+    env.update(jail_env(s))
+    return env
+
+
 def jail_env(s: Session) -> dict[str, str]:
+    """The non-secret environment: the profile's env under the names the jail sets."""
     env = {k: v for k, v in s.env.items() if k not in RESERVED_ENV}
     env.setdefault("PATH", JAIL_PATH)
     env.update(
@@ -88,11 +124,14 @@ def build_argv(
     *,
     bwrap: str = "bwrap",
     layout: Sequence[tuple[str, str | None]] | None = None,
+    secret_fds: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """The full ``bwrap`` command line for one session.
+    """The full ``bwrap`` command line for one session (no environment: see session_env).
 
     ``data_fds`` maps a path inside the jail (e.g. /etc/passwd) to a readable fd whose
-    content bwrap copies in (``--ro-bind-data``); the caller passes those fds to the child.
+    content bwrap copies in (``--ro-bind-data``); ``secret_fds`` does the same for
+    ``/run/secrets/NAME`` files (read-only, 0400, in the jail's /run tmpfs). The caller
+    passes those fds to the child.
     """
     argv = [bwrap, "--unshare-all"]
     if s.spec.network:
@@ -114,11 +153,12 @@ def build_argv(
     # With a PTY on stdio, --dev binds it to /dev/console (so `tty` says /dev/console): the
     # jail's fresh devpts cannot hold the host's slave, and a fresh one keeps ptmx private.
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # noqa: S108
+    if secret_fds:
+        argv += ["--perms", "0755", "--dir", SECRETS_DIR]
+        for path, fd in sorted(secret_fds.items()):
+            argv += ["--perms", "0400", "--ro-bind-data", str(fd), path]
     argv += ["--bind", str(s.workspace), JAIL_HOME, "--chdir", JAIL_HOME]
     argv += ["--hostname", s.spec.hostname or s.sandbox_id[:63]]
-    argv.append("--clearenv")
-    for k, v in sorted(jail_env(s).items()):
-        argv += ["--setenv", k, v]
     argv.append("--")
     if s.command is not None:
         argv += [s.spec.shell, "-c", s.command]

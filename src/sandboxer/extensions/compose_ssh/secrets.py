@@ -1,0 +1,124 @@
+"""Secrets in a compose sandbox: a tmpfs at /run/secrets of the main service, filled after
+``up`` through ``docker exec -i`` (values on standard input only), exported into SSH
+sessions by a loader script.
+
+Where values go: from sand-boxer's memory over the target's SSH channel (or a local pipe)
+to ``docker exec``'s standard input, into ``/run/secrets/NAME`` (tmpfs, 0400, owned by
+the login user) inside the running container. Nothing here writes a value to a file on
+the docker host, into the compose project, the image or the container's configuration.
+
+How sessions see them: three small files, holding no value, are copied into the created
+container before it starts. ``/etc/profile.d/sandboxer-secrets.sh`` exports each file of
+/run/secrets as a variable (login shells source it through /etc/profile); an sshd drop-in
+sets ``ForceCommand`` to ``/usr/local/lib/sandboxer/session``, which sources that loader
+and then runs what the client asked for with the user's shell (``$SHELL -c CMD``) or a
+login shell. ``ssh host CMD`` needs this: bash run by sshd reads bashrc files that return
+early when non-interactive and ignores ``BASH_ENV``, and without PAM sshd itself offers
+no way to add variables from a file at session start (``SetEnv`` values would sit on disk).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions.compose_ssh.remote import Runner
+
+SECRETS_DIR = "/run/secrets"
+LOADER = "/etc/profile.d/sandboxer-secrets.sh"
+SESSION = "/usr/local/lib/sandboxer/session"
+# Read before the image's 10-/20- drop-ins; for ForceCommand the first value wins.
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/05-sandboxer-secrets.conf"
+TMPFS_BYTES = 4 << 20
+
+# POSIX sh: sourced by dash for `sh -l` and by bash. Keeps a value's trailing newlines.
+LOADER_TEXT = """\
+# sand-boxer: exports each /run/secrets/NAME as the variable NAME. The values live only in
+# that tmpfs; this file holds none. Sourced by login shells (/etc/profile) and, through
+# /usr/local/lib/sandboxer/session, which sshd runs for every session (ForceCommand).
+if [ -d /run/secrets ]; then
+    for __sbx_f in /run/secrets/*; do
+        [ -f "$__sbx_f" ] && [ -r "$__sbx_f" ] || continue
+        __sbx_n=${__sbx_f##*/}
+        case $__sbx_n in '' | [0-9]* | *[!A-Za-z0-9_]*) continue ;; esac
+        __sbx_v=$(cat -- "$__sbx_f" && printf x) && export "$__sbx_n=${__sbx_v%x}"
+    done
+    unset __sbx_f __sbx_n __sbx_v
+fi
+"""
+
+SESSION_TEXT = f"""\
+#!/bin/sh
+# sand-boxer: sshd starts every session of this sandbox here (ForceCommand), so that
+# commands see the values in /run/secrets as environment variables; then it runs what the
+# client asked for, as sshd would have, with the user's shell.
+. {LOADER}
+if [ -n "${{SSH_ORIGINAL_COMMAND+x}}" ]; then
+    exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
+fi
+exec "${{SHELL:-/bin/sh}}" -l
+"""
+
+SSHD_TEXT = f"""\
+# sand-boxer: every session goes through {SESSION}, which exports /run/secrets/*.
+ForceCommand {SESSION}
+"""
+
+# Root writes the file (the tmpfs is root's, 0755), then hands it to the login user, 0400.
+_FILL = ('umask 077 && cat > "/run/secrets/$1" && chmod 0400 "/run/secrets/$1" '
+         '&& chown "$2:" "/run/secrets/$1"')
+
+
+def add_to_override(main: dict[str, Any]) -> None:
+    """The main service's share of the override: the tmpfs (a mount, no value)."""
+    main.setdefault("volumes", []).append({
+        "type": "tmpfs", "target": SECRETS_DIR,
+        "tmpfs": {"size": TMPFS_BYTES, "mode": 0o755},
+    })
+
+
+def loader_tarball() -> bytes:
+    """The loader, the session wrapper and the sshd drop-in, root-owned, as a tar stream
+    for ``docker cp - CID:/``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, text, mode in ((LOADER, LOADER_TEXT, 0o644), (SESSION, SESSION_TEXT, 0o755),
+                                 (SSHD_DROPIN, SSHD_TEXT, 0o644)):
+            d = tarfile.TarInfo(path.lstrip("/").rsplit("/", 1)[0])
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(d)
+            data = text.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def install_loader(r: Runner, container: str) -> None:
+    """Copy the loader into the created container, before it starts."""
+    await r.check(["docker", "cp", "-", f"{container}:/"], input=loader_tarball(),
+                  what="installing the secrets loader")
+
+
+async def fill(r: Runner, container: str, secrets: Mapping[str, SecretStr], user: str) -> None:
+    """Stream each value into /run/secrets/NAME of the running container.
+
+    The value is only ever ``docker exec``'s standard input; the argument array holds the
+    name and the login user, nothing else.
+    """
+    for name in sorted(secrets):
+        value = secrets[name].get_secret_value().encode()
+        done = await r.run(["docker", "exec", "-i", "-u", "0", container,
+                            "sh", "-c", _FILL, "sh", name, user], input=value, timeout=60)
+        if done.rc != 0:
+            raise ProvisionFailed(
+                f"writing secret {name} into {SECRETS_DIR} of the sandbox on target "
+                f"{r.name} failed: {done.tail(3)}",
+                hint="the image needs sh, cat, chmod and chown, and the login user must "
+                "exist once the container is up",
+            )

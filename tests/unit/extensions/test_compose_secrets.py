@@ -1,0 +1,66 @@
+"""ext.compose-ssh secrets: a tmpfs in the override, value-free files, values on stdin only."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from sandboxer.extensions.compose_ssh import override as ov
+from sandboxer.extensions.compose_ssh import secrets as cs
+from sandboxer.extensions.compose_ssh.remote import Completed, Runner
+from sandboxer.extensions.compose_ssh.spec import ComposeSpec
+
+VALUE = "cnry-compose-0c4d91e2"
+
+
+class Recorder(Runner):
+    def __init__(self) -> None:
+        self.name, self.base_dir = "t", "/x"
+        self.calls: list[tuple[list[str], bytes | None]] = []
+
+    async def run(self, argv: list[str], *, input: bytes | None = None,
+                  timeout: float = 120.0) -> Completed:
+        self.calls.append((argv, input))
+        return Completed(argv, 0, b"", b"")
+
+    async def run_with_file(self, argv: list[str], stdin: Path,
+                            timeout: float = 3600.0) -> Completed:
+        raise NotImplementedError
+
+
+def test_override_adds_the_tmpfs_to_the_main_service_only() -> None:
+    doc = {"services": {"main": {"image": "i"}, "db": {"image": "d"}}}
+    spec = ComposeSpec(service="main", compose=doc)
+    plain = ov.build(doc, spec, sandbox_id="sbx-a", instance="i", user="u", env={}, bind="b")
+    assert "volumes" not in plain["services"]["main"]
+    extra = ov.build(doc, spec, sandbox_id="sbx-a", instance="i", user="u", env={}, bind="b",
+                     secrets=True)
+    assert extra["services"]["main"]["volumes"] == [
+        {"type": "tmpfs", "target": "/run/secrets", "tmpfs": {"size": 4 << 20, "mode": 0o755}}]
+    assert "volumes" not in extra["services"]["db"]
+
+
+def test_loader_files_hold_no_value_and_are_root_owned() -> None:
+    with tarfile.open(fileobj=io.BytesIO(cs.loader_tarball())) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert {cs.LOADER[1:], cs.SESSION[1:], cs.SSHD_DROPIN[1:]} <= set(members)
+        assert members[cs.SESSION[1:]].mode == 0o755
+        assert all(m.uid == 0 and m.gid == 0 for m in members.values())
+        dropin = tar.extractfile(members[cs.SSHD_DROPIN[1:]])
+        assert dropin is not None
+        assert f"ForceCommand {cs.SESSION}" in dropin.read().decode()
+
+
+def test_fill_streams_values_on_stdin_only() -> None:
+    r = Recorder()
+    asyncio.run(cs.fill(r, "cid", {"B": SecretStr(VALUE), "A": SecretStr("x")}, "agent"))
+    assert [argv[-2] for argv, _ in r.calls] == ["A", "B"]
+    for argv, _data in r.calls:
+        assert argv[:6] == ["docker", "exec", "-i", "-u", "0", "cid"]
+        assert argv[-1] == "agent"
+        assert not any(VALUE in word for word in argv)
+    assert r.calls[1][1] == VALUE.encode()
