@@ -11,7 +11,13 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-readonly IMAGE=sandboxer/base
+# A derived recipe (e.g. images/agent-dev) names itself and lists extra packages; it shares
+# this script, the overlay (entrypoint contract) and the cache.
+name="${SANDBOXER_IMAGE_NAME:-base}"
+extra_packages="${SANDBOXER_IMAGE_EXTRA_PACKAGES:-}"
+version_file="${SANDBOXER_IMAGE_VERSION_FILE:-}"
+[[ "$name" =~ ^[a-z0-9][a-z0-9-]{0,30}$ ]] || { echo "build.sh: bad image name '$name'" >&2; exit 1; }
+readonly IMAGE="sandboxer/$name"
 readonly CACHE_DIR="${SANDBOXER_IMAGE_CACHE:-/var/cache/sandboxer/images}"
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -38,7 +44,8 @@ while (($#)); do
     esac
 done
 
-version="$(tr -d '[:space:]' <"$here/VERSION")"
+version_file="${version_file:-$here/VERSION}"
+version="$(tr -d '[:space:]' <"$version_file")"
 [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "$here/VERSION: '$version' is not X.Y.Z"
 
 # Hash of everything that shapes the rootfs: file names, contents and executable bits.
@@ -51,6 +58,10 @@ recipe_hash() {
                 printf '%s %s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" \
                     "$([[ -x "$f" ]] && echo x || echo -)" "$f"
             done
+        if [[ -n "$extra_packages" ]]; then
+            printf '%s %s %s\n' "$(sha256sum <"$extra_packages" | cut -d' ' -f1)" - extra
+            printf '%s %s %s\n' "$(sha256sum <"$version_file" | cut -d' ' -f1)" - version
+        fi
     ) | sha256sum | cut -d' ' -f1
 }
 recipe="$(recipe_hash)"
@@ -60,7 +71,7 @@ build_id="$({ printf '%s\n' "$recipe"; sha256sum <"${BASH_SOURCE[0]}"; } | sha25
 changes=(
     'ENTRYPOINT ["/usr/local/sbin/sandboxer-entrypoint"]'
     'EXPOSE 22'
-    'LABEL org.opencontainers.image.title="sandboxer-base"'
+    "LABEL org.opencontainers.image.title=\"sandboxer-$name\""
     "LABEL org.opencontainers.image.version=\"$version\""
     'LABEL org.opencontainers.image.description="Debian bookworm with OpenSSH server for sand-boxer sandboxes"'
     'LABEL org.opencontainers.image.vendor="sand-boxer"'
@@ -83,20 +94,20 @@ default_mirror() {
 }
 
 # --- the rootfs tar (cached) ---------------------------------------------------------------
-tar_path="$CACHE_DIR/sandbox-base-$recipe.tar"
+tar_path="$CACHE_DIR/sandbox-$name-$recipe.tar"
 ensure_tar() {
     mkdir -p "$CACHE_DIR"
     local lock_fd
-    exec {lock_fd}>"$CACHE_DIR/.sandbox-base.lock"
+    exec {lock_fd}>"$CACHE_DIR/.sandbox-$name.lock"
     # Two builds of the same recipe (CI and a test fixture) share one debootstrap run.
-    flock -w 900 "$lock_fd" || die "timed out waiting for $CACHE_DIR/.sandbox-base.lock"
+    flock -w 900 "$lock_fd" || die "timed out waiting for $CACHE_DIR/.sandbox-$name.lock"
     if ((force)) || [[ ! -s "$tar_path" ]]; then
         [[ -n "$mirror" ]] || mirror="$(default_mirror)"
         local start=$SECONDS
-        bash "$here/rootfs.sh" "$tar_path" "$mirror"
+        bash "$here/rootfs.sh" "$tar_path" "$mirror" ${extra_packages:+"$extra_packages"}
         log "rootfs built in $((SECONDS - start))s: $tar_path"
         # Recipes not used for 30 days go; a shared CI machine keeps several versions.
-        find "$CACHE_DIR" -maxdepth 1 -name 'sandbox-base-*.tar' -mtime +30 -delete || true
+        find "$CACHE_DIR" -maxdepth 1 -name "sandbox-$name-*.tar" -mtime +30 -delete || true
     else
         log "using cached rootfs $tar_path"
         touch "$tar_path"
@@ -135,7 +146,7 @@ else
         import_args+=(--change "$c")
     done
     "${docker_cmd[@]}" import "${import_args[@]}" \
-        --message "sand-boxer sandbox-base $version (recipe $recipe)" \
+        --message "sand-boxer sandbox-$name $version (recipe $recipe)" \
         "$tar_path" "$tag" >/dev/null
     log "imported $tag in $((SECONDS - start))s"
 fi

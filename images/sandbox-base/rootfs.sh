@@ -16,7 +16,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf 'rootfs.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-(($# == 2)) || die "usage: rootfs.sh OUTPUT.tar MIRROR_URL"
+(($# == 2 || $# == 3)) || die "usage: rootfs.sh OUTPUT.tar MIRROR_URL [EXTRA_PACKAGES_FILE]"
 out="$1"
 mirror="$2"
 ((EUID == 0)) || die "debootstrap needs root (run as root, or use a cached tar)"
@@ -27,7 +27,7 @@ while read -r line; do
     line="${line%%#*}"
     line="${line//[[:space:]]/}"
     [[ -n "$line" ]] && packages+=("$line")
-done <"$here/packages"
+done < <(cat "$here/packages" ${3:+"$3"})
 ((${#packages[@]})) || die "$here/packages lists no package"
 
 # Not /tmp: it may be a tmpfs mounted nodev, where debootstrap cannot create /dev nodes.

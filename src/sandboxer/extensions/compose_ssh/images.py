@@ -28,11 +28,11 @@ def images_dir(settings: Settings) -> Path:
 
 
 def recipe(settings: Settings, name: str) -> Path:
-    d = images_dir(settings) / f"sandbox-{name}"
-    script = d / "build.sh"
-    if not script.is_file():
-        known = sorted(p.name.removeprefix("sandbox-") for p in images_dir(settings).glob(
-            "sandbox-*/build.sh") for p in [p.parent])
+    root = images_dir(settings)
+    script = next((d / "build.sh" for d in (root / name, root / f"sandbox-{name}")
+                   if (d / "build.sh").is_file()), root / name / "build.sh")
+    if "/" in name or not script.is_file():
+        known = sorted(p.parent.name.removeprefix("sandbox-") for p in root.glob("*/build.sh"))
         raise InvalidInput(f"no image recipe {name!r} in {images_dir(settings)}",
                            hint=f"known recipes: {', '.join(known) or 'none'} "
                            "(SANDBOXER_IMAGES names another folder)")
