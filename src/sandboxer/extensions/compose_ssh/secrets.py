@@ -70,8 +70,11 @@ ForceCommand {SESSION}
 """
 
 # Root writes the file (the tmpfs is root's, 0755), then hands it to the login user, 0400.
+# The entrypoint creates that user only once its keys have arrived, so wait (at most ~60 s)
+# for the account to exist before handing the file over.
 _FILL = ('umask 077 && cat > "/run/secrets/$1" && chmod 0400 "/run/secrets/$1" '
-         '&& chown "$2:" "/run/secrets/$1"')
+         '&& i=0 && until id -u "$2" >/dev/null 2>&1; do i=$((i+1)); '
+         '[ "$i" -gt 1200 ] && break; sleep 0.05; done; chown "$2:" "/run/secrets/$1"')
 
 
 def add_to_override(main: dict[str, Any]) -> None:
