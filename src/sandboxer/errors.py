@@ -111,6 +111,27 @@ class Conflict(SandboxerError):
     http_status = 409
 
 
+class Forbidden(SandboxerError):
+    """An authenticated actor asked for what only an admin (or another actor) may do."""
+
+    code = "forbidden"
+    exit_code = 8
+    http_status = 403
+
+
+class Unauthenticated(SandboxerError):
+    """No bearer token, or one that maps to no actor."""
+
+    code = "unauthenticated"
+    exit_code = 8
+    http_status = 401
+
+
+class RequestTooLarge(InvalidInput):
+    code = "request_too_large"
+    http_status = 413
+
+
 class StoreBusy(SandboxerError):
     code = "store_busy"
     exit_code = 1

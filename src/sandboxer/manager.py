@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
     Conflict,
@@ -23,7 +24,6 @@ from sandboxer.errors import (
     InvalidInput,
     ProvisionFailed,
     SandboxerError,
-    SandboxNotFound,
 )
 from sandboxer.extensions import base as extensions
 from sandboxer.extensions.base import Extension, Handle, ProvisionRequest, Target
@@ -108,16 +108,15 @@ class Manager:
 
     # -- reading ----------------------------------------------------------------------
 
-    def get(self, sandbox_id: str) -> SandboxStatus:
+    def get(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """One sandbox; ``caller`` (None: the local operator) sees only what it owns."""
         status = self.store.get(sandbox_id)
-        if status is None:
-            raise SandboxNotFound(
-                f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
-            )
+        if status is None or (caller is not None and not caller.may_see(status.actor)):
+            raise not_found(sandbox_id)
         return status
 
-    def reachability(self, sandbox_id: str) -> Reachability:
-        status = self.get(sandbox_id)
+    def reachability(self, sandbox_id: str, *, caller: Caller | None = None) -> Reachability:
+        status = self.get(sandbox_id, caller=caller)
         if status.state != "ready" or status.reachability is None:
             raise Conflict(
                 f"sandbox {sandbox_id} is {status.state}; only a ready sandbox is reachable"
@@ -135,6 +134,7 @@ class Manager:
         labels: dict[str, str] | None = None,
         target: str | None = None,
         resolve_secrets: bool = True,
+        caller: Caller | None = None,
     ) -> tuple[Plan, Extension, dict[str, SecretStr]]:
         """Validate everything a create needs, resolving secrets last; creates nothing.
 
@@ -144,6 +144,7 @@ class Manager:
         """
         from sandboxer.placement import choose
 
+        actor = owner_for_create(actor, caller)  # an API caller owns what it creates
         profile = self.catalog.get(profile_id)
         refs = boundary.parse(profile, self.settings)
         try:
@@ -191,10 +192,11 @@ class Manager:
         labels: dict[str, str] | None = None,
         target: str | None = None,
         name: str | None = None,
+        caller: Caller | None = None,
     ) -> SandboxStatus:
         """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise."""
         plan, ext, secrets = await self.plan(
-            profile_id, ttl=ttl, actor=actor, labels=labels, target=target
+            profile_id, ttl=ttl, actor=actor, labels=labels, target=target, caller=caller
         )
         now = utcnow()
         sid = new_sandbox_id()
@@ -289,15 +291,15 @@ class Manager:
 
     # -- extend -----------------------------------------------------------------------
 
-    def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
+    def extend(self, sandbox_id: str, ttl: str, *, caller: Caller | None = None) -> SandboxStatus:
         """Renew the lease to now + ``ttl``, no later than creation + ``ttl.max``."""
+        rec = self.store.get_record(sandbox_id)
+        if rec is None or (caller is not None and not caller.may_see(rec.status.actor)):
+            raise not_found(sandbox_id)
         try:
             lease = parse_duration(ttl)
         except ValueError as e:
             raise InvalidInput(str(e)) from e
-        rec = self.store.get_record(sandbox_id)
-        if rec is None:
-            raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
         new_expiry = utcnow() + lease
         if new_expiry > rec.max_expires_at:
             raise InvalidInput(
@@ -313,13 +315,12 @@ class Manager:
 
     # -- destroy, reap, reconcile ---------------------------------------------------
 
-    async def destroy(self, sandbox_id: str, *, reason: str = "destroyed") -> SandboxStatus:
+    async def destroy(self, sandbox_id: str, *, reason: str = "destroyed",
+                      caller: Caller | None = None) -> SandboxStatus:
         """Tear a sandbox down. Idempotent: a final sandbox is returned unchanged."""
         rec = self.store.get_record(sandbox_id)
-        if rec is None:
-            raise SandboxNotFound(
-                f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
-            )
+        if rec is None or (caller is not None and not caller.may_see(rec.status.actor)):
+            raise not_found(sandbox_id)
         if rec.status.state in FINAL_STATES:
             return rec.status
         if rec.status.state != "destroying":

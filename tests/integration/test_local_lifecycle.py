@@ -145,3 +145,14 @@ def test_reconcile_reaps_what_no_live_sandbox_claims(local_home: Settings) -> No
     assert [r["sandbox_id"] for r in removed] == [lost["id"]]
     assert ssh(lost["reachability"], "true").returncode == 255
     assert ssh(keep["reachability"], "true").returncode == 0
+
+
+def test_endpoint_exits_when_its_home_disappears(local_home: Settings) -> None:
+    client = LocalClient(local_home)
+    client.create("profile.local", ttl="5m")
+    pidfile = local_home.run_dir / "local-endpoint.pid"
+    pid = int(pidfile.read_text())
+    (local_home.run_dir / "local-endpoint.sock").unlink()  # as when the home is deleted
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 30,
+             "the orphaned endpoint to exit")

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sandboxer.client.local import LocalClient
+if TYPE_CHECKING:
+    from sandboxer.client import Client
 
 
-def make_client(progress: Callable[[str], None] | None = None) -> LocalClient:
+def make_client(progress: Callable[[str], None] | None = None) -> Client:
+    """The in-process LocalClient, or an HttpClient when ``SANDBOXER_URL`` names a server
+    (as the actor of ``SANDBOXER_TOKEN``); httpx is imported only then."""
+    url = os.environ.get("SANDBOXER_URL", "").strip()
+    if url:
+        from sandboxer.client.http import HttpClient
+
+        verify: bool | str = os.environ.get("SANDBOXER_CA_CERT") or True
+        return HttpClient(url, os.environ.get("SANDBOXER_TOKEN") or None,
+                          progress=progress, verify=verify)
+    from sandboxer.client.local import LocalClient
+
     return LocalClient(progress=progress)
 
 

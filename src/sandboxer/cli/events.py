@@ -1,4 +1,4 @@
-"""`sandboxer events [--follow]`"""
+"""`sandboxer events [--follow]` and `sandboxer events publish`"""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ from typing import Any
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    e = sub.add_parser("events", parents=[common], help="show the event outbox")
+    e = sub.add_parser("events", parents=[common],
+                       help="show the event outbox and its State Hub delivery state")
     e.add_argument("--sandbox", help="only this sandbox's events")
     e.add_argument("--after", type=int, default=0, help="only events after this sequence")
     e.add_argument("--limit", type=int, default=1000, help="at most this many events")
     e.add_argument("--follow", action="store_true", help="keep printing new events")
     e.set_defaults(handler=cmd_events)
+    esub = e.add_subparsers(dest="events_command", metavar="ACTION")
+    p = esub.add_parser("publish", parents=[common],
+                        help="deliver undelivered events to State Hub once, then exit")
+    p.set_defaults(handler=cmd_publish)
+
+
+def _row(ev: Any) -> list[Any]:
+    return [ev.seq, ev.time.strftime("%Y-%m-%d %H:%M:%S"), ev.type, ev.sandbox_id,
+            ev.payload.get("state"), ev.delivery]
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -30,9 +40,8 @@ def cmd_events(args: argparse.Namespace) -> int:
             emit_json({"schema": "sandboxer.events/v1",
                        "items": [ev.model_dump(mode="json", by_alias=True) for ev in items]})
         else:
-            print(table(["seq", "time", "type", "sandbox", "state"],
-                        [[ev.seq, ev.time.strftime("%Y-%m-%d %H:%M:%S"), ev.type,
-                          ev.sandbox_id, ev.payload.get("state")] for ev in items]))
+            print(table(["seq", "time", "type", "sandbox", "state", "delivery"],
+                        [_row(ev) for ev in items]))
         return 0
     last = args.after
     while True:  # one JSON document or table row per line, until interrupted
@@ -40,9 +49,54 @@ def cmd_events(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(json.dumps(ev.model_dump(mode="json", by_alias=True)) + "\n")
             else:
-                sys.stdout.write(f"{ev.seq}\t{ev.time:%Y-%m-%d %H:%M:%S}\t{ev.type}\t"
-                                 f"{ev.sandbox_id}\t{ev.payload.get('state')}\n")
+                sys.stdout.write("\t".join(map(str, _row(ev))) + "\n")
             last = ev.seq
         sys.stdout.flush()
         time.sleep(0.5)
         items = client.events(after=last, sandbox_id=args.sandbox, limit=args.limit)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """One pass over this home's outbox (the server's own publisher does the same)."""
+    import asyncio
+    import sys
+
+    from sandboxer import events
+    from sandboxer.cli.output import emit_json
+    from sandboxer.config import Settings
+    from sandboxer.errors import UsageError
+    from sandboxer.events.statehub import publish_once, publisher_lock
+    from sandboxer.store import open_store
+    from sandboxer.store.outbox import Outbox
+
+    settings = Settings.from_env()
+    config = events.hub_config(settings)
+    if config is None:
+        raise UsageError("no State Hub configured", hint="set SANDBOXER_STATE_HUB_URL "
+                         "(and SANDBOXER_STATE_HUB_TOKEN)")
+    settings.ensure()
+    store = open_store(settings)
+    with publisher_lock(settings) as held:
+        if not held:
+            sys.stderr.write("sandboxer: another process (sandboxer serve?) is publishing "
+                             "these events; nothing done\n")
+            done = None
+        else:
+            done = asyncio.run(publish_once(settings, store, config))
+            events.prune(settings, store)
+    counts = Outbox(store).counts()
+    remaining = counts["pending"] + counts["retrying"]
+    doc: dict[str, Any]
+    if done is None:
+        doc = {"schema": "sandboxer.publish/v1", "delivered": 0, "failed": 0,
+               "remaining": remaining, "errors": []}
+    else:
+        doc = done.document(remaining)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(f"delivered {doc['delivered']}, failed {doc['failed']}, "
+              f"{remaining} left undelivered")
+        for line in doc["errors"]:
+            sys.stderr.write(f"sandboxer: {line}\n")
+    return 1 if doc["failed"] else 0

@@ -7,7 +7,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sandboxer.cli import doctor, events, images, profiles, reach, sandboxes, targets
+from sandboxer.cli import (
+    doctor,
+    events,
+    images,
+    mcp,
+    profiles,
+    reach,
+    sandboxes,
+    serve,
+    targets,
+    tokens,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for group in (profiles, sandboxes, reach, targets, images, events, doctor):
+    for group in (profiles, sandboxes, reach, targets, images, events, serve, tokens, mcp,
+                  doctor):
         group.register(sub, common)
     return parser
 

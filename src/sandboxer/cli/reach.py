@@ -10,7 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandboxer.client.local import LocalClient
+    from sandboxer.client import Client
 
 Doc = dict[str, Any]
 DIRECT_HELP = "connect to the direct endpoint even when a tunnel is declared"
@@ -43,7 +43,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.set_defaults(handler=cmd_ssh_config)
 
 
-def ready_descriptor(client: LocalClient, sandbox_id: str) -> Doc:
+def ready_descriptor(client: Client, sandbox_id: str) -> Doc:
     """The stored descriptor of a ready sandbox; Conflict (exit 8) otherwise."""
     from sandboxer.errors import Conflict
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # importing the client must stay cheap (CLI cold start)
+    from sandboxer.config import Settings
     from sandboxer.models.events import Event
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
@@ -14,6 +15,8 @@ if TYPE_CHECKING:  # importing the client must stay cheap (CLI cold start)
 
 class Client(Protocol):
     """What every front end may ask of sand-boxer."""
+
+    settings: Settings  # this machine's settings (e.g. where ssh's known_hosts files go)
 
     def list_profiles(self) -> list[dict[str, Any]]:
         """Summaries: id, description, extension, source file."""
@@ -62,7 +65,11 @@ class Client(Protocol):
 
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
-        """Outbox events in order."""
+        """Outbox events in order, with their State Hub delivery state."""
+
+    def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
+                        limit: int = 1000) -> list[dict[str, Any]]:
+        """Like events, as sandboxer.event/v1 documents (the wire format)."""
 
     def targets_list(self) -> list[dict[str, Any]]:
         """Configured targets plus the implicit `local`."""
@@ -76,5 +83,8 @@ class Client(Protocol):
     def targets_remove(self, name: str) -> None:
         """Forget a target (refused while it holds live sandboxes)."""
 
-    def images_build(self, name: str, *, target: str = "local") -> dict[str, Any]:
-        """Run an image recipe (images/sandbox-NAME) for a target."""
+    def images_build(self, name: str, *, target: str = "local",
+                     variables: dict[str, str] | None = None,
+                     force: bool = False) -> dict[str, Any]:
+        """Run an image recipe (images/sandbox-NAME) for a target, or Packer for an
+        ext.vm-packer profile id or template path (``variables``, ``force``)."""

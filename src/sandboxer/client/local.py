@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sandboxer.access import Caller, actor_filter, require_admin, require_visible
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError, SandboxNotFound
+from sandboxer.errors import SandboxerError
 from sandboxer.store import open_store
 from sandboxer.store.sqlite import SqliteStore
 
@@ -46,11 +47,17 @@ class LocalClient:
         *,
         progress: Callable[[str], None] | None = None,
         reap_opportunistically: bool = True,
+        caller: Caller | None = None,
+        store: SqliteStore | None = None,
+        manager: Manager | None = None,
     ) -> None:
+        """``caller``: who is asking (an API or MCP actor); None is the local operator, an
+        admin, as for the CLI. ``store``/``manager``: share those of a long-lived process."""
         self.settings = settings or Settings.from_env()
+        self.caller = caller
         self.progress = progress
-        self._store: SqliteStore | None = None
-        self._manager: Manager | None = None
+        self._store: SqliteStore | None = store
+        self._manager: Manager | None = manager
         self._reap = reap_opportunistically
 
     @property
@@ -129,12 +136,24 @@ class LocalClient:
 
     def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
         plan, _ext, _secrets = _run(self.manager.plan(profile_id, resolve_secrets=False,
-                                                      **options))
+                                                      caller=self.caller, **options))
         return plan.document()
 
     def create(self, profile_id: str, **options: Any) -> SandboxStatus:
         self._opportunistic_reap()
-        return _run(self.manager.create(profile_id, **options))
+        try:
+            return _run(self.manager.create(profile_id, caller=self.caller, **options))
+        finally:
+            self._prune_events()
+
+    def _prune_events(self) -> None:
+        """Keep the outbox bounded (SANDBOXER_EVENTS_RETENTION); one indexed delete."""
+        from sandboxer import events
+
+        try:
+            events.prune(self.settings, self.store)
+        except SandboxerError as e:
+            log.warning("pruning old events failed: %s", e.render())
 
     def get(self, sandbox_id: str) -> SandboxStatus:
         from sandboxer.models.sandbox import SandboxStatus
@@ -143,12 +162,7 @@ class LocalClient:
 
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
         self._opportunistic_reap()
-        doc = self.store.get_document(sandbox_id)
-        if doc is None:
-            raise SandboxNotFound(
-                f"no sandbox with id {sandbox_id!r}", hint="see `sandboxer list --all`"
-            )
-        return doc
+        return require_visible(self.store.get_document(sandbox_id), sandbox_id, self.caller)
 
     def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
         from sandboxer.models.sandbox import SandboxStatus
@@ -161,11 +175,12 @@ class LocalClient:
         if states is None and not filters.pop("all", False):
             states = list(LIVE_STATES)
         filters.pop("all", None)
+        filters["actor"] = actor_filter(filters.get("actor"), self.caller)
         return self.store.query_documents(states=states, **filters)
 
     def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
         self._opportunistic_reap()
-        return self.manager.extend(sandbox_id, ttl)
+        return self.manager.extend(sandbox_id, ttl, caller=self.caller)
 
     def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
         """Destroy and return the final document; the fast path for the CLI.
@@ -189,12 +204,14 @@ class LocalClient:
         return dict(self.destroy(sandbox_id).document())
 
     def destroy(self, sandbox_id: str) -> SandboxStatus:
-        return _run(self.manager.destroy(sandbox_id))
+        return _run(self.manager.destroy(sandbox_id, caller=self.caller))
 
     def reap(self) -> list[SandboxStatus]:
+        require_admin(self.caller, "reap")
         return _run(self.manager.reap())
 
     def reconcile(self) -> list[dict[str, Any]]:
+        require_admin(self.caller, "reconcile")
         self._opportunistic_reap()
         removed = _run(self.manager.reconcile())
         return [h.model_dump(mode="json", include={"sandbox_id", "extension", "target"})
@@ -202,11 +219,23 @@ class LocalClient:
 
     def reachability(self, sandbox_id: str) -> Reachability:
         self._opportunistic_reap()
-        return self.manager.reachability(sandbox_id)
+        return self.manager.reachability(sandbox_id, caller=self.caller)
 
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
-        return self.store.events(after=after, sandbox_id=sandbox_id, limit=limit)
+        from sandboxer.models.events import Event
+
+        return [Event.model_validate(d) for d in self.event_documents(
+            after=after, sandbox_id=sandbox_id, limit=limit)]
+
+    def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
+                        limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with their delivery state, as sandboxer.event/v1 documents."""
+        from sandboxer.store.outbox import Outbox
+
+        actor = None if self.caller is None or self.caller.admin else self.caller.actor
+        return Outbox(self.store).documents(after=after, sandbox_id=sandbox_id, limit=limit,
+                                            actor=actor)
 
     # -- targets ----------------------------------------------------------------------
 
@@ -218,6 +247,7 @@ class LocalClient:
     def targets_add(self, **options: Any) -> dict[str, Any]:
         from sandboxer.extensions.compose_ssh import targets
 
+        require_admin(self.caller, "adding a target")
         if options.get("identity") is None:
             options["identity"] = targets.default_identity()
         return _run(targets.add(self.settings, **options))
@@ -230,10 +260,19 @@ class LocalClient:
     def targets_remove(self, name: str) -> None:
         from sandboxer.extensions.compose_ssh import targets
 
+        require_admin(self.caller, "removing a target")
         targets.remove(self.settings, name)
 
-    def images_build(self, name: str, *, target: str = "local") -> dict[str, Any]:
+    def images_build(self, name: str, *, target: str = "local",
+                     variables: dict[str, str] | None = None,
+                     force: bool = False) -> dict[str, Any]:
         from sandboxer.extensions.compose_ssh import images
+        from sandboxer.extensions.vm_packer import build as vm_build
 
+        require_admin(self.caller, "building an image")
+        if vm_build.is_packer_name(self.settings, name):  # ext.vm-packer: Packer
+            return _run(vm_build.build_named(self.settings, name, variables=variables or {},
+                                             force=force,
+                                             progress=self.progress or (lambda _m: None)))
         return _run(images.build(self.settings, name, target,
                                  progress=self.progress or (lambda _m: None)))

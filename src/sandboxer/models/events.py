@@ -33,3 +33,8 @@ class Event(StrictModel):
     time: datetime
     payload: dict[str, Any]
     delivered_at: datetime | None = None
+    # State Hub delivery state (issue 8): delivered, pending (never tried) or retrying.
+    delivery: Literal["delivered", "pending", "retrying"] = "pending"
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None

@@ -65,4 +65,25 @@ MIGRATIONS.append(
         """,
     )
 )
+# 3: State Hub delivery state on the outbox (issue 8) and API bearer tokens, stored only as
+# sha256 hashes mapped to an actor.
+MIGRATIONS.append(
+    (
+        3,
+        """
+        ALTER TABLE events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE events ADD COLUMN next_attempt_at REAL;
+        ALTER TABLE events ADD COLUMN last_error TEXT;
+        CREATE INDEX events_time ON events (time);
+        CREATE TABLE tokens (
+            id           TEXT PRIMARY KEY,
+            hash         TEXT NOT NULL UNIQUE,
+            actor        TEXT NOT NULL,
+            admin        INTEGER NOT NULL DEFAULT 0,
+            created_at   REAL NOT NULL,
+            last_used_at REAL
+        )
+        """,
+    )
+)
 LATEST = MIGRATIONS[-1][0]

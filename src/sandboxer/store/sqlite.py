@@ -393,31 +393,10 @@ class SqliteStore:
         self, *, after: int = 0, sandbox_id: str | None = None, limit: int = 1000
     ) -> list[Event]:
         from sandboxer.models.events import Event
+        from sandboxer.store.outbox import Outbox
 
-        sql = (
-            "SELECT seq, id, sandbox_id, type, time, payload, delivered_at FROM events "
-            "WHERE seq > ?"
-        )
-        args: list[Any] = [after]
-        if sandbox_id is not None:
-            sql += " AND sandbox_id = ?"
-            args.append(sandbox_id)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
-        return [
-            Event.model_validate(
-                {
-                    "id": r["id"],
-                    "seq": r["seq"],
-                    "type": r["type"],
-                    "sandbox_id": r["sandbox_id"],
-                    "time": _dt(r["time"]),
-                    "payload": json.loads(r["payload"]),
-                    "delivered_at": _dt(r["delivered_at"]) if r["delivered_at"] else None,
-                }
-            )
-            for r in self._conn.execute(sql, args)
-        ]
+        docs = Outbox(self).documents(after=after, sandbox_id=sandbox_id, limit=limit)
+        return [Event.model_validate(d) for d in docs]
 
     # -- targets ----------------------------------------------------------------------
 

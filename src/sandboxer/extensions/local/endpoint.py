@@ -56,6 +56,7 @@ class Daemon:
         self.bwrap = shutil.which("bwrap")
         self.idle_exit = float(settings.env.get("SANDBOXER_LOCAL_IDLE_EXIT", "3"))
         self._store: Any = None
+        self._manager: Any = None
         self._stop = asyncio.Event()
         self._warned: set[str] = set()
 
@@ -236,11 +237,21 @@ class Daemon:
             self._store = None
             self._warn_once("store check", e)
         try:
-            from sandboxer.manager import Manager
+            if self._manager is None:  # one manager (one store connection) for our life
+                from sandboxer.manager import Manager
 
-            await Manager(self.settings).reap(extension="ext.local")
+                self._manager = Manager(self.settings)
+            await self._manager.reap(extension="ext.local")
         except Exception as e:
+            self._manager = None
             self._warn_once("lease reaping", e)
+
+    def _orphaned(self, socket_inode: int) -> bool:
+        """True once our home is gone or another daemon took over our socket path."""
+        try:
+            return os.stat(control.socket_path(self.settings)).st_ino != socket_inode
+        except FileNotFoundError:
+            return True
 
     async def run(self) -> None:
         path = control.socket_path(self.settings)
@@ -252,6 +263,7 @@ class Daemon:
         await self._restore()
         server = await asyncio.start_unix_server(self._control, str(path))
         path.chmod(0o600)
+        inode = os.stat(path).st_ino
         log.info("endpoint %d ready with %d sandbox(es)", os.getpid(), len(self.sandboxes))
         tick = max(0.05, min(1.0, self.idle_exit / 3))
         idle_since: float | None = None
@@ -259,6 +271,11 @@ class Daemon:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), tick)
+                if self._orphaned(inode):
+                    # Nobody can reach us any more (the home was deleted): serving on would
+                    # keep jails alive that no store knows about.
+                    log.warning("control socket %s is gone; exiting", path)
+                    break
                 await self._housekeeping()
                 if self.sandboxes or self.busy:
                     idle_since = None

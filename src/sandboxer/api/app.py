@@ -1,0 +1,209 @@
+"""The FastAPI application: authentication, error mapping, size limits, background loops.
+
+Every error leaves as a ``sandboxer.error/v1`` document (``code``, ``exit_code``,
+``message``) with the HTTP status mapped once from ``SandboxerError.http_status``; the
+message goes through the same redaction as the CLI's errors. Unexpected exceptions become
+a 500 naming only their type (the traceback goes to the server log, redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from sandboxer import __version__
+from sandboxer.config import Settings
+from sandboxer.errors import RequestTooLarge, SandboxerError
+from sandboxer.secrets.redaction import redact
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_BODY = 1_048_576
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def error_document(code: str, exit_code: int, message: str) -> dict[str, Any]:
+    return {"schema": "sandboxer.error/v1", "code": code, "exit_code": exit_code,
+            "message": redact(message)}
+
+
+def error_response(e: SandboxerError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.http_status == 401 else None
+    return JSONResponse(error_document(e.code, e.exit_code, e.render()),
+                        status_code=e.http_status, headers=headers)
+
+
+def _validation_text(e: RequestValidationError) -> str:
+    parts = []
+    for err in e.errors()[:10]:  # location and rule only: never echo the input back
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (413), declared or streamed."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = RequestTooLarge(f"request body over {self.limit} bytes",
+                                    hint="send less; the limit is SANDBOXER_API_MAX_BODY")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error_response(too_large)(scope, receive, send)
+                return
+        seen, refused = 0, False
+
+        async def counted() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # a streamed body: answer now, the app sees a hang-up
+                    refused = True
+                    await error_response(too_large)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+
+async def _background(app: FastAPI, stop: asyncio.Event) -> None:
+    """The reaper and the State Hub publisher, in this process (DESIGN §5, §9)."""
+    from sandboxer import events
+
+    service = app.state.service
+    settings: Settings = service.settings
+    interval = float(settings.env.get("SANDBOXER_REAP_INTERVAL") or 5)
+    tasks = [asyncio.ensure_future(_reaper(service, stop, interval))]
+    config = events.hub_config(settings)
+    if config is not None:
+        from sandboxer.events.statehub import Publisher, publisher_lock
+
+        async def publish() -> None:
+            with publisher_lock(settings) as held:
+                if not held:
+                    log.warning("another process is publishing this home's events; "
+                                "this server will not")
+                    return
+                publisher = Publisher(service.store, config)
+                app.state.publisher = publisher
+                relay = asyncio.ensure_future(_relay(service.changed, publisher.wake, stop))
+                try:
+                    await publisher.run(stop)
+                finally:
+                    relay.cancel()
+                    await publisher.aclose()
+
+        tasks.append(asyncio.ensure_future(publish()))
+        log.info("delivering events to State Hub at %s", config.url)
+    else:
+        log.info("SANDBOXER_STATE_HUB_URL is not set: events stay in the outbox "
+                 "(kept for SANDBOXER_EVENTS_RETENTION)")
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await source.wait()
+        source.clear()
+        target.set()
+
+
+async def _reaper(service: Any, stop: asyncio.Event, interval: float) -> None:
+    from sandboxer import events
+
+    last_prune = 0.0
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            await service.reap_due()
+            if loop.time() - last_prune > 60:
+                last_prune = loop.time()
+                events.prune(service.settings, service.store)
+        except Exception as e:  # the loop outlives one bad round
+            log.error("reaper round failed: %s", redact(str(e)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def create_app(settings: Settings | None = None, *, background: bool = True,
+               grace: float = 30.0) -> FastAPI:
+    """The API application over ``settings``' home; ``background``: run reaper+publisher."""
+    from sandboxer.api import routes
+    from sandboxer.api.service import Service
+
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = Service(settings)
+        stop = asyncio.Event()
+        loops = asyncio.ensure_future(_background(app, stop)) if background else None
+        try:
+            yield
+        finally:
+            await app.state.service.drain(grace)
+            stop.set()
+            if loops is not None:
+                await asyncio.wait({loops}, timeout=15)
+            app.state.service.store.close()
+
+    app = FastAPI(title="sand-boxer", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
+                  description="Sandbox custodian API (docs/api.md). Every route needs "
+                  "`Authorization: Bearer TOKEN` (`sandboxer tokens add ACTOR`).")
+    app.include_router(routes.router)
+
+    @app.exception_handler(SandboxerError)
+    async def sandboxer_error(_r: Request, e: SandboxerError) -> JSONResponse:
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_document("invalid_input", 4, _validation_text(e)),
+                            status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 401: "unauthenticated", 403: "forbidden"}.get(
+            e.status_code, "usage")
+        exit_code = {404: 3, 401: 8, 403: 8}.get(e.status_code, 2)
+        text = str(e.detail)
+        if e.status_code in (404, 405):
+            text = f"{text}: {request.method} {request.url.path} (see /openapi.json)"
+        return JSONResponse(error_document(code, exit_code, text),
+                            status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.error("unexpected error in %s %s", request.method, request.url.path,
+                  exc_info=e)
+        return JSONResponse(error_document(
+            "unexpected", 1, f"unexpected error ({type(e).__name__}); see the server log"),
+            status_code=500)
+
+    limit = int(settings.env.get("SANDBOXER_API_MAX_BODY") or DEFAULT_MAX_BODY)
+    app.add_middleware(BodyLimit, limit=limit)
+    return app

@@ -1,0 +1,120 @@
+"""`sandboxer serve`: uvicorn on loopback by default; anything else needs TLS or consent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sandboxer.config import Settings
+from sandboxer.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, tls_cert: Path | None, tls_key: Path | None,
+                  allow_plaintext: bool) -> None:
+    """Refuse to put bearer tokens on the network in the clear unless told to."""
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise UsageError(f"no such file: {path}")
+    if tls_cert is None and not is_loopback(host):
+        if not allow_plaintext:
+            raise UsageError(
+                f"refusing to serve plaintext HTTP on {host}, which is not a loopback address",
+                hint="pass --tls-cert and --tls-key, or --allow-plaintext if something else "
+                "(a TLS proxy, a private network) protects the tokens")
+        log.warning("serving plaintext HTTP on %s: bearer tokens cross the network "
+                    "unencrypted (--allow-plaintext)", host)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die
+        of the signal; `sandboxer serve` exits 0 once it has stopped cleanly instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
+          tls_cert: Path | None = None, tls_key: Path | None = None,
+          allow_plaintext: bool = False, grace: float = 30.0) -> int:
+    """Run until SIGINT/SIGTERM; in-flight creates get ``grace`` seconds to finish."""
+    import uvicorn
+
+    from sandboxer.api.app import create_app
+
+    check_binding(host, tls_cert, tls_key, allow_plaintext)
+    sock = bind(host, port)
+    app = create_app(settings, grace=grace)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on",
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
+    )
+    server = _server_class()(config)
+    actual = sock.getsockname()[1]
+    scheme = "https" if tls_cert else "http"
+    shown = f"[{host}]" if ":" in host else host
+
+    async def main() -> None:
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        while not server.started and not task.done():  # signals handled, lifespan done
+            await asyncio.sleep(0.01)
+        if server.started:
+            sys.stderr.write(f"sandboxer: serving {scheme}://{shown}:{actual} "
+                             f"(home {settings.home})\n")
+            sys.stderr.flush()
+        await task
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,272 @@
+"""HttpClient: the Python SDK — the same interface as LocalClient, over `sandboxer serve`.
+
+    from sandboxer.client.http import HttpClient
+    with HttpClient("http://127.0.0.1:8765", token) as sbx:
+        box = sbx.create("profile.local", ttl="1h")
+        print(box.reachability.ssh_command)
+
+Errors come back as the same ``SandboxerError`` subclasses the server raised (rebuilt from
+the stable ``code`` of its ``sandboxer.error/v1`` document), so callers handle local and
+remote sand-boxer alike. Typed methods return the same pydantic models; ``*_document``
+methods return the wire documents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.config import Settings
+from sandboxer.errors import SandboxerError, from_code
+
+if TYPE_CHECKING:
+    import httpx
+
+    from sandboxer.models.events import Event
+    from sandboxer.models.profile import Profile
+    from sandboxer.models.reachability import Reachability
+    from sandboxer.models.sandbox import SandboxStatus
+
+READ_TIMEOUT = 60.0
+CREATE_TIMEOUT = 1800.0  # a create returns only once the sandbox is ready or failed
+BUILD_TIMEOUT = 3600.0
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.ya?ml")
+
+
+class HttpClient:
+    """The Client that talks to a sand-boxer server as the actor of ``token``."""
+
+    def __init__(self, url: str, token: str | None = None, *, settings: Settings | None = None,
+                 progress: Callable[[str], None] | None = None,
+                 transport: httpx.BaseTransport | None = None,
+                 verify: bool | str = True) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.settings = settings or Settings.from_env()  # local paths: known_hosts for ssh
+        self.progress = progress
+        headers = {"User-Agent": "sand-boxer-sdk"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=READ_TIMEOUT,
+                                  transport=transport, verify=verify, follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, *, timeout: float | None = None,
+              **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            reply = self._http.request(method, path, timeout=timeout or READ_TIMEOUT,
+                                       **kwargs)
+        except httpx.TimeoutException as e:
+            raise SandboxerError(f"sand-boxer at {self.url} did not answer {method} {path} "
+                                 "in time", hint="the server may be overloaded; retry") from e
+        except httpx.HTTPError as e:
+            raise SandboxerError(f"cannot reach sand-boxer at {self.url}: {e}",
+                                 hint="is `sandboxer serve` running there? "
+                                 "check SANDBOXER_URL") from e
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
+        if reply.is_success and body is not None:
+            return body
+        if isinstance(body, dict) and body.get("schema") == "sandboxer.error/v1":
+            raise from_code(str(body.get("code")), str(body.get("message")))
+        raise SandboxerError(f"{method} {self.url}{path} answered HTTP {reply.status_code} "
+                             "without a sand-boxer error document",
+                             hint="is SANDBOXER_URL a sand-boxer server?")
+
+    def whoami(self) -> dict[str, Any]:
+        """The actor (and admin flag) of this client's token."""
+        doc: dict[str, Any] = self._call("GET", "/v1/whoami")
+        return doc
+
+    # -- profiles ---------------------------------------------------------------------
+
+    def list_profiles(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call("GET", "/v1/profiles")["items"]
+        return items
+
+    def get_profile(self, profile_id: str) -> Profile:
+        from sandboxer.models.profile import Profile
+
+        doc = self._call("GET", f"/v1/profiles/{profile_id}")
+        doc.pop("schema", None)
+        return Profile.model_validate(doc)
+
+    def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
+        files, names = [], {}
+        for i, path in enumerate(paths):
+            name = path.name if _FILE_NAME.fullmatch(path.name) else f"profile-{i}.yaml"
+            names[name] = str(path)
+            files.append({"name": name, "content": path.read_text(encoding="utf-8")})
+        results: list[dict[str, Any]] = self._call(
+            "POST", "/v1/profiles/validate", json={"files": files})["results"]
+        for r in results:
+            original = names.get(r["file"], r["file"])
+            if r.get("error"):
+                r["error"] = r["error"].replace(r["file"], original)
+            r["file"] = original
+        return results
+
+    # -- sandboxes --------------------------------------------------------------------
+
+    @staticmethod
+    def _create_body(profile_id: str, options: dict[str, Any]) -> dict[str, Any]:
+        body = {"profile": profile_id}
+        body.update({k: v for k, v in options.items() if v not in (None, {})})
+        return body
+
+    def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = self._call(
+            "POST", "/v1/sandboxes", json={**self._create_body(profile_id, options),
+                                           "dry_run": True})
+        return doc
+
+    def create(self, profile_id: str, **options: Any) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(self.create_document(profile_id, **options))
+
+    def create_document(self, profile_id: str, **options: Any) -> dict[str, Any]:
+        if self.progress:
+            self.progress(f"creating from {profile_id} on {self.url}")
+        doc: dict[str, Any] = self._call("POST", "/v1/sandboxes", timeout=CREATE_TIMEOUT,
+                                         json=self._create_body(profile_id, options))
+        return doc
+
+    def get(self, sandbox_id: str) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(self.get_document(sandbox_id))
+
+    def get_document(self, sandbox_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}")
+        return doc
+
+    def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return [SandboxStatus.model_validate(d) for d in self.list_documents(**filters)]
+
+    def list_documents(self, **filters: Any) -> list[dict[str, Any]]:
+        params: list[tuple[str, str]] = [("state", s) for s in filters.get("states") or []]
+        for key in ("profile", "actor"):
+            if filters.get(key) is not None:
+                params.append((key, str(filters[key])))
+        params += [("label", f"{k}={v}") for k, v in (filters.get("labels") or {}).items()]
+        if filters.get("all"):
+            params.append(("all", "true"))
+        items: list[dict[str, Any]] = self._call("GET", "/v1/sandboxes",
+                                                 params=params)["items"]
+        return items
+
+    def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(self._call(
+            "POST", f"/v1/sandboxes/{_seg(sandbox_id)}/extend", json={"ttl": ttl}))
+
+    def destroy(self, sandbox_id: str) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(self.destroy_document(sandbox_id))
+
+    def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._call("DELETE", f"/v1/sandboxes/{_seg(sandbox_id)}",
+                                         timeout=CREATE_TIMEOUT)
+        return doc
+
+    def reap(self) -> list[SandboxStatus]:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        items = self._call("POST", "/v1/reap", timeout=CREATE_TIMEOUT)["items"]
+        return [SandboxStatus.model_validate(d) for d in items]
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        removed: list[dict[str, Any]] = self._call("POST", "/v1/reconcile",
+                                                   timeout=CREATE_TIMEOUT)["removed"]
+        return removed
+
+    def reachability(self, sandbox_id: str) -> Reachability:
+        from sandboxer.models.reachability import Reachability
+
+        return Reachability.model_validate(
+            self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/reachability"))
+
+    def events(self, *, after: int = 0, sandbox_id: str | None = None,
+               limit: int = 1000) -> list[Event]:
+        from sandboxer.models.events import Event
+
+        return [Event.model_validate(d) for d in self.event_documents(
+            after=after, sandbox_id=sandbox_id, limit=limit)]
+
+    def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
+                        limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if sandbox_id is not None:
+            params["sandbox"] = sandbox_id
+        items: list[dict[str, Any]] = self._call("GET", "/v1/events", params=params)["items"]
+        return items
+
+    # -- targets and images -----------------------------------------------------------
+
+    def targets_list(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call("GET", "/v1/targets")["items"]
+        return items
+
+    def targets_add(self, **options: Any) -> dict[str, Any]:
+        """The server connects and pins the key; without ``fingerprint`` the key it sees
+        is accepted only if ``confirm`` agrees up front (the CLI's --yes)."""
+        confirm = options.pop("confirm", None)
+        fingerprint = options.pop("fingerprint", None)
+        accept = fingerprint is None and confirm is not None and bool(
+            confirm("not known yet: the server pins the key it sees at first contact"))
+        body = {k: v for k, v in options.items() if v not in (None, [])}
+        body.update(host_key_fingerprint=fingerprint, accept_new_host_key=accept)
+        doc: dict[str, Any] = self._call("POST", "/v1/targets", json=body)
+        doc.pop("schema", None)
+        return doc
+
+    def targets_check(self, name: str | None = None) -> list[dict[str, Any]]:
+        params = {"name": name} if name else {}
+        items: list[dict[str, Any]] = self._call(
+            "GET", "/v1/targets/check", params=params, timeout=CREATE_TIMEOUT)["items"]
+        return items
+
+    def targets_remove(self, name: str) -> None:
+        self._call("DELETE", f"/v1/targets/{_seg(name)}")
+
+    def images_build(self, name: str, *, target: str = "local",
+                     variables: dict[str, str] | None = None,
+                     force: bool = False) -> dict[str, Any]:
+        if self.progress:
+            self.progress(f"building {name} for {target} on {self.url}")
+        body = {"target": target, "variables": variables or {}, "force": force}
+        doc: dict[str, Any] = self._call("POST", f"/v1/images/{_seg(name)}/build",
+                                         json=body, timeout=BUILD_TIMEOUT)
+        doc.pop("schema", None)
+        return doc
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: an id with a slash or dot-dot must not reach another route."""
+    from urllib.parse import quote
+
+    if value in ("", ".", ".."):
+        return value.replace(".", "%2E") or "-"
+    return quote(value, safe="")

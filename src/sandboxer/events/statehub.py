@@ -1,0 +1,188 @@
+"""The State Hub publisher: outbox -> ``POST {SANDBOXER_STATE_HUB_URL}/v1/events``.
+
+Contract (docs/api.md): one event per request, JSON ``sandboxer.event/v1`` without
+sand-boxer's delivery bookkeeping; ``Authorization: Bearer $SANDBOXER_STATE_HUB_TOKEN``;
+``Idempotency-Key: <event id>``. A 2xx or 409 (already have it) marks the event delivered;
+anything else, a timeout or a refused connection is retried with exponential backoff and
+full jitter, capped at ``SANDBOXER_STATE_HUB_BACKOFF_MAX``. Delivery is at least once and
+in order per sandbox: a sandbox's next event waits until the one before it is delivered.
+State lives in the store, so a restart resumes where the last process stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.config import Settings
+from sandboxer.events import HubConfig
+from sandboxer.secrets.redaction import redact
+from sandboxer.store.outbox import Outbox, wire_document
+from sandboxer.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    import httpx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pass:
+    """What one publishing pass did."""
+
+    delivered: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def document(self, remaining: int) -> dict[str, Any]:
+        return {"schema": "sandboxer.publish/v1", "delivered": self.delivered,
+                "failed": self.failed, "remaining": remaining, "errors": self.errors[:20]}
+
+
+def backoff(attempts: int, config: HubConfig) -> float:
+    """Seconds before the next attempt: exponential, capped, with jitter (half to full)."""
+    exponent = max(0, min(attempts - 1, 30))
+    delay = min(config.backoff_max, config.backoff_base * float(2**exponent))
+    return float(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+
+
+@contextmanager
+def publisher_lock(settings: Settings) -> Iterator[bool]:
+    """Hold ``run/statehub.lock`` if no other process does; yields whether we hold it."""
+    settings.ensure()
+    path: Path = settings.run_dir / "statehub.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class Publisher:
+    """Delivers the outbox of one store to one State Hub."""
+
+    def __init__(self, store: SqliteStore, config: HubConfig,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.store = store
+        self.outbox = Outbox(store)
+        self.config = config
+        self._http = http
+        self.wake = asyncio.Event()
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            import httpx
+
+            headers = {"Content-Type": "application/json", "User-Agent": "sand-boxer"}
+            if self.config.token:
+                headers["Authorization"] = f"Bearer {self.config.token}"
+            self._http = httpx.AsyncClient(
+                headers=headers, timeout=self.config.timeout, follow_redirects=False,
+                limits=httpx.Limits(max_connections=self.config.concurrency))
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _send(self, row: sqlite3.Row) -> str | None:
+        """Deliver one event; None when delivered, else why not (never a secret)."""
+        import httpx
+
+        body = redact(json.dumps(wire_document(row), separators=(",", ":")))
+        http = await self._client()
+        try:
+            reply = await http.post(f"{self.config.url}/v1/events", content=body,
+                                    headers={"Idempotency-Key": row["id"]})
+        except httpx.TimeoutException:
+            return f"timed out after {self.config.timeout:g}s"
+        except httpx.HTTPError as e:
+            return redact(f"{type(e).__name__}: {e}")[:300]
+        if 200 <= reply.status_code < 300 or reply.status_code == 409:
+            return None
+        return f"HTTP {reply.status_code} from State Hub"
+
+    async def _deliver_chain(self, rows: list[sqlite3.Row], result: Pass) -> None:
+        """One sandbox's events in order; stop at the first failure (order per sandbox)."""
+        for row in rows:
+            error = await self._send(row)
+            if error is None:
+                self.outbox.mark_delivered([row["id"]], time.time())
+                result.delivered += 1
+                continue
+            attempts = row["attempts"] + 1
+            wait = backoff(attempts, self.config)
+            self.outbox.mark_failed(row["id"], error, time.time() + wait)
+            result.failed += 1
+            result.errors.append(f"{row['id']} ({row['type']} {row['sandbox_id']}): {error}")
+            log.warning("State Hub delivery of %s failed (attempt %d, next in %.1fs): %s",
+                        row["id"], attempts, wait, error)
+            return
+
+    async def publish_pass(self, *, ignore_backoff: bool = False) -> Pass:
+        """Send every event that is due now, once: what `sandboxer events publish` runs."""
+        result = Pass()
+        now = float("inf") if ignore_backoff else time.time()
+        rows = self.outbox.due(now, limit=2000)
+        chains: dict[str, list[sqlite3.Row]] = {}
+        for row in rows:
+            chains.setdefault(row["sandbox_id"], []).append(row)
+        sem = asyncio.Semaphore(self.config.concurrency)
+
+        async def run(chain: list[sqlite3.Row]) -> None:
+            async with sem:
+                await self._deliver_chain(chain, result)
+
+        await asyncio.gather(*(run(c) for c in chains.values()))
+        return result
+
+    async def run(self, stop: asyncio.Event, *, idle: float = 1.0) -> None:
+        """Publish until ``stop`` is set: drain what is due, then sleep until the next
+        retry is due, ``idle`` seconds pass, or ``wake`` is set by a local state change."""
+        while not stop.is_set():
+            try:
+                done = await self.publish_pass()
+            except Exception as e:  # a broken pass must not end the service's publisher
+                log.error("State Hub publisher pass failed: %s", redact(str(e)))
+                done = Pass(failed=1)
+            if done.delivered and not done.failed:
+                continue  # more may be waiting behind the batch limit
+            nxt = self.outbox.next_due_at()
+            wait = idle if nxt is None else max(0.01, min(idle, nxt - time.time()))
+            self.wake.clear()
+            stopper = asyncio.ensure_future(stop.wait())
+            waker = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait({stopper, waker}, timeout=wait,
+                               return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            waker.cancel()
+
+
+async def publish_once(settings: Settings, store: SqliteStore, config: HubConfig) -> Pass:
+    """One pass over everything undelivered, backoff or not (the operator asked now)."""
+    publisher = Publisher(store, config)
+    try:
+        return await publisher.publish_pass(ignore_backoff=True)
+    finally:
+        await publisher.aclose()
