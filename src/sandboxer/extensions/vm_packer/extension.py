@@ -1,0 +1,310 @@
+"""VMPackerExtension: one QEMU VM per sandbox on an overlay of a Packer-built image, or a
+lease on an existing VM (the attach variant). DESIGN §4, docs/extensions/vm-packer.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+from typing_extensions import override
+
+from sandboxer.config import Settings
+from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, SecretError
+from sandboxer.extensions import _keys
+from sandboxer.extensions._ssh import ssh_probe
+from sandboxer.extensions.base import (
+    Endpoint,
+    Extension,
+    Handle,
+    Observed,
+    ProvisionRequest,
+    Target,
+    key_paths,
+)
+from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
+from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
+
+TARGET = "qemu"
+SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
+PORT_TRIES = 5
+_PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")
+
+
+class VMPackerExtension(Extension):
+    """ext.vm-packer: QEMU VMs from cached Packer images, or leases on existing VMs."""
+
+    name = "ext.vm-packer"
+    Spec = VMSpec
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._answered: set[str] = set()  # provisioned here, SSH already answered
+
+    def vm_root(self) -> Path:
+        return self.settings.home / "vm"
+
+    def sandbox_dir(self, sid: str) -> Path:
+        return self.vm_root() / sid
+
+    def _record(self, sid: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.sandbox_dir(sid) / "record.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def _write_record(self, sid: str, record: dict[str, Any]) -> None:
+        path = self.sandbox_dir(sid) / "record.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+    @override
+    def targets(self, config: Settings) -> list[Target]:
+        from sandboxer.store import open_store
+
+        return [Target(name=TARGET, extension=self.name, kind="self-hosted",
+                       capacity=int(config.env.get("SANDBOXER_VM_CAPACITY", "8")),
+                       used=open_store(config).live_count(TARGET))]
+
+    @override
+    def check(self, profile: Any, spec: BaseModel, target: Target,
+              source: Path | None) -> None:
+        assert isinstance(spec, VMSpec)  # noqa: S101 - parse_spec made it
+        if spec.attach is not None:
+            if profile.setup.secret_refs:
+                raise SecretError(
+                    f"profile {profile.id}: secret_refs are not supported by the attach "
+                    "variant of ext.vm-packer (the VM is not ours to hold values in)",
+                    hint="inject them yourself, or use a VM booted from a Packer image")
+            ident = Path(spec.attach.identity).expanduser()
+            if not ident.is_file():
+                raise InvalidInput(f"profile {profile.id}: spec.attach.identity {ident} "
+                                   "is not a file")
+            return
+        assert spec.packer is not None  # noqa: S101 - the model requires one of the two
+        tpl = images.Template.load(images.resolve_template(self.settings,
+                                                            spec.packer.template, source))
+        tpl.check_vars(spec.packer.vars)
+
+    # -- provision ----------------------------------------------------------------------
+
+    @override
+    async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
+        spec = req.spec
+        assert isinstance(spec, VMSpec)  # noqa: S101 - parse_spec made it
+        sid = req.sandbox_id
+        d = self.sandbox_dir(sid)
+        self.vm_root().mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.mkdir(mode=0o700)
+        try:
+            keys = _keys.generate(self.settings, sid)
+            if spec.attach is not None:
+                data = await self._attach(req, spec, keys)
+            else:
+                data = await self._boot(req, spec, keys, secrets)
+        except BaseException:
+            await asyncio.shield(self.destroy(Handle(sandbox_id=sid, extension=self.name,
+                                                     target=TARGET)))
+            raise
+        keeper.ensure_running(self.settings)
+        self._answered.add(sid)
+        return Handle(sandbox_id=sid, extension=self.name, target=TARGET, data=data)
+
+    async def _boot(self, req: ProvisionRequest, spec: VMSpec, keys: _keys.SandboxKeys,
+                    secrets: Mapping[str, SecretStr]) -> dict[str, Any]:
+        assert spec.packer is not None  # noqa: S101 - the caller checked
+        sid, d = req.sandbox_id, self.sandbox_dir(req.sandbox_id)
+        qemu_bin = shutil.which(qemu.QEMU, path=self.settings.env.get("PATH"))
+        if qemu_bin is None:
+            raise ProvisionFailed(f"{qemu.QEMU} is not installed",
+                                  hint="apt-get install qemu-system-x86 qemu-utils")
+        template = images.resolve_template(self.settings, spec.packer.template, req.source)
+        image, built = await images.build(self.settings, template, spec.packer.vars,
+                                          accel=spec.vm.accel, progress=req.progress)
+        req.progress(f"{sid}: image {image.name} ({'built' if built else 'cached'})")
+        accel, why = await asyncio.to_thread(qemu.choose_accel, self.settings, spec.vm.accel,
+                                             qemu_bin, image / "vmlinuz")
+        req.progress(f"{sid}: accelerator {accel} ({why})")
+        user = spec.ssh.user or req.user
+        self._write_record(sid, {"kind": "boot", "image": str(image), "user": user})
+        overlay, cfg = d / "overlay.qcow2", d / "config.img"
+        grow = size_bytes(spec.vm.disk) if spec.vm.disk else None
+        await self._check(qemu.overlay_argv(image / "disk.qcow2", overlay, grow),
+                          "creating the overlay")
+        await asyncio.to_thread(
+            qemu.make_config_drive, cfg, user=user, hostname=sid,
+            authorized_keys=keys.client_public + "\n",
+            host_key=keys.host_key.read_bytes(), secrets=bool(secrets))
+        port = await self._start(qemu_bin, sid, image, overlay, cfg, spec, accel)
+        self._write_record(sid, {"kind": "boot", "image": str(image), "user": user,
+                                 "port": port, "accel": accel})
+        _keys.write_known_hosts(keys.known_hosts,
+                                [_keys.known_hosts_line("127.0.0.1", port, keys.host_public)])
+        data = {"kind": "boot", "host": "127.0.0.1", "port": port, "user": user,
+                "image": image.name, "accel": accel}
+        req.progress(f"{sid}: booting ({accel}); SSH within {spec.vm.boot_timeout}s")
+        ep = self._endpoint(sid, data, keys.host_public)
+        try:
+            await ssh_probe(ep, timeout=spec.vm.boot_timeout)
+        except ProvisionFailed as e:
+            console = _tail(d / "console.log", 8)
+            raise ProvisionFailed(f"{e.message}" + (f"\nlast console lines:\n{console}"
+                                                    if console else "")) from e
+        if secrets:
+            req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
+            await remote.fill_secrets(ep, secrets)
+        return data
+
+    async def _start(self, qemu_bin: str, sid: str, image: Path, overlay: Path, cfg: Path,
+                     spec: VMSpec, accel: str) -> int:
+        """Start QEMU detached on a free port; a port taken meanwhile means another try."""
+        d = self.sandbox_dir(sid)
+        last = ""
+        for _ in range(PORT_TRIES):
+            boot = qemu.Boot(sandbox_id=sid, image=image, overlay=overlay, config_drive=cfg,
+                             pidfile=d / "qemu.pid", console=d / "console.log",
+                             port=qemu.free_port(), cpus=spec.vm.cpus,
+                             memory_mib=spec.vm.memory_mib, accel=accel)
+            proc = await asyncio.create_subprocess_exec(
+                *qemu.qemu_argv(boot, qemu_bin), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await proc.communicate()
+            if proc.returncode == 0:
+                return boot.port
+            last = out.decode(errors="replace").strip()
+            if not any(s in last for s in _PORT_CLASH):
+                break
+        raise ProvisionFailed(f"QEMU did not start: {last[-500:]}")
+
+    async def _attach(self, req: ProvisionRequest, spec: VMSpec,
+                      keys: _keys.SandboxKeys) -> dict[str, Any]:
+        a = spec.attach
+        assert a is not None  # noqa: S101 - the caller checked
+        sid = req.sandbox_id
+        identity = str(Path(a.identity).expanduser())
+        self._write_record(sid, {"kind": "attach", "host": a.host, "port": a.port,
+                                 "user": a.user, "host_key": a.host_key,
+                                 "identity": identity})
+        admin_known = self.sandbox_dir(sid) / "admin.known_hosts"
+        _keys.write_known_hosts(admin_known, [_keys.known_hosts_line(a.host, a.port,
+                                                                     a.host_key)])
+        _keys.write_known_hosts(keys.known_hosts,
+                                [_keys.known_hosts_line(a.host, a.port, a.host_key)])
+        keys.host_key.unlink(missing_ok=True)  # the VM's own key is pinned instead
+        admin = remote.admin_endpoint(a.host, a.port, a.user, a.host_key, identity,
+                                      admin_known)
+        req.progress(f"{sid}: authorizing the sandbox key for {a.user}@{a.host}:{a.port}")
+        rc, out = await remote.run(admin, remote.authorize_command(
+            remote.key_line(keys.client_public, sid)))
+        if rc != 0:
+            raise ProvisionFailed(f"installing the sandbox key on {a.user}@{a.host}:{a.port} "
+                                  f"failed: {out.strip()[-300:]}",
+                                  hint="spec.attach.identity must log in as spec.attach.user")
+        return {"kind": "attach", "host": a.host, "port": a.port, "user": a.user,
+                "host_key": a.host_key}
+
+    @staticmethod
+    async def _check(argv: list[str], what: str) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        except FileNotFoundError as e:
+            raise ProvisionFailed(f"{argv[0]} is not installed",
+                                  hint="apt-get install qemu-utils") from e
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise ProvisionFailed(f"{what} failed: {out.decode(errors='replace').strip()}")
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _endpoint(self, sid: str, data: dict[str, Any], host_public: str) -> Endpoint:
+        paths = key_paths(self.settings, sid)
+        return Endpoint(host=data["host"], port=data["port"], user=data["user"],
+                        host_key=" ".join(host_public.split()[:2]),
+                        identity_file=str(paths["identity"]),
+                        known_hosts_file=str(paths["known_hosts"]))
+
+    @override
+    async def endpoint(self, handle: Handle) -> Endpoint:
+        data = handle.data
+        if data.get("kind") == "attach":
+            return self._endpoint(handle.sandbox_id, data, data["host_key"])
+        host_key = key_paths(self.settings, handle.sandbox_id)["host_key"]
+        return self._endpoint(handle.sandbox_id, data, _keys.public_of(host_key))
+
+    def _pid(self, sid: str) -> int | None:
+        try:
+            pid = int((self.sandbox_dir(sid) / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if qemu.is_our_vm(pid, sid) else None
+
+    @override
+    async def inspect(self, handle: Handle) -> Observed:
+        if handle.data.get("kind") == "attach":
+            live = self.sandbox_dir(handle.sandbox_id).is_dir()
+            return Observed(live=live, detail=None if live else "no lease record")
+        if self._pid(handle.sandbox_id) is not None:
+            return Observed(live=True)
+        return Observed(live=False, detail="its QEMU process is gone")
+
+    # -- destroy ------------------------------------------------------------------------
+
+    @override
+    async def destroy(self, handle: Handle) -> None:
+        sid = handle.sandbox_id
+        if not SANDBOX_ID.match(sid):
+            raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
+        d = self.sandbox_dir(sid)
+        record = self._record(sid)
+        if record.get("kind") == "attach":
+            await self._release(sid, record)
+        pids = {p for p in (self._pid(sid),) if p is not None}
+        pids |= {p for s, p in qemu.vm_processes(str(self.vm_root()) + "/").items()
+                 if s == sid}
+        for pid in pids:
+            await qemu.kill(pid, sid)
+        shutil.rmtree(d, ignore_errors=True)
+        _keys.remove(self.settings, sid)
+
+    async def _release(self, sid: str, record: dict[str, Any]) -> None:
+        """Remove exactly this sandbox's authorized_keys line; the VM keeps running."""
+        admin = remote.admin_endpoint(record["host"], record["port"], record["user"],
+                                      record["host_key"], record["identity"],
+                                      self.sandbox_dir(sid) / "admin.known_hosts")
+        rc, out = await remote.run(admin, remote.revoke_command(sid))
+        if rc != 0:
+            raise DestroyFailed(f"removing the key of {sid} from {record['user']}@"
+                                f"{record['host']}:{record['port']} failed: "
+                                f"{out.strip()[-300:]}", hint="retry; destroy is idempotent")
+
+    @override
+    async def owned(self, target: Target) -> list[Handle]:
+        root = self.vm_root()
+        ids = set(qemu.vm_processes(str(root) + "/"))
+        if root.is_dir():
+            ids |= {p.name for p in root.iterdir() if SANDBOX_ID.match(p.name)}
+        return [Handle(sandbox_id=i, extension=self.name, target=TARGET) for i in sorted(ids)]
+
+    @override
+    async def wait_ready(self, handle: Handle, timeout: float) -> None:
+        # provision already waited for SSH (vm.boot_timeout) in this process
+        if handle.sandbox_id in self._answered and handle.data.get("kind") == "boot":
+            return
+        await ssh_probe(await self.endpoint(handle), timeout=max(timeout, 30.0))
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line for line in text[-lines:] if line.strip())

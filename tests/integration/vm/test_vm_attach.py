@@ -1,0 +1,149 @@
+"""The attach variant: lease a VM that sand-boxer did not boot; destroy leaves it running
+and its authorized_keys as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.vm.conftest import VMCli
+
+from sandboxer.extensions import _keys
+from sandboxer.extensions.vm_packer import qemu
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+
+
+@dataclass
+class RunningVM:
+    port: int
+    user: str
+    host_key: str
+    identity: Path
+    known_hosts: Path
+    pid: int
+
+    def admin(self, command: str) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", "-i", str(self.identity), "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", str(self.port),
+                f"{self.user}@127.0.0.1", "--", command]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
+                              stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def running_vm(vm_images: Path, tmp_path: Path) -> Iterator[RunningVM]:
+    """A VM booted with a bare qemu command from the test image, outside sand-boxer."""
+    [key] = [p for p in vm_images.iterdir() if (p / "disk.qcow2").is_file()]
+    d = tmp_path / "ops-vm"
+    d.mkdir(mode=0o700)
+    admin = d / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops-admin",
+                    "-f", str(admin)], check=True)
+    host = d / "host"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host)], check=True)
+    host_pub = " ".join(Path(f"{host}.pub").read_text().split()[:2])
+    subprocess.run(qemu.overlay_argv(key / "disk.qcow2", d / "disk.qcow2", None), check=True)
+    qemu.make_config_drive(d / "cfg.img", user="ops",
+                           authorized_keys=Path(f"{admin}.pub").read_text(),
+                           host_key=host.read_bytes(), hostname="ops-vm", secrets=False)
+    port = qemu.free_port()
+    boot = qemu.Boot(sandbox_id="ops-vm", image=key, overlay=d / "disk.qcow2",
+                     config_drive=d / "cfg.img", pidfile=d / "pid", console=d / "console",
+                     port=port, cpus=1, memory_mib=384, accel="tcg")
+    subprocess.run(qemu.qemu_argv(boot), check=True)
+    pid = int((d / "pid").read_text())
+    known = d / "known_hosts"
+    _keys.write_known_hosts(known, [_keys.known_hosts_line("127.0.0.1", port, host_pub)])
+    vm = RunningVM(port=port, user="ops", host_key=host_pub, identity=admin,
+                   known_hosts=known, pid=pid)
+    try:
+        deadline = time.monotonic() + 240
+        while vm.admin("true").returncode != 0:
+            assert time.monotonic() < deadline, (d / "console").read_text()[-2000:]
+            time.sleep(1)
+        yield vm
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_attach_leases_a_running_vm_and_destroy_leaves_it_running(
+        vm_cli: VMCli, running_vm: RunningVM) -> None:
+    before = running_vm.admin("cat ~/.ssh/authorized_keys").stdout
+    pid = vm_cli.profile("vm-attach", f"""\
+id: profile.vm-attach
+extension: ext.vm-packer
+spec:
+  attach:
+    host: 127.0.0.1
+    port: {running_vm.port}
+    user: ops
+    host_key: "{running_vm.host_key}"
+    identity: {running_vm.identity}
+reachability: {{user: ops}}
+""")
+    done = vm_cli.run("create", pid, "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    sid, reach = doc["id"], doc["reachability"]
+    assert running_vm.host_key in reach["known_hosts"]
+    argv = [*shlex.split(reach["ssh_command"]), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "--", "hostname; whoami"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ops-vm", "ops"]
+    assert f"sandboxer.id={sid}" in running_vm.admin("cat ~/.ssh/authorized_keys").stdout
+
+    assert vm_cli.json("destroy", sid)["items"][0]["state"] == "destroyed"
+    assert running_vm.admin("true").returncode == 0, "destroy stopped the attached VM"
+    after = running_vm.admin("cat ~/.ssh/authorized_keys")
+    assert after.returncode == 0, "the operator's own key no longer works"
+    assert after.stdout == before
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode != 0, "the sandbox key still logs in after destroy"
+
+
+def test_an_expired_attach_lease_is_released_by_the_keeper(
+        vm_cli: VMCli, running_vm: RunningVM) -> None:
+    pid = vm_cli.profile("vm-attach-short", f"""\
+id: profile.vm-attach-short
+extension: ext.vm-packer
+ttl: {{default: 3s, max: 1m}}
+spec:
+  attach:
+    host: 127.0.0.1
+    port: {running_vm.port}
+    user: ops
+    host_key: "{running_vm.host_key}"
+    identity: {running_vm.identity}
+reachability: {{user: ops}}
+""")
+    sid = vm_cli.json("create", pid, timeout=120)["id"]
+    deadline = time.monotonic() + 30
+    # Read the store without the CLI (every CLI call would reap on its own).
+    import sqlite3
+
+    db = vm_cli.home / "state.db"
+    while True:
+        conn = sqlite3.connect(db)
+        state = conn.execute("SELECT state FROM sandboxes WHERE id = ?", (sid,)).fetchone()[0]
+        conn.close()
+        if state == "destroyed":
+            break
+        assert time.monotonic() < deadline, f"the lease keeper did not reap {sid} ({state})"
+        time.sleep(0.5)
+    assert f"sandboxer.id={sid}" not in running_vm.admin("cat ~/.ssh/authorized_keys").stdout
