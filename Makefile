@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check lint types test bench
+.PHONY: help setup check lint types test bench bench-all
 
 help: ## list the targets
 	@echo "sand-boxer make targets (PYTHON=$(PYTHON)):"
@@ -27,5 +27,10 @@ types: ## mypy --strict over src (configured in pyproject.toml)
 test: ## pytest over tests/unit, tests/integration and tests/e2e
 	$(PYTHON) -m pytest $(TEST_DIRS) $(PYTEST_ARGS)
 
-bench: ## run the benchmarks (bench/run.py)
+bench: ## run the benchmarks (bench/run.py: ext.local, CLI cold start, scale)
 	$(PYTHON) bench/run.py
+
+bench-all: bench ## also ext.compose-ssh, the HTTP API and ext.vm-packer (needs docker, qemu)
+	$(PYTHON) bench/compose.py
+	$(PYTHON) bench/api.py
+	$(PYTHON) bench/vm.py

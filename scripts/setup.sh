@@ -10,7 +10,9 @@ set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
 export PIP_ROOT_USER_ACTION=ignore
-APT_PACKAGES=(bubblewrap openssh-client hyperfine)
+# shellcheck source=scripts/deps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
+APT_PACKAGES=("${SANDBOXER_APT_PACKAGES[@]}")
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
@@ -51,6 +53,8 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f "$stdlib/EXTERNALLY-MANAGED" ]]; then
     pip_args+=(--break-system-packages)
 fi
 "$PYTHON" -m pip "${pip_args[@]}"
+say "installing the docker compose v2 plugin (for ext.compose-ssh and its tests)"
+install_compose_plugin "$PYTHON" "${pip_args[@]}"
 hash -r
 if command -v sandboxer >/dev/null 2>&1; then
     SANDBOXER=(sandboxer)
