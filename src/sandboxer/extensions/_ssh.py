@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
+from pathlib import Path
 
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions.base import Endpoint
 
 # Answers that retrying cannot change: a wrong host key or a refused key.
 _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
-              "Permission denied")
+              "Permission denied", "Host key is not trusted")
 
 
 def ssh_options(ep: Endpoint) -> list[str]:
@@ -60,8 +62,41 @@ async def ssh_run(ep: Endpoint, command: str, *, timeout: float) -> tuple[int, s
     return proc.returncode or 0, out.decode("utf-8", "replace")
 
 
+def warm_up() -> None:
+    """Load asyncssh now, so that probes in this (long-lived) process use it."""
+    import asyncssh  # noqa: F401 - imported for its side effect on ssh_probe
+
+
+async def _asyncssh_run(ep: Endpoint, command: str, timeout: float) -> tuple[int, str]:
+    """One command over asyncssh, host key pinned: ~25 ms against ~70 ms for a new ssh(1)."""
+    import asyncssh
+
+    try:
+        async with asyncio.timeout(timeout):
+            known = asyncssh.import_known_hosts(
+                Path(ep.known_hosts_file).read_text(encoding="utf-8"))
+            async with asyncssh.connect(
+                ep.host, ep.port, username=ep.user, client_keys=[ep.identity_file],
+                known_hosts=known, agent_path=None, config=None,
+            ) as conn:
+                done = await conn.run(command, check=False)
+    except TimeoutError:
+        return 255, f"timed out after {timeout:.0f}s"
+    except (OSError, asyncssh.Error) as e:
+        return 255, str(e) or type(e).__name__
+    out = "".join(x if isinstance(x, str) else x.decode("utf-8", "replace")
+                  for x in (done.stdout or "", done.stderr or ""))
+    return (done.exit_status if done.exit_status is not None else 255), out
+
+
 async def ssh_probe(ep: Endpoint, *, timeout: float, command: str = "true") -> None:
-    """Retry ``command`` over SSH until it succeeds or ``timeout`` passes."""
+    """Retry ``command`` over SSH until it succeeds or ``timeout`` passes.
+
+    A process that has asyncssh loaded already (``sandboxer serve``) probes with it; a CLI
+    call, where importing asyncssh would cost more than it saves, uses the system client.
+    """
+    run = _asyncssh_run if "asyncssh" in sys.modules else (
+        lambda e, c, t: ssh_run(e, c, timeout=t))
     deadline = time.monotonic() + timeout
     delay = 0.02
     last = ""
@@ -72,7 +107,7 @@ async def ssh_probe(ep: Endpoint, *, timeout: float, command: str = "true") -> N
                 f"SSH to {ep.user}@{ep.host}:{ep.port} did not succeed within {timeout:.0f}s: "
                 f"{last.strip()[-300:] or 'no answer'}"
             )
-        rc, out = await ssh_run(ep, command, timeout=min(remaining, 10.0))
+        rc, out = await run(ep, command, min(remaining, 10.0))
         if rc == 0:
             return
         if any(word in out for word in _PERMANENT):

@@ -128,6 +128,9 @@ class SqliteStore:
     def _setup(self) -> None:
         c = self._conn
         c.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # WAL + NORMAL: commits stay atomic and the file consistent; only the last
+        # transactions before a power cut may be lost (they are replayed by reconcile).
+        c.execute("PRAGMA synchronous = NORMAL")
         if c.execute("PRAGMA user_version").fetchone()[0] == LATEST:
             return
         if c.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
