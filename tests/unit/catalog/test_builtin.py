@@ -56,3 +56,12 @@ def test_scope_catalog_matches_the_shipped_catalog(settings: Settings) -> None:
         assert actor == (p.actor or "-"), pid
         assert route == p.route, pid
         assert description == p.description, pid
+
+
+@pytest.mark.parametrize("doc", ["glas-harness.md", "snuggle-inventor.md"])
+def test_consumer_docs_reference_real_profile_ids(doc: str) -> None:
+    text = (SCOPE.parent / "docs" / "integrations" / doc).read_text()
+    named = set(re.findall(r"`(profile\.[a-z0-9.-]*[a-z0-9])`", text))
+    assert named, f"{doc} names no profile"
+    unknown = named - set(BUILTIN)
+    assert not unknown, f"{doc} names profiles that are not shipped: {unknown}"
