@@ -159,15 +159,16 @@ class Manager:
                 hint="ask for a shorter lease",
             )
         ext = self.extension(profile.extension)
-        ext.parse_spec(profile)
+        spec = ext.parse_spec(profile)
         from sandboxer.reachability import resolve_tunnel
 
         resolve_tunnel(profile.reachability, self.settings.env)  # bad SANDBOXER_TUNNEL_*: exit 4
-        candidates = [t for t in ext.targets(self.settings) if target in (None, t.name)]
+        known = ext.targets(self.settings)
+        candidates = [t for t in known if target in (None, t.name)]
         probed = await asyncio.gather(*(ext.probe(t) for t in candidates))
-        others = [t for t in ext.targets(self.settings) if t not in candidates]
+        others = [t for t in known if t not in candidates]
         chosen = choose([*probed, *others], profile.route, pinned=target)
-        ext.check(profile, ext.parse_spec(profile), chosen, self.catalog.source(profile.id).path)
+        ext.check(profile, spec, chosen, self.catalog.source(profile.id).path)
         checks = await asyncio.to_thread(boundary.check, refs, self.settings) if refs else []
         secrets: dict[str, SecretStr] = {}
         if resolve_secrets and refs:

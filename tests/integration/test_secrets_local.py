@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.canary_support import Cli, leaks
 
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
 
-from .conftest import SANDBOXER, ssh
+from .conftest import ssh
 
 if TYPE_CHECKING:
     from .conftest import KVServer
@@ -34,20 +35,6 @@ pytestmark = pytest.mark.integration
 
 def canary(kind: str) -> str:
     return f"cnry{kind}{secrets.token_hex(12)}"
-
-
-def leaks(canaries: list[str], roots: list[Path]) -> list[str]:
-    """'file: canary' for every file under ``roots`` that holds a canary."""
-    found = []
-    for root in roots:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
-        for f in files:
-            try:
-                data = f.read_bytes()
-            except OSError:
-                continue
-            found += [f"{f}: {c}" for c in canaries if c.encode() in data]
-    return found
 
 
 def command_lines() -> bytes:
@@ -60,17 +47,6 @@ def command_lines() -> bytes:
             except OSError:
                 continue
     return out
-
-
-class Cli:
-    def __init__(self) -> None:
-        self.outputs: list[str] = []
-
-    def __call__(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([SANDBOXER, *argv], capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ), stdin=subprocess.DEVNULL, check=False)
-        self.outputs += [done.stdout, done.stderr]
-        return done
 
 
 def test_canaries_on_ext_local(kv_server: KVServer, local_home: Settings, tmp_path: Path,

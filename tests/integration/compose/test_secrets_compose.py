@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from tests.canary_support import Cli, leaks
 
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
@@ -32,32 +30,6 @@ if TYPE_CHECKING:
     from .conftest import DockerDaemon, SshTarget
 
 pytestmark = pytest.mark.integration
-SANDBOXER = shutil.which("sandboxer", path=os.path.dirname(sys.executable)) or "sandboxer"
-
-
-def leaks(canaries: list[str], roots: list[Path]) -> list[str]:
-    found = []
-    for root in roots:
-        if not root.exists():
-            continue
-        for f in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-            try:
-                data = f.read_bytes()
-            except OSError:
-                continue
-            found += [f"{f}: {c}" for c in canaries if c.encode() in data]
-    return found
-
-
-class Cli:
-    def __init__(self) -> None:
-        self.outputs: list[str] = []
-
-    def __call__(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([SANDBOXER, *argv], capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ), stdin=subprocess.DEVNULL, check=False)
-        self.outputs += [done.stdout, done.stderr]
-        return done
 
 
 def sandbox_ssh(reach: dict[str, Any], command: str, *, tty_input: str | None = None
@@ -96,7 +68,7 @@ def test_canaries_on_ext_compose_ssh(
     (profiles / "cleaky.yaml").write_text(json.dumps(
         {"id": "profile.cleaky", **base, "setup": {
             "instructions": ['echo "leak $TOKEN $ENVTOK"; exit 3'], "secret_refs": refs}}))
-    cli = Cli()
+    cli = Cli(timeout=600)
     added = cli("targets", "add", "tgt", ssh_target.url, "--identity",
                 str(ssh_target.identity_file), "--yes", "--json")
     assert added.returncode == 0, added.stderr

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import re
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +26,13 @@ from sandboxer.extensions.base import (
 )
 from sandboxer.extensions.compose_ssh import override as ov
 from sandboxer.extensions.compose_ssh import secrets as cs
-from sandboxer.extensions.compose_ssh.remote import LocalRunner, Runner, SSHRunner, local_env
+from sandboxer.extensions.compose_ssh.remote import (
+    LocalRunner,
+    Runner,
+    SSHRunner,
+    local_env,
+    tar_stream,
+)
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 
 if TYPE_CHECKING:
@@ -41,38 +45,19 @@ SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 _IMAGE_MISSING = ("pull access denied", "No such image", "manifest unknown",
                   "failed to resolve reference", "repository does not exist",
                   "not found: manifest", "no such host", "toomanyrequests",
-                  "image not found", "No such image")
+                  "image not found")
 
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _tarball(files: dict[str, bytes], mode: int = 0o600) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _key_tarball(host_key: bytes, authorized: str) -> bytes:
     """/etc/sandboxer/{ssh_host_ed25519_key,authorized_keys}, owned by root, for `docker cp`."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        d = tarfile.TarInfo("etc/sandboxer")
-        d.type, d.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(d)
-        # `ready` last: the entrypoint waits for it, and tar writes members in order.
-        for name, data, mode in (("ssh_host_ed25519_key", host_key, 0o600),
-                                 ("authorized_keys", authorized.encode() + b"\n", 0o644),
-                                 ("ready", b"", 0o644)):
-            info = tarfile.TarInfo(f"etc/sandboxer/{name}")
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    # `ready` last: the entrypoint waits for it, and tar writes members in order.
+    return tar_stream([("etc/sandboxer/ssh_host_ed25519_key", host_key, 0o600),
+                       ("etc/sandboxer/authorized_keys", authorized.encode() + b"\n", 0o644),
+                       ("etc/sandboxer/ready", b"", 0o644)], dirs=["etc/sandboxer"])
 
 
 def _container_name(doc: dict[str, Any], service: str, project: str, compose: list[str]
@@ -227,7 +212,8 @@ class ComposeSSHExtension(Extension):
         """Create the sandbox's 0700 directory (and its 0600 files) in one round trip."""
         done = await r.check(
             ["sh", "-c", 'umask 077 && mkdir -p "$1" && cd "$1" && tar -x -o -f - && pwd',
-             "sh", f"{r.base_dir}/{sid}"], input=_tarball(files or {}),
+             "sh", f"{r.base_dir}/{sid}"], input=tar_stream(
+                (name, data, 0o600) for name, data in (files or {}).items()),
             what="creating the sandbox directory")
         return done.out.strip()
 

@@ -7,9 +7,12 @@ is ever interpolated into a shell string. One SSH connection serves a whole oper
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shlex
+import tarfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +20,25 @@ from typing import Any
 
 from sandboxer.errors import ProvisionFailed
 from sandboxer.models.target import TargetConfig
+
+
+def tar_stream(files: Iterable[tuple[str, bytes, int]], dirs: Iterable[str] = ()) -> bytes:
+    """An in-memory tar of ``(path, data, mode)`` files after their ``dirs`` (0755).
+
+    Members are root-owned and written in the order given (an extractor sees them so), for
+    `docker cp -` into a container or `tar -x` into a sandbox directory.
+    """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in dirs:
+            d = tarfile.TarInfo(path)
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(d)
+        for path, data, mode in files:
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 @dataclass

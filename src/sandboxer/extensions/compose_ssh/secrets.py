@@ -19,15 +19,13 @@ no way to add variables from a file at session start (``SetEnv`` values would si
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import SecretStr
 
 from sandboxer.errors import ProvisionFailed
-from sandboxer.extensions.compose_ssh.remote import Runner
+from sandboxer.extensions.compose_ssh.remote import Runner, tar_stream
 
 SECRETS_DIR = "/run/secrets"
 LOADER = "/etc/profile.d/sandboxer-secrets.sh"
@@ -88,18 +86,11 @@ def add_to_override(main: dict[str, Any]) -> None:
 def loader_tarball() -> bytes:
     """The loader, the session wrapper and the sshd drop-in, root-owned, as a tar stream
     for ``docker cp - CID:/``."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, text, mode in ((LOADER, LOADER_TEXT, 0o644), (SESSION, SESSION_TEXT, 0o755),
-                                 (SSHD_DROPIN, SSHD_TEXT, 0o644)):
-            d = tarfile.TarInfo(path.lstrip("/").rsplit("/", 1)[0])
-            d.type, d.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(d)
-            data = text.encode()
-            info = tarfile.TarInfo(path.lstrip("/"))
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    files = [(path.lstrip("/"), text.encode(), mode)
+             for path, text, mode in ((LOADER, LOADER_TEXT, 0o644),
+                                      (SESSION, SESSION_TEXT, 0o755),
+                                      (SSHD_DROPIN, SSHD_TEXT, 0o644))]
+    return tar_stream(files, dirs=dict.fromkeys(p.rsplit("/", 1)[0] for p, _, _ in files))
 
 
 async def install_loader(r: Runner, container: str) -> None:
