@@ -82,3 +82,15 @@ def utcnow() -> datetime:
 def iso(ts: datetime) -> str:
     """RFC 3339 in UTC with a ``Z`` and millisecond precision."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+# glibc's list of variables it drops for setuid programs, less the harmless TMPDIR and TZDIR.
+_LOADER_NAMES = frozenset({
+    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+    "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
+})
+
+
+def is_loader_variable(name: str) -> bool:
+    """True for ``LD_*`` and the other variables that change how a program is loaded."""
+    return name.startswith("LD_") or name in _LOADER_NAMES

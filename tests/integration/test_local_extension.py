@@ -144,12 +144,18 @@ def test_exit_status_propagates(box: tuple[Handle, Endpoint]) -> None:
     assert out.splitlines()[-1] == "20000"
 
 
-def test_fork_bomb_is_contained(box: tuple[Handle, Endpoint]) -> None:
-    _, out = run(box[1], "timeout -s KILL 3 sh -c 'f(){ f|f& }; f' 2>/dev/null; echo done",
-                 timeout=60)
-    assert out.endswith("done\n")
-    assert subprocess.run(["true"], check=False).returncode == 0
-    assert run(box[1], "echo alive") == (0, "alive\n")
+def test_fork_bomb_is_contained(ext: LocalExtension) -> None:
+    # The bomb fills the sandbox's pids bound, never the host's; its session's process
+    # group ends with its connection (the client gives up here), and the sandbox recovers.
+    h, ep = create(ext, LocalSpec.model_validate({"limits": {"processes": 64}}))
+    try:
+        rc, _ = run(ep, "f(){ f|f& }; f; sleep 60", timeout=4)
+        assert rc == 255
+        assert subprocess.run(["true"], check=False).returncode == 0
+        wait_for(lambda: run(ep, "echo alive", timeout=5) == (0, "alive\n"),
+                 "the sandbox to answer again", timeout=20)
+    finally:
+        asyncio.run(ext.destroy(h))
 
 
 def test_pty_session(box: tuple[Handle, Endpoint]) -> None:
@@ -158,8 +164,8 @@ def test_pty_session(box: tuple[Handle, Endpoint]) -> None:
                          check=False, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out
     lines = out.stdout.decode().split()
-    # bwrap binds the session's PTY to /dev/console inside the jail (see jail.py).
-    assert lines[0].startswith("/dev/")
+    # The PTY comes from the jail's own devpts (jail.open_pty), so it has a name inside.
+    assert lines[0].startswith("/dev/pts/")
     assert lines[1] == "interactive"
 
 

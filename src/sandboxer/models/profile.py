@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from sandboxer.models.base import StrictModel
 from sandboxer.models.common import Duration, Labels
 from sandboxer.models.reachability import check_alias_template, check_name, check_port
+from sandboxer.values import is_loader_variable
 
 PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]*(?:\.[a-z0-9][a-z0-9-]*)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,6 +58,10 @@ class SetupSpec(StrictModel):
         for key in v:
             if not ENV_NAME.match(key):
                 raise ValueError(f"expected environment variable names, got {key!r}")
+            if is_loader_variable(key):
+                raise ValueError(
+                    f"{key} changes how the dynamic loader or libc behaves and is refused "
+                    "in setup.env; set it in the command that needs it")
         return v
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from sandboxer.errors import SecretRefInvalid
+from sandboxer.values import is_loader_variable
 
 GRAMMAR = "bao:<mount>/<path>#<field>, env:<VAR> or file:<absolute path>"
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -137,7 +138,7 @@ def parse(
         if not IDENT.match(name):
             problems.append(f"{where}: name is not an identifier")
             continue
-        if name in RESERVED_NAMES or name.startswith("SANDBOXER_"):
+        if name in RESERVED_NAMES or name.startswith("SANDBOXER_") or is_loader_variable(name):
             problems.append(f"{where}: {name} is reserved for the sandbox itself")
             continue
         if name in seen:

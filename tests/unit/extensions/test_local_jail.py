@@ -23,9 +23,10 @@ def session(**kw: object) -> jail.Session:
     return jail.Session(**base)  # type: ignore[arg-type]
 
 
-def argv(**kw: object) -> list[str]:
-    return jail.build_argv(session(**kw), {"/etc/passwd": 5}, bwrap="/usr/bin/bwrap",
-                           layout=LAYOUT)
+def argv(spec: LocalSpec | None = None, secret_fds: dict[str, int] | None = None) -> list[str]:
+    return jail.holder_argv("sbx-1", Path("/w/sbx-1/workspace"), spec or LocalSpec(),
+                            {"/etc/passwd": 5}, seccomp_fd=9, bwrap="/usr/bin/bwrap",
+                            layout=LAYOUT, secret_fds=secret_fds)
 
 
 def pairs(args: list[str], flag: str) -> list[str]:
@@ -40,6 +41,8 @@ def test_spec_defaults() -> None:
     assert spec.limits.processes == 256
     assert spec.limits.open_files == 1024
     assert spec.limits.memory_bytes == 2 << 30
+    assert spec.limits.cpus == 2.0
+    assert spec.limits.disk_bytes == 10 << 30
 
 
 @pytest.mark.parametrize(
@@ -56,10 +59,13 @@ def test_parse_size(text: str, size: int) -> None:
         {"bogus": 1},
         {"limits": {"memory": "lots"}},
         {"limits": {"memory": "1M"}},
-        {"limits": {"cpus": 2}},
+        {"limits": {"cpus": 0}},
+        {"limits": {"disk": "1M"}},
+        {"limits": {"memory": "2G\n"}},
         {"limits": {"processes": 1}},
         {"shell": "sh"},
         {"hostname": "bad host"},
+        {"hostname": "box\n"},
     ],
 )
 def test_spec_rejects(spec: dict[str, object]) -> None:
@@ -68,10 +74,10 @@ def test_spec_rejects(spec: dict[str, object]) -> None:
 
 
 def test_argv_isolates_by_default() -> None:
-    a = argv(command="id -u")
-    assert a[:2] == ["/usr/bin/bwrap", "--unshare-all"]
-    assert "--share-net" not in a
-    for flag in ("--die-with-parent", "--new-session"):
+    a = argv()
+    assert a[0] == "/usr/bin/bwrap"
+    for flag in ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--unshare-net", "--disable-userns", "--die-with-parent", "--new-session"):
         assert flag in a
     # The environment is the child's own (session_env), never bwrap's argv.
     assert "--setenv" not in a
@@ -79,10 +85,13 @@ def test_argv_isolates_by_default() -> None:
     assert pairs(a, "--uid") == ["1000"]
     assert pairs(a, "--gid") == ["1000"]
     assert pairs(a, "--cap-drop") == ["ALL"]
+    assert pairs(a, "--seccomp") == ["9"]
     assert pairs(a, "--hostname") == ["sbx-1"]
     assert pairs(a, "--chdir") == ["/workspace"]
+    assert pairs(a, "--remount-ro") == ["/"]
     assert a[a.index("--bind") + 1:a.index("--bind") + 3] == ["/w/sbx-1/workspace", "/workspace"]
-    assert a[-4:] == ["--", "/bin/sh", "-c", "id -u"]
+    # The jail's one process besides bwrap's init waits; sessions enter it (holder.py).
+    assert a[-3:] == ["--", *jail.HOLDER]
 
 
 def test_argv_system_is_read_only() -> None:
@@ -94,24 +103,34 @@ def test_argv_system_is_read_only() -> None:
     assert a.index("--ro-bind-data") > a.index("/etc")
     for mount in ("--proc", "--dev"):
         assert mount in a
-    assert pairs(a, "--tmpfs") == ["/tmp", "/run"]
+
+
+def test_every_tmpfs_is_sized_by_the_memory_limit() -> None:
+    a = argv(LocalSpec.model_validate({"limits": {"memory": "512M"}}))
+    assert pairs(a, "--tmpfs") == ["/dev/shm", "/tmp", "/run"]
+    assert pairs(a, "--size") == [str(512 << 20)] * 3
+    # --size applies to the mount right after it.
+    for i, word in enumerate(a):
+        if word == "--tmpfs":
+            assert a[i - 2] == "--size"
 
 
 def test_argv_network_and_hostname() -> None:
-    a = argv(spec=LocalSpec(network=True, hostname="box"))
-    assert "--share-net" in a
+    a = argv(LocalSpec(network=True, hostname="box"))
+    assert "--unshare-net" not in a
     assert pairs(a, "--hostname") == ["box"]
 
 
-def test_argv_pty_keeps_session_and_runs_login_shell() -> None:
-    a = argv(pty=True, term="xterm-256color")
-    assert "--new-session" not in a
-    assert a[-3:] == ["--", "/bin/sh", "-l"]
+def test_session_argv_pty_runs_login_shell_in_the_foreground() -> None:
+    assert jail.session_argv(session(pty=True, term="xterm-256color")) == [
+        *jail.SPAWNER, "--foreground", "0", "/bin/sh", "-l"]
     assert jail.session_env(session(pty=True, term="xterm-256color"))["TERM"] == "xterm-256color"
 
 
-def test_argv_shell_without_command_reads_stdin() -> None:
-    assert argv()[-2:] == ["--", "/bin/sh"]
+def test_session_argv_runs_the_command_or_reads_stdin() -> None:
+    assert jail.session_argv(session(command="id -u")) == [*jail.SPAWNER, "0", "/bin/sh",
+                                                           "-c", "id -u"]
+    assert jail.session_argv(session()) == [*jail.SPAWNER, "0", "/bin/sh"]
 
 
 def test_env_is_clean_and_reserved_names_win() -> None:
@@ -132,9 +151,8 @@ def test_secrets_are_in_the_environment_and_files_never_in_argv() -> None:
     assert value not in repr(s)
     files = jail.secret_files({"TOKEN": value})
     assert files == {"/run/secrets/TOKEN": value.encode()}
-    a = jail.build_argv(s, {"/etc/passwd": 5}, bwrap="bwrap", layout=LAYOUT,
-                        secret_fds={"/run/secrets/TOKEN": 7})
-    assert not any(value in word for word in a)
+    a = argv(secret_fds={"/run/secrets/TOKEN": 7})
+    assert not any(value in word for word in [*a, *jail.session_argv(s)])
     i = a.index("/run/secrets/TOKEN")
     assert a[i - 4:i + 1] == ["--perms", "0400", "--ro-bind-data", "7", "/run/secrets/TOKEN"]
     # /run/secrets is made inside the /run tmpfs, after it is mounted.
@@ -156,9 +174,11 @@ def test_etc_files_resolve_the_user() -> None:
 def test_rlimits_follow_the_spec() -> None:
     spec = LocalSpec.model_validate({"limits": {"processes": 64, "memory": "512M",
                                                 "open_files": 256}})
-    assert dict(jail.rlimits(spec)) == {
-        resource.RLIMIT_NPROC: 64, resource.RLIMIT_AS: 512 << 20, resource.RLIMIT_NOFILE: 256,
-    }
+    base = {resource.RLIMIT_NPROC: 64, resource.RLIMIT_NOFILE: 256, resource.RLIMIT_CORE: 0}
+    assert dict(jail.rlimits(spec, memory_cgroup=True)) == base
+    # Without a memory cgroup, the per-process address-space limit stands in.
+    assert dict(jail.rlimits(spec, memory_cgroup=False)) == {
+        **base, resource.RLIMIT_AS: 512 << 20}
 
 
 def test_host_layout(tmp_path: Path) -> None:

@@ -33,8 +33,9 @@ from typing import Any
 import asyncssh
 
 from sandboxer.config import Settings
-from sandboxer.extensions.local import control, jail
+from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
+from sandboxer.extensions.local.holder import Jail
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.secrets import redaction
@@ -54,6 +55,7 @@ class Daemon:
         self.ops_lock = asyncio.Lock()
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
+        self.cgroups = cgroups.detect()
         self.idle_exit = float(settings.env.get("SANDBOXER_LOCAL_IDLE_EXIT", "3"))
         self._store: Any = None
         self._manager: Any = None
@@ -144,9 +146,35 @@ class Daemon:
             secrets_missing=[str(n) for n in req.get("secret_names") or [] if n not in secrets],
         )
         host_key = asyncssh.read_private_key(str(req["host_key_path"]))
-        sb.acceptor = await asyncssh.listen(
+        sb.jail = self._jail(sb)
+        await sb.jail.start()
+        try:
+            sb.acceptor = await self._listen(sb, host_key, int(req.get("port") or 0))
+        except BaseException:
+            await sb.jail.stop()
+            raise
+        self.sandboxes[sid] = sb
+        redaction.register(secrets.values())
+        log.info("serving %s on 127.0.0.1:%d (host uid %d, jail pid %d)", sid, sb.port,
+                 sb.host_uid, sb.jail.holder_pid)
+        if sb.secrets_missing:
+            log.warning("%s is served without its secrets %s: they lived only in the memory "
+                        "of the endpoint that stopped; recreate the sandbox to get them back",
+                        sid, ", ".join(sb.secrets_missing))
+        return sb.port
+
+    def _jail(self, sb: Sandbox) -> Jail:
+        return Jail(sandbox_id=sb.id, user=sb.user, workspace=sb.workspace,
+                    host_uid=sb.host_uid, spec=sb.spec, bwrap=self.bwrap or "bwrap",
+                    root=self.root,
+                    cgroup=self.cgroups.sandbox(sb.id) if self.cgroups else None,
+                    secrets=sb.secrets)
+
+    async def _listen(self, sb: Sandbox, host_key: asyncssh.SSHKey,
+                      port: int) -> asyncssh.SSHAcceptor:
+        return await asyncssh.listen(
             host="127.0.0.1",
-            port=int(req.get("port") or 0),
+            port=port,
             reuse_address=True,
             server_host_keys=[host_key],
             server_factory=partial(SSHServer, sb),
@@ -159,14 +187,6 @@ class Daemon:
             x11_forwarding=False,
             login_timeout=30,
         )
-        self.sandboxes[sid] = sb
-        redaction.register(secrets.values())
-        log.info("serving %s on 127.0.0.1:%d (host uid %d)", sid, sb.port, sb.host_uid)
-        if sb.secrets_missing:
-            log.warning("%s is served without its secrets %s: they lived only in the memory "
-                        "of the endpoint that stopped; recreate the sandbox to get them back",
-                        sid, ", ".join(sb.secrets_missing))
-        return sb.port
 
     async def _remove(self, sid: str) -> None:
         sb = self.sandboxes.pop(sid, None)
@@ -183,6 +203,8 @@ class Daemon:
             server.connection_lost(None)
         if procs:
             await asyncio.wait([asyncio.create_task(p.wait()) for p in procs], timeout=3)
+        if sb.jail is not None:
+            await sb.jail.stop()
         log.info("removed %s", sid)
 
     # -- sessions ---------------------------------------------------------------------
@@ -223,7 +245,24 @@ class Daemon:
             except Exception:
                 log.exception("restoring %s failed", sid)
 
+    async def _revive_jails(self) -> None:
+        """A jail that died under a live sandbox (killed, OOM) starts again, empty."""
+        for sb in list(self.sandboxes.values()):
+            if sb.jail is None or sb.jail.alive:
+                continue
+            log.warning("the jail of %s ended; starting it again", sb.id)
+            async with self.ops_lock:
+                if self.sandboxes.get(sb.id) is not sb:
+                    continue
+                await sb.jail.stop()
+                sb.jail = self._jail(sb)
+                try:
+                    await sb.jail.start()
+                except Exception as e:
+                    self._warn_once(f"restarting the jail of {sb.id}", e)
+
     async def _housekeeping(self) -> None:
+        await self._revive_jails()
         try:
             ids = list(self.sandboxes)
             if ids:

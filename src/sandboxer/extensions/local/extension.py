@@ -28,11 +28,12 @@ from sandboxer.extensions.base import (
     Target,
     key_paths,
 )
-from sandboxer.extensions.local import control
+from sandboxer.extensions.local import cgroups, control, disk
 from sandboxer.extensions.local.spec import LocalSpec
 
 TARGET = "local"
 UID_SPAN = 65536
+_SHARED_LOCAL = "/var/lib/sandboxer/local"  # config.Settings.local_root for root homes
 
 
 def _claims_dir(settings: Settings) -> Path:
@@ -180,6 +181,7 @@ class LocalExtension(Extension):
         try:
             # Concurrent creates of every home on this machine serialise here.
             fcntl.flock(fd, fcntl.LOCK_EX)
+            _make_private_dirs(s.local_root)  # again: a destroy may have removed it
             taken = set(_proc_uids()) | _claimed_uids(claims)
             for other in self._dirs():
                 with contextlib.suppress(OSError):
@@ -224,6 +226,10 @@ class LocalExtension(Extension):
                 await starting
             raise
         try:
+            if self._root and disk.available() is None:
+                req.progress(f"making a {spec.limits.disk} workspace")
+                await asyncio.to_thread(disk.create, d, spec.limits.disk_bytes, host_uid)
+                await asyncio.to_thread(disk.mount, d, ws)
             req.progress("generating keys")
             keys = _keys.generate(s, sid)
             await starting
@@ -306,10 +312,34 @@ class LocalExtension(Extension):
             # Only ever a uid from our private range: never root's or a real user's.
             if isinstance(uid, int) and base <= uid < base + UID_SPAN:
                 kill_uid(uid)
-                _rmtree(d)
+                self._teardown(sid, d)
                 _release_uid(s, uid, d)
-        _rmtree(d)
+        self._teardown(sid, d)
         _keys.remove(s, sid)
+        self._drop_empty_root()
+
+    def _teardown(self, sandbox_id: str, d: Path) -> None:
+        """What a sandbox leaves on the host once its processes are gone."""
+        if self._root:
+            hierarchy = cgroups.detect()
+            if hierarchy is not None:
+                hierarchy.sandbox(sandbox_id).remove()
+            disk.unmount(d / "workspace")
+        _rmtree(d)
+
+    def _drop_empty_root(self) -> None:
+        """The per-home directory under /var/lib/sandboxer/local goes with its last sandbox."""
+        root = self.settings.local_root
+        if not self._root or root.parent != Path(_SHARED_LOCAL):
+            return
+        claims = _claims_dir(self.settings)
+        with contextlib.suppress(OSError):
+            fd = os.open(claims / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # creates make their dirs under this lock
+                root.rmdir()
+            finally:
+                os.close(fd)
 
     @override
     async def owned(self, target: Target) -> list[Handle]:

@@ -1,10 +1,10 @@
-"""The bubblewrap jail: argv, environment, generated files and the child's rlimits.
+"""The bubblewrap jail: argv of the jail and of its sessions, environment, generated files.
 
-Argument arrays only, never shell strings. ``build_argv``, ``session_env`` and
-``etc_files`` are pure; the small helpers below them create the fds a spawn needs. The
-environment is never on bwrap's command line (argv is world-readable in /proc): the
-caller passes ``session_env`` as the child's whole environment, and secret files reach
-``/run/secrets`` through pipes (``--ro-bind-data FD``).
+Argument arrays only, never shell strings. ``holder_argv``, ``session_argv``,
+``session_env`` and ``etc_files`` are pure; the small helpers below them create the fds a
+spawn needs. The environment is never on a command line (argv is world-readable in
+/proc): a session's process gets ``session_env`` as its whole environment, and secret
+files reach ``/run/secrets`` through pipes (``--ro-bind-data FD``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import resource
 import struct
 import termios
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,29 +118,36 @@ def jail_env(s: Session) -> dict[str, str]:
     return env
 
 
-def build_argv(
-    s: Session,
+def holder_argv(
+    sandbox_id: str,
+    workspace: Path,
+    spec: LocalSpec,
     data_fds: Mapping[str, int],
     *,
+    seccomp_fd: int,
     bwrap: str = "bwrap",
     layout: Sequence[tuple[str, str | None]] | None = None,
     secret_fds: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """The full ``bwrap`` command line for one session (no environment: see session_env).
+    """The ``bwrap`` command line of a sandbox's jail: its namespaces, filesystem and init.
 
-    ``data_fds`` maps a path inside the jail (e.g. /etc/passwd) to a readable fd whose
-    content bwrap copies in (``--ro-bind-data``); ``secret_fds`` does the same for
-    ``/run/secrets/NAME`` files (read-only, 0400, in the jail's /run tmpfs). The caller
-    passes those fds to the child.
+    The jail lives as long as the sandbox: bwrap's own pid 1 reaps orphans and its one
+    child (``HOLDER``) waits; every SSH session enters these namespaces (holder.py), so
+    what one session starts in the background the next one sees. ``data_fds`` maps a path
+    inside (e.g. /etc/passwd) to a readable fd whose content bwrap copies in
+    (``--ro-bind-data``); ``secret_fds`` does the same for ``/run/secrets/NAME`` (0400, in
+    the /run tmpfs). Every tmpfs is sized, so even without a memory cgroup none of them
+    can take more than ``limits.memory``. No environment here: argv is world-readable.
     """
-    argv = [bwrap, "--unshare-all"]
-    if s.spec.network:
-        argv.append("--share-net")
-    argv.append("--die-with-parent")
-    if not s.pty:
-        # Without a PTY the jail gets its own session: no TIOCSTI into the caller's terminal.
-        argv.append("--new-session")
+    tmpfs = str(spec.limits.memory_bytes)
+    argv = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    if not spec.network:
+        argv.append("--unshare-net")
+    # A nested user namespace with a full capability set is a large attack surface.
+    argv += ["--disable-userns", "--die-with-parent", "--new-session"]
     argv += ["--uid", str(JAIL_UID), "--gid", str(JAIL_UID), "--cap-drop", "ALL"]
+    argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name, target in host_layout() if layout is None else layout:
         if target is None:
@@ -150,48 +157,51 @@ def build_argv(
     argv += ["--ro-bind", "/etc", "/etc"]
     for path, fd in sorted(data_fds.items()):
         argv += ["--ro-bind-data", str(fd), path]
-    # With a PTY on stdio, --dev binds it to /dev/console (so `tty` says /dev/console): the
-    # jail's fresh devpts cannot hold the host's slave, and a fresh one keeps ptmx private.
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # noqa: S108
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for mount in ("/dev/shm", "/tmp", "/run"):  # noqa: S108 - inside the jail
+        argv += ["--size", tmpfs, "--tmpfs", mount]
     if secret_fds:
         argv += ["--perms", "0755", "--dir", SECRETS_DIR]
         for path, fd in sorted(secret_fds.items()):
             argv += ["--perms", "0400", "--ro-bind-data", str(fd), path]
-    argv += ["--bind", str(s.workspace), JAIL_HOME, "--chdir", JAIL_HOME]
-    argv += ["--hostname", s.spec.hostname or s.sandbox_id[:63]]
-    argv.append("--")
-    if s.command is not None:
-        argv += [s.spec.shell, "-c", s.command]
-    elif s.pty:
-        argv += [s.spec.shell, "-l"]
-    else:
-        argv.append(s.spec.shell)
+    argv += ["--bind", str(workspace), JAIL_HOME, "--chdir", JAIL_HOME]
+    argv += ["--remount-ro", "/"]
+    argv += ["--hostname", spec.hostname or sandbox_id[:63]]
+    argv += ["--", *HOLDER]
     return argv
 
 
-def rlimits(spec: LocalSpec) -> list[tuple[int, int]]:
+# The jail's one long-lived process besides bwrap's init: it only waits.
+HOLDER = ("/usr/bin/sleep", "infinity")
+# What a session execs once it stands inside the jail: coreutils' timeout with no limit
+# forks the command into the jail's pid namespace (entering it applies to children only),
+# forwards the signals it gets to the command's process group, and exits as the command
+# did (re-raising a fatal signal). It runs as the jail's uid under its seccomp filter.
+SPAWNER = ("/usr/bin/timeout",)
+
+
+def session_argv(s: Session) -> list[str]:
+    """The command line of one session, run from inside the jail (see SPAWNER)."""
+    if s.pty:
+        # --foreground: the command stays in the terminal's foreground process group.
+        argv = [*SPAWNER, "--foreground", "0", s.spec.shell]
+        return [*argv, "-c", s.command] if s.command is not None else [*argv, "-l"]
+    argv = [*SPAWNER, "0", s.spec.shell]
+    return [*argv, "-c", s.command] if s.command is not None else argv
+
+
+def rlimits(spec: LocalSpec, *, memory_cgroup: bool) -> list[tuple[int, int]]:
+    """Per-process limits; RLIMIT_AS only stands in where no memory cgroup bounds the jail
+    (it is per process, and breaks runtimes that reserve address space, such as GHC's)."""
     lim = spec.limits
-    return [
+    out = [
         (resource.RLIMIT_NPROC, lim.processes),
-        (resource.RLIMIT_AS, lim.memory_bytes),
         (resource.RLIMIT_NOFILE, lim.open_files),
+        (resource.RLIMIT_CORE, 0),
     ]
-
-
-def make_preexec(spec: LocalSpec, *, pty: bool) -> Callable[[], None]:
-    """The child's last step before exec (after setuid in CPython): rlimits, controlling tty.
-
-    RLIMIT_NPROC counts per real uid, which is why each sandbox gets its own host uid.
-    """
-    limits = rlimits(spec)
-
-    def preexec() -> None:
-        for which, value in limits:
-            resource.setrlimit(which, (value, value))
-        if pty:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    return preexec
+    if not memory_cgroup:
+        out.append((resource.RLIMIT_AS, lim.memory_bytes))
+    return out
 
 
 def data_pipes(files: Mapping[str, bytes]) -> dict[str, int]:
@@ -218,18 +228,29 @@ def close_fds(fds: Iterable[int]) -> None:
             os.close(fd)
 
 
-def open_pty(cols: int, rows: int, owner_uid: int | None) -> tuple[int, int, str]:
-    """A PTY pair sized for the client; the slave is handed to the jail's uid like sshd does."""
-    master, slave = os.openpty()
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+
+
+def open_pty(cols: int, rows: int, owner_uid: int | None,
+             ptmx: str = "/dev/ptmx") -> tuple[int, int]:
+    """A PTY pair sized for the client, from the devpts instance of ``ptmx``.
+
+    A session passes its jail's own ``/dev/ptmx`` (through /proc/PID/root), so the slave
+    exists inside the jail as /dev/pts/N and ``tty`` names it. The slave is handed to the
+    sandbox's uid like sshd does.
+    """
+    master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY)
+    slave = -1
     try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
         if cols and rows:
             fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        path = os.ttyname(slave)
         if owner_uid is not None:
-            os.chown(path, owner_uid, -1)
-            os.chmod(path, 0o620)
+            os.fchown(slave, owner_uid, -1)
+            os.fchmod(slave, 0o620)
     except BaseException:
-        os.close(master)
-        os.close(slave)
+        close_fds([master, slave] if slave >= 0 else [master])
         raise
-    return master, slave, path
+    return master, slave

@@ -1,8 +1,10 @@
 """SSH sessions of ext.local sandboxes: the per-connection server and the jailed process.
 
-Every session — an exec request or an interactive PTY — runs in its own bwrap jail (see
-jail.py) under the sandbox's unprivileged host uid, with its environment (secrets
-included) passed as the child's own environment, never on a command line.
+Every session — an exec request or an interactive PTY — enters the sandbox's one jail
+(holder.py) as its unprivileged user, with its environment (secrets included) passed as
+the process's own environment, never on a command line. A session's process group ends
+with its connection; what it started in the background in its own group (``setsid``,
+``nohup … &`` from a PTY shell) lives on until the sandbox stops, as with sshd.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import asyncssh
 
 from sandboxer.extensions.local import jail
+from sandboxer.extensions.local.holder import Jail
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ class Sandbox:
     conns: set[SSHServer] = field(default_factory=set)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     secrets_missing: list[str] = field(default_factory=list)
+    jail: Jail | None = None
 
     @property
     def port(self) -> int:
@@ -56,10 +61,9 @@ class SSHServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sb.conns.discard(self)
-        # A client that goes away must not leave its jailed processes running.
+        # A client that goes away ends its sessions' process groups, as a hang-up would.
         for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            kill_session(proc)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -77,9 +81,16 @@ class SSHServer(asyncssh.SSHServer):
         return username == self.sb.user and key.public_data == self.sb.client_key.public_data
 
 
+def kill_session(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a session's process group (its spawner leads it); gone already is fine."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
-                      bwrap: str | None, root: bool) -> None:
-    """One SSH session (exec or PTY) of a sandbox, run inside a fresh bwrap jail."""
+                      bwrap: str | None = None, root: bool = False) -> None:
+    """One SSH session (exec or PTY) of a sandbox, run inside the sandbox's jail."""
     if process.subsystem:
         process.stderr.write(b"subsystems are not supported\n")
         process.exit(1)
@@ -91,31 +102,26 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
         env["SANDBOXER_SECRETS_MISSING"] = ",".join(sb.secrets_missing)
     s = jail.Session(sb.id, sb.user, sb.workspace, sb.spec, command=process.command,
                      term=term, pty=pty, env=env, secrets=sb.secrets)
-    bwrap = bwrap or "bwrap"
-    fds = jail.data_pipes(jail.etc_files(sb.user, sb.spec.hostname or sb.id, sb.spec.shell))
-    try:
-        secret_fds = jail.data_pipes(jail.secret_files(sb.secrets))
-    except BaseException:
-        jail.close_fds(fds.values())
-        raise
-    kw: dict[str, Any] = {
-        "pass_fds": (*fds.values(), *secret_fds.values()),
-        "preexec_fn": jail.make_preexec(sb.spec, pty=pty),
-        # The whole environment, secrets included: never bwrap --setenv (argv).
-        "env": jail.session_env(s),
-    }
-    if root:
-        kw.update(user=sb.host_uid, group=sb.host_uid, extra_groups=[])
     master = slave = -1
     pipes: list[int] = []
     ours: tuple[int, int, int] = (-1, -1, -1)
     try:
-        argv = jail.build_argv(s, fds, bwrap=bwrap, secret_fds=secret_fds)
+        if sb.jail is None:
+            raise OSError("the sandbox's jail is not running")
+        kw: dict[str, Any] = {
+            "pass_fds": sb.jail.fds(),
+            "preexec_fn": sb.jail.enter(pty=pty),
+            # The whole environment, secrets included: never on a command line.
+            "env": jail.session_env(s),
+            "start_new_session": True,
+        }
+        argv = jail.session_argv(s)
         if pty:
             cols, rows, _, _ = process.term_size
-            master, slave, _ = jail.open_pty(cols, rows, sb.host_uid if root else None)
+            master, slave = jail.open_pty(cols, rows, sb.host_uid if root else None,
+                                          ptmx=f"/proc/{sb.jail.holder_pid}/root/dev/ptmx")
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, **kw)
+                *argv, stdin=slave, stdout=slave, stderr=slave, **kw)
         else:
             # Plain pipes (not asyncio streams): asyncssh owns and closes our ends.
             for _ in range(3):
@@ -133,8 +139,7 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
         process.exit(255)
         return
     finally:
-        jail.close_fds([*fds.values(), *secret_fds.values(),
-                        *([slave] if slave >= 0 else []), *pipes])
+        jail.close_fds([*([slave] if slave >= 0 else []), *pipes])
     owner = process.get_extra_info("connection").get_owner()
     owner.procs.add(proc)
     tty_in = None
@@ -155,8 +160,7 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     finally:
         owner.procs.discard(proc)
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            kill_session(proc)
             await proc.wait()
         # Lets asyncssh finish its per-redirect cleanup instead of dropping coroutines.
         with contextlib.suppress(Exception):

@@ -8,36 +8,57 @@ from pydantic import Field, field_validator
 
 from sandboxer.models.base import StrictModel
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r" *(\d{1,15}) *([KMGT]?)i?B? *", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
 def parse_size(value: str) -> int:
     """``"2G"`` -> bytes; K/M/G/T suffixes are binary multiples."""
-    m = _SIZE.match(value)
+    m = _SIZE.fullmatch(value)
     if not m:
         raise ValueError(f"expected a size like 512M or 2G, got {value!r}")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
-class LocalLimits(StrictModel):
-    """Resource limits applied to every process of the sandbox (rlimits)."""
+def _at_least(v: str, floor: int, what: str) -> str:
+    if parse_size(v) < floor:
+        raise ValueError(f"{what} must be at least {floor >> 20}M, got {v!r}")
+    return v
 
-    processes: int = Field(256, ge=8, description="RLIMIT_NPROC for the sandbox's host uid")
-    memory: str = Field("2G", description="RLIMIT_AS per process, e.g. 512M or 2G")
-    open_files: int = Field(1024, ge=16, description="RLIMIT_NOFILE")
+
+class LocalLimits(StrictModel):
+    """Bounds of the whole sandbox: every process of every session, and what they write.
+
+    ``memory``, ``cpus`` and ``processes`` are one cgroup per sandbox where the host offers
+    one (docs/security.md; ``sandboxer doctor`` says which); ``disk`` is the size of the
+    filesystem image mounted on /workspace (root only).
+    """
+
+    processes: int = Field(256, ge=8, le=1 << 22,
+                           description="tasks in the sandbox (pids cgroup, RLIMIT_NPROC)")
+    memory: str = Field("2G", description="memory of the whole sandbox, tmpfs pages included")
+    cpus: float = Field(2.0, gt=0, le=1024, description="CPU time, in cores (cgroup quota)")
+    disk: str = Field("10G", description="size of /workspace (a filesystem image when root)")
+    open_files: int = Field(1024, ge=16, le=1 << 20, description="RLIMIT_NOFILE")
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: str) -> str:
-        if parse_size(v) < 64 << 20:
-            raise ValueError(f"memory must be at least 64M, got {v!r}")
-        return v
+        return _at_least(v, 64 << 20, "memory")
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: str) -> str:
+        return _at_least(v, 64 << 20, "disk")
 
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_size(self.disk)
 
 
 class LocalSpec(StrictModel):
@@ -58,6 +79,6 @@ class LocalSpec(StrictModel):
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, v: str | None) -> str | None:
-        if v is not None and not _HOSTNAME.match(v):
+        if v is not None and not _HOSTNAME.fullmatch(v):
             raise ValueError(f"expected a hostname label (letters, digits, -), got {v!r}")
         return v

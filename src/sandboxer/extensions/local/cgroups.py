@@ -1,0 +1,214 @@
+"""One cgroup per ext.local sandbox: memory, CPU and pids of every process it runs.
+
+Hosts differ: pure cgroup v2 (one hierarchy at /sys/fs/cgroup), or a hybrid with v1
+controllers under /sys/fs/cgroup/<controller> and v2 at /sys/fs/cgroup/unified holding
+none of them. ``detect`` picks v2 when it offers the memory controller, else the v1
+hierarchies of memory, cpu and pids (freezer too, for pause), else nothing — then the
+jail falls back to per-process rlimits and ``sandboxer doctor`` says so.
+
+v2 sandboxes live under ``<root>/sandboxer/`` (the root cgroup may hold processes, a child
+of ours may not, so the parent is the hierarchy's root); v1 ones under the endpoint's own
+cgroup of each controller, so a limit the host puts on sand-boxer still covers them.
+Only root manages cgroups here: a non-root endpoint gets no delegation it could rely on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+PERIOD_US = 100_000
+GROUP = "sandboxer"
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Where this host's sandbox cgroups go: ``parents`` by controller (one for v2)."""
+
+    version: int  # 1 or 2
+    parents: dict[str, Path]
+
+    def describe(self) -> str:
+        if self.version == 2:
+            return f"cgroup v2 under {self.parents['memory']}"
+        return "cgroup v1 (" + ", ".join(f"{c} under {p}" for c, p in self.parents.items()) + ")"
+
+    def sandbox(self, sandbox_id: str) -> SandboxCgroup:
+        return SandboxCgroup(self.version, {c: p / sandbox_id for c, p in self.parents.items()})
+
+
+@dataclass(frozen=True)
+class SandboxCgroup:
+    """The cgroup directories of one sandbox, by controller (v2: all the same one)."""
+
+    version: int
+    dirs: dict[str, Path]
+
+    @property
+    def unique_dirs(self) -> list[Path]:
+        return sorted(set(self.dirs.values()))
+
+    def create(self, *, memory: int, cpus: float, pids: int) -> None:
+        """Make the directories and write the limits; an existing one is reused."""
+        for d in self.unique_dirs:
+            d.mkdir(mode=0o755, parents=False, exist_ok=True)
+        quota = max(1000, int(cpus * PERIOD_US))
+        if self.version == 2:
+            d = self.dirs["memory"]
+            _write(d / "memory.max", str(memory))
+            _write_if_present(d / "memory.swap.max", "0")
+            if "cpu" in self.dirs:
+                _write(d / "cpu.max", f"{quota} {PERIOD_US}")
+            if "pids" in self.dirs:
+                _write(d / "pids.max", str(pids))
+            return
+        if "memory" in self.dirs:
+            m = self.dirs["memory"]
+            _write(m / "memory.limit_in_bytes", str(memory))
+            # Swap counts too (memsw >= limit, so written second): no way round the bound.
+            _write_if_present(m / "memory.memsw.limit_in_bytes", str(memory))
+        if "cpu" in self.dirs:
+            _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(PERIOD_US))
+            _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(quota))
+        if "pids" in self.dirs:
+            _write(self.dirs["pids"] / "pids.max", str(pids))
+
+    def join_self(self) -> None:
+        """Move the calling process into every directory; for a child's preexec step."""
+        pid = str(os.getpid())
+        for d in self.unique_dirs:
+            with open(d / "cgroup.procs", "w") as f:
+                f.write(pid)
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in self.unique_dirs:
+            with contextlib.suppress(OSError):
+                out |= {int(x) for x in (d / "cgroup.procs").read_text().split()}
+        return out
+
+    def memory_limit(self) -> int | None:
+        name = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+        try:
+            return int((self.dirs["memory"] / name).read_text().strip())
+        except (KeyError, OSError, ValueError):
+            return None
+
+    def kill(self, timeout: float = 3.0) -> None:
+        """SIGKILL every process in the sandbox until none is left (forks race the loop)."""
+        kill_file = self.dirs.get("memory", Path("/nonexistent")) / "cgroup.kill"
+        if self.version == 2 and kill_file.exists():
+            _write(kill_file, "1")
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while pids := self.pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise OSError(f"processes survive SIGKILL in {self.unique_dirs}: {sorted(pids)}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def remove(self) -> None:
+        """Kill what is left and remove the directories; absent is fine."""
+        if not any(d.exists() for d in self.unique_dirs):
+            return
+        self.kill()
+        for d in self.unique_dirs:
+            for _ in range(50):  # a killed task leaves the cgroup a moment after it dies
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _write_if_present(path: Path, value: str) -> None:
+    if path.exists():
+        _write(path, value)
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
+    """(mount root, mount point, fs type, super options) of every cgroup mount."""
+    out = []
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+            continue
+        out.append((fields[3], fields[4], rfields[0], set(rfields[2].split(","))))
+    return out
+
+
+def detect(*, proc: Path = Path("/proc/self"), root_only: bool = True) -> Hierarchy | None:
+    """This host's cgroup layout for sandboxes, or None when we cannot manage one."""
+    if root_only and os.geteuid() != 0:
+        return None
+    try:
+        mounts = _mounts((proc / "mountinfo").read_text())
+        own = dict(_own_paths((proc / "cgroup").read_text()))
+    except OSError:
+        return None
+    for mroot, point, fstype, _opts in mounts:
+        if fstype != "cgroup2" or mroot != "/":
+            continue
+        base = Path(point)
+        try:
+            available = set((base / "cgroup.controllers").read_text().split())
+        except OSError:
+            continue
+        if "memory" not in available:
+            continue
+        parent = base / GROUP
+        wanted = [c for c in V2_CONTROLLERS if c in available]
+        try:
+            parent.mkdir(mode=0o755, exist_ok=True)
+            enable = " ".join(f"+{c}" for c in wanted)
+            _write(base / "cgroup.subtree_control", enable)
+            _write(parent / "cgroup.subtree_control", enable)
+        except OSError:
+            return None
+        return Hierarchy(2, dict.fromkeys(wanted, parent))
+    parents: dict[str, Path] = {}
+    for controller in V1_CONTROLLERS:
+        for mroot, point, fstype, opts in mounts:
+            if fstype != "cgroup" or controller not in opts or controller not in own:
+                continue
+            rel = os.path.relpath(own[controller], mroot) if own[controller] != mroot else "."
+            if rel.startswith(".."):
+                continue  # our cgroup is outside what this mount shows
+            parent = Path(point) / rel / GROUP
+            try:
+                parent.mkdir(mode=0o755, exist_ok=True)
+            except OSError:
+                continue
+            parents[controller] = parent
+            break
+    if "memory" not in parents:
+        return None
+    return Hierarchy(1, parents)
+
+
+def _own_paths(text: str) -> list[tuple[str, str]]:
+    """(controller, path) pairs of /proc/self/cgroup; v1 lines may name several."""
+    out = []
+    for line in text.splitlines():
+        _, names, path = line.split(":", 2)
+        for name in names.split(","):
+            if name:
+                out.append((name, path))
+    return out

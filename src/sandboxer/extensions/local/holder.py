@@ -1,0 +1,257 @@
+"""A sandbox's one jail: started once, entered by every SSH session, stopped with it.
+
+``Jail.start`` runs bwrap (jail.holder_argv) in the sandbox's cgroup as its host uid and
+keeps open the namespaces of the jail's waiting child: its user namespace (and that one's
+parent, which owns the others), mount, pid, net, ipc, uts and cgroup namespaces, and its
+root directory. Fds, not pids, so a recycled pid can never point a session elsewhere.
+
+``Jail.enter`` is a session's preexec step, run in the forked child while it is still
+the endpoint's user: join the cgroup, enter the namespaces (the parent user namespace
+first, which owns the others, then the jail's own), chroot to the jail's root, drop the
+capability bounding set, become the jail user, set rlimits, then no_new_privs and the
+seccomp filter. What it execs (jail.SPAWNER) is the jail's own binary running as the jail
+user: nothing in the profile's environment reaches a host-side program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import resource
+import signal
+import termios
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandboxer.extensions.local import disk, jail, seccomp
+from sandboxer.extensions.local.cgroups import SandboxCgroup
+from sandboxer.extensions.local.spec import LocalSpec
+
+log = logging.getLogger(__name__)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NS_GET_PARENT = 0xB702
+PR_CAPBSET_DROP = 24
+# Entered after the parent user namespace, before the jail's own (which owns none of them).
+_ORDER = (("mnt", CLONE_NEWNS), ("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC),
+          ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP), ("pid", CLONE_NEWPID))
+_START_TIMEOUT = 10.0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class JailError(OSError):
+    """The jail did not start, or is gone."""
+
+
+@dataclass
+class Namespaces:
+    """Open fds of a running jail's namespaces and root directory."""
+
+    fds: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pid: int) -> Namespaces:
+        ns = cls()
+        try:
+            ns.fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+            ns.fds["user_parent"] = fcntl.ioctl(ns.fds["user"], NS_GET_PARENT)
+            os.set_inheritable(ns.fds["user_parent"], False)
+            for name, _flag in _ORDER:
+                ns.fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY)
+            ns.fds["root"] = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            ns.close()
+            raise
+        return ns
+
+    def close(self) -> None:
+        jail.close_fds(self.fds.values())
+        self.fds.clear()
+
+
+def _setns(fd: int, flag: int, what: str) -> None:
+    if _libc.setns(fd, flag) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"entering the jail's {what} namespace: {os.strerror(err)}")
+
+
+@dataclass(eq=False)
+class Jail:
+    """The long-lived namespaces of one sandbox (see the module docstring)."""
+
+    sandbox_id: str
+    user: str
+    workspace: Path
+    host_uid: int
+    spec: LocalSpec
+    bwrap: str
+    root: bool                      # the endpoint runs as root: drop to host_uid
+    cgroup: SandboxCgroup | None
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    proc: asyncio.subprocess.Process | None = None
+    holder_pid: int = 0
+    ns: Namespaces = field(default_factory=Namespaces)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None and bool(self.ns.fds)
+
+    def _limits(self) -> list[tuple[int, int]]:
+        return jail.rlimits(self.spec, memory_cgroup=self.cgroup is not None
+                            and "memory" in self.cgroup.dirs)
+
+    async def start(self) -> None:
+        """Start bwrap and wait for its waiting child; raises JailError when it fails."""
+        sandbox_dir = self.workspace.parent
+        if disk.image_path(sandbox_dir).exists():
+            await asyncio.to_thread(disk.mount, sandbox_dir, self.workspace)
+        if self.cgroup is not None:
+            lim = self.spec.limits
+            self.cgroup.create(memory=lim.memory_bytes, cpus=lim.cpus, pids=lim.processes)
+        fds = jail.data_pipes(jail.etc_files(self.user, self.spec.hostname or self.sandbox_id,
+                                             self.spec.shell))
+        try:
+            fds |= {f"secret:{k}": v for k, v in
+                    jail.data_pipes(jail.secret_files(dict(self.secrets))).items()}
+            fds["seccomp"] = seccomp.pipe_fd()
+            secret_fds = {k.removeprefix("secret:"): v for k, v in fds.items()
+                          if k.startswith("secret:")}
+            data_fds = {k: v for k, v in fds.items() if k.startswith("/")}
+            argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
+                                    seccomp_fd=fds["seccomp"], bwrap=self.bwrap,
+                                    secret_fds=secret_fds)
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds.values()),
+                preexec_fn=self._holder_preexec(), env={"PATH": jail.JAIL_PATH},
+                start_new_session=True)
+        finally:
+            jail.close_fds(fds.values())
+        try:
+            self.holder_pid = await self._wait_for_holder()
+            self.ns = Namespaces.of(self.holder_pid)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _holder_preexec(self) -> Callable[[], None]:
+        cgroup, uid, limits = self.cgroup, self.host_uid, self._limits()
+        drop = self.root
+
+        def preexec() -> None:
+            if cgroup is not None:
+                cgroup.join_self()
+            if drop:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            for which, value in limits:
+                resource.setrlimit(which, (value, value))
+
+        return preexec
+
+    async def _wait_for_holder(self) -> int:
+        """The pid of bwrap's init's child, once it runs HOLDER (the jail is complete)."""
+        if self.proc is None:
+            raise JailError(f"the jail of {self.sandbox_id} was never started")
+        deadline = time.monotonic() + _START_TIMEOUT
+        delay = 0.001
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                break
+            for init in _children(self.proc.pid):
+                for pid in _children(init):
+                    if _cmdline(pid) == list(jail.HOLDER):
+                        return pid
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        err = b""
+        if self.proc.returncode is not None and self.proc.stderr is not None:
+            err = await self.proc.stderr.read()
+        raise JailError(f"the jail of {self.sandbox_id} did not start: "
+                        f"{err.decode(errors='replace').strip()[-300:] or 'timed out'}")
+
+    def enter(self, *, pty: bool) -> Callable[[], None]:
+        """The preexec step of a session's process (see the module docstring)."""
+        if not self.alive:
+            raise JailError(f"the jail of {self.sandbox_id} is not running")
+        ns = dict(self.ns.fds)
+        cgroup, limits = self.cgroup, self._limits()
+        load_filter = seccomp.loader()
+        caps = _last_cap()
+
+        def preexec() -> None:
+            if cgroup is not None:
+                cgroup.join_self()
+            if pty:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            _setns(ns["user_parent"], CLONE_NEWUSER, "parent user")
+            for name, flag in _ORDER:
+                _setns(ns[name], flag, name)
+            _setns(ns["user"], CLONE_NEWUSER, "user")
+            os.fchdir(ns["root"])
+            os.chroot(".")
+            os.chdir(jail.JAIL_HOME)
+            for cap in range(caps + 1):
+                _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+            with contextlib.suppress(PermissionError):  # "deny" in an unprivileged userns
+                os.setgroups([])
+            os.setresgid(jail.JAIL_UID, jail.JAIL_UID, jail.JAIL_UID)
+            os.setresuid(jail.JAIL_UID, jail.JAIL_UID, jail.JAIL_UID)
+            for which, value in limits:
+                resource.setrlimit(which, (value, value))
+            jail.close_fds(ns.values())
+            load_filter()
+
+        return preexec
+
+    def fds(self) -> tuple[int, ...]:
+        """The fds a session's spawn must pass to its child (enter() closes them)."""
+        return tuple(self.ns.fds.values())
+
+    async def stop(self) -> None:
+        """End every process of the jail; the namespaces go with them. Idempotent."""
+        self.ns.close()
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.cgroup.kill)
+        if self.proc is not None and self.proc.returncode is None:
+            # bwrap's init dies with it (--die-with-parent), and the pid namespace with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [w.decode(errors="replace") for w in f.read().split(b"\0") if w]
+    except OSError:
+        return []
+
+
+def _last_cap() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return 40

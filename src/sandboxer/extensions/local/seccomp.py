@@ -1,0 +1,108 @@
+"""The seccomp filter of every ext.local jail, built with libseccomp (PyPI ``pyseccomp``).
+
+In the spirit of Flatpak's: the calls a development sandbox never needs and that widen the
+kernel's attack surface fail with EPERM (or ENOSYS where callers fall back, so glibc's
+``clone3`` becomes ``clone`` and the flags of that are checkable). The same program is
+handed to bwrap for the jail's init (``--seccomp FD``) and loaded by each session's
+process before it execs (``load``), so every process of the sandbox runs under it.
+
+Left allowed, and why: ``ptrace`` (debuggers inside; the pid namespace hides every process
+outside the jail), ``setns`` and ``chroot`` (the session spawner needs them before it
+drops to the jail uid; inside, the jail uid holds no capability in any namespace, so both
+fail with EPERM — tests/integration/test_local_bounds.py checks); ``personality`` (only the
+caller's own execution domain; gdb uses it to turn off address randomisation).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import tempfile
+from collections.abc import Callable
+
+# Denied outright: keys, BPF, perf, userfaultfd, kexec and modules, every mount API, swap,
+# reboot, accounting, quotas, the kernel log, obsolete and I/O-port calls, io_uring.
+DENIED = (
+    "add_key", "keyctl", "request_key",
+    "bpf", "perf_event_open", "userfaultfd",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen", "fsconfig",
+    "fsmount", "fspick", "mount_setattr",
+    "unshare", "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    "uselib", "iopl", "ioperm", "lookup_dcookie", "nfsservctl",
+)
+# ENOSYS so that libraries fall back to a call this filter can inspect or to no io_uring.
+UNAVAILABLE = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
+# A new namespace through clone(2): CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+# NEWNET.
+CLONE_NEW_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                   0x40000000)
+TIOCSTI = 0x5412    # push input into a terminal
+TIOCLINUX = 0x541C  # console tricks, including selection paste
+
+
+@functools.cache
+def program() -> bytes:
+    """The filter as a classic BPF program (``struct sock_filter[]``), built once."""
+    import pyseccomp as sc
+
+    f = sc.SyscallFilter(defaction=sc.ALLOW)
+    eperm = sc.ERRNO(errno.EPERM)
+    for name in DENIED:
+        f.add_rule(eperm, name)
+    for name in UNAVAILABLE:
+        f.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    for flag in CLONE_NEW_FLAGS:  # one rule each: the conditions of one rule are AND-ed
+        f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    for request in (TIOCSTI, TIOCLINUX):
+        f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, request))
+    with tempfile.TemporaryFile() as out:
+        f.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def pipe_fd() -> int:
+    """A readable fd holding the program, for ``bwrap --seccomp FD`` (well under 64 KiB)."""
+    r, w = os.pipe()
+    try:
+        os.write(w, program())
+    finally:
+        os.close(w)
+    return r
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def loader() -> Callable[[], None]:
+    """A function for a child's last step before exec: no_new_privs, then the filter.
+
+    Everything it needs is allocated here, in the parent; the child makes two prctl calls.
+    """
+    code = program()
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = _SockFprog(len(code) // 8, ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                      ctypes.c_ulong]
+    addr = ctypes.addressof(prog)
+
+    def load() -> None:
+        _keep = (buf, prog)  # referenced so the program outlives the parent's frame
+        if prctl(PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, addr, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+        del _keep
+
+    return load
