@@ -2,12 +2,13 @@
 # What a machine needs to run sand-boxer and every test `make check` runs. Sourced by
 # scripts/setup.sh (the README's setup command) and .ci/run, so the two never drift.
 
-# bubblewrap, openssh-client, libseccomp2, util-linux, coreutils: ext.local (jail, seccomp
-# filter, its spawner). e2fsprogs also gives ext.local its size-capped workspace images. openssh-server: the SSH target of the compose
-# tests. docker.io, debootstrap, iproute2: dockerd and the sandbox images (ext.compose-ssh).
+# bubblewrap, openssh-client, libseccomp2: ext.local (the jail, its seccomp filter; its
+# spawner is coreutils' timeout, its workspace images come from e2fsprogs). git, gcc: the
+# tools the jail tests prove still work under the filter. openssh-server: the SSH target of
+# the compose tests. docker.io, debootstrap, iproute2: dockerd and the sandbox images (ext.compose-ssh).
 # packer, qemu-system-x86, qemu-utils, e2fsprogs: ext.vm-packer. hyperfine, make: tooling.
 # shellcheck disable=SC2034  # used by the scripts that source this file
-SANDBOXER_APT_PACKAGES=(bubblewrap openssh-client libseccomp2 openssh-server hyperfine make
+SANDBOXER_APT_PACKAGES=(bubblewrap openssh-client libseccomp2 git gcc openssh-server hyperfine make
     docker.io debootstrap iproute2 packer qemu-system-x86 qemu-utils e2fsprogs)
 
 # install_compose_plugin PYTHON PIP_ARGS...: compose v2 as a docker CLI plugin. The

@@ -147,6 +147,7 @@ class Daemon:
         )
         host_key = asyncssh.read_private_key(str(req["host_key_path"]))
         sb.jail = self._jail(sb)
+        sb.revive = partial(self._revive, sb)
         await sb.jail.start()
         try:
             sb.acceptor = await self._listen(sb, host_key, int(req.get("port") or 0))
@@ -246,20 +247,23 @@ class Daemon:
                 log.exception("restoring %s failed", sid)
 
     async def _revive_jails(self) -> None:
-        """A jail that died under a live sandbox (killed, OOM) starts again, empty."""
         for sb in list(self.sandboxes.values()):
-            if sb.jail is None or sb.jail.alive:
-                continue
+            if sb.jail is not None and not sb.jail.alive:
+                await self._revive(sb)
+
+    async def _revive(self, sb: Sandbox) -> None:
+        """A jail that ended under a live sandbox (its waiting process was killed, or the
+        OOM killer chose it) starts again, empty, as after a reboot."""
+        async with sb.revive_lock:
+            if self.sandboxes.get(sb.id) is not sb or sb.jail is None or sb.jail.alive:
+                return
             log.warning("the jail of %s ended; starting it again", sb.id)
-            async with self.ops_lock:
-                if self.sandboxes.get(sb.id) is not sb:
-                    continue
-                await sb.jail.stop()
-                sb.jail = self._jail(sb)
-                try:
-                    await sb.jail.start()
-                except Exception as e:
-                    self._warn_once(f"restarting the jail of {sb.id}", e)
+            await sb.jail.stop()
+            sb.jail = self._jail(sb)
+            try:
+                await sb.jail.start()
+            except Exception as e:
+                self._warn_once(f"restarting the jail of {sb.id}", e)
 
     async def _housekeeping(self) -> None:
         await self._revive_jails()

@@ -48,6 +48,7 @@ PR_CAPBSET_DROP = 24
 _ORDER = (("mnt", CLONE_NEWNS), ("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC),
           ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP), ("pid", CLONE_NEWPID))
 _START_TIMEOUT = 10.0
+SESSION_OOM_SCORE_ADJ = 500
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -195,6 +196,11 @@ class Jail:
         def preexec() -> None:
             if cgroup is not None:
                 cgroup.join_self()
+            # The OOM killer picks what sessions run before the jail's own processes (a
+            # killed init would end the sandbox). Raising needs no privilege, lowering
+            # would (CAP_SYS_RESOURCE, which some hosts withhold even from root).
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(SESSION_OOM_SCORE_ADJ))
             if pty:
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             _setns(ns["user_parent"], CLONE_NEWUSER, "parent user")

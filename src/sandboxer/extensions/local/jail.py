@@ -136,10 +136,10 @@ def holder_argv(
     what one session starts in the background the next one sees. ``data_fds`` maps a path
     inside (e.g. /etc/passwd) to a readable fd whose content bwrap copies in
     (``--ro-bind-data``); ``secret_fds`` does the same for ``/run/secrets/NAME`` (0400, in
-    the /run tmpfs). Every tmpfs is sized, so even without a memory cgroup none of them
-    can take more than ``limits.memory``. No environment here: argv is world-readable.
+    the /run tmpfs). Every tmpfs is sized (tmpfs_sizes), so even without a memory cgroup
+    they cannot take more than ``limits.memory``. No environment here: argv is
+    world-readable.
     """
-    tmpfs = str(spec.limits.memory_bytes)
     argv = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
     if not spec.network:
@@ -158,21 +158,35 @@ def holder_argv(
     for path, fd in sorted(data_fds.items()):
         argv += ["--ro-bind-data", str(fd), path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    for mount in ("/dev/shm", "/tmp", "/run"):  # noqa: S108 - inside the jail
-        argv += ["--size", tmpfs, "--tmpfs", mount]
+    for mount, size in tmpfs_sizes(spec).items():
+        argv += ["--size", str(size), "--tmpfs", mount]
     if secret_fds:
         argv += ["--perms", "0755", "--dir", SECRETS_DIR]
         for path, fd in sorted(secret_fds.items()):
             argv += ["--perms", "0400", "--ro-bind-data", str(fd), path]
     argv += ["--bind", str(workspace), JAIL_HOME, "--chdir", JAIL_HOME]
+    argv += ["--symlink", "/usr/bin/sleep", HOLDER[0]]
     argv += ["--remount-ro", "/"]
     argv += ["--hostname", spec.hostname or sandbox_id[:63]]
     argv += ["--", *HOLDER]
     return argv
 
 
-# The jail's one long-lived process besides bwrap's init: it only waits.
-HOLDER = ("/usr/bin/sleep", "infinity")
+def tmpfs_sizes(spec: LocalSpec) -> dict[str, int]:
+    """Sizes of the jail's tmpfs mounts: together 13/16 of ``limits.memory``.
+
+    tmpfs pages count against the sandbox's memory cgroup, and nothing reclaims them: a
+    tmpfs as large as the limit would leave no memory to run ``rm`` with. Sized like this,
+    a full /tmp fails with ENOSPC and the sandbox stays usable.
+    """
+    memory = spec.limits.memory_bytes
+    return {"/dev/shm": memory // 4, "/tmp": memory // 2,  # noqa: S108 - inside the jail
+            "/run": min(64 << 20, memory // 16)}
+
+
+# The jail's one long-lived process besides bwrap's init: it only waits. Its name is its
+# own (a symlink to sleep), so a `pkill sleep` inside does not end the jail by accident.
+HOLDER = ("/run/sandboxer-jail", "infinity")
 # What a session execs once it stands inside the jail: coreutils' timeout with no limit
 # forks the command into the jail's pid namespace (entering it applies to children only),
 # forwards the signals it gets to the command's process group, and exits as the command

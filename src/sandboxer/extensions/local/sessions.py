@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class Sandbox:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     secrets_missing: list[str] = field(default_factory=list)
     jail: Jail | None = None
+    # Starts the jail again when it ended (its waiting process was killed); set by the
+    # endpoint, which owns the jails.
+    revive: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    revive_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def port(self) -> int:
@@ -106,6 +111,8 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     pipes: list[int] = []
     ours: tuple[int, int, int] = (-1, -1, -1)
     try:
+        if (sb.jail is None or not sb.jail.alive) and sb.revive is not None:
+            await sb.revive()
         if sb.jail is None:
             raise OSError("the sandbox's jail is not running")
         kw: dict[str, Any] = {
