@@ -21,6 +21,7 @@ from typing import Any
 import sandboxer
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions.local.peer import check_server
 
 SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
@@ -94,13 +95,17 @@ def daemon_pid(settings: Settings) -> int | None:
 
 
 async def request(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
-    """Send one request; raises DaemonUnavailable when nobody (or a dying daemon) answers."""
+    """Send one request; raises DaemonUnavailable when nobody (or a dying daemon) answers.
+
+    Raises UnsafePermissions, having sent nothing, when the socket is not our endpoint's.
+    """
     path = socket_path(settings)
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as e:
         raise DaemonUnavailable(f"the ext.local endpoint is not running ({path})") from e
     try:
+        check_server(writer.get_extra_info("socket"), path)
         writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT)

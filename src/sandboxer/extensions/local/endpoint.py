@@ -35,6 +35,7 @@ import asyncssh
 from sandboxer.config import Settings
 from sandboxer.extensions.local import control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
+from sandboxer.extensions.local.peer import client_allowed, peer
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.secrets import redaction
@@ -71,6 +72,12 @@ class Daemon:
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.busy += 1
         try:
+            sock = writer.get_extra_info("socket")
+            if not client_allowed(sock):
+                log.warning("refused a control connection from process %d (uid %d)", *peer(sock))
+                writer.write(b'{"ok": false, "error": "refused: not your uid"}\n')
+                await writer.drain()
+                return
             line = await reader.readline()
             try:
                 req = json.loads(line)
