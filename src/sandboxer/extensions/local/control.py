@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import sandboxer
+from sandboxer import childenv
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions.local.peer import check_server
@@ -26,6 +27,8 @@ from sandboxer.extensions.local.peer import check_server
 SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
 _START_TIMEOUT = 15.0
+# Besides SANDBOXER_LOCAL_*: what the daemon's own Settings and Manager read.
+DAEMON_SETTINGS = ("SANDBOXER_PROFILES",)
 
 
 SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -139,12 +142,14 @@ async def ping(settings: Settings) -> bool:
 
 def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     settings.ensure()
-    env = {**os.environ, **settings.env, "SANDBOXER_HOME": str(settings.home)}
-    for name in ("BAO_TOKEN", "VAULT_TOKEN"):  # the daemon never reads OpenBao
-        env.pop(name, None)
+    # Never a copy of the caller's environment (its secrets would sit in /proc/PID/environ
+    # for the daemon's life): the system basics plus the settings the daemon reads.
+    caller = {**os.environ, **settings.env}
+    env = childenv.allowed(caller, names=DAEMON_SETTINGS, prefixes=("SANDBOXER_LOCAL_",))
+    env["SANDBOXER_HOME"] = str(settings.home)
     # The daemon must run the same sand-boxer as its caller, installed or from a checkout.
     src = str(Path(sandboxer.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "sandboxer.extensions.local.endpoint",
             "--home", str(settings.home)]
     fd = os.open(log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
