@@ -62,6 +62,38 @@ def write_record(settings: Settings, sandbox_id: str, record: dict[str, Any]) ->
     tmp.replace(path)
 
 
+def owner_path(sandbox_dir: Path) -> Path:
+    """Which home created a sandbox dir: homes may share one SANDBOXER_LOCAL_ROOT."""
+    return sandbox_dir / "owner"
+
+
+def write_owner(settings: Settings, sandbox_dir: Path) -> None:
+    fd = os.open(owner_path(sandbox_dir), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"instance": settings.instance, "home": str(settings.home)}, f)
+
+
+def owned_by(settings: Settings, sandbox_dir: Path) -> bool | None:
+    """True when this home created ``sandbox_dir``, False when another home did, None when
+    nothing says (a create stopped before it wrote its mark).
+
+    A dir from before owner marks counts as the home whose keys its record names.
+    """
+    try:
+        mark = json.loads(owner_path(sandbox_dir).read_text())
+        if mark.get("instance") == settings.instance:
+            return True
+        return Path(str(mark.get("home"))).resolve() == settings.home.resolve()
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError):
+        return False
+    record = read_record(settings, sandbox_dir.name)
+    if record is None:
+        return None
+    return Path(str(record.get("host_key_path"))).parent == settings.keys_dir
+
+
 class DaemonUnavailable(ProvisionFailed):
     """No endpoint daemon answers on the control socket (not running or going away)."""
 

@@ -210,7 +210,8 @@ class Daemon:
         store that does not know an id cannot veto it); any id whose state is final is not.
         """
         root = self.settings.local_root
-        ids = {p.parent.name for p in root.glob("*/sandbox.json")} if root.is_dir() else set()
+        ids = {p.parent.name for p in root.glob("*/sandbox.json")
+               if control.owned_by(self.settings, p.parent)} if root.is_dir() else set()
         try:
             store = self.store()
             ids |= {h.sandbox_id for h in store.live_handles("ext.local")}
