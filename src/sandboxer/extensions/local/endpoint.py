@@ -72,13 +72,13 @@ class Daemon:
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.busy += 1
         try:
+            line = await reader.readline()  # read before refusing: the peer gets the reply
             sock = writer.get_extra_info("socket")
             if not client_allowed(sock):
                 log.warning("refused a control connection from process %d (uid %d)", *peer(sock))
                 writer.write(b'{"ok": false, "error": "refused: not your uid"}\n')
                 await writer.drain()
                 return
-            line = await reader.readline()
             try:
                 req = json.loads(line)
                 reply = await self._dispatch(req)
