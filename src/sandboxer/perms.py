@@ -133,8 +133,9 @@ def findings(settings: Settings) -> list[Finding]:
         for e in os.scandir(home):
             if e.name in private:
                 out += _tree(Path(e.path))
-            elif e.path != str(root):
-                out += _tree(Path(e.path), private=False, depth=0)
+            elif e.path != str(root) and (f := _check(
+                    Path(e.path), e.stat(follow_symlinks=False), private=False)) is not None:
+                out.append(f)
     out += _parents(root)
     # The local root and its sandbox dirs stay passable (0711) by jail uids; a sandbox's
     # files (its record, its owner mark) must be ours; its workspace belongs to its jail.
@@ -153,7 +154,7 @@ def secure(settings: Settings) -> None:
             refused.append(f)
             continue
         try:
-            os.chmod(f.path, f.mode, follow_symlinks=False)
+            os.chmod(f.path, f.mode)  # never a symlink: _check passes those
         except OSError:
             refused.append(f)
     if refused:

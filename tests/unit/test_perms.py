@@ -131,3 +131,12 @@ def test_world_writable_parent_of_the_local_root_is_refused(
     shared_dir.chmod(0o777)
     with pytest.raises(UnsafePermissions, match="a parent of"):
         s.ensure()
+
+
+def test_a_symlink_of_ours_in_the_home_is_not_followed(s: Settings, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    target.chmod(0o666)
+    (s.home / "images").symlink_to(target)
+    s.ensure()
+    assert mode(target) == 0o666
