@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandboxer import perms
+
 
 def _default_home() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
@@ -79,6 +81,9 @@ class Settings:
         return Path("/var/lib/sandboxer/local") / digest
 
     def ensure(self) -> None:
-        """Create the private directories (0700) sand-boxer writes to."""
+        """Create the private directories (0700) sand-boxer writes to, and make sure no
+        other user can write them (``sandboxer.perms``: repaired when ours, else refused).
+        """
         for d in (self.home, self.keys_dir, self.run_dir, self.log_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        perms.secure(self)

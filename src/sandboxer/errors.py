@@ -138,6 +138,14 @@ class StoreBusy(SandboxerError):
     http_status = 503
 
 
+class UnsafePermissions(SandboxerError):
+    """A state path others can write or another user owns (see ``sandboxer.perms``)."""
+
+    code = "unsafe_permissions"
+    exit_code = 1
+    http_status = 500
+
+
 def from_code(code: str, message: str) -> SandboxerError:
     """Rebuild an error sent over a wire (control socket, HTTP) from its stable code."""
     def walk(cls: type[SandboxerError]) -> list[type[SandboxerError]]:

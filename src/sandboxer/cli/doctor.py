@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandboxer.config import Settings
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -13,6 +16,24 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _check(name: str, ok: bool, detail: str, fix: str | None = None) -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail, "fix": None if ok else fix}
+
+
+def _permissions(settings: Settings) -> dict[str, Any]:
+    """Who can write the home, its parents and the local root (before ensure() repairs)."""
+    import os
+
+    from sandboxer import perms
+
+    found = perms.findings(settings)
+    refused = [f for f in found if f.mode is None]
+    if not found:
+        detail = (f"{settings.home} and {settings.local_root}: only you (uid {os.geteuid()}) "
+                  "and root can write them")
+    else:
+        detail = "; ".join(
+            f"{f.path} {f.problem}" + ("" if f.mode is None else " (repaired on use)")
+            for f in found)
+    return _check("home permissions", not refused, detail, "; ".join(f.fix for f in refused))
 
 
 def checks() -> list[dict[str, Any]]:
@@ -51,6 +72,7 @@ def checks() -> list[dict[str, Any]]:
             ok, detail = False, str(e)
         out.append(_check("jail", ok, detail,
                           "enable unprivileged user namespaces (see the checks above)"))
+    out.append(_permissions(settings))
     ssh = shutil.which("ssh")
     out.append(_check("ssh client", ssh is not None, ssh or "ssh not on PATH",
                       "apt-get install openssh-client"))

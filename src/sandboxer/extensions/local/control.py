@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import sandboxer
+from sandboxer import childenv
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions.local.peer import check_server
 
 SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
 _START_TIMEOUT = 15.0
+# Besides SANDBOXER_LOCAL_*: what the daemon's own Settings and Manager read.
+DAEMON_SETTINGS = ("SANDBOXER_PROFILES",)
 
 
 SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -56,6 +60,38 @@ def write_record(settings: Settings, sandbox_id: str, record: dict[str, Any]) ->
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
     tmp.replace(path)
+
+
+def owner_path(sandbox_dir: Path) -> Path:
+    """Which home created a sandbox dir: homes may share one SANDBOXER_LOCAL_ROOT."""
+    return sandbox_dir / "owner"
+
+
+def write_owner(settings: Settings, sandbox_dir: Path) -> None:
+    fd = os.open(owner_path(sandbox_dir), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"instance": settings.instance, "home": str(settings.home)}, f)
+
+
+def owned_by(settings: Settings, sandbox_dir: Path) -> bool | None:
+    """True when this home created ``sandbox_dir``, False when another home did, None when
+    nothing says (a create stopped before it wrote its mark).
+
+    A dir from before owner marks counts as the home whose keys its record names.
+    """
+    try:
+        mark = json.loads(owner_path(sandbox_dir).read_text())
+        if mark.get("instance") == settings.instance:
+            return True
+        return Path(str(mark.get("home"))).resolve() == settings.home.resolve()
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError):
+        return False
+    record = read_record(settings, sandbox_dir.name)
+    if record is None:
+        return None
+    return Path(str(record.get("host_key_path"))).parent == settings.keys_dir
 
 
 class DaemonUnavailable(ProvisionFailed):
@@ -94,13 +130,17 @@ def daemon_pid(settings: Settings) -> int | None:
 
 
 async def request(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
-    """Send one request; raises DaemonUnavailable when nobody (or a dying daemon) answers."""
+    """Send one request; raises DaemonUnavailable when nobody (or a dying daemon) answers.
+
+    Raises UnsafePermissions, having sent nothing, when the socket is not our endpoint's.
+    """
     path = socket_path(settings)
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as e:
         raise DaemonUnavailable(f"the ext.local endpoint is not running ({path})") from e
     try:
+        check_server(writer.get_extra_info("socket"), path)
         writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT)
@@ -134,12 +174,14 @@ async def ping(settings: Settings) -> bool:
 
 def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     settings.ensure()
-    env = {**os.environ, **settings.env, "SANDBOXER_HOME": str(settings.home)}
-    for name in ("BAO_TOKEN", "VAULT_TOKEN"):  # the daemon never reads OpenBao
-        env.pop(name, None)
+    # Never a copy of the caller's environment (its secrets would sit in /proc/PID/environ
+    # for the daemon's life): the system basics plus the settings the daemon reads.
+    caller = {**os.environ, **settings.env}
+    env = childenv.allowed(caller, names=DAEMON_SETTINGS, prefixes=("SANDBOXER_LOCAL_",))
+    env["SANDBOXER_HOME"] = str(settings.home)
     # The daemon must run the same sand-boxer as its caller, installed or from a checkout.
     src = str(Path(sandboxer.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "sandboxer.extensions.local.endpoint",
             "--home", str(settings.home)]
     fd = os.open(log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

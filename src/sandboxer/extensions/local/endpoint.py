@@ -36,6 +36,7 @@ from sandboxer.config import Settings
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.holder import Jail
+from sandboxer.extensions.local.peer import client_allowed, peer
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.secrets import redaction
@@ -73,7 +74,13 @@ class Daemon:
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.busy += 1
         try:
-            line = await reader.readline()
+            line = await reader.readline()  # read before refusing: the peer gets the reply
+            sock = writer.get_extra_info("socket")
+            if not client_allowed(sock):
+                log.warning("refused a control connection from process %d (uid %d)", *peer(sock))
+                writer.write(b'{"ok": false, "error": "refused: not your uid"}\n')
+                await writer.drain()
+                return
             try:
                 req = json.loads(line)
                 reply = await self._dispatch(req)
@@ -226,7 +233,8 @@ class Daemon:
         store that does not know an id cannot veto it); any id whose state is final is not.
         """
         root = self.settings.local_root
-        ids = {p.parent.name for p in root.glob("*/sandbox.json")} if root.is_dir() else set()
+        ids = {p.parent.name for p in root.glob("*/sandbox.json")
+               if control.owned_by(self.settings, p.parent)} if root.is_dir() else set()
         try:
             store = self.store()
             ids |= {h.sandbox_id for h in store.live_handles("ext.local")}

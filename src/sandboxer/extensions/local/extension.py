@@ -173,6 +173,7 @@ class LocalExtension(Extension):
         _make_private_dirs(s.local_root)
         if not self._root:
             d.mkdir(mode=0o711)
+            control.write_owner(s, d)
             ws.mkdir(mode=0o700)
             return os.getuid(), d, ws
         claims = _claims_dir(s)
@@ -193,6 +194,7 @@ class LocalExtension(Extension):
             d.mkdir(mode=0o711)
             try:
                 d.chmod(0o711)
+                control.write_owner(s, d)
                 ws.mkdir(mode=0o700)
                 os.chown(ws, uid, uid)
                 claim = os.open(claims / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -304,6 +306,9 @@ class LocalExtension(Extension):
         sid = handle.sandbox_id
         d = control.sandbox_dir(s, sid)
         await control.call_if_running(s, "remove", sandbox_id=sid)
+        if control.owned_by(s, d) is False:  # another home's, on a shared local root
+            _keys.remove(s, sid)
+            return
         if self._root:
             uid = handle.data.get("host_uid")
             with contextlib.suppress(OSError):
@@ -343,7 +348,8 @@ class LocalExtension(Extension):
 
     @override
     async def owned(self, target: Target) -> list[Handle]:
-        ids = {p.name for p in self._dirs()}
+        # Only what this home marked as its own: others may share SANDBOXER_LOCAL_ROOT.
+        ids = {p.name for p in self._dirs() if control.owned_by(self.settings, p)}
         listed = await control.call_if_running(self.settings, "list")
         if listed:
             ids |= {str(e["sandbox_id"]) for e in listed["sandboxes"]}

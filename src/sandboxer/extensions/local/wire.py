@@ -10,17 +10,22 @@ import socket
 from typing import Any
 
 from sandboxer.config import Settings
+from sandboxer.extensions.local.peer import check_server
 
 
 def request_if_running(
     settings: Settings, op: str, timeout: float = 60.0, **args: Any
 ) -> dict[str, Any] | None:
-    """One request/reply; None when no daemon answers (absent, refused, shutting down)."""
+    """One request/reply; None when no daemon answers (absent, refused, shutting down).
+
+    Raises UnsafePermissions, having sent nothing, when the socket is not our endpoint's.
+    """
     path = settings.run_dir / "local-endpoint.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(str(path))
+        check_server(sock, path)
         sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         with sock.makefile("rb") as f:
             line = f.readline()

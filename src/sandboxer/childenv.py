@@ -1,0 +1,29 @@
+"""The environment a long-lived child process starts with: an allow-list, never a copy.
+
+A daemon outlives the shell that started it, and ``/proc/PID/environ`` keeps whatever it
+was given for its whole life: an ``env:`` secret variable, ``SANDBOXER_TOKEN`` or cloud
+credentials of the caller must not be in it. So children get the few system variables a
+process needs plus the settings they read, named by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+SYSTEM = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+# A setting under an allowed prefix is still dropped when its name looks like a credential.
+SECRETISH = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|KEY", re.IGNORECASE)
+
+
+def allowed(
+    env: Mapping[str, str], *, names: Iterable[str] = (), prefixes: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The subset of ``env`` a child may see: SYSTEM, ``LC_*``, ``names`` (exactly), and
+    variables starting with one of ``prefixes`` whose name does not look secret."""
+    wanted = SYSTEM | set(names)
+    return {
+        k: v for k, v in env.items()
+        if k in wanted or k.startswith("LC_")
+        or (k.startswith(prefixes) and not SECRETISH.search(k))
+    }
