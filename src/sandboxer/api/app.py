@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from sandboxer import __version__
+from sandboxer import __version__, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import RequestTooLarge, SandboxerError
 from sandboxer.secrets.redaction import redact
@@ -95,7 +95,7 @@ async def _background(app: FastAPI, stop: asyncio.Event) -> None:
 
     service = app.state.service
     settings: Settings = service.settings
-    interval = float(settings.env.get("SANDBOXER_REAP_INTERVAL") or 5)
+    interval = envvars.reap_interval(settings.env)
     tasks = [asyncio.ensure_future(_reaper(service, stop, interval))]
     config = events.hub_config(settings)
     if config is not None:
@@ -204,6 +204,6 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
             "unexpected", 1, f"unexpected error ({type(e).__name__}); see the server log"),
             status_code=500)
 
-    limit = int(settings.env.get("SANDBOXER_API_MAX_BODY") or DEFAULT_MAX_BODY)
+    limit = envvars.api_max_body(settings.env)
     app.add_middleware(BodyLimit, limit=limit)
     return app

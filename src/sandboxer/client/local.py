@@ -91,24 +91,29 @@ class LocalClient:
     # -- profiles ---------------------------------------------------------------------
 
     def list_profiles(self) -> list[dict[str, Any]]:
+        from sandboxer.errors import ProfileInvalid
+
         catalog = self._catalog()
         for e in catalog.broken.values():
             log.warning("skipped: %s", e.message)
         out = []
         for pid in catalog.ids():
             src = catalog.source(pid)
-            out.append({
-                "id": pid,
-                "description": src.raw.get("description", ""),
-                "extension": catalog.get(pid).extension,
-                "source": str(src.path),
-            })
+            try:  # one broken profile (an extends cycle, a bad key) hides only itself
+                extension = catalog.get(pid).extension
+            except ProfileInvalid as e:
+                log.warning("skipped %s: %s", pid, e.message)
+                continue
+            out.append({"id": pid, "description": src.raw.get("description", ""),
+                        "extension": extension, "source": str(src.path)})
         return out
 
     def get_profile(self, profile_id: str) -> Profile:
         return self._catalog().get(profile_id)
 
     def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
+        from sandboxer.secrets import boundary
+
         catalog = self._catalog()
         loaded: dict[Path, str | SandboxerError] = {}
         for path in paths:  # all files first, so they may extend one another
@@ -124,6 +129,9 @@ class LocalClient:
                     raise outcome
                 profile = catalog.get(outcome)
                 self.manager.extension(profile.extension).parse_spec(profile)
+                # The grammar and policy `create` applies (production refuses env:/file:);
+                # nothing is resolved or looked up.
+                boundary.parse(profile, self.settings)
                 results.append({"file": str(path), "id": profile.id, "ok": True,
                                 "error": None, "code": None})
             except SandboxerError as e:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, ProvisionFailed
 from sandboxer.extensions import _keys
@@ -97,7 +98,7 @@ class ComposeSSHExtension(Extension):
     @override
     def targets(self, config: Settings) -> list[Target]:
         local = Target(name=LOCAL, extension=self.name,
-                       capacity=int(config.env.get("SANDBOXER_COMPOSE_LOCAL_CAPACITY", "16")),
+                       capacity=envvars.compose_local_capacity(config.env),
                        used=self.store.live_count(LOCAL))
         return [local, *(
             Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
@@ -297,7 +298,7 @@ class ComposeSSHExtension(Extension):
     @override
     async def destroy(self, handle: Handle) -> None:
         sid = handle.sandbox_id
-        if not SANDBOX_ID.match(sid):
+        if not SANDBOX_ID.fullmatch(sid):
             raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
         target = handle.target or LOCAL
         try:
@@ -323,6 +324,6 @@ class ComposeSSHExtension(Extension):
                        ["docker", "volume", "ls"]):
                 ids |= set((await r.run([*ls, "--filter", mine, "--format", fmt])).out.split())
             listed = await r.run(["ls", "-1", "--", r.base_dir])
-            ids |= {n for n in listed.out.split() if SANDBOX_ID.match(n)}
+            ids |= {n for n in listed.out.split() if SANDBOX_ID.fullmatch(n)}
         return [Handle(sandbox_id=i, extension=self.name, target=target.name)
-                for i in sorted(i for i in ids if SANDBOX_ID.match(i))]
+                for i in sorted(i for i in ids if SANDBOX_ID.fullmatch(i))]

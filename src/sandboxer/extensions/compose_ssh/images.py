@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import sandboxer
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
@@ -22,9 +23,8 @@ from sandboxer.extensions.compose_ssh.remote import local_env
 
 
 def images_dir(settings: Settings) -> Path:
-    if settings.env.get("SANDBOXER_IMAGES"):
-        return Path(settings.env["SANDBOXER_IMAGES"])
-    return Path(sandboxer.__file__).resolve().parents[2] / "images"
+    chosen = envvars.path(settings.env, "SANDBOXER_IMAGES", directory=True)
+    return chosen or Path(sandboxer.__file__).resolve().parents[2] / "images"
 
 
 def recipe(settings: Settings, name: str) -> Path:

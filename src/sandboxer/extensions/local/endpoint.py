@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncssh
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.extensions.local import control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
@@ -54,7 +55,7 @@ class Daemon:
         self.ops_lock = asyncio.Lock()
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
-        self.idle_exit = float(settings.env.get("SANDBOXER_LOCAL_IDLE_EXIT", "3"))
+        self.idle_exit = envvars.local_idle_exit(settings.env)
         self._store: Any = None
         self._manager: Any = None
         self._stop = asyncio.Event()

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxNotFound
 from sandboxer.extensions import _keys
@@ -69,7 +70,7 @@ def _release_uid(settings: Settings, uid: int, sandbox_dir: Path) -> None:
 
 
 def _uid_base(settings: Settings) -> int:
-    return int(settings.env.get("SANDBOXER_LOCAL_UID_BASE", "1100000"))
+    return envvars.local_uid_base(settings.env)
 
 
 def _proc_uids() -> dict[int, set[int]]:
@@ -160,7 +161,7 @@ class LocalExtension(Extension):
             kind="self-hosted",
             healthy=bwrap is not None,
             reason=None if bwrap else "bubblewrap is not installed: apt-get install bubblewrap",
-            capacity=int(config.env.get("SANDBOXER_LOCAL_CAPACITY", "64")),
+            capacity=envvars.local_capacity(config.env),
             used=len(LocalExtension(config)._dirs()),
         )]
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, SecretError
 from sandboxer.extensions import _keys
@@ -71,7 +72,7 @@ class VMPackerExtension(Extension):
         from sandboxer.store import open_store
 
         return [Target(name=TARGET, extension=self.name, kind="self-hosted",
-                       capacity=int(config.env.get("SANDBOXER_VM_CAPACITY", "8")),
+                       capacity=envvars.vm_capacity(config.env),
                        used=open_store(config).live_count(TARGET))]
 
     @override
@@ -261,7 +262,7 @@ class VMPackerExtension(Extension):
     @override
     async def destroy(self, handle: Handle) -> None:
         sid = handle.sandbox_id
-        if not SANDBOX_ID.match(sid):
+        if not SANDBOX_ID.fullmatch(sid):
             raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
         d = self.sandbox_dir(sid)
         record = self._record(sid)
@@ -291,7 +292,7 @@ class VMPackerExtension(Extension):
         root = self.vm_root()
         ids = set(qemu.vm_processes(str(root) + "/"))
         if root.is_dir():
-            ids |= {p.name for p in root.iterdir() if SANDBOX_ID.match(p.name)}
+            ids |= {p.name for p in root.iterdir() if SANDBOX_ID.fullmatch(p.name)}
         return [Handle(sandbox_id=i, extension=self.name, target=TARGET) for i in sorted(ids)]
 
     @override
