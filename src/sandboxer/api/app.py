@@ -187,6 +187,12 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        path = request.url.path
+        if e.status_code in (404, 405) and (path == "/v1" or path.startswith("/v1/")):
+            try:  # under /v1 authentication comes first, even for a route that is not there
+                routes.caller(request, await routes.bearer(request))
+            except SandboxerError as unauthenticated:
+                return error_response(unauthenticated)
         code = {404: "not_found", 401: "unauthenticated", 403: "forbidden"}.get(
             e.status_code, "usage")
         exit_code = {404: 3, 401: 8, 403: 8}.get(e.status_code, 2)
