@@ -99,10 +99,10 @@ class ComposeSSHExtension(Extension):
     def targets(self, config: Settings) -> list[Target]:
         local = Target(name=LOCAL, extension=self.name,
                        capacity=envvars.compose_local_capacity(config.env),
-                       used=self.store.live_count(LOCAL))
+                       used=self.store.live_count(LOCAL, self.name))
         return [local, *(
             Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
-                   used=self.store.live_count(t.name))
+                   used=self.store.live_count(t.name, self.name))
             for t in self.store.list_targets(self.name)
         )]
 

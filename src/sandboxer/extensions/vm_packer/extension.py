@@ -73,7 +73,7 @@ class VMPackerExtension(Extension):
 
         return [Target(name=TARGET, extension=self.name, kind="self-hosted",
                        capacity=envvars.vm_capacity(config.env),
-                       used=open_store(config).live_count(TARGET))]
+                       used=open_store(config).live_count(TARGET, self.name))]
 
     @override
     def check(self, profile: Any, spec: BaseModel, target: Target,
