@@ -271,6 +271,20 @@ class LocalClient:
         require_admin(self.caller, "removing a target")
         targets.remove(self.settings, name)
 
+    async def _build_for_profile(self, profile_id: str, *, target: str,
+                                 variables: dict[str, str], force: bool) -> dict[str, Any]:
+        from sandboxer.errors import InvalidInput
+        from sandboxer.extensions.base import BuildsImages
+
+        catalog = self._catalog()
+        profile = catalog.get(profile_id)
+        ext = self.manager.extension(profile.extension)
+        if not isinstance(ext, BuildsImages):
+            raise InvalidInput(f"{profile_id} ({profile.extension}) needs no image to be built")
+        return await ext.build_for_profile(profile, catalog.source(profile_id).path,
+                                           target=target, variables=variables, force=force,
+                                           progress=self.progress or (lambda _m: None))
+
     def images_build(self, name: str, *, target: str = "local",
                      variables: dict[str, str] | None = None,
                      force: bool = False) -> dict[str, Any]:
@@ -278,6 +292,9 @@ class LocalClient:
         from sandboxer.extensions.vm_packer import build as vm_build
 
         require_admin(self.caller, "building an image")
+        if name.startswith("profile."):  # whatever that profile's extension builds
+            return _run(self._build_for_profile(name, target=target,
+                                                variables=variables or {}, force=force))
         if vm_build.is_packer_name(self.settings, name):  # ext.vm-packer: Packer
             return _run(vm_build.build_named(self.settings, name, variables=variables or {},
                                              force=force,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from sandboxer.errors import DestroyFailed, ProvisionFailed
 from sandboxer.extensions import _keys
 from sandboxer.extensions.base import (
     LABEL,
+    BuildsImages,
     Endpoint,
     Extension,
     Handle,
@@ -71,7 +72,7 @@ def _container_name(doc: dict[str, Any], service: str, project: str, compose: li
     return sep.join((project, service, "1"))
 
 
-class ComposeSSHExtension(Extension):
+class ComposeSSHExtension(Extension, BuildsImages):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
 
     name = "ext.compose-ssh"
@@ -92,6 +93,17 @@ class ComposeSSHExtension(Extension):
 
     def _config(self, name: str) -> TargetConfig | None:
         return None if name == LOCAL else self.store.get_target(name)
+
+    @override
+    async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
+                                variables: dict[str, str], force: bool,
+                                progress: Callable[[str], None]) -> dict[str, Any]:
+        from sandboxer.extensions.compose_ssh import images
+
+        spec = self.parse_spec(profile)
+        assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
+        doc = ov.load(spec, source, f"profile {profile.id}")
+        return await images.build_for(self.settings, profile.id, doc, target, progress)
 
     # -- targets ----------------------------------------------------------------------
 
@@ -230,7 +242,7 @@ class ComposeSSHExtension(Extension):
             up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
         started = await r.run(up, timeout=spec.wait_timeout + 30)
         if started.rc != 0:
-            raise self._explain(r, started.tail())
+            raise self._explain(r, started.tail(), req.profile.id, doc)
         ids = [_container_name(doc, spec.service, sid, compose)]
         if secrets:
             await cs.install_loader(r, ids[0])
@@ -249,11 +261,15 @@ class ComposeSSHExtension(Extension):
             raise ProvisionFailed(f"unexpected `compose port` answer {published!r}") from e
 
     @staticmethod
-    def _explain(r: Runner, tail: str) -> ProvisionFailed:
+    def _explain(r: Runner, tail: str, profile_id: str, doc: dict[str, Any]) -> ProvisionFailed:
         if any(s in tail for s in _IMAGE_MISSING):
+            from sandboxer.extensions.compose_ssh.images import images_of
+
+            needed = ", ".join(images_of(doc)) or "its images"
             return ProvisionFailed(
-                f"an image of this profile is not on target {r.name}: {tail}",
-                hint=f"build it there: `sandboxer images build base --target {r.name}`")
+                f"an image of {profile_id} ({needed}) is not on target {r.name}: {tail}",
+                hint=f"build what it needs there: `sandboxer images build {profile_id} "
+                f"--target {r.name}`")
         if "port is already allocated" in tail or "address already in use" in tail:
             return ProvisionFailed(f"a port the compose file publishes is taken on target "
                                    f"{r.name}: {tail}")

@@ -8,9 +8,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
@@ -21,6 +21,7 @@ from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, Secre
 from sandboxer.extensions import _keys
 from sandboxer.extensions._ssh import ssh_probe
 from sandboxer.extensions.base import (
+    BuildsImages,
     Endpoint,
     Extension,
     Handle,
@@ -32,13 +33,16 @@ from sandboxer.extensions.base import (
 from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 
+if TYPE_CHECKING:
+    from sandboxer.models.profile import Profile
+
 TARGET = "qemu"
 SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 PORT_TRIES = 5
 _PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")
 
 
-class VMPackerExtension(Extension):
+class VMPackerExtension(Extension, BuildsImages):
     """ext.vm-packer: QEMU VMs from cached Packer images, or leases on existing VMs."""
 
     name = "ext.vm-packer"
@@ -94,6 +98,15 @@ class VMPackerExtension(Extension):
         tpl = images.Template.load(images.resolve_template(self.settings,
                                                             spec.packer.template, source))
         tpl.check_vars(spec.packer.vars)
+
+    @override
+    async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
+                                variables: dict[str, str], force: bool,
+                                progress: Callable[[str], None]) -> dict[str, Any]:
+        from sandboxer.extensions.vm_packer import build
+
+        return await build.build_named(self.settings, profile.id, variables=variables,
+                                       force=force, progress=progress)
 
     # -- provision ----------------------------------------------------------------------
 
