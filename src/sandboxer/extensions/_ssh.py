@@ -22,7 +22,9 @@ def ssh_options(ep: Endpoint) -> list[str]:
     """Options that pin the host key and use only the sandbox's own identity. Paths are
     quoted for OpenSSH's parser (``%`` tokens, whitespace): any SANDBOXER_HOME works."""
     return [
-        "-i", config_value(ep.identity_file, path=True, quote=False),
+        # Not -i: ssh stats -i's argument literally, then %-expands it when loading it, so
+        # no spelling of a path with '%' passes both; -o IdentityFile is only expanded.
+        "-o", f"IdentityFile={config_value(ep.identity_file, path=True)}",
         "-o", "IdentitiesOnly=yes",
         "-o", "IdentityAgent=none",
         "-o", "StrictHostKeyChecking=yes",
