@@ -27,6 +27,17 @@ def _traversable_by_others(path: Path) -> bool:
     return True
 
 
+def _check_home(home: Path) -> None:
+    """OpenSSH expands ``${VAR}`` in key and known_hosts paths with no way to escape it, so
+    a home holding ``${`` could never be reached over SSH; ``%`` and spaces are quoted."""
+    if "${" in str(home):
+        from sandboxer.errors import InvalidInput
+
+        raise InvalidInput(f"SANDBOXER_HOME={str(home)!r} contains '${{', which OpenSSH "
+                           "expands in identity and known_hosts paths",
+                           hint="choose a directory without '${' in its path")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings; every path is absolute."""
@@ -37,9 +48,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        from sandboxer import envvars
+
         env = dict(os.environ if environ is None else environ)
-        home = Path(env["SANDBOXER_HOME"]) if env.get("SANDBOXER_HOME") else _default_home()
+        envvars.check(env)
+        home = envvars.path(env, "SANDBOXER_HOME", directory=True) or _default_home()
+        _check_home(home)
         dirs: list[Path] = [Path.home() / ".config" / "sandboxer" / "profiles"]
+        envvars.path(env, "SANDBOXER_PROFILES")  # no NUL byte
         dirs += [Path(p) for p in env.get("SANDBOXER_PROFILES", "").split(":") if p]
         return cls(home=home.absolute(), profile_dirs=tuple(dirs), env=env)
 
@@ -72,8 +88,11 @@ class Settings:
         to reach their workspace, so a home behind a private directory (``/root``) gets
         its workspaces under ``/var/lib/sandboxer/local/<hash of home>`` instead.
         """
-        if self.env.get("SANDBOXER_LOCAL_ROOT"):
-            return Path(self.env["SANDBOXER_LOCAL_ROOT"]).absolute()
+        from sandboxer import envvars
+
+        chosen = envvars.path(self.env, "SANDBOXER_LOCAL_ROOT", directory=True)
+        if chosen is not None:
+            return chosen
         default = self.home / "local"
         if os.geteuid() != 0 or _traversable_by_others(self.home):
             return default

@@ -32,6 +32,7 @@ from sandboxer.models.common import (
     iso,
     new_sandbox_id,
     parse_duration,
+    safe_repr,
     utcnow,
     validate_labels,
 )
@@ -39,6 +40,7 @@ from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
 from sandboxer.store.sqlite import SqliteStore
+from sandboxer.values import validate_actor, validate_name
 
 if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, profile models)
     from pydantic import SecretStr
@@ -144,6 +146,10 @@ class Manager:
         """
         from sandboxer.placement import choose
 
+        try:  # the API's request model checks the same; the CLI and MCP come through here
+            actor = None if actor is None else validate_actor(actor)
+        except ValueError as e:
+            raise InvalidInput(f"actor {safe_repr(actor or '')}: {e}") from e
         actor = owner_for_create(actor, caller)  # an API caller owns what it creates
         profile = self.catalog.get(profile_id)
         refs = boundary.parse(profile, self.settings)
@@ -196,6 +202,10 @@ class Manager:
         caller: Caller | None = None,
     ) -> SandboxStatus:
         """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise."""
+        try:
+            name = None if name is None else validate_name(name)
+        except ValueError as e:
+            raise InvalidInput(f"name: {e}") from e
         plan, ext, secrets = await self.plan(
             profile_id, ttl=ttl, actor=actor, labels=labels, target=target, caller=caller
         )
@@ -235,7 +245,10 @@ class Manager:
             )
         except BaseException as e:
             await self._fail(sid, ext, handle, e, secrets)
-            if isinstance(e, Conflict):
+            # Destroyed by someone else meanwhile: whatever broke here (SSH to a jail that is
+            # gone, a setup step killed) follows from that, and their record stands.
+            if isinstance(e, Conflict) or (isinstance(e, Exception)
+                                           and self._destroyed_meanwhile(sid)):
                 raise Conflict(f"sandbox {sid} was destroyed while it was provisioning") from e
             if isinstance(e, SandboxerError) and not isinstance(e, ProvisionFailed):
                 raise
@@ -248,6 +261,10 @@ class Manager:
             raise
         self.progress(f"{sid}: ready")
         return ready
+
+    def _destroyed_meanwhile(self, sid: str) -> bool:
+        current = self.store.get(sid)
+        return current is not None and current.state in ("destroying", "destroyed")
 
     async def _run_setup(
         self, ext: Extension, handle: Handle, profile: Profile, secrets: dict[str, SecretStr]

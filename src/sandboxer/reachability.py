@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sandboxer.errors import InvalidInput, NoTarget
+from sandboxer.values import config_value
 
 if TYPE_CHECKING:
     from sandboxer.config import Settings
@@ -261,16 +262,6 @@ def ensure_known_hosts(path: Path, line: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("\n".join([*existing, line]) + "\n")
     tmp.replace(path)
-
-
-def config_value(value: str, *, path: bool = False, quote: bool = True) -> str:
-    """A value as OpenSSH reads it in a config line or ``-o``: ``%`` doubled in paths
-    (OpenSSH expands tokens there), double quotes around whitespace or ``#``."""
-    if path:
-        value = value.replace("%", "%%")
-    if quote and re.search(r"[\s#\"'\\]", value):
-        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
 
 
 def host_alias(reach: Mapping[str, Any]) -> str:

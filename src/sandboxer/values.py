@@ -6,32 +6,51 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
-_DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhd])\s*$")
+_DURATION = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
-SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
-LABEL_KEY = re.compile(r"^[a-z0-9](?:[a-z0-9._/-]{0,62})$")
-LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:@/+=-]{0,128}$")
+# Patterns are used with fullmatch: ``$`` would also accept a trailing newline.
+SANDBOX_ID = re.compile(r"sbx-[a-z2-7]{10}")
+LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,62})")
+LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")
+# Who owns a sandbox, and the free-form name it may carry (no C0/C1 controls or DEL, so
+# neither can move a terminal's cursor). The same rules bind the API, the CLI and MCP.
+ACTOR_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,128}$"
+_ACTOR = re.compile(ACTOR_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+# Long enough for any lease, short enough that now + it never overflows a datetime.
+MAX_DURATION = timedelta(days=36500)
+_MAX_SECONDS = MAX_DURATION.total_seconds()
+_TOO_LONG = "a duration must be at most 36500d (100 years)"
 
 
 def parse_duration(text: str | int | float | timedelta) -> timedelta:
-    """Parse ``90s``, ``15m``, ``8h`` or ``7d`` (a bare number is seconds)."""
+    """Parse ``90s``, ``15m``, ``8h`` or ``7d`` (a bare number is seconds), at most
+    ``MAX_DURATION``; anything else is a ValueError."""
     if isinstance(text, timedelta):
-        return text
-    if isinstance(text, bool):
+        value = text
+    elif isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError(f"expected a duration like 90s, 15m, 8h or 7d, got {text!r}")
-    if isinstance(text, int | float):
-        seconds = float(text)
+    elif isinstance(text, int | float):
+        if not -_MAX_SECONDS <= text <= _MAX_SECONDS:  # NaN fails this comparison too
+            raise ValueError(_TOO_LONG)
+        value = timedelta(seconds=float(text))
     else:
-        m = _DURATION.match(str(text))
+        m = _DURATION.fullmatch(text)
         if not m:
             raise ValueError(
-                f"expected a duration like 90s, 15m, 8h or 7d, got {safe_repr(str(text))}"
+                f"expected a duration like 90s, 15m, 8h or 7d, got {safe_repr(text)}"
             )
         seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds <= 0:
+        if seconds > _MAX_SECONDS:
+            raise ValueError(_TOO_LONG)
+        value = timedelta(seconds=seconds)
+    if value <= timedelta(0):
         raise ValueError(f"a duration must be positive, got {text!r}")
-    return timedelta(seconds=seconds)
+    if value > MAX_DURATION:
+        raise ValueError(_TOO_LONG)
+    return value
 
 
 def format_duration(value: timedelta) -> str:
@@ -56,17 +75,33 @@ def safe_repr(text: str) -> str:
 
 def validate_label(key: str, value: str) -> None:
     """Raise ValueError unless ``key=value`` is a safe label (no shell metacharacters)."""
-    if not LABEL_KEY.match(key):
+    # The rejected text is never quoted back: an error may reach an API answer or a log.
+    if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
         raise ValueError(
-            f"label key {safe_repr(key)} is not allowed: expected 1-63 characters of "
+            "a label key is not allowed: expected 1-63 characters of "
             "a-z, 0-9, '.', '_', '/', '-' starting with a letter or digit"
         )
-    if not LABEL_VALUE.match(value):
+    if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
         raise ValueError(
-            f"label value {safe_repr(value)} for {key!r} is not allowed: expected at most "
+            f"label value for {key!r} is not allowed: expected at most "
             "128 characters of A-Z, a-z, 0-9 and . _ : @ / + = - (no spaces or shell "
             "metacharacters)"
         )
+
+
+def validate_actor(actor: str) -> str:
+    """``actor`` if it is an actor id (1-64 of A-Z a-z 0-9 . _ -), else ValueError."""
+    if not isinstance(actor, str) or not _ACTOR.fullmatch(actor):
+        raise ValueError("an actor is 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")
+    return actor
+
+
+def validate_name(name: str) -> str:
+    """``name`` if it is 1-128 characters with no control characters, else ValueError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError("a sandbox name is 1-128 characters with no control characters "
+                         "(no newlines or escape sequences)")
+    return name
 
 
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -82,6 +117,17 @@ def utcnow() -> datetime:
 def iso(ts: datetime) -> str:
     """RFC 3339 in UTC with a ``Z`` and millisecond precision."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def config_value(value: str, *, path: bool = False, quote: bool = True) -> str:
+    """A value as OpenSSH reads it in a config line or ``-o`` (ssh_config(5)): ``%``
+    doubled in paths (OpenSSH expands tokens there), double quotes around whitespace,
+    quotes, backslashes or ``#``, with ``\\`` and ``"`` escaped inside them."""
+    if path:
+        value = value.replace("%", "%%")
+    if quote and re.search(r"[\s#\"'\\]", value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
 
 
 # glibc's list of variables it drops for setuid programs, less the harmless TMPDIR and TZDIR.

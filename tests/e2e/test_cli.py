@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,16 @@ def test_create_ssh_extend_destroy(cli: Cli) -> None:
         (["create", "profile.local", "--label", "novalue"], 4, "expected key=value"),
         (["create"], 2, "usage"),
         (["frobnicate"], 2, "invalid choice"),
+        (["create", "profile.local", "--actor", "../root"], 4, "actor '../root'"),
+        (["create", "profile.local", "--actor", "a" * 65], 4, "actor"),
+        (["create", "profile.local", "--actor", "agt\x1b[2J"], 4, "actor"),
+        (["create", "profile.local", "--name", "x\x1b]0;pwned\x07"], 4, "name"),
+        (["create", "profile.local", "--name", "two\nlines"], 4, "name"),
+        (["create", "profile.local", "--name", "n" * 129], 4, "name"),
+        (["events", "--limit", "999999999999999999999"], 2, "whole number from 1 to 10000"),
+        (["events", "--limit", "-1"], 2, "whole number from 1 to 10000"),
+        (["events", "--limit", "0"], 2, "whole number from 1 to 10000"),
+        (["events", "--after", "-5"], 2, "whole number from 0"),
     ],
 )
 def test_bad_input_exit_codes(cli: Cli, args: list[str], code: int, needle: str) -> None:
@@ -90,6 +101,36 @@ def test_bad_input_exit_codes(cli: Cli, args: list[str], code: int, needle: str)
         assert err.json()["schema"] == "sandboxer.error/v1"
         assert err.json()["exit_code"] == code
     assert cli("list", "--all", "--json").json()["items"] == []  # nothing was stored
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("SANDBOXER_LOCAL_CAPACITY", "abc", "expected a whole number"),
+        ("SANDBOXER_LOCAL_IDLE_EXIT", "abc", "expected a number of seconds"),
+        ("SANDBOXER_COMPOSE_LOCAL_CAPACITY", "-3", "expected a whole number"),
+        ("SANDBOXER_EVENTS_RETENTION", "forever", "expected a duration"),
+        ("SANDBOXER_URL", "localhost:8765", "expected an http:// or https:// URL"),
+        ("SANDBOXER_HOME", "FILE", "is not a directory"),
+        ("SANDBOXER_HOME", "DOLLAR", "contains '${'"),
+    ],
+)
+def test_bad_settings_name_their_variable(cli: Cli, cli_env: dict[str, str], tmp_path: Path,
+                                          name: str, value: str, needle: str) -> None:
+    """Exit 4 at once naming the variable: no bare ValueError, no 15 s wait for an endpoint
+    that cannot start, no FileExistsError."""
+    if value == "FILE":
+        value = str(tmp_path / "a-file")
+        Path(value).write_text("")
+    elif value == "DOLLAR":
+        value = str(tmp_path / "${HOME}")
+    started = time.monotonic()
+    res = cli("create", "profile.local", "--json", env={**cli_env, name: value})
+    assert res.code == 4, res.err
+    assert f"{name}=" in res.err
+    assert needle in res.err
+    assert res.json()["code"] == "invalid_input"
+    assert time.monotonic() - started < 10
 
 
 def test_non_utf8_label_is_refused(cli: Cli) -> None:
@@ -173,3 +214,19 @@ def test_a_new_extension_is_one_package_and_one_entry_point(
     sid = created.json()["id"]
     assert created.json()["extension"] == "ext.fake"
     assert cli("destroy", sid, "--json", env=env).json()["items"][0]["state"] == "destroyed"
+
+
+def test_a_home_with_a_space_and_a_percent_sign_works(cli: Cli, cli_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """OpenSSH splits -o values on whitespace and expands %-tokens in key paths: the
+    readiness probe quotes both, so such a home creates, reaches and destroys sandboxes."""
+    env = {**cli_env, "SANDBOXER_HOME": str(tmp_path / "my home 100%a")}
+    created = cli("create", "profile.local", "--json", env=env, timeout=90)
+    assert created.code == 0, created.err
+    sid = created.json()["id"]
+    try:
+        ran = cli("ssh", sid, "--json", "--", "echo", "hi", env=env)
+        assert ran.code == 0, ran.err
+        assert ran.json()["stdout"].strip() == "hi"
+    finally:
+        assert cli("destroy", sid, env=env).code == 0

@@ -90,6 +90,12 @@ def test_bad_input_is_refused_before_anything_is_stored(
         run(m.create("profile.fake", ttl="3h"))
     with pytest.raises(InvalidInput, match="label"):
         run(m.create("profile.fake", labels={"x": "a;b"}))
+    for actor in ("../root", "a" * 65, "agt\x1b[2J", "agt\n", ""):
+        with pytest.raises(InvalidInput, match="actor"):
+            run(m.create("profile.fake", actor=actor))
+    for name in ("x" * 129, "evil\x1b]0;pwned\x07", "two\nlines", "c1\x9bcsi", ""):
+        with pytest.raises(InvalidInput, match="name"):
+            run(m.create("profile.fake", name=name))
     add_profile(profiles_dir, "badspec", "spec: {colour: red}\n")
     add_profile(profiles_dir, "secret",
                 "setup: {secret_refs: [{name: TOKEN, ref: 'bao:kv/x#y'}]}\n")
@@ -121,6 +127,9 @@ def test_extend_up_to_max_from_creation(settings: Settings) -> None:
     assert m.get(s.id).expires_at == extended.expires_at
     with pytest.raises(SandboxNotFound):
         m.extend("sbx-aaaaaaaaaa", "1h")
+    for huge in ("999999999d", "36501d"):  # was OverflowError (exit 1, HTTP 500)
+        with pytest.raises(InvalidInput, match="at most 36500d"):
+            m.extend(s.id, huge)
     types = [e.type for e in m.store.events()]
     assert types.count("sandbox.extended") == 1
 
@@ -182,6 +191,34 @@ def test_destroy_while_provisioning_wins(settings: Settings) -> None:
         run(m.create("profile.fake"))
     (s,) = m.store.query(states=["destroyed"])
     assert not (settings.home / "fake" / s.id).exists()
+
+
+def test_destroy_during_a_setup_step_is_a_conflict(
+    settings: Settings, profiles_dir: Path
+) -> None:
+    """The step fails because its sandbox went away; the create reports why (exit 8)."""
+    add_profile(profiles_dir, "slow", "setup:\n  instructions: ['touch marker; for i in "
+                "$(seq 200); do [ -e marker ] || exit 7; sleep 0.05; done']\n")
+    m = Manager(settings)
+
+    def destroy_when_running() -> None:
+        other = Manager(settings)
+        for _ in range(200):
+            found = other.store.query(states=["provisioning"])
+            if found and (settings.home / "fake" / found[0].id / "marker").exists():
+                asyncio.run(other.destroy(found[0].id))
+                return
+            threading.Event().wait(0.02)
+
+    racer = threading.Thread(target=destroy_when_running)
+    racer.start()
+    try:
+        with pytest.raises(Conflict, match="destroyed while it was provisioning"):
+            run(m.create("profile.slow"))
+    finally:
+        racer.join()
+    (s,) = m.store.query(states=["destroyed"])
+    assert s.error is None
 
 
 def test_a_create_whose_process_died_is_reaped_at_once(settings: Settings) -> None:

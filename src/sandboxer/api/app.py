@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from sandboxer import __version__
+from sandboxer import __version__, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import RequestTooLarge, SandboxerError
 from sandboxer.secrets.redaction import redact
@@ -95,7 +95,7 @@ async def _background(app: FastAPI, stop: asyncio.Event) -> None:
 
     service = app.state.service
     settings: Settings = service.settings
-    interval = float(settings.env.get("SANDBOXER_REAP_INTERVAL") or 5)
+    interval = envvars.reap_interval(settings.env)
     tasks = [asyncio.ensure_future(_reaper(service, stop, interval))]
     config = events.hub_config(settings)
     if config is not None:
@@ -187,6 +187,12 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        path = request.url.path
+        if e.status_code in (404, 405) and (path == "/v1" or path.startswith("/v1/")):
+            try:  # under /v1 authentication comes first, even for a route that is not there
+                routes.caller(request, await routes.bearer(request))
+            except SandboxerError as unauthenticated:
+                return error_response(unauthenticated)
         code = {404: "not_found", 401: "unauthenticated", 403: "forbidden"}.get(
             e.status_code, "usage")
         exit_code = {404: 3, 401: 8, 403: 8}.get(e.status_code, 2)
@@ -204,6 +210,6 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
             "unexpected", 1, f"unexpected error ({type(e).__name__}); see the server log"),
             status_code=500)
 
-    limit = int(settings.env.get("SANDBOXER_API_MAX_BODY") or DEFAULT_MAX_BODY)
+    limit = envvars.api_max_body(settings.env)
     app.add_middleware(BodyLimit, limit=limit)
     return app

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from sandboxer.models.base import StrictModel
+from sandboxer.values import ACTOR_PATTERN as ACTOR
+from sandboxer.values import NAME_PATTERN as SANDBOX_NAME
 from sandboxer.values import validate_labels
 
 PROFILE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-ACTOR = r"^[A-Za-z0-9._-]{1,64}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DURATION = r"^[0-9]{1,9}[smhd]$"
 
@@ -28,7 +29,7 @@ class CreateRequest(StrictModel):
         None, description="owner; a non-admin token may only name its own actor")
     labels: Labels = Field(default_factory=dict)
     target: Annotated[str | None, Field(pattern=NAME)] = None
-    name: Annotated[str | None, Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")] = None
+    name: Annotated[str | None, Field(max_length=128, pattern=SANDBOX_NAME)] = None
     dry_run: bool = Field(False, description="validate and plan; create nothing")
 
 

@@ -25,7 +25,7 @@ from sandboxer.api.models import (
 )
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
-from sandboxer.errors import NotFound, SandboxerError
+from sandboxer.errors import NotFound, ProvisionFailed, SandboxerError
 from sandboxer.manager import Manager
 from sandboxer.store import open_store
 from sandboxer.store.tokens import Tokens
@@ -81,7 +81,18 @@ class Service:
             self.manager.create(req.profile, name=req.name, caller=caller, **options))
         self.creates.add(task)
         task.add_done_callback(self._created)
-        status = await asyncio.shield(task)
+        try:
+            status = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The server is stopping and gave up on this request (uvicorn cancels requests
+            # after its graceful timeout): the create still finishes or is cancelled by
+            # drain(); answer with what became of it, as an error document, not a bare 500.
+            await asyncio.wait({task})
+            if task.cancelled():
+                raise ProvisionFailed(
+                    "the server shut down before the sandbox was ready; it was destroyed "
+                    "and recorded failed", hint="retry against a running server") from None
+            status = task.result()  # raises the create's own error, mapped as usual
         return dict(status.document())
 
     def _known_target(self, profile_id: str, target: str) -> None:
@@ -144,6 +155,7 @@ class Service:
             task.cancel()
         if late:
             await asyncio.wait(late, timeout=60)
+            await asyncio.sleep(0.1)  # their requests answer (create() above) before we stop
             log.warning("cancelled %d create(s) at shutdown; they are recorded failed",
                         len(late))
 

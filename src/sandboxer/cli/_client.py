@@ -13,11 +13,12 @@ if TYPE_CHECKING:
 def make_client(progress: Callable[[str], None] | None = None) -> Client:
     """The in-process LocalClient, or an HttpClient when ``SANDBOXER_URL`` names a server
     (as the actor of ``SANDBOXER_TOKEN``); httpx is imported only then."""
-    url = os.environ.get("SANDBOXER_URL", "").strip()
+    from sandboxer import envvars
+
+    url, verify = envvars.server(os.environ)
     if url:
         from sandboxer.client.http import HttpClient
 
-        verify: bool | str = os.environ.get("SANDBOXER_CA_CERT") or True
         return HttpClient(url, os.environ.get("SANDBOXER_TOKEN") or None,
                           progress=progress, verify=verify)
     from sandboxer.client.local import LocalClient
@@ -38,6 +39,6 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
         try:
             validate_label(key, value)
         except ValueError as e:
-            raise InvalidInput(f"--label: {e}") from e
+            raise InvalidInput(f"--label {safe_repr(item)}: {e}") from e
         labels[key] = value
     return labels

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
+
+MAX_LIMIT = 10_000  # as GET /v1/events
+
+
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high`` (a usage error, exit 2, if not)."""
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 20 or not (
+                low <= int(digits) <= high):
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text!r}")
+        return int(digits)
+    return parse
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     e = sub.add_parser("events", parents=[common],
                        help="show the event outbox and its State Hub delivery state")
     e.add_argument("--sandbox", help="only this sandbox's events")
-    e.add_argument("--after", type=int, default=0, help="only events after this sequence")
-    e.add_argument("--limit", type=int, default=1000, help="at most this many events")
+    e.add_argument("--after", type=_bounded(0, 2**62), default=0, metavar="SEQ",
+                   help="only events after this sequence number (0 or more)")
+    e.add_argument("--limit", type=_bounded(1, MAX_LIMIT), default=1000, metavar="N",
+                   help=f"at most N events per read (1-{MAX_LIMIT})")
     e.add_argument("--follow", action="store_true", help="keep printing new events")
     e.set_defaults(handler=cmd_events)
     esub = e.add_subparsers(dest="events_command", metavar="ACTION")
@@ -31,7 +48,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     import time
 
     from sandboxer.cli._client import make_client
-    from sandboxer.cli.output import emit_json, table
+    from sandboxer.cli.output import emit_json, printable, table
 
     client = make_client()
     items = client.events(after=args.after, sandbox_id=args.sandbox, limit=args.limit)
@@ -49,7 +66,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(json.dumps(ev.model_dump(mode="json", by_alias=True)) + "\n")
             else:
-                sys.stdout.write("\t".join(map(str, _row(ev))) + "\n")
+                sys.stdout.write("\t".join(map(printable, _row(ev))) + "\n")
             last = ev.seq
         sys.stdout.flush()
         time.sleep(0.5)

@@ -10,10 +10,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser("images", help="sandbox images built from Debian packages")
     isub = i.add_subparsers(dest="images_command", metavar="ACTION", required=True)
     b = isub.add_parser("build", parents=[common],
-                        help="run a recipe from images/ (e.g. base) for a target, or Packer "
-                        "for an ext.vm-packer profile or template")
-    b.add_argument("name", help="recipe name (images/sandbox-NAME/build.sh), an ext.vm-packer "
-                   "profile id, or a Packer template path (.json)")
+                        help="build what a profile needs (compose images or a Packer VM "
+                        "image), a recipe from images/ (e.g. base), or a Packer template")
+    b.add_argument("name", help="a profile id (profile.agent-dev: every image it uses), a "
+                   "recipe name (images/sandbox-NAME/build.sh) or a Packer template (.json)")
     b.add_argument("--target", default="local", help="where a recipe's image goes "
                    "(default: local)")
     b.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",

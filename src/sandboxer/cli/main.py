@@ -68,7 +68,9 @@ def _report(error: Exception, as_json: bool) -> int:
 
         emit_json({"schema": "sandboxer.error/v1", "code": code, "exit_code": exit_code,
                    "message": text})
-    sys.stderr.write(f"sandboxer: {text}\n")
+    from sandboxer.cli.output import printable
+
+    sys.stderr.write(f"sandboxer: {printable(text, keep=chr(10))}\n")  # setup output too
     return exit_code
 
 

@@ -20,9 +20,22 @@ def emit_json(doc: Any, stream: TextIO | None = None) -> None:
     out.write(text + "\n")
 
 
+def printable(value: Any, *, keep: str = "") -> str:
+    """``str(value)`` with every character a terminal could act on (C0 and C1 controls,
+    DEL, bidi overrides, other non-printables) shown as a Python escape (``\\x1b``), so
+    stored text cannot move the cursor or rewrite what the user sees; ``keep`` are let
+    through (a message's own newlines)."""
+    text = str(value)
+    if text.isprintable() and not keep:
+        return text
+    return "".join(c if c.isprintable() or c in keep
+                   else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned table; empty cells print as '-'."""
-    cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
+    """A plain aligned table; empty cells print as '-'; control characters escaped."""
+    cells = [[("-" if v is None or v == "" else printable(v)) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, v in enumerate(row):
@@ -35,7 +48,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def kv(pairs: Sequence[tuple[str, Any]]) -> str:
     width = max(len(k) for k, _ in pairs)
-    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in pairs)
+    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else printable(v)}"
+                     for k, v in pairs)
 
 
 class Progress:

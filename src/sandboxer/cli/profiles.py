@@ -52,13 +52,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sandboxer.cli._client import make_client
-    from sandboxer.cli.output import emit_json
+    from sandboxer.cli.output import emit_json, printable
 
     results = make_client().validate_profiles([Path(f) for f in args.files])
     if args.json:
         emit_json({"schema": "sandboxer.validation/v1", "results": results})
     else:
         for r in results:
-            print(f"ok     {r['file']} ({r['id']})" if r["ok"]
-                  else f"error  {r['file']}: {r['error']}")
+            print(printable(f"ok     {r['file']} ({r['id']})" if r["ok"]
+                            else f"error  {r['file']}: {r['error']}", keep=chr(10)))
     return 0 if all(r["ok"] for r in results) else 4

@@ -84,7 +84,8 @@ def ssh_argv(reach: Doc, known_hosts_file: str, command: list[str], *,
     import shutil
 
     from sandboxer.errors import UsageError
-    from sandboxer.reachability import PATH_OPTIONS, config_value, ssh_options
+    from sandboxer.reachability import PATH_OPTIONS, ssh_options
+    from sandboxer.values import config_value
 
     ssh = shutil.which("ssh")
     if ssh is None:

@@ -99,7 +99,7 @@ def _list_doc(items: list[Any]) -> Doc:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client, parse_labels
-    from sandboxer.cli.output import Progress, emit_json, kv
+    from sandboxer.cli.output import Progress, emit_json, kv, printable
 
     options = {"ttl": args.ttl, "actor": args.actor, "labels": parse_labels(args.label),
                "target": args.target}
@@ -113,7 +113,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                      + [("secret_refs", _refs_summary(refs))]))
             for r in refs:  # a ref's check: ok, or why not; never a value
                 why = "ok" if r["status"] == "ok" else f"{r['code']}: {r['reason']}"
-                print(f"  {r['name']} ({r['ref']}, via {r['checked_by']}): {why}")
+                print(printable(f"  {r['name']} ({r['ref']}, via {r['checked_by']}): {why}"))
         # A ref that does not validate fails the dry run like it would fail the create.
         return 7 if any(r["status"] != "ok" for r in refs) else 0
     progress = Progress(quiet=args.quiet)
@@ -163,7 +163,7 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client
-    from sandboxer.cli.output import emit_json, table
+    from sandboxer.cli.output import emit_json, printable, table
     from sandboxer.errors import SandboxerError
 
     client = make_client()
@@ -178,7 +178,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             except SandboxerError as e:
                 import sys
 
-                sys.stderr.write(f"sandboxer: {e.render()}\n")
+                sys.stderr.write(f"sandboxer: {printable(e.render(), keep=chr(10))}\n")
                 errors.append({"id": sid, "code": e.code, "exit_code": e.exit_code,
                                "message": e.render()})
     worst = max((e["exit_code"] for e in errors), default=0)

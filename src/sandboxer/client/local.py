@@ -91,24 +91,29 @@ class LocalClient:
     # -- profiles ---------------------------------------------------------------------
 
     def list_profiles(self) -> list[dict[str, Any]]:
+        from sandboxer.errors import ProfileInvalid
+
         catalog = self._catalog()
         for e in catalog.broken.values():
             log.warning("skipped: %s", e.message)
         out = []
         for pid in catalog.ids():
             src = catalog.source(pid)
-            out.append({
-                "id": pid,
-                "description": src.raw.get("description", ""),
-                "extension": catalog.get(pid).extension,
-                "source": str(src.path),
-            })
+            try:  # one broken profile (an extends cycle, a bad key) hides only itself
+                extension = catalog.get(pid).extension
+            except ProfileInvalid as e:
+                log.warning("skipped %s: %s", pid, e.message)
+                continue
+            out.append({"id": pid, "description": src.raw.get("description", ""),
+                        "extension": extension, "source": str(src.path)})
         return out
 
     def get_profile(self, profile_id: str) -> Profile:
         return self._catalog().get(profile_id)
 
     def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
+        from sandboxer.secrets import boundary
+
         catalog = self._catalog()
         loaded: dict[Path, str | SandboxerError] = {}
         for path in paths:  # all files first, so they may extend one another
@@ -124,6 +129,9 @@ class LocalClient:
                     raise outcome
                 profile = catalog.get(outcome)
                 self.manager.extension(profile.extension).parse_spec(profile)
+                # The grammar and policy `create` applies (production refuses env:/file:);
+                # nothing is resolved or looked up.
+                boundary.parse(profile, self.settings)
                 results.append({"file": str(path), "id": profile.id, "ok": True,
                                 "error": None, "code": None})
             except SandboxerError as e:
@@ -263,6 +271,20 @@ class LocalClient:
         require_admin(self.caller, "removing a target")
         targets.remove(self.settings, name)
 
+    async def _build_for_profile(self, profile_id: str, *, target: str,
+                                 variables: dict[str, str], force: bool) -> dict[str, Any]:
+        from sandboxer.errors import InvalidInput
+        from sandboxer.extensions.base import BuildsImages
+
+        catalog = self._catalog()
+        profile = catalog.get(profile_id)
+        ext = self.manager.extension(profile.extension)
+        if not isinstance(ext, BuildsImages):
+            raise InvalidInput(f"{profile_id} ({profile.extension}) needs no image to be built")
+        return await ext.build_for_profile(profile, catalog.source(profile_id).path,
+                                           target=target, variables=variables, force=force,
+                                           progress=self.progress or (lambda _m: None))
+
     def images_build(self, name: str, *, target: str = "local",
                      variables: dict[str, str] | None = None,
                      force: bool = False) -> dict[str, Any]:
@@ -270,6 +292,9 @@ class LocalClient:
         from sandboxer.extensions.vm_packer import build as vm_build
 
         require_admin(self.caller, "building an image")
+        if name.startswith("profile."):  # whatever that profile's extension builds
+            return _run(self._build_for_profile(name, target=target,
+                                                variables=variables or {}, force=force))
         if vm_build.is_packer_name(self.settings, name):  # ext.vm-packer: Packer
             return _run(vm_build.build_named(self.settings, name, variables=variables or {},
                                              force=force,

@@ -11,14 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sandboxer import envvars
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput
-from sandboxer.values import parse_duration
 
 if TYPE_CHECKING:
     from sandboxer.store.sqlite import SqliteStore
 
-DEFAULT_RETENTION = "7d"
 
 
 @dataclass(frozen=True)
@@ -33,41 +31,22 @@ class HubConfig:
     concurrency: int = 16
 
 
-def _seconds(settings: Settings, name: str, default: float) -> float:
-    raw = settings.env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise InvalidInput(f"{name}={raw!r}: expected a positive number of seconds")
-    return value
-
-
 def hub_config(settings: Settings) -> HubConfig | None:
     """The State Hub to deliver to, or None when ``SANDBOXER_STATE_HUB_URL`` is unset."""
-    url = settings.env.get("SANDBOXER_STATE_HUB_URL", "").strip()
-    if not url:
+    url = envvars.url(settings.env, "SANDBOXER_STATE_HUB_URL")
+    if url is None:
         return None
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInput(f"SANDBOXER_STATE_HUB_URL={url!r}: expected an http(s):// URL")
     return HubConfig(
-        url=url.rstrip("/"),
+        url=url,
         token=settings.env.get("SANDBOXER_STATE_HUB_TOKEN") or None,
-        timeout=_seconds(settings, "SANDBOXER_STATE_HUB_TIMEOUT", 10.0),
-        backoff_max=_seconds(settings, "SANDBOXER_STATE_HUB_BACKOFF_MAX", 300.0),
+        timeout=envvars.state_hub_timeout(settings.env),
+        backoff_max=envvars.state_hub_backoff_max(settings.env),
     )
 
 
 def retention(settings: Settings) -> float:
     """Seconds an event is kept (``SANDBOXER_EVENTS_RETENTION``, a duration; default 7d)."""
-    raw = settings.env.get("SANDBOXER_EVENTS_RETENTION") or DEFAULT_RETENTION
-    try:
-        return parse_duration(raw).total_seconds()
-    except ValueError as e:
-        raise InvalidInput(f"SANDBOXER_EVENTS_RETENTION: {e}") from e
+    return envvars.events_retention(settings.env)
 
 
 def prune(settings: Settings, store: SqliteStore) -> int:

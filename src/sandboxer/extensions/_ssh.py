@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.base import Endpoint
+from sandboxer.values import config_value
 
 # Answers that retrying cannot change: a wrong host key or a refused key.
 _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
@@ -17,13 +19,16 @@ _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CH
 
 
 def ssh_options(ep: Endpoint) -> list[str]:
-    """Options that pin the host key and use only the sandbox's own identity."""
+    """Options that pin the host key and use only the sandbox's own identity. Paths are
+    quoted for OpenSSH's parser (``%`` tokens, whitespace): any SANDBOXER_HOME works."""
     return [
-        "-i", ep.identity_file,
+        # Not -i: ssh stats -i's argument literally, then %-expands it when loading it, so
+        # no spelling of a path with '%' passes both; -o IdentityFile is only expanded.
+        "-o", f"IdentityFile={config_value(ep.identity_file, path=True)}",
         "-o", "IdentitiesOnly=yes",
         "-o", "IdentityAgent=none",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={ep.known_hosts_file}",
+        "-o", f"UserKnownHostsFile={config_value(ep.known_hosts_file, path=True)}",
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "BatchMode=yes",
         "-o", "LogLevel=ERROR",
@@ -53,13 +58,10 @@ async def ssh_run(ep: Endpoint, command: str, *, timeout: float) -> tuple[int, s
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    done = await communicate(proc, None, timeout)
+    if done is None:
         return 255, f"timed out after {timeout:.0f}s"
-    return proc.returncode or 0, out.decode("utf-8", "replace")
+    return proc.returncode or 0, done[0].decode("utf-8", "replace")
 
 
 def warm_up() -> None:

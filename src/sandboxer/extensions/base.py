@@ -167,6 +167,19 @@ class Extension(ABC):
         return await ssh_run(await self.endpoint(handle), command, timeout=timeout)
 
 
+class BuildsImages(ABC):
+    """Optional capability: build the images a profile's sandboxes need, so that
+    ``sandboxer images build PROFILE`` works for any extension that has images."""
+
+    @abstractmethod
+    async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
+                                variables: dict[str, str], force: bool,
+                                progress: Callable[[str], None]) -> dict[str, Any]:
+        """Build (or find cached) every image ``profile`` needs on ``target``; return a
+        ``sandboxer.image/v1`` body (``image``, ``target``, …). InvalidInput when the
+        profile needs nothing that can be built."""
+
+
 _cache: dict[str, type[Extension]] = {}
 
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError, Unauthenticated, UsageError
 from sandboxer.secrets.redaction import redact
@@ -37,12 +38,11 @@ INSTRUCTIONS = (
 def make_client(settings: Settings) -> Client:
     """HttpClient against SANDBOXER_URL, or LocalClient as the token's actor."""
     token = settings.env.get("SANDBOXER_TOKEN") or None
-    url = settings.env.get("SANDBOXER_URL", "").strip()
+    url, verify = envvars.server(settings.env)
     if url:
         from sandboxer.client.http import HttpClient
 
-        return HttpClient(url, token, settings=settings,
-                          verify=settings.env.get("SANDBOXER_CA_CERT") or True)
+        return HttpClient(url, token, settings=settings, verify=verify)
     if token is None:
         raise UsageError("sandboxer mcp acts as the actor of a token, and none is set",
                          hint="set SANDBOXER_TOKEN (from `sandboxer tokens add ACTOR`), and "
@@ -138,7 +138,7 @@ def run() -> int:
 
     from sandboxer.secrets import redaction
 
-    logging.basicConfig(level=os.environ.get("SANDBOXER_MCP_LOG_LEVEL", "WARNING"),
+    logging.basicConfig(level=envvars.mcp_log_level(os.environ),
                         format="sandboxer mcp: %(levelname)s %(name)s: %(message)s")
     redaction.install()
     server = build(make_client(Settings.from_env()))

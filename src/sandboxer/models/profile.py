@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from sandboxer.models.base import StrictModel
 from sandboxer.models.common import Duration, Labels
 from sandboxer.models.reachability import check_alias_template, check_name, check_port
-from sandboxer.values import is_loader_variable
+from sandboxer.values import is_loader_variable, validate_actor
 
 PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]*(?:\.[a-z0-9][a-z0-9-]*)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -40,7 +40,7 @@ class SecretRefSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _identifier(cls, v: str) -> str:
-        if not ENV_NAME.match(v):
+        if not ENV_NAME.fullmatch(v):
             raise ValueError(f"expected an environment variable name, got {v!r}")
         return v
 
@@ -56,7 +56,7 @@ class SetupSpec(StrictModel):
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not ENV_NAME.match(key):
+            if not ENV_NAME.fullmatch(key):
                 raise ValueError(f"expected environment variable names, got {key!r}")
             if is_loader_variable(key):
                 raise ValueError(
@@ -102,7 +102,7 @@ class ReachabilitySpec(StrictModel):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", v):
+        if not re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", v):
             raise ValueError(f"expected a POSIX user name, got {v!r}")
         return v
 
@@ -130,13 +130,18 @@ class Profile(StrictModel):
     @field_validator("id", "extends")
     @classmethod
     def _profile_id(cls, v: str | None) -> str | None:
-        if v is not None and not PROFILE_ID.match(v):
+        if v is not None and not PROFILE_ID.fullmatch(v):
             raise ValueError(f"expected an id like profile.name, got {v!r}")
         return v
+
+    @field_validator("actor")
+    @classmethod
+    def _actor(cls, v: str | None) -> str | None:
+        return None if v is None else validate_actor(v)
 
     @field_validator("extension")
     @classmethod
     def _extension_name(cls, v: str) -> str:
-        if not re.match(r"^ext\.[a-z0-9][a-z0-9-]*$", v):
+        if not re.fullmatch(r"^ext\.[a-z0-9][a-z0-9-]*$", v):
             raise ValueError(f"expected an extension name like ext.local, got {v!r}")
         return v

@@ -26,7 +26,7 @@ PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a route or actor id, else ValueError naming ``what``."""
-    if not re.match(NAME_PATTERN, value):
+    if not re.fullmatch(NAME_PATTERN, value):
         raise ValueError(
             f"{what}: expected 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
             f"or digit, got {value!r}"
@@ -42,7 +42,7 @@ def check_alias_template(value: str) -> str:
                 f"alias {value!r}: unknown placeholder {{{name}}}; only {{id}} is accepted"
             )
     probe = value.replace("{id}", "sbx-aaaaaaaaaa")
-    if not re.match(ALIAS_PATTERN, probe):
+    if not re.fullmatch(ALIAS_PATTERN, probe):
         raise ValueError(
             f"alias {value!r}: expected letters, digits, '.', '_', '-' and the placeholder "
             "{id}, starting with a letter, digit or {id}; no spaces or shell metacharacters"

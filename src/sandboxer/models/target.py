@@ -34,7 +34,7 @@ class TargetConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not TARGET_NAME.match(v) or v == "local":
+        if not TARGET_NAME.fullmatch(v) or v == "local":
             raise ValueError(
                 f"target name {v!r}: expected 1-63 of a-z, 0-9 and '-', not 'local' "
                 "(the implicit target for this machine)"

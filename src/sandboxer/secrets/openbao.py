@@ -80,12 +80,9 @@ class OpenBao:
                 )
             log.warning("TLS verification of %s is switched off (BAO_SKIP_VERIFY)", addr)
             verify = False
-        try:
-            timeout = float(env.get("SANDBOXER_BAO_TIMEOUT") or DEFAULT_TIMEOUT)
-        except ValueError as e:
-            raise SecretBackendUnavailable(
-                "SANDBOXER_BAO_TIMEOUT is not a number of seconds") from e
-        return cls(addr, token, verify=verify, timeout=timeout)
+        from sandboxer import envvars
+
+        return cls(addr, token, verify=verify, timeout=envvars.bao_timeout(env))
 
     def _hvac(self) -> Any:
         if self._client is None:

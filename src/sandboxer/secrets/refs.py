@@ -77,19 +77,19 @@ def _bao(name: str, rest: str) -> BaoRef | str:
     location, field = rest.split("#")
     if not field:
         return "the field after '#' is empty"
-    if not _FIELD.match(field):
+    if not _FIELD.fullmatch(field):
         return f"field {field!r} may hold only letters, digits, '_', '.' and '-'"
     mount, _, path = location.partition("/")
     if not mount:
         return "the mount before the first '/' is empty"
-    if not _MOUNT.match(mount):
+    if not _MOUNT.fullmatch(mount):
         return f"mount {mount!r} may hold only letters, digits, '_', '.' and '-'"
     if not path:
         return f"no path after the mount {mount!r}"
     for seg in path.split("/"):
         if seg in ("", ".", ".."):
             return f"path {path!r} has an empty, '.' or '..' segment"
-        if not _SEGMENT.match(seg):
+        if not _SEGMENT.fullmatch(seg):
             return f"path segment {seg!r} may hold only letters, digits and _ . @ + = -"
     return BaoRef(name=name, text=f"bao:{rest}", mount=mount, path=path, field=field)
 
@@ -102,7 +102,7 @@ def parse_one(name: str, text: str, *, home: str | None = None) -> Ref | str:
     if scheme == "bao":
         return _bao(name, rest)
     if scheme == "env":
-        if not IDENT.match(rest):
+        if not IDENT.fullmatch(rest):
             return f"variable name {rest!r} is not an identifier"
         return EnvRef(name=name, text=text, var=rest)
     if scheme == "file":
@@ -135,7 +135,7 @@ def parse(
     seen: set[str] = set()
     for i, (name, text) in enumerate(entries):
         where = f"setup.secret_refs[{i}] ({name})"
-        if not IDENT.match(name):
+        if not IDENT.fullmatch(name):
             problems.append(f"{where}: name is not an identifier")
             continue
         if name in RESERVED_NAMES or name.startswith("SANDBOXER_") or is_loader_variable(name):

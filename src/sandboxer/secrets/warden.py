@@ -35,11 +35,9 @@ def binary(env: Mapping[str, str]) -> str | None:
 
 
 def timeout(env: Mapping[str, str]) -> float:
-    try:
-        return float(env.get("SANDBOXER_WARDEN_TIMEOUT") or DEFAULT_TIMEOUT)
-    except ValueError as e:
-        raise SecretBackendUnavailable("SANDBOXER_WARDEN_TIMEOUT is not a number of seconds"
-                                       ) from e
+    from sandboxer import envvars
+
+    return envvars.warden_timeout(env)
 
 
 def _reason(out: bytes, err: bytes) -> str:

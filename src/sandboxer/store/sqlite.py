@@ -455,9 +455,11 @@ class SqliteStore:
 
                 raise NotFound(f"no target named {name!r}", hint="see `sandboxer targets list`")
 
-    def live_count(self, target: str) -> int:
+    def live_count(self, target: str, extension: str) -> int:
+        """Live sandboxes of ``extension`` on ``target``: target names are per extension
+        (ext.local and ext.compose-ssh both have a ``local``)."""
         row = self._conn.execute(
-            "SELECT COUNT(*) FROM sandboxes WHERE target = ? "
-            "AND state IN ('provisioning', 'ready', 'destroying')", (target,)
+            "SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
+            "AND state IN ('provisioning', 'ready', 'destroying')", (target, extension)
         ).fetchone()
         return int(row[0])

@@ -20,11 +20,11 @@ FAKE_PROFILE = ("id: profile.fake\ndescription: test double\nextension: ext.fake
 class Serve:
     """One `sandboxer serve --port 0` process; ``url`` once it listens."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, grace: str = "5") -> None:
         self.log = log
         start = log.stat().st_size if log.exists() else 0  # a restart appends to the log
         self._out = log.open("ab")
-        self.proc = subprocess.Popen([SANDBOXER, "serve", "--port", "0", "--grace", "5"],
+        self.proc = subprocess.Popen([SANDBOXER, "serve", "--port", "0", "--grace", grace],
                                      env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=self._out)
         deadline = time.monotonic() + 30

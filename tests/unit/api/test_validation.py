@@ -76,6 +76,34 @@ def test_unknown_routes_and_methods_answer_with_error_documents(api: Api) -> Non
     assert r.json()["schema"] == "sandboxer.error/v1"
 
 
+def test_unknown_v1_routes_authenticate_first(api: Api) -> None:
+    for method, path in (("GET", "/v1/nothing"), ("PUT", "/v1/sandboxes"), ("GET", "/v1")):
+        r = httpx.request(method, f"{api.url}{path}")
+        assert (r.status_code, r.json()["code"]) == (401, "unauthenticated"), path
+        assert r.headers["www-authenticate"] == "Bearer"
+    r = httpx.get(f"{api.url}/elsewhere")  # outside /v1: nothing to authenticate
+    assert (r.status_code, r.json()["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("labels", [{"k": "v;rm-rf-VALUE"}, {"k": "VALUE\n"},
+                                    {"BAD-VALUE-KEY": "v"}, {"k\nVALUE": "v"}])
+def test_label_422s_never_echo_the_rejected_text(api: Api, labels: dict[str, str]) -> None:
+    r = httpx.post(f"{api.url}/v1/sandboxes", json={"profile": "profile.fake", "labels": labels},
+                   headers=api.auth(api.alice))
+    assert r.status_code == 422, r.text
+    assert "VALUE" not in r.json()["message"]
+
+
+def test_an_enormous_extend_is_422_not_500(api: Api) -> None:
+    auth = api.auth(api.alice)
+    sid = httpx.post(f"{api.url}/v1/sandboxes", json={"profile": "profile.fake"},
+                     headers=auth).json()["id"]
+    r = httpx.post(f"{api.url}/v1/sandboxes/{sid}/extend", json={"ttl": "999999999d"},
+                   headers=auth)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    assert "at most 36500d" in r.json()["message"]
+
+
 def test_openapi_names_the_routes_and_the_bearer_scheme(api: Api) -> None:
     doc = httpx.get(f"{api.url}/openapi.json").json()
     for path in ("/v1/profiles", "/v1/sandboxes", "/v1/sandboxes/{sandbox_id}",

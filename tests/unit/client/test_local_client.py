@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
+from sandboxer.errors import SecretRefInvalid
 from sandboxer.manager import Manager
 from sandboxer.models.common import utcnow
 from sandboxer.models.sandbox import SandboxStatus
@@ -46,3 +52,44 @@ def test_destroy_document_without_an_endpoint_runs_in_process(settings: Settings
     s = client.create("profile.fake")
     assert client.destroy_document(s.id)["state"] == "destroyed"
     assert client.destroy_document(s.id)["state"] == "destroyed"  # idempotent
+
+
+def test_an_extends_cycle_hides_only_the_broken_profiles(
+        settings: Settings, profiles_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (profiles_dir / "a.yaml").write_text("id: profile.a\nextends: profile.b\n")
+    (profiles_dir / "b.yaml").write_text("id: profile.b\nextends: profile.a\n")
+    with caplog.at_level(logging.WARNING):
+        ids = [p["id"] for p in LocalClient(settings).list_profiles()]
+    assert "profile.fake" in ids
+    assert "profile.local" in ids
+    assert "profile.a" not in ids
+    assert "profile.b" not in ids
+    assert "extends: cycle" in caplog.text
+
+
+@pytest.mark.parametrize(("ref", "production"), [
+    ("nonsense", False), ("env:NOT AN IDENT", False), ("bao:kv#field", False),
+    ("env:HOME_TOKEN\n", False), ("env:HOME_TOKEN", True), ("file:/etc/token", True),
+])
+def test_validate_checks_secret_refs_as_create_does(
+        settings: Settings, profiles_dir: Path, monkeypatch: pytest.MonkeyPatch, ref: str,
+        production: bool) -> None:
+    if production:
+        monkeypatch.setenv("SANDBOXER_ENV", "production")
+        settings = Settings.from_env()
+    path = profiles_dir / "refs.yaml"
+    path.write_text("id: profile.refs\nextension: ext.fake\n"
+                    f"setup: {{secret_refs: [{{name: TOKEN, ref: {json.dumps(ref)}}}]}}\n")
+    (result,) = LocalClient(settings).validate_profiles([path])
+    assert result["ok"] is False
+    assert result["code"] == "secret_ref_invalid"
+    with pytest.raises(SecretRefInvalid):
+        asyncio.run(Manager(settings).create("profile.refs"))
+
+
+def test_validate_resolves_nothing(settings: Settings, profiles_dir: Path) -> None:
+    path = profiles_dir / "refs.yaml"
+    path.write_text("id: profile.refs\nextension: ext.fake\n"
+                    "setup: {secret_refs: [{name: TOKEN, ref: 'env:SURELY_UNSET_VAR'}]}\n")
+    (result,) = LocalClient(settings).validate_profiles([path])
+    assert result["ok"] is True, result

@@ -39,7 +39,7 @@ def test_durations_format_round_trip(seconds: int, text: str) -> None:
 def test_sandbox_ids_are_sbx_plus_10_base32() -> None:
     ids = {new_sandbox_id() for _ in range(500)}
     assert len(ids) == 500
-    assert all(SANDBOX_ID.match(i) for i in ids)
+    assert all(SANDBOX_ID.fullmatch(i) for i in ids)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sandboxer.config import Settings
 from sandboxer.errors import Conflict, SandboxNotFound
 from sandboxer.models.common import new_sandbox_id, utcnow
 from sandboxer.models.sandbox import SandboxStatus
@@ -135,3 +136,20 @@ def test_payload_never_contains_handle(tmp_path: Path) -> None:
     store.transition(s.id, from_states={"provisioning"}, to_state="ready", event="sandbox.ready")
     for e in store.events():
         assert "handle" not in json.dumps(e.payload)
+
+
+def test_live_count_is_per_extension(settings: Settings) -> None:
+    """ext.local's target `local` is not ext.compose-ssh's `local`: neither fills the other."""
+    from sandboxer.extensions.compose_ssh import ComposeSSHExtension
+    from sandboxer.store import open_store
+
+    settings.ensure()
+    store = open_store(settings)
+    for _ in range(3):
+        s = status(extension="ext.local", target="local", profile="profile.local")
+        store.insert(s, max_expires_at=s.expires_at)
+    assert store.live_count("local", "ext.local") == 3
+    assert store.live_count("local", "ext.compose-ssh") == 0
+    ext = ComposeSSHExtension(settings)
+    (local,) = [t for t in ext.targets(settings) if t.name == "local"]
+    assert local.used == 0

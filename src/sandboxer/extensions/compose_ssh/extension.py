@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, ProvisionFailed
 from sandboxer.extensions import _keys
 from sandboxer.extensions.base import (
     LABEL,
+    BuildsImages,
     Endpoint,
     Extension,
     Handle,
@@ -70,7 +72,7 @@ def _container_name(doc: dict[str, Any], service: str, project: str, compose: li
     return sep.join((project, service, "1"))
 
 
-class ComposeSSHExtension(Extension):
+class ComposeSSHExtension(Extension, BuildsImages):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
 
     name = "ext.compose-ssh"
@@ -92,16 +94,27 @@ class ComposeSSHExtension(Extension):
     def _config(self, name: str) -> TargetConfig | None:
         return None if name == LOCAL else self.store.get_target(name)
 
+    @override
+    async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
+                                variables: dict[str, str], force: bool,
+                                progress: Callable[[str], None]) -> dict[str, Any]:
+        from sandboxer.extensions.compose_ssh import images
+
+        spec = self.parse_spec(profile)
+        assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
+        doc = ov.load(spec, source, f"profile {profile.id}")
+        return await images.build_for(self.settings, profile.id, doc, target, progress)
+
     # -- targets ----------------------------------------------------------------------
 
     @override
     def targets(self, config: Settings) -> list[Target]:
         local = Target(name=LOCAL, extension=self.name,
-                       capacity=int(config.env.get("SANDBOXER_COMPOSE_LOCAL_CAPACITY", "16")),
-                       used=self.store.live_count(LOCAL))
+                       capacity=envvars.compose_local_capacity(config.env),
+                       used=self.store.live_count(LOCAL, self.name))
         return [local, *(
             Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
-                   used=self.store.live_count(t.name))
+                   used=self.store.live_count(t.name, self.name))
             for t in self.store.list_targets(self.name)
         )]
 
@@ -229,7 +242,7 @@ class ComposeSSHExtension(Extension):
             up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
         started = await r.run(up, timeout=spec.wait_timeout + 30)
         if started.rc != 0:
-            raise self._explain(r, started.tail())
+            raise self._explain(r, started.tail(), req.profile.id, doc)
         ids = [_container_name(doc, spec.service, sid, compose)]
         if secrets:
             await cs.install_loader(r, ids[0])
@@ -248,11 +261,15 @@ class ComposeSSHExtension(Extension):
             raise ProvisionFailed(f"unexpected `compose port` answer {published!r}") from e
 
     @staticmethod
-    def _explain(r: Runner, tail: str) -> ProvisionFailed:
+    def _explain(r: Runner, tail: str, profile_id: str, doc: dict[str, Any]) -> ProvisionFailed:
         if any(s in tail for s in _IMAGE_MISSING):
+            from sandboxer.extensions.compose_ssh.images import images_of
+
+            needed = ", ".join(images_of(doc)) or "its images"
             return ProvisionFailed(
-                f"an image of this profile is not on target {r.name}: {tail}",
-                hint=f"build it there: `sandboxer images build base --target {r.name}`")
+                f"an image of {profile_id} ({needed}) is not on target {r.name}: {tail}",
+                hint=f"build what it needs there: `sandboxer images build {profile_id} "
+                f"--target {r.name}`")
         if "port is already allocated" in tail or "address already in use" in tail:
             return ProvisionFailed(f"a port the compose file publishes is taken on target "
                                    f"{r.name}: {tail}")
@@ -297,7 +314,7 @@ class ComposeSSHExtension(Extension):
     @override
     async def destroy(self, handle: Handle) -> None:
         sid = handle.sandbox_id
-        if not SANDBOX_ID.match(sid):
+        if not SANDBOX_ID.fullmatch(sid):
             raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
         target = handle.target or LOCAL
         try:
@@ -323,6 +340,6 @@ class ComposeSSHExtension(Extension):
                        ["docker", "volume", "ls"]):
                 ids |= set((await r.run([*ls, "--filter", mine, "--format", fmt])).out.split())
             listed = await r.run(["ls", "-1", "--", r.base_dir])
-            ids |= {n for n in listed.out.split() if SANDBOX_ID.match(n)}
+            ids |= {n for n in listed.out.split() if SANDBOX_ID.fullmatch(n)}
         return [Handle(sandbox_id=i, extension=self.name, target=target.name)
-                for i in sorted(i for i in ids if SANDBOX_ID.match(i))]
+                for i in sorted(i for i in ids if SANDBOX_ID.fullmatch(i))]

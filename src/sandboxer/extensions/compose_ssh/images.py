@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import sandboxer
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
@@ -22,9 +23,8 @@ from sandboxer.extensions.compose_ssh.remote import local_env
 
 
 def images_dir(settings: Settings) -> Path:
-    if settings.env.get("SANDBOXER_IMAGES"):
-        return Path(settings.env["SANDBOXER_IMAGES"])
-    return Path(sandboxer.__file__).resolve().parents[2] / "images"
+    chosen = envvars.path(settings.env, "SANDBOXER_IMAGES", directory=True)
+    return chosen or Path(sandboxer.__file__).resolve().parents[2] / "images"
 
 
 def recipe(settings: Settings, name: str) -> Path:
@@ -37,6 +37,35 @@ def recipe(settings: Settings, name: str) -> Path:
                            hint=f"known recipes: {', '.join(known) or 'none'} "
                            "(SANDBOXER_IMAGES names another folder)")
     return script
+
+
+def images_of(doc: dict[str, Any]) -> list[str]:
+    """The images a compose document's services run, in order, once each."""
+    services = doc.get("services") if isinstance(doc, dict) else None
+    found = [s.get("image") for s in (services or {}).values() if isinstance(s, dict)]
+    return list(dict.fromkeys(i for i in found if isinstance(i, str)))
+
+
+def recipes_for(settings: Settings, images: list[str]) -> list[str]:
+    """Recipes of images/ that build those images (``sandboxer/NAME:VERSION``)."""
+    names = [i.partition(":")[0].removeprefix("sandboxer/") for i in images
+             if i.startswith("sandboxer/")]
+    root = images_dir(settings)
+    return [n for n in dict.fromkeys(names) if "/" not in n and any(
+        (root / d / "build.sh").is_file() for d in (n, f"sandbox-{n}"))]
+
+
+async def build_for(settings: Settings, profile_id: str, doc: dict[str, Any], target: str,
+                    progress: Callable[[str], None]) -> dict[str, Any]:
+    """``images build PROFILE``: run the recipe of every image the profile's compose uses."""
+    images = images_of(doc)
+    names = recipes_for(settings, images)
+    if not names:
+        raise InvalidInput(f"{profile_id} uses no image a recipe in {images_dir(settings)} "
+                           f"builds (it uses: {', '.join(images) or 'none'})")
+    built = [await build(settings, name, target, progress) for name in names]
+    tags = [b["image"] for b in built]
+    return {"image": ", ".join(tags), "images": tags, "target": target}
 
 
 async def _script(argv: list[str], env: dict[str, str],

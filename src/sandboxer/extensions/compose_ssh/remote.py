@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions._proc import communicate
 from sandboxer.models.target import TargetConfig
 
 
@@ -121,13 +122,10 @@ class LocalRunner(Runner):
             )
         except FileNotFoundError:
             return Completed(argv, 127, b"", f"{argv[0]}: command not found".encode())
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        done = await communicate(proc, input, timeout)
+        if done is None:
             return Completed(argv, 124, b"", f"timed out after {timeout:.0f}s".encode())
-        return Completed(argv, proc.returncode or 0, out, err)
+        return Completed(argv, proc.returncode or 0, *done)
 
 
     async def run_with_file(self, argv: list[str], stdin: Path,
@@ -136,8 +134,10 @@ class LocalRunner(Runner):
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=self.env, stdin=f, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE)
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        return Completed(argv, proc.returncode or 0, out, err)
+            done = await communicate(proc, None, timeout)
+        if done is None:
+            return Completed(argv, 124, b"", f"timed out after {timeout:.0f}s".encode())
+        return Completed(argv, proc.returncode or 0, *done)
 
 
 class SSHRunner(Runner):

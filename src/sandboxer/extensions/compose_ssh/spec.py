@@ -19,7 +19,7 @@ class Resources(StrictModel):
 
     @model_validator(mode="after")
     def _memory(self) -> Resources:
-        if self.memory is not None and not re.match(r"^\d+[bkmg]?$", self.memory.lower()):
+        if self.memory is not None and not re.fullmatch(r"^\d+[bkmg]?$", self.memory.lower()):
             raise ValueError(f"resources.memory: expected e.g. 512m or 2g, got {self.memory!r}")
         return self
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, NotFound, ProvisionFailed
 from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
@@ -25,7 +26,7 @@ def _summary(t: TargetConfig) -> dict[str, Any]:
 def local_summary(settings: Settings) -> dict[str, Any]:
     return {"name": LOCAL, "extension": ComposeSSHExtension.name, "url": None,
             "identity_file": None, "public_host": "127.0.0.1",
-            "capacity": int(settings.env.get("SANDBOXER_COMPOSE_LOCAL_CAPACITY", "16")),
+            "capacity": envvars.compose_local_capacity(settings.env),
             "kind": "self-hosted", "allow": [], "host_keys": [], "implicit": True}
 
 

@@ -31,11 +31,11 @@ _START_TIMEOUT = 15.0
 DAEMON_SETTINGS = ("SANDBOXER_PROFILES",)
 
 
-SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch
 
 
 def sandbox_dir(settings: Settings, sandbox_id: str) -> Path:
-    if not SANDBOX_ID.match(sandbox_id):
+    if not SANDBOX_ID.fullmatch(sandbox_id):
         raise ProvisionFailed(f"invalid sandbox id {sandbox_id!r}")
     return settings.local_root / sandbox_id
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncssh
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
@@ -57,7 +58,7 @@ class Daemon:
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
-        self.idle_exit = float(settings.env.get("SANDBOXER_LOCAL_IDLE_EXIT", "3"))
+        self.idle_exit = envvars.local_idle_exit(settings.env)
         self._store: Any = None
         self._manager: Any = None
         self._stop = asyncio.Event()
@@ -134,7 +135,7 @@ class Daemon:
 
     async def _add(self, req: dict[str, Any]) -> int:
         sid = str(req["sandbox_id"])
-        if not SANDBOX_ID.match(sid):
+        if not SANDBOX_ID.fullmatch(sid):
             raise ValueError(f"invalid sandbox id {sid!r}")
         if sid in self.sandboxes:
             return self.sandboxes[sid].port

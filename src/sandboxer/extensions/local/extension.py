@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxNotFound
 from sandboxer.extensions import _keys
@@ -70,7 +71,7 @@ def _release_uid(settings: Settings, uid: int, sandbox_dir: Path) -> None:
 
 
 def _uid_base(settings: Settings) -> int:
-    return int(settings.env.get("SANDBOXER_LOCAL_UID_BASE", "1100000"))
+    return envvars.local_uid_base(settings.env)
 
 
 def _proc_uids() -> dict[int, set[int]]:
@@ -150,7 +151,7 @@ class LocalExtension(Extension):
         root = self.settings.local_root
         if not root.is_dir():
             return []
-        return [p for p in root.iterdir() if p.is_dir() and control.SANDBOX_ID.match(p.name)]
+        return [p for p in root.iterdir() if p.is_dir() and control.SANDBOX_ID.fullmatch(p.name)]
 
     @override
     def targets(self, config: Settings) -> list[Target]:
@@ -161,7 +162,7 @@ class LocalExtension(Extension):
             kind="self-hosted",
             healthy=bwrap is not None,
             reason=None if bwrap else "bubblewrap is not installed: apt-get install bubblewrap",
-            capacity=int(config.env.get("SANDBOXER_LOCAL_CAPACITY", "64")),
+            capacity=envvars.local_capacity(config.env),
             used=len(LocalExtension(config)._dirs()),
         )]
 

@@ -8,18 +8,20 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, SecretError
 from sandboxer.extensions import _keys
 from sandboxer.extensions._ssh import ssh_probe
 from sandboxer.extensions.base import (
+    BuildsImages,
     Endpoint,
     Extension,
     Handle,
@@ -31,13 +33,16 @@ from sandboxer.extensions.base import (
 from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 
+if TYPE_CHECKING:
+    from sandboxer.models.profile import Profile
+
 TARGET = "qemu"
 SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 PORT_TRIES = 5
 _PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")
 
 
-class VMPackerExtension(Extension):
+class VMPackerExtension(Extension, BuildsImages):
     """ext.vm-packer: QEMU VMs from cached Packer images, or leases on existing VMs."""
 
     name = "ext.vm-packer"
@@ -71,8 +76,8 @@ class VMPackerExtension(Extension):
         from sandboxer.store import open_store
 
         return [Target(name=TARGET, extension=self.name, kind="self-hosted",
-                       capacity=int(config.env.get("SANDBOXER_VM_CAPACITY", "8")),
-                       used=open_store(config).live_count(TARGET))]
+                       capacity=envvars.vm_capacity(config.env),
+                       used=open_store(config).live_count(TARGET, self.name))]
 
     @override
     def check(self, profile: Any, spec: BaseModel, target: Target,
@@ -93,6 +98,15 @@ class VMPackerExtension(Extension):
         tpl = images.Template.load(images.resolve_template(self.settings,
                                                             spec.packer.template, source))
         tpl.check_vars(spec.packer.vars)
+
+    @override
+    async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
+                                variables: dict[str, str], force: bool,
+                                progress: Callable[[str], None]) -> dict[str, Any]:
+        from sandboxer.extensions.vm_packer import build
+
+        return await build.build_named(self.settings, profile.id, variables=variables,
+                                       force=force, progress=progress)
 
     # -- provision ----------------------------------------------------------------------
 
@@ -261,7 +275,7 @@ class VMPackerExtension(Extension):
     @override
     async def destroy(self, handle: Handle) -> None:
         sid = handle.sandbox_id
-        if not SANDBOX_ID.match(sid):
+        if not SANDBOX_ID.fullmatch(sid):
             raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
         d = self.sandbox_dir(sid)
         record = self._record(sid)
@@ -291,7 +305,7 @@ class VMPackerExtension(Extension):
         root = self.vm_root()
         ids = set(qemu.vm_processes(str(root) + "/"))
         if root.is_dir():
-            ids |= {p.name for p in root.iterdir() if SANDBOX_ID.match(p.name)}
+            ids |= {p.name for p in root.iterdir() if SANDBOX_ID.fullmatch(p.name)}
         return [Handle(sandbox_id=i, extension=self.name, target=TARGET) for i in sorted(ids)]
 
     @override

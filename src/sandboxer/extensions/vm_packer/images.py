@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import sandboxer
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 
@@ -36,15 +37,13 @@ Progress = Callable[[str], None]
 
 
 def packer_dir(settings: Settings) -> Path:
-    if settings.env.get("SANDBOXER_PACKER_DIR"):
-        return Path(settings.env["SANDBOXER_PACKER_DIR"])
-    return Path(sandboxer.__file__).resolve().parents[2] / "packer"
+    chosen = envvars.path(settings.env, "SANDBOXER_PACKER_DIR", directory=True)
+    return chosen or Path(sandboxer.__file__).resolve().parents[2] / "packer"
 
 
 def cache_dir(settings: Settings) -> Path:
-    if settings.env.get("SANDBOXER_VM_IMAGES"):
-        return Path(settings.env["SANDBOXER_VM_IMAGES"]).absolute()
-    return settings.home / "images"
+    chosen = envvars.path(settings.env, "SANDBOXER_VM_IMAGES", directory=True)
+    return chosen or settings.home / "images"
 
 
 def resolve_template(settings: Settings, template: str, source: Path | None) -> Path:

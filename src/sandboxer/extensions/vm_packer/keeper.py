@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import sandboxer
+from sandboxer import envvars
 from sandboxer.config import Settings
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0
-    interval = float(settings.env.get("SANDBOXER_VM_KEEPER_INTERVAL", "2"))
+    interval = envvars.vm_keeper_interval(settings.env)
     log.info("vm lease keeper %d for %s", os.getpid(), settings.home)
     try:
         asyncio.run(_loop(settings, interval, idle_exit=30.0))

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions._proc import communicate
 from sandboxer.extensions._ssh import ssh_argv
 from sandboxer.extensions.base import Endpoint
 
@@ -26,13 +27,10 @@ async def run(ep: Endpoint, command: str, *, input: bytes = b"",
     proc = await asyncio.create_subprocess_exec(
         *ssh_argv(ep, command, connect_timeout=10), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(input), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    done = await communicate(proc, input, timeout)
+    if done is None:
         return 255, f"timed out after {timeout:.0f}s"
-    return proc.returncode or 0, out.decode("utf-8", "replace")
+    return proc.returncode or 0, done[0].decode("utf-8", "replace")
 
 
 async def fill_secrets(ep: Endpoint, secrets: Mapping[str, SecretStr]) -> None:

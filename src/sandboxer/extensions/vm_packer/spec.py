@@ -16,7 +16,7 @@ _HOST_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/
 
 def size_bytes(text: str) -> int:
     """``512M``, ``2G``, ``2048`` (MiB) as bytes."""
-    m = _SIZE.match(text.strip())
+    m = _SIZE.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"expected a size like 512M or 8G, got {text!r}")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
@@ -32,7 +32,7 @@ class PackerSpec(StrictModel):
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", key):
+            if not re.fullmatch(r"^[A-Za-z_][A-Za-z0-9_-]*$", key):
                 raise ValueError(f"expected Packer variable names, got {key!r}")
         return v
 
@@ -77,14 +77,14 @@ class AttachSpec(StrictModel):
     @classmethod
     def _key(cls, v: str) -> str:
         v = " ".join(v.split()[:2])
-        if not _HOST_KEY.match(v):
+        if not _HOST_KEY.fullmatch(v):
             raise ValueError("expected an OpenSSH public key line like 'ssh-ed25519 AAAA…'")
         return v
 
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9.:_-]+$", v):
+        if not re.fullmatch(r"^[A-Za-z0-9.:_-]+$", v):
             raise ValueError(f"expected a host name or address, got {v!r}")
         return v
 

@@ -1,0 +1,183 @@
+"""Typed readers of ``SANDBOXER_*`` settings: each one names its variable when it is wrong.
+
+A value that does not parse is an ``InvalidInput`` (exit 4, HTTP 422) saying which
+variable, what it holds and what was expected; unset or empty means the default. Standard
+library only (plus errors and values): the CLI's read paths import this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from sandboxer.errors import InvalidInput
+from sandboxer.values import parse_duration, safe_repr
+
+
+def _bad(name: str, raw: str, expected: str) -> InvalidInput:
+    return InvalidInput(f"{name}={safe_repr(raw)}: expected {expected}",
+                        hint=f"fix {name} or unset it for the default")
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    return None if raw is None or not raw.strip() else raw
+
+
+def count(env: Mapping[str, str], name: str, default: int, *, low: int = 1,
+          high: int = 1_000_000) -> int:
+    """A whole number in ``low..high``."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or not (
+            low <= int(text) <= high):
+        raise _bad(name, raw, f"a whole number from {low} to {high}")
+    return int(text)
+
+
+def seconds(env: Mapping[str, str], name: str, default: float, *, low: float = 0.0,
+            high: float = 86_400.0) -> float:
+    """A number of seconds, more than ``low`` and at most ``high`` (``1.5`` is fine)."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = float("nan")
+    if not low < value <= high:  # NaN and infinities fail here too
+        raise _bad(name, raw, f"a number of seconds above {low:g} and at most {high:g}")
+    return value
+
+
+def duration(env: Mapping[str, str], name: str, default: str) -> float:
+    """A duration (``90s``, ``15m``, ``8h``, ``7d``) in seconds."""
+    raw = _raw(env, name)
+    try:
+        return parse_duration(default if raw is None else raw).total_seconds()
+    except ValueError as e:
+        raise _bad(name, raw or default, "a duration like 90s, 15m, 8h or 7d") from e
+
+
+def path(env: Mapping[str, str], name: str, default: Path | None = None, *,
+         directory: bool = False) -> Path | None:
+    """An absolute path (a relative one is taken from the current directory); with
+    ``directory``, one that is a directory if it exists at all."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if "\0" in raw:
+        raise _bad(name, raw, "a path without NUL bytes")
+    p = Path(raw).absolute()
+    if directory and p.exists() and not p.is_dir():
+        raise InvalidInput(f"{name}={safe_repr(raw)} is not a directory",
+                           hint=f"point {name} at a directory (or a path that does not "
+                           "exist yet)")
+    return p
+
+
+def url(env: Mapping[str, str], name: str) -> str | None:
+    """An ``http://`` or ``https://`` URL without a trailing slash, or None when unset."""
+    raw = _raw(env, name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.startswith(("http://", "https://")) or any(c.isspace() for c in text):
+        raise _bad(name, raw, "an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def word(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices``, case-insensitively."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw.strip().lower() not in choices:
+        raise _bad(name, raw, "one of " + ", ".join(choices))
+    return raw.strip().lower()
+
+
+def server(env: Mapping[str, str]) -> tuple[str | None, bool | str]:
+    """``SANDBOXER_URL`` and how to verify it: ``SANDBOXER_CA_CERT`` (a file) or True."""
+    ca = path(env, "SANDBOXER_CA_CERT")
+    if ca is not None and not ca.is_file():
+        raise InvalidInput(f"SANDBOXER_CA_CERT={str(ca)!r} is not a file",
+                           hint="point it at a PEM CA bundle, or unset it")
+    return url(env, "SANDBOXER_URL"), str(ca) if ca else True
+
+
+# -- the variables, each read through one of these (defaults live here, once) ----------
+
+
+def local_capacity(env: Mapping[str, str]) -> int:
+    return count(env, "SANDBOXER_LOCAL_CAPACITY", 64)
+
+
+def local_idle_exit(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_LOCAL_IDLE_EXIT", 3.0)
+
+
+def local_uid_base(env: Mapping[str, str]) -> int:
+    return count(env, "SANDBOXER_LOCAL_UID_BASE", 1_100_000, high=2**32 - 2**17)
+
+
+def compose_local_capacity(env: Mapping[str, str]) -> int:
+    return count(env, "SANDBOXER_COMPOSE_LOCAL_CAPACITY", 16)
+
+
+def vm_capacity(env: Mapping[str, str]) -> int:
+    return count(env, "SANDBOXER_VM_CAPACITY", 8)
+
+
+def vm_keeper_interval(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_VM_KEEPER_INTERVAL", 2.0, high=3600.0)
+
+
+def reap_interval(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_REAP_INTERVAL", 5.0, high=3600.0)
+
+
+def api_max_body(env: Mapping[str, str]) -> int:
+    return count(env, "SANDBOXER_API_MAX_BODY", 1_048_576, high=2**31)
+
+
+def bao_timeout(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_BAO_TIMEOUT", 10.0, high=3600.0)
+
+
+def warden_timeout(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_WARDEN_TIMEOUT", 10.0, high=3600.0)
+
+
+def events_retention(env: Mapping[str, str]) -> float:
+    return duration(env, "SANDBOXER_EVENTS_RETENTION", "7d")
+
+
+def state_hub_timeout(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_STATE_HUB_TIMEOUT", 10.0, high=3600.0)
+
+
+def state_hub_backoff_max(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_STATE_HUB_BACKOFF_MAX", 300.0)
+
+
+def mcp_log_level(env: Mapping[str, str]) -> str:
+    levels = ("debug", "info", "warning", "error", "critical")
+    return word(env, "SANDBOXER_MCP_LOG_LEVEL", levels, "warning").upper()
+
+
+# Checked whenever settings are read, so that a bad value fails the command that was given
+# it, not a background process (the ext.local endpoint, the VM lease keeper) later.
+CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
+    local_capacity, local_idle_exit, local_uid_base, compose_local_capacity, vm_capacity,
+    vm_keeper_interval, reap_interval, api_max_body, bao_timeout, warden_timeout,
+    events_retention, state_hub_timeout, state_hub_backoff_max,
+)
+
+
+def check(env: Mapping[str, str]) -> None:
+    """Raise InvalidInput for the first of the numeric settings above that is wrong."""
+    for read in CHECKED:
+        read(env)

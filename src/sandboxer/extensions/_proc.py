@@ -1,0 +1,25 @@
+"""Child processes with a deadline: kill on timeout without racing the child's own exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL ``proc`` and reap it; one that has exited meanwhile is fine (asyncio raises
+    ProcessLookupError once it has seen the exit, which is no error here)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+
+
+async def communicate(proc: asyncio.subprocess.Process, input: bytes | None,
+                      timeout: float) -> tuple[bytes, bytes] | None:
+    """``proc.communicate(input)`` within ``timeout``; None when it timed out, once the
+    process is killed and reaped."""
+    try:
+        return await asyncio.wait_for(proc.communicate(input), timeout)
+    except TimeoutError:
+        await kill(proc)
+        return None
