@@ -125,6 +125,32 @@ class Manager:
             )
         return status.reachability
 
+    async def refresh_reachability(self, sandbox_id: str) -> SandboxStatus | None:
+        """Assemble a ready sandbox's descriptor again from its extension's endpoint.
+
+        When it changed (an ext.local sandbox restored on a new port because its old one
+        was taken), the new one is stored with a second ``sandbox.ready`` event, so State
+        Hub and ``get`` never keep an endpoint that refuses connections. None: unchanged.
+        """
+        from sandboxer.reachability import assemble
+
+        rec = self.store.get_record(sandbox_id)
+        if rec is None or rec.status.state != "ready" or rec.handle is None:
+            return None
+        handle = Handle.model_validate(rec.handle)
+        endpoint = await self.extension(rec.status.extension).endpoint(handle)
+        profile = self.catalog.get(rec.status.profile)
+        reach = assemble(sandbox_id, endpoint, profile, self.settings.env, self.store)
+        new = reach.model_dump(mode="json", by_alias=True)
+        old = rec.status.reachability
+        if old is not None and old.model_dump(mode="json", by_alias=True) == new:
+            return None
+        data = {**handle.data, "port": endpoint.port} if "port" in handle.data else handle.data
+        return self.store.transition(
+            sandbox_id, from_states={"ready"}, to_state="ready", event="sandbox.ready",
+            reachability=new, handle=handle.model_copy(update={"data": data}).model_dump(
+                mode="json"))
+
     # -- create -----------------------------------------------------------------------
 
     async def plan(

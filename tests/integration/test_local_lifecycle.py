@@ -156,3 +156,66 @@ def test_endpoint_exits_when_its_home_disappears(local_home: Settings) -> None:
     wait_for(lambda: not Path(f"/proc/{pid}").exists()
              or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 30,
              "the orphaned endpoint to exit")
+
+
+def _kill_endpoint(settings: Settings) -> int:
+    import signal
+
+    pid = int((settings.run_dir / "local-endpoint.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 10,
+             "the endpoint to die")
+    return pid
+
+
+@pytest.mark.parametrize("command", ["get", "list", "ssh", "reachability", "reconcile"])
+def test_a_killed_endpoint_comes_back_with_every_sandbox(local_home: Settings,
+                                                         command: str) -> None:
+    env = {**os.environ, "SANDBOXER_HOME": str(local_home.home)}
+    client = LocalClient(local_home)
+    first, second = client.create("profile.local", ttl="5m"), client.create("profile.local")
+    ports = {s.id: s.reachability.port for s in (first, second)}  # type: ignore[union-attr]
+    old = _kill_endpoint(local_home)
+    # Every jail and listener goes with it (its last threads may take a moment).
+    wait_for(lambda: not any(port_open(p) for p in ports.values()), 10, "the ports to close")
+    argv = {"get": ["get", first.id], "list": ["list"], "ssh": ["ssh", first.id, "--", "true"],
+            "reachability": ["reachability", "show", first.id], "reconcile": ["reconcile"]}
+    done = subprocess.run([SANDBOXER, *argv[command], "--json"], capture_output=True,
+                          env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert int((local_home.run_dir / "local-endpoint.pid").read_text()) != old
+    for sid, port in ports.items():  # both sandboxes, on their ports, with their keys
+        doc = LocalClient(local_home).get_document(sid)
+        assert doc["state"] == "ready"
+        assert doc["reachability"]["port"] == port
+        assert ssh(doc["reachability"], "echo served").stdout == b"served\n"
+
+
+def test_a_taken_port_gives_a_new_port_and_descriptor(local_home: Settings) -> None:
+    import socket
+
+    env = {**os.environ, "SANDBOXER_HOME": str(local_home.home)}
+    client = LocalClient(local_home)
+    box = client.create("profile.local", ttl="5m")
+    old_port = box.reachability.port  # type: ignore[union-attr]
+    _kill_endpoint(local_home)
+    wait_for(lambda: not port_open(old_port), 10, "the old port to close")
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", old_port))
+    squatter.listen()
+    try:
+        done = subprocess.run([SANDBOXER, "get", box.id, "--json"], capture_output=True,
+                              env=env, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["state"] == "ready"
+        new_port = doc["reachability"]["port"]
+        assert new_port != old_port
+        assert f"[127.0.0.1]:{new_port} " in doc["reachability"]["known_hosts"]
+        assert ssh(doc["reachability"], "echo moved").stdout == b"moved\n"
+        kinds = [e.type for e in client.events(sandbox_id=box.id)]
+        assert kinds.count("sandbox.ready") == 2  # the new descriptor reached the outbox
+    finally:
+        squatter.close()

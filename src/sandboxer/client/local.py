@@ -170,7 +170,49 @@ class LocalClient:
 
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
         self._opportunistic_reap()
-        return require_visible(self.store.get_document(sandbox_id), sandbox_id, self.caller)
+        doc = require_visible(self.store.get_document(sandbox_id), sandbox_id, self.caller)
+        if self._serve_local([doc]):
+            doc = require_visible(self.store.get_document(sandbox_id), sandbox_id, self.caller)
+        return doc
+
+    def _serve_local(self, docs: list[dict[str, Any]]) -> bool:
+        """Bring the ext.local endpoint back when a ready local sandbox is not served.
+
+        A killed endpoint takes every jail with it; the next command that shows or needs a
+        local sandbox starts it again, which restores every live sandbox (on its recorded
+        port, or a new one when that was taken: then the stored descriptor is renewed
+        here). True when anything was restarted, so the caller reads the store again. One
+        connect to the control socket when the endpoint is up. If it cannot be brought
+        back, the documents say so in ``reason`` rather than claim a servable endpoint.
+        """
+        local = [d for d in docs if d.get("extension") == "ext.local" and d["state"] == "ready"]
+        if not local:
+            return False
+        from sandboxer.extensions.local.wire import request_if_running
+
+        listed = request_if_running(self.settings, "list", timeout=5)
+        served = {e["sandbox_id"]: e["port"] for e in (listed or {}).get("sandboxes", [])}
+        if listed is not None and all(
+                served.get(d["id"]) == (d.get("reachability") or {}).get("port") for d in local):
+            return False
+        try:
+            return _run(self._restore_local(local))
+        except SandboxerError as e:
+            for d in local:
+                d["reason"] = f"unserved: {e.message}"
+            return False
+
+    async def _restore_local(self, docs: list[dict[str, Any]]) -> bool:
+        from sandboxer.extensions.local import control
+
+        await control.ensure_running(self.settings)
+        listed = await control.request(self.settings, "list")
+        served = {e["sandbox_id"]: e["port"] for e in listed["sandboxes"]}
+        for d in docs:
+            # Not restored by the daemon (serve it now), or restored on a new port.
+            if served.get(d["id"]) != (d.get("reachability") or {}).get("port"):
+                await self.manager.refresh_reachability(d["id"])
+        return True
 
     def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
         from sandboxer.models.sandbox import SandboxStatus
@@ -184,7 +226,10 @@ class LocalClient:
             states = list(LIVE_STATES)
         filters.pop("all", None)
         filters["actor"] = actor_filter(filters.get("actor"), self.caller)
-        return self.store.query_documents(states=states, **filters)
+        docs = self.store.query_documents(states=states, **filters)
+        if self._serve_local(docs):
+            docs = self.store.query_documents(states=states, **filters)
+        return docs
 
     def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
         self._opportunistic_reap()
@@ -216,17 +261,20 @@ class LocalClient:
 
     def reap(self) -> list[SandboxStatus]:
         require_admin(self.caller, "reap")
-        return _run(self.manager.reap())
+        reaped = _run(self.manager.reap())
+        self._serve_local(self.store.query_documents(states=["ready"]))
+        return reaped
 
     def reconcile(self) -> list[dict[str, Any]]:
         require_admin(self.caller, "reconcile")
         self._opportunistic_reap()
+        self._serve_local(self.store.query_documents(states=["ready"]))
         removed = _run(self.manager.reconcile())
         return [h.model_dump(mode="json", include={"sandbox_id", "extension", "target"})
                 for h in removed]
 
     def reachability(self, sandbox_id: str) -> Reachability:
-        self._opportunistic_reap()
+        self.get_document(sandbox_id)  # reaps, and serves a local sandbox again if needed
         return self.manager.reachability(sandbox_id, caller=self.caller)
 
     def events(self, *, after: int = 0, sandbox_id: str | None = None,

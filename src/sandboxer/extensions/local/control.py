@@ -235,8 +235,10 @@ async def ensure_running(settings: Settings, timeout: float = _START_TIMEOUT) ->
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+        # The daemon answers from its forked child; the first process exits right after
+        # the fork (later on a loaded machine), and is reaped here, not left as a zombie.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=1.0)
+            proc.wait(timeout=15.0)
     finally:
         os.close(fd)
 

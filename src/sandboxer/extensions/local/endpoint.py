@@ -58,6 +58,7 @@ class Daemon:
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
+        self.moved: set[str] = set()
         self.idle_exit = envvars.local_idle_exit(settings.env)
         self._store: Any = None
         self._manager: Any = None
@@ -157,11 +158,22 @@ class Daemon:
         sb.jail = self._jail(sb)
         sb.revive = partial(self._revive, sb)
         await sb.jail.start()
+        wanted = int(req.get("port") or 0)
         try:
-            sb.acceptor = await self._listen(sb, host_key, int(req.get("port") or 0))
+            try:
+                sb.acceptor = await self._listen(sb, host_key, wanted)
+            except OSError as e:
+                if not wanted:
+                    raise
+                # Taken while nobody served it: a new port, and a new descriptor (moved).
+                log.warning("port %d of %s is taken (%s); serving it on a new port",
+                            wanted, sid, e)
+                sb.acceptor = await self._listen(sb, host_key, 0)
         except BaseException:
             await sb.jail.stop()
             raise
+        if wanted and sb.port != wanted:
+            self._moved(req, sb.port)
         self.sandboxes[sid] = sb
         redaction.register(secrets.values())
         log.info("serving %s on 127.0.0.1:%d (host uid %d, jail pid %d)", sid, sb.port,
@@ -171,6 +183,34 @@ class Daemon:
                         "of the endpoint that stopped; recreate the sandbox to get them back",
                         sid, ", ".join(sb.secrets_missing))
         return sb.port
+
+    def _moved(self, req: dict[str, Any], port: int) -> None:
+        """Record a restored sandbox's new port: its record, its pinned known_hosts line,
+        and (once the control socket answers) its stored descriptor."""
+        from sandboxer.extensions import _keys
+        from sandboxer.extensions.base import key_paths
+
+        sid = str(req["sandbox_id"])
+        record = {k: v for k, v in req.items() if k not in ("op", "secrets")}
+        control.write_record(self.settings, sid, {**record, "port": port})
+        paths = key_paths(self.settings, sid)
+        line = _keys.known_hosts_line("127.0.0.1", port, _keys.public_of(paths["host_key"]))
+        _keys.write_known_hosts(paths["known_hosts"], [line])
+        self.moved.add(sid)
+
+    async def _refresh_moved(self) -> None:
+        """Store the new descriptors of sandboxes restored on a new port."""
+        while self.moved:
+            sid = self.moved.pop()
+            try:
+                if self._manager is None:
+                    from sandboxer.manager import Manager
+
+                    self._manager = Manager(self.settings)
+                if await self._manager.refresh_reachability(sid) is not None:
+                    log.info("%s: its descriptor now names its new port", sid)
+            except Exception as e:
+                self._warn_once(f"refreshing the descriptor of {sid}", e)
 
     def _jail(self, sb: Sandbox) -> Jail:
         return Jail(sandbox_id=sb.id, user=sb.user, workspace=sb.workspace,
@@ -276,6 +316,7 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         await self._revive_jails()
+        await self._refresh_moved()
         try:
             ids = list(self.sandboxes)
             if ids:
