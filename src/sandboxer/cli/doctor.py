@@ -63,7 +63,9 @@ def checks() -> list[dict[str, Any]]:
         user = 65534 if os.geteuid() == 0 else None
         try:
             done = subprocess.run(
-                [bwrap, "--unshare-all", "--uid", "1000", "--ro-bind", "/", "/", "true"],
+                # As ext.local runs it: a second user namespace that cannot make a third.
+                [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "1000",
+                 "--ro-bind", "/", "/", "true"],
                 capture_output=True, timeout=10, user=user, check=False,
             )
             ok, detail = done.returncode == 0, (done.stderr.decode(errors="replace").strip()
@@ -72,6 +74,9 @@ def checks() -> list[dict[str, Any]]:
             ok, detail = False, str(e)
         out.append(_check("jail", ok, detail,
                           "enable unprivileged user namespaces (see the checks above)"))
+    from sandboxer.extensions.local import enforcement
+
+    out += [_check(*c) for c in enforcement.report()]
     out.append(_permissions(settings))
     ssh = shutil.which("ssh")
     out.append(_check("ssh client", ssh is not None, ssh or "ssh not on PATH",

@@ -206,3 +206,22 @@ def test_checked_secrets() -> None:
     for bad in ({"HOME": "v"}, {"not-ident": "v"}, {"A": 1}, {"A": "a\0b"}, ["A"]):
         with pytest.raises(ValueError, match="secret"):
             jail.checked_secrets(bad)
+
+
+def test_seccomp_program_is_classic_bpf() -> None:
+    from sandboxer.extensions.local import seccomp
+
+    code = seccomp.program()
+    assert code
+    assert len(code) % 8 == 0  # struct sock_filter is 8 bytes
+    assert seccomp.program() is code  # built once per process
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_FOO",
+                                  "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH"])
+def test_loader_variables_are_refused_in_setup_env(name: str) -> None:
+    from sandboxer.models.profile import SetupSpec
+
+    with pytest.raises(ValidationError, match="dynamic loader"):
+        SetupSpec.model_validate({"env": {name: "/workspace/evil.so"}})
+    assert SetupSpec.model_validate({"env": {"LDFLAGS": "-O2", "TMPDIR": "/tmp"}}).env
