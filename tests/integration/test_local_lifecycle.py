@@ -219,3 +219,20 @@ def test_a_taken_port_gives_a_new_port_and_descriptor(local_home: Settings) -> N
         assert kinds.count("sandbox.ready") == 2  # the new descriptor reached the outbox
     finally:
         squatter.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the shared local root is for root homes")
+def test_the_per_home_dir_goes_with_the_last_sandbox(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # like /root: jail uids cannot pass, so workspaces move
+    monkeypatch.setenv("SANDBOXER_HOME", str(private / "home"))
+    monkeypatch.delenv("SANDBOXER_LOCAL_ROOT", raising=False)
+    settings = Settings.from_env()
+    assert settings.local_root.parent == Path("/var/lib/sandboxer/local")
+    client = LocalClient(settings)
+    a, b = client.create("profile.local"), client.create("profile.local")
+    client.destroy(a.id)
+    assert settings.local_root.is_dir()  # b still lives there
+    client.destroy(b.id)
+    assert not settings.local_root.exists()
