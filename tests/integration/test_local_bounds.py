@@ -185,7 +185,7 @@ DENIED = {
     "unshare": (272, "EPERM"), "swapon": (167, "EPERM"), "reboot": (169, "EPERM"),
     "fsopen": (430, "EPERM"), "open_tree": (428, "EPERM"),
     "io_uring_setup": (425, "ENOSYS"), "clone3": (435, "ENOSYS"),
-    # Allowed by the filter, refused by the kernel: no capability in any namespace.
+    # Denied by the filter; the kernel would refuse them too (no capability anywhere).
     "setns": (308, "EPERM"), "chroot": (161, "EPERM"),
 }
 PROBE = textwrap.dedent("""
@@ -230,6 +230,8 @@ def test_no_nested_user_namespace_and_no_capabilities(small: tuple[Handle, Endpo
     _, out = run(ep, "unshare -Ur sh -c 'grep CapEff /proc/self/status' 2>&1; echo rc=$?")
     assert "rc=1" in out
     assert "CapEff" not in out
+    _, out = run(ep, "touch /dev/x /etc/x /x 2>&1; echo rc=$?")
+    assert out.count("Read-only file system") == 3, out
     _, out = run(ep, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
     fields = dict(line.split(":\t") for line in out.splitlines())
     assert fields == {"CapEff": "0000000000000000", "CapBnd": "0000000000000000",

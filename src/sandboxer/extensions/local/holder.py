@@ -211,7 +211,8 @@ class Jail:
             os.chroot(".")
             os.chdir(jail.JAIL_HOME)
             for cap in range(caps + 1):
-                _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+                if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), f"dropping capability {cap}")
             with contextlib.suppress(PermissionError):  # "deny" in an unprivileged userns
                 os.setgroups([])
             os.setresgid(jail.JAIL_UID, jail.JAIL_UID, jail.JAIL_UID)

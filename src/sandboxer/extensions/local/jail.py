@@ -166,7 +166,8 @@ def holder_argv(
             argv += ["--perms", "0400", "--ro-bind-data", str(fd), path]
     argv += ["--bind", str(workspace), JAIL_HOME, "--chdir", JAIL_HOME]
     argv += ["--symlink", "/usr/bin/sleep", HOLDER[0]]
-    argv += ["--remount-ro", "/"]
+    # bwrap's /dev is a tmpfs the jail user could fill: read-only once its mounts exist.
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     argv += ["--hostname", spec.hostname or sandbox_id[:63]]
     argv += ["--", *HOLDER]
     return argv

@@ -7,10 +7,10 @@ handed to bwrap for the jail's init (``--seccomp FD``) and loaded by each sessio
 process before it execs (``load``), so every process of the sandbox runs under it.
 
 Left allowed, and why: ``ptrace`` (debuggers inside; the pid namespace hides every process
-outside the jail), ``setns`` and ``chroot`` (the session spawner needs them before it
-drops to the jail uid; inside, the jail uid holds no capability in any namespace, so both
-fail with EPERM — tests/integration/test_local_bounds.py checks); ``personality`` (only the
-caller's own execution domain; gdb uses it to turn off address randomisation).
+outside the jail); ``personality`` (only the caller's own execution domain; gdb uses it
+to turn off address randomisation). ``setns`` and ``chroot`` are denied although the jail
+user, holding no capability in any namespace, could not use them anyway: a session loads
+the filter as its last step, after it entered the jail (holder.Jail.enter).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import os
 import tempfile
 from collections.abc import Callable
 
-# Denied outright: keys, BPF, perf, userfaultfd, kexec and modules, every mount API, swap,
+# Denied outright: keys, BPF, perf, userfaultfd, kexec and modules, every mount and
+# namespace call, swap,
 # reboot, accounting, quotas, the kernel log, obsolete and I/O-port calls, io_uring.
 DENIED = (
     "add_key", "keyctl", "request_key",
@@ -30,7 +31,7 @@ DENIED = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen", "fsconfig",
     "fsmount", "fspick", "mount_setattr",
-    "unshare", "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    "unshare", "setns", "chroot", "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
     "uselib", "iopl", "ioperm", "lookup_dcookie", "nfsservctl",
 )
 # ENOSYS so that libraries fall back to a call this filter can inspect or to no io_uring.
