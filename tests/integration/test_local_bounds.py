@@ -77,6 +77,9 @@ def test_sessions_share_the_namespaces(small: tuple[Handle, Endpoint]) -> None:
     assert first == second
     _, out = run(ep, "cat /proc/1/cmdline | tr '\\0' ' '")
     assert out.split()[0].endswith("bwrap")  # bwrap's own init, which reaps orphans
+    # The OOM killer picks what sessions run before the jail's own processes.
+    assert run(ep, "cat /proc/self/oom_score_adj /proc/1/oom_score_adj /proc/2/oom_score_adj"
+               ) == (0, "500\n0\n0\n")
 
 
 # --- item 1: memory, CPU, pids, disk ---------------------------------------------------

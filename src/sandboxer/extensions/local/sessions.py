@@ -86,6 +86,23 @@ class SSHServer(asyncssh.SSHServer):
         return username == self.sb.user and key.public_data == self.sb.client_key.public_data
 
 
+OUTPUT_GRACE = 2.0
+
+
+async def _pump(fd: int, out: asyncssh.SSHWriter[bytes]) -> None:
+    """Copy a pipe to an SSH stream until EOF (the reading end is ours and closed here)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    try:
+        while chunk := await reader.read(1 << 16):
+            out.write(chunk)
+            await out.drain()
+    finally:
+        transport.close()
+
+
 def kill_session(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL a session's process group (its spawner leads it); gone already is fine."""
     if proc.returncode is None:
@@ -150,15 +167,23 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     owner = process.get_extra_info("connection").get_owner()
     owner.procs.add(proc)
     tty_in = None
+    pumps: list[asyncio.Task[None]] = []
     try:
         if pty:
             # EOF from the client must not hang up the terminal: recv_eof=False.
             tty_in = os.fdopen(os.dup(master), "wb", buffering=0)
             await process.redirect(stdin=tty_in, stdout=master, recv_eof=False)
         else:
-            await process.redirect(stdin=ours[0], stdout=ours[1], stderr=ours[2])
+            pumps = [asyncio.create_task(_pump(ours[1], process.stdout)),
+                     asyncio.create_task(_pump(ours[2], process.stderr))]
+            await process.redirect(stdin=ours[0])
         rc = await proc.wait()
-        # Every byte of output reaches the client before the exit status does.
+        # Every byte the command wrote reaches the client before the exit status does; a
+        # background process that keeps the pipes open is not waited for past a moment.
+        if pumps:
+            _done, pending = await asyncio.wait(pumps, timeout=OUTPUT_GRACE)
+            for task in pending:
+                task.cancel()
         await process.stdout.drain()
         await process.stderr.drain()
         process.exit(rc if rc >= 0 else 128 - rc)
