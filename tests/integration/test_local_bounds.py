@@ -161,7 +161,45 @@ def test_the_workspace_is_bounded_by_limits_disk(small: tuple[Handle, Endpoint])
     assert "No space left on device" in out
     _, out = run(ep, "stat -c %s /workspace/big; rm -f /workspace/big")
     assert int(out.split()[0]) < 64 * MiB
-    assert disk.is_mounted(Path(h.data["workspace"]))
+    ws = Path(h.data["workspace"])
+    assert disk.is_mounted(ws)
+    assert ws.stat().st_mode & 0o777 == 0o700  # the image's root is no window for others
+
+
+def test_a_disk_larger_than_the_host_can_give_is_refused(ext: LocalExtension) -> None:  # noqa: F811
+    from sandboxer.errors import NoTarget
+
+    before = set(ext.settings.local_root.glob("sbx-*"))
+    with pytest.raises(NoTarget, match="does not fit"):
+        create(ext, LocalSpec.model_validate({"limits": {"disk": "900000G"}}))
+    assert set(ext.settings.local_root.glob("sbx-*")) == before  # nothing left behind
+
+
+def test_all_sandboxes_together_stay_below_the_host_memory(small: tuple[Handle, Endpoint]
+                                                           ) -> None:
+    h, _ = small
+    parent = cgroup_of(h).dirs["memory"].parent
+    name = "memory.limit_in_bytes" if cgroup_of(h).version == 1 else "memory.max"
+    cap = cgroups.host_cap(Path("/proc/meminfo").read_text())
+    assert cap is not None
+    assert int((parent / name).read_text()) <= cap
+
+
+def test_only_unix_inet_and_netlink_sockets(small: tuple[Handle, Endpoint]) -> None:
+    _, ep = small
+    probe = ("import socket\n"
+             "for fam in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, 16, 40, 38, 17, 4):\n"
+             "    try:\n"
+             "        socket.socket(fam, socket.SOCK_DGRAM if fam != 38 else 5).close()\n"
+             "        print(fam, 'ok')\n"
+             "    except OSError as e:\n"
+             "        print(fam, e.errno)\n")
+    import shlex
+
+    _, out = run(ep, f"python3 -c {shlex.quote(probe)}")
+    got = dict(line.split() for line in out.splitlines())
+    assert [got[k] for k in ("1", "2", "10", "16")] == ["ok"] * 4, out
+    assert [got[k] for k in ("40", "38", "17", "4")] == ["97"] * 4, out  # EAFNOSUPPORT
 
 
 def test_destroy_removes_cgroup_and_image(ext: LocalExtension) -> None:  # noqa: F811

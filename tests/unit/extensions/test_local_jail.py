@@ -225,3 +225,16 @@ def test_loader_variables_are_refused_in_setup_env(name: str) -> None:
     with pytest.raises(ValidationError, match="dynamic loader"):
         SetupSpec.model_validate({"env": {name: "/workspace/evil.so"}})
     assert SetupSpec.model_validate({"env": {"LDFLAGS": "-O2", "TMPDIR": "/tmp"}}).env
+
+
+def test_open_pty_refuses_anything_but_the_multiplexer(tmp_path: Path) -> None:
+    planted = tmp_path / "ptmx"
+    planted.write_text("not a terminal")
+    with pytest.raises(OSError, match="not a pseudo-terminal"):
+        jail.open_pty(80, 24, None, ptmx=str(planted))
+    link = tmp_path / "link"
+    link.symlink_to("/dev/ptmx")
+    with pytest.raises(OSError, match="Too many levels"):  # O_NOFOLLOW: a planted link
+        jail.open_pty(80, 24, None, ptmx=str(link))
+    master, slave = jail.open_pty(80, 24, None, ptmx="/dev/pts/ptmx")
+    jail.close_fds([master, slave])

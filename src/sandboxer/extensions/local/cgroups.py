@@ -182,6 +182,7 @@ def detect(*, proc: Path = Path("/proc/self"), root_only: bool = True) -> Hierar
             _write(parent / "cgroup.subtree_control", enable)
         except OSError:
             return None
+        _cap_all_sandboxes(parent / "memory.max", None)
         return Hierarchy(2, dict.fromkeys(wanted, parent))
     parents: dict[str, Path] = {}
     for controller in V1_CONTROLLERS:
@@ -200,7 +201,36 @@ def detect(*, proc: Path = Path("/proc/self"), root_only: bool = True) -> Hierar
             break
     if "memory" not in parents:
         return None
+    m = parents["memory"]
+    _cap_all_sandboxes(m / "memory.limit_in_bytes", m / "memory.memsw.limit_in_bytes")
     return Hierarchy(1, parents)
+
+
+def host_cap(meminfo: str) -> int | None:
+    """What all sandboxes together may use: the host's memory less max(1 GiB, 10 %)."""
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+            return total - max(1 << 30, total // 10)
+    return None
+
+
+def _cap_all_sandboxes(limit: Path, swap: Path | None) -> None:
+    """Bound the parent of every sandbox cgroup, unless someone set a bound already:
+    sandboxes that each keep to their limit must not together starve the host (the
+    endpoint, sshd) into a host-wide OOM."""
+    try:
+        current = limit.read_text().strip()
+        if current != "max" and int(current) < 1 << 62:
+            return
+        cap = host_cap(Path("/proc/meminfo").read_text())
+        if cap is None:
+            return
+        _write(limit, str(cap))
+        if swap is not None:
+            _write_if_present(swap, str(cap))
+    except (OSError, ValueError):
+        return  # best effort: each sandbox keeps its own bound regardless
 
 
 def _own_paths(text: str) -> list[tuple[str, str]]:

@@ -224,21 +224,24 @@ async def ensure_running(settings: Settings, timeout: float = _START_TIMEOUT) ->
         if await ping(settings):
             return
         proc = _spawn(settings)
-        delay = 0.005
-        while not await ping(settings):
-            rc = proc.poll()
-            if rc not in (None, 0) or time.monotonic() > deadline:
-                raise ProvisionFailed(
-                    "the ext.local endpoint did not start"
-                    + (f" (exit status {rc})" if rc not in (None, 0) else ""),
-                    hint=f"see {log_path(settings)}",
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        # The daemon answers from its forked child; the first process exits right after
-        # the fork (later on a loaded machine), and is reaped here, not left as a zombie.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15.0)
+        try:
+            delay = 0.005
+            while not await ping(settings):
+                rc = proc.poll()
+                if rc not in (None, 0) or time.monotonic() > deadline:
+                    raise ProvisionFailed(
+                        "the ext.local endpoint did not start"
+                        + (f" (exit status {rc})" if rc not in (None, 0) else ""),
+                        hint=f"see {log_path(settings)}",
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        finally:
+            # The daemon answers from its forked child; the first process exits right
+            # after the fork (later on a loaded machine) and is reaped here, also when
+            # the caller gave up waiting (a create that failed meanwhile).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15.0)
     finally:
         os.close(fd)
 

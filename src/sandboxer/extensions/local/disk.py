@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sandboxer.errors import ProvisionFailed
+from sandboxer.errors import NoTarget, ProvisionFailed
 
 IMAGE = "workspace.img"
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime"
@@ -37,8 +37,22 @@ def image_path(sandbox_dir: Path) -> Path:
     return sandbox_dir / IMAGE
 
 
+RESERVE = 1 << 30  # what a new image leaves free on the host's filesystem, at least
+
+
 def create(sandbox_dir: Path, size: int, uid: int) -> Path:
-    """A new, empty image of ``size`` bytes whose root directory belongs to ``uid``."""
+    """A new, empty image of ``size`` bytes whose root directory belongs to ``uid``.
+
+    Images are sparse, so many can share a disk; one larger than what is free now could
+    only fill the host's disk, and is refused.
+    """
+    vfs = os.statvfs(sandbox_dir)
+    free = vfs.f_bavail * vfs.f_frsize
+    if size > free - RESERVE:
+        raise NoTarget(
+            f"limits.disk of {size >> 20} MiB does not fit the {free >> 20} MiB free under "
+            f"{sandbox_dir.parent} (a {RESERVE >> 20} MiB reserve stays free)",
+            hint="ask for a smaller limits.disk or free space on the host")
     img = image_path(sandbox_dir)
     fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -56,9 +70,11 @@ def is_mounted(path: Path) -> bool:
 
 def mount(sandbox_dir: Path, workspace: Path) -> None:
     """Mount the image on the workspace directory unless it is mounted already."""
-    if is_mounted(workspace):
-        return
-    _run(["mount", "-o", MOUNT_OPTIONS, "--", str(image_path(sandbox_dir)), str(workspace)])
+    if not is_mounted(workspace):
+        _run(["mount", "-o", MOUNT_OPTIONS, "--", str(image_path(sandbox_dir)),
+              str(workspace)])
+    # The image's root replaces the 0700 directory it is mounted on: as private.
+    os.chmod(workspace, 0o700)
 
 
 def unmount(workspace: Path) -> None:

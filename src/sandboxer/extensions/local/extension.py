@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from sandboxer import envvars
 from sandboxer.config import Settings
-from sandboxer.errors import ProvisionFailed, SandboxNotFound
+from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
 from sandboxer.extensions.base import (
     Endpoint,
@@ -258,7 +258,7 @@ class LocalExtension(Extension):
             with contextlib.suppress(BaseException):
                 await starting
             await self.destroy(Handle(sandbox_id=sid, extension=self.name, target=TARGET))
-            if isinstance(e, ProvisionFailed) or not isinstance(e, Exception):
+            if isinstance(e, SandboxerError) or not isinstance(e, Exception):
                 raise
             raise ProvisionFailed(f"ext.local: creating {sid} failed: {e}") from e
         return Handle(sandbox_id=sid, extension=self.name, target=TARGET, data={

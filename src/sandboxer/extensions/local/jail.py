@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import resource
+import stat
 import struct
 import termios
 from collections.abc import Iterable, Mapping, Sequence
@@ -255,9 +256,15 @@ def open_pty(cols: int, rows: int, owner_uid: int | None,
     exists inside the jail as /dev/pts/N and ``tty`` names it. The slave is handed to the
     sandbox's uid like sshd does.
     """
-    master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY)
+    # O_NOFOLLOW|O_NONBLOCK: the path lies in a filesystem tree the sandbox sees, so it
+    # must name the devpts multiplexer itself (char device 5:2), never a file it planted.
+    master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK)
     slave = -1
     try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (5, 2):
+            raise OSError(f"{ptmx} is not a pseudo-terminal multiplexer")
+        os.set_blocking(master, True)
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
         slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
         if cols and rows:

@@ -40,6 +40,7 @@ UNAVAILABLE = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"
 # NEWNET.
 CLONE_NEW_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
                    0x40000000)
+SOCKET_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 TIOCSTI = 0x5412    # push input into a terminal
 TIOCLINUX = 0x541C  # console tricks, including selection paste
 
@@ -57,6 +58,13 @@ def program() -> bytes:
         f.add_rule(sc.ERRNO(errno.ENOSYS), name)
     for flag in CLONE_NEW_FLAGS:  # one rule each: the conditions of one rule are AND-ed
         f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    # Socket families: only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (as Flatpak). vsock
+    # in particular ignores network namespaces.
+    nofamily = sc.ERRNO(errno.EAFNOSUPPORT)
+    f.add_rule(nofamily, "socket", sc.Arg(0, sc.GT, max(SOCKET_FAMILIES)))
+    for family in range(max(SOCKET_FAMILIES)):
+        if family not in SOCKET_FAMILIES:
+            f.add_rule(nofamily, "socket", sc.Arg(0, sc.EQ, family))
     for request in (TIOCSTI, TIOCLINUX):
         f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, request))
     with tempfile.TemporaryFile() as out:

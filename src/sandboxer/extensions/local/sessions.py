@@ -143,7 +143,7 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
         if pty:
             cols, rows, _, _ = process.term_size
             master, slave = jail.open_pty(cols, rows, sb.host_uid if root else None,
-                                          ptmx=f"/proc/{sb.jail.holder_pid}/root/dev/ptmx")
+                                          ptmx=f"/proc/{sb.jail.holder_pid}/root/dev/pts/ptmx")
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=slave, stdout=slave, stderr=slave, **kw)
         else:
@@ -157,7 +157,8 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
             ours = (pipes[1], pipes[2], pipes[4])
             pipes = list(child)
     except Exception as e:
-        log.exception("spawning a session of %s failed", sb.id)
+        # No traceback: a sandbox could otherwise grow the endpoint's log at will.
+        log.warning("spawning a session of %s failed: %s", sb.id, e)
         jail.close_fds([master] if master >= 0 else [])
         process.stderr.write(f"sandboxer: could not start the session: {e}\n".encode())
         process.exit(255)
