@@ -270,7 +270,7 @@ class Manager:
                 reachability=reach.model_dump(mode="json", by_alias=True),
             )
         except BaseException as e:
-            await self._fail(sid, ext, handle, e, secrets)
+            cleaned = await self._fail(sid, ext, handle, e, secrets)
             # Destroyed by someone else meanwhile: whatever broke here (SSH to a jail that is
             # gone, a setup step killed) follows from that, and their record stands.
             if isinstance(e, Conflict) or (isinstance(e, Exception)
@@ -281,9 +281,11 @@ class Manager:
             if isinstance(e, Exception):
                 detail = boundary.redact(e.render() if isinstance(e, SandboxerError)
                                          else f"{type(e).__name__}: {e}", secrets)
+                left = ("nothing was left behind" if cleaned else "its cleanup failed too "
+                        f"(`sandboxer destroy {sid}` retries it)")
                 raise ProvisionFailed(f"creating {sid} from {profile_id} failed: {detail}",
-                                      hint="nothing was left behind; see `sandboxer get "
-                                      f"{sid}` for the recorded error") from e
+                                      hint=f"{left}; see `sandboxer get {sid}` for the "
+                                      "recorded error") from e
             raise
         self.progress(f"{sid}: ready")
         return ready
@@ -314,11 +316,14 @@ class Manager:
         exc: BaseException,
         secrets: dict[str, SecretStr],
         reason: str = "provision_failed",
-    ) -> None:
-        """Destroy partial resources, then record ``failed`` (unless destroyed meanwhile)."""
+    ) -> bool:
+        """Destroy partial resources, then record ``failed`` (unless destroyed meanwhile);
+        whether the cleanup succeeded."""
+        cleaned = True
         try:
             await asyncio.shield(ext.destroy(handle))
         except BaseException as e:  # a failed cleanup must not hide the original error
+            cleaned = False
             log.warning("cleanup of %s after a failed create also failed: %s", sid, e)
         if isinstance(exc, SandboxerError):
             message = exc.render()
@@ -332,6 +337,7 @@ class Manager:
                 sid, from_states={"provisioning"}, to_state="failed", event="sandbox.failed",
                 reason=reason, error=boundary.redact(message, secrets)[-2000:],
             )
+        return cleaned
 
     # -- extend -----------------------------------------------------------------------
 

@@ -23,3 +23,6 @@ async def communicate(proc: asyncio.subprocess.Process, input: bytes | None,
     except TimeoutError:
         await kill(proc)
         return None
+    except asyncio.CancelledError:  # the caller gave up: no child left running behind it
+        await asyncio.shield(kill(proc))
+        raise

@@ -79,21 +79,27 @@ def running_vm(vm_images: Path, tmp_path: Path) -> Iterator[RunningVM]:
         os.kill(pid, signal.SIGKILL)
 
 
+def _attach_profile(vm_cli: VMCli, name: str, vm: RunningVM, *,
+                    identity: Path | None = None, extra: str = "") -> str:
+    """A profile leasing ``vm`` as ops, with the operator's key unless ``identity``."""
+    return vm_cli.profile(name, f"""\
+id: profile.{name}
+extension: ext.vm-packer
+{extra}spec:
+  attach:
+    host: 127.0.0.1
+    port: {vm.port}
+    user: ops
+    host_key: "{vm.host_key}"
+    identity: {identity or vm.identity}
+reachability: {{user: ops}}
+""")
+
+
 def test_attach_leases_a_running_vm_and_destroy_leaves_it_running(
         vm_cli: VMCli, running_vm: RunningVM) -> None:
     before = running_vm.admin("cat ~/.ssh/authorized_keys").stdout
-    pid = vm_cli.profile("vm-attach", f"""\
-id: profile.vm-attach
-extension: ext.vm-packer
-spec:
-  attach:
-    host: 127.0.0.1
-    port: {running_vm.port}
-    user: ops
-    host_key: "{running_vm.host_key}"
-    identity: {running_vm.identity}
-reachability: {{user: ops}}
-""")
+    pid = _attach_profile(vm_cli, "vm-attach", running_vm)
     done = vm_cli.run("create", pid, "--json", timeout=120)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -119,19 +125,8 @@ reachability: {{user: ops}}
 
 def test_an_expired_attach_lease_is_released_by_the_keeper(
         vm_cli: VMCli, running_vm: RunningVM) -> None:
-    pid = vm_cli.profile("vm-attach-short", f"""\
-id: profile.vm-attach-short
-extension: ext.vm-packer
-ttl: {{default: 3s, max: 1m}}
-spec:
-  attach:
-    host: 127.0.0.1
-    port: {running_vm.port}
-    user: ops
-    host_key: "{running_vm.host_key}"
-    identity: {running_vm.identity}
-reachability: {{user: ops}}
-""")
+    pid = _attach_profile(vm_cli, "vm-attach-short", running_vm,
+                          extra="ttl: {default: 3s, max: 1m}\n")
     sid = vm_cli.json("create", pid, timeout=120)["id"]
     deadline = time.monotonic() + 30
     # Read the store without the CLI (every CLI call would reap on its own).
@@ -147,3 +142,28 @@ reachability: {{user: ops}}
         assert time.monotonic() < deadline, f"the lease keeper did not reap {sid} ({state})"
         time.sleep(0.5)
     assert f"sandboxer.id={sid}" not in running_vm.admin("cat ~/.ssh/authorized_keys").stdout
+
+
+def test_a_refused_attach_reports_its_cause_and_leaves_nothing(
+        vm_cli: VMCli, running_vm: RunningVM, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True)
+    before = running_vm.admin("cat ~/.ssh/authorized_keys").stdout
+    pid = _attach_profile(vm_cli, "vm-attach-refused", running_vm, identity=stranger)
+    done = vm_cli.run("create", pid, "--json", timeout=120)
+    assert done.returncode == 5, done.stderr
+    err = json.loads(done.stdout)
+    assert "installing the sandbox key on ops@127.0.0.1" in err["message"], err
+    assert "Permission denied" in err["message"], err
+    assert "removing the key" not in err["message"], err
+    vm_root, keys = vm_cli.home / "vm", vm_cli.home / "keys"
+    assert not vm_root.exists() or not any(vm_root.iterdir()), list(vm_root.iterdir())
+    assert not keys.exists() or not any(keys.iterdir()), list(keys.iterdir())
+    assert "Nothing was left behind" in err["message"]  # and now it is true
+    sid = err["message"].split()[1]
+    assert vm_cli.json("get", sid)["state"] == "failed"
+    for _ in range(2):
+        again = vm_cli.run("reconcile")
+        assert again.returncode == 0, again.stderr
+    assert running_vm.admin("cat ~/.ssh/authorized_keys").stdout == before

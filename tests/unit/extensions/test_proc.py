@@ -77,3 +77,17 @@ def test_paths_reach_openssh_intact(tmp_path: Path) -> None:
     assert f"userknownhostsfile {odd / 'known_hosts'}\n" in out
     key = str(odd / "key").replace("%", "%%").replace('"', '\\"')
     assert f'IdentityFile="{key}"' in argv  # expanded at load time (-G shows it raw)
+
+
+def test_a_cancelled_wait_leaves_no_child_running() -> None:
+    async def main() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec("sleep", "30")
+        task = asyncio.ensure_future(_proc.communicate(proc, None, 60))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return proc
+
+    proc = asyncio.run(main())
+    assert proc.returncode is not None, "the child outlived the cancelled wait"

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput
-from sandboxer.extensions.vm_packer import build, images, qemu, remote
+from sandboxer.extensions.vm_packer import build, images, keeper, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0000000000000000000000000000000000000000000"
@@ -45,6 +45,73 @@ def test_spec_attach() -> None:
 def test_spec_refuses(doc: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         VMSpec.model_validate(doc)
+
+
+@pytest.mark.parametrize("vm", [
+    {"memory": "0"}, {"memory": "0M"}, {"memory": "0G"}, {"memory": "63M"},
+    {"memory": "1K"}, {"memory": "2T"}, {"memory": "-1"}, {"memory": "1.5G"},
+    {"memory": ""}, {"disk": "0"}, {"disk": "0G"}, {"disk": "100T"},
+])
+def test_nonsense_sizes_are_refused(vm: dict[str, str]) -> None:
+    with pytest.raises(ValidationError, match=r"vm\.(memory|disk)|expected a size"):
+        VMSpec.model_validate({"packer": {"template": "t.json"}, "vm": vm})
+
+
+def test_memory_is_what_was_asked() -> None:
+    for text, mib in (("64M", 64), ("384M", 384), ("2G", 2048), ("1024", 1024)):
+        spec = VMSpec.model_validate({"packer": {"template": "t.json"}, "vm": {"memory": text}})
+        assert spec.vm.memory_mib == mib
+
+
+def test_network_is_off_unless_the_profile_asks(tmp_path: Path) -> None:
+    spec = VMSpec.model_validate({"packer": {"template": "t.json"}})
+    assert spec.network is False
+    assert qemu.netdev(_boot(tmp_path)) == (
+        "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2345-:22")
+    on = qemu.Boot(**{**_boot(tmp_path).__dict__, "network": True})
+    assert qemu.netdev(on) == "user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:2345-:22"
+    with pytest.raises(ValidationError, match="network applies to VMs booted"):
+        VMSpec.model_validate({"network": True, "attach": {
+            "host": "h", "user": "u", "host_key": KEY, "identity": "/k"}})
+
+
+def test_keeper_starts_with_an_allow_listed_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[dict[str, str]] = []
+
+    class Popen:
+        def __init__(self, argv: list[str], **kw: object) -> None:
+            env = kw["env"]
+            assert isinstance(env, dict)
+            started.append(env)
+
+    monkeypatch.setattr(keeper.subprocess, "Popen", Popen)
+    monkeypatch.setattr(keeper, "running", lambda settings: False)
+    caller = {"SANDBOXER_HOME": str(tmp_path), "PATH": "/usr/bin", "SBX_CANARY": "c1",
+              "SANDBOXER_TOKEN": "c2", "BAO_TOKEN": "c3", "AWS_SECRET_ACCESS_KEY": "c4",
+              "SANDBOXER_VM_KEEPER_INTERVAL": "1", "SANDBOXER_PROFILES": "/p"}
+    for name, value in caller.items():
+        monkeypatch.setenv(name, value)
+    keeper.ensure_running(Settings.from_env(caller))
+    [env] = started
+    assert not {"c1", "c2", "c3", "c4"} & set(env.values())
+    assert env["SANDBOXER_HOME"] == str(tmp_path)
+    assert env["SANDBOXER_VM_KEEPER_INTERVAL"] == "1"
+    assert env["SANDBOXER_PROFILES"] == "/p"
+    assert env["PATH"] == "/usr/bin"
+    assert "PYTHONPATH" in env
+
+
+@pytest.mark.parametrize(("rc", "out", "nothing"), [
+    (0, "", False),
+    (255, "ops@127.0.0.1: Permission denied (publickey).", True),
+    (255, "ssh: connect to host h port 22: Connection refused", True),
+    (1, "mkdir: cannot create directory", True),
+    (255, "timed out after 30s", False),
+    (255, "Connection to h closed by remote host.", False),
+])
+def test_a_failed_admin_command_that_changed_nothing(rc: int, out: str, nothing: bool) -> None:
+    assert remote.nothing_ran(rc, out) is nothing
 
 
 def test_sizes() -> None:
@@ -120,7 +187,7 @@ def test_qemu_argv(tmp_path: Path) -> None:
     assert argv[argv.index("-name") + 1] == "guest=sandboxer.id=sbx-aaaaaaaaaa"
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert argv[argv.index("-m") + 1] == "384"
-    assert "user,id=net0,hostfwd=tcp:127.0.0.1:2345-:22" in argv
+    assert "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2345-:22" in argv
     assert f"file={tmp_path / 'c.img'},if=virtio,format=raw,readonly=on" in argv
     assert argv[argv.index("-pidfile") + 1] == str(tmp_path / "qemu.pid")
     assert "-daemonize" in argv

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
-from sandboxer import envvars
+from sandboxer import childenv, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, SecretError
 from sandboxer.extensions import _keys
@@ -36,9 +37,11 @@ from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
 
+log = logging.getLogger(__name__)
 TARGET = "qemu"
 SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 PORT_TRIES = 5
+QEMU_WATCH = 0.5  # seconds between checks that a booting VM's QEMU still runs
 _PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")
 
 
@@ -124,9 +127,14 @@ class VMPackerExtension(Extension, BuildsImages):
                 data = await self._attach(req, spec, keys)
             else:
                 data = await self._boot(req, spec, keys, secrets)
-        except BaseException:
-            await asyncio.shield(self.destroy(Handle(sandbox_id=sid, extension=self.name,
-                                                     target=TARGET)))
+        except BaseException as cause:
+            # The cause is what the caller must see; a failing cleanup only adds to it.
+            try:
+                await asyncio.shield(self.destroy(Handle(sandbox_id=sid, extension=self.name,
+                                                         target=TARGET)))
+            except Exception as e:
+                log.warning("cleanup of %s after a failed provision also failed: %s", sid, e)
+                cause.add_note(f"cleanup also failed: {e}")
             raise
         keeper.ensure_running(self.settings)
         self._answered.add(sid)
@@ -167,7 +175,7 @@ class VMPackerExtension(Extension, BuildsImages):
         req.progress(f"{sid}: booting ({accel}); SSH within {spec.vm.boot_timeout}s")
         ep = self._endpoint(sid, data, keys.host_public)
         try:
-            await ssh_probe(ep, timeout=spec.vm.boot_timeout)
+            await self._probe_while_running(ep, sid, spec.vm.boot_timeout)
         except ProvisionFailed as e:
             console = _tail(d / "console.log", 8)
             raise ProvisionFailed(f"{e.message}" + (f"\nlast console lines:\n{console}"
@@ -176,6 +184,21 @@ class VMPackerExtension(Extension, BuildsImages):
             req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
             await remote.fill_secrets(ep, secrets)
         return data
+
+    async def _probe_while_running(self, ep: Endpoint, sid: str, timeout: float) -> None:
+        """Wait for SSH, but stop within QEMU_WATCH seconds once QEMU is gone: killed by a
+        destroy of the booting sandbox (the manager reports that as a conflict) or dead."""
+        probe = asyncio.ensure_future(ssh_probe(ep, timeout=timeout))
+        try:
+            while not probe.done():
+                await asyncio.wait({probe}, timeout=QEMU_WATCH)
+                if not probe.done() and self._pid(sid) is None:
+                    raise ProvisionFailed(f"QEMU of {sid} exited while the VM was booting")
+            probe.result()
+        finally:
+            if not probe.done():
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
 
     async def _start(self, qemu_bin: str, sid: str, image: Path, overlay: Path, cfg: Path,
                      spec: VMSpec, accel: str) -> int:
@@ -186,10 +209,13 @@ class VMPackerExtension(Extension, BuildsImages):
             boot = qemu.Boot(sandbox_id=sid, image=image, overlay=overlay, config_drive=cfg,
                              pidfile=d / "qemu.pid", console=d / "console.log",
                              port=qemu.free_port(), cpus=spec.vm.cpus,
-                             memory_mib=spec.vm.memory_mib, accel=accel)
+                             memory_mib=spec.vm.memory_mib, accel=accel,
+                             network=spec.network)
+            # QEMU daemonizes and lives as long as the VM: never a copy of our environment.
             proc = await asyncio.create_subprocess_exec(
                 *qemu.qemu_argv(boot, qemu_bin), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                env=childenv.allowed({**os.environ, **self.settings.env}))
             out, _ = await proc.communicate()
             if proc.returncode == 0:
                 return boot.port
@@ -204,9 +230,11 @@ class VMPackerExtension(Extension, BuildsImages):
         assert a is not None  # noqa: S101 - the caller checked
         sid = req.sandbox_id
         identity = str(Path(a.identity).expanduser())
-        self._write_record(sid, {"kind": "attach", "host": a.host, "port": a.port,
-                                 "user": a.user, "host_key": a.host_key,
-                                 "identity": identity})
+        record = {"kind": "attach", "host": a.host, "port": a.port, "user": a.user,
+                  "host_key": a.host_key, "identity": identity, "key": "unknown"}
+        # "key" says whether destroy has a line to remove: "unknown" while the install may
+        # be under way, "absent" once the VM refused it, "installed" once it is there.
+        self._write_record(sid, record)
         admin_known = self.sandbox_dir(sid) / "admin.known_hosts"
         _keys.write_known_hosts(admin_known, [_keys.known_hosts_line(a.host, a.port,
                                                                      a.host_key)])
@@ -218,6 +246,10 @@ class VMPackerExtension(Extension, BuildsImages):
         req.progress(f"{sid}: authorizing the sandbox key for {a.user}@{a.host}:{a.port}")
         rc, out = await remote.run(admin, remote.authorize_command(
             remote.key_line(keys.client_public, sid)))
+        if rc == 0:
+            self._write_record(sid, {**record, "key": "installed"})
+        elif remote.nothing_ran(rc, out):
+            self._write_record(sid, {**record, "key": "absent"})
         if rc != 0:
             raise ProvisionFailed(f"installing the sandbox key on {a.user}@{a.host}:{a.port} "
                                   f"failed: {out.strip()[-300:]}",
@@ -279,7 +311,7 @@ class VMPackerExtension(Extension, BuildsImages):
             raise DestroyFailed(f"refusing to destroy {sid!r}: not a sandbox id")
         d = self.sandbox_dir(sid)
         record = self._record(sid)
-        if record.get("kind") == "attach":
+        if record.get("kind") == "attach" and record.get("key") != "absent":
             await self._release(sid, record)
         pids = {p for p in (self._pid(sid),) if p is not None}
         pids |= {p for s, p in qemu.vm_processes(str(self.vm_root()) + "/").items()

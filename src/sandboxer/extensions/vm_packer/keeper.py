@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import sandboxer
-from sandboxer import envvars
+from sandboxer import childenv, envvars
 from sandboxer.config import Settings
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,13 @@ def ensure_running(settings: Settings) -> None:
     settings.ensure()
     if running(settings):
         return
-    env = {**os.environ, **settings.env, "SANDBOXER_HOME": str(settings.home)}
-    for name in ("BAO_TOKEN", "VAULT_TOKEN"):  # the keeper never reads OpenBao
-        env.pop(name, None)
+    # The keeper outlives the create that starts it: the system basics and sand-boxer's own
+    # settings (none that looks like a credential), never a copy of the caller's variables.
+    caller = {**os.environ, **settings.env}
+    env = childenv.allowed(caller, prefixes=("SANDBOXER_",))
+    env["SANDBOXER_HOME"] = str(settings.home)
     src = str(Path(sandboxer.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)
     fd = os.open(settings.log_dir / "vm-keeper.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                  0o600)
     try:

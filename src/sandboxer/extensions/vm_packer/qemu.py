@@ -44,6 +44,18 @@ class Boot:
     cpus: int
     memory_mib: int
     accel: str           # "kvm" | "tcg"
+    network: bool = False  # outbound NAT; the host's loopback stays reachable then (docs)
+
+
+def netdev(b: Boot) -> str:
+    """User-mode network: ``restrict=on`` unless ``b.network``, so the guest has no route
+    anywhere (not to 10.0.2.2, the host's 127.0.0.1) and only the SSH forward comes in.
+
+    With ``restrict=off`` the guest reaches the internet *and* the host's loopback through
+    10.0.2.2: QEMU 7.2 exposes no switch for libslirp's ``disable_host_loopback``.
+    """
+    restrict = "off" if b.network else "on"
+    return f"user,id=net0,restrict={restrict},hostfwd=tcp:127.0.0.1:{b.port}-:22"
 
 
 def qemu_argv(b: Boot, qemu: str = QEMU) -> list[str]:
@@ -59,7 +71,7 @@ def qemu_argv(b: Boot, qemu: str = QEMU) -> list[str]:
         "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
         "-drive", f"file={b.overlay},if=virtio,format=qcow2,discard=unmap",
         "-drive", f"file={b.config_drive},if=virtio,format=raw,readonly=on",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{b.port}-:22",
+        "-netdev", netdev(b),
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
         "-pidfile", str(b.pidfile), "-daemonize",

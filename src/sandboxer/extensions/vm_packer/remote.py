@@ -17,6 +17,9 @@ from sandboxer.extensions.base import Endpoint
 
 SECRETS_DIR = "/run/secrets"
 KEY_MARK = "sandboxer.id="
+TIMED_OUT = "timed out after"
+_REFUSED = ("Permission denied", "Connection refused", "Host key verification failed",
+            "No route to host", "Could not resolve hostname")
 # The user owns the tmpfs (0700); each value becomes a 0400 file, written from stdin.
 _FILL = 'umask 077 && cat > "/run/secrets/$1" && chmod 0400 "/run/secrets/$1"'
 
@@ -29,8 +32,17 @@ async def run(ep: Endpoint, command: str, *, input: bytes = b"",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     done = await communicate(proc, input, timeout)
     if done is None:
-        return 255, f"timed out after {timeout:.0f}s"
+        return 255, f"{TIMED_OUT} {timeout:.0f}s"
     return proc.returncode or 0, done[0].decode("utf-8", "replace")
+
+
+def nothing_ran(rc: int, output: str) -> bool:
+    """Whether a failed ``run`` certainly changed nothing on the VM: the command itself
+    failed (its own exit status), or SSH was refused before any command started. A timeout
+    or a connection lost midway may have run it."""
+    if rc == 0 or output.startswith(TIMED_OUT):
+        return False
+    return rc != 255 or any(w in output for w in _REFUSED)
 
 
 async def fill_secrets(ep: Endpoint, secrets: Mapping[str, SecretStr]) -> None:

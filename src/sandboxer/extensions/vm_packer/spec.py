@@ -11,6 +11,10 @@ from sandboxer.models.base import StrictModel
 
 _SIZE = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MIN_MEMORY = 64 << 20   # below this no kernel of ours boots; say so rather than round up
+MAX_MEMORY = 1 << 40
+MIN_DISK = 1 << 20
+MAX_DISK = 64 << 40
 _HOST_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+$")
 
 
@@ -37,8 +41,16 @@ class PackerSpec(StrictModel):
         return v
 
 
+def _bounded(text: str, what: str, low: int, high: int) -> str:
+    n = size_bytes(text)
+    if not low <= n <= high:
+        raise ValueError(f"{what} {text!r} is out of range: give {low >> 20}M to "
+                         f"{high >> 40}T, like 512M or 2G")
+    return text
+
+
 class VMResources(StrictModel):
-    """The VM's shape and accelerator."""
+    """The VM's shape, its network and accelerator."""
 
     cpus: int = Field(default=1, ge=1, le=64)
     memory: str = "512M"
@@ -46,16 +58,19 @@ class VMResources(StrictModel):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout: int = Field(default=180, ge=5, le=3600)  # seconds until SSH answers
 
-    @field_validator("memory", "disk")
+    @field_validator("memory")
     @classmethod
-    def _size(cls, v: str | None) -> str | None:
-        if v is not None:
-            size_bytes(v)
-        return v
+    def _memory(cls, v: str) -> str:
+        return _bounded(v, "vm.memory", MIN_MEMORY, MAX_MEMORY)
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: str | None) -> str | None:
+        return None if v is None else _bounded(v, "vm.disk", MIN_DISK, MAX_DISK)
 
     @property
     def memory_mib(self) -> int:
-        return max(64, size_bytes(self.memory) >> 20)
+        return size_bytes(self.memory) >> 20
 
 
 class SSHSpec(StrictModel):
@@ -95,6 +110,8 @@ class VMSpec(StrictModel):
     packer: PackerSpec | None = None
     vm: VMResources = Field(default_factory=VMResources)
     ssh: SSHSpec = Field(default_factory=SSHSpec)
+    # Outbound network through QEMU's user-mode NAT; False = the SSH forward only.
+    network: bool = False
     attach: AttachSpec | None = None
 
     @model_validator(mode="after")
@@ -102,4 +119,7 @@ class VMSpec(StrictModel):
         if (self.packer is None) == (self.attach is None):
             raise ValueError("give exactly one of packer (build and boot a VM) or attach "
                              "(lease an existing VM)")
+        if self.attach is not None and self.network:
+            raise ValueError("network applies to VMs booted from a Packer image; an "
+                             "attached VM's network is its own")
         return self
