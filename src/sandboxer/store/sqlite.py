@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.errors import Conflict, SandboxNotFound, StoreBusy
+from sandboxer.errors import Conflict, NoTarget, SandboxNotFound, StoreBusy
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
@@ -35,6 +35,9 @@ _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
 )
+# What takes a slot of a target's capacity.
+_LIVE_COUNT = ("SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
+               "AND state IN ('provisioning', 'ready', 'destroying')")
 
 
 def _ts(dt: datetime) -> float:
@@ -195,11 +198,27 @@ class SqliteStore:
     # -- sandboxes --------------------------------------------------------------------
 
     def insert(
-        self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None
+        self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None,
+        capacity: int | None = None,
     ) -> None:
-        """Record a new sandbox and its ``sandbox.created`` event in one transaction."""
+        """Record a new sandbox and its ``sandbox.created`` event in one transaction.
+
+        With ``capacity``, the sandbox takes a slot on its target: the live sandboxes of its
+        extension on that target are counted in the same transaction (SQLite: under the
+        write lock of ``BEGIN IMMEDIATE``; a server backend: under a lock on the target's
+        row), and NoTarget is raised, nothing written, when ``capacity`` are live already.
+        """
         now = time.time()
         with self._write() as c:
+            if capacity is not None:
+                used = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()[0]
+                if used >= capacity:
+                    raise NoTarget(
+                        f"target {status.target} of {status.extension} is full "
+                        f"({used}/{capacity} sandboxes): another create took the last slot",
+                        hint="destroy a sandbox there, pick another target with --target, "
+                        "or raise its capacity",
+                    )
             c.execute(
                 f"INSERT INTO sandboxes ({_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?)",
@@ -458,8 +477,5 @@ class SqliteStore:
     def live_count(self, target: str, extension: str) -> int:
         """Live sandboxes of ``extension`` on ``target``: target names are per extension
         (ext.local and ext.compose-ssh both have a ``local``)."""
-        row = self._conn.execute(
-            "SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
-            "AND state IN ('provisioning', 'ready', 'destroying')", (target, extension)
-        ).fetchone()
+        row = self._conn.execute(_LIVE_COUNT, (target, extension)).fetchone()
         return int(row[0])
