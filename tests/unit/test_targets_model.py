@@ -70,3 +70,17 @@ def test_store_round_trip(tmp_path: object) -> None:
     store.remove_target("h1")
     with pytest.raises(NotFound):
         store.remove_target("h1")
+
+
+def test_a_target_recorded_before_the_rule_is_reported_with_a_way_out(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from sandboxer.errors import InvalidInput
+
+    store = SqliteStore(Path(str(tmp_path)) / "s.db")
+    store.add_target(TargetConfig(name="old", url="ssh://u@h"))
+    store._conn.execute("UPDATE targets SET public_host = '-oProxyCommand=id'")
+    with pytest.raises(InvalidInput, match="targets remove old"):
+        store.list_targets()
+    store.remove_target("old")
+    assert store.list_targets() == []

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.errors import Conflict, NoTarget, SandboxNotFound, StoreBusy
+from sandboxer.errors import Conflict, InvalidInput, NoTarget, SandboxNotFound, StoreBusy
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
@@ -438,23 +438,34 @@ class SqliteStore:
             )
 
     def list_targets(self, extension: str | None = None) -> list[TargetConfig]:
-        from sandboxer.models.target import TargetConfig
-
         sql = "SELECT * FROM targets"
         args: list[Any] = []
         if extension is not None:
             sql += " WHERE extension = ?"
             args.append(extension)
         return [
-            TargetConfig(
+            self._target(r) for r in self._conn.execute(sql + " ORDER BY name", args)
+        ]
+
+    @staticmethod
+    def _target(r: sqlite3.Row) -> TargetConfig:
+        from pydantic import ValidationError
+
+        from sandboxer.models.target import TargetConfig
+
+        try:
+            return TargetConfig(
                 name=r["name"], extension=r["extension"], url=r["url"],
                 identity_file=r["identity_file"], public_host=r["public_host"],
                 capacity=r["capacity"], kind=r["kind"],
                 host_keys=json.loads(r["host_keys"] or "[]"), allow=json.loads(r["allow"]),
                 created_at=_dt(r["created_at"]),
             )
-            for r in self._conn.execute(sql + " ORDER BY name", args)
-        ]
+        except ValidationError as e:  # recorded before a rule it breaks existed
+            raise InvalidInput(
+                f"recorded target {r['name']!r} is no longer valid: {e.errors()[0]['msg']}",
+                hint=f"remove it with `sandboxer targets remove {r['name']}` and add it again",
+            ) from e
 
     def get_target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.list_targets() if t.name == name), None)
