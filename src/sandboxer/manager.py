@@ -244,8 +244,10 @@ class Manager:
         )
         from sandboxer import creator
 
+        # plan() saw a free slot; the insert takes it, or refuses when a concurrent create
+        # took it meanwhile (STYLE 16: the check is in the transaction of the write).
         self.store.insert(status, max_expires_at=now + plan.profile.ttl.max,
-                          creator=creator.current())
+                          creator=creator.current(), capacity=plan.target.capacity)
         self.progress(f"{sid}: provisioning {plan.profile.id} on {plan.target.name}")
         handle = Handle(sandbox_id=sid, extension=ext.name, target=plan.target.name)
         try:

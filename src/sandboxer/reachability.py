@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sandboxer.errors import InvalidInput, NoTarget
-from sandboxer.values import config_value
+from sandboxer.values import ALIAS_PATTERN, config_value, validate_host, validate_user
 
 if TYPE_CHECKING:
     from sandboxer.config import Settings
@@ -172,7 +172,13 @@ def ssh_command(ep: Endpoint, tunnel: Tunnel | None = None) -> str:
 
     Through the tunnel's local end with ``HostKeyAlias`` when one is declared, so the
     key pinned for the sandbox still applies to ``127.0.0.1:local_port``.
+
+    The destination ends the line with no ``--`` before it: consumers append options and
+    then ``-- COMMAND`` (v1 promises that shape), so instead user and host are checked here
+    by the rule every argv builder shares, which no option can pass.
     """
+    validate_user(ep.user, "SSH user")
+    validate_host(ep.host, "SSH host")
     argv = [
         "ssh",
         "-i", config_value(ep.identity_file, path=True, quote=False),
@@ -264,6 +270,19 @@ def ensure_known_hosts(path: Path, line: str) -> None:
     tmp.replace(path)
 
 
+def _check_names(reach: Mapping[str, Any]) -> None:
+    tunnel = reach.get("tunnel")
+    alias = str(tunnel.get("alias", "")) if isinstance(tunnel, Mapping) else None
+    try:
+        validate_host(str(reach.get("host")), "the descriptor's host")
+        validate_user(str(reach.get("user")), "the descriptor's user")
+        if alias is not None and not re.fullmatch(ALIAS_PATTERN, alias):
+            raise ValueError(f"the descriptor's tunnel alias: expected an SSH host alias, "
+                             f"got {alias!r}")
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e
+
+
 def host_alias(reach: Mapping[str, Any]) -> str:
     """The ``Host`` name: the tunnel alias when declared, else the sandbox id."""
     tunnel = reach.get("tunnel")
@@ -276,8 +295,11 @@ def ssh_options(
     """OpenSSH options for a descriptor, in ssh_config order; raw (unquoted) values.
 
     Through the tunnel (``127.0.0.1:local_port`` with ``HostKeyAlias``) when one is
-    declared, unless ``direct``; the host key is pinned either way.
+    declared, unless ``direct``; the host key is pinned either way. The descriptor may come
+    from a server: its host, user and alias are checked before they reach an argv or a
+    config line (a newline in one would start a new ssh_config directive).
     """
+    _check_names(reach)
     tunnel = None if direct else reach.get("tunnel")
     opts = [
         ("HostName", "127.0.0.1" if tunnel else str(reach["host"])),

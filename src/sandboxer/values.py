@@ -18,6 +18,17 @@ LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")
 ACTOR_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,128}$"
 _ACTOR = re.compile(ACTOR_PATTERN)
+# A login user and a host (name, IPv4 or IPv6 address) as they reach an ssh argv, a URL or
+# a config line: neither starts with '-' (an option to ssh), and neither holds '@',
+# whitespace, quotes or control characters. One rule for every source: profiles'
+# reachability.user, ext.vm-packer's ssh.user and attach, targets' URLs and public hosts.
+USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+HOST_PATTERN = r"^[A-Za-z0-9:][A-Za-z0-9.:_-]{0,252}$"
+# A local SSH alias: a host name OpenSSH accepts in `Host` and `HostKeyAlias` (no
+# wildcards, no whitespace, no shell metacharacters, no leading dash).
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
+_USER = re.compile(USER_PATTERN)
+_HOST = re.compile(HOST_PATTERN)
 _NAME = re.compile(NAME_PATTERN)
 # Long enough for any lease, short enough that now + it never overflows a datetime.
 MAX_DURATION = timedelta(days=36500)
@@ -102,6 +113,28 @@ def validate_name(name: str) -> str:
         raise ValueError("a sandbox name is 1-128 characters with no control characters "
                          "(no newlines or escape sequences)")
     return name
+
+
+def validate_user(user: str, what: str = "a user name") -> str:
+    """``user`` if it is a POSIX login name (1-32 of a-z 0-9 _ -, not starting with a digit
+    or '-'), else ValueError naming ``what``."""
+    if not isinstance(user, str) or not _USER.fullmatch(user):
+        raise ValueError(f"{what}: expected a POSIX user name (1-32 of a-z, 0-9, '_', '-', "
+                         f"starting with a letter or '_'), got {_quoted(user)}")
+    return user
+
+
+def validate_host(host: str, what: str = "a host") -> str:
+    """``host`` if it is a host name or an IP address (letters, digits, '.', ':', '_', '-',
+    not starting with '-' or '.'), else ValueError naming ``what``."""
+    if not isinstance(host, str) or not _HOST.fullmatch(host):
+        raise ValueError(f"{what}: expected a host name or IP address (letters, digits, "
+                         f"'.', ':', '_', '-', not starting with '-'), got {_quoted(host)}")
+    return host
+
+
+def _quoted(value: object) -> str:
+    return safe_repr(value) if isinstance(value, str) else type(value).__name__
 
 
 def validate_labels(labels: dict[str, str]) -> dict[str, str]:

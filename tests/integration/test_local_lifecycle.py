@@ -236,3 +236,24 @@ def test_the_per_home_dir_goes_with_the_last_sandbox(tmp_path: Path,
     assert settings.local_root.is_dir()  # b still lives there
     client.destroy(b.id)
     assert not settings.local_root.exists()
+
+
+def test_concurrent_creates_never_exceed_capacity(local_home: Settings) -> None:
+    """Six creates started at once on a target with room for one: all six pass plan()'s
+    early check, but the slot is taken with the insert, so one wins and five exit 6 with
+    nothing created (issue 12, item 3)."""
+    env = {**os.environ, "SANDBOXER_LOCAL_CAPACITY": "1"}
+    procs = [subprocess.Popen([SANDBOXER, "create", "profile.local", "--ttl", "5m", "--json",
+                               "--quiet"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(6)]
+    results = [(p, *p.communicate(timeout=180)) for p in procs]
+    won = [json.loads(out) for p, out, _ in results if p.returncode == 0]
+    lost = [err.decode() for p, _, err in results if p.returncode == 6]
+    assert len(won) == 1, [(p.returncode, err.decode()) for p, _, err in results]
+    assert len(lost) == 5, [(p.returncode, err.decode()) for p, _, err in results]
+    assert all("full (1/1" in err for err in lost), lost
+    client = LocalClient(local_home)
+    assert [d["id"] for d in client.list_documents()] == [won[0]["id"]]
+    dirs = [p.name for p in local_home.local_root.iterdir() if p.name.startswith("sbx-")]
+    assert dirs == [won[0]["id"]]
+    assert ssh(won[0]["reachability"], "true").returncode == 0

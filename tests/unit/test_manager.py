@@ -117,6 +117,32 @@ def test_no_target_lists_why(settings: Settings, monkeypatch: pytest.MonkeyPatch
         run(m.create("profile.fake", target="elsewhere"))
 
 
+def test_capacity_is_reserved_with_the_insert_for_any_extension(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan()'s view of a target can be stale (a concurrent create is between its plan and
+    its insert): the store still refuses the slot, before the extension provisions
+    anything. The manager passes the target's capacity whatever the extension."""
+    monkeypatch.setenv("FAKE_CAPACITY", "1")
+    m = Manager(Settings.from_env())
+    first = run(m.create("profile.fake"))
+    stale = m.extension("ext.fake")
+    monkeypatch.setattr(type(stale), "targets", lambda self, config: [extensions.Target(
+        name="fake-1", extension="ext.fake", capacity=1, used=0)])
+    provisioned: list[str] = []
+    real = type(stale).provision
+
+    async def spy(self, req, secrets):  # type: ignore[no-untyped-def]
+        provisioned.append(req.sandbox_id)
+        return await real(self, req, secrets)
+
+    monkeypatch.setattr(type(stale), "provision", spy)
+    with pytest.raises(NoTarget, match=r"fake-1 of ext\.fake is full \(1/1") as e:
+        run(m.create("profile.fake"))
+    assert e.value.exit_code == 6
+    assert provisioned == []
+    assert [s.id for s in m.store.query()] == [first.id]
+
+
 def test_extend_up_to_max_from_creation(settings: Settings) -> None:
     m = Manager(settings)
     s = run(m.create("profile.fake"))

@@ -28,6 +28,34 @@ def test_bad_targets_are_refused(fields: dict[str, object]) -> None:
         TargetConfig.model_validate(fields)
 
 
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [({"url": "ssh://u@h:0"}, "port 1-65535"),
+     ({"url": "ssh://u@h\n:22"}, "control characters"),
+     ({"url": "ssh://u@h\r"}, "control characters"),
+     ({"url": "ssh://u@h\t"}, "control characters"),
+     ({"url": "ssh://u@h\x1b[2J"}, "control characters"),
+     ({"url": "ssh://u@h /x"}, "control characters"),
+     ({"url": "ssh://-oProxyCommand=id@h"}, "POSIX user name"),
+     ({"url": "ssh://u@-oProxyCommand=id"}, "host name or IP address"),
+     ({"url": "ssh://u@h", "public_host": "-oProxyCommand=id"}, "host name or IP address"),
+     ({"url": "ssh://u@h", "public_host": "pub\nProxyCommand id"}, "host name or IP address"),
+     ({"url": "ssh://u@h", "public_host": "pub\n"}, "host name or IP address"),
+     ({"url": "ssh://u@h", "public_host": ""}, "host name or IP address")],
+)
+def test_hostile_urls_and_public_hosts_are_refused(fields: dict[str, object],
+                                                   words: str) -> None:
+    """Issue 12, item 2: a port 0 silently became 22, a newline was stored as given, and a
+    public host could start with '-'."""
+    with pytest.raises(ValidationError, match=words):
+        TargetConfig.model_validate({"name": "x", **fields})
+
+
+def test_ipv6_targets_still_work() -> None:
+    t = TargetConfig(name="x", url="ssh://u@[::1]:2222", public_host="::1")
+    assert (t.host, t.port, t.endpoint_host) == ("::1", 2222, "::1")
+
+
 def test_store_round_trip(tmp_path: object) -> None:
     from pathlib import Path
 
@@ -42,3 +70,17 @@ def test_store_round_trip(tmp_path: object) -> None:
     store.remove_target("h1")
     with pytest.raises(NotFound):
         store.remove_target("h1")
+
+
+def test_a_target_recorded_before_the_rule_is_reported_with_a_way_out(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from sandboxer.errors import InvalidInput
+
+    store = SqliteStore(Path(str(tmp_path)) / "s.db")
+    store.add_target(TargetConfig(name="old", url="ssh://u@h"))
+    store._conn.execute("UPDATE targets SET public_host = '-oProxyCommand=id'")
+    with pytest.raises(InvalidInput, match="targets remove old"):
+        store.list_targets()
+    store.remove_target("old")
+    assert store.list_targets() == []

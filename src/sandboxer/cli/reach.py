@@ -96,9 +96,9 @@ def ssh_argv(reach: Doc, known_hosts_file: str, command: list[str], *,
     argv = [ssh]
     for key, value in options.items():
         argv += ["-o", f"{key}={config_value(value, path=key in PATH_OPTIONS)}"]
-    argv += ["-o", "IdentityAgent=none", "-o", "LogLevel=ERROR", host]
+    argv += ["-o", "IdentityAgent=none", "-o", "LogLevel=ERROR", "--", host]
     if command:
-        argv += ["--", command[0] if len(command) == 1 else shlex.join(command)]
+        argv.append(command[0] if len(command) == 1 else shlex.join(command))
     return argv
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.base import Endpoint
-from sandboxer.values import config_value
+from sandboxer.values import config_value, validate_host, validate_user
 
 # Answers that retrying cannot change: a wrong host key or a refused key.
 _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
@@ -36,17 +36,26 @@ def ssh_options(ep: Endpoint) -> list[str]:
     ]
 
 
+def destination(ep: Endpoint) -> str:
+    """``user@host``, each checked again here: this is what lands in an argv."""
+    try:
+        return f"{validate_user(ep.user, 'SSH user')}@{validate_host(ep.host, 'SSH host')}"
+    except ValueError as e:
+        raise ProvisionFailed(str(e)) from e
+
+
 def ssh_argv(ep: Endpoint, command: str | None = None, *, connect_timeout: int = 5) -> list[str]:
+    """``ssh OPTIONS -- user@host [COMMAND]``: after ``--`` nothing is an option to ssh."""
+    dest = destination(ep)
     ssh = shutil.which("ssh")
     if ssh is None:
         raise ProvisionFailed(
             "the OpenSSH client (ssh) is not installed",
             hint="install it: apt-get install openssh-client",
         )
-    argv = [ssh, *ssh_options(ep), "-o", f"ConnectTimeout={connect_timeout}",
-            f"{ep.user}@{ep.host}"]
+    argv = [ssh, *ssh_options(ep), "-o", f"ConnectTimeout={connect_timeout}", "--", dest]
     if command is not None:
-        argv += ["--", command]
+        argv.append(command)
     return argv
 
 

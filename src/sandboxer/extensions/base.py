@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.models.base import StrictModel
+from sandboxer.models.common import HostName, UserName
 
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
@@ -51,9 +52,9 @@ class Handle(StrictModel):
 class Endpoint(StrictModel):
     """The direct SSH endpoint of a sandbox with its pinned host key."""
 
-    host: str
+    host: HostName  # every argv builder takes these from here: checked at the source
     port: int
-    user: str
+    user: UserName
     host_key: str  # "ssh-ed25519 AAAA..." (public, OpenSSH format)
     identity_file: str
     known_hosts_file: str

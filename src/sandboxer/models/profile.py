@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sandboxer.models.base import StrictModel
-from sandboxer.models.common import Duration, Labels
+from sandboxer.models.common import Duration, Labels, UserName
 from sandboxer.models.reachability import check_alias_template, check_name, check_port
 from sandboxer.values import is_loader_variable, validate_actor
 
@@ -95,16 +95,9 @@ class TunnelSpec(StrictModel):
 class ReachabilitySpec(StrictModel):
     """How consumers reach the sandbox: SSH user, warden identity hint, optional tunnel."""
 
-    user: str = "sandbox"
+    user: UserName = "sandbox"
     identity: str | None = None
     tunnel: TunnelSpec | None = None
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if not re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", v):
-            raise ValueError(f"expected a POSIX user name, got {v!r}")
-        return v
 
     @field_validator("identity")
     @classmethod

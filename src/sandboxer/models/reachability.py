@@ -12,15 +12,13 @@ from typing import Final, Literal
 from pydantic import ConfigDict, Field
 
 from sandboxer.models.base import StrictModel
+from sandboxer.values import ALIAS_PATTERN, HOST_PATTERN, USER_PATTERN
 
 REACHABILITY_SCHEMA: Final = "sandboxer.reachability/v1"
 TUNNEL_STATUS_DOC: Final = "docs/integrations/ops-bridge.md"
 
 # An ops-bridge route id or a warden actor id: a word safe to paste into a shell command.
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-# A local SSH alias: a host name OpenSSH accepts in `Host` and `HostKeyAlias` (no
-# wildcards, no whitespace, no shell metacharacters, no leading dash).
-ALIAS_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -84,9 +82,10 @@ class Reachability(StrictModel):
     schema_: Literal["sandboxer.reachability/v1"] = Field(REACHABILITY_SCHEMA, alias="schema")
     sandbox_id: str = Field(description="the sandbox this descriptor belongs to")
     transport: Literal["ssh"] = Field("ssh", description="always ssh in v1")
-    host: str = Field(description="direct endpoint host (what an ops-bridge route targets)")
+    host: str = Field(pattern=HOST_PATTERN,
+                      description="direct endpoint host (what an ops-bridge route targets)")
     port: int = Field(ge=1, le=65535, description="direct endpoint port")
-    user: str = Field(description="SSH user inside the sandbox")
+    user: str = Field(pattern=USER_PATTERN, description="SSH user inside the sandbox")
     identity_file: str = Field(description="private key file on the creating machine")
     known_hosts: str = Field(
         description="known_hosts line pinning the host key, for the direct name and the "

@@ -10,7 +10,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from sandboxer.models.base import StrictModel
+from sandboxer.models.common import HostName
+from sandboxer.values import safe_repr, validate_host, validate_user
 
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # What a target's operator may allow beyond the secure default of ext.compose-ssh.
 ALLOWABLE = ("privileged", "host-network", "host-pid", "host-ipc", "devices",
@@ -24,7 +27,7 @@ class TargetConfig(StrictModel):
     extension: str = "ext.compose-ssh"
     url: str
     identity_file: str | None = None
-    public_host: str | None = None
+    public_host: HostName | None = None
     capacity: int | None = Field(default=None, ge=1)
     kind: Literal["self-hosted", "cloud"] = "self-hosted"
     host_keys: list[str] = Field(default_factory=list)  # known_hosts lines, first contact
@@ -44,12 +47,21 @@ class TargetConfig(StrictModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        # urlsplit drops tabs and newlines silently: the URL stored would not be the one
+        # checked. Refuse every control character and whitespace up front.
+        if _CONTROL.search(v):
+            raise ValueError(f"expected ssh://user@host[:port] with no whitespace or control "
+                             f"characters, got {safe_repr(v)}")
         parts = urlsplit(v)
         if parts.scheme != "ssh" or not parts.hostname or not parts.username:
             raise ValueError(f"expected ssh://user@host[:port], got {v!r}")
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.password:
             raise ValueError(f"expected ssh://user@host[:port] and nothing more, got {v!r}")
-        _ = parts.port  # raises ValueError for a bad port
+        port = parts.port  # raises ValueError for a port beyond 65535 or not a number
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"expected a TCP port 1-65535 in {v!r}, got {port}")
+        validate_user(parts.username, "the URL's user")
+        validate_host(parts.hostname, "the URL's host")
         return v
 
     @field_validator("allow")

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.errors import Conflict, SandboxNotFound, StoreBusy
+from sandboxer.errors import Conflict, InvalidInput, NoTarget, SandboxNotFound, StoreBusy
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
@@ -35,6 +35,9 @@ _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
 )
+# What takes a slot of a target's capacity.
+_LIVE_COUNT = ("SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
+               "AND state IN ('provisioning', 'ready', 'destroying')")
 
 
 def _ts(dt: datetime) -> float:
@@ -195,11 +198,27 @@ class SqliteStore:
     # -- sandboxes --------------------------------------------------------------------
 
     def insert(
-        self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None
+        self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None,
+        capacity: int | None = None,
     ) -> None:
-        """Record a new sandbox and its ``sandbox.created`` event in one transaction."""
+        """Record a new sandbox and its ``sandbox.created`` event in one transaction.
+
+        With ``capacity``, the sandbox takes a slot on its target: the live sandboxes of its
+        extension on that target are counted in the same transaction (SQLite: under the
+        write lock of ``BEGIN IMMEDIATE``; a server backend: under a lock on the target's
+        row), and NoTarget is raised, nothing written, when ``capacity`` are live already.
+        """
         now = time.time()
         with self._write() as c:
+            if capacity is not None:
+                used = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()[0]
+                if used >= capacity:
+                    raise NoTarget(
+                        f"target {status.target} of {status.extension} is full "
+                        f"({used}/{capacity} sandboxes): another create took the last slot",
+                        hint="destroy a sandbox there, pick another target with --target, "
+                        "or raise its capacity",
+                    )
             c.execute(
                 f"INSERT INTO sandboxes ({_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?)",
@@ -419,23 +438,34 @@ class SqliteStore:
             )
 
     def list_targets(self, extension: str | None = None) -> list[TargetConfig]:
-        from sandboxer.models.target import TargetConfig
-
         sql = "SELECT * FROM targets"
         args: list[Any] = []
         if extension is not None:
             sql += " WHERE extension = ?"
             args.append(extension)
         return [
-            TargetConfig(
+            self._target(r) for r in self._conn.execute(sql + " ORDER BY name", args)
+        ]
+
+    @staticmethod
+    def _target(r: sqlite3.Row) -> TargetConfig:
+        from pydantic import ValidationError
+
+        from sandboxer.models.target import TargetConfig
+
+        try:
+            return TargetConfig(
                 name=r["name"], extension=r["extension"], url=r["url"],
                 identity_file=r["identity_file"], public_host=r["public_host"],
                 capacity=r["capacity"], kind=r["kind"],
                 host_keys=json.loads(r["host_keys"] or "[]"), allow=json.loads(r["allow"]),
                 created_at=_dt(r["created_at"]),
             )
-            for r in self._conn.execute(sql + " ORDER BY name", args)
-        ]
+        except ValidationError as e:  # recorded before a rule it breaks existed
+            raise InvalidInput(
+                f"recorded target {r['name']!r} is no longer valid: {e.errors()[0]['msg']}",
+                hint=f"remove it with `sandboxer targets remove {r['name']}` and add it again",
+            ) from e
 
     def get_target(self, name: str) -> TargetConfig | None:
         return next((t for t in self.list_targets() if t.name == name), None)
@@ -458,8 +488,5 @@ class SqliteStore:
     def live_count(self, target: str, extension: str) -> int:
         """Live sandboxes of ``extension`` on ``target``: target names are per extension
         (ext.local and ext.compose-ssh both have a ``local``)."""
-        row = self._conn.execute(
-            "SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
-            "AND state IN ('provisioning', 'ready', 'destroying')", (target, extension)
-        ).fetchone()
+        row = self._conn.execute(_LIVE_COUNT, (target, extension)).fetchone()
         return int(row[0])

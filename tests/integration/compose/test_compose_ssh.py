@@ -204,6 +204,26 @@ def test_five_concurrent_creates_on_one_target(env: Env) -> None:
     assert env.labelled("sandboxer.instance", env.instance()) == []
 
 
+def test_concurrent_creates_never_exceed_a_targets_capacity(env: Env) -> None:
+    """Issue 12, item 3: on a target added with --capacity 1, of three creates started at
+    once exactly one succeeds; the others exit 6 before anything exists on the target."""
+    added = env.cli("targets", "add", "cap1", env.target.url, "--identity",
+                    str(env.target.identity_file), "--yes", "--capacity", "1")
+    assert added.returncode == 0, added.stderr
+    procs = [subprocess.Popen([SANDBOXER, "create", "profile.compose-test", "--target", "cap1",
+                               "--json", "--quiet"], env=env.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+    assert sorted(rc for rc, _, _ in results) == [0, 6, 6], results
+    (doc,) = [json.loads(out) for rc, out, _ in results if rc == 0]
+    live = json.loads(env.cli("list", "--json").stdout)["items"]
+    assert [d["id"] for d in live] == [doc["id"]]
+    assert env.remote_dirs() == [doc["id"]]
+    assert env.cli("destroy", doc["id"]).returncode == 0
+    _no_leftovers(env)
+
+
 def _no_leftovers(env: Env) -> None:
     assert env.labelled("sandboxer.instance", env.instance()) == []
     assert env.remote_dirs() == []

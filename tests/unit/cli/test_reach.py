@@ -135,14 +135,49 @@ def test_ssh_argv_matches_ssh_config(tmp_path: Path) -> None:
              "user": "agent", "identity_file": "/k/a b", "known_hosts": "x",
              "tunnel": {"alias": "dev-x", "local_port": 2345}}
     argv = ssh_argv(reach, "/k/kh", ["echo", "a b"])
-    assert argv[-3:] == ["127.0.0.1", "--", "echo 'a b'"]
+    assert argv[-3:] == ["--", "127.0.0.1", "echo 'a b'"]
     assert argv[argv.index("Port=2345") - 1] == "-o"
     assert {"HostKeyAlias=dev-x", 'IdentityFile="/k/a b"', "User=agent",
             "StrictHostKeyChecking=yes", "UserKnownHostsFile=/k/kh"} <= set(argv)
     direct = ssh_argv(reach, "/k/kh", [], direct=True)
-    assert direct[-1] == "10.0.0.5"
+    assert direct[-2:] == ["--", "10.0.0.5"]
     assert "Port=40123" in direct
     assert not any(a.startswith("HostKeyAlias") for a in direct)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("user", "-oProxyCommand=id>/tmp/x;"), ("user", "a b"), ("user", "agent\nHost *"),
+    ("host", "-oProxyCommand=id"), ("host", "h\nProxyCommand id"), ("host", "u@h"),
+])
+def test_ssh_argv_refuses_a_hostile_descriptor(field: str, value: str) -> None:
+    """A descriptor from a server is checked by the same rule before it reaches the argv
+    (issue 12, item 2); the destination always lands after ``--``."""
+    from sandboxer.errors import InvalidInput
+
+    reach = {"sandbox_id": "sbx-aaaaaaaaaa", "host": "10.0.0.5", "port": 40123,
+             "user": "agent", "identity_file": "/k/a", "known_hosts": "x", field: value}
+    with pytest.raises(InvalidInput, match="expected a"):
+        ssh_argv(reach, "/k/kh", ["-oProxyCommand=id"], direct=True)
+    reach[field] = {"user": "agent", "host": "10.0.0.5"}[field]
+    argv = ssh_argv(reach, "/k/kh", ["-oProxyCommand=id"], direct=True)
+    assert argv[-3:] == ["--", "10.0.0.5", "-oProxyCommand=id"]
+    assert argv.index("--") == len(argv) - 3
+
+
+@pytest.mark.parametrize("alias", ["x\nProxyCommand id", "-oProxyCommand=id", "a b", "*"])
+def test_ssh_config_refuses_a_hostile_alias(alias: str) -> None:
+    """ssh-config writes ``Host ALIAS`` and ``User USER`` lines from the same options: a
+    newline there would start a new directive."""
+    from sandboxer.errors import InvalidInput
+    from sandboxer.reachability import ssh_options
+
+    reach = {"sandbox_id": "sbx-aaaaaaaaaa", "host": "10.0.0.5", "port": 40123,
+             "user": "agent", "identity_file": "/k/a", "known_hosts": "x",
+             "tunnel": {"alias": alias, "local_port": 2345}}
+    with pytest.raises(InvalidInput, match="tunnel alias"):
+        ssh_options(reach, "/k/kh")
+    with pytest.raises(InvalidInput, match="user"):
+        ssh_options({**reach, "tunnel": None, "user": "agent\nProxyCommand id"}, "/k/kh")
 
 
 @pytest.mark.parametrize("argv", [["ssh-config", "--json"],

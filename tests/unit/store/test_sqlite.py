@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from sandboxer.config import Settings
-from sandboxer.errors import Conflict, SandboxNotFound
+from sandboxer.errors import Conflict, NoTarget, SandboxNotFound
 from sandboxer.models.common import new_sandbox_id, utcnow
 from sandboxer.models.sandbox import SandboxStatus
 from sandboxer.store.migrations import LATEST
@@ -153,3 +154,43 @@ def test_live_count_is_per_extension(settings: Settings) -> None:
     ext = ComposeSSHExtension(settings)
     (local,) = [t for t in ext.targets(settings) if t.name == "local"]
     assert local.used == 0
+
+
+def test_capacity_is_reserved_with_the_insert(tmp_path: Path) -> None:
+    """Eight threads, each with its own connection, race for one slot: exactly one wins,
+    the others get NoTarget (exit 6) and write nothing; other targets are not counted."""
+    db = tmp_path / "s.db"
+    SqliteStore(db).insert(status(target="other"), max_expires_at=utcnow() + timedelta(1))
+    start = threading.Barrier(8)
+    won: list[str] = []
+    lost: list[NoTarget] = []
+
+    def create() -> None:
+        store = SqliteStore(db)
+        s = status("provisioning", target="cap1")
+        start.wait()
+        try:
+            store.insert(s, max_expires_at=s.expires_at, capacity=1)
+            won.append(s.id)
+        except NoTarget as e:
+            lost.append(e)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    store = SqliteStore(db)
+    assert len(won) == 1
+    assert len(lost) == 7
+    assert "cap1" in lost[0].message
+    assert lost[0].exit_code == 6
+    assert store.live_count("cap1", "ext.fake") == 1
+    assert [e.payload["id"] for e in store.events() if e.payload["target"] == "cap1"] == won
+    # A slot freed by a destroyed sandbox is free again; a failed one takes none.
+    store.transition(won[0], from_states={"provisioning"}, to_state="failed", event=None)
+    s = status("provisioning", target="cap1")
+    store.insert(s, max_expires_at=s.expires_at, capacity=1)
+    t = status("provisioning", target="cap1")
+    with pytest.raises(NoTarget, match=r"full \(1/1"):
+        store.insert(t, max_expires_at=t.expires_at, capacity=1)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sandboxer.models.base import StrictModel
+from sandboxer.models.common import HostName, UserName
 
 _SIZE = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -76,15 +77,15 @@ class VMResources(StrictModel):
 class SSHSpec(StrictModel):
     """The login of a booted VM (created at boot when the image lacks it)."""
 
-    user: str | None = None  # default: the profile's reachability.user
+    user: UserName | None = None  # default: the profile's reachability.user
 
 
 class AttachSpec(StrictModel):
     """An existing VM to lease: no build, no boot."""
 
-    host: str
+    host: HostName
     port: int = Field(default=22, ge=1, le=65535)
-    user: str
+    user: UserName
     host_key: str  # "ssh-ed25519 AAAA..." pinned; never learned on first use
     identity: str  # path of the operator's key that may log in as ``user`` (never contents)
 
@@ -94,13 +95,6 @@ class AttachSpec(StrictModel):
         v = " ".join(v.split()[:2])
         if not _HOST_KEY.fullmatch(v):
             raise ValueError("expected an OpenSSH public key line like 'ssh-ed25519 AAAA…'")
-        return v
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v: str) -> str:
-        if not re.fullmatch(r"^[A-Za-z0-9.:_-]+$", v):
-            raise ValueError(f"expected a host name or address, got {v!r}")
         return v
 
 
