@@ -143,3 +143,10 @@ def test_keys_compose_resolves_away_are_refused_as_written(key: str) -> None:
     ov.check(doc, [key.replace("_", "-")], "p", "t")
     with pytest.raises(InvalidInput, match="--allow include"):
         ov.check({"include": ["x.yaml"], "services": {"main": {"image": "x"}}}, [], "p", "t")
+
+
+def test_the_hint_names_each_grant_as_the_cli_takes_it() -> None:
+    doc = {"services": {"main": {"image": "x", "privileged": True, "env_file": ["/e"]}}}
+    with pytest.raises(InvalidInput) as e:
+        ov.check(doc, [], "p", "t")
+    assert "--allow env-file --allow privileged" in (e.value.hint or "")

@@ -116,11 +116,13 @@ def check(doc: dict[str, Any], allow: list[str], where: str, target: str,
     refused = [(entry, what) for entry, what in found if entry not in allow]
     if refused:
         lines = "; ".join(what for _, what in refused)
-        entries = ",".join(sorted({e for e, _ in refused}))
+        entries = sorted({e for e, _ in refused})
         raise InvalidInput(
             f"{where} asks for what target {target} does not allow: {lines}",
-            hint=f"the target's operator may allow it with `sandboxer targets add ... "
-            f"--allow {entries}`",
+            hint="the target's operator may allow it with `sandboxer targets add ... "
+            + " ".join(f"--allow {e}" for e in entries) + "` (for `local`: "
+            f"SANDBOXER_COMPOSE_LOCAL_ALLOW={','.join(entries)}); see "
+            "docs/extensions/compose-ssh.md",
         )
 
 
