@@ -50,7 +50,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     return cfg
 
 
-@pytest.mark.parametrize(("path", "value", "entry"), [
+CASES = [
     ("services.side.pid", "host", "host-pid"),
     ("services.side.network_mode", "container:sbx-other-main-1", "shared-namespaces"),
     ("services.side.network_mode", "service:main", "shared-namespaces"),
@@ -79,7 +79,10 @@ def _with(path: str, value: Any) -> dict[str, Any]:
      "driver-opts"),
     ("secrets", {"s": {"file": "/etc/shadow"}}, "host-files"),
     ("configs", {"c": {"file": "/etc"}}, "host-files"),
-])
+]
+
+
+@pytest.mark.parametrize(("path", "value", "entry"), CASES)
 def test_each_setting_outside_the_allow_list_names_its_grant(path: str, value: Any,
                                                               entry: str) -> None:
     assert entry in found(_with(path, value))
@@ -90,3 +93,12 @@ def test_the_main_ports_must_be_the_overrides_own() -> None:
     cfg["services"]["main"]["ports"].append(
         {"host_ip": ANY, "target": 22, "published": "18080"})
     assert found(cfg) == ["ports"]
+
+
+def test_every_grant_the_policy_names_is_one_a_target_accepts() -> None:
+    from sandboxer.models.target import ALLOWABLE, TargetConfig
+
+    named = {e for _, _, e in CASES} | set(policy._RAW_SERVICE_KEYS.values()) | {
+        "include", "host-network", "host-ipc", "unlisted-keys"}
+    assert named <= set(ALLOWABLE)
+    assert TargetConfig(name="t", url="ssh://u@h", allow=sorted(named)).allow
