@@ -22,9 +22,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--capacity", type=int, metavar="N", help="most live sandboxes at once")
     add.add_argument("--kind", choices=["self-hosted", "cloud"], default="self-hosted")
     add.add_argument("--allow", action="append", metavar="WHAT", default=[],
-                     help="permit what the secure default refuses (repeatable): privileged, "
-                     "host-network, host-pid, host-ipc, devices, docker-socket, host-paths, "
-                     "extra-capabilities")
+                     help="permit what the secure default refuses (repeatable; each is "
+                     "described in docs/extensions/compose-ssh.md): privileged, host-network, "
+                     "host-pid, host-ipc, shared-namespaces, host-cgroup, devices, "
+                     "docker-socket, host-paths, extra-capabilities, ports, "
+                     "external-resources, driver-opts, host-files, env-file, build, extends, "
+                     "include, unlisted-keys")
     add.add_argument("--host-key-fingerprint", metavar="SHA256:…",
                      help="expected host key; without it the key seen is shown and, on a "
                      "terminal, confirmed")

@@ -17,7 +17,9 @@ _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # What a target's operator may allow beyond the secure default of ext.compose-ssh.
 ALLOWABLE = ("privileged", "host-network", "host-pid", "host-ipc", "devices",
-             "docker-socket", "host-paths", "extra-capabilities")
+             "docker-socket", "host-paths", "extra-capabilities", "shared-namespaces",
+             "external-resources", "driver-opts", "host-files", "host-cgroup", "ports",
+             "env-file", "build", "extends", "include", "unlisted-keys")
 
 
 class TargetConfig(StrictModel):

@@ -83,6 +83,11 @@ class Env:
 
 @pytest.fixture
 def env(ssh_target: Any, tmp_path: Path) -> Iterator[Env]:
+    yield from make_env(ssh_target, tmp_path)
+
+
+def make_env(ssh_target: Any, tmp_path: Path) -> Iterator[Env]:
+    """A sandboxer home with target t1 (the SSH target), torn down after the test."""
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "compose-test.yaml").write_text(PROFILE.format(image=ssh_target.image))
@@ -268,7 +273,11 @@ def test_faults_fail_cleanly(env: Env, tmp_path: Path) -> None:
                         f"spec: {{service: main, pull: never, compose: {{services: {{main: "
                         f"{{image: '{env.target.image}', "
                         f"ports: ['127.0.0.1:{port}:8080']}}}}}}}}\n")
-        res = env.cli("create", "profile.clash", "--target", "t1")
+        # Ports beyond the override's own need the grant.
+        added = env.cli("targets", "add", "ports", env.target.url, "--identity",
+                        str(env.target.identity_file), "--yes", "--allow", "ports")
+        assert added.returncode == 0, added.stderr
+        res = env.cli("create", "profile.clash", "--target", "ports")
     assert res.returncode == 5, res.stderr
     assert "taken" in res.stderr or "address already in use" in res.stderr
     _no_leftovers(env)

@@ -81,12 +81,16 @@ def test_named_volumes_are_fine() -> None:
 def test_override_labels_publishes_and_locks_down() -> None:
     out = ov.build(BASE, spec(resources={"cpus": 1.5, "memory": "1g", "pids": 256}),
                    sandbox_id="sbx-abcdefghij", instance="i1", user="agent",
-                   env={"FOO": "bar", "PRICE": "$HOME"}, bind="127.0.0.1")
+                   env={"FOO": "bar", "PRICE": "$HOME"}, bind="127.0.0.1", port=23456)
     for svc in out["services"].values():
         assert svc["labels"] == {"sandboxer.id": "sbx-abcdefghij", "sandboxer.instance": "i1"}
         assert "no-new-privileges:true" in svc["security_opt"]
+        assert svc["cap_drop"] == ["ALL"]  # every service, not just the main one
+        assert (svc["mem_limit"], svc["pids_limit"]) == ("1g", 256)
+    assert "cap_add" not in out["services"]["db"]
     main = out["services"]["main"]
-    assert main["ports"] == [{"target": 22, "host_ip": "127.0.0.1", "protocol": "tcp"}]
+    assert main["ports"] == [{"target": 22, "host_ip": "127.0.0.1", "published": "23456",
+                              "protocol": "tcp"}]
     assert main["environment"] == {"FOO": "bar", "PRICE": "$$HOME",
                                    "SANDBOXER_ID": "sbx-abcdefghij", "SANDBOXER_USER": "agent",
                                    "SANDBOXER_KEYS_WAIT": "120"}
@@ -111,3 +115,38 @@ def test_key_tarball_is_root_owned_and_private() -> None:
         auth = tar.extractfile("etc/sandboxer/authorized_keys")
         assert auth is not None
         assert auth.read() == b"ssh-ed25519 AAAA x\n"
+
+
+def test_every_service_is_limited_in_the_form_its_profile_uses() -> None:
+    doc = {"services": {"main": {"image": "x"},
+                        "side": {"image": "x", "deploy": {"resources": {"limits": {
+                            "pids": -1}}}}},
+           "volumes": {"data": {}, "theirs": {"external": True}}}
+    out = ov.build(doc, spec(), sandbox_id="sbx-abcdefghij", instance="i1", user="agent",
+                   env={}, bind="127.0.0.1", port=23456)
+    assert (out["services"]["main"]["pids_limit"], out["services"]["main"]["mem_limit"]) == (
+        ov.DEFAULT_PIDS, ov.DEFAULT_MEMORY)
+    side = out["services"]["side"]
+    assert side["deploy"]["resources"]["limits"] == {"pids": ov.DEFAULT_PIDS,
+                                                     "memory": ov.DEFAULT_MEMORY}
+    assert "pids_limit" not in side
+    # Named volumes are labelled so owned() finds a leaked one; an external one is not ours.
+    assert out["volumes"] == {"data": {"labels": {"sandboxer.id": "sbx-abcdefghij",
+                                                  "sandboxer.instance": "i1"}}}
+
+
+@pytest.mark.parametrize("key", ["env_file", "build", "extends"])
+def test_keys_compose_resolves_away_are_refused_as_written(key: str) -> None:
+    doc = {"services": {"main": {"image": "x", key: "whatever"}}}
+    with pytest.raises(InvalidInput, match=f"services.main.{key}"):
+        ov.check(doc, [], "p", "t")
+    ov.check(doc, [key.replace("_", "-")], "p", "t")
+    with pytest.raises(InvalidInput, match="--allow include"):
+        ov.check({"include": ["x.yaml"], "services": {"main": {"image": "x"}}}, [], "p", "t")
+
+
+def test_the_hint_names_each_grant_as_the_cli_takes_it() -> None:
+    doc = {"services": {"main": {"image": "x", "privileged": True, "env_file": ["/e"]}}}
+    with pytest.raises(InvalidInput) as e:
+        ov.check(doc, [], "p", "t")
+    assert "--allow env-file --allow privileged" in (e.value.hint or "")

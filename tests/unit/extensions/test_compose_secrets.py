@@ -35,10 +35,11 @@ class Recorder(Runner):
 def test_override_adds_the_tmpfs_to_the_main_service_only() -> None:
     doc = {"services": {"main": {"image": "i"}, "db": {"image": "d"}}}
     spec = ComposeSpec(service="main", compose=doc)
-    plain = ov.build(doc, spec, sandbox_id="sbx-a", instance="i", user="u", env={}, bind="b")
+    plain = ov.build(doc, spec, sandbox_id="sbx-a", instance="i", user="u", env={}, bind="b",
+                     port=1)
     assert "volumes" not in plain["services"]["main"]
     extra = ov.build(doc, spec, sandbox_id="sbx-a", instance="i", user="u", env={}, bind="b",
-                     secrets=True)
+                     port=1, secrets=True)
     assert extra["services"]["main"]["volumes"] == [
         {"type": "tmpfs", "target": "/run/secrets", "tmpfs": {"size": 4 << 20, "mode": 0o755}}]
     assert "volumes" not in extra["services"]["db"]

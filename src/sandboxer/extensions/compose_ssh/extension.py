@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import secrets as secrets_random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
 from sandboxer import envvars
 from sandboxer.config import Settings
-from sandboxer.errors import DestroyFailed, ProvisionFailed
+from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed
 from sandboxer.extensions import _keys
 from sandboxer.extensions.base import (
     LABEL,
@@ -27,6 +30,7 @@ from sandboxer.extensions.base import (
     key_paths,
 )
 from sandboxer.extensions.compose_ssh import override as ov
+from sandboxer.extensions.compose_ssh import policy
 from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.remote import (
     LocalRunner,
@@ -43,6 +47,10 @@ if TYPE_CHECKING:
     from sandboxer.store.sqlite import SqliteStore
 
 LOCAL = "local"
+# Where the main service's SSH port is pinned on the target: below Linux's ephemeral range
+# (32768+), so outgoing connections rarely hold one; a taken one is replaced.
+PORT_RANGE = (20000, 32000)
+PORT_ATTEMPTS = 5
 SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 _IMAGE_MISSING = ("pull access denied", "No such image", "manifest unknown",
                   "failed to resolve reference", "repository does not exist",
@@ -176,11 +184,13 @@ class ComposeSSHExtension(Extension, BuildsImages):
               source: Path | None) -> None:
         assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
         doc = ov.load(spec, source, f"profile {profile.id}")
-        cfg = self._config(target.name)
-        allow = cfg.allow if cfg else [
+        ov.check(doc, self._allow(target.name), f"profile {profile.id}", target.name)
+
+    def _allow(self, target: str) -> list[str]:
+        cfg = self._config(target)
+        return cfg.allow if cfg else [
             a for a in self.settings.env.get("SANDBOXER_COMPOSE_LOCAL_ALLOW", "").split(",") if a
         ]
-        ov.check(doc, allow, f"profile {profile.id}", target.name)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -202,11 +212,7 @@ class ComposeSSHExtension(Extension, BuildsImages):
         try:
             async with await self.runner(target) as r:
                 compose = await self.compose_command(r)
-                extra = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
-                                 user=req.user, env=req.env, bind=bind,
-                                 secrets=bool(secrets))
-                d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc),
-                                             "override.yaml": ov.dump(extra)})
+                d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc)})
                 try:
                     port = await self._up(r, compose, d, doc, spec, req, keys, bind, secrets)
                 except BaseException:
@@ -236,29 +242,62 @@ class ComposeSSHExtension(Extension, BuildsImages):
         sid = req.sandbox_id
         base = [*compose, "-p", sid, "--project-directory", d,
                 "-f", f"{d}/compose.yaml", "-f", f"{d}/override.yaml"]
-        req.progress(f"{sid}: starting containers")
-        up = [*base, "up", "-d"]
-        if spec.wait and compose == ["docker", "compose"]:  # other services' healthchecks
-            up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
-        started = await r.run(up, timeout=spec.wait_timeout + 30)
-        if started.rc != 0:
-            raise self._explain(r, started.tail(), req.profile.id, doc)
+        # A pinned host port, so a restarted container keeps it; another one if taken.
+        for attempt in range(PORT_ATTEMPTS):
+            port = PORT_RANGE[0] + secrets_random.randbelow(PORT_RANGE[1] - PORT_RANGE[0])
+            extra = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
+                             user=req.user, env=req.env, bind=bind, port=port,
+                             secrets=bool(secrets))
+            await self._write(r, d, "override.yaml", ov.dump(extra))
+            await self._check_resolved(r, compose, base, doc, spec, req, bind, port)
+            req.progress(f"{sid}: starting containers")
+            up = [*base, "up", "-d"]
+            if spec.wait and compose == ["docker", "compose"]:  # other services' healthchecks
+                up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
+            started = await r.run(up, timeout=spec.wait_timeout + 30)
+            if started.rc == 0:
+                break
+            tail = started.tail()
+            if str(port) not in tail or attempt == PORT_ATTEMPTS - 1:
+                raise self._explain(r, tail, req.profile.id, doc)
+            await r.run([*base, "down", "-v", "--remove-orphans", "-t", "5"], timeout=120)
         ids = [_container_name(doc, spec.service, sid, compose)]
         if secrets:
             await cs.install_loader(r, ids[0])
-        # The entrypoint waits for these (SANDBOXER_KEYS_WAIT): keys never touch the disk.
+        # The entrypoint waits for these (SANDBOXER_KEYS_WAIT). They land in the container's
+        # writable layer (so a restart keeps them), removed with the container.
         tarball = _key_tarball(keys.host_key.read_bytes(), keys.client_public)
         await r.check(["docker", "cp", "-", f"{ids[0]}:/"], input=tarball,
                       what="installing the sandbox's SSH keys")
         if secrets:  # values only now, into the running container's tmpfs, over stdin
             req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
             await cs.fill(r, ids[0], secrets, req.user)
-        published = (await r.check(["docker", "port", ids[0], f"{spec.ssh_port}/tcp"],
-                                   what="reading the published SSH port")).out.split()[0]
+        return port
+
+    async def _write(self, r: Runner, d: str, name: str, data: bytes) -> None:
+        await r.check(["sh", "-c", 'umask 077 && cd "$1" && tar -x -o -f -', "sh", d],
+                      input=tar_stream([(name, data, 0o600)]), what=f"writing {name}")
+
+    async def _check_resolved(self, r: Runner, compose: list[str], base: list[str],
+                              doc: dict[str, Any], spec: ComposeSpec, req: ProvisionRequest,
+                              bind: str, port: int) -> None:
+        """Refuse what the target's allow-list does not permit in the document compose will
+        really run: `compose config`, interpolated on the target, override merged."""
+        v2 = compose == ["docker", "compose"]
+        done = await r.run([*base, "config", *(["--format", "json"] if v2 else [])],
+                           timeout=60)
+        if done.rc != 0:
+            raise InvalidInput(f"profile {req.profile.id}: `compose config` refused it on "
+                               f"target {r.name}: {done.tail()}")
         try:
-            return int(published.rsplit(":", 1)[1])
-        except (IndexError, ValueError) as e:
-            raise ProvisionFailed(f"unexpected `compose port` answer {published!r}") from e
+            cfg = json.loads(done.out) if v2 else yaml.safe_load(done.out)
+        except ValueError as e:
+            raise ProvisionFailed(f"unexpected `compose config` output on {r.name}") from e
+        found = policy.resolved_violations(
+            cfg, project=req.sandbox_id, main=spec.service, caps=ov.SSHD_CAPS,
+            own=ov.own(spec, bind, port))
+        ov.check(doc, self._allow(r.name), f"profile {req.profile.id} (as compose resolves "
+                 f"it on the target)", r.name, found)
 
     @staticmethod
     def _explain(r: Runner, tail: str, profile_id: str, doc: dict[str, Any]) -> ProvisionFailed:

@@ -1,10 +1,11 @@
 """The compose document a sandbox runs: the profile's file, checked, plus our override.
 
-The override labels every service, publishes the main service's SSH port on an ephemeral
-host port, passes setup env, and locks the main service down (no new privileges, all
-capabilities dropped but what sshd needs). It never grants privileged mode, host
-namespaces, devices or host paths; a profile asking for any of those is refused unless the
-target's operator allow-list permits it.
+The override labels every service and named volume, publishes the main service's SSH port
+on a pinned host port, passes setup env, and locks every service down (no new privileges,
+all capabilities dropped — the main service keeps what sshd needs —, pids and memory
+limits). It never grants privileged mode, host namespaces, devices or host paths; a profile
+asking for any of those is refused unless the target's operator allow-list permits it
+(`policy`: checked as written, then as `docker compose config` resolves it on the target).
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import yaml
 
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import LABEL
+from sandboxer.extensions.compose_ssh import policy
 from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 
 INSTANCE_LABEL = "sandboxer.instance"
+# Limits of every service whose profile sets none (spec.resources sets them for all).
+DEFAULT_PIDS = 4096
+DEFAULT_MEMORY = "4g"
 # What sshd needs with `cap_drop: [ALL]` and `no-new-privileges`, measured one at a time
 # (images/sandbox-base/README.md): AUDIT_WRITE for PTY sessions, SYS_CHROOT for privilege
 # separation, SETUID/SETGID/CHOWN to become the user and own its tty. NET_BIND_SERVICE only
@@ -102,50 +107,82 @@ def violations(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def check(doc: dict[str, Any], allow: list[str], where: str, target: str) -> None:
-    """Refuse every violation the target's allow-list does not permit."""
-    refused = [(entry, what) for entry, what in violations(doc) if entry not in allow]
+def check(doc: dict[str, Any], allow: list[str], where: str, target: str,
+          found: list[tuple[str, str]] | None = None) -> None:
+    """Refuse every violation the target's allow-list does not permit (``found``: those of
+    the resolved document; by default the literal and raw checks of ``doc`` as written)."""
+    if found is None:
+        found = violations(doc) + policy.raw_violations(doc)
+    refused = [(entry, what) for entry, what in found if entry not in allow]
     if refused:
         lines = "; ".join(what for _, what in refused)
-        entries = ",".join(sorted({e for e, _ in refused}))
+        entries = sorted({e for e, _ in refused})
         raise InvalidInput(
             f"{where} asks for what target {target} does not allow: {lines}",
-            hint=f"the target's operator may allow it with `sandboxer targets add ... "
-            f"--allow {entries}`",
+            hint="the target's operator may allow it with `sandboxer targets add ... "
+            + " ".join(f"--allow {e}" for e in entries) + "` (for `local`: "
+            f"SANDBOXER_COMPOSE_LOCAL_ALLOW={','.join(entries)}); see "
+            "docs/extensions/compose-ssh.md",
         )
 
 
+def _limits(svc: Any, spec: ComposeSpec) -> dict[str, Any]:
+    """pids and memory limits for one service, in the form its profile uses (compose
+    refuses `pids_limit` next to a different `deploy.resources.limits.pids`)."""
+    r = spec.resources
+    pids, memory = r.pids or DEFAULT_PIDS, r.memory or DEFAULT_MEMORY
+    deploy = (svc.get("deploy") or {}) if isinstance(svc, dict) else {}
+    limits = (deploy.get("resources") or {}).get("limits") or {}
+    out: dict[str, Any] = {}
+    if "pids" in limits or "memory" in limits:
+        out["deploy"] = {"resources": {"limits": {"pids": pids, "memory": memory}}}
+    else:
+        out.update(pids_limit=pids, mem_limit=memory)
+    if r.cpus is not None:
+        out["cpus"] = r.cpus
+    return out
+
+
+def own(spec: ComposeSpec, bind: str, port: int) -> dict[str, Any]:
+    """What the override adds to the main service that the policy would otherwise refuse."""
+    return {"ports": [{"target": spec.ssh_port, "host_ip": bind, "published": port}],
+            "binds": []}
+
+
 def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: str,
-          user: str, env: dict[str, str], bind: str, secrets: bool = False) -> dict[str, Any]:
-    """The override compose file for one sandbox (``secrets``: add the /run/secrets tmpfs)."""
+          user: str, env: dict[str, str], bind: str, port: int, secrets: bool = False
+          ) -> dict[str, Any]:
+    """The override compose file for one sandbox: every service labelled, all capabilities
+    dropped, no new privileges, pids and memory limited; the main service's SSH port
+    published on ``port`` of ``bind`` (pinned, so a restart keeps it); ``secrets``: add
+    the /run/secrets tmpfs."""
     labels = {LABEL: sandbox_id, INSTANCE_LABEL: instance}
     services: dict[str, Any] = {}
-    for name in doc["services"]:
-        services[name] = {"labels": dict(labels), "security_opt": ["no-new-privileges:true"]}
+    for name, svc in doc["services"].items():
+        services[name] = {"labels": dict(labels), "security_opt": ["no-new-privileges:true"],
+                          "cap_drop": ["ALL"], **_limits(svc, spec)}
         if spec.pull != "missing":
             services[name]["pull_policy"] = spec.pull
     main = services[spec.service]
-    main["ports"] = [{"target": spec.ssh_port, "host_ip": bind, "protocol": "tcp"}]
+    main["ports"] = [{"target": spec.ssh_port, "host_ip": bind, "published": str(port),
+                      "protocol": "tcp"}]
     # Compose interpolates `$` on the target with the SSH user's environment: escape it.
     literal = {k: v.replace("$", "$$") for k, v in env.items()}
     main["environment"] = {**literal, "SANDBOXER_ID": sandbox_id, "SANDBOXER_USER": user,
                            "SANDBOXER_KEYS_WAIT": "120"}
     if secrets:
         cs.add_to_override(main)
-    main["cap_drop"] = ["ALL"]
     main["cap_add"] = list(SSHD_CAPS)
-    r = spec.resources
-    if r.cpus is not None:
-        main["cpus"] = r.cpus
-    if r.memory is not None:
-        main["mem_limit"] = r.memory
-    if r.pids is not None:
-        main["pids_limit"] = r.pids
     out: dict[str, Any] = {"services": services}
     uses_default = any(not isinstance(s, dict) or ("networks" not in s
                        and "network_mode" not in s) for s in doc["services"].values())
     if uses_default:
         out["networks"] = {"default": {"labels": dict(labels)}}
+    # Named volumes carry the labels too, so owned() finds one a killed create leaked.
+    volumes = {name: {"labels": dict(labels)} for name, v in (doc.get("volumes") or {}).items()
+               if not (isinstance(v, dict) and v.get("external"))}
+    if volumes:
+        out["volumes"] = volumes
     return out
 
 
