@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandboxer.extensions._proc import kill_all
 
 V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
@@ -105,16 +106,8 @@ class SandboxCgroup:
         kill_file = self.dirs.get("memory", Path("/nonexistent")) / "cgroup.kill"
         if self.version == 2 and kill_file.exists():
             _write(kill_file, "1")
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while pids := self.pids():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            if time.monotonic() > deadline:
-                raise OSError(f"processes survive SIGKILL in {self.unique_dirs}: {sorted(pids)}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        if left := kill_all(self.pids, timeout):
+            raise OSError(f"processes survive SIGKILL in {self.unique_dirs}: {sorted(left)}")
 
     def remove(self) -> None:
         """Kill what is left and remove the directories; absent is fine."""

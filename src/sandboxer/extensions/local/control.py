@@ -62,6 +62,19 @@ def write_record(settings: Settings, sandbox_id: str, record: dict[str, Any]) ->
     tmp.replace(path)
 
 
+def record_served(settings: Settings, record: dict[str, Any], port: int,
+                  host_public: str) -> None:
+    """A sandbox now served on ``port``: its record says so, and its known_hosts file pins
+    its host key for that port (at create, and when a restore had to move it)."""
+    from sandboxer.extensions import _keys
+    from sandboxer.extensions.base import key_paths
+
+    sid = str(record["sandbox_id"])
+    write_record(settings, sid, {**record, "port": port})
+    line = _keys.known_hosts_line("127.0.0.1", port, host_public)
+    _keys.write_known_hosts(key_paths(settings, sid)["known_hosts"], [line])
+
+
 def owner_path(sandbox_dir: Path) -> Path:
     """Which home created a sandbox dir: homes may share one SANDBOXER_LOCAL_ROOT."""
     return sandbox_dir / "owner"

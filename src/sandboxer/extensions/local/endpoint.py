@@ -188,15 +188,11 @@ class Daemon:
         """Record a restored sandbox's new port: its record, its pinned known_hosts line,
         and (once the control socket answers) its stored descriptor."""
         from sandboxer.extensions import _keys
-        from sandboxer.extensions.base import key_paths
 
-        sid = str(req["sandbox_id"])
         record = {k: v for k, v in req.items() if k not in ("op", "secrets")}
-        control.write_record(self.settings, sid, {**record, "port": port})
-        paths = key_paths(self.settings, sid)
-        line = _keys.known_hosts_line("127.0.0.1", port, _keys.public_of(paths["host_key"]))
-        _keys.write_known_hosts(paths["known_hosts"], [line])
-        self.moved.add(sid)
+        host_public = _keys.public_of(Path(str(record["host_key_path"])))
+        control.record_served(self.settings, record, port, host_public)
+        self.moved.add(str(record["sandbox_id"]))
 
     async def _refresh_moved(self) -> None:
         """Store the new descriptors of sandboxes restored on a new port."""

@@ -7,8 +7,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import signal
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
+from sandboxer.extensions._proc import kill_all
 from sandboxer.extensions.base import (
     Endpoint,
     Extension,
@@ -99,16 +98,8 @@ def _proc_uids() -> dict[int, set[int]]:
 
 def kill_uid(uid: int, timeout: float = 3.0) -> None:
     """SIGKILL every process of ``uid`` until none is left (a fork bomb respawns)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while pids := _proc_uids().get(uid):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            raise ProvisionFailed(f"processes of host uid {uid} survive SIGKILL: {sorted(pids)}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    if left := kill_all(lambda: _proc_uids().get(uid, set()), timeout):
+        raise ProvisionFailed(f"processes of host uid {uid} survive SIGKILL: {sorted(left)}")
 
 
 def _make_private_dirs(path: Path) -> None:
@@ -250,9 +241,7 @@ class LocalExtension(Extension):
             port = int((await control.call(s, "add", **record, secrets=values))["port"])
             del values
             record["port"] = port
-            control.write_record(s, sid, record)
-            _keys.write_known_hosts(
-                keys.known_hosts, [_keys.known_hosts_line("127.0.0.1", port, keys.host_public)])
+            control.record_served(s, record, port, keys.host_public)
         except BaseException as e:
             starting.cancel()
             with contextlib.suppress(BaseException):
@@ -310,19 +299,25 @@ class LocalExtension(Extension):
         if control.owned_by(s, d) is False:  # another home's, on a shared local root
             _keys.remove(s, sid)
             return
-        if self._root:
-            uid = handle.data.get("host_uid")
-            with contextlib.suppress(OSError):
-                uid = (d / "workspace").stat().st_uid
-            base = _uid_base(s)
-            # Only ever a uid from our private range: never root's or a real user's.
-            if isinstance(uid, int) and base <= uid < base + UID_SPAN:
-                kill_uid(uid)
-                self._teardown(sid, d)
-                _release_uid(s, uid, d)
+        uid = self._private_uid(handle, d)
+        if uid is not None:
+            kill_uid(uid)
         self._teardown(sid, d)
+        if uid is not None:
+            _release_uid(s, uid, d)  # after the dir is gone: the claim names it
         _keys.remove(s, sid)
         self._drop_empty_root()
+
+    def _private_uid(self, handle: Handle, d: Path) -> int | None:
+        """The sandbox's host uid when we run as root and it lies in our private range:
+        never root's or a real user's."""
+        if not self._root:
+            return None
+        uid = handle.data.get("host_uid")
+        with contextlib.suppress(OSError):
+            uid = (d / "workspace").stat().st_uid
+        base = _uid_base(self.settings)
+        return uid if isinstance(uid, int) and base <= uid < base + UID_SPAN else None
 
     def _teardown(self, sandbox_id: str, d: Path) -> None:
         """What a sandbox leaves on the host once its processes are gone."""

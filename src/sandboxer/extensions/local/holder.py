@@ -121,25 +121,24 @@ class Jail:
         if self.cgroup is not None:
             lim = self.spec.limits
             self.cgroup.create(memory=lim.memory_bytes, cpus=lim.cpus, pids=lim.processes)
-        fds = jail.data_pipes(jail.etc_files(self.user, self.spec.hostname or self.sandbox_id,
-                                             self.spec.shell))
+        data_fds = jail.data_pipes(jail.etc_files(
+            self.user, self.spec.hostname or self.sandbox_id, self.spec.shell))
+        secret_fds: dict[str, int] = {}
+        filter_fds: list[int] = []
         try:
-            fds |= {f"secret:{k}": v for k, v in
-                    jail.data_pipes(jail.secret_files(dict(self.secrets))).items()}
-            fds["seccomp"] = seccomp.pipe_fd()
-            secret_fds = {k.removeprefix("secret:"): v for k, v in fds.items()
-                          if k.startswith("secret:")}
-            data_fds = {k: v for k, v in fds.items() if k.startswith("/")}
+            secret_fds = jail.data_pipes(jail.secret_files(dict(self.secrets)))
+            filter_fds.append(seccomp.pipe_fd())
             argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
-                                    seccomp_fd=fds["seccomp"], bwrap=self.bwrap,
+                                    seccomp_fd=filter_fds[0], bwrap=self.bwrap,
                                     secret_fds=secret_fds)
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, pass_fds=tuple(fds.values()),
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(*data_fds.values(), *secret_fds.values(), *filter_fds),
                 preexec_fn=self._holder_preexec(), env={"PATH": jail.JAIL_PATH},
                 start_new_session=True)
         finally:
-            jail.close_fds(fds.values())
+            jail.close_fds([*data_fds.values(), *secret_fds.values(), *filter_fds])
         try:
             self.holder_pid = await self._wait_for_holder()
             self.ns = Namespaces.of(self.holder_pid)
