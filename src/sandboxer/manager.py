@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, prof
     from sandboxer.catalog import Catalog
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
+    from sandboxer.models.target import TargetRecord
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
@@ -105,7 +106,8 @@ class Manager:
 
     def extension(self, name: str) -> Extension:
         if name not in self._extensions:
-            self._extensions[name] = extensions.instance(name, self.settings)
+            self._extensions[name] = extensions.instance(name, self.settings,
+                                                         _ManagerHost(self, name))
         return self._extensions[name]
 
     # -- reading ----------------------------------------------------------------------
@@ -447,3 +449,38 @@ class Manager:
                         await ext.destroy(handle)
                         removed.append(handle)
         return removed
+
+
+class _ManagerHost:
+    """The ``Host`` an extension gets: the manager's store and lifecycle, scoped to it."""
+
+    def __init__(self, manager: Manager, extension: str) -> None:
+        self._manager = manager
+        self.settings = manager.settings
+        self.extension = extension
+
+    def targets(self) -> list[TargetRecord]:
+        return self._manager.store.list_targets(self.extension)  # type: ignore[return-value]  # i13-caps
+
+    def live_count(self, target: str) -> int:
+        return self._manager.store.live_count(target, self.extension)
+
+    def live_handles(self) -> list[Handle]:
+        return self._manager.store.live_handles(self.extension)
+
+    def states(self, ids: Iterable[str]) -> dict[str, str]:
+        return self._manager.store.states(ids)
+
+    def ensure_keeper(self) -> None:
+        from sandboxer.service import daemon
+
+        daemon.ensure(self.settings, self.extension)
+
+    async def reap(self) -> int:
+        return len(await self._manager.reap(extension=self.extension))
+
+    async def refresh_reachability(self, sandbox_id: str) -> bool:
+        return await self._manager.refresh_reachability(sandbox_id) is not None
+
+    async def destroy(self, sandbox_id: str) -> dict[str, Any]:
+        return dict((await self._manager.destroy(sandbox_id)).document())

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -18,9 +18,13 @@ from sandboxer.models.base import StrictModel
 from sandboxer.models.common import HostName, UserName
 
 if TYPE_CHECKING:
+    from sandboxer.models.doctor import Check
     from sandboxer.models.profile import Profile
+    from sandboxer.models.target import TargetRecord
 
 ENTRY_POINT_GROUP = "sandboxer.extensions"
+# Light, stdlib-only fast paths an extension may register by the same name (see FastPaths).
+FAST_PATH_GROUP = "sandboxer.fast_paths"
 LABEL = "sandboxer.id"
 
 
@@ -67,6 +71,45 @@ class Observed(StrictModel):
     detail: str | None = None
 
 
+class Host(Protocol):
+    """What core hands an extension instead of the store or the manager.
+
+    Implemented by the manager (``sandboxer.manager``); every method is scoped to the one
+    extension the host was made for.
+    """
+
+    settings: Settings
+    extension: str
+
+    def targets(self) -> list[TargetRecord]:
+        """This extension's persisted targets (``sandboxer targets add``), by name."""
+
+    def live_count(self, target: str) -> int:
+        """Live sandboxes (provisioning, ready, destroying) of this extension on ``target``."""
+
+    def live_handles(self) -> list[Handle]:
+        """Handles of this extension's live sandboxes (to restore or keep them)."""
+
+    def states(self, ids: Iterable[str]) -> dict[str, str]:
+        """The stored state of each known id; unknown ids are left out."""
+
+    def ensure_keeper(self) -> None:
+        """Start core's lease keeper for this extension's sandboxes unless one runs.
+
+        Called by an extension whose sandboxes outlive the process that made them (a VM)
+        so that their leases end even when nobody runs a CLI command.
+        """
+
+    async def reap(self) -> int:
+        """Reap this extension's expired leases now; how many were reaped."""
+
+    async def refresh_reachability(self, sandbox_id: str) -> bool:
+        """Store a ready sandbox's descriptor again from its endpoint; True if it changed."""
+
+    async def destroy(self, sandbox_id: str) -> dict[str, Any]:
+        """Destroy a sandbox the way ``sandboxer destroy`` does; its final document."""
+
+
 @dataclass
 class ProvisionRequest:
     """Everything an extension needs to provision one sandbox (no secret values)."""
@@ -90,8 +133,21 @@ class Extension(ABC):
     name: ClassVar[str]
     Spec: ClassVar[type[BaseModel]]
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, host: Host | None = None) -> None:
         self.settings = settings
+        self._host = host
+
+    @property
+    def host(self) -> Host:
+        """What core hands this extension (persisted targets, live counts, lease keeping).
+
+        Extensions never open the store or start a manager themselves; the manager that
+        loads an extension always gives it a host.
+        """
+        if self._host is None:
+            raise ProvisionFailed(f"{self.name} was used without a host (core's manager "
+                                  "gives every extension it loads one)")
+        return self._host
 
     def parse_spec(self, profile: Profile) -> BaseModel:
         """Validate the profile's ``spec`` with this extension's Spec model."""
@@ -169,8 +225,11 @@ class Extension(ABC):
 
 
 class BuildsImages(ABC):
-    """Optional capability: build the images a profile's sandboxes need, so that
-    ``sandboxer images build PROFILE`` works for any extension that has images."""
+    """Optional capability: build the images an extension's sandboxes need.
+
+    ``sandboxer images build PROFILE`` asks the profile's extension; ``images build NAME``
+    asks every extension that ``claims_image(NAME)`` (exactly one must).
+    """
 
     @abstractmethod
     async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
@@ -179,6 +238,94 @@ class BuildsImages(ABC):
         """Build (or find cached) every image ``profile`` needs on ``target``; return a
         ``sandboxer.image/v1`` body (``image``, ``target``, …). InvalidInput when the
         profile needs nothing that can be built."""
+
+    def claims_image(self, name: str) -> bool:
+        """Whether ``name`` (not a profile id) names an image recipe of this extension."""
+        return False
+
+    async def build_image(self, name: str, *, target: str, variables: dict[str, str],
+                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+        """Build the image recipe ``name`` (one this extension claims) for ``target``."""
+        raise InvalidInput(f"{getattr(self, 'name', 'this extension')} builds no image "
+                           f"named {name!r}")
+
+
+class ManagesTargets(ABC):
+    """Optional capability: targets of its own, configured with ``sandboxer targets add``.
+
+    The extension validates a target's config with its own ``TargetConfig`` model and
+    makes first contact; core stores the config document (``TargetRecord``) and hands it
+    back through ``Host.targets``. ``url_schemes`` picks the extension for a URL.
+    """
+
+    TargetConfig: ClassVar[type[BaseModel]]
+    url_schemes: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def target_summaries(self) -> list[dict[str, Any]]:
+        """Every target of this extension (implicit ones too) as a ``targets list`` row:
+        at least ``name``, ``extension``, ``kind``, ``capacity``, ``implicit``."""
+
+    @abstractmethod
+    async def add_target(self, name: str, url: str, options: dict[str, Any],
+                         confirm: Callable[[str], bool] | None) -> tuple[TargetRecord,
+                                                                         dict[str, Any]]:
+        """Validate and contact a new target; the record core stores, and its summary row.
+
+        ``options`` are the extension's own settings (identity, capacity, allow, …);
+        ``confirm`` is shown the host key fingerprint at first contact. Nothing stored.
+        """
+
+    @abstractmethod
+    async def check_targets(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Health of one (NotFound if unknown) or every target: ``name``, ``ok``, ``error``…"""
+
+    def removable(self, name: str) -> None:
+        """Raise (InvalidInput) when ``name`` may not be removed (an implicit target)."""
+        return None
+
+
+class DoctorChecks(ABC):
+    """Optional capability: what `sandboxer doctor` should check for this extension."""
+
+    @abstractmethod
+    def doctor_checks(self) -> list[Check]:
+        """Checks of this machine; quick (seconds), never raising."""
+
+
+class Housekeeping(ABC):
+    """Optional capability: background work in core's keeper process for this extension.
+
+    Core runs ``python -m sandboxer.service.daemon --extension NAME``: it keeps the
+    extension's leases and awaits ``housekeep`` (ext.local serves its SSH endpoints there)
+    until it returns; the process then exits.
+    """
+
+    @abstractmethod
+    async def housekeep(self, host: Host) -> None:
+        """Run until there is nothing left to keep (idle), then return."""
+
+
+class ServesEndpoints(ABC):
+    """Optional capability: endpoints served by a process of ours, which core brings back
+    when it finds a ready sandbox of this extension unserved (a killed endpoint)."""
+
+    @abstractmethod
+    async def serve_again(self, documents: list[dict[str, Any]]) -> list[str]:
+        """Serve these ready sandboxes again; the ids whose endpoint moved (core stores
+        their descriptors again)."""
+
+
+class FastPaths(Protocol):
+    """Light, stdlib-only paths an extension registers under ``FAST_PATH_GROUP`` (an
+    object with these functions), so the CLI's reads need not import the extension."""
+
+    def unserved(self, settings: Settings, documents: list[dict[str, Any]]) -> list[str]:
+        """Ids of these ready documents (of this extension) not served as recorded."""
+
+    def destroy(self, settings: Settings, sandbox_id: str) -> dict[str, Any] | None:
+        """Destroy through an already-running process of this extension; its reply
+        (``ok``, ``document`` or ``code``/``error``), or None when none runs."""
 
 
 _cache: dict[str, type[Extension]] = {}
@@ -209,8 +356,20 @@ def load(name: str) -> type[Extension]:
     return cls
 
 
-def instance(name: str, settings: Settings) -> Extension:
-    return load(name)(settings)
+def instance(name: str, settings: Settings, host: Host | None = None) -> Extension:
+    return load(name)(settings, host)
+
+
+def fast_paths(name: str) -> FastPaths | None:
+    """The light fast paths ``name`` registered, or None (imports only that object)."""
+    for ep in entry_points(group=FAST_PATH_GROUP):
+        if ep.name == name:
+            try:
+                found: FastPaths = ep.load()
+            except Exception:  # a broken fast path only costs the slow path
+                return None
+            return found
+    return None
 
 
 def key_paths(settings: Settings, sandbox_id: str) -> dict[str, Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -90,3 +90,13 @@ class TargetConfig(StrictModel):
     def endpoint_host(self) -> str:
         """Where consumers reach sandboxes on this target."""
         return self.public_host or self.host
+
+
+class TargetRecord(StrictModel):
+    """A target as the store keeps it: its name, its extension and that extension's own
+    config document (validated by the extension's target config model, never by core)."""
+
+    name: str
+    extension: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
