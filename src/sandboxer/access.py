@@ -1,4 +1,4 @@
-"""Who is asking: an actor, and whether it is an admin (DESIGN §8).
+"""Who is asking: an actor, and whether it is an admin (docs/api.md#authentication-and-ownership).
 
 An actor sees and changes only its own sandboxes unless it is an admin. A sandbox of
 another actor answers exactly like one that does not exist, so that its existence never

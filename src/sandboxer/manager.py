@@ -1,4 +1,4 @@
-"""Lifecycle of sandboxes: create, get, list, extend, destroy, reap, reconcile (DESIGN §5).
+"""Sandbox lifecycle: create, get, list, extend, destroy, reap, reconcile (docs/architecture.md).
 
 States: provisioning -> ready -> destroying -> destroyed; provisioning -> failed. A
 sandbox still provisioning may also be destroyed (provisioning -> destroying), so that an

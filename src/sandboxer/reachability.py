@@ -1,4 +1,4 @@
-"""The reachability descriptor (DESIGN §7): assembled once at ready, consumed many times.
+"""The reachability descriptor (docs/meta-framework.md): assembled once at ready, read often.
 
 Values come from the extension's endpoint, then the profile's ``reachability`` spec, then
 ``SANDBOXER_TUNNEL_*`` in the environment of the process that creates the sandbox (the

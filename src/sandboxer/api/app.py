@@ -90,7 +90,7 @@ class BodyLimit:
 
 
 async def _background(app: FastAPI, stop: asyncio.Event) -> None:
-    """The reaper and the State Hub publisher, in this process (DESIGN §5, §9)."""
+    """The reaper and the State Hub publisher, in this process (docs/architecture.md)."""
     from sandboxer import events
 
     service = app.state.service

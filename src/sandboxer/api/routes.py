@@ -1,4 +1,4 @@
-"""Routes of DESIGN §8 plus what the CLI needs to work against a server (docs/api.md)."""
+"""The routes of docs/api.md, including what the CLI needs to work against a server."""
 
 from __future__ import annotations
 

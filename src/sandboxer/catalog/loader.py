@@ -162,7 +162,7 @@ class Catalog:
                 key = ".".join(str(p) for p in loc) or "(top level)"
                 msg = err["msg"]
                 if err["type"] == "extra_forbidden":
-                    msg = "unknown key; expected one of the keys documented in DESIGN §3"
+                    msg = "unknown key; expected one of the keys in docs/architecture.md#profiles"
                 elif err["type"] == "missing":
                     msg = "required key is missing"
                 lines.append(f"{origin}: {key}: {msg}")

@@ -1,4 +1,4 @@
-"""The extension contract (DESIGN §4) and the lazy, entry-point based registry."""
+"""The extension contract (docs/architecture.md) and the lazy, entry-point based registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Events appended to the outbox in the same transaction as each state change (DESIGN §9)."""
+"""Events appended to the outbox in the transaction of each state change (docs/architecture.md)."""
 
 from __future__ import annotations
 

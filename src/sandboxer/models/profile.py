@@ -1,4 +1,4 @@
-"""A profile: the named, declarative recipe for a sandbox (DESIGN §3)."""
+"""A profile: the named, declarative recipe for a sandbox (docs/architecture.md#profiles)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The versioned reachability descriptor handed to consumers (DESIGN §7).
+"""The versioned reachability descriptor handed to consumers (docs/meta-framework.md).
 
 Versioning: within ``sandboxer.reachability/v1`` fields are only ever added; removing a
 field or changing what one means is ``v2`` (docs/meta-framework.md).

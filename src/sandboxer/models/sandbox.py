@@ -1,4 +1,4 @@
-"""A sandbox as `get --json`, the API and State Hub see it (DESIGN §5)."""
+"""A sandbox as `get --json`, the API and State Hub see it (docs/architecture.md)."""
 
 from __future__ import annotations
 

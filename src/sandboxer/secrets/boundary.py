@@ -1,6 +1,6 @@
 """The manager's pre-provision hook: parse, validate, then resolve ``secret_refs``.
 
-Order (DESIGN §6): ``parse`` (pure grammar, before placement) → ``check`` (every ref:
+Order (docs/secrets.md): ``parse`` (pure grammar, before placement) → ``check`` (every ref:
 through ``warden route`` when SANDBOXER_WARDEN is set, else a KV v2 metadata read for
 ``bao:`` refs and a presence check for ``env:``/``file:``) → ``read`` (only when every
 check passed). Values exist only as ``SecretStr`` in the mapping ``read`` returns, which

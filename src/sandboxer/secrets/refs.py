@@ -1,4 +1,4 @@
-"""Secret ref grammar (DESIGN §6): ``bao:<mount>/<path>#<field>``, ``env:<VAR>``, ``file:<path>``.
+"""Secret refs (docs/secrets.md): ``bao:<mount>/<path>#<field>``, ``env:<VAR>``, ``file:<path>``.
 
 Pure: parsing reads nothing. A ref is a pointer, never a value, so refs may appear in
 messages and in ``create --dry-run`` output. ``env:`` and ``file:`` are for development

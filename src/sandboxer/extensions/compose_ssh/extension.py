@@ -1,4 +1,4 @@
-"""ComposeSSHExtension: one compose project per sandbox on a docker host (DESIGN §4)."""
+"""ComposeSSHExtension: one compose project per sandbox (docs/extensions/compose-ssh.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """VMPackerExtension: one QEMU VM per sandbox on an overlay of a Packer-built image, or a
-lease on an existing VM (the attach variant). DESIGN §4, docs/extensions/vm-packer.md."""
+lease on an existing VM (the attach variant). See docs/extensions/vm-packer.md."""
 
 from __future__ import annotations
 
