@@ -25,9 +25,6 @@ class Caller:
         return self.admin or owner == self.actor
 
 
-LOCAL_OPERATOR = Caller(actor="local-operator", admin=True)
-
-
 def not_found(sandbox_id: str) -> SandboxNotFound:
     """The one answer for "unknown" and "not yours" alike."""
     return SandboxNotFound(f"no sandbox with id {sandbox_id!r}",

@@ -26,7 +26,7 @@ from sandboxer.errors import (
     SandboxerError,
 )
 from sandboxer.extensions import base as extensions
-from sandboxer.extensions.base import Extension, Handle, ProvisionRequest, Target
+from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.models.common import (
     format_duration,
     iso,
@@ -36,6 +36,7 @@ from sandboxer.models.common import (
     utcnow,
     validate_labels,
 )
+from sandboxer.models.extension import Handle, Target
 from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
@@ -80,7 +81,8 @@ class Plan:
 
 
 class Manager:
-    """The one place that changes sandbox state; CLI, API and MCP go through a Client."""
+    """The one place that changes sandbox state; the shells (CLI, API, MCP) reach it
+    through the application service in ``sandboxer.service``, not directly."""
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sandboxer.errors import NoTarget
-from sandboxer.extensions.base import Target
+from sandboxer.models.extension import Target
 
 _KIND_ORDER = {
     "prefer-self-hosted": ("self-hosted", "cloud"),

@@ -5,28 +5,27 @@ Values come from the extension's endpoint, then the profile's ``reachability`` s
 environment wins, key by key). The resolved descriptor is stored with the sandbox, so any
 shell later prints the same thing. sand-boxer never starts or checks a tunnel.
 
-This module imports no pydantic at module level: ``ssh-config`` and ``ssh`` use the SSH
-option helpers at the bottom on plain ``sandboxer.reachability/v1`` documents.
+This module imports no pydantic at module level: ``ssh-config`` and ``ssh`` use the
+descriptor helpers at the bottom on plain ``sandboxer.reachability/v1`` documents; the
+OpenSSH knowledge itself (options, quoting, known_hosts lines) is ``sandboxer.openssh``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shlex
 import socket
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from sandboxer import openssh
 from sandboxer.errors import InvalidInput, NoTarget
-from sandboxer.values import ALIAS_PATTERN, config_value, validate_host, validate_user
+from sandboxer.values import ALIAS_PATTERN, LIVE_STATES, validate_host, validate_user
 
 if TYPE_CHECKING:
-    from sandboxer.config import Settings
-    from sandboxer.extensions.base import Endpoint
+    from sandboxer.models.extension import Endpoint
     from sandboxer.models.profile import Profile, ReachabilitySpec
     from sandboxer.models.reachability import Reachability, Tunnel
 
@@ -37,7 +36,6 @@ ENV_IDENTITY = "SANDBOXER_TUNNEL_IDENTITY"
 ENV_PORT_RANGE = "SANDBOXER_TUNNEL_PORT_RANGE"
 DEFAULT_ALIAS = "{id}"
 DEFAULT_PORT_RANGE = (2200, 2999)
-LIVE = ("provisioning", "ready", "destroying")
 T = TypeVar("T")
 
 
@@ -153,7 +151,7 @@ def pick_local_port(
 def tunnel_ports_in_use(store: Documents, exclude: str | None = None) -> set[int]:
     """Local ports claimed by the tunnels of live sandboxes."""
     ports: set[int] = set()
-    for doc in store.query_documents(states=list(LIVE)):
+    for doc in store.query_documents(states=list(LIVE_STATES)):
         tunnel = (doc.get("reachability") or {}).get("tunnel")
         if tunnel and doc.get("id") != exclude:
             ports.add(int(tunnel["local_port"]))
@@ -162,9 +160,7 @@ def tunnel_ports_in_use(store: Documents, exclude: str | None = None) -> set[int
 
 def known_hosts_text(ep: Endpoint, alias: str | None = None) -> str:
     """One known_hosts line pinning the host key for the direct name (and the alias)."""
-    name = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
-    names = f"{name},{alias}" if alias else name
-    return f"{names} {' '.join(ep.host_key.split()[:2])}"
+    return openssh.known_hosts_line(ep.host, ep.port, ep.host_key, *([alias] if alias else []))
 
 
 def ssh_command(ep: Endpoint, tunnel: Tunnel | None = None) -> str:
@@ -177,21 +173,9 @@ def ssh_command(ep: Endpoint, tunnel: Tunnel | None = None) -> str:
     then ``-- COMMAND`` (v1 promises that shape), so instead user and host are checked here
     by the rule every argv builder shares, which no option can pass.
     """
-    validate_user(ep.user, "SSH user")
-    validate_host(ep.host, "SSH host")
-    argv = [
-        "ssh",
-        "-i", config_value(ep.identity_file, path=True, quote=False),
-        "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={config_value(ep.known_hosts_file, path=True)}",
-    ]
-    if tunnel is not None:
-        argv += ["-o", f"HostKeyAlias={tunnel.alias}",
-                 "-p", str(tunnel.local_port), f"{ep.user}@127.0.0.1"]
-    else:
-        argv += ["-p", str(ep.port), f"{ep.user}@{ep.host}"]
-    return shlex.join(argv)
+    if tunnel is None:
+        return openssh.command_line(ep)
+    return openssh.command_line(ep, tunnel_alias=tunnel.alias, tunnel_port=tunnel.local_port)
 
 
 def assemble(
@@ -246,28 +230,10 @@ def _pin_in_file(path: Path, line: str) -> None:
         return
     if not path.parent.is_dir():
         return
-    ensure_known_hosts(path, line)
+    openssh.ensure_known_hosts(path, line)
 
 
 # -- consuming a descriptor (plain documents, no pydantic) ------------------------------
-
-
-def known_hosts_path(settings: Settings, sandbox_id: str) -> Path:
-    """The sand-boxer-managed known_hosts file (``extensions.base.key_paths``)."""
-    return settings.keys_dir / f"{sandbox_id}.known_hosts"
-
-
-def ensure_known_hosts(path: Path, line: str) -> None:
-    """Make ``path`` pin ``line``; other lines are kept, the file is 0600."""
-    existing = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    if line in existing:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join([*existing, line]) + "\n")
-    tmp.replace(path)
 
 
 def _check_names(reach: Mapping[str, Any]) -> None:
@@ -301,29 +267,10 @@ def ssh_options(
     """
     _check_names(reach)
     tunnel = None if direct else reach.get("tunnel")
-    opts = [
-        ("HostName", "127.0.0.1" if tunnel else str(reach["host"])),
+    return [
+        ("HostName", openssh.TUNNEL_HOST if tunnel else str(reach["host"])),
         ("Port", str(tunnel["local_port"] if tunnel else reach["port"])),
         ("User", str(reach["user"])),
-        ("IdentityFile", str(reach["identity_file"])),
-        ("IdentitiesOnly", "yes"),
-        ("UserKnownHostsFile", str(known_hosts_file)),
-        ("GlobalKnownHostsFile", "/dev/null"),
-        ("StrictHostKeyChecking", "yes"),
+        *openssh.pinned(str(reach["identity_file"]), str(known_hosts_file),
+                        str(tunnel["alias"]) if tunnel else None),
     ]
-    if tunnel:
-        opts.append(("HostKeyAlias", str(tunnel["alias"])))
-    return opts
-
-
-PATH_OPTIONS = frozenset({"IdentityFile", "UserKnownHostsFile", "GlobalKnownHostsFile"})
-
-
-def render_option(key: str, value: str) -> str:
-    return f"{key} {config_value(value, path=key in PATH_OPTIONS)}"
-
-
-def ssh_config_stanza(alias: str, options: Iterable[tuple[str, str]], comment: str) -> str:
-    lines = [f"# {comment}", f"Host {alias}"]
-    lines += [f"    {render_option(k, v)}" for k, v in options]
-    return "\n".join(lines) + "\n"

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 _DURATION = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 # Patterns are used with fullmatch: ``$`` would also accept a trailing newline.
-SANDBOX_ID = re.compile(r"sbx-[a-z2-7]{10}")
+SANDBOX_ID = re.compile(r"sbx-[a-z2-7]{10}")  # what new_sandbox_id makes; always fullmatch
+# A sandbox's states (models.sandbox.State); a live one holds a slot of its target.
+STATES = ("provisioning", "ready", "destroying", "destroyed", "failed")
+LIVE_STATES = ("provisioning", "ready", "destroying")
+FINAL_STATES = frozenset({"destroyed", "failed"})
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,62})")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")
 # Who owns a sandbox, and the free-form name it may carry (no C0/C1 controls or DEL, so
@@ -173,3 +178,19 @@ _LOADER_NAMES = frozenset({
 def is_loader_variable(name: str) -> bool:
     """True for ``LD_*`` and the other variables that change how a program is loaded."""
     return name.startswith("LD_") or name in _LOADER_NAMES
+
+
+def parse_labels(items: Iterable[str], what: str = "--label") -> dict[str, str]:
+    """Labels from ``key=value`` items (repeated ``--label``, the API's ``label=``), each
+    checked by ``validate_label``; ValueError ``WHAT 'ITEM': why`` otherwise."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what} {safe_repr(item)}: expected key=value")
+        try:
+            validate_label(key, value)
+        except ValueError as e:
+            raise ValueError(f"{what} {safe_repr(item)}: {e}") from e
+        labels[key] = value
+    return labels

@@ -17,20 +17,19 @@ from sandboxer.errors import InvalidInput, NoTarget, ProfileInvalid
 from sandboxer.extensions.base import Endpoint, key_paths
 from sandboxer.manager import Manager
 from sandboxer.models.profile import Profile
+from sandboxer.openssh import ensure_known_hosts, known_hosts_path
+from sandboxer.openssh import stanza as ssh_config_stanza
 from sandboxer.reachability import (
     DEFAULT_PORT_RANGE,
     TunnelDecl,
     assemble,
-    config_value,
-    ensure_known_hosts,
     host_alias,
-    known_hosts_path,
     parse_port_range,
     pick_local_port,
     resolve_tunnel,
-    ssh_config_stanza,
     ssh_options,
 )
+from sandboxer.values import config_value
 
 SID = "sbx-abcdefghij"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE"

@@ -29,16 +29,9 @@ def make_client(progress: Callable[[str], None] | None = None) -> Client:
 def parse_labels(items: list[str] | None) -> dict[str, str]:
     """``k=v`` pairs from repeated --label options, validated like profile labels."""
     from sandboxer.errors import InvalidInput
-    from sandboxer.values import safe_repr, validate_label
+    from sandboxer.values import parse_labels as parse
 
-    labels: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInput(f"--label {safe_repr(item)}: expected key=value")
-        try:
-            validate_label(key, value)
-        except ValueError as e:
-            raise InvalidInput(f"--label {safe_repr(item)}: {e}") from e
-        labels[key] = value
-    return labels
+    try:
+        return parse(items or [])
+    except ValueError as e:
+        raise InvalidInput(str(e)) from e

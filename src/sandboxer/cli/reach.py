@@ -1,7 +1,8 @@
 """`sandboxer reachability show ID`, `sandboxer ssh ID [-- CMD...]`, `sandboxer ssh-config [ID]`
 
 All three read the stored ``sandboxer.reachability/v1`` document (no pydantic, no SSH
-library) and share one set of OpenSSH options (``sandboxer.reachability.ssh_options``).
+library) and share one set of OpenSSH options (``sandboxer.reachability.ssh_options``,
+built and quoted by ``sandboxer.openssh``).
 """
 
 from __future__ import annotations
@@ -81,25 +82,17 @@ def ssh_argv(reach: Doc, known_hosts_file: str, command: list[str], *,
              direct: bool = False) -> list[str]:
     """The OpenSSH argv for a descriptor: the ssh-config options, host key pinned."""
     import shlex
-    import shutil
 
+    from sandboxer import openssh
     from sandboxer.errors import UsageError
-    from sandboxer.reachability import PATH_OPTIONS, ssh_options
-    from sandboxer.values import config_value
+    from sandboxer.reachability import ssh_options
 
-    ssh = shutil.which("ssh")
-    if ssh is None:
-        raise UsageError("the OpenSSH client (ssh) is not installed",
-                         hint="install it: apt-get install openssh-client")
+    ssh = openssh.client(UsageError)
     options = dict(ssh_options(reach, known_hosts_file, direct=direct))
     host = options.pop("HostName")
-    argv = [ssh]
-    for key, value in options.items():
-        argv += ["-o", f"{key}={config_value(value, path=key in PATH_OPTIONS)}"]
-    argv += ["-o", "IdentityAgent=none", "-o", "LogLevel=ERROR", "--", host]
-    if command:
-        argv.append(command[0] if len(command) == 1 else shlex.join(command))
-    return argv
+    args = openssh.option_args([*options.items(), openssh.NO_AGENT, openssh.QUIET])
+    remote = None if not command else command[0] if len(command) == 1 else shlex.join(command)
+    return openssh.argv(ssh, args, host, remote)
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -108,7 +101,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
     from sandboxer.cli._client import make_client
     from sandboxer.cli.output import emit_json
-    from sandboxer.reachability import ensure_known_hosts, known_hosts_path
+    from sandboxer.openssh import ensure_known_hosts, known_hosts_path
 
     client = make_client()
     reach = ready_descriptor(client, args.id)
@@ -139,13 +132,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 def cmd_ssh_config(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client
     from sandboxer.cli.output import emit_json
-    from sandboxer.reachability import (
-        ensure_known_hosts,
-        host_alias,
-        known_hosts_path,
-        ssh_config_stanza,
-        ssh_options,
-    )
+    from sandboxer.openssh import ensure_known_hosts, known_hosts_path, stanza
+    from sandboxer.reachability import host_alias, ssh_options
 
     client = make_client()
     if args.id:
@@ -164,7 +152,7 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
         if alias in seen:  # OpenSSH uses the first stanza that matches
             comment += f"; alias {alias} is shadowed by {seen[alias]}'s stanza above"
         seen.setdefault(alias, doc["id"])
-        stanzas.append(ssh_config_stanza(alias, options, comment))
+        stanzas.append(stanza(alias, options, comment))
         hosts.append({"sandbox_id": doc["id"], "host": alias,
                       "tunnel": bool(reach.get("tunnel")) and not args.direct,
                       "options": dict(options)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-STATES = ["provisioning", "ready", "destroying", "destroyed", "failed"]
+from sandboxer.values import STATES
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

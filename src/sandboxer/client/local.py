@@ -17,6 +17,7 @@ from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError
 from sandboxer.store import open_store
 from sandboxer.store.sqlite import SqliteStore
+from sandboxer.values import LIVE_STATES
 
 if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.catalog import Catalog
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.sandbox import SandboxStatus
 
-LIVE_STATES = ("destroying", "provisioning", "ready")
 T = TypeVar("T")
 
 

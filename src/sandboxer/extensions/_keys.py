@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxer.config import Settings
-from sandboxer.extensions.base import key_paths
+from sandboxer.openssh import key_paths, known_hosts_line, write_known_hosts
+from sandboxer.openssh import write_private as _write_private
+
+# known_hosts lines, their files and key paths are sandboxer.openssh's; re-exported here.
+__all__ = ["SandboxKeys", "generate", "key_paths", "known_hosts_line", "public_of", "remove",
+           "write_known_hosts"]
 
 
 @dataclass(frozen=True)
@@ -18,14 +22,6 @@ class SandboxKeys:
     known_hosts: Path    # pinned host key line(s) for the OpenSSH client
     client_public: str   # "ssh-ed25519 AAAA... sbx-..."
     host_public: str     # "ssh-ed25519 AAAA..."
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _keypair(comment: str) -> tuple[bytes, str]:
@@ -45,13 +41,6 @@ def _keypair(comment: str) -> tuple[bytes, str]:
     return private, f"{public} {comment}".strip()
 
 
-def known_hosts_line(host: str, port: int, host_public: str, *aliases: str) -> str:
-    """A known_hosts line for ``[host]:port`` (plus aliases) pinning ``host_public``."""
-    name = host if port == 22 else f"[{host}]:{port}"
-    key = " ".join(host_public.split()[:2])
-    return f"{','.join([name, *aliases])} {key}"
-
-
 def generate(settings: Settings, sandbox_id: str) -> SandboxKeys:
     """Create fresh client and host keys for a sandbox; files are 0600 in a 0700 dir."""
     settings.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -69,10 +58,6 @@ def generate(settings: Settings, sandbox_id: str) -> SandboxKeys:
         client_public=client_pub,
         host_public=host_pub,
     )
-
-
-def write_known_hosts(path: Path, lines: list[str]) -> None:
-    _write_private(path, ("\n".join(lines) + "\n").encode())
 
 
 def remove(settings: Settings, sandbox_id: str) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from sandboxer import openssh
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions._proc import communicate
-from sandboxer.extensions.base import Endpoint
-from sandboxer.values import config_value, validate_host, validate_user
+from sandboxer.models.extension import Endpoint
 
 # Answers that retrying cannot change: a wrong host key or a refused key.
 _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
@@ -19,27 +18,15 @@ _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CH
 
 
 def ssh_options(ep: Endpoint) -> list[str]:
-    """Options that pin the host key and use only the sandbox's own identity. Paths are
-    quoted for OpenSSH's parser (``%`` tokens, whitespace): any SANDBOXER_HOME works."""
-    return [
-        # Not -i: ssh stats -i's argument literally, then %-expands it when loading it, so
-        # no spelling of a path with '%' passes both; -o IdentityFile is only expanded.
-        "-o", f"IdentityFile={config_value(ep.identity_file, path=True)}",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "IdentityAgent=none",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={config_value(ep.known_hosts_file, path=True)}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "LogLevel=ERROR",
-        "-p", str(ep.port),
-    ]
+    """Options that pin the host key and use only the sandbox's own identity
+    (``sandboxer.openssh.endpoint_args``)."""
+    return openssh.endpoint_args(ep)
 
 
 def destination(ep: Endpoint) -> str:
     """``user@host``, each checked again here: this is what lands in an argv."""
     try:
-        return f"{validate_user(ep.user, 'SSH user')}@{validate_host(ep.host, 'SSH host')}"
+        return openssh.destination(ep.user, ep.host)
     except ValueError as e:
         raise ProvisionFailed(str(e)) from e
 
@@ -47,16 +34,10 @@ def destination(ep: Endpoint) -> str:
 def ssh_argv(ep: Endpoint, command: str | None = None, *, connect_timeout: int = 5) -> list[str]:
     """``ssh OPTIONS -- user@host [COMMAND]``: after ``--`` nothing is an option to ssh."""
     dest = destination(ep)
-    ssh = shutil.which("ssh")
-    if ssh is None:
-        raise ProvisionFailed(
-            "the OpenSSH client (ssh) is not installed",
-            hint="install it: apt-get install openssh-client",
-        )
-    argv = [ssh, *ssh_options(ep), "-o", f"ConnectTimeout={connect_timeout}", "--", dest]
-    if command is not None:
-        argv.append(command)
-    return argv
+    return openssh.argv(openssh.client(ProvisionFailed),
+                        [*openssh.endpoint_args(ep),
+                         *openssh.option_args([("ConnectTimeout", str(connect_timeout))])],
+                        dest, command)
 
 
 async def ssh_run(ep: Endpoint, command: str, *, timeout: float) -> tuple[int, str]:

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, SecretStr
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
-from sandboxer.models.base import StrictModel
-from sandboxer.models.common import HostName, UserName
+from sandboxer.models.extension import Endpoint, Handle, Observed, Target
+from sandboxer.openssh import key_paths
 
 if TYPE_CHECKING:
     from sandboxer.models.doctor import Check
@@ -26,49 +26,11 @@ ENTRY_POINT_GROUP = "sandboxer.extensions"
 # Light, stdlib-only fast paths an extension may register by the same name (see FastPaths).
 FAST_PATH_GROUP = "sandboxer.fast_paths"
 LABEL = "sandboxer.id"
-
-
-class Target(StrictModel):
-    """A place an extension can put a sandbox."""
-
-    name: str
-    extension: str
-    kind: Literal["self-hosted", "cloud"] = "self-hosted"
-    healthy: bool = True
-    reason: str | None = None
-    capacity: int | None = None
-    used: int = 0
-
-    @property
-    def free(self) -> int | None:
-        return None if self.capacity is None else max(0, self.capacity - self.used)
-
-
-class Handle(StrictModel):
-    """What an extension returns to find its sandbox again. JSON, never a secret."""
-
-    sandbox_id: str
-    extension: str
-    target: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-
-
-class Endpoint(StrictModel):
-    """The direct SSH endpoint of a sandbox with its pinned host key."""
-
-    host: HostName  # every argv builder takes these from here: checked at the source
-    port: int
-    user: UserName
-    host_key: str  # "ssh-ed25519 AAAA..." (public, OpenSSH format)
-    identity_file: str
-    known_hosts_file: str
-
-
-class Observed(StrictModel):
-    """What ``inspect`` saw: is the sandbox still there?"""
-
-    live: bool
-    detail: str | None = None
+# Re-exported: the value types live in models/, the key paths in sandboxer.openssh.
+__all__ = ["ENTRY_POINT_GROUP", "FAST_PATH_GROUP", "LABEL", "BuildsImages", "DoctorChecks",
+           "Endpoint", "Extension", "FastPaths", "Handle", "Host", "Housekeeping",
+           "ManagesTargets", "Observed", "ProvisionRequest", "ServesEndpoints", "Target",
+           "available", "fast_paths", "instance", "key_paths", "load"]
 
 
 class Host(Protocol):
@@ -197,7 +159,11 @@ class Extension(ABC):
 
     @abstractmethod
     async def inspect(self, handle: Handle) -> Observed:
-        """Is the sandbox live or missing? Used by reconcile."""
+        """Is the sandbox live or missing, seen from the extension's own side?
+
+        Part of the contract every extension answers, for checking one sandbox without
+        listing a whole target; core does not call it today (reconcile uses ``owned``).
+        """
 
     @abstractmethod
     async def destroy(self, handle: Handle) -> None:
@@ -371,13 +337,3 @@ def fast_paths(name: str) -> FastPaths | None:
             return found
     return None
 
-
-def key_paths(settings: Settings, sandbox_id: str) -> dict[str, Path]:
-    """Per-sandbox key files under ``$SANDBOXER_HOME/keys`` (all 0600)."""
-    k = settings.keys_dir
-    return {
-        "identity": k / sandbox_id,
-        "identity_pub": k / f"{sandbox_id}.pub",
-        "host_key": k / f"{sandbox_id}.host",
-        "known_hosts": k / f"{sandbox_id}.known_hosts",
-    }

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from pydantic import ConfigDict, Field
 
 from sandboxer.models.base import StrictModel
 from sandboxer.models.reachability import Reachability
+from sandboxer.values import FINAL_STATES, LIVE_STATES
 
 SANDBOX_SCHEMA: Final = "sandboxer.sandbox/v1"
+# The names are sandboxer.values' (no pydantic, for the store and the CLI); a unit test
+# keeps this Literal equal to values.STATES.
 State = Literal["provisioning", "ready", "destroying", "destroyed", "failed"]
-STATES: tuple[State, ...] = ("provisioning", "ready", "destroying", "destroyed", "failed")
-FINAL_STATES: frozenset[str] = frozenset({"destroyed", "failed"})
-LIVE_STATES: frozenset[str] = frozenset({"provisioning", "ready", "destroying"})
+STATES: tuple[State, ...] = get_args(State)
+__all__ = ["FINAL_STATES", "LIVE_STATES", "SANDBOX_SCHEMA", "STATES", "SandboxStatus", "State"]
 
 
 class SandboxStatus(StrictModel):

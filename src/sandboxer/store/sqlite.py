@@ -24,20 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxer.errors import Conflict, InvalidInput, NoTarget, SandboxNotFound, StoreBusy
 from sandboxer.store.migrations import LATEST, MIGRATIONS
+from sandboxer.values import LIVE_STATES
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
-    from sandboxer.extensions.base import Handle
     from sandboxer.models.events import Event
+    from sandboxer.models.extension import Handle
     from sandboxer.models.sandbox import SandboxStatus
     from sandboxer.models.target import TargetConfig
 
+_LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)  # fixed names, no input
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
 )
 # What takes a slot of a target's capacity.
 _LIVE_COUNT = ("SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
-               "AND state IN ('provisioning', 'ready', 'destroying')")
+               f"AND state IN ({_LIVE})")
 
 
 def _ts(dt: datetime) -> float:
@@ -381,18 +383,18 @@ class SqliteStore:
 
     def live_handles(self, extension: str) -> list[Handle]:
         """Handles of every not-final sandbox of one extension that has a handle."""
-        from sandboxer.extensions.base import Handle
+        from sandboxer.models.extension import Handle
 
         rows = self._conn.execute(
             "SELECT handle FROM sandboxes WHERE extension = ? AND handle IS NOT NULL "
-            "AND state IN ('provisioning', 'ready', 'destroying')",
+            f"AND state IN ({_LIVE})",
             (extension,),
         )
         return [Handle.model_validate_json(r[0]) for r in rows]
 
     def live_ids(self) -> set[str]:
         rows = self._conn.execute(
-            "SELECT id FROM sandboxes WHERE state IN ('provisioning', 'ready', 'destroying')"
+            f"SELECT id FROM sandboxes WHERE state IN ({_LIVE})"
         )
         return {r[0] for r in rows}
 
@@ -475,7 +477,7 @@ class SqliteStore:
         with self._write() as c:
             live = c.execute(
                 "SELECT COUNT(*) FROM sandboxes WHERE target = ? "
-                "AND state IN ('provisioning', 'ready', 'destroying')", (name,)
+                f"AND state IN ({_LIVE})", (name,)
             ).fetchone()[0]
             if live:
                 raise Conflict(f"target {name!r} still holds {live} live sandbox(es)",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets as secrets_random
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ from sandboxer.extensions.compose_ssh.remote import (
     tar_stream,
 )
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
+from sandboxer.values import SANDBOX_ID
 
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
@@ -51,7 +51,6 @@ LOCAL = "local"
 # (32768+), so outgoing connections rarely hold one; a taken one is replaced.
 PORT_RANGE = (20000, 32000)
 PORT_ATTEMPTS = 5
-SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 _IMAGE_MISSING = ("pull access denied", "No such image", "manifest unknown",
                   "failed to resolve reference", "repository does not exist",
                   "not found: manifest", "no such host", "toomanyrequests",

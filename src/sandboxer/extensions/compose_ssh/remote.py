@@ -21,6 +21,7 @@ from typing import Any
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions._proc import communicate
 from sandboxer.models.target import TargetConfig
+from sandboxer.openssh import known_hosts_name
 
 
 def tar_stream(files: Iterable[tuple[str, bytes, int]], dirs: Iterable[str] = ()) -> bytes:
@@ -91,11 +92,6 @@ class Runner(ABC):
                 f"{what or shlex.join(argv[:3])} failed on target {self.name}: {done.tail()}"
             )
         return done
-
-    async def write_file(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` on the host, mode 0600."""
-        await self.check(["sh", "-c", 'umask 077 && cat > "$1"', "sh", path], input=data,
-                         what=f"writing {path}")
 
     async def __aenter__(self) -> Runner:
         return self
@@ -225,7 +221,7 @@ async def first_contact(target: TargetConfig, timeout: float = 10.0) -> tuple[st
         if key is None:
             raise ProvisionFailed(f"{target.host}:{target.port} presented no host key")
         public = key.export_public_key().decode().strip()
-        name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+        name = known_hosts_name(target.host, target.port)
         return f"{name} {public}", key.get_fingerprint("sha256")
     finally:
         conn.close()

@@ -15,6 +15,8 @@ and then runs what the client asked for with the user's shell (``$SHELL -c CMD``
 login shell. ``ssh host CMD`` needs this: bash run by sshd reads bashrc files that return
 early when non-interactive and ignores ``BASH_ENV``, and without PAM sshd itself offers
 no way to add variables from a file at session start (``SetEnv`` values would sit on disk).
+The loader and the wrapper are the files ext.vm-packer's guests run too
+(``sandboxer.extensions._guest``).
 """
 
 from __future__ import annotations
@@ -25,42 +27,14 @@ from typing import Any
 from pydantic import SecretStr
 
 from sandboxer.errors import ProvisionFailed
+from sandboxer.extensions import _guest
+from sandboxer.extensions._guest import LOADER, SESSION
 from sandboxer.extensions.compose_ssh.remote import Runner, tar_stream
 
 SECRETS_DIR = "/run/secrets"
-LOADER = "/etc/profile.d/sandboxer-secrets.sh"
-SESSION = "/usr/local/lib/sandboxer/session"
 # Read before the image's 10-/20- drop-ins; for ForceCommand the first value wins.
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/05-sandboxer-secrets.conf"
 TMPFS_BYTES = 4 << 20
-
-# POSIX sh: sourced by dash for `sh -l` and by bash. Keeps a value's trailing newlines.
-LOADER_TEXT = """\
-# sand-boxer: exports each /run/secrets/NAME as the variable NAME. The values live only in
-# that tmpfs; this file holds none. Sourced by login shells (/etc/profile) and, through
-# /usr/local/lib/sandboxer/session, which sshd runs for every session (ForceCommand).
-if [ -d /run/secrets ]; then
-    for __sbx_f in /run/secrets/*; do
-        [ -f "$__sbx_f" ] && [ -r "$__sbx_f" ] || continue
-        __sbx_n=${__sbx_f##*/}
-        case $__sbx_n in '' | [0-9]* | *[!A-Za-z0-9_]*) continue ;; esac
-        __sbx_v=$(cat -- "$__sbx_f" && printf x) && export "$__sbx_n=${__sbx_v%x}"
-    done
-    unset __sbx_f __sbx_n __sbx_v
-fi
-"""
-
-SESSION_TEXT = f"""\
-#!/bin/sh
-# sand-boxer: sshd starts every session of this sandbox here (ForceCommand), so that
-# commands see the values in /run/secrets as environment variables; then it runs what the
-# client asked for, as sshd would have, with the user's shell.
-. {LOADER}
-if [ -n "${{SSH_ORIGINAL_COMMAND+x}}" ]; then
-    exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND"
-fi
-exec "${{SHELL:-/bin/sh}}" -l
-"""
 
 SSHD_TEXT = f"""\
 # sand-boxer: every session goes through {SESSION}, which exports /run/secrets/*.
@@ -87,8 +61,8 @@ def loader_tarball() -> bytes:
     """The loader, the session wrapper and the sshd drop-in, root-owned, as a tar stream
     for ``docker cp - CID:/``."""
     files = [(path.lstrip("/"), text.encode(), mode)
-             for path, text, mode in ((LOADER, LOADER_TEXT, 0o644),
-                                      (SESSION, SESSION_TEXT, 0o755),
+             for path, text, mode in ((LOADER, _guest.text("loader.sh"), 0o644),
+                                      (SESSION, _guest.text("session"), 0o755),
                                       (SSHD_DROPIN, SSHD_TEXT, 0o644))]
     return tar_stream(files, dirs=dict.fromkeys(p.rsplit("/", 1)[0] for p, _, _ in files))
 

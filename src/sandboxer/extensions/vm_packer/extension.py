@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,13 +32,13 @@ from sandboxer.extensions.base import (
 )
 from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
+from sandboxer.values import SANDBOX_ID
 
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
 
 log = logging.getLogger(__name__)
 TARGET = "qemu"
-SANDBOX_ID = re.compile(r"^sbx-[a-z2-7]{10}$")
 PORT_TRIES = 5
 QEMU_WATCH = 0.5  # seconds between checks that a booting VM's QEMU still runs
 _PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")

@@ -1,0 +1,57 @@
+"""The values core and extensions exchange: targets, handles, endpoints, observations.
+
+They live here, not in ``extensions/base.py``, so that placement, reachability, the store
+and the shells need no extension module to name them (``extensions.base`` re-exports them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sandboxer.models.base import StrictModel
+from sandboxer.models.common import HostName, UserName
+
+
+class Target(StrictModel):
+    """A place an extension can put a sandbox."""
+
+    name: str
+    extension: str
+    kind: Literal["self-hosted", "cloud"] = "self-hosted"
+    healthy: bool = True
+    reason: str | None = None
+    capacity: int | None = None
+    used: int = 0
+
+    @property
+    def free(self) -> int | None:
+        return None if self.capacity is None else max(0, self.capacity - self.used)
+
+
+class Handle(StrictModel):
+    """What an extension returns to find its sandbox again. JSON, never a secret."""
+
+    sandbox_id: str
+    extension: str
+    target: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Endpoint(StrictModel):
+    """The direct SSH endpoint of a sandbox with its pinned host key."""
+
+    host: HostName  # every argv builder takes these from here: checked at the source
+    port: int
+    user: UserName
+    host_key: str  # "ssh-ed25519 AAAA..." (public, OpenSSH format)
+    identity_file: str
+    known_hosts_file: str
+
+
+class Observed(StrictModel):
+    """What ``inspect`` saw: is the sandbox still there?"""
+
+    live: bool
+    detail: str | None = None
