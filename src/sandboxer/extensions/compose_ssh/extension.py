@@ -43,7 +43,7 @@ from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
-    from sandboxer.models.target import TargetConfig
+    from sandboxer.models.target import TargetConfig, TargetRecord
     from sandboxer.store.sqlite import SqliteStore
 
 LOCAL = "local"
@@ -56,6 +56,32 @@ _IMAGE_MISSING = ("pull access denied", "No such image", "manifest unknown",
                   "failed to resolve reference", "repository does not exist",
                   "not found: manifest", "no such host", "toomanyrequests",
                   "image not found")
+
+
+def target_config(rec: TargetRecord) -> TargetConfig:
+    """The compose config of a recorded target; InvalidInput if it breaks a newer rule."""
+    from pydantic import ValidationError
+
+    from sandboxer.models.target import TargetConfig
+
+    try:
+        return TargetConfig.model_validate({**rec.config, "name": rec.name,
+                                            "extension": rec.extension,
+                                            "created_at": rec.created_at})
+    except ValidationError as e:  # recorded before a rule it breaks existed
+        raise InvalidInput(
+            f"recorded target {rec.name!r} is no longer valid: {e.errors()[0]['msg']}",
+            hint=f"remove it with `sandboxer targets remove {rec.name}` and add it again",
+        ) from e
+
+
+def target_record(cfg: TargetConfig) -> TargetRecord:
+    """What the store keeps of a compose target."""
+    from sandboxer.models.target import TargetRecord
+
+    return TargetRecord(name=cfg.name, extension=cfg.extension, created_at=cfg.created_at,
+                        config=cfg.model_dump(mode="json",
+                                              exclude={"name", "extension", "created_at"}))
 
 
 def _is_loopback(host: str) -> bool:
@@ -100,7 +126,8 @@ class ComposeSSHExtension(Extension, BuildsImages):
         return self._store_db
 
     def _config(self, name: str) -> TargetConfig | None:
-        return None if name == LOCAL else self.store.get_target(name)
+        rec = None if name == LOCAL else self.store.get_target(name)
+        return None if rec is None else target_config(rec)
 
     @override
     async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
@@ -123,7 +150,7 @@ class ComposeSSHExtension(Extension, BuildsImages):
         return [local, *(
             Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
                    used=self.store.live_count(t.name, self.name))
-            for t in self.store.list_targets(self.name)
+            for t in map(target_config, self.store.list_targets(self.name))
         )]
 
     async def runner(self, target: str) -> Runner:

@@ -11,7 +11,12 @@ from typing import Any
 from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, NotFound, ProvisionFailed
-from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
+from sandboxer.extensions.compose_ssh.extension import (
+    LOCAL,
+    ComposeSSHExtension,
+    target_config,
+    target_record,
+)
 from sandboxer.extensions.compose_ssh.remote import first_contact
 from sandboxer.models.target import TargetConfig
 
@@ -32,7 +37,8 @@ def local_summary(settings: Settings) -> dict[str, Any]:
 
 def list_targets(settings: Settings) -> list[dict[str, Any]]:
     ext = ComposeSSHExtension(settings)
-    return [local_summary(settings), *(_summary(t) for t in ext.store.list_targets(ext.name))]
+    recorded = ext.store.list_targets(ext.name)
+    return [local_summary(settings), *(_summary(target_config(t)) for t in recorded)]
 
 
 async def add(
@@ -78,7 +84,7 @@ async def add(
     if fingerprint is None and confirm is not None and not confirm(seen):
         raise InvalidInput(f"host key {seen} of {cfg.host}:{cfg.port} was not accepted")
     cfg.host_keys = [line]
-    ext.store.add_target(cfg)
+    ext.store.add_target(target_record(cfg))
     return {**_summary(cfg), "fingerprint": seen}
 
 
