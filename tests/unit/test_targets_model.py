@@ -4,8 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandboxer.errors import Conflict, NotFound
-from sandboxer.extensions.compose_ssh.extension import target_config, target_record
-from sandboxer.models.target import TargetConfig
+from sandboxer.extensions.compose_ssh.config import TargetConfig, target_config, target_record
 from sandboxer.store.sqlite import SqliteStore
 
 

@@ -286,8 +286,7 @@ def test_faults_fail_cleanly(env: Env, tmp_path: Path) -> None:
 
 
 def test_unreachable_targets_are_passed_over_with_reasons(env: Env) -> None:
-    from sandboxer.extensions.compose_ssh.extension import target_record
-    from sandboxer.models.target import TargetConfig
+    from sandboxer.extensions.compose_ssh.config import TargetConfig, target_record
     from sandboxer.store.sqlite import SqliteStore
 
     store = SqliteStore(env.home / "state.db")

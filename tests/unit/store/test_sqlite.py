@@ -141,7 +141,7 @@ def test_payload_never_contains_handle(tmp_path: Path) -> None:
 
 def test_live_count_is_per_extension(settings: Settings) -> None:
     """ext.local's target `local` is not ext.compose-ssh's `local`: neither fills the other."""
-    from sandboxer.extensions.compose_ssh import ComposeSSHExtension
+    from sandboxer.manager import Manager
     from sandboxer.store import open_store
 
     settings.ensure()
@@ -151,7 +151,7 @@ def test_live_count_is_per_extension(settings: Settings) -> None:
         store.insert(s, max_expires_at=s.expires_at)
     assert store.live_count("local", "ext.local") == 3
     assert store.live_count("local", "ext.compose-ssh") == 0
-    ext = ComposeSSHExtension(settings)
+    ext = Manager(settings, store=store).extension("ext.compose-ssh")
     (local,) = [t for t in ext.targets(settings) if t.name == "local"]
     assert local.used == 0
 
