@@ -462,7 +462,7 @@ class _ManagerHost:
         self.extension = extension
 
     def targets(self) -> list[TargetRecord]:
-        return self._manager.store.list_targets(self.extension)  # type: ignore[return-value]  # i13-caps
+        return self._manager.store.list_targets(self.extension)
 
     def live_count(self, target: str) -> int:
         return self._manager.store.live_count(target, self.extension)

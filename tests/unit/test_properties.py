@@ -25,12 +25,12 @@ from sandboxer.cli.events import _bounded
 from sandboxer.cli.output import printable, table
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, SandboxerError
+from sandboxer.extensions.compose_ssh.config import TargetConfig
 from sandboxer.extensions.compose_ssh.spec import Resources
 from sandboxer.extensions.local.spec import parse_size as local_size
 from sandboxer.extensions.vm_packer.spec import size_bytes as vm_size
 from sandboxer.models.profile import Profile
 from sandboxer.models.reachability import check_alias_template, check_name, check_port
-from sandboxer.models.target import TargetConfig
 from sandboxer.reachability import parse_port_range, resolve_tunnel
 from sandboxer.secrets import refs
 from sandboxer.values import (

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandboxer.errors import Conflict, NotFound
-from sandboxer.models.target import TargetConfig
+from sandboxer.extensions.compose_ssh.config import TargetConfig, target_config, target_record
 from sandboxer.store.sqlite import SqliteStore
 
 
@@ -62,11 +62,11 @@ def test_store_round_trip(tmp_path: object) -> None:
     store = SqliteStore(Path(str(tmp_path)) / "s.db")
     t = TargetConfig(name="h1", url="ssh://u@h:2200", identity_file="/k", capacity=3,
                      host_keys=["[h]:2200 ssh-ed25519 AAAA"], allow=["devices"])
-    store.add_target(t)
-    (got,) = store.list_targets("ext.compose-ssh")
+    store.add_target(target_record(t))
+    (got,) = map(target_config, store.list_targets("ext.compose-ssh"))
     assert got.model_dump(exclude={"created_at"}) == t.model_dump(exclude={"created_at"})
     with pytest.raises(Conflict):
-        store.add_target(t)
+        store.add_target(target_record(t))
     store.remove_target("h1")
     with pytest.raises(NotFound):
         store.remove_target("h1")
@@ -78,9 +78,11 @@ def test_a_target_recorded_before_the_rule_is_reported_with_a_way_out(tmp_path: 
     from sandboxer.errors import InvalidInput
 
     store = SqliteStore(Path(str(tmp_path)) / "s.db")
-    store.add_target(TargetConfig(name="old", url="ssh://u@h"))
-    store._conn.execute("UPDATE targets SET public_host = '-oProxyCommand=id'")
+    old = target_record(TargetConfig(name="old", url="ssh://u@h"))
+    store.add_target(old.model_copy(update={"config": {**old.config,
+                                                       "public_host": "-oProxyCommand=id"}}))
+    (rec,) = store.list_targets()
     with pytest.raises(InvalidInput, match="targets remove old"):
-        store.list_targets()
+        target_config(rec)
     store.remove_target("old")
     assert store.list_targets() == []

@@ -209,6 +209,11 @@ class BuildsImages(ABC):
         """Whether ``name`` (not a profile id) names an image recipe of this extension."""
         return False
 
+    def buildable_images(self) -> list[str]:
+        """What ``claims_image`` takes, described for a user (when no extension claims a
+        name): e.g. ``a recipe in images/: base, agent-dev``."""
+        return []
+
     async def build_image(self, name: str, *, target: str, variables: dict[str, str],
                           force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
         """Build the image recipe ``name`` (one this extension claims) for ``target``."""

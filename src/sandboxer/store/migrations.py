@@ -86,4 +86,29 @@ MIGRATIONS.append(
         """,
     )
 )
+# 4: a target is its name, its extension and that extension's own config document; the
+# compose-shaped columns of version 2 move into the document unchanged.
+MIGRATIONS.append(
+    (
+        4,
+        """
+        CREATE TABLE targets_v4 (
+            name       TEXT PRIMARY KEY,
+            extension  TEXT NOT NULL,
+            config     TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        );
+        INSERT INTO targets_v4 (name, extension, config, created_at)
+            SELECT name, extension, json_object(
+                'url', url, 'identity_file', identity_file, 'public_host', public_host,
+                'capacity', capacity, 'kind', kind,
+                'host_keys', json(COALESCE(host_keys, '[]')),
+                'allow', json(COALESCE(allow, '[]'))), created_at
+            FROM targets;
+        DROP TABLE targets;
+        ALTER TABLE targets_v4 RENAME TO targets;
+        CREATE INDEX targets_extension ON targets (extension, name)
+        """,
+    )
+)
 LATEST = MIGRATIONS[-1][0]

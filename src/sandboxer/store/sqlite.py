@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.errors import Conflict, InvalidInput, NoTarget, SandboxNotFound, StoreBusy
+from sandboxer.errors import Conflict, NoTarget, NotFound, SandboxNotFound, StoreBusy
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 from sandboxer.values import LIVE_STATES
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
     from sandboxer.models.events import Event
     from sandboxer.models.extension import Handle
     from sandboxer.models.sandbox import SandboxStatus
-    from sandboxer.models.target import TargetConfig
+    from sandboxer.models.target import TargetRecord
 
 _LIVE = ", ".join(f"'{state}'" for state in LIVE_STATES)  # fixed names, no input
 _COLUMNS = (
@@ -84,6 +84,13 @@ class Record:
     max_expires_at: datetime
     updated_at: datetime
     version: int
+
+
+def _target(row: sqlite3.Row) -> TargetRecord:
+    from sandboxer.models.target import TargetRecord
+
+    return TargetRecord(name=row["name"], extension=row["extension"],
+                        config=json.loads(row["config"]), created_at=_dt(row["created_at"]))
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
@@ -424,53 +431,31 @@ class SqliteStore:
 
     # -- targets ----------------------------------------------------------------------
 
-    def add_target(self, target: TargetConfig) -> None:
+    def add_target(self, rec: TargetRecord) -> None:
         """Record a target; Conflict if the name is taken."""
+        created = _ts(rec.created_at) if rec.created_at else time.time()
         with self._write() as c:
-            if c.execute("SELECT 1 FROM targets WHERE name = ?", (target.name,)).fetchone():
-                raise Conflict(f"a target named {target.name!r} exists already",
+            if c.execute("SELECT 1 FROM targets WHERE name = ?", (rec.name,)).fetchone():
+                raise Conflict(f"a target named {rec.name!r} exists already",
                                hint="remove it first with `sandboxer targets remove`")
             c.execute(
-                "INSERT INTO targets (name, extension, url, identity_file, public_host, "
-                "capacity, kind, host_keys, allow, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (target.name, target.extension, target.url, target.identity_file,
-                 target.public_host, target.capacity, target.kind,
-                 json.dumps(target.host_keys), json.dumps(target.allow), time.time()),
+                "INSERT INTO targets (name, extension, config, created_at) VALUES (?, ?, ?, ?)",
+                (rec.name, rec.extension, json.dumps(rec.config, sort_keys=True), created),
             )
 
-    def list_targets(self, extension: str | None = None) -> list[TargetConfig]:
-        sql = "SELECT * FROM targets"
+    def list_targets(self, extension: str | None = None) -> list[TargetRecord]:
+        sql = "SELECT name, extension, config, created_at FROM targets"
         args: list[Any] = []
         if extension is not None:
             sql += " WHERE extension = ?"
             args.append(extension)
-        return [
-            self._target(r) for r in self._conn.execute(sql + " ORDER BY name", args)
-        ]
+        return [_target(r) for r in self._conn.execute(sql + " ORDER BY name", args)]
 
-    @staticmethod
-    def _target(r: sqlite3.Row) -> TargetConfig:
-        from pydantic import ValidationError
-
-        from sandboxer.models.target import TargetConfig
-
-        try:
-            return TargetConfig(
-                name=r["name"], extension=r["extension"], url=r["url"],
-                identity_file=r["identity_file"], public_host=r["public_host"],
-                capacity=r["capacity"], kind=r["kind"],
-                host_keys=json.loads(r["host_keys"] or "[]"), allow=json.loads(r["allow"]),
-                created_at=_dt(r["created_at"]),
-            )
-        except ValidationError as e:  # recorded before a rule it breaks existed
-            raise InvalidInput(
-                f"recorded target {r['name']!r} is no longer valid: {e.errors()[0]['msg']}",
-                hint=f"remove it with `sandboxer targets remove {r['name']}` and add it again",
-            ) from e
-
-    def get_target(self, name: str) -> TargetConfig | None:
-        return next((t for t in self.list_targets() if t.name == name), None)
+    def get_target(self, name: str) -> TargetRecord | None:
+        row = self._conn.execute(
+            "SELECT name, extension, config, created_at FROM targets WHERE name = ?", (name,)
+        ).fetchone()
+        return _target(row) if row else None
 
     def remove_target(self, name: str) -> None:
         """Forget a target; Conflict while live sandboxes sit on it."""
@@ -483,8 +468,6 @@ class SqliteStore:
                 raise Conflict(f"target {name!r} still holds {live} live sandbox(es)",
                                hint="destroy them first (sandboxer list shows them)")
             if c.execute("DELETE FROM targets WHERE name = ?", (name,)).rowcount == 0:
-                from sandboxer.errors import NotFound
-
                 raise NotFound(f"no target named {name!r}", hint="see `sandboxer targets list`")
 
     def live_count(self, target: str, extension: str) -> int:

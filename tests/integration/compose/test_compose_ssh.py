@@ -286,20 +286,20 @@ def test_faults_fail_cleanly(env: Env, tmp_path: Path) -> None:
 
 
 def test_unreachable_targets_are_passed_over_with_reasons(env: Env) -> None:
-    from sandboxer.models.target import TargetConfig
+    from sandboxer.extensions.compose_ssh.config import TargetConfig, target_record
     from sandboxer.store.sqlite import SqliteStore
 
     store = SqliteStore(env.home / "state.db")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    store.add_target(TargetConfig(name="down", url=f"ssh://x@127.0.0.1:{closed}",
-                                  host_keys=[env.target.known_hosts]))
+    store.add_target(target_record(TargetConfig(name="down", url=f"ssh://x@127.0.0.1:{closed}",
+                                                host_keys=[env.target.known_hosts])))
     forged = env.target.known_hosts.split()[0] + (
         " ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJzZWNvbmRrZXlub3R0aGVyZWFsb25lYWFhYWFhYWFh")
-    store.add_target(TargetConfig(name="forged", url=env.target.url,
-                                  identity_file=str(env.target.identity_file),
-                                  host_keys=[forged]))
+    store.add_target(target_record(TargetConfig(name="forged", url=env.target.url,
+                                                identity_file=str(env.target.identity_file),
+                                                host_keys=[forged])))
     res = env.cli("create", "profile.compose-test", "--target", "down")
     assert res.returncode == 6, res.stderr
     assert "down: unhealthy: cannot reach target down" in res.stderr

@@ -23,12 +23,12 @@ def recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, 
     monkeypatch.setenv("SANDBOXER_IMAGES", str(root))
     calls: list[tuple[str, str]] = []
 
-    async def build(settings: Settings, name: str, target: str = "local",
+    async def build(ext: Any, name: str, target: str = "local",
                     progress: Any = None) -> dict[str, Any]:
         calls.append((name, target))
         return {"image": f"sandboxer/{name}:0.1.0", "target": target}
 
-    monkeypatch.setattr(images, "build", build)
+    monkeypatch.setattr(images, "build_recipe", build)
     return calls
 
 

@@ -96,7 +96,7 @@ def test_the_main_ports_must_be_the_overrides_own() -> None:
 
 
 def test_every_grant_the_policy_names_is_one_a_target_accepts() -> None:
-    from sandboxer.models.target import ALLOWABLE, TargetConfig
+    from sandboxer.extensions.compose_ssh.config import ALLOWABLE, TargetConfig
 
     named = {e for _, _, e in CASES} | set(policy._RAW_SERVICE_KEYS.values()) | {
         "include", "host-network", "host-ipc", "unlisted-keys"}

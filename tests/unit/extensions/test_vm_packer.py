@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput
-from sandboxer.extensions.vm_packer import build, images, keeper, qemu, remote
+from sandboxer.extensions.base import BuildsImages
+from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0000000000000000000000000000000000000000000"
@@ -231,8 +232,13 @@ def test_key_lines_and_revocation() -> None:
     assert "sandboxer.id=sbx-aaaaaaaaaa$" in remote.revoke_command("sbx-aaaaaaaaaa")
 
 
-def test_images_build_dispatch() -> None:
-    s = Settings.from_env({})
-    assert build.is_packer_name(s, "profile.vm-dev")
-    assert build.is_packer_name(s, "packer/base.json")
-    assert not build.is_packer_name(s, "base")
+def test_images_build_dispatch(home: Path) -> None:
+    """ext.vm-packer claims Packer template paths; profiles are core's to route."""
+    from sandboxer.manager import Manager
+
+    ext = Manager(Settings.from_env()).extension("ext.vm-packer")
+    assert isinstance(ext, BuildsImages)
+    assert ext.claims_image("packer/base.json")
+    assert ext.claims_image("base.json")
+    assert not ext.claims_image("base")
+    assert not ext.claims_image("profile.vm-dev")

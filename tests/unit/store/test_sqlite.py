@@ -141,7 +141,7 @@ def test_payload_never_contains_handle(tmp_path: Path) -> None:
 
 def test_live_count_is_per_extension(settings: Settings) -> None:
     """ext.local's target `local` is not ext.compose-ssh's `local`: neither fills the other."""
-    from sandboxer.extensions.compose_ssh import ComposeSSHExtension
+    from sandboxer.manager import Manager
     from sandboxer.store import open_store
 
     settings.ensure()
@@ -151,7 +151,7 @@ def test_live_count_is_per_extension(settings: Settings) -> None:
         store.insert(s, max_expires_at=s.expires_at)
     assert store.live_count("local", "ext.local") == 3
     assert store.live_count("local", "ext.compose-ssh") == 0
-    ext = ComposeSSHExtension(settings)
+    ext = Manager(settings, store=store).extension("ext.compose-ssh")
     (local,) = [t for t in ext.targets(settings) if t.name == "local"]
     assert local.used == 0
 
@@ -194,3 +194,36 @@ def test_capacity_is_reserved_with_the_insert(tmp_path: Path) -> None:
     t = status("provisioning", target="cap1")
     with pytest.raises(NoTarget, match=r"full \(1/1"):
         store.insert(t, max_expires_at=t.expires_at, capacity=1)
+
+
+def test_migration_4_moves_target_columns_into_the_config_document(tmp_path: Path) -> None:
+    from sandboxer.store.migrations import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    for version, script in MIGRATIONS:
+        if version > 3:
+            break
+        for stmt in script.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute(
+        "INSERT INTO targets (name, extension, url, identity_file, public_host, capacity, "
+        "kind, host_keys, allow, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ("h1", "ext.compose-ssh", "ssh://u@h:2200", "/k", "pub", 3, "cloud",
+         json.dumps(["[h]:2200 ssh-ed25519 AAAA"]), json.dumps(["devices"]), 1700000000.0))
+    conn.execute(
+        "INSERT INTO targets (name, extension, url, created_at) VALUES (?, ?, ?, ?)",
+        ("h2", "ext.compose-ssh", "ssh://u@h2", 1700000001.0))
+    conn.close()
+    store = SqliteStore(db)
+    assert store.schema_version() == LATEST
+    h1, h2 = store.list_targets()
+    assert (h1.name, h1.extension, h1.created_at.timestamp() if h1.created_at else None) == (
+        "h1", "ext.compose-ssh", 1700000000.0)
+    assert h1.config == {"url": "ssh://u@h:2200", "identity_file": "/k", "public_host": "pub",
+                         "capacity": 3, "kind": "cloud",
+                         "host_keys": ["[h]:2200 ssh-ed25519 AAAA"], "allow": ["devices"]}
+    assert h2.config == {"url": "ssh://u@h2", "identity_file": None, "public_host": None,
+                         "capacity": None, "kind": "self-hosted", "host_keys": [], "allow": []}

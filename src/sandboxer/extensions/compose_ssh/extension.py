@@ -23,6 +23,8 @@ from sandboxer.extensions.base import (
     Endpoint,
     Extension,
     Handle,
+    Host,
+    ManagesTargets,
     Observed,
     ProvisionRequest,
     Target,
@@ -31,6 +33,8 @@ from sandboxer.extensions.base import (
 from sandboxer.extensions.compose_ssh import override as ov
 from sandboxer.extensions.compose_ssh import policy
 from sandboxer.extensions.compose_ssh import secrets as cs
+from sandboxer.extensions.compose_ssh.config import LOCAL, target_config
+from sandboxer.extensions.compose_ssh.config import TargetConfig as ComposeTarget
 from sandboxer.extensions.compose_ssh.remote import (
     LocalRunner,
     Runner,
@@ -43,10 +47,8 @@ from sandboxer.values import SANDBOX_ID
 
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
-    from sandboxer.models.target import TargetConfig
-    from sandboxer.store.sqlite import SqliteStore
+    from sandboxer.models.target import TargetRecord
 
-LOCAL = "local"
 # Where the main service's SSH port is pinned on the target: below Linux's ephemeral range
 # (32768+), so outgoing connections rarely hold one; a taken one is replaced.
 PORT_RANGE = (20000, 32000)
@@ -79,27 +81,28 @@ def _container_name(doc: dict[str, Any], service: str, project: str, compose: li
     return sep.join((project, service, "1"))
 
 
-class ComposeSSHExtension(Extension, BuildsImages):
+class ComposeSSHExtension(Extension, BuildsImages, ManagesTargets):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
 
     name = "ext.compose-ssh"
     Spec = ComposeSpec
+    TargetConfig = ComposeTarget
+    url_schemes = ("ssh",)
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._store_db: SqliteStore | None = None
+    def __init__(self, settings: Settings, host: Host | None = None) -> None:
+        super().__init__(settings, host)
         self._compose: dict[str, tuple[list[str], str]] = {}
 
-    @property
-    def store(self) -> SqliteStore:
-        if self._store_db is None:
-            from sandboxer.store import open_store
+    def _configs(self) -> list[ComposeTarget]:
+        """The targets added with `sandboxer targets add` (not the implicit local)."""
+        return [target_config(rec) for rec in self.host.targets()]
 
-            self._store_db = open_store(self.settings)
-        return self._store_db
+    def _config(self, name: str) -> ComposeTarget | None:
+        if name == LOCAL:
+            return None
+        return next((c for c in self._configs() if c.name == name), None)
 
-    def _config(self, name: str) -> TargetConfig | None:
-        return None if name == LOCAL else self.store.get_target(name)
+    # -- images -----------------------------------------------------------------------
 
     @override
     async def build_for_profile(self, profile: Profile, source: Path, *, target: str,
@@ -110,7 +113,23 @@ class ComposeSSHExtension(Extension, BuildsImages):
         spec = self.parse_spec(profile)
         assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
         doc = ov.load(spec, source, f"profile {profile.id}")
-        return await images.build_for(self.settings, profile.id, doc, target, progress)
+        return await images.build_for(self, profile.id, doc, target, progress)
+
+    def claims_image(self, name: str) -> bool:
+        from sandboxer.extensions.compose_ssh import images
+
+        return images.claims(self.settings, name)
+
+    def buildable_images(self) -> list[str]:
+        from sandboxer.extensions.compose_ssh import images
+
+        return [images.described(self.settings)]
+
+    async def build_image(self, name: str, *, target: str, variables: dict[str, str],
+                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+        from sandboxer.extensions.compose_ssh import images
+
+        return await images.build_recipe(self, name, target, progress)
 
     # -- targets ----------------------------------------------------------------------
 
@@ -118,12 +137,33 @@ class ComposeSSHExtension(Extension, BuildsImages):
     def targets(self, config: Settings) -> list[Target]:
         local = Target(name=LOCAL, extension=self.name,
                        capacity=envvars.compose_local_capacity(config.env),
-                       used=self.store.live_count(LOCAL, self.name))
+                       used=self.host.live_count(LOCAL))
         return [local, *(
             Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
-                   used=self.store.live_count(t.name, self.name))
-            for t in self.store.list_targets(self.name)
+                   used=self.host.live_count(t.name))
+            for t in self._configs()
         )]
+
+    def target_summaries(self) -> list[dict[str, Any]]:
+        from sandboxer.extensions.compose_ssh import targets
+
+        return [targets.local_summary(self.settings), *map(targets.summary, self._configs())]
+
+    async def add_target(self, name: str, url: str, options: dict[str, Any],
+                         confirm: Callable[[str], bool] | None
+                         ) -> tuple[TargetRecord, dict[str, Any]]:
+        from sandboxer.extensions.compose_ssh import targets
+
+        return await targets.add_target(self, name, url, options, confirm)
+
+    async def check_targets(self, name: str | None = None) -> list[dict[str, Any]]:
+        from sandboxer.extensions.compose_ssh import targets
+
+        return await targets.check_targets(self, name)
+
+    def removable(self, name: str) -> None:
+        if name == LOCAL:
+            raise InvalidInput("the local target is implicit and cannot be removed")
 
     async def runner(self, target: str) -> Runner:
         """A runner for one target: this machine's engine, or one SSH connection."""

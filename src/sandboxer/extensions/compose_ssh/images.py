@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sandboxer
 from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
-from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
+from sandboxer.extensions.compose_ssh.config import LOCAL
 from sandboxer.extensions.compose_ssh.remote import local_env
+
+if TYPE_CHECKING:
+    from sandboxer.extensions.compose_ssh.extension import ComposeSSHExtension
+
+_RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def images_dir(settings: Settings) -> Path:
@@ -27,14 +33,32 @@ def images_dir(settings: Settings) -> Path:
     return chosen or Path(sandboxer.__file__).resolve().parents[2] / "images"
 
 
+def known(settings: Settings) -> list[str]:
+    """The recipes of images/, by the name `images build` takes (``base``)."""
+    return sorted(p.parent.name.removeprefix("sandbox-")
+                  for p in images_dir(settings).glob("*/build.sh"))
+
+
+def described(settings: Settings) -> str:
+    """What `images build NAME` can build from images/, for a message."""
+    return (f"a recipe in {images_dir(settings)}: {', '.join(known(settings)) or 'none'} "
+            "(SANDBOXER_IMAGES names another folder)")
+
+
+def claims(settings: Settings, name: str) -> bool:
+    """Whether ``name`` is a recipe of images/ (``base`` or ``sandbox-base``)."""
+    root = images_dir(settings)
+    return bool(_RECIPE_NAME.fullmatch(name)) and any(
+        (d / "build.sh").is_file() for d in (root / name, root / f"sandbox-{name}"))
+
+
 def recipe(settings: Settings, name: str) -> Path:
     root = images_dir(settings)
     script = next((d / "build.sh" for d in (root / name, root / f"sandbox-{name}")
                    if (d / "build.sh").is_file()), root / name / "build.sh")
     if "/" in name or not script.is_file():
-        known = sorted(p.parent.name.removeprefix("sandbox-") for p in root.glob("*/build.sh"))
         raise InvalidInput(f"no image recipe {name!r} in {images_dir(settings)}",
-                           hint=f"known recipes: {', '.join(known) or 'none'} "
+                           hint=f"known recipes: {', '.join(known(settings)) or 'none'} "
                            "(SANDBOXER_IMAGES names another folder)")
     return script
 
@@ -55,15 +79,15 @@ def recipes_for(settings: Settings, images: list[str]) -> list[str]:
         (root / d / "build.sh").is_file() for d in (n, f"sandbox-{n}"))]
 
 
-async def build_for(settings: Settings, profile_id: str, doc: dict[str, Any], target: str,
-                    progress: Callable[[str], None]) -> dict[str, Any]:
+async def build_for(ext: ComposeSSHExtension, profile_id: str, doc: dict[str, Any],
+                    target: str, progress: Callable[[str], None]) -> dict[str, Any]:
     """``images build PROFILE``: run the recipe of every image the profile's compose uses."""
     images = images_of(doc)
-    names = recipes_for(settings, images)
+    names = recipes_for(ext.settings, images)
     if not names:
-        raise InvalidInput(f"{profile_id} uses no image a recipe in {images_dir(settings)} "
+        raise InvalidInput(f"{profile_id} uses no image a recipe in {images_dir(ext.settings)} "
                            f"builds (it uses: {', '.join(images) or 'none'})")
-    built = [await build(settings, name, target, progress) for name in names]
+    built = [await build_recipe(ext, name, target, progress) for name in names]
     tags = [b["image"] for b in built]
     return {"image": ", ".join(tags), "images": tags, "target": target}
 
@@ -82,8 +106,10 @@ async def _script(argv: list[str], env: dict[str, str],
     return await proc.wait(), tail
 
 
-async def build(settings: Settings, name: str, target: str = LOCAL,
-                progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+async def build_recipe(ext: ComposeSSHExtension, name: str, target: str = LOCAL,
+                       progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """``images build NAME``: run the recipe images/sandbox-NAME for ``target``."""
+    settings = ext.settings
     script = recipe(settings, name)
     version = (script.parent / "VERSION").read_text().strip()
     tag = f"sandboxer/{name}:{version}"
@@ -94,7 +120,6 @@ async def build(settings: Settings, name: str, target: str = LOCAL,
         if rc != 0:
             raise ProvisionFailed(f"image recipe {name} failed (exit {rc}):\n" + "\n".join(tail))
         return {"image": tag, "target": target}
-    ext = ComposeSSHExtension(settings)
     with tempfile.TemporaryDirectory(prefix="sbx-image-") as tmp:
         tar = Path(tmp) / "rootfs.tar"
         rc, tail = await _script(["bash", str(script), "--output-tar", str(tar)], env, progress)
@@ -114,3 +139,14 @@ async def build(settings: Settings, name: str, target: str = LOCAL,
                 raise ProvisionFailed(f"docker import on target {target} failed: {done.tail()}")
             await r.check(["docker", "tag", tag, f"sandboxer/{name}:latest"])
     return {"image": tag, "target": target}
+
+
+async def build(settings: Settings, name: str, target: str = LOCAL,
+                progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """i13 shim for client/local.py's call site until it calls sandboxer.capabilities:
+    the one extension that claims ``name`` builds it (remove with that call site)."""
+    from sandboxer import capabilities
+    from sandboxer.manager import Manager
+
+    return await capabilities.build_image(Manager(settings), name, target=target,
+                                          variables={}, force=False, progress=progress)

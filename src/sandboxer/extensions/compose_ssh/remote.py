@@ -20,7 +20,7 @@ from typing import Any
 
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions._proc import communicate
-from sandboxer.models.target import TargetConfig
+from sandboxer.extensions.compose_ssh.config import TargetConfig
 from sandboxer.openssh import known_hosts_name
 
 

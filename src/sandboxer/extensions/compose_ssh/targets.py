@@ -1,4 +1,8 @@
-"""`sandboxer targets ...` for docker hosts: add (pinning the host key), list, check, remove."""
+"""ext.compose-ssh's targets (docker hosts): add (pinning the host key), summaries, check.
+
+Core stores what ``add_target`` returns and lists, checks and removes targets through the
+extension's ``ManagesTargets`` methods (``sandboxer.capabilities``).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,28 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, NotFound, ProvisionFailed
-from sandboxer.extensions.compose_ssh.extension import LOCAL, ComposeSSHExtension
-from sandboxer.extensions.compose_ssh.remote import first_contact
-from sandboxer.models.target import TargetConfig
+from sandboxer.extensions.compose_ssh.config import (
+    EXTENSION,
+    LOCAL,
+    TargetConfig,
+    target_record,
+)
+
+if TYPE_CHECKING:
+    from sandboxer.extensions.base import Target
+    from sandboxer.extensions.compose_ssh.extension import ComposeSSHExtension
+    from sandboxer.models.target import TargetRecord
+
+# What `targets add` takes for a docker host (None: not given).
+OPTIONS = ("identity", "public_host", "capacity", "kind", "allow", "fingerprint")
 
 
-def _summary(t: TargetConfig) -> dict[str, Any]:
+def summary(t: TargetConfig) -> dict[str, Any]:
     return {"name": t.name, "extension": t.extension, "url": t.url,
             "identity_file": t.identity_file, "public_host": t.public_host,
             "capacity": t.capacity, "kind": t.kind, "allow": t.allow,
@@ -24,36 +39,34 @@ def _summary(t: TargetConfig) -> dict[str, Any]:
 
 
 def local_summary(settings: Settings) -> dict[str, Any]:
-    return {"name": LOCAL, "extension": ComposeSSHExtension.name, "url": None,
+    return {"name": LOCAL, "extension": EXTENSION, "url": None,
             "identity_file": None, "public_host": "127.0.0.1",
             "capacity": envvars.compose_local_capacity(settings.env),
             "kind": "self-hosted", "allow": [], "host_keys": [], "implicit": True}
 
 
-def list_targets(settings: Settings) -> list[dict[str, Any]]:
-    ext = ComposeSSHExtension(settings)
-    return [local_summary(settings), *(_summary(t) for t in ext.store.list_targets(ext.name))]
+async def add_target(ext: ComposeSSHExtension, name: str, url: str, options: dict[str, Any],
+                     confirm: Callable[[str], bool] | None
+                     ) -> tuple[TargetRecord, dict[str, Any]]:
+    """First contact with a new target: its host key is shown, then pinned in the record.
 
-
-async def add(
-    settings: Settings,
-    *,
-    name: str,
-    url: str,
-    identity: str | None,
-    public_host: str | None = None,
-    capacity: int | None = None,
-    kind: str = "self-hosted",
-    allow: list[str] | None = None,
-    fingerprint: str | None = None,
-    confirm: Callable[[str], bool] | None = None,
-) -> dict[str, Any]:
-    """Record a target after first contact: the host key is shown, then pinned."""
+    ``options``: ``identity`` (default: the user's usual key), ``public_host``,
+    ``capacity``, ``kind``, ``allow``, ``fingerprint`` (the host key expected).
+    """
     from pydantic import ValidationError
 
+    from sandboxer.extensions.compose_ssh.remote import first_contact
+
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise InvalidInput(f"targets add {name}: {EXTENSION} takes no {', '.join(unknown)}",
+                           hint=f"its options: {', '.join(OPTIONS)}")
+    identity = given.get("identity") or default_identity()
     try:
-        cfg = TargetConfig(name=name, url=url, public_host=public_host, capacity=capacity,
-                           kind=kind, allow=allow or [],
+        cfg = TargetConfig(name=name, url=url, public_host=given.get("public_host"),
+                           capacity=given.get("capacity"),
+                           kind=given.get("kind", "self-hosted"), allow=given.get("allow", []),
                            identity_file=str(Path(identity).absolute()) if identity else None)
     except ValidationError as e:
         first = e.errors()[0]
@@ -65,33 +78,27 @@ async def add(
         if path.stat().st_mode & 0o077:
             raise InvalidInput(f"--identity {path}: private key is readable by others",
                                hint=f"chmod 600 {path}")
-    ext = ComposeSSHExtension(settings)
-    if ext.store.get_target(name) is not None:
-        from sandboxer.errors import Conflict
-
-        raise Conflict(f"a target named {name!r} exists already",
-                       hint="remove it first with `sandboxer targets remove`")
     line, seen = await first_contact(cfg)
+    fingerprint = given.get("fingerprint")
     if fingerprint is not None and fingerprint != seen:
         raise InvalidInput(f"target {name} presented host key {seen}, not {fingerprint}",
                            hint="check you are talking to the right host")
     if fingerprint is None and confirm is not None and not confirm(seen):
         raise InvalidInput(f"host key {seen} of {cfg.host}:{cfg.port} was not accepted")
     cfg.host_keys = [line]
-    ext.store.add_target(cfg)
-    return {**_summary(cfg), "fingerprint": seen}
+    return target_record(cfg), {**summary(cfg), "fingerprint": seen}
 
 
-async def check(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
+async def check_targets(ext: ComposeSSHExtension,
+                        name: str | None = None) -> list[dict[str, Any]]:
     """SSH reachable? engine version? compose v2 or v1? free capacity? — per target."""
-    ext = ComposeSSHExtension(settings)
-    targets = ext.targets(settings)
+    targets = ext.targets(ext.settings)
     if name is not None:
         targets = [t for t in targets if t.name == name]
         if not targets:
             raise NotFound(f"no target named {name!r}", hint="see `sandboxer targets list`")
 
-    async def one(t: Any) -> dict[str, Any]:
+    async def one(t: Target) -> dict[str, Any]:
         result: dict[str, Any] = {"name": t.name, "ok": False, "engine": None,
                                   "compose": None, "compose_version": None,
                                   "capacity": t.capacity, "used": t.used, "free": t.free,
@@ -109,15 +116,50 @@ async def check(settings: Settings, name: str | None = None) -> list[dict[str, A
     return list(await asyncio.gather(*(one(t) for t in targets)))
 
 
-def remove(settings: Settings, name: str) -> None:
-    if name == LOCAL:
-        raise InvalidInput("the local target is implicit and cannot be removed")
-    ComposeSSHExtension(settings).store.remove_target(name)
-
-
 def default_identity() -> str | None:
     for candidate in ("id_ed25519", "id_ecdsa", "id_rsa"):
         p = Path(os.path.expanduser("~/.ssh")) / candidate
         if p.is_file():
             return str(p)
     return None
+
+
+# -- i13 shims: the shells' call sites until they call sandboxer.capabilities ------------
+# (client/local.py and api/service.py; remove these with those call sites.)
+
+
+def _manager(settings: Settings) -> Any:
+    from sandboxer.manager import Manager
+
+    return Manager(settings)
+
+
+def list_targets(settings: Settings) -> list[dict[str, Any]]:
+    from sandboxer import capabilities
+
+    return capabilities.target_summaries(_manager(settings))
+
+
+async def add(settings: Settings, *, name: str, url: str, identity: str | None,
+              public_host: str | None = None, capacity: int | None = None,
+              kind: str = "self-hosted", allow: list[str] | None = None,
+              fingerprint: str | None = None,
+              confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    from sandboxer import capabilities
+
+    options = {"identity": identity, "public_host": public_host, "capacity": capacity,
+               "kind": kind, "allow": allow or [], "fingerprint": fingerprint}
+    return await capabilities.add_target(_manager(settings), name=name, url=url,
+                                         extension=None, options=options, confirm=confirm)
+
+
+async def check(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
+    from sandboxer import capabilities
+
+    return await capabilities.check_targets(_manager(settings), name)
+
+
+def remove(settings: Settings, name: str) -> None:
+    from sandboxer import capabilities
+
+    capabilities.remove_target(_manager(settings), name)

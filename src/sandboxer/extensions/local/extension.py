@@ -20,6 +20,7 @@ from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
 from sandboxer.extensions._proc import kill_all
 from sandboxer.extensions.base import (
+    DoctorChecks,
     Endpoint,
     Extension,
     Handle,
@@ -30,6 +31,7 @@ from sandboxer.extensions.base import (
 )
 from sandboxer.extensions.local import cgroups, control, disk
 from sandboxer.extensions.local.spec import LocalSpec
+from sandboxer.models.doctor import Check
 
 TARGET = "local"
 UID_SPAN = 65536
@@ -128,11 +130,16 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
-class LocalExtension(Extension):
+class LocalExtension(Extension, DoctorChecks):
     """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint."""
 
     name = "ext.local"
     Spec = LocalSpec
+
+    def doctor_checks(self) -> list[Check]:
+        from sandboxer.extensions.local import doctor
+
+        return doctor.checks()
 
     @property
     def _root(self) -> bool:

@@ -5,48 +5,73 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput
 
+if TYPE_CHECKING:
+    from sandboxer.extensions.vm_packer.extension import VMPackerExtension
+    from sandboxer.models.profile import Profile
+
 EXTENSION = "ext.vm-packer"
+DESCRIBED = "a Packer template (a path: it ends in .json or contains /)"
+
+
+def is_template_name(name: str) -> bool:
+    """A path to a JSON template; anything else is not Packer's (a docker recipe name)."""
+    return name.endswith(".json") or "/" in name
+
+
+async def build_profile(ext: VMPackerExtension, profile: Profile, source: Path, *,
+                        variables: dict[str, str], force: bool,
+                        progress: Callable[[str], None]) -> dict[str, Any]:
+    """The Packer image of an ext.vm-packer profile (its template and vars, then ours)."""
+    from sandboxer.extensions.vm_packer import images
+    from sandboxer.extensions.vm_packer.spec import VMSpec
+
+    spec = ext.parse_spec(profile)
+    assert isinstance(spec, VMSpec)  # noqa: S101 - parse_spec made it
+    if spec.packer is None:
+        raise InvalidInput(f"{profile.id} attaches to an existing VM: there is no image to "
+                           "build")
+    template = images.resolve_template(ext.settings, spec.packer.template, source)
+    return await _build(ext.settings, template, {**spec.packer.vars, **variables},
+                        accel=spec.vm.accel, force=force, progress=progress)
+
+
+async def build_template(settings: Settings, name: str, *, variables: dict[str, str],
+                         force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The image of a Packer JSON template given by path."""
+    from sandboxer.extensions.vm_packer import images
+
+    template = images.resolve_template(settings, str(Path(name).absolute()), None)
+    return await _build(settings, template, variables, accel="auto", force=force,
+                        progress=progress)
+
+
+async def _build(settings: Settings, template: Path, variables: dict[str, str], *,
+                 accel: str, force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from sandboxer.extensions.vm_packer import images
+
+    path, built = await images.build(settings, template, variables, accel=accel,
+                                     progress=progress, force=force)
+    return {"image": f"vm:{path.name}", "target": "qemu", "path": str(path),
+            "built": built, "template": str(template)}
+
+
+# -- i13 shims: client/local.py's call sites until it calls sandboxer.capabilities -------
+# (remove these with those call sites.)
 
 
 def is_packer_name(settings: Settings, name: str) -> bool:
-    """A profile id (``profile.…``) or a path to a JSON template; anything else is a
-    docker recipe name (``base``)."""
-    return name.startswith("profile.") or name.endswith(".json") or "/" in name
+    return name.startswith("profile.") or is_template_name(name)
 
 
 async def build_named(settings: Settings, name: str, *, variables: dict[str, str],
                       force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-    from sandboxer.extensions.vm_packer import images
+    from sandboxer import capabilities
+    from sandboxer.manager import Manager
 
-    accel_wanted = "auto"
-    if name.startswith("profile."):
-        from sandboxer.catalog import Catalog
-        from sandboxer.extensions.vm_packer.spec import VMSpec
-
-        catalog = Catalog(settings)
-        profile = catalog.get(name)
-        if profile.extension != EXTENSION:
-            raise InvalidInput(f"{name} is an {profile.extension} profile; `images build` "
-                               f"takes a profile only for {EXTENSION}",
-                               hint="for a docker image recipe give its name (e.g. base)")
-        from sandboxer.extensions.vm_packer.extension import VMPackerExtension
-
-        spec = VMPackerExtension(settings).parse_spec(profile)
-        assert isinstance(spec, VMSpec)  # noqa: S101 - parse_spec made it
-        if spec.packer is None:
-            raise InvalidInput(f"{name} attaches to an existing VM: there is no image to build")
-        template = images.resolve_template(settings, spec.packer.template,
-                                           catalog.source(name).path)
-        variables = {**spec.packer.vars, **variables}
-        accel_wanted = spec.vm.accel
-    else:
-        template = images.resolve_template(settings, str(Path(name).absolute()), None)
-    path, built = await images.build(settings, template, variables, accel=accel_wanted,
-                                     progress=progress, force=force)
-    return {"image": f"vm:{path.name}", "target": "qemu", "path": str(path),
-            "built": built, "template": str(template)}
+    return await capabilities.build_image(Manager(settings), name, target="local",
+                                          variables=variables, force=force, progress=progress)

@@ -25,6 +25,7 @@ from sandboxer.extensions.base import (
     Endpoint,
     Extension,
     Handle,
+    Host,
     Observed,
     ProvisionRequest,
     Target,
@@ -50,8 +51,8 @@ class VMPackerExtension(Extension, BuildsImages):
     name = "ext.vm-packer"
     Spec = VMSpec
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, host: Host | None = None) -> None:
+        super().__init__(settings, host)
         self._answered: set[str] = set()  # provisioned here, SSH already answered
 
     def vm_root(self) -> Path:
@@ -75,11 +76,9 @@ class VMPackerExtension(Extension, BuildsImages):
 
     @override
     def targets(self, config: Settings) -> list[Target]:
-        from sandboxer.store import open_store
-
         return [Target(name=TARGET, extension=self.name, kind="self-hosted",
                        capacity=envvars.vm_capacity(config.env),
-                       used=open_store(config).live_count(TARGET, self.name))]
+                       used=self.host.live_count(TARGET))]
 
     @override
     def check(self, profile: Any, spec: BaseModel, target: Target,
@@ -107,8 +106,25 @@ class VMPackerExtension(Extension, BuildsImages):
                                 progress: Callable[[str], None]) -> dict[str, Any]:
         from sandboxer.extensions.vm_packer import build
 
-        return await build.build_named(self.settings, profile.id, variables=variables,
-                                       force=force, progress=progress)
+        return await build.build_profile(self, profile, source, variables=variables,
+                                         force=force, progress=progress)
+
+    def claims_image(self, name: str) -> bool:
+        from sandboxer.extensions.vm_packer import build
+
+        return build.is_template_name(name)
+
+    def buildable_images(self) -> list[str]:
+        from sandboxer.extensions.vm_packer import build
+
+        return [build.DESCRIBED]
+
+    async def build_image(self, name: str, *, target: str, variables: dict[str, str],
+                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+        from sandboxer.extensions.vm_packer import build
+
+        return await build.build_template(self.settings, name, variables=variables,
+                                          force=force, progress=progress)
 
     # -- provision ----------------------------------------------------------------------
 
