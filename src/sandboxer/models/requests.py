@@ -44,11 +44,11 @@ class CreateRequest(StrictModel):
 
     profile: ProfileId
     ttl: Ttl | None = None
-    actor: Annotated[str | None, _documented(
-        ACTOR, "owner; a non-admin token may only name its own actor")] = None
+    actor: Annotated[str, _documented(
+        ACTOR, "owner; a non-admin token may only name its own actor")] | None = None
     labels: Labels = Field(default_factory=dict)
-    target: Annotated[str | None, _documented(NAME, "pin a target")] = None
-    name: Annotated[str | None, _documented(SANDBOX_NAME, "a free-form name")] = None
+    target: Annotated[str, _documented(NAME, "pin a target")] | None = None
+    name: Annotated[str, _documented(SANDBOX_NAME, "a free-form name")] | None = None
     dry_run: bool = Field(False, description="validate and plan; create nothing")
 
 
