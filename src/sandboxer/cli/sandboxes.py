@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sandboxer.models.queries import STATES
+STATES = ["provisioning", "ready", "destroying", "destroyed", "failed"]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

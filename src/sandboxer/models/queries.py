@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# i13-merge: from sandboxer.values import LIVE_STATES, STATES (one copy of the states)
 STATES = ("provisioning", "ready", "destroying", "destroyed", "failed")
 LIVE_STATES = ("destroying", "provisioning", "ready")
 
