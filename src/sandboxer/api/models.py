@@ -1,75 +1,18 @@
-"""Request bodies of the HTTP API: strict (unknown keys are 422), bounded in size."""
+"""Request bodies of the HTTP API: the service's typed requests (models/requests.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from sandboxer.models.requests import (
+    DURATION,
+    NAME,
+    PROFILE_ID,
+    CreateRequest,
+    ExtendRequest,
+    ImageBuildRequest,
+    ProfileFile,
+    TargetAddRequest,
+    ValidateRequest,
+)
 
-from pydantic import AfterValidator, Field
-
-from sandboxer.models.base import StrictModel
-from sandboxer.values import ACTOR_PATTERN as ACTOR
-from sandboxer.values import NAME_PATTERN as SANDBOX_NAME
-from sandboxer.values import validate_labels
-
-PROFILE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-DURATION = r"^[0-9]{1,9}[smhd]$"
-
-ProfileId = Annotated[str, Field(pattern=PROFILE_ID, description="e.g. profile.local")]
-Ttl = Annotated[str, Field(pattern=DURATION, description="e.g. 90s, 15m, 2h, 7d")]
-Labels = Annotated[dict[str, str], Field(max_length=64), AfterValidator(validate_labels)]
-
-
-class CreateRequest(StrictModel):
-    """``POST /v1/sandboxes``: what ``sandboxer create`` takes."""
-
-    profile: ProfileId
-    ttl: Ttl | None = None
-    actor: Annotated[str | None, Field(pattern=ACTOR)] = Field(
-        None, description="owner; a non-admin token may only name its own actor")
-    labels: Labels = Field(default_factory=dict)
-    target: Annotated[str | None, Field(pattern=NAME)] = None
-    name: Annotated[str | None, Field(max_length=128, pattern=SANDBOX_NAME)] = None
-    dry_run: bool = Field(False, description="validate and plan; create nothing")
-
-
-class ExtendRequest(StrictModel):
-    """``POST /v1/sandboxes/{id}/extend``."""
-
-    ttl: Ttl
-
-
-class ProfileFile(StrictModel):
-    name: Annotated[str, Field(min_length=1, max_length=255,
-                               pattern=r"^[A-Za-z0-9._-]+\.ya?ml$")]
-    content: Annotated[str, Field(max_length=262_144)]
-
-
-class ValidateRequest(StrictModel):
-    """``POST /v1/profiles/validate``: profile files by name and content."""
-
-    files: Annotated[list[ProfileFile], Field(min_length=1, max_length=50)]
-
-
-class TargetAddRequest(StrictModel):
-    """``POST /v1/targets`` (admin): ``sandboxer targets add`` without the prompt."""
-
-    name: Annotated[str, Field(pattern=NAME)]
-    url: Annotated[str, Field(max_length=512, pattern=r"^ssh://")]
-    identity: Annotated[str | None, Field(max_length=4096)] = None
-    public_host: Annotated[str | None, Field(max_length=253)] = None
-    capacity: Annotated[int | None, Field(ge=1, le=100_000)] = None
-    kind: Literal["self-hosted", "cloud"] = "self-hosted"
-    allow: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
-    host_key_fingerprint: Annotated[str | None, Field(max_length=128)] = None
-    accept_new_host_key: bool = Field(
-        False, description="pin the host key seen at first contact (like --yes)")
-
-
-class ImageBuildRequest(StrictModel):
-    """``POST /v1/images/{name}/build`` (admin)."""
-
-    target: Annotated[str, Field(pattern=NAME)] = "local"
-    variables: Annotated[dict[str, Annotated[str, Field(max_length=4096)]],
-                         Field(max_length=64)] = Field(default_factory=dict)
-    force: bool = False
+__all__ = ["DURATION", "NAME", "PROFILE_ID", "CreateRequest", "ExtendRequest",
+           "ImageBuildRequest", "ProfileFile", "TargetAddRequest", "ValidateRequest"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 
 from sandboxer.access import Caller
 from sandboxer.api.models import (
@@ -21,12 +22,15 @@ from sandboxer.api.models import (
 from sandboxer.api.service import Service
 from sandboxer.errors import InvalidInput, Unauthenticated
 from sandboxer.models.events import Event
+from sandboxer.models.queries import STATES
 from sandboxer.models.reachability import Reachability
 from sandboxer.models.sandbox import SandboxStatus
 
 bearer = HTTPBearer(auto_error=False, description="a token from `sandboxer tokens add`")
 Doc = dict[str, Any]
-State = Literal["provisioning", "ready", "destroying", "destroyed", "failed"]
+# The service refuses an unknown state (one message on every transport); the schema
+# still lists the states.
+State = Annotated[str, Field(json_schema_extra={"enum": list(STATES)})]
 SandboxId = Annotated[str, Path(max_length=64, description="a sandbox id (sbx-…)")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"description": d} for s, d in ((401, "no or unknown bearer token"),

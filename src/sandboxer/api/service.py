@@ -1,84 +1,68 @@
-"""What the HTTP API does, as the caller it authenticated: one Manager, one store.
+"""What the HTTP API does, as the caller it authenticated: the application service.
 
-Everything runs on the server's event loop (store writes are short and never span an
-await), so the one SQLite connection is never used by two threads. Reads reuse the
-LocalClient's plain-document paths; state changes await the Manager directly. A create runs
-as its own task, shielded from the request: a client that hangs up does not cancel it, and
-on shutdown the server waits for it (then cancels it, which records it failed cleanly).
+A thin layer over ``sandboxer.service.Service`` (one store, one Manager) that keeps what
+only a server needs: a create runs as its own task, shielded from the request, so a
+client that hangs up does not cancel it, and on shutdown the server waits for it (then
+cancels it, which records it failed cleanly); each state change wakes the State Hub
+publisher; the reaper's round. Store writes are short and never span an await, so the one
+SQLite connection is safe here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-from sandboxer.access import Caller, require_admin
-from sandboxer.api.models import (
+from sandboxer.access import Caller
+from sandboxer.client.local import LocalClient
+from sandboxer.config import Settings
+from sandboxer.errors import ProvisionFailed
+from sandboxer.manager import Manager
+from sandboxer.models.requests import (
     CreateRequest,
     ImageBuildRequest,
     TargetAddRequest,
     ValidateRequest,
 )
-from sandboxer.client.local import LocalClient
-from sandboxer.config import Settings
-from sandboxer.errors import NotFound, ProvisionFailed, SandboxerError
-from sandboxer.manager import Manager
-from sandboxer.store import open_store
-from sandboxer.store.tokens import Tokens
+from sandboxer.service.app import Service as AppService
+from sandboxer.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """The API's state: store, manager, tokens, in-flight creates, publisher wake-up."""
+    """The API's state: the application service, in-flight creates, publisher wake-up."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         settings.ensure()
-        self.store = open_store(settings)
-        self.manager = Manager(settings, store=self.store)
-        self.tokens = Tokens(self.store)
+        # A server reaps and prunes on its own loops (api/app.py), never in a request.
+        self.app = AppService(settings, upkeep=False)
+        self.settings = settings
         self.creates: set[asyncio.Task[Any]] = set()
         self.changed = asyncio.Event()  # set after each state change: wakes the publisher
-        self._touched: dict[str, float] = {}
+
+    @property
+    def store(self) -> SqliteStore:
+        return self.app.store
+
+    @property
+    def manager(self) -> Manager:
+        return self.app.manager
 
     def client(self, caller: Caller) -> LocalClient:
-        """The in-process client's read paths, scoped to ``caller``; reaping is the
-        server's own loop's business, never a request's."""
-        return LocalClient(self.settings, caller=caller, reap_opportunistically=False,
-                           store=self.store, manager=self.manager)
+        """The service's reads as a Client, scoped to ``caller``."""
+        return LocalClient(service=self.app, caller=caller)
 
     def authenticate(self, token: str) -> Caller | None:
-        found = self.tokens.lookup(token)
-        if found is None:
-            return None
-        tid, actor, admin = found
-        now = time.monotonic()
-        if now - self._touched.get(tid, -1e9) > 60:  # last_used_at, at most once a minute
-            self._touched[tid] = now
-            try:
-                self.tokens.touch(tid)
-            except SandboxerError as e:
-                log.warning("recording the use of token %s failed: %s", tid, e.render())
-        return Caller(actor=actor, admin=admin)
+        return self.app.authenticate(token)
 
     # -- sandboxes --------------------------------------------------------------------
 
     async def create(self, caller: Caller, req: CreateRequest) -> dict[str, Any]:
-        options: dict[str, Any] = {"ttl": req.ttl, "actor": req.actor, "labels": req.labels,
-                                   "target": req.target}
-        if req.target is not None:
-            self._known_target(req.profile, req.target)
         if req.dry_run:
-            plan, _ext, _secrets = await self.manager.plan(
-                req.profile, resolve_secrets=False, caller=caller, **options)
-            return plan.document()
-        task = asyncio.ensure_future(
-            self.manager.create(req.profile, name=req.name, caller=caller, **options))
+            return await self.app.plan(req, caller=caller)
+        task = asyncio.ensure_future(self.app.create(req, caller=caller))
         self.creates.add(task)
         task.add_done_callback(self._created)
         try:
@@ -95,15 +79,6 @@ class Service:
             status = task.result()  # raises the create's own error, mapped as usual
         return dict(status.document())
 
-    def _known_target(self, profile_id: str, target: str) -> None:
-        """A pinned target that does not exist is the caller's mistake (404), not the
-        server's lack of capacity (NoTarget, 503) as placement would report it."""
-        ext = self.manager.extension(self.manager.catalog.get(profile_id).extension)
-        names = [t.name for t in ext.targets(self.settings)]
-        if target not in names:
-            raise NotFound(f"no target {target!r} for {ext.name}",
-                           hint=f"known: {', '.join(names) or 'none'}")
-
     def _created(self, task: asyncio.Task[Any]) -> None:
         self.creates.discard(task)
         self.changed.set()
@@ -111,27 +86,24 @@ class Service:
             task.exception()  # retrieved: the request (if still there) reports it
 
     def extend(self, caller: Caller, sandbox_id: str, ttl: str) -> dict[str, Any]:
-        status = self.manager.extend(sandbox_id, ttl, caller=caller)
+        status = self.app.extend(sandbox_id, ttl, caller=caller)
         self.changed.set()
         return dict(status.document())
 
     async def destroy(self, caller: Caller, sandbox_id: str) -> dict[str, Any]:
-        status = await self.manager.destroy(sandbox_id, caller=caller)
+        status = await self.app.destroy(sandbox_id, caller=caller)
         self.changed.set()
         return dict(status.document())
 
     async def reap(self, caller: Caller) -> list[dict[str, Any]]:
-        require_admin(caller, "reap")
-        done = await self.manager.reap()
+        done = await self.app.reap(caller=caller)
         self.changed.set()
         return [dict(s.document()) for s in done]
 
     async def reconcile(self, caller: Caller) -> list[dict[str, Any]]:
-        require_admin(caller, "reconcile")
-        removed = await self.manager.reconcile()
+        removed = await self.app.reconcile(caller=caller)
         self.changed.set()
-        return [h.model_dump(mode="json", include={"sandbox_id", "extension", "target"})
-                for h in removed]
+        return removed
 
     async def reap_due(self) -> None:
         """The server's reaper: one cheap query when nothing is due."""
@@ -162,44 +134,26 @@ class Service:
     # -- profiles, targets, images ----------------------------------------------------
 
     def validate(self, caller: Caller, req: ValidateRequest) -> list[dict[str, Any]]:
-        """Validate uploaded profile files in a private temporary directory."""
-        with tempfile.TemporaryDirectory(prefix="sbx-validate-") as tmp:
-            paths, names = [], {}
-            for i, f in enumerate(req.files):
-                path = Path(tmp) / str(i) / f.name  # same names may come twice
-                path.parent.mkdir()
-                path.write_text(f.content, encoding="utf-8")
-                paths.append(path)
-                names[str(path)] = f.name
-            results = self.client(caller).validate_profiles(paths)
-        for r in results:
-            original = names.get(r["file"], r["file"])
-            if r.get("error"):
-                r["error"] = r["error"].replace(r["file"], original)
-            r["file"] = original
-        return results
+        """Validate uploaded profile files (in a private temporary directory)."""
+        return self.app.validate_files([(f.name, f.content) for f in req.files],
+                                       caller=caller)
 
     async def targets_add(self, caller: Caller, req: TargetAddRequest) -> dict[str, Any]:
-        from sandboxer.extensions.compose_ssh import targets
-
-        require_admin(caller, "adding a target")
-        return await targets.add(
-            self.settings, name=req.name, url=req.url,
-            identity=req.identity or targets.default_identity(),
-            public_host=req.public_host, capacity=req.capacity, kind=req.kind,
-            allow=req.allow, fingerprint=req.host_key_fingerprint,
-            confirm=lambda _fp: req.accept_new_host_key)
+        return await self.app.targets_add(req, caller=caller)
 
     async def targets_check(self, caller: Caller, name: str | None) -> list[dict[str, Any]]:
-        from sandboxer.extensions.compose_ssh import targets
-
-        return await targets.check(self.settings, name)
+        return await self.app.targets_check(name, caller=caller)
 
     async def images_build(self, caller: Caller, name: str,
                            req: ImageBuildRequest) -> dict[str, Any]:
-        """A build is long and rare: it runs in a worker thread with its own client (and
+        """A build is long and rare: it runs in a worker thread with its own service (and
         store connection), so the shared one never crosses threads."""
+        from sandboxer.access import require_admin
+
         require_admin(caller, "building an image")
-        client = LocalClient(self.settings, caller=caller, reap_opportunistically=False)
-        return await asyncio.to_thread(client.images_build, name, target=req.target,
-                                       variables=req.variables, force=req.force)
+        own = AppService(self.settings, upkeep=False)
+        try:
+            return await asyncio.to_thread(
+                lambda: asyncio.run(own.images_build(name, req, caller=caller)))
+        finally:
+            own.close()

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sandboxer.client import Client
+    from sandboxer.client.local import LocalClient
 
 
 def make_client(progress: Callable[[str], None] | None = None) -> Client:
     """The in-process LocalClient, or an HttpClient when ``SANDBOXER_URL`` names a server
-    (as the actor of ``SANDBOXER_TOKEN``); httpx is imported only then."""
-    from sandboxer import envvars
+    (as the actor of ``SANDBOXER_TOKEN``); see ``sandboxer.client.make_client``."""
+    from sandboxer.client import make_client as make
 
-    url, verify = envvars.server(os.environ)
-    if url:
-        from sandboxer.client.http import HttpClient
+    return make(progress=progress)
 
-        return HttpClient(url, os.environ.get("SANDBOXER_TOKEN") or None,
-                          progress=progress, verify=verify)
+
+def local_client() -> LocalClient:
+    """This machine's service as its operator, even with ``SANDBOXER_URL`` set: tokens,
+    the outbox and doctor are the local operator's business."""
     from sandboxer.client.local import LocalClient
 
-    return LocalClient(progress=progress)
+    return LocalClient()
 
 
 def parse_labels(items: list[str] | None) -> dict[str, str]:

@@ -75,45 +75,21 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """One pass over this home's outbox (the server's own publisher does the same)."""
-    import asyncio
     import sys
 
-    from sandboxer import events
+    from sandboxer.cli._client import local_client
     from sandboxer.cli.output import emit_json
-    from sandboxer.config import Settings
-    from sandboxer.errors import UsageError
-    from sandboxer.events.statehub import publish_once, publisher_lock
-    from sandboxer.store import open_store
-    from sandboxer.store.outbox import Outbox
+    from sandboxer.errors import SandboxerError
 
-    settings = Settings.from_env()
-    config = events.hub_config(settings)
-    if config is None:
-        raise UsageError("no State Hub configured", hint="set SANDBOXER_STATE_HUB_URL "
-                         "(and SANDBOXER_STATE_HUB_TOKEN)")
-    settings.ensure()
-    store = open_store(settings)
-    with publisher_lock(settings) as held:
-        if not held:
-            sys.stderr.write("sandboxer: another process (sandboxer serve?) is publishing "
-                             "these events; nothing done\n")
-            done = None
-        else:
-            done = asyncio.run(publish_once(settings, store, config))
-            events.prune(settings, store)
-    counts = Outbox(store).counts()
-    remaining = counts["pending"] + counts["retrying"]
-    doc: dict[str, Any]
-    if done is None:
-        doc = {"schema": "sandboxer.publish/v1", "delivered": 0, "failed": 0,
-               "remaining": remaining, "errors": []}
-    else:
-        doc = done.document(remaining)
+    doc, held = local_client().events_publish()
+    if not held:
+        sys.stderr.write("sandboxer: another process (sandboxer serve?) is publishing "
+                         "these events; nothing done\n")
     if args.json:
         emit_json(doc)
     else:
         print(f"delivered {doc['delivered']}, failed {doc['failed']}, "
-              f"{remaining} left undelivered")
+              f"{doc['remaining']} left undelivered")
         for line in doc["errors"]:
             sys.stderr.write(f"sandboxer: {line}\n")
-    return 1 if doc["failed"] else 0
+    return SandboxerError.exit_code if doc["failed"] else 0

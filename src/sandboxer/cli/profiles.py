@@ -61,4 +61,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for r in results:
             print(printable(f"ok     {r['file']} ({r['id']})" if r["ok"]
                             else f"error  {r['file']}: {r['error']}", keep=chr(10)))
-    return 0 if all(r["ok"] for r in results) else 4
+    from sandboxer.errors import ProfileInvalid
+
+    return 0 if all(r["ok"] for r in results) else ProfileInvalid.exit_code

@@ -25,7 +25,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g.set_defaults(handler=cmd_get)
 
     ls = sub.add_parser("list", parents=[common], help="list sandboxes (live ones by default)")
-    ls.add_argument("--state", action="append", choices=STATES,
+    # The service refuses an unknown state, with the message every transport gives.
+    ls.add_argument("--state", action="append", metavar="{" + ",".join(STATES) + "}",
                     help="only this state (repeatable); default: the live states")
     ls.add_argument("--profile")
     ls.add_argument("--actor")
@@ -101,10 +102,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client, parse_labels
     from sandboxer.cli.output import Progress, emit_json, kv, printable
 
-    options = {"ttl": args.ttl, "actor": args.actor, "labels": parse_labels(args.label),
-               "target": args.target}
+    labels = parse_labels(args.label)
     if args.dry_run:
-        plan = make_client().plan(args.profile, **options)
+        plan = make_client().plan(args.profile, ttl=args.ttl, actor=args.actor,
+                                  labels=labels, target=args.target)
         refs = plan.get("secret_refs") or []
         if args.json:
             emit_json(plan)
@@ -115,10 +116,14 @@ def cmd_create(args: argparse.Namespace) -> int:
                 why = "ok" if r["status"] == "ok" else f"{r['code']}: {r['reason']}"
                 print(printable(f"  {r['name']} ({r['ref']}, via {r['checked_by']}): {why}"))
         # A ref that does not validate fails the dry run like it would fail the create.
-        return 7 if any(r["status"] != "ok" for r in refs) else 0
+        from sandboxer.errors import SecretError
+
+        return SecretError.exit_code if any(r["status"] != "ok" for r in refs) else 0
     progress = Progress(quiet=args.quiet)
     try:
-        status = make_client(progress=progress).create(args.profile, name=args.name, **options)
+        status = make_client(progress=progress).create(
+            args.profile, ttl=args.ttl, actor=args.actor, labels=labels, target=args.target,
+            name=args.name)
     finally:
         progress.done()
     _show(status, args.json)

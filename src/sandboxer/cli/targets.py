@@ -100,7 +100,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                     [[r["name"], "yes" if r["ok"] else "NO", r["engine"],
                       f"{r['compose']} {r['compose_version']}" if r["compose"] else None,
                       f"{r['used']}/{r['capacity'] or '-'}", r["error"]] for r in results]))
-    return 0 if all(r["ok"] for r in results) else 6
+    from sandboxer.errors import NoTarget
+
+    return 0 if all(r["ok"] for r in results) else NoTarget.exit_code
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

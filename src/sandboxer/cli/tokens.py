@@ -7,7 +7,10 @@ always act on it, even with ``SANDBOXER_URL`` set: they are the server operator'
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandboxer.client.local import LocalClient
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -26,14 +29,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     rm.set_defaults(handler=cmd_remove)
 
 
-def _tokens() -> Any:
-    from sandboxer.config import Settings
-    from sandboxer.store import open_store
-    from sandboxer.store.tokens import Tokens
+def _client() -> LocalClient:
+    from sandboxer.cli._client import local_client
 
-    settings = Settings.from_env()
-    settings.ensure()
-    return Tokens(open_store(settings))
+    return local_client()
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -41,7 +40,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     from sandboxer.cli.output import emit_json
 
-    token, summary = _tokens().add(args.actor, admin=args.admin)
+    token, summary = _client().tokens_add(args.actor, admin=args.admin)
     if args.json:
         emit_json({"schema": "sandboxer.token/v1", **summary, "token": token})
     else:
@@ -54,7 +53,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from sandboxer.cli.output import emit_json, table
 
-    items = _tokens().list()
+    items = _client().tokens_list()
     if args.json:
         emit_json({"schema": "sandboxer.tokens/v1", "items": items})
     else:
@@ -68,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     from sandboxer.cli.output import emit_json
 
-    removed = _tokens().remove(args.id)
+    removed = _client().tokens_remove(args.id)
     if args.json:
         emit_json({"schema": "sandboxer.token-removed/v1", **removed})
     else:

@@ -1,7 +1,15 @@
-"""One Client interface for the CLI, API and MCP server: in-process or over HTTP."""
+"""One Client interface for the CLI, API and MCP server: in-process or over HTTP.
+
+``LocalClient`` adapts the application service (``sandboxer.service``) in this process;
+``HttpClient`` calls a `sandboxer serve` that hosts the same service. Both implement
+``Client`` (mypy checks them against it, below), take the same keyword arguments and
+raise the same ``SandboxerError`` for the same input. ``make_client`` picks one.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,10 +35,14 @@ class Client(Protocol):
     def validate_profiles(self, paths: list[Path]) -> list[dict[str, Any]]:
         """Per file: id, ok and the error text when not ok. Creates nothing."""
 
-    def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
+    def plan(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
+             labels: dict[str, str] | None = None,
+             target: str | None = None) -> dict[str, Any]:
         """What a create would do (dry run): validation, placement, secret refs."""
 
-    def create(self, profile_id: str, **options: Any) -> SandboxStatus:
+    def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
+               labels: dict[str, str] | None = None, target: str | None = None,
+               name: str | None = None) -> SandboxStatus:
         """Provision and return a ready sandbox (or raise, leaving it recorded failed)."""
 
     def get(self, sandbox_id: str) -> SandboxStatus:
@@ -39,10 +51,14 @@ class Client(Protocol):
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
         """One sandbox as its sandboxer.sandbox/v1 JSON document (the wire format)."""
 
-    def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
-        """Sandboxes matching states, profile, actor and labels."""
+    def list_sandboxes(self, *, states: list[str] | None = None, profile: str | None = None,
+                       actor: str | None = None, labels: dict[str, str] | None = None,
+                       all: bool = False) -> list[SandboxStatus]:
+        """Sandboxes matching states, profile, actor and labels (live ones by default)."""
 
-    def list_documents(self, **filters: Any) -> list[dict[str, Any]]:
+    def list_documents(self, *, states: list[str] | None = None, profile: str | None = None,
+                       actor: str | None = None, labels: dict[str, str] | None = None,
+                       all: bool = False) -> list[dict[str, Any]]:
         """Like list_sandboxes, as JSON documents (the wire format)."""
 
     def extend(self, sandbox_id: str, ttl: str) -> SandboxStatus:
@@ -72,10 +88,15 @@ class Client(Protocol):
         """Like events, as sandboxer.event/v1 documents (the wire format)."""
 
     def targets_list(self) -> list[dict[str, Any]]:
-        """Configured targets plus the implicit `local`."""
+        """Configured targets plus the implicit ones."""
 
-    def targets_add(self, **options: Any) -> dict[str, Any]:
-        """Record a docker host after first contact (its host key is pinned)."""
+    def targets_add(self, *, name: str, url: str, identity: str | None = None,
+                    public_host: str | None = None, capacity: int | None = None,
+                    kind: str = "self-hosted", allow: list[str] | None = None,
+                    fingerprint: str | None = None,
+                    confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """Record a target after first contact (its host key is pinned): with
+        ``fingerprint`` only that key, else the one seen when ``confirm`` agrees."""
 
     def targets_check(self, name: str | None = None) -> list[dict[str, Any]]:
         """Reachability, engine, compose and capacity of one or every target."""
@@ -86,5 +107,42 @@ class Client(Protocol):
     def images_build(self, name: str, *, target: str = "local",
                      variables: dict[str, str] | None = None,
                      force: bool = False) -> dict[str, Any]:
-        """Run an image recipe (images/sandbox-NAME) for a target, or Packer for an
-        ext.vm-packer profile id or template path (``variables``, ``force``)."""
+        """Build what a profile needs, a recipe (images/sandbox-NAME) for a target, or a
+        Packer template or profile id (``variables``, ``force``)."""
+
+
+def make_client(settings: Settings | None = None, *,
+                env: Mapping[str, str] | None = None,
+                progress: Callable[[str], None] | None = None,
+                as_token: bool = False) -> Client:
+    """The Client of this process's environment: an HttpClient when ``SANDBOXER_URL``
+    names a server (as the actor of ``SANDBOXER_TOKEN``; httpx is imported only then),
+    else a LocalClient. ``as_token`` (the MCP server): locally too the caller is the
+    actor of ``SANDBOXER_TOKEN``, which must be set; otherwise the local operator."""
+    from sandboxer import envvars
+
+    environ = env if env is not None else (settings.env if settings is not None
+                                           else os.environ)
+    token = environ.get("SANDBOXER_TOKEN") or None
+    url, verify = envvars.server(environ)
+    if url:
+        from sandboxer.client.http import HttpClient
+
+        return HttpClient(url, token, settings=settings, progress=progress, verify=verify)
+    from sandboxer.client.local import LocalClient
+
+    if not as_token:
+        return LocalClient(settings, progress=progress)
+    from sandboxer.errors import Unauthenticated, UsageError
+
+    if token is None:
+        raise UsageError("sandboxer mcp acts as the actor of a token, and none is set",
+                         hint="set SANDBOXER_TOKEN (from `sandboxer tokens add ACTOR`), and "
+                         "SANDBOXER_URL to use a server instead of this machine's store")
+    local = LocalClient(settings, progress=progress)
+    caller = local.service.authenticate(token)
+    if caller is None:
+        raise Unauthenticated("SANDBOXER_TOKEN is not a token of this sand-boxer home",
+                              hint="see `sandboxer tokens list`")
+    local.caller = caller
+    return local

@@ -126,27 +126,37 @@ class HttpClient:
     # -- sandboxes --------------------------------------------------------------------
 
     @staticmethod
-    def _create_body(profile_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    def _create_body(profile_id: str, **options: Any) -> dict[str, Any]:
         body = {"profile": profile_id}
         body.update({k: v for k, v in options.items() if v not in (None, {})})
         return body
 
-    def plan(self, profile_id: str, **options: Any) -> dict[str, Any]:
-        doc: dict[str, Any] = self._call(
-            "POST", "/v1/sandboxes", json={**self._create_body(profile_id, options),
-                                           "dry_run": True})
+    def plan(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
+             labels: dict[str, str] | None = None,
+             target: str | None = None) -> dict[str, Any]:
+        body = self._create_body(profile_id, ttl=ttl, actor=actor, labels=labels,
+                                 target=target)
+        doc: dict[str, Any] = self._call("POST", "/v1/sandboxes",
+                                         json={**body, "dry_run": True})
         return doc
 
-    def create(self, profile_id: str, **options: Any) -> SandboxStatus:
+    def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
+               labels: dict[str, str] | None = None, target: str | None = None,
+               name: str | None = None) -> SandboxStatus:
         from sandboxer.models.sandbox import SandboxStatus
 
-        return SandboxStatus.model_validate(self.create_document(profile_id, **options))
+        return SandboxStatus.model_validate(self.create_document(
+            profile_id, ttl=ttl, actor=actor, labels=labels, target=target, name=name))
 
-    def create_document(self, profile_id: str, **options: Any) -> dict[str, Any]:
+    def create_document(self, profile_id: str, *, ttl: str | None = None,
+                        actor: str | None = None, labels: dict[str, str] | None = None,
+                        target: str | None = None, name: str | None = None) -> dict[str, Any]:
         if self.progress:
             self.progress(f"creating from {profile_id} on {self.url}")
+        body = self._create_body(profile_id, ttl=ttl, actor=actor, labels=labels,
+                                 target=target, name=name)
         doc: dict[str, Any] = self._call("POST", "/v1/sandboxes", timeout=CREATE_TIMEOUT,
-                                         json=self._create_body(profile_id, options))
+                                         json=body)
         return doc
 
     def get(self, sandbox_id: str) -> SandboxStatus:
@@ -158,18 +168,23 @@ class HttpClient:
         doc: dict[str, Any] = self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}")
         return doc
 
-    def list_sandboxes(self, **filters: Any) -> list[SandboxStatus]:
+    def list_sandboxes(self, *, states: list[str] | None = None, profile: str | None = None,
+                       actor: str | None = None, labels: dict[str, str] | None = None,
+                       all: bool = False) -> list[SandboxStatus]:
         from sandboxer.models.sandbox import SandboxStatus
 
-        return [SandboxStatus.model_validate(d) for d in self.list_documents(**filters)]
+        return [SandboxStatus.model_validate(d) for d in self.list_documents(
+            states=states, profile=profile, actor=actor, labels=labels, all=all)]
 
-    def list_documents(self, **filters: Any) -> list[dict[str, Any]]:
-        params: list[tuple[str, str]] = [("state", s) for s in filters.get("states") or []]
-        for key in ("profile", "actor"):
-            if filters.get(key) is not None:
-                params.append((key, str(filters[key])))
-        params += [("label", f"{k}={v}") for k, v in (filters.get("labels") or {}).items()]
-        if filters.get("all"):
+    def list_documents(self, *, states: list[str] | None = None, profile: str | None = None,
+                       actor: str | None = None, labels: dict[str, str] | None = None,
+                       all: bool = False) -> list[dict[str, Any]]:
+        params: list[tuple[str, str]] = [("state", s) for s in states or []]
+        for key, value in (("profile", profile), ("actor", actor)):
+            if value is not None:
+                params.append((key, value))
+        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+        if all:
             params.append(("all", "true"))
         items: list[dict[str, Any]] = self._call("GET", "/v1/sandboxes",
                                                  params=params)["items"]
@@ -229,14 +244,18 @@ class HttpClient:
         items: list[dict[str, Any]] = self._call("GET", "/v1/targets")["items"]
         return items
 
-    def targets_add(self, **options: Any) -> dict[str, Any]:
+    def targets_add(self, *, name: str, url: str, identity: str | None = None,
+                    public_host: str | None = None, capacity: int | None = None,
+                    kind: str = "self-hosted", allow: list[str] | None = None,
+                    fingerprint: str | None = None,
+                    confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """The server connects and pins the key; without ``fingerprint`` the key it sees
         is accepted only if ``confirm`` agrees up front (the CLI's --yes)."""
-        confirm = options.pop("confirm", None)
-        fingerprint = options.pop("fingerprint", None)
         accept = fingerprint is None and confirm is not None and bool(
             confirm("not known yet: the server pins the key it sees at first contact"))
-        body = {k: v for k, v in options.items() if v not in (None, [])}
+        fields = {"name": name, "url": url, "identity": identity, "public_host": public_host,
+                  "capacity": capacity, "kind": kind, "allow": allow}
+        body: dict[str, Any] = {k: v for k, v in fields.items() if v not in (None, [])}
         body.update(host_key_fingerprint=fingerprint, accept_new_host_key=accept)
         doc: dict[str, Any] = self._call("POST", "/v1/targets", json=body)
         doc.pop("schema", None)
@@ -261,6 +280,14 @@ class HttpClient:
                                          json=body, timeout=BUILD_TIMEOUT)
         doc.pop("schema", None)
         return doc
+
+
+if TYPE_CHECKING:  # mypy checks both clients against the one protocol
+    from sandboxer.client import Client
+    from sandboxer.client.local import LocalClient
+
+    _local: type[Client] = LocalClient
+    _http: type[Client] = HttpClient
 
 
 def _seg(value: str) -> str:

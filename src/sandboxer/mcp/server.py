@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandboxer import envvars
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError, Unauthenticated, UsageError
+from sandboxer.errors import SandboxerError
 from sandboxer.secrets.redaction import redact
 
 if TYPE_CHECKING:
@@ -37,28 +37,9 @@ INSTRUCTIONS = (
 
 def make_client(settings: Settings) -> Client:
     """HttpClient against SANDBOXER_URL, or LocalClient as the token's actor."""
-    token = settings.env.get("SANDBOXER_TOKEN") or None
-    url, verify = envvars.server(settings.env)
-    if url:
-        from sandboxer.client.http import HttpClient
+    from sandboxer.client import make_client as make
 
-        return HttpClient(url, token, settings=settings, verify=verify)
-    if token is None:
-        raise UsageError("sandboxer mcp acts as the actor of a token, and none is set",
-                         hint="set SANDBOXER_TOKEN (from `sandboxer tokens add ACTOR`), and "
-                         "SANDBOXER_URL to use a server instead of this machine's store")
-    from sandboxer.access import Caller
-    from sandboxer.client.local import LocalClient
-    from sandboxer.store import open_store
-    from sandboxer.store.tokens import Tokens
-
-    settings.ensure()
-    store = open_store(settings)
-    found = Tokens(store).lookup(token)
-    if found is None:
-        raise Unauthenticated("SANDBOXER_TOKEN is not a token of this sand-boxer home",
-                              hint="see `sandboxer tokens list`")
-    return LocalClient(settings, caller=Caller(actor=found[1], admin=found[2]), store=store)
+    return make(settings, as_token=True)
 
 
 def build(client: Client) -> MCPServer[Any]:

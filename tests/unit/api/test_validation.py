@@ -11,7 +11,7 @@ from .conftest import Api
 @pytest.mark.parametrize(("body", "where"), [
     ({}, "body.profile: Field required"),
     ({"profile": "profile.fake", "colour": "vermilion"}, "body.colour: Extra inputs"),
-    ({"profile": "profile.fake", "ttl": "forever"}, "body.ttl: String should match"),
+    ({"profile": "profile.fake", "ttl": "forever"}, "expected a duration like 90s"),
     ({"profile": "profile.fake", "labels": {"BAD KEY": "v"}}, "body.labels"),
     ({"profile": "../etc/passwd"}, "body.profile"),
     ({"profile": "profile.fake", "dry_run": "perhaps"}, "body.dry_run"),

@@ -139,14 +139,3 @@ async def build_recipe(ext: ComposeSSHExtension, name: str, target: str = LOCAL,
                 raise ProvisionFailed(f"docker import on target {target} failed: {done.tail()}")
             await r.check(["docker", "tag", tag, f"sandboxer/{name}:latest"])
     return {"image": tag, "target": target}
-
-
-async def build(settings: Settings, name: str, target: str = LOCAL,
-                progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """i13 shim for client/local.py's call site until it calls sandboxer.capabilities:
-    the one extension that claims ``name`` builds it (remove with that call site)."""
-    from sandboxer import capabilities
-    from sandboxer.manager import Manager
-
-    return await capabilities.build_image(Manager(settings), name, target=target,
-                                          variables={}, force=False, progress=progress)

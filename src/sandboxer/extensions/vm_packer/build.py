@@ -58,20 +58,3 @@ async def _build(settings: Settings, template: Path, variables: dict[str, str], 
                                      progress=progress, force=force)
     return {"image": f"vm:{path.name}", "target": "qemu", "path": str(path),
             "built": built, "template": str(template)}
-
-
-# -- i13 shims: client/local.py's call sites until it calls sandboxer.capabilities -------
-# (remove these with those call sites.)
-
-
-def is_packer_name(settings: Settings, name: str) -> bool:
-    return name.startswith("profile.") or is_template_name(name)
-
-
-async def build_named(settings: Settings, name: str, *, variables: dict[str, str],
-                      force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-    from sandboxer import capabilities
-    from sandboxer.manager import Manager
-
-    return await capabilities.build_image(Manager(settings), name, target="local",
-                                          variables=variables, force=force, progress=progress)

@@ -1,0 +1,251 @@
+"""The application service: every operation of sand-boxer, as one caller asks for it.
+
+The CLI (through ``LocalClient``), the HTTP API (``api/service.py``) and the MCP server
+call this and nothing below it. Each operation takes its typed request
+(``models/requests.py``, ``models/queries.py``) and the ``caller`` (None: the local
+operator, an admin); values are checked here (``service/checks.py``) and authorization is
+decided here, once. Operations that await are ``async``; the reads (``get_document``,
+``list_documents``, ``event_documents``) are plain calls over the store, so the CLI's
+hot paths import neither asyncio nor pydantic.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.access import Caller, actor_filter, require_admin, require_visible
+from sandboxer.errors import NotFound, SandboxerError
+from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
+from sandboxer.service import checks
+from sandboxer.service.operator import OperatorOps
+
+if TYPE_CHECKING:
+    from sandboxer.models.profile import Profile
+    from sandboxer.models.reachability import Reachability
+    from sandboxer.models.requests import CreateRequest
+    from sandboxer.models.sandbox import SandboxStatus
+
+log = logging.getLogger(__name__)
+
+
+class Service(OperatorOps):
+    """One sand-boxer over one store: hosted in-process, by `sandboxer serve`, or by a
+    keeper process; shells hold one and pass each call's ``caller``."""
+
+    # -- identity ---------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Caller | None:
+        """The actor of a bearer token (API, MCP), or None when it is not one."""
+        found = self.token_store.lookup(token)
+        if found is None:
+            return None
+        tid, actor, admin = found
+        self.touch_token(tid)
+        return Caller(actor=actor, admin=admin)
+
+    # -- profiles ---------------------------------------------------------------------
+
+    def list_profiles(self, *, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Summaries: id, description, extension, source file (a broken one is skipped)."""
+        from sandboxer.errors import ProfileInvalid
+
+        catalog = self.catalog()
+        for e in catalog.broken.values():
+            log.warning("skipped: %s", e.message)
+        out = []
+        for pid in catalog.ids():
+            src = catalog.source(pid)
+            try:  # one broken profile (an extends cycle, a bad key) hides only itself
+                extension = catalog.get(pid).extension
+            except ProfileInvalid as e:
+                log.warning("skipped %s: %s", pid, e.message)
+                continue
+            out.append({"id": pid, "description": src.raw.get("description", ""),
+                        "extension": extension, "source": str(src.path)})
+        return out
+
+    def get_profile(self, profile_id: str, *, caller: Caller | None = None) -> Profile:
+        return self.catalog().get(profile_id)
+
+    def validate_profiles(self, paths: list[Path], *,
+                          caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Per file: id, ok, error and code; creates nothing."""
+        from sandboxer.secrets import boundary
+
+        catalog = self.catalog()
+        loaded: dict[Path, str | SandboxerError] = {}
+        for path in paths:  # all files first, so they may extend one another
+            try:
+                loaded[path] = catalog.add_file(path).id
+            except SandboxerError as e:
+                loaded[path] = e
+        results = []
+        for path in paths:
+            outcome = loaded[path]
+            try:
+                if isinstance(outcome, SandboxerError):
+                    raise outcome
+                profile = catalog.get(outcome)
+                self.manager.extension(profile.extension).parse_spec(profile)
+                # The grammar and policy `create` applies (production refuses env:/file:);
+                # nothing is resolved or looked up.
+                boundary.parse(profile, self.settings)
+                results.append({"file": str(path), "id": profile.id, "ok": True,
+                                "error": None, "code": None})
+            except SandboxerError as e:
+                results.append({"file": str(path), "id": None if isinstance(outcome, Exception)
+                                else outcome, "ok": False, "error": e.render(),
+                                "code": e.code})
+        return results
+
+    def validate_files(self, files: list[tuple[str, str]], *,
+                       caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Validate uploaded (name, content) files in a private temporary directory;
+        results name the files as uploaded."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="sbx-validate-") as tmp:
+            paths, names = [], {}
+            for i, (name, content) in enumerate(files):
+                path = Path(tmp) / str(i) / name  # same names may come twice
+                path.parent.mkdir()
+                path.write_text(content, encoding="utf-8")
+                paths.append(path)
+                names[str(path)] = name
+            results = self.validate_profiles(paths, caller=caller)
+        for r in results:
+            original = names.get(r["file"], r["file"])
+            if r.get("error"):
+                r["error"] = r["error"].replace(r["file"], original)
+            r["file"] = original
+        return results
+
+    # -- create -----------------------------------------------------------------------
+
+    def _checked(self, req: CreateRequest) -> dict[str, Any]:
+        """The manager's options of a create or plan, every value checked once."""
+        if req.ttl is not None:
+            checks.ttl(req.ttl)
+        checks.actor(req.actor)
+        if req.target is not None:
+            self._known_target(req.profile, req.target)
+        return {"ttl": req.ttl, "actor": req.actor, "labels": dict(req.labels or {}),
+                "target": req.target}
+
+    def _known_target(self, profile_id: str, target: str) -> None:
+        """A pinned target that does not exist is the caller's mistake (NotFound), not a
+        lack of capacity (NoTarget) as placement would report it."""
+        ext = self.manager.extension(self.manager.catalog.get(profile_id).extension)
+        names = [t.name for t in ext.targets(self.settings)]
+        if target not in names:
+            raise NotFound(f"no target {target!r} for {ext.name}",
+                           hint=f"known: {', '.join(names) or 'none'}")
+
+    async def plan(self, req: CreateRequest, *,
+                   caller: Caller | None = None) -> dict[str, Any]:
+        """What a create would do (a dry run): validation, placement, secret-ref checks."""
+        options = self._checked(req)
+        plan, _ext, _secrets = await self.manager.plan(
+            req.profile, resolve_secrets=False, caller=caller, **options)
+        return plan.document()
+
+    async def create(self, req: CreateRequest, *,
+                     caller: Caller | None = None) -> SandboxStatus:
+        """Provision and return a ready sandbox (or raise, leaving it recorded failed)."""
+        checks.name(req.name)
+        options = self._checked(req)
+        try:
+            return await self.manager.create(req.profile, name=req.name, caller=caller,
+                                             **options)
+        finally:
+            self.prune_events()
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get_document(self, sandbox_id: str, *,
+                     caller: Caller | None = None) -> dict[str, Any]:
+        """One sandbox as its sandboxer.sandbox/v1 document; unknown and another actor's
+        answer alike (SandboxNotFound)."""
+        self.reap_seen()
+        doc = require_visible(self.store.get_document(sandbox_id), sandbox_id, caller)
+        if self.serve([doc]):
+            doc = require_visible(self.store.get_document(sandbox_id), sandbox_id, caller)
+        return doc
+
+    def list_documents(self, req: ListRequest, *,
+                       caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Sandboxes matching the filters, as documents; live ones unless ``all`` or
+        ``states`` say otherwise; a non-admin sees only its own."""
+        states = checks.states(req.states)
+        if states is None and not req.all:
+            states = list(LIVE_STATES)
+        filters = {"states": states, "profile": req.profile,
+                   "actor": actor_filter(checks.actor(req.actor), caller),
+                   "labels": dict(req.labels) or None}
+        self.reap_seen()
+        docs = self.store.query_documents(**filters)
+        if self.serve(docs):
+            docs = self.store.query_documents(**filters)
+        return docs
+
+    def event_documents(self, query: EventsQuery, *,
+                        caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Outbox events (sandboxer.event/v1) with their delivery state; a non-admin
+        sees only its own sandboxes' events."""
+        from sandboxer.store.outbox import Outbox
+
+        actor = None if caller is None or caller.admin else caller.actor
+        return Outbox(self.store).documents(after=query.after, sandbox_id=query.sandbox_id,
+                                            limit=query.limit, actor=actor)
+
+    def reachability(self, sandbox_id: str, *,
+                     caller: Caller | None = None) -> Reachability:
+        """The descriptor of a ready sandbox (Conflict otherwise)."""
+        self.get_document(sandbox_id, caller=caller)  # reaps, serves a local one again
+        return self.manager.reachability(sandbox_id, caller=caller)
+
+    # -- changes ----------------------------------------------------------------------
+
+    def extend(self, sandbox_id: str, ttl: str, *,
+               caller: Caller | None = None) -> SandboxStatus:
+        """Renew a lease to now + ``ttl``, never past the profile's ttl.max."""
+        checks.ttl(ttl)
+        self.reap_seen()
+        return self.manager.extend(sandbox_id, ttl, caller=caller)
+
+    async def destroy(self, sandbox_id: str, *,
+                      caller: Caller | None = None) -> SandboxStatus:
+        """Destroy one sandbox here; idempotent (a final one is returned unchanged)."""
+        return await self.manager.destroy(sandbox_id, caller=caller)
+
+    def destroy_fast(self, sandbox_id: str, *,
+                     caller: Caller | None = None) -> dict[str, Any] | None:
+        """The final document when the sandbox is final already or its extension's
+        running process destroyed it; None: destroy it here (``destroy``)."""
+        from sandboxer.service import bridges
+
+        doc = self.get_document(sandbox_id, caller=caller)
+        if doc["state"] in ("destroyed", "failed"):
+            return doc
+        return bridges.fast_destroy(self.settings, doc)
+
+    async def reap(self, *, caller: Caller | None = None) -> list[SandboxStatus]:
+        """Destroy expired leases now (admin)."""
+        require_admin(caller, "reap")
+        reaped = await self.manager.reap()
+        await self.serve_ready()
+        return reaped
+
+    async def reconcile(self, *, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Destroy resources no live sandbox claims (admin); what was removed."""
+        require_admin(caller, "reconcile")
+        if self.upkeep:
+            import asyncio
+
+            await asyncio.to_thread(self.reap_seen)
+        await self.serve_ready()
+        removed = await self.manager.reconcile()
+        return [h.model_dump(mode="json", include={"sandbox_id", "extension", "target"})
+                for h in removed]

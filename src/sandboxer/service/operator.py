@@ -1,0 +1,183 @@
+"""The operator's side of the service: targets, images, tokens, events publishing, doctor."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.access import Caller, require_admin
+from sandboxer.errors import SandboxerError
+from sandboxer.service import bridges
+from sandboxer.service.core import ServiceCore
+
+if TYPE_CHECKING:
+    from sandboxer.models.doctor import Check
+    from sandboxer.models.requests import ImageBuildRequest, TargetAddRequest
+    from sandboxer.store.tokens import Tokens
+
+log = logging.getLogger(__name__)
+
+
+class OperatorOps(ServiceCore):
+    """Operations on this home's targets, images, tokens and outbox."""
+
+    _tokens: Tokens | None = None
+    _touched: dict[str, float] | None = None
+
+    # -- targets ----------------------------------------------------------------------
+
+    def targets_list(self, *, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Every extension's targets (with the implicit ones)."""
+        return bridges.target_summaries(self.manager)
+
+    async def targets_add(self, req: TargetAddRequest, *, caller: Caller | None = None,
+                          confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """Record a target after first contact (its host key is pinned), admin only.
+        Without a fingerprint the key seen is pinned when ``confirm`` agrees, or — with
+        no ``confirm`` — when the request accepts new host keys."""
+        require_admin(caller, "adding a target")
+        if confirm is None:
+            accept = req.accept_new_host_key
+
+            def confirm(_fingerprint: str) -> bool:
+                return accept
+        options = {"identity": req.identity, "public_host": req.public_host,
+                   "capacity": req.capacity, "kind": req.kind, "allow": req.allow,
+                   "fingerprint": req.host_key_fingerprint}
+        return await bridges.add_target(self.manager, name=req.name, url=req.url,
+                                        options=options, confirm=confirm,
+                                        extension=req.extension)
+
+    async def targets_check(self, name: str | None = None, *,
+                            caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Reachability and capacity of one target (NotFound if none has it) or all."""
+        return await bridges.check_targets(self.manager, name)
+
+    def targets_remove(self, name: str, *, caller: Caller | None = None) -> None:
+        """Forget a target, admin only (refused while it holds live sandboxes)."""
+        require_admin(caller, "removing a target")
+        bridges.remove_target(self.manager, name)
+
+    # -- images -----------------------------------------------------------------------
+
+    async def images_build(self, name: str, req: ImageBuildRequest, *,
+                           caller: Caller | None = None) -> dict[str, Any]:
+        """Build what a profile needs, or a name one extension claims (admin)."""
+        require_admin(caller, "building an image")
+        return await bridges.build_image(self.manager, name, target=req.target,
+                                         variables=dict(req.variables), force=req.force,
+                                         progress=self._report())
+
+    # -- tokens -----------------------------------------------------------------------
+
+    @property
+    def token_store(self) -> Tokens:
+        if self._tokens is None:
+            from sandboxer.store.tokens import Tokens
+
+            self._tokens = Tokens(self.store)
+        return self._tokens
+
+    def touch_token(self, token_id: str) -> None:
+        """Record a token's use (last_used_at), at most once a minute per token."""
+        if self._touched is None:
+            self._touched = {}
+        now = time.monotonic()
+        if now - self._touched.get(token_id, -1e9) > 60:
+            self._touched[token_id] = now
+            try:
+                self.token_store.touch(token_id)
+            except SandboxerError as e:
+                log.warning("recording the use of token %s failed: %s", token_id, e.render())
+
+    def tokens_add(self, actor: str, *, admin: bool = False,
+                   caller: Caller | None = None) -> tuple[str, dict[str, Any]]:
+        """A new bearer token for ``actor`` (returned once) and its summary (admin)."""
+        require_admin(caller, "adding a token")
+        return self.token_store.add(actor, admin=admin)
+
+    def tokens_list(self, *, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Every token's summary, never its value (admin)."""
+        require_admin(caller, "listing tokens")
+        return self.token_store.list()
+
+    def tokens_remove(self, token_id: str, *,
+                      caller: Caller | None = None) -> dict[str, Any]:
+        """Revoke one token by id (admin); NotFound when there is none."""
+        require_admin(caller, "removing a token")
+        return self.token_store.remove(token_id)
+
+    # -- events -----------------------------------------------------------------------
+
+    def publish_events(self, *, caller: Caller | None = None) -> tuple[dict[str, Any], bool]:
+        """One pass of delivering this home's undelivered events to State Hub (admin):
+        the sandboxer.publish/v1 document, and False when another process holds the
+        publisher lock (nothing was done)."""
+        import asyncio
+
+        from sandboxer import events
+        from sandboxer.errors import UsageError
+        from sandboxer.events.statehub import publish_once, publisher_lock
+        from sandboxer.store.outbox import Outbox
+
+        require_admin(caller, "publishing events")
+        config = events.hub_config(self.settings)
+        if config is None:
+            raise UsageError("no State Hub configured", hint="set SANDBOXER_STATE_HUB_URL "
+                             "(and SANDBOXER_STATE_HUB_TOKEN)")
+        store = self.store  # makes the home (the lock lives there)
+        with publisher_lock(self.settings) as held:
+            done = asyncio.run(publish_once(self.settings, store, config)) if held else None
+            if done is not None:
+                events.prune(self.settings, self.store)
+        counts = Outbox(self.store).counts()
+        remaining = counts["pending"] + counts["retrying"]
+        if done is None:
+            return {"schema": "sandboxer.publish/v1", "delivered": 0, "failed": 0,
+                    "remaining": remaining, "errors": []}, False
+        return done.document(remaining), True
+
+    # -- doctor -----------------------------------------------------------------------
+
+    def doctor(self, *, caller: Caller | None = None) -> list[Check]:
+        """What is missing on this machine: every extension's checks, then core's (home
+        permissions, ssh client, state store)."""
+        import shutil
+
+        from sandboxer.models.doctor import Check
+
+        require_admin(caller, "doctor")
+        permissions = _permissions(self)  # before anything repairs them
+        try:
+            version = self.store.schema_version()
+            store = Check("state store", True, f"{self.settings.db_path} (schema {version})")
+        except Exception as e:
+            store = Check("state store", False, f"{self.settings.db_path}: {e}",
+                          "set SANDBOXER_HOME to a writable directory")
+        extensions = bridges.doctor_checks(lambda: self.manager)
+        ssh = shutil.which("ssh")
+        return [*extensions, permissions,
+                Check("ssh client", ssh is not None, ssh or "ssh not on PATH",
+                      "apt-get install openssh-client"), store]
+
+
+def _permissions(service: ServiceCore) -> Check:
+    """Who can write the home, its parents and the local root (before ensure() repairs)."""
+    import os
+
+    from sandboxer import perms
+    from sandboxer.models.doctor import Check
+
+    settings = service.settings
+    found = perms.findings(settings)
+    refused = [f for f in found if f.mode is None]
+    if not found:
+        detail = (f"{settings.home} and {settings.local_root}: only you (uid {os.geteuid()}) "
+                  "and root can write them")
+    else:
+        detail = "; ".join(
+            f"{f.path} {f.problem}" + ("" if f.mode is None else " (repaired on use)")
+            for f in found)
+    return Check("home permissions", not refused, detail, "; ".join(f.fix for f in refused))
