@@ -28,13 +28,17 @@ __all__ = [
 
 
 class _Document(StrictModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """Every field is on the wire, null or not: the schema says so (``required``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
 
 
 class _Open(StrictModel):
     """A document some of whose fields an extension chooses."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
 
 
 class ErrorDocument(_Document):
@@ -68,7 +72,8 @@ class ProfileList(_Document):
 class ProfileDocument(Profile):
     """One profile after ``extends`` is merged."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
 
     schema_: Literal["sandboxer.profile/v1"] = Field("sandboxer.profile/v1", alias="schema")
 
