@@ -40,6 +40,7 @@ from sandboxer.errors import (
     SecretError,
     StoreBusy,
     Unauthenticated,
+    UsageError,
 )
 from sandboxer.models import responses as r
 from sandboxer.models.reachability import Reachability
@@ -107,7 +108,7 @@ def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | Non
 Svc = Annotated[Service, Depends(service)]
 Who = Annotated[Caller, Depends(caller)]
 router = APIRouter(prefix="/v1")
-BODY = (InvalidInput, RequestTooLarge)
+BODY = (UsageError, InvalidInput, RequestTooLarge)  # 400: a body that is not JSON
 SANDBOX = (NotFound, InvalidInput)
 
 
@@ -201,7 +202,7 @@ async def destroy_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResp
 
 @router.post("/sandboxes/{sandbox_id}/extend", response_model=SandboxStatus,
              summary="renew a lease", tags=["sandboxes"],
-             responses=errors(*SANDBOX, Conflict, RequestTooLarge))
+             responses=errors(*SANDBOX, Conflict, *BODY))
 def extend_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId,
                    body: ExtendRequest) -> JSONResponse:
     return _json(svc.extend(who, sandbox_id, body.ttl))
