@@ -108,6 +108,13 @@ def test_a_generated_client_drives_the_api(server: tuple[Serve, dict[str, str]],
     agent = generated.AuthenticatedClient(base_url=url, token=tokens["agent"],
                                           raise_on_unexpected_status=True, timeout=60)
     nobody = generated.Client(base_url=url, raise_on_unexpected_status=True, timeout=60)
+    with admin, agent, nobody:  # each closes its connection pool
+        drive(m, ops, admin, agent, nobody)
+
+
+def drive(m: ModuleType, ops: dict[str, ModuleType], admin: Any, agent: Any,
+          nobody: Any) -> None:
+    """create, get, list, events, extend, reachability, destroy; operator routes; errors."""
 
     def op(tag: str, name: str) -> Any:
         return importlib.import_module(f"{ops[tag].__name__}.{name}").sync_detailed
@@ -183,6 +190,7 @@ def test_reconcile_through_a_generated_client(server: tuple[Serve, dict[str, str
     admin = generated.AuthenticatedClient(base_url=server[0].url, token=server[1]["admin"],
                                           raise_on_unexpected_status=True, timeout=60)
     reconcile = import_module(f"{PACKAGE}.api.admin.reconcile").sync_detailed
-    report = parsed(reconcile(client=admin), 200, import_module(f"{PACKAGE}.models")
-                    .ReconcileReport)
+    with admin:
+        report = parsed(reconcile(client=admin), 200, import_module(f"{PACKAGE}.models")
+                        .ReconcileReport)
     assert report.removed == []
