@@ -40,6 +40,12 @@ class UsageError(SandboxerError):
     http_status = 400
 
 
+class MethodNotAllowed(UsageError):
+    """An HTTP route asked with a method it does not take."""
+
+    http_status = 405
+
+
 class NotFound(SandboxerError):
     code = "not_found"
     exit_code = 3
@@ -155,6 +161,21 @@ def from_code(code: str, message: str) -> SandboxerError:
         if cls.code == code:
             return cls(message)
     return SandboxerError(message)
+
+
+# What a status the web framework answers by itself (no such route, a wrong method, a
+# request that fails validation) is, as an error: the one table from HTTP status back to
+# an error class, so its code and exit code come from the class like every other error's.
+BY_HTTP_STATUS: dict[int, type[SandboxerError]] = {
+    400: UsageError, 401: Unauthenticated, 403: Forbidden, 404: NotFound,
+    405: MethodNotAllowed, 409: Conflict, 413: RequestTooLarge, 422: InvalidInput,
+    500: SandboxerError,
+}
+
+
+def for_http_status(status: int, message: str) -> SandboxerError:
+    """The error a framework-made ``status`` stands for (a usage error if none is mapped)."""
+    return BY_HTTP_STATUS.get(status, UsageError)(message)
 
 
 EXIT_CODES: dict[int, str] = {

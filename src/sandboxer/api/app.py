@@ -1,9 +1,11 @@
 """The FastAPI application: authentication, error mapping, size limits, background loops.
 
 Every error leaves as a ``sandboxer.error/v1`` document (``code``, ``exit_code``,
-``message``) with the HTTP status mapped once from ``SandboxerError.http_status``; the
-message goes through the same redaction as the CLI's errors. Unexpected exceptions become
-a 500 naming only their type (the traceback goes to the server log, redacted).
+``message``) with the HTTP status mapped once from ``SandboxerError.http_status`` (a status
+the framework answers by itself goes back to its error class through
+``errors.for_http_status``); the message goes through the same redaction as the CLI's
+errors. Unexpected exceptions become a 500 naming only their type (the traceback goes to
+the server log, redacted).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from sandboxer import __version__, envvars
 from sandboxer.config import Settings
-from sandboxer.errors import RequestTooLarge, SandboxerError
+from sandboxer.errors import InvalidInput, RequestTooLarge, SandboxerError, for_http_status
 from sandboxer.secrets.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
             app.state.service.store.close()
 
     app = FastAPI(title="sand-boxer", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None,
+                  docs_url=None, redoc_url=None, openapi_tags=routes.TAGS,
+                  generate_unique_id_function=routes.operation_id,
                   description="Sandbox custodian API (docs/api.md). Every route needs "
                   "`Authorization: Bearer TOKEN` (`sandboxer tokens add ACTOR`).")
     app.include_router(routes.router)
@@ -182,8 +185,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_document("invalid_input", 4, _validation_text(e)),
-                            status_code=422)
+        return error_response(InvalidInput(_validation_text(e)))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -193,22 +195,19 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
                 routes.caller(request, await routes.bearer(request))
             except SandboxerError as unauthenticated:
                 return error_response(unauthenticated)
-        code = {404: "not_found", 401: "unauthenticated", 403: "forbidden"}.get(
-            e.status_code, "usage")
-        exit_code = {404: 3, 401: 8, 403: 8}.get(e.status_code, 2)
         text = str(e.detail)
         if e.status_code in (404, 405):
             text = f"{text}: {request.method} {request.url.path} (see /openapi.json)"
-        return JSONResponse(error_document(code, exit_code, text),
-                            status_code=e.status_code, headers=e.headers)
+        response = error_response(for_http_status(e.status_code, text))
+        response.headers.update(e.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
         log.error("unexpected error in %s %s", request.method, request.url.path,
                   exc_info=e)
-        return JSONResponse(error_document(
-            "unexpected", 1, f"unexpected error ({type(e).__name__}); see the server log"),
-            status_code=500)
+        return error_response(SandboxerError(
+            f"unexpected error ({type(e).__name__}); see the server log"))
 
     limit = envvars.api_max_body(settings.env)
     app.add_middleware(BodyLimit, limit=limit)

@@ -1,4 +1,11 @@
-"""The routes of docs/api.md, including what the CLI needs to work against a server."""
+"""Routes of the HTTP API (docs/api.md): what the CLI needs to work against a server.
+
+Each route declares the document it answers with (sandboxer.models.responses), every error
+status it can answer with (a ``sandboxer.error/v1`` document, the status taken from the
+error classes it may raise), a snake_case operationId (its function's name) and a tag, so a
+generated client is typed end to end. Routes answer with the service's documents as they
+are (a JSONResponse): the declared model describes the wire, it never reshapes it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
@@ -20,23 +28,66 @@ from sandboxer.api.models import (
     ValidateRequest,
 )
 from sandboxer.api.service import Service
-from sandboxer.errors import InvalidInput, Unauthenticated
-from sandboxer.models.events import Event
+from sandboxer.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NoTarget,
+    NotFound,
+    ProvisionFailed,
+    RequestTooLarge,
+    SandboxerError,
+    SecretBackendUnavailable,
+    SecretError,
+    StoreBusy,
+    Unauthenticated,
+    UsageError,
+)
+from sandboxer.models import responses as r
 from sandboxer.models.queries import STATES
 from sandboxer.models.reachability import Reachability
 from sandboxer.models.sandbox import SandboxStatus
 
 bearer = HTTPBearer(auto_error=False, description="a token from `sandboxer tokens add`")
-Doc = dict[str, Any]
 # The service refuses an unknown state (one message on every transport); the schema
 # still lists the states.
 State = Annotated[str, Field(json_schema_extra={"enum": list(STATES)})]
 SandboxId = Annotated[str, Path(max_length=64, description="a sandbox id (sbx-…)")]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"description": d} for s, d in ((401, "no or unknown bearer token"),
-                                       (403, "needs an admin token or another actor"),
-                                       (404, "unknown, or another actor's"),
-                                       (422, "invalid request"))}
+TAGS: list[dict[str, Any]] = [
+    {"name": "profiles", "description": "the catalog sandboxes are created from"},
+    {"name": "sandboxes", "description": "create, inspect, extend and destroy sandboxes"},
+    {"name": "events", "description": "the outbox of state changes"},
+    {"name": "targets", "description": "where sandboxes run"},
+    {"name": "images", "description": "image recipes"},
+    {"name": "admin", "description": "the caller's identity and operator actions"},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's operationId: its function's name (snake_case, e.g. ``create_sandbox``)."""
+    return route.name
+
+
+def _family(cls: type[SandboxerError]) -> list[type[SandboxerError]]:
+    """``cls`` and its subclasses that answer with the same status."""
+    subs = [c for sub in cls.__subclasses__() for c in _family(sub)]
+    return [cls, *(c for c in subs if c.http_status == cls.http_status)]
+
+
+def errors(*raised: type[SandboxerError]) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route that may raise ``raised``: each status once, its
+    codes listed. Every route may also answer 401 (no valid token), 503 (the store is
+    busy) and 500 (unexpected)."""
+    codes: dict[int, list[str]] = {}
+    every: tuple[type[SandboxerError], ...] = (Unauthenticated, StoreBusy, SandboxerError)
+    for cls in (*every, *raised):
+        for one in _family(cls):
+            listed = codes.setdefault(one.http_status, [])
+            if one.code not in listed:
+                listed.append(one.code)
+    return {status: {"model": r.ErrorDocument,
+                     "description": "a sandboxer.error/v1 document; code: " + ", ".join(c)}
+            for status, c in sorted(codes.items())}
 
 
 def service(request: Request) -> Service:
@@ -60,50 +111,61 @@ def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | Non
 
 Svc = Annotated[Service, Depends(service)]
 Who = Annotated[Caller, Depends(caller)]
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1")
+BODY = (UsageError, InvalidInput, RequestTooLarge)  # 400: a body that is not JSON
+SANDBOX = (NotFound, InvalidInput)
 
 
 def _json(doc: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(doc, status_code=status)
 
 
-@router.get("/whoami", summary="the actor of this token")
-def whoami(who: Who) -> Doc:
-    return {"schema": "sandboxer.whoami/v1", "actor": who.actor, "admin": who.admin}
+@router.get("/whoami", summary="the actor of this token", tags=["admin"],
+            response_model=r.Whoami, responses=errors())
+def whoami(who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.whoami/v1", "actor": who.actor, "admin": who.admin})
 
 
 # -- profiles ---------------------------------------------------------------------------
 
 
-@router.get("/profiles", summary="the profile catalog")
-def list_profiles(svc: Svc, who: Who) -> Doc:
-    return {"schema": "sandboxer.profiles/v1", "items": svc.client(who).list_profiles()}
+@router.get("/profiles", summary="the profile catalog", tags=["profiles"],
+            response_model=r.ProfileList, responses=errors(InvalidInput))
+def list_profiles(svc: Svc, who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.profiles/v1", "items": svc.client(who).list_profiles()})
 
 
-@router.get("/profiles/{profile_id}", summary="one merged profile")
+@router.get("/profiles/{profile_id}", summary="one merged profile", tags=["profiles"],
+            response_model=r.ProfileDocument, responses=errors(NotFound, InvalidInput))
 def get_profile(svc: Svc, who: Who,
-                profile_id: Annotated[str, Path(pattern=PROFILE_ID)]) -> Doc:
+                profile_id: Annotated[str, Path(pattern=PROFILE_ID)]) -> JSONResponse:
     profile = svc.client(who).get_profile(profile_id)
-    return {"schema": "sandboxer.profile/v1", **profile.model_dump(mode="json")}
+    return _json({"schema": "sandboxer.profile/v1", **profile.model_dump(mode="json")})
 
 
-@router.post("/profiles/validate", summary="validate profile files; creates nothing")
-def validate_profiles(svc: Svc, who: Who, body: ValidateRequest) -> Doc:
-    return {"schema": "sandboxer.validation/v1", "results": svc.validate(who, body)}
+@router.post("/profiles/validate", summary="validate profile files; creates nothing",
+             tags=["profiles"], response_model=r.ValidationReport, responses=errors(*BODY))
+def validate_profiles(svc: Svc, who: Who, body: ValidateRequest) -> JSONResponse:
+    return _json({"schema": "sandboxer.validation/v1", "results": svc.validate(who, body)})
 
 
 # -- sandboxes --------------------------------------------------------------------------
 
 
-@router.post("/sandboxes", status_code=201, response_model=None,
+@router.post("/sandboxes", status_code=201, response_model=SandboxStatus,
              summary="create a sandbox (returns once ready or failed); dry_run: plan only",
-             responses={201: {"model": SandboxStatus}, 200: {"description": "a plan"}})
+             tags=["sandboxes"], response_description="the sandbox, ready",
+             responses={200: {"model": r.Plan, "description": "dry_run: the plan"},
+                        **errors(Forbidden, NotFound, Conflict, *BODY, SecretError,
+                                 SecretBackendUnavailable, ProvisionFailed, NoTarget)})
 async def create_sandbox(svc: Svc, who: Who, body: CreateRequest) -> JSONResponse:
     doc = await svc.create(who, body)
     return _json(doc, 200 if body.dry_run else 201)
 
 
-@router.get("/sandboxes", summary="list sandboxes (live ones by default)")
+@router.get("/sandboxes", summary="list sandboxes (live ones by default)",
+            tags=["sandboxes"], response_model=r.SandboxList,
+            responses=errors(InvalidInput, Forbidden))
 def list_sandboxes(
     svc: Svc, who: Who,
     state: Annotated[list[State] | None, Query(max_length=5)] = None,
@@ -111,7 +173,7 @@ def list_sandboxes(
     actor: Annotated[str | None, Query(max_length=64)] = None,
     label: Annotated[list[str] | None, Query(max_length=32, description="k=v")] = None,
     all: bool = False,
-) -> Doc:
+) -> JSONResponse:
     labels: dict[str, str] = {}
     for item in label or []:
         key, sep, value = item.partition("=")
@@ -126,33 +188,34 @@ def list_sandboxes(
         raise InvalidInput(f"label: {e}") from e
     items = svc.client(who).list_documents(states=state, profile=profile, actor=actor,
                                            labels=labels or None, all=all)
-    return {"schema": "sandboxer.sandboxes/v1", "items": items}
+    return _json({"schema": "sandboxer.sandboxes/v1", "items": items})
 
 
-@router.get("/sandboxes/{sandbox_id}", response_model=None,
-            responses={200: {"model": SandboxStatus}}, summary="one sandbox")
+@router.get("/sandboxes/{sandbox_id}", response_model=SandboxStatus, summary="one sandbox",
+            tags=["sandboxes"], responses=errors(*SANDBOX))
 def get_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
     return _json(svc.client(who).get_document(sandbox_id))
 
 
-@router.delete("/sandboxes/{sandbox_id}", response_model=None,
-               responses={200: {"model": SandboxStatus}},
-               summary="destroy a sandbox (idempotent)")
+@router.delete("/sandboxes/{sandbox_id}", response_model=SandboxStatus,
+               summary="destroy a sandbox (idempotent)", tags=["sandboxes"],
+               responses=errors(*SANDBOX, Conflict, ProvisionFailed))
 async def destroy_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
     return _json(await svc.destroy(who, sandbox_id))
 
 
-@router.post("/sandboxes/{sandbox_id}/extend", response_model=None,
-             responses={200: {"model": SandboxStatus}}, summary="renew a lease")
+@router.post("/sandboxes/{sandbox_id}/extend", response_model=SandboxStatus,
+             summary="renew a lease", tags=["sandboxes"],
+             responses=errors(*SANDBOX, Conflict, *BODY))
 def extend_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId,
                    body: ExtendRequest) -> JSONResponse:
     return _json(svc.extend(who, sandbox_id, body.ttl))
 
 
-@router.get("/sandboxes/{sandbox_id}/reachability", response_model=None,
-            responses={200: {"model": Reachability}},
-            summary="the reachability descriptor of a ready sandbox")
-def reachability(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+@router.get("/sandboxes/{sandbox_id}/reachability", response_model=Reachability,
+            summary="the reachability descriptor of a ready sandbox", tags=["sandboxes"],
+            responses=errors(*SANDBOX, Conflict))
+def get_reachability(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
     reach = svc.client(who).reachability(sandbox_id)
     return _json(reach.model_dump(mode="json", by_alias=True))
 
@@ -160,26 +223,29 @@ def reachability(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
 # -- events, reap, reconcile -------------------------------------------------------------
 
 
-@router.get("/events", response_model=None, summary="the event outbox with delivery state",
-            responses={200: {"model": list[Event]}})
+@router.get("/events", summary="the event outbox with delivery state", tags=["events"],
+            response_model=r.EventList, responses=errors(InvalidInput))
 def list_events(
     svc: Svc, who: Who,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     sandbox: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> Doc:
+) -> JSONResponse:
     items = svc.client(who).event_documents(after=after, sandbox_id=sandbox, limit=limit)
-    return {"schema": "sandboxer.events/v1", "items": items}
+    return _json({"schema": "sandboxer.events/v1", "items": items})
 
 
-@router.post("/reap", summary="destroy expired leases now (admin)")
-async def reap(svc: Svc, who: Who) -> Doc:
-    return {"schema": "sandboxer.sandboxes/v1", "items": await svc.reap(who)}
+@router.post("/reap", summary="destroy expired leases now (admin)", tags=["admin"],
+             response_model=r.SandboxList, responses=errors(Forbidden, ProvisionFailed))
+async def reap(svc: Svc, who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.sandboxes/v1", "items": await svc.reap(who)})
 
 
-@router.post("/reconcile", summary="destroy what no live sandbox claims (admin)")
-async def reconcile(svc: Svc, who: Who) -> Doc:
-    return {"schema": "sandboxer.reconcile/v1", "removed": await svc.reconcile(who)}
+@router.post("/reconcile", summary="destroy what no live sandbox claims (admin)",
+             tags=["admin"], response_model=r.ReconcileReport,
+             responses=errors(Forbidden, ProvisionFailed))
+async def reconcile(svc: Svc, who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.reconcile/v1", "removed": await svc.reconcile(who)})
 
 
 # -- targets and images -----------------------------------------------------------------
@@ -187,32 +253,41 @@ async def reconcile(svc: Svc, who: Who) -> Doc:
 TargetName = Annotated[str, Path(pattern=NAME)]
 
 
-@router.get("/targets", summary="configured targets plus `local`")
-def list_targets(svc: Svc, who: Who) -> Doc:
-    return {"schema": "sandboxer.targets/v1", "items": svc.client(who).targets_list()}
+@router.get("/targets", summary="configured targets plus `local`", tags=["targets"],
+            response_model=r.TargetList, responses=errors())
+def list_targets(svc: Svc, who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.targets/v1", "items": svc.client(who).targets_list()})
 
 
-@router.post("/targets", status_code=201, summary="add a docker host (admin)")
-async def add_target(svc: Svc, who: Who, body: TargetAddRequest) -> Doc:
-    return {"schema": "sandboxer.target/v1", **await svc.targets_add(who, body)}
+@router.post("/targets", status_code=201, summary="add a docker host (admin)",
+             tags=["targets"], response_model=r.TargetAdded,
+             responses=errors(Forbidden, Conflict, *BODY, ProvisionFailed, NoTarget))
+async def add_target(svc: Svc, who: Who, body: TargetAddRequest) -> JSONResponse:
+    return _json({"schema": "sandboxer.target/v1", **await svc.targets_add(who, body)},
+                 201)
 
 
-@router.get("/targets/check", summary="check every target")
-async def check_targets(svc: Svc, who: Who,
-                        name: Annotated[str | None, Query(pattern=NAME)] = None) -> Doc:
-    return {"schema": "sandboxer.target-check/v1",
-            "items": await svc.targets_check(who, name)}
+@router.get("/targets/check", summary="check every target", tags=["targets"],
+            response_model=r.TargetCheckList, responses=errors(NotFound, InvalidInput))
+async def check_targets(svc: Svc, who: Who, name: Annotated[str | None, Query(pattern=NAME)]
+                        = None) -> JSONResponse:
+    return _json({"schema": "sandboxer.target-check/v1",
+                  "items": await svc.targets_check(who, name)})
 
 
-@router.delete("/targets/{name}", summary="forget a target (admin)")
-def remove_target(svc: Svc, who: Who, name: TargetName) -> Doc:
+@router.delete("/targets/{name}", summary="forget a target (admin)", tags=["targets"],
+               response_model=r.TargetRemoved,
+               responses=errors(Forbidden, NotFound, Conflict, InvalidInput))
+def remove_target(svc: Svc, who: Who, name: TargetName) -> JSONResponse:
     svc.client(who).targets_remove(name)
-    return {"schema": "sandboxer.target-removed/v1", "name": name}
+    return _json({"schema": "sandboxer.target-removed/v1", "name": name})
 
 
-@router.post("/images/{name}/build", summary="run an image recipe (admin)")
+@router.post("/images/{name}/build", summary="run an image recipe (admin)", tags=["images"],
+             response_model=r.ImageBuilt,
+             responses=errors(Forbidden, NotFound, *BODY, ProvisionFailed, NoTarget))
 async def build_image(svc: Svc, who: Who,
                       name: Annotated[str, Path(pattern=PROFILE_ID)],
-                      body: ImageBuildRequest | None = None) -> Doc:
+                      body: ImageBuildRequest | None = None) -> JSONResponse:
     req = body if body is not None else ImageBuildRequest()
-    return {"schema": "sandboxer.image/v1", **await svc.images_build(who, name, req)}
+    return _json({"schema": "sandboxer.image/v1", **await svc.images_build(who, name, req)})

@@ -1,0 +1,180 @@
+"""The documents the HTTP API and the MCP tools answer with, as models (the OpenAPI
+document and the MCP output schemas are generated from them).
+
+Each is tagged by its ``schema`` string. They describe what the server already sends: a
+route builds its document from the service's results and the test driving a client made
+by openapi-python-client (tests/integration/api/test_generated_client.py) fails when a
+model here and the wire disagree. Documents whose fields belong to an extension (targets,
+image builds) declare what every extension's document has and allow the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from sandboxer.models.base import StrictModel
+from sandboxer.models.events import Event
+from sandboxer.models.profile import Profile
+from sandboxer.models.sandbox import SandboxStatus
+
+__all__ = [
+    "ErrorDocument", "EventList", "ImageBuilt", "Plan", "ProfileDocument", "ProfileList",
+    "ProfileSummary", "ReconcileReport", "RemovedHandle", "SandboxList", "SandboxStatus",
+    "SecretRefCheck", "TargetAdded", "TargetCheck", "TargetCheckList", "TargetList",
+    "TargetRemoved", "TargetSummary", "ValidationReport", "ValidationResult", "Whoami",
+]
+
+
+class _Document(StrictModel):
+    """Every field is on the wire, null or not: the schema says so (``required``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
+
+
+class _Open(StrictModel):
+    """A document some of whose fields an extension chooses."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
+
+
+class ErrorDocument(_Document):
+    """Every error: the stable ``code``, the CLI's ``exit_code`` for it, one redacted
+    paragraph of ``message`` (sandboxer.errors maps the HTTP status from the code)."""
+
+    schema_: Literal["sandboxer.error/v1"] = Field("sandboxer.error/v1", alias="schema")
+    code: str = Field(description="stable error code, e.g. sandbox_not_found")
+    exit_code: int = Field(description="what the CLI exits with for this error")
+    message: str = Field(description="one paragraph for a person; secret values are ***")
+
+
+class Whoami(_Document):
+    schema_: Literal["sandboxer.whoami/v1"] = Field("sandboxer.whoami/v1", alias="schema")
+    actor: str
+    admin: bool
+
+
+class ProfileSummary(_Document):
+    id: str
+    description: str
+    extension: str
+    source: str = Field(description="the file the profile was read from")
+
+
+class ProfileList(_Document):
+    schema_: Literal["sandboxer.profiles/v1"] = Field("sandboxer.profiles/v1", alias="schema")
+    items: list[ProfileSummary]
+
+
+class ProfileDocument(Profile):
+    """One profile after ``extends`` is merged."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+                              json_schema_serialization_defaults_required=True)
+
+    schema_: Literal["sandboxer.profile/v1"] = Field("sandboxer.profile/v1", alias="schema")
+
+
+class ValidationResult(_Document):
+    file: str
+    id: str | None
+    ok: bool
+    error: str | None = Field(description="why the file is refused (null when ok)")
+    code: str | None = Field(description="the error code (null when ok)")
+
+
+class ValidationReport(_Document):
+    schema_: Literal["sandboxer.validation/v1"] = Field("sandboxer.validation/v1",
+                                                        alias="schema")
+    results: list[ValidationResult]
+
+
+class SecretRefCheck(_Document):
+    name: str
+    ref: str
+    status: Literal["ok", "error"]
+    checked_by: str | None
+    code: str | None
+    reason: str | None
+
+
+class Plan(_Document):
+    """What ``create`` would do (``dry_run``): nothing is created or resolved."""
+
+    schema_: Literal["sandboxer.plan/v1"] = Field("sandboxer.plan/v1", alias="schema")
+    profile: str
+    extension: str
+    target: str
+    ttl: str
+    actor: str | None
+    labels: dict[str, str]
+    secret_refs: list[SecretRefCheck]
+
+
+class SandboxList(_Document):
+    schema_: Literal["sandboxer.sandboxes/v1"] = Field("sandboxer.sandboxes/v1",
+                                                       alias="schema")
+    items: list[SandboxStatus]
+
+
+class EventList(_Document):
+    schema_: Literal["sandboxer.events/v1"] = Field("sandboxer.events/v1", alias="schema")
+    items: list[Event]
+
+
+class RemovedHandle(_Document):
+    sandbox_id: str
+    extension: str
+    target: str | None
+
+
+class ReconcileReport(_Document):
+    schema_: Literal["sandboxer.reconcile/v1"] = Field("sandboxer.reconcile/v1",
+                                                       alias="schema")
+    removed: list[RemovedHandle] = Field(description="what no live sandbox claimed")
+
+
+class TargetSummary(_Open):
+    """One target; the other fields are its extension's configuration."""
+
+    name: str
+    extension: str
+
+
+class TargetList(_Document):
+    schema_: Literal["sandboxer.targets/v1"] = Field("sandboxer.targets/v1", alias="schema")
+    items: list[TargetSummary]
+
+
+class TargetAdded(_Open):
+    schema_: Literal["sandboxer.target/v1"] = Field("sandboxer.target/v1", alias="schema")
+    name: str
+
+
+class TargetCheck(_Open):
+    name: str
+    ok: bool
+    error: str | None = None
+
+
+class TargetCheckList(_Document):
+    schema_: Literal["sandboxer.target-check/v1"] = Field("sandboxer.target-check/v1",
+                                                          alias="schema")
+    items: list[TargetCheck]
+
+
+class TargetRemoved(_Document):
+    schema_: Literal["sandboxer.target-removed/v1"] = Field("sandboxer.target-removed/v1",
+                                                            alias="schema")
+    name: str
+
+
+class ImageBuilt(_Open):
+    """What a build made; the other fields are the building extension's."""
+
+    schema_: Literal["sandboxer.image/v1"] = Field("sandboxer.image/v1", alias="schema")
+    image: str
+    target: str
