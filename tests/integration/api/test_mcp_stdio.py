@@ -203,7 +203,7 @@ def test_mcp_schemas_annotations_and_errors_match_the_cli(tmp_path: Path) -> Non
     assert seen["state"].startswith("invalid_input: state 'bogus' is not a sandbox state")
     assert seen["missing"] == "usage: the following arguments are required: profile"
     rc, cli = _cli_error(env, "extend", "sbx-aaaaaaaaaa", "--ttl", "soon")
-    assert seen["extend"] == f"sandbox_not_found: {cli.removeprefix('sandboxer: ')}"
+    assert seen["extend"] == f"invalid_input: {cli.removeprefix('sandboxer: ')}"
 
 
 NPX = shutil.which("npx")

@@ -9,13 +9,15 @@ import pytest
 
 from sandboxer.errors import InvalidInput, SandboxNotFound
 from sandboxer.mcp.tools import build
+from sandboxer.service import checks
 from sandboxer.values import parse_duration
 
 
 class FakeClient:
     """Just enough of a Client: errors the way the service raises them."""
 
-    def list_documents(self, **_filters: Any) -> list[dict[str, Any]]:
+    def list_documents(self, **filters: Any) -> list[dict[str, Any]]:
+        checks.states(filters.get("states"))  # as the service refuses an unknown state
         return []
 
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
