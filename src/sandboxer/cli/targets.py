@@ -7,14 +7,18 @@ from typing import Any
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    t = sub.add_parser("targets", help="docker hosts sandboxes can be placed on")
+    t = sub.add_parser("targets", help="where sandboxes can be placed (docker hosts, …)")
     tsub = t.add_subparsers(dest="targets_command", metavar="ACTION", required=True)
     ls = tsub.add_parser("list", parents=[common], help="configured targets (and `local`)")
     ls.set_defaults(handler=cmd_list)
     add = tsub.add_parser("add", parents=[common],
                           help="add a docker host reached over SSH (pins its host key)")
     add.add_argument("name")
-    add.add_argument("url", help="ssh://user@host[:port]")
+    add.add_argument("url", help="ssh://user@host[:port] for a docker host; the scheme picks "
+                     "the extension")
+    add.add_argument("--extension", metavar="EXT",
+                     help="the extension the target is for (default: the one whose URL "
+                     "scheme matches)")
     add.add_argument("--identity", metavar="FILE",
                      help="private key to log in with (default: ~/.ssh/id_ed25519 if present)")
     add.add_argument("--public-host", metavar="H",
@@ -57,8 +61,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         emit_json({"schema": "sandboxer.targets/v1", "items": items})
     else:
         print(table(["name", "kind", "url", "public host", "capacity", "allow"],
-                    [[i["name"], i["kind"], i["url"] or "(this machine's engine)",
-                      i["public_host"], i["capacity"], ",".join(i["allow"])] for i in items]))
+                    [[i["name"], i.get("kind"), i.get("url") or "(this machine's engine)",
+                      i.get("public_host"), i.get("capacity"), ",".join(i.get("allow") or [])]
+                     for i in items]))
     return 0
 
 
@@ -80,7 +85,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     added = _client().targets_add(
         name=args.name, url=args.url, identity=args.identity, public_host=args.public_host,
         capacity=args.capacity, kind=args.kind, allow=args.allow,
-        fingerprint=args.host_key_fingerprint, confirm=confirm,
+        fingerprint=args.host_key_fingerprint, extension=args.extension, confirm=confirm,
     )
     if args.json:
         emit_json({"schema": "sandboxer.target/v1", **added})
