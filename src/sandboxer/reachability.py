@@ -56,7 +56,8 @@ class TunnelDecl:
 class Documents(Protocol):
     """The part of the store that auto port selection reads."""
 
-    def query_documents(self, **filters: Any) -> list[dict[str, Any]]: ...
+    def query_documents(self, *, states: Iterable[str] | None = None
+                        ) -> list[dict[str, Any]]: ...
 
 
 def _from_env(env: Mapping[str, str], name: str, check: Callable[[str], T]) -> T | None:

@@ -137,7 +137,9 @@ class Service:
         """The server's reaper: one cheap query when nothing is due."""
         from datetime import UTC, datetime
 
-        if self.store.has_reapable(datetime.now(UTC)):
+        from sandboxer import reaping
+
+        if reaping.any_due(self.store, datetime.now(UTC)):
             done = await self.manager.reap()
             if done:
                 log.info("reaped %d sandbox(es)", len(done))

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sandboxer import reaping
 from sandboxer.access import Caller, actor_filter, require_admin, require_visible
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError
 from sandboxer.store import open_store
-from sandboxer.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.catalog import Catalog
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.sandbox import SandboxStatus
+    from sandboxer.store.base import Store
 
 LIVE_STATES = ("destroying", "provisioning", "ready")
 T = TypeVar("T")
@@ -48,7 +49,7 @@ class LocalClient:
         progress: Callable[[str], None] | None = None,
         reap_opportunistically: bool = True,
         caller: Caller | None = None,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         manager: Manager | None = None,
     ) -> None:
         """``caller``: who is asking (an API or MCP actor); None is the local operator, an
@@ -56,12 +57,12 @@ class LocalClient:
         self.settings = settings or Settings.from_env()
         self.caller = caller
         self.progress = progress
-        self._store: SqliteStore | None = store
+        self._store: Store | None = store
         self._manager: Manager | None = manager
         self._reap = reap_opportunistically
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store is None:
             self.settings.ensure()
             self._store = open_store(self.settings)
@@ -82,7 +83,7 @@ class LocalClient:
 
     def _opportunistic_reap(self) -> None:
         """Every CLI call reaps expired leases it sees; one indexed query when none are."""
-        if self._reap and self.store.has_reapable(datetime.now(UTC)):
+        if self._reap and reaping.any_due(self.store, datetime.now(UTC)):
             try:
                 _run(self.manager.reap())
             except SandboxerError as e:

@@ -1,10 +1,13 @@
-"""SQLite store in WAL mode, safe for several sandboxer processes at once.
+"""SQLite store in WAL mode, safe for several sandboxer processes at once: the ``Store``
+of store/base.py for one machine, and the only module that speaks SQL.
 
 Every write runs in ``BEGIN IMMEDIATE`` (the write lock is taken up front, so a read never
 has to be upgraded and no update is lost), re-checks the sandbox's state inside the
-transaction, and appends its event to the outbox in that same transaction. Lock waits are
-absorbed by SQLite's busy handler plus a bounded retry, so "database is locked" never
-reaches a user; after the deadline a StoreBusy error says what to do.
+transaction, and appends its event to the outbox in that same transaction; a write inside
+``transaction()`` joins it through a savepoint. Lock waits are absorbed by SQLite's busy
+handler plus a bounded retry, so "database is locked" never reaches a user; after the
+deadline a StoreBusy error says what to do. One connection per store, shared by the
+threads of a process under one lock.
 """
 
 from __future__ import annotations
@@ -13,31 +16,46 @@ import json
 import os
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.errors import Conflict, NoTarget, NotFound, SandboxNotFound, StoreBusy
+from sandboxer.store.base import (
+    LIVE_STATES,
+    OutboxCounts,
+    OutboxRow,
+    ReapCandidate,
+    Record,
+    TokenRow,
+    iso,
+)
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
+    from typing_extensions import Unpack
+
     from sandboxer.extensions.base import Handle
     from sandboxer.models.events import Event
     from sandboxer.models.sandbox import SandboxStatus
     from sandboxer.models.target import TargetRecord
+    from sandboxer.store.base import Changes
 
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
 )
+_LIVE = "state IN (" + ", ".join(f"'{s}'" for s in LIVE_STATES) + ")"
 # What takes a slot of a target's capacity.
-_LIVE_COUNT = ("SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? "
-               "AND state IN ('provisioning', 'ready', 'destroying')")
+_LIVE_COUNT = f"SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? AND {_LIVE}"
+_EVENT_FIELDS = ("e.seq, e.id, e.sandbox_id, e.type, e.time, e.payload, e.delivered_at, "
+                 "e.attempts, e.next_attempt_at, e.last_error")
+_TOKEN_FIELDS = "id, hash, actor, admin, created_at, last_used_at"  # noqa: S105 - columns
 
 
 def _ts(dt: datetime) -> float:
@@ -46,11 +64,6 @@ def _ts(dt: datetime) -> float:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def _iso(ts: float) -> str:
-    """The same RFC 3339 text pydantic writes for a UTC datetime."""
-    return _dt(ts).isoformat().replace("+00:00", "Z")
 
 
 def _document(row: sqlite3.Row) -> dict[str, Any]:
@@ -66,22 +79,26 @@ def _document(row: sqlite3.Row) -> dict[str, Any]:
         "reason": row["reason"],
         "actor": row["actor"],
         "labels": json.loads(row["labels"]),
-        "created_at": _iso(row["created_at"]),
-        "expires_at": _iso(row["expires_at"]),
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
         "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
         "error": row["error"],
     }
 
 
-@dataclass
-class Record:
-    """A stored sandbox: its public status plus what only sand-boxer itself sees."""
+def _event(row: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        seq=row["seq"], id=row["id"], sandbox_id=row["sandbox_id"], type=row["type"],
+        time=row["time"], payload=json.loads(row["payload"]), delivered_at=row["delivered_at"],
+        attempts=row["attempts"], next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+    )
 
-    status: SandboxStatus
-    handle: dict[str, Any] | None
-    max_expires_at: datetime
-    updated_at: datetime
-    version: int
+
+def _token(row: sqlite3.Row) -> TokenRow:
+    return TokenRow(id=row["id"], hash=row["hash"], actor=row["actor"],
+                    admin=bool(row["admin"]), created_at=row["created_at"],
+                    last_used_at=row["last_used_at"])
 
 
 def _target(row: sqlite3.Row) -> TargetRecord:
@@ -109,6 +126,8 @@ class SqliteStore:
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()  # one transaction at a time on the one connection
+        self._depth = 0  # open transaction blocks; beyond the first, savepoints
         self._retry(self._setup)
 
     # -- plumbing ---------------------------------------------------------------------
@@ -162,16 +181,52 @@ class SqliteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._retry(self._conn.execute, "BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._retry(self._conn.execute, "COMMIT")
+        """One write transaction, or a savepoint inside the one already open."""
+        with self._lock:
+            c = self._conn
+            if self._depth:
+                name = f"sp{self._depth}"
+                c.execute(f"SAVEPOINT {name}")
+                self._depth += 1
+                try:
+                    yield c
+                except BaseException:
+                    c.execute(f"ROLLBACK TO {name}")
+                    c.execute(f"RELEASE {name}")
+                    raise
+                finally:
+                    self._depth -= 1
+                c.execute(f"RELEASE {name}")
+                return
+            self._retry(c.execute, "BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield c
+                self._retry(c.execute, "COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._write():
+            yield
+
+    def _one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._conn.execute(sql, tuple(args)).fetchone()
+            return row
+
+    def _all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
 
     def schema_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        row = self._one("PRAGMA user_version")
+        return int(row[0]) if row else 0
 
     # -- rows -------------------------------------------------------------------------
 
@@ -208,13 +263,8 @@ class SqliteStore:
         self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None,
         capacity: int | None = None,
     ) -> None:
-        """Record a new sandbox and its ``sandbox.created`` event in one transaction.
-
-        With ``capacity``, the sandbox takes a slot on its target: the live sandboxes of its
-        extension on that target are counted in the same transaction (SQLite: under the
-        write lock of ``BEGIN IMMEDIATE``; a server backend: under a lock on the target's
-        row), and NoTarget is raised, nothing written, when ``capacity`` are live already.
-        """
+        # SQLite counts under the write lock of BEGIN IMMEDIATE; a server backend locks the
+        # target's row instead.
         now = time.time()
         with self._write() as c:
             if capacity is not None:
@@ -239,20 +289,19 @@ class SqliteStore:
             )
             self._append_event(c, "sandbox.created", status)
 
+    def _row(self, sandbox_id: str) -> sqlite3.Row | None:
+        return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,))
+
     def get_record(self, sandbox_id: str) -> Record | None:
-        row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
-        ).fetchone()
+        row = self._row(sandbox_id)
         return self._record(row) if row else None
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
-        rec = self.get_record(sandbox_id)
-        return rec.status if rec else None
+        row = self._row(sandbox_id)
+        return self._status(row) if row else None
 
     def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
-        row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
-        ).fetchone()
+        row = self._row(sandbox_id)
         return _document(row) if row else None
 
     def transition(
@@ -262,18 +311,23 @@ class SqliteStore:
         from_states: Iterable[str],
         to_state: str,
         event: str | None,
-        **changes: Any,
+        **changes: Unpack[Changes],
     ) -> SandboxStatus:
-        """Move a sandbox between states atomically, with its event, or raise Conflict.
-
-        ``changes`` may set reason, error, expires_at (datetime), reachability (dict),
-        handle (dict) and target.
-        """
         allowed = set(from_states)
+        sets = ["state = ?", "updated_at = ?", "version = version + 1"]
+        args: list[Any] = [to_state, time.time()]
+        items: dict[str, Any] = dict(changes)
+        for key, value in items.items():
+            if key == "expires_at":
+                value = _ts(value)
+            elif key in ("reachability", "handle"):
+                value = None if value is None else json.dumps(value, sort_keys=True)
+            elif key not in ("reason", "error", "target"):
+                raise ValueError(f"unknown sandbox field {key}")
+            sets.append(f"{key} = ?")
+            args.append(value)
         with self._write() as c:
-            row = c.execute(
-                f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
-            ).fetchone()
+            row = c.execute("SELECT state FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
             if row is None:
                 raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
             if row["state"] not in allowed:
@@ -281,19 +335,7 @@ class SqliteStore:
                     f"sandbox {sandbox_id} is {row['state']}; this needs it to be "
                     f"{' or '.join(sorted(allowed))}"
                 )
-            sets = ["state = ?", "updated_at = ?", "version = version + 1"]
-            args: list[Any] = [to_state, time.time()]
-            for key, value in changes.items():
-                if key in ("expires_at",):
-                    value = _ts(value)
-                elif key in ("reachability", "handle"):
-                    value = None if value is None else json.dumps(value, sort_keys=True)
-                elif key not in ("reason", "error", "target"):
-                    raise ValueError(f"unknown sandbox field {key}")
-                sets.append(f"{key} = ?")
-                args.append(value)
-            sql = f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?"
-            c.execute(sql, (*args, sandbox_id))
+            c.execute(f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?", (*args, sandbox_id))
             new = c.execute(
                 f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
             ).fetchone()
@@ -344,12 +386,10 @@ class SqliteStore:
         sql += " ORDER BY created_at, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._conn.execute(sql, args).fetchall()
+        return self._all(sql, args)
 
     def reapable(self, now: datetime, *, extension: str | None = None,
-                 stale_after: float = 1800.0) -> list[str]:
-        """Ids whose lease ran out, destroys abandoned for ``stale_after``, and creates
-        whose creating process is gone (or silent for ``stale_after``)."""
+                 stale_after: float = 1800.0) -> list[ReapCandidate]:
         t = _ts(now)
         sql = (
             "SELECT id, state, updated_at, creator FROM sandboxes WHERE "
@@ -361,76 +401,149 @@ class SqliteStore:
             sql += " AND extension = ?"
             args.append(extension)
         return [
-            r["id"] for r in self._conn.execute(sql + " ORDER BY expires_at", args)
-            if r["state"] != "provisioning" or self._abandoned(r, t - stale_after)
+            ReapCandidate(id=r["id"], state=r["state"], updated_at=_dt(r["updated_at"]),
+                          creator=r["creator"])
+            for r in self._all(sql + " ORDER BY expires_at", args)
         ]
 
-    @staticmethod
-    def _abandoned(row: sqlite3.Row, stale_before: float) -> bool:
-        from sandboxer.creator import is_gone
-
-        return bool(row["updated_at"] <= stale_before or is_gone(row["creator"]))
-
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
-        """A cheap check for the opportunistic reap in every CLI call."""
         t = _ts(now)
-        row = self._conn.execute(
+        row = self._one(
             "SELECT 1 FROM sandboxes WHERE (state = 'ready' AND expires_at <= ?) "
-            "OR (state = 'destroying' AND updated_at <= ?) LIMIT 1",
+            "OR (state IN ('destroying', 'provisioning') AND updated_at <= ?) LIMIT 1",
             (t, t - stale_after),
-        ).fetchone()
-        if row is not None:
-            return True
-        creating = self._conn.execute(
-            "SELECT updated_at, creator FROM sandboxes WHERE state = 'provisioning'"
-        ).fetchall()
-        return any(self._abandoned(r, t - stale_after) for r in creating)
+        )
+        return row is not None
 
     def live_handles(self, extension: str) -> list[Handle]:
-        """Handles of every not-final sandbox of one extension that has a handle."""
         from sandboxer.extensions.base import Handle
 
-        rows = self._conn.execute(
-            "SELECT handle FROM sandboxes WHERE extension = ? AND handle IS NOT NULL "
-            "AND state IN ('provisioning', 'ready', 'destroying')",
-            (extension,),
-        )
+        rows = self._all(
+            f"SELECT handle FROM sandboxes WHERE extension = ? AND handle IS NOT NULL "
+            f"AND {_LIVE}", (extension,))
         return [Handle.model_validate_json(r[0]) for r in rows]
 
     def live_ids(self) -> set[str]:
-        rows = self._conn.execute(
-            "SELECT id FROM sandboxes WHERE state IN ('provisioning', 'ready', 'destroying')"
-        )
-        return {r[0] for r in rows}
+        return {r[0] for r in self._all(f"SELECT id FROM sandboxes WHERE {_LIVE}")}
 
     def states(self, ids: Iterable[str]) -> dict[str, str]:
         wanted = list(ids)
-        if not wanted:
-            return {}
-        rows = self._conn.execute(
-            f"SELECT id, state FROM sandboxes WHERE id IN ({', '.join('?' * len(wanted))})",
-            wanted,
-        )
-        return {r[0]: r[1] for r in rows}
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):  # SQLite bounds the parameters of a statement
+            chunk = wanted[i:i + 500]
+            rows = self._all(
+                f"SELECT id, state FROM sandboxes WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk)
+            out.update((r[0], r[1]) for r in rows)
+        return out
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM sandboxes").fetchone()[0])
+        row = self._one("SELECT COUNT(*) FROM sandboxes")
+        return int(row[0]) if row else 0
 
-    # -- events -----------------------------------------------------------------------
+    def live_count(self, target: str, extension: str) -> int:
+        row = self._one(_LIVE_COUNT, (target, extension))
+        return int(row[0]) if row else 0
 
-    def events(
-        self, *, after: int = 0, sandbox_id: str | None = None, limit: int = 1000
-    ) -> list[Event]:
+    # -- the outbox -------------------------------------------------------------------
+
+    def event_rows(self, *, after: int = 0, sandbox_id: str | None = None,
+                   limit: int = 1000, actor: str | None = None) -> list[OutboxRow]:
+        sql = f"SELECT {_EVENT_FIELDS} FROM events e"
+        where: list[str] = ["e.seq > ?"]
+        args: list[Any] = [after]
+        if actor is not None:
+            sql += " JOIN sandboxes s ON s.id = e.sandbox_id"
+            where.append("s.actor = ?")
+            args.append(actor)
+        if sandbox_id is not None:
+            where.append("e.sandbox_id = ?")
+            args.append(sandbox_id)
+        sql += " WHERE " + " AND ".join(where) + " ORDER BY e.seq LIMIT ?"
+        return [_event(r) for r in self._all(sql, [*args, max(0, int(limit))])]
+
+    def events(self, *, after: int = 0, sandbox_id: str | None = None,
+               limit: int = 1000) -> list[Event]:
         from sandboxer.models.events import Event
-        from sandboxer.store.outbox import Outbox
+        from sandboxer.store.outbox import document
 
-        docs = Outbox(self).documents(after=after, sandbox_id=sandbox_id, limit=limit)
-        return [Event.model_validate(d) for d in docs]
+        rows = self.event_rows(after=after, sandbox_id=sandbox_id, limit=limit)
+        return [Event.model_validate(document(r)) for r in rows]
+
+    def undelivered_events(self, *, limit: int = 500) -> list[OutboxRow]:
+        rows = self._all(f"SELECT {_EVENT_FIELDS} FROM events e WHERE e.delivered_at IS NULL "
+                         "ORDER BY e.seq LIMIT ?", (max(0, int(limit)),))
+        return [_event(r) for r in rows]
+
+    def next_event_due_at(self) -> float | None:
+        row = self._one(
+            "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM events WHERE delivered_at IS NULL")
+        return None if row is None or row[0] is None else float(row[0])
+
+    def mark_delivered(self, event_ids: Iterable[str], when: float) -> None:
+        ids = list(event_ids)
+        if not ids:
+            return
+        with self._write() as c:
+            c.executemany("UPDATE events SET delivered_at = ?, next_attempt_at = NULL, "
+                          "attempts = attempts + 1, last_error = NULL WHERE id = ?",
+                          [(when, i) for i in ids])
+
+    def mark_failed(self, event_id: str, error: str, next_attempt_at: float) -> int:
+        with self._write() as c:
+            c.execute("UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, "
+                      "last_error = ? WHERE id = ?", (next_attempt_at, error[:500], event_id))
+            row = c.execute("SELECT attempts FROM events WHERE id = ?", (event_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def prune_events(self, older_than: float, *, undelivered_too: bool) -> int:
+        sql = "DELETE FROM events WHERE time < ?"
+        if not undelivered_too:
+            sql += " AND delivered_at IS NOT NULL"
+        with self._write() as c:
+            return int(c.execute(sql, (older_than,)).rowcount)
+
+    def event_counts(self) -> OutboxCounts:
+        row = self._one(
+            "SELECT COUNT(*), COALESCE(SUM(delivered_at IS NOT NULL), 0), "
+            "COALESCE(SUM(delivered_at IS NULL AND attempts > 0), 0) FROM events")
+        total, delivered, retrying = (int(v) for v in row) if row else (0, 0, 0)
+        return OutboxCounts(total=total, delivered=delivered, retrying=retrying)
+
+    # -- API tokens -------------------------------------------------------------------
+
+    def add_token(self, row: TokenRow) -> None:
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM tokens WHERE id = ? OR hash = ?",
+                         (row.id, row.hash)).fetchone():
+                raise Conflict(f"a token with id {row.id} exists already")
+            c.execute(f"INSERT INTO tokens ({_TOKEN_FIELDS}) VALUES (?, ?, ?, ?, ?, ?)",
+                      (row.id, row.hash, row.actor, int(row.admin), row.created_at,
+                       row.last_used_at))
+
+    def token_by_hash(self, digest: str) -> TokenRow | None:
+        row = self._one(f"SELECT {_TOKEN_FIELDS} FROM tokens WHERE hash = ?", (digest,))
+        return _token(row) if row else None
+
+    def touch_token(self, token_id: str, when: float) -> None:
+        with self._write() as c:
+            c.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (when, token_id))
+
+    def list_tokens(self) -> list[TokenRow]:
+        rows = self._all(f"SELECT {_TOKEN_FIELDS} FROM tokens ORDER BY actor, created_at, id")
+        return [_token(r) for r in rows]
+
+    def remove_token(self, token_id: str) -> TokenRow | None:
+        with self._write() as c:
+            row = c.execute(f"SELECT {_TOKEN_FIELDS} FROM tokens WHERE id = ?",
+                            (token_id,)).fetchone()
+            if row is not None:
+                c.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+        return _token(row) if row else None
 
     # -- targets ----------------------------------------------------------------------
 
     def add_target(self, rec: TargetRecord) -> None:
-        """Record a target; Conflict if the name is taken."""
         created = _ts(rec.created_at) if rec.created_at else time.time()
         with self._write() as c:
             if c.execute("SELECT 1 FROM targets WHERE name = ?", (rec.name,)).fetchone():
@@ -447,29 +560,20 @@ class SqliteStore:
         if extension is not None:
             sql += " WHERE extension = ?"
             args.append(extension)
-        return [_target(r) for r in self._conn.execute(sql + " ORDER BY name", args)]
+        return [_target(r) for r in self._all(sql + " ORDER BY name", args)]
 
     def get_target(self, name: str) -> TargetRecord | None:
-        row = self._conn.execute(
-            "SELECT name, extension, config, created_at FROM targets WHERE name = ?", (name,)
-        ).fetchone()
+        row = self._one(
+            "SELECT name, extension, config, created_at FROM targets WHERE name = ?", (name,))
         return _target(row) if row else None
 
     def remove_target(self, name: str) -> None:
-        """Forget a target; Conflict while live sandboxes sit on it."""
         with self._write() as c:
             live = c.execute(
-                "SELECT COUNT(*) FROM sandboxes WHERE target = ? "
-                "AND state IN ('provisioning', 'ready', 'destroying')", (name,)
+                f"SELECT COUNT(*) FROM sandboxes WHERE target = ? AND {_LIVE}", (name,)
             ).fetchone()[0]
             if live:
                 raise Conflict(f"target {name!r} still holds {live} live sandbox(es)",
                                hint="destroy them first (sandboxer list shows them)")
             if c.execute("DELETE FROM targets WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"no target named {name!r}", hint="see `sandboxer targets list`")
-
-    def live_count(self, target: str, extension: str) -> int:
-        """Live sandboxes of ``extension`` on ``target``: target names are per extension
-        (ext.local and ext.compose-ssh both have a ``local``)."""
-        row = self._conn.execute(_LIVE_COUNT, (target, extension)).fetchone()
-        return int(row[0])

@@ -44,7 +44,7 @@ from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
     from sandboxer.models.target import TargetConfig, TargetRecord
-    from sandboxer.store.sqlite import SqliteStore
+    from sandboxer.store.base import Store
 
 LOCAL = "local"
 # Where the main service's SSH port is pinned on the target: below Linux's ephemeral range
@@ -114,11 +114,11 @@ class ComposeSSHExtension(Extension, BuildsImages):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._store_db: SqliteStore | None = None
+        self._store_db: Store | None = None
         self._compose: dict[str, tuple[list[str], str]] = {}
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store_db is None:
             from sandboxer.store import open_store
 
