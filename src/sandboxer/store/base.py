@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 LIVE_STATES = ("provisioning", "ready", "destroying")
 
 
-def iso(ts: float) -> str:
+def iso_from_epoch(ts: float) -> str:
     """Epoch seconds as the same RFC 3339 text pydantic writes for a UTC datetime."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 

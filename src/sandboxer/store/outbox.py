@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.store.base import OutboxRow, iso
+from sandboxer.store.base import OutboxRow, iso_from_epoch
 
 if TYPE_CHECKING:
     from sandboxer.store.base import Store
@@ -31,7 +31,7 @@ def wire_document(row: OutboxRow) -> dict[str, Any]:
         "seq": row.seq,
         "type": row.type,
         "sandbox_id": row.sandbox_id,
-        "time": iso(row.time),
+        "time": iso_from_epoch(row.time),
         "payload": row.payload,
     }
 
@@ -40,10 +40,10 @@ def document(row: OutboxRow) -> dict[str, Any]:
     """A ``sandboxer.event/v1`` document with its delivery state."""
     return {
         **wire_document(row),
-        "delivered_at": iso(row.delivered_at) if row.delivered_at else None,
+        "delivered_at": iso_from_epoch(row.delivered_at) if row.delivered_at else None,
         "delivery": delivery_state(row),
         "attempts": row.attempts,
-        "next_attempt_at": iso(row.next_attempt_at) if row.next_attempt_at else None,
+        "next_attempt_at": iso_from_epoch(row.next_attempt_at) if row.next_attempt_at else None,
         "last_error": row.last_error,
     }
 

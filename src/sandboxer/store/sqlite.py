@@ -33,7 +33,7 @@ from sandboxer.store.base import (
     ReapCandidate,
     Record,
     TokenRow,
-    iso,
+    iso_from_epoch,
 )
 from sandboxer.store.migrations import LATEST, MIGRATIONS
 
@@ -79,8 +79,8 @@ def _document(row: sqlite3.Row) -> dict[str, Any]:
         "reason": row["reason"],
         "actor": row["actor"],
         "labels": json.loads(row["labels"]),
-        "created_at": iso(row["created_at"]),
-        "expires_at": iso(row["expires_at"]),
+        "created_at": iso_from_epoch(row["created_at"]),
+        "expires_at": iso_from_epoch(row["expires_at"]),
         "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
         "error": row["error"],
     }

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.errors import InvalidInput, NotFound
-from sandboxer.store.base import TokenRow, iso
+from sandboxer.store.base import TokenRow, iso_from_epoch
 from sandboxer.values import safe_repr
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ def hash_token(token: str) -> str:
 
 def _summary(row: TokenRow) -> dict[str, Any]:
     return {"id": row.id, "actor": row.actor, "admin": row.admin,
-            "created_at": iso(row.created_at),
-            "last_used_at": iso(row.last_used_at) if row.last_used_at else None}
+            "created_at": iso_from_epoch(row.created_at),
+            "last_used_at": iso_from_epoch(row.last_used_at) if row.last_used_at else None}
 
 
 class Tokens:
