@@ -1,7 +1,7 @@
 """The store contract: everything core keeps between processes, whatever the backend.
 
 ``Store`` is what core (the manager, the clients, the API, the State Hub publisher) holds;
-``store/sqlite.py`` implements it for one machine, a server backend implements the same
+``store/sqlite/`` implements it for one machine, a server backend implements the same
 methods for a shared control plane. tests/unit/store/test_contract.py is the suite every
 backend must pass. The guarantees each method gives are in its docstring; beyond them:
 
