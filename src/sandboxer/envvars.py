@@ -7,6 +7,7 @@ library only (plus errors and values): the CLI's read paths import this module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -108,6 +109,44 @@ def server(env: Mapping[str, str]) -> tuple[str | None, bool | str]:
     return url(env, "SANDBOXER_URL"), str(ca) if ca else True
 
 
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def database_url(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """``SANDBOXER_DATABASE_URL``: ``("sqlite", ABSOLUTE_PATH)`` for ``sqlite:///ABS/PATH``,
+    None when unset (the store is ``$SANDBOXER_HOME/state.db``). Never echoes more of a
+    wrong value than its scheme: a URL may carry a password."""
+    name = "SANDBOXER_DATABASE_URL"
+    raw = _raw(env, name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("postgresql", "postgres") and sep:
+        raise InvalidInput(
+            f"{name} names a PostgreSQL database ({scheme}://…): the PostgreSQL backend is "
+            "not in this version of sand-boxer",
+            hint=f"unset {name} for the embedded SQLite store, or set it to "
+            "sqlite:///ABSOLUTE/PATH")
+    hint = f"fix {name} or unset it for the SQLite store at $SANDBOXER_HOME/state.db"
+    if scheme != "sqlite" or not sep:
+        known = bool(sep) and re.fullmatch(r"[a-z][a-z0-9+.-]{0,31}", scheme) is not None
+        got = f"a URL of scheme {scheme!r}" if known else "a value that is not such a URL"
+        raise InvalidInput(
+            f"{name}: expected sqlite:///ABSOLUTE/PATH, got {got} (accepted schemes: "
+            "sqlite; postgresql and postgres name the PostgreSQL backend, not in this "
+            "version)", hint=hint)
+    from urllib.parse import unquote
+
+    path = unquote(rest)
+    if not path.startswith("/") or any(c in rest for c in "?#") or "\0" in path:
+        raise InvalidInput(
+            f"{name}: expected sqlite:///ABSOLUTE/PATH, an absolute file path after "
+            "sqlite:// with no host, query or fragment", hint=hint)
+    return "sqlite", str(Path(path))
+
+
 # -- the variables, each read through one of these (defaults live here, once) ----------
 
 
@@ -173,7 +212,7 @@ def mcp_log_level(env: Mapping[str, str]) -> str:
 CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
     local_capacity, local_idle_exit, local_uid_base, compose_local_capacity, vm_capacity,
     vm_keeper_interval, reap_interval, api_max_body, bao_timeout, warden_timeout,
-    events_retention, state_hub_timeout, state_hub_backoff_max,
+    events_retention, state_hub_timeout, state_hub_backoff_max, database_url,
 )
 
 

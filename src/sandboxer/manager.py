@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from sandboxer import reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -40,7 +41,7 @@ from sandboxer.models.extension import Handle, Target
 from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
-from sandboxer.store.sqlite import SqliteStore
+from sandboxer.store.base import Store
 from sandboxer.values import validate_actor, validate_name
 
 if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, profile models)
@@ -88,7 +89,7 @@ class Manager:
         self,
         settings: Settings,
         *,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -411,7 +412,7 @@ class Manager:
     async def reap(self, *, extension: str | None = None) -> list[SandboxStatus]:
         """Destroy expired leases; finish abandoned destroys; fail abandoned creates."""
         done: list[SandboxStatus] = []
-        for sid in self.store.reapable(utcnow(), extension=extension):
+        for sid in reaping.due(self.store, utcnow(), extension=extension):
             rec = self.store.get_record(sid)
             if rec is None:
                 continue

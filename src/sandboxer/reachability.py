@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -54,7 +54,8 @@ class TunnelDecl:
 class Documents(Protocol):
     """The part of the store that auto port selection reads."""
 
-    def query_documents(self, **filters: Any) -> list[dict[str, Any]]: ...
+    def query_documents(self, *, states: Iterable[str] | None = None
+                        ) -> list[dict[str, Any]]: ...
 
 
 def _from_env(env: Mapping[str, str], name: str, check: Callable[[str], T]) -> T | None:

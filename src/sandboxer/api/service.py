@@ -26,7 +26,7 @@ from sandboxer.models.requests import (
     ValidateRequest,
 )
 from sandboxer.service.app import Service as AppService
-from sandboxer.store.sqlite import SqliteStore
+from sandboxer.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Service:
         self.changed = asyncio.Event()  # set after each state change: wakes the publisher
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         return self.app.store
 
     @property
@@ -109,7 +109,9 @@ class Service:
         """The server's reaper: one cheap query when nothing is due."""
         from datetime import UTC, datetime
 
-        if self.store.has_reapable(datetime.now(UTC)):
+        from sandboxer import reaping
+
+        if reaping.any_due(self.store, datetime.now(UTC)):
             done = await self.manager.reap()
             if done:
                 log.info("reaped %d sandbox(es)", len(done))

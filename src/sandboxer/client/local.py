@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.requests import CreateRequest
     from sandboxer.models.sandbox import SandboxStatus
-    from sandboxer.store.sqlite import SqliteStore
+    from sandboxer.store.base import Store
 
 __all__ = ["LIVE_STATES", "LocalClient"]
 T = TypeVar("T")
@@ -55,7 +55,7 @@ class LocalClient:
         progress: Callable[[str], None] | None = None,
         reap_opportunistically: bool = True,
         caller: Caller | None = None,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         manager: Manager | None = None,
         service: Service | None = None,
     ) -> None:
@@ -68,7 +68,7 @@ class LocalClient:
         self.caller = caller
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         return self.service.store
 
     @property

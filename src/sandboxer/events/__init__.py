@@ -15,9 +15,7 @@ from sandboxer import envvars
 from sandboxer.config import Settings
 
 if TYPE_CHECKING:
-    from sandboxer.store.sqlite import SqliteStore
-
-
+    from sandboxer.store.base import Store
 
 @dataclass(frozen=True)
 class HubConfig:
@@ -49,7 +47,7 @@ def retention(settings: Settings) -> float:
     return envvars.events_retention(settings.env)
 
 
-def prune(settings: Settings, store: SqliteStore) -> int:
+def prune(settings: Settings, store: Store) -> int:
     """Drop events past retention: delivered ones, and every one when no State Hub is
     configured (nothing would ever deliver them). Undelivered events wait for State Hub."""
     from sandboxer.store.outbox import Outbox

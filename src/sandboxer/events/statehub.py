@@ -28,12 +28,11 @@ from sandboxer.config import Settings
 from sandboxer.events import HubConfig
 from sandboxer.secrets.redaction import redact
 from sandboxer.store.outbox import Outbox, wire_document
-from sandboxer.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
-    import sqlite3
-
     import httpx
+
+    from sandboxer.store.base import OutboxRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def publisher_lock(settings: Settings) -> Iterator[bool]:
 class Publisher:
     """Delivers the outbox of one store to one State Hub."""
 
-    def __init__(self, store: SqliteStore, config: HubConfig,
+    def __init__(self, store: Store, config: HubConfig,
                  http: httpx.AsyncClient | None = None) -> None:
         self.store = store
         self.outbox = Outbox(store)
@@ -106,7 +105,7 @@ class Publisher:
             await self._http.aclose()
             self._http = None
 
-    async def _send(self, row: sqlite3.Row) -> str | None:
+    async def _send(self, row: OutboxRow) -> str | None:
         """Deliver one event; None when delivered, else why not (never a secret)."""
         import httpx
 
@@ -114,7 +113,7 @@ class Publisher:
         http = await self._client()
         try:
             reply = await http.post(f"{self.config.url}/v1/events", content=body,
-                                    headers={"Idempotency-Key": row["id"]})
+                                    headers={"Idempotency-Key": row.id})
         except httpx.TimeoutException:
             return f"timed out after {self.config.timeout:g}s"
         except httpx.HTTPError as e:
@@ -123,21 +122,21 @@ class Publisher:
             return None
         return f"HTTP {reply.status_code} from State Hub"
 
-    async def _deliver_chain(self, rows: list[sqlite3.Row], result: Pass) -> None:
+    async def _deliver_chain(self, rows: list[OutboxRow], result: Pass) -> None:
         """One sandbox's events in order; stop at the first failure (order per sandbox)."""
         for row in rows:
             error = await self._send(row)
             if error is None:
-                self.outbox.mark_delivered([row["id"]], time.time())
+                self.outbox.mark_delivered([row.id], time.time())
                 result.delivered += 1
                 continue
-            attempts = row["attempts"] + 1
+            attempts = row.attempts + 1
             wait = backoff(attempts, self.config)
-            self.outbox.mark_failed(row["id"], error, time.time() + wait)
+            self.outbox.mark_failed(row.id, error, time.time() + wait)
             result.failed += 1
-            result.errors.append(f"{row['id']} ({row['type']} {row['sandbox_id']}): {error}")
+            result.errors.append(f"{row.id} ({row.type} {row.sandbox_id}): {error}")
             log.warning("State Hub delivery of %s failed (attempt %d, next in %.1fs): %s",
-                        row["id"], attempts, wait, error)
+                        row.id, attempts, wait, error)
             return
 
     async def publish_pass(self, *, ignore_backoff: bool = False) -> Pass:
@@ -145,12 +144,12 @@ class Publisher:
         result = Pass()
         now = float("inf") if ignore_backoff else time.time()
         rows = self.outbox.due(now, limit=2000)
-        chains: dict[str, list[sqlite3.Row]] = {}
+        chains: dict[str, list[OutboxRow]] = {}
         for row in rows:
-            chains.setdefault(row["sandbox_id"], []).append(row)
+            chains.setdefault(row.sandbox_id, []).append(row)
         sem = asyncio.Semaphore(self.config.concurrency)
 
-        async def run(chain: list[sqlite3.Row]) -> None:
+        async def run(chain: list[OutboxRow]) -> None:
             async with sem:
                 await self._deliver_chain(chain, result)
 
@@ -179,7 +178,7 @@ class Publisher:
             waker.cancel()
 
 
-async def publish_once(settings: Settings, store: SqliteStore, config: HubConfig) -> Pass:
+async def publish_once(settings: Settings, store: Store, config: HubConfig) -> Pass:
     """One pass over everything undelivered, backoff or not (the operator asked now)."""
     publisher = Publisher(store, config)
     try:

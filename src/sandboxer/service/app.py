@@ -181,7 +181,7 @@ class Service(OperatorOps):
         states = checks.states(req.states)
         if states is None and not req.all:
             states = list(LIVE_STATES)
-        filters = {"states": states, "profile": req.profile,
+        filters: dict[str, Any] = {"states": states, "profile": req.profile,
                    "actor": actor_filter(checks.actor(req.actor), caller),
                    "labels": dict(req.labels) or None}
         self.reap_seen()

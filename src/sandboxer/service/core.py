@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError
 from sandboxer.store import open_store
-from sandboxer.store.sqlite import SqliteStore
+from sandboxer.store.base import Store
 
 if TYPE_CHECKING:
     from sandboxer.catalog import Catalog
@@ -32,7 +32,7 @@ class ServiceCore:
         self,
         settings: Settings | None = None,
         *,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         manager: Manager | None = None,
         progress: Callable[[str], None] | None = None,
         upkeep: bool = True,
@@ -40,11 +40,11 @@ class ServiceCore:
         self.settings = settings or Settings.from_env()
         self.progress = progress
         self.upkeep = upkeep
-        self._store: SqliteStore | None = store
+        self._store: Store | None = store
         self._manager: Manager | None = manager
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store is None:
             self.settings.ensure()
             self._store = open_store(self.settings)
@@ -76,7 +76,9 @@ class ServiceCore:
     def reap_seen(self) -> None:
         """An in-process call reaps the expired leases it sees; one indexed query when
         none are. Never in a running event loop (a server reaps on its own loop)."""
-        if self.upkeep and self.store.has_reapable(datetime.now(UTC)):
+        from sandboxer import reaping
+
+        if self.upkeep and reaping.any_due(self.store, datetime.now(UTC)):
             import asyncio  # 30+ ms to import: only when something is due
 
             try:

@@ -1,17 +1,22 @@
-"""API bearer tokens: only a sha256 hash of each token is stored, mapped to an actor."""
+"""API bearer tokens: only a sha256 hash of each token is stored, mapped to an actor.
+
+The policy (token format, actor ids, hashing) lives here; the rows live in any ``Store``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
-import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxer.errors import InvalidInput, NotFound
-from sandboxer.store.sqlite import SqliteStore, _iso
+from sandboxer.store.base import TokenRow, iso_from_epoch
 from sandboxer.values import safe_repr
+
+if TYPE_CHECKING:
+    from sandboxer.store.base import Store
 
 PREFIX = "sbxt_"
 ACTOR_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # as ADR 0002 spells actor ids
@@ -22,16 +27,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _summary(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": row["id"], "actor": row["actor"], "admin": bool(row["admin"]),
-            "created_at": _iso(row["created_at"]),
-            "last_used_at": _iso(row["last_used_at"]) if row["last_used_at"] else None}
+def _summary(row: TokenRow) -> dict[str, Any]:
+    return {"id": row.id, "actor": row.actor, "admin": row.admin,
+            "created_at": iso_from_epoch(row.created_at),
+            "last_used_at": iso_from_epoch(row.last_used_at) if row.last_used_at else None}
 
 
 class Tokens:
-    """The ``tokens`` table of one store."""
+    """The API tokens of one store."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def add(self, actor: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
@@ -41,38 +46,26 @@ class Tokens:
                                "A-Z a-z 0-9 . _ -")
         token = PREFIX + secrets.token_urlsafe(32)
         digest = hash_token(token)
-        tid = "tok-" + digest[:12]
-        now = time.time()
-        with self.store._write() as c:
-            c.execute("INSERT INTO tokens (id, hash, actor, admin, created_at) "
-                      "VALUES (?, ?, ?, ?, ?)", (tid, digest, actor, int(admin), now))
-        return token, {"id": tid, "actor": actor, "admin": admin, "created_at": _iso(now),
-                       "last_used_at": None}
+        row = TokenRow(id="tok-" + digest[:12], hash=digest, actor=actor, admin=admin,
+                       created_at=time.time(), last_used_at=None)
+        self.store.add_token(row)
+        return token, _summary(row)
 
     def lookup(self, token: str) -> tuple[str, str, bool] | None:
         """(id, actor, admin) of a presented token, or None."""
-        row = self.store._conn.execute(
-            "SELECT id, actor, admin FROM tokens WHERE hash = ?", (hash_token(token),)
-        ).fetchone()
-        return (row["id"], row["actor"], bool(row["admin"])) if row else None
+        row = self.store.token_by_hash(hash_token(token))
+        return (row.id, row.actor, row.admin) if row else None
 
     def touch(self, token_id: str) -> None:
-        with self.store._write() as c:
-            c.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (time.time(), token_id))
+        self.store.touch_token(token_id, time.time())
 
     def list(self) -> list[dict[str, Any]]:
-        rows = self.store._conn.execute(
-            "SELECT id, actor, admin, created_at, last_used_at FROM tokens "
-            "ORDER BY actor, created_at").fetchall()
-        return [_summary(r) for r in rows]
+        return [_summary(r) for r in self.store.list_tokens()]
 
     def remove(self, token_id: str) -> dict[str, Any]:
         """Revoke one token by id; NotFound when there is none."""
-        with self.store._write() as c:
-            row = c.execute("SELECT id, actor, admin, created_at, last_used_at FROM tokens "
-                            "WHERE id = ?", (token_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no token with id {safe_repr(token_id)}",
-                               hint="see `sandboxer tokens list`")
-            c.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+        row = self.store.remove_token(token_id)
+        if row is None:
+            raise NotFound(f"no token with id {safe_repr(token_id)}",
+                           hint="see `sandboxer tokens list`")
         return _summary(row)

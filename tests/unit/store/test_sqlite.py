@@ -86,7 +86,7 @@ def test_reapable_finds_expired_ready_only(tmp_path: Path) -> None:
     gone = status(state="destroyed", expires_at=now - timedelta(hours=1))
     for s in (old, fresh, gone):
         store.insert(s, max_expires_at=s.expires_at)
-    assert store.reapable(now) == [old.id]
+    assert [c.id for c in store.reapable(now)] == [old.id]
     assert store.has_reapable(now)
 
 

@@ -1,0 +1,269 @@
+"""The ``sandboxes`` table: each change re-checks the state and appends its event to the
+outbox in one write transaction; a capacity check happens under the same write lock."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sandboxer.errors import Conflict, NoTarget, SandboxNotFound
+from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
+from sandboxer.store.sqlite.connection import LIVE, Connection, dt, ts
+
+if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
+    from typing_extensions import Unpack
+
+    from sandboxer.models.extension import Handle
+    from sandboxer.models.sandbox import SandboxStatus
+    from sandboxer.store.base import Changes
+
+_COLUMNS = (
+    "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
+    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
+)
+# What takes a slot of a target's capacity.
+_LIVE_COUNT = f"SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? AND {LIVE}"
+
+
+def _document(row: sqlite3.Row) -> dict[str, Any]:
+    """The SandboxStatus document of a row, built without pydantic (fast read path)."""
+    return {
+        "schema": "sandboxer.sandbox/v1",
+        "id": row["id"],
+        "name": row["name"],
+        "profile": row["profile"],
+        "extension": row["extension"],
+        "target": row["target"],
+        "state": row["state"],
+        "reason": row["reason"],
+        "actor": row["actor"],
+        "labels": json.loads(row["labels"]),
+        "created_at": iso_from_epoch(row["created_at"]),
+        "expires_at": iso_from_epoch(row["expires_at"]),
+        "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
+        "error": row["error"],
+    }
+
+
+class Sandboxes(Connection):
+    """Sandboxes and the events of their state changes."""
+
+    @staticmethod
+    def _status(row: sqlite3.Row) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(_document(row))
+
+    def _record(self, row: sqlite3.Row) -> Record:
+        return Record(
+            status=self._status(row),
+            handle=json.loads(row["handle"]) if row["handle"] else None,
+            max_expires_at=dt(row["max_expires_at"]),
+            updated_at=dt(row["updated_at"]),
+            version=row["version"],
+        )
+
+    def _append_event(self, c: sqlite3.Connection, kind: str, status: SandboxStatus) -> None:
+        c.execute(
+            "INSERT INTO events (id, sandbox_id, type, time, payload) VALUES (?, ?, ?, ?, ?)",
+            (
+                f"evt-{uuid.uuid4().hex}",
+                status.id,
+                kind,
+                time.time(),
+                json.dumps(status.document(), separators=(",", ":")),
+            ),
+        )
+
+    # -- sandboxes --------------------------------------------------------------------
+
+    def insert(
+        self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None,
+        capacity: int | None = None,
+    ) -> None:
+        # SQLite counts under the write lock of BEGIN IMMEDIATE; a server backend locks the
+        # target's row instead.
+        now = time.time()
+        with self._write() as c:
+            if capacity is not None:
+                used = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()[0]
+                if used >= capacity:
+                    raise NoTarget(
+                        f"target {status.target} of {status.extension} is full "
+                        f"({used}/{capacity} sandboxes): another create took the last slot",
+                        hint="destroy a sandbox there, pick another target with --target, "
+                        "or raise its capacity",
+                    )
+            c.execute(
+                f"INSERT INTO sandboxes ({_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?)",
+                (
+                    status.id, status.name, status.profile, status.extension, status.target,
+                    status.state, status.reason, status.actor,
+                    json.dumps(status.labels, sort_keys=True),
+                    ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
+                    status.error, creator,
+                ),
+            )
+            self._append_event(c, "sandbox.created", status)
+
+    def _row(self, sandbox_id: str) -> sqlite3.Row | None:
+        return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def get_record(self, sandbox_id: str) -> Record | None:
+        row = self._row(sandbox_id)
+        return self._record(row) if row else None
+
+    def get(self, sandbox_id: str) -> SandboxStatus | None:
+        row = self._row(sandbox_id)
+        return self._status(row) if row else None
+
+    def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
+        row = self._row(sandbox_id)
+        return _document(row) if row else None
+
+    def transition(
+        self,
+        sandbox_id: str,
+        *,
+        from_states: Iterable[str],
+        to_state: str,
+        event: str | None,
+        **changes: Unpack[Changes],
+    ) -> SandboxStatus:
+        allowed = set(from_states)
+        sets = ["state = ?", "updated_at = ?", "version = version + 1"]
+        args: list[Any] = [to_state, time.time()]
+        items: dict[str, Any] = dict(changes)
+        for key, value in items.items():
+            if key == "expires_at":
+                value = ts(value)
+            elif key in ("reachability", "handle"):
+                value = None if value is None else json.dumps(value, sort_keys=True)
+            elif key not in ("reason", "error", "target"):
+                raise ValueError(f"unknown sandbox field {key}")
+            sets.append(f"{key} = ?")
+            args.append(value)
+        with self._write() as c:
+            row = c.execute("SELECT state FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+            if row is None:
+                raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+            if row["state"] not in allowed:
+                raise Conflict(
+                    f"sandbox {sandbox_id} is {row['state']}; this needs it to be "
+                    f"{' or '.join(sorted(allowed))}"
+                )
+            c.execute(f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?", (*args, sandbox_id))
+            new = c.execute(
+                f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,)
+            ).fetchone()
+            status = self._status(new)
+            if event:
+                self._append_event(c, event, status)
+            return status
+
+    def set_handle(self, sandbox_id: str, handle: dict[str, Any]) -> None:
+        with self._write() as c:
+            c.execute(
+                "UPDATE sandboxes SET handle = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(handle, sort_keys=True), time.time(), sandbox_id),
+            )
+
+    def query(self, **filters: Any) -> list[SandboxStatus]:
+        return [self._status(r) for r in self._select(**filters)]
+
+    def query_documents(self, **filters: Any) -> list[dict[str, Any]]:
+        return [_document(r) for r in self._select(**filters)]
+
+    def _select(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        profile: str | None = None,
+        actor: str | None = None,
+        extension: str | None = None,
+        labels: dict[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[sqlite3.Row]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            st = list(states)
+            where.append(f"state IN ({', '.join('?' * len(st))})")
+            args += st
+        for col, val in (("profile", profile), ("actor", actor), ("extension", extension)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        for key, value in (labels or {}).items():
+            where.append("json_extract(labels, ?) = ?")
+            args += [f'$."{key}"', value]
+        sql = f"SELECT {_COLUMNS} FROM sandboxes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._all(sql, args)
+
+    def reapable(self, now: datetime, *, extension: str | None = None,
+                 stale_after: float = 1800.0) -> list[ReapCandidate]:
+        t = ts(now)
+        sql = (
+            "SELECT id, state, updated_at, creator FROM sandboxes WHERE "
+            "((state = 'ready' AND expires_at <= ?) "
+            "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= ?))"
+        )
+        args: list[Any] = [t, t - stale_after]
+        if extension is not None:
+            sql += " AND extension = ?"
+            args.append(extension)
+        return [
+            ReapCandidate(id=r["id"], state=r["state"], updated_at=dt(r["updated_at"]),
+                          creator=r["creator"])
+            for r in self._all(sql + " ORDER BY expires_at", args)
+        ]
+
+    def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
+        t = ts(now)
+        row = self._one(
+            "SELECT 1 FROM sandboxes WHERE (state = 'ready' AND expires_at <= ?) "
+            "OR (state IN ('destroying', 'provisioning') AND updated_at <= ?) LIMIT 1",
+            (t, t - stale_after),
+        )
+        return row is not None
+
+    def live_handles(self, extension: str) -> list[Handle]:
+        from sandboxer.models.extension import Handle
+
+        rows = self._all(
+            f"SELECT handle FROM sandboxes WHERE extension = ? AND handle IS NOT NULL "
+            f"AND {LIVE}", (extension,))
+        return [Handle.model_validate_json(r[0]) for r in rows]
+
+    def live_ids(self) -> set[str]:
+        return {r[0] for r in self._all(f"SELECT id FROM sandboxes WHERE {LIVE}")}
+
+    def states(self, ids: Iterable[str]) -> dict[str, str]:
+        wanted = list(ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):  # SQLite bounds the parameters of a statement
+            chunk = wanted[i:i + 500]
+            rows = self._all(
+                f"SELECT id, state FROM sandboxes WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk)
+            out.update((r[0], r[1]) for r in rows)
+        return out
+
+    def count(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM sandboxes")
+        return int(row[0]) if row else 0
+
+    def live_count(self, target: str, extension: str) -> int:
+        row = self._one(_LIVE_COUNT, (target, extension))
+        return int(row[0]) if row else 0

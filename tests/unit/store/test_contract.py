@@ -1,0 +1,592 @@
+"""The store contract (store/base.py): what every backend must do, run against each one.
+
+A backend joins by adding a factory to ``FACTORIES``: it returns a ``Backend`` naming a
+fresh, empty database by its ``SANDBOXER_DATABASE_URL`` (skip there when the machine has no
+server for it). Every test opens its stores through ``open_store``, as core does; none looks
+at the database behind the protocol's back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sandboxer.config import Settings
+from sandboxer.errors import Conflict, NoTarget, NotFound, SandboxNotFound
+from sandboxer.models.common import new_sandbox_id, utcnow
+from sandboxer.models.sandbox import STATES, SandboxStatus
+from sandboxer.models.target import TargetRecord
+from sandboxer.store import open_store
+from sandboxer.store.base import Store, TokenRow
+from sandboxer.store.outbox import Outbox
+from sandboxer.values import LIVE_STATES
+
+HOUR = timedelta(hours=1)
+
+
+@dataclass
+class Backend:
+    """One database of one backend, and a way to open more connections to it."""
+
+    name: str
+    url: str
+    latest: int
+    opened: list[Store] = field(default_factory=list)
+
+    def open(self) -> Store:
+        """A new store (its own connection) on the same database, through open_store."""
+        store = open_store(_settings(self.url))
+        self.opened.append(store)
+        return store
+
+
+def _settings(url: str) -> Settings:
+    return Settings.from_env({**os.environ, "SANDBOXER_DATABASE_URL": url})
+
+
+def _sqlite(tmp_path: Path) -> Backend:
+    from sandboxer.store.migrations import LATEST
+
+    return Backend("sqlite", f"sqlite://{tmp_path / 'contract.db'}", LATEST)
+
+
+FACTORIES: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def backend(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> Iterator[Backend]:
+    made = FACTORIES[request.param](tmp_path)
+    yield made
+    for store in made.opened:
+        store.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.open()
+
+
+def status(state: str = "ready", **kw: Any) -> SandboxStatus:
+    now = utcnow()
+    fields: dict[str, Any] = {
+        "id": new_sandbox_id(), "profile": "profile.fake", "extension": "ext.fake",
+        "target": "fake-1", "state": state, "labels": {"a": "1"}, "created_at": now,
+        "expires_at": now + HOUR,
+    }
+    fields.update(kw)
+    return SandboxStatus.model_validate(fields)
+
+
+def add(store: Store, state: str = "ready", **kw: Any) -> SandboxStatus:
+    s = status(state, **kw)
+    store.insert(s, max_expires_at=s.created_at + 2 * HOUR)
+    return s
+
+
+def types(store: Store, sandbox_id: str | None = None) -> list[str]:
+    return [r.type for r in store.event_rows(sandbox_id=sandbox_id, limit=10_000)]
+
+
+# -- plumbing --------------------------------------------------------------------------
+
+
+def test_a_new_store_is_migrated_to_the_latest_schema(backend: Backend) -> None:
+    assert backend.open().schema_version() == backend.latest
+    assert backend.open().schema_version() == backend.latest  # reopening changes nothing
+
+
+def test_a_transaction_commits_everything_or_nothing(store: Store) -> None:
+    with store.transaction():
+        a = add(store, "provisioning")
+        store.transition(a.id, from_states={"provisioning"}, to_state="ready",
+                         event="sandbox.ready")
+        assert store.get(a.id) is not None  # reads inside see the transaction's writes
+    assert types(store, a.id) == ["sandbox.created", "sandbox.ready"]
+
+    b = status("provisioning")
+
+    def broken() -> None:
+        with store.transaction():
+            store.insert(b, max_expires_at=b.expires_at)
+            store.transition(a.id, from_states={"ready"}, to_state="destroying", event=None)
+            store.add_target(TargetRecord(name="t1", extension="ext.fake"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        broken()
+    assert store.get(b.id) is None
+    assert store.get(a.id).state == "ready"  # type: ignore[union-attr]
+    assert store.get_target("t1") is None
+    assert types(store) == ["sandbox.created", "sandbox.ready"]
+
+
+def broken_inner(store: Store) -> None:
+    with store.transaction():
+        store.add_target(TargetRecord(name="inner", extension="ext.fake"))
+        raise RuntimeError("inner")
+
+
+def test_a_failed_step_inside_a_transaction_undoes_only_itself(store: Store) -> None:
+    a = add(store, "ready")
+    with store.transaction():
+        with pytest.raises(Conflict):
+            store.transition(a.id, from_states={"provisioning"}, to_state="failed",
+                             event="sandbox.failed")
+        with pytest.raises(RuntimeError, match="inner"):
+            broken_inner(store)
+        store.add_target(TargetRecord(name="outer", extension="ext.fake"))
+    assert [t.name for t in store.list_targets()] == ["outer"]
+    assert types(store, a.id) == ["sandbox.created"]
+
+
+def test_other_connections_see_a_transaction_whole_or_not_at_all(backend: Backend) -> None:
+    writer, reader = backend.open(), backend.open()
+    a = add(writer, "provisioning")
+    inside = threading.Event()
+    seen: list[tuple[str | None, list[str]]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        inside.wait(10)
+        got = reader.get(a.id)
+        seen.append((got.state if got else None, types(reader, a.id)))
+        done.set()
+
+    t = threading.Thread(target=read)
+    t.start()
+    with writer.transaction():
+        writer.transition(a.id, from_states={"provisioning"}, to_state="ready",
+                          event="sandbox.ready")
+        inside.set()
+        done.wait(2)  # a backend may make the reader wait for the commit instead
+    t.join(10)
+    assert seen in ([("provisioning", ["sandbox.created"])],
+                    [("ready", ["sandbox.created", "sandbox.ready"])])
+    assert types(reader, a.id) == ["sandbox.created", "sandbox.ready"]
+
+
+# -- sandboxes -------------------------------------------------------------------------
+
+
+def test_insert_round_trips_and_appends_its_created_event(store: Store) -> None:
+    s = status("provisioning", name="web", actor="agt", labels={"team": "x", "b": "2"})
+    store.insert(s, max_expires_at=s.created_at + 2 * HOUR, creator="host/boot/1/2")
+    assert store.get(s.id) == s
+    assert store.get_document(s.id) == s.document()
+    rec = store.get_record(s.id)
+    assert rec is not None
+    assert (rec.status, rec.handle, rec.version) == (s, None, 1)
+    assert abs((rec.max_expires_at - (s.created_at + 2 * HOUR)).total_seconds()) < 1e-3
+    (row,) = store.event_rows()
+    assert (row.type, row.sandbox_id, row.payload) == ("sandbox.created", s.id, s.document())
+    assert [c.creator for c in store.reapable(utcnow())] == ["host/boot/1/2"]
+    for missing in (store.get, store.get_record, store.get_document):
+        assert missing("sbx-aaaaaaaaaa") is None  # type: ignore[operator]
+
+
+def test_a_duplicate_id_is_refused_and_writes_no_event(store: Store) -> None:
+    s = add(store)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the backend's integrity error
+        store.insert(s, max_expires_at=s.expires_at)
+    assert store.count() == 1
+    assert types(store) == ["sandbox.created"]
+
+
+def test_a_transition_changes_state_fields_and_version_with_its_event(store: Store) -> None:
+    s = add(store, "provisioning")
+    later = s.expires_at + HOUR
+    new = store.transition(s.id, from_states={"provisioning"}, to_state="ready",
+                           event="sandbox.ready", reason="because", error="e",
+                           expires_at=later, target="fake-2", handle={"k": [1]})
+    assert (new.state, new.reason, new.error, new.target) == ("ready", "because", "e",
+                                                              "fake-2")
+    assert abs((new.expires_at - later).total_seconds()) < 1e-3
+    rec = store.get_record(s.id)
+    assert rec is not None
+    assert (rec.status, rec.handle, rec.version) == (new, {"k": [1]}, 2)
+    assert store.event_rows()[-1].payload == new.document()
+    store.transition(s.id, from_states={"ready"}, to_state="ready", event=None, error=None)
+    assert types(store) == ["sandbox.created", "sandbox.ready"]  # event=None: no event
+    assert store.get(s.id).error is None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="unknown sandbox field"):
+        store.transition(s.id, from_states={"ready"}, to_state="ready", event=None,
+                         **{"profile": "x"})  # type: ignore[arg-type]
+
+
+def test_a_transition_from_the_wrong_state_is_a_conflict_and_writes_nothing(
+        store: Store) -> None:
+    s = add(store, "ready")
+    with pytest.raises(Conflict, match="is ready"):
+        store.transition(s.id, from_states={"provisioning", "destroying"}, to_state="failed",
+                         event="sandbox.failed", error="x")
+    rec = store.get_record(s.id)
+    assert rec is not None
+    assert (rec.status.state, rec.status.error, rec.version) == ("ready", None, 1)
+    assert types(store) == ["sandbox.created"]
+    with pytest.raises(SandboxNotFound):
+        store.transition("sbx-aaaaaaaaaa", from_states={"ready"}, to_state="ready",
+                         event=None)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.frozensets(st.sampled_from(STATES), min_size=1),
+                                st.sampled_from(STATES), st.booleans()), max_size=12))
+def test_transitions_follow_a_model(store: Store,
+                                    steps: list[tuple[frozenset[str], str, bool]]) -> None:
+    """Whatever sequence is tried: a transition happens exactly when the state is one of
+    ``from_states``; each bumps the version once and appends at most its one event."""
+    s = add(store, "provisioning")
+    state, version, events = "provisioning", 1, ["sandbox.created"]
+    for allowed, to, with_event in steps:
+        try:
+            store.transition(s.id, from_states=allowed, to_state=to,
+                             event="sandbox.extended" if with_event else None)
+        except Conflict:
+            assert state not in allowed
+            continue
+        assert state in allowed
+        state, version = to, version + 1
+        events += ["sandbox.extended"] if with_event else []
+    rec = store.get_record(s.id)
+    assert rec is not None
+    assert (rec.status.state, rec.version) == (state, version)
+    assert types(store, s.id) == events
+
+
+def test_set_handle_is_kept_but_never_in_an_event(store: Store) -> None:
+    s = add(store, "provisioning")
+    store.set_handle(s.id, {"sandbox_id": s.id, "data": {"secret-ish": 1}})
+    store.transition(s.id, from_states={"provisioning"}, to_state="ready",
+                     event="sandbox.ready")
+    assert store.get_record(s.id).handle == {  # type: ignore[union-attr]
+        "sandbox_id": s.id, "data": {"secret-ish": 1}}
+    assert all("secret-ish" not in str(r.payload) for r in store.event_rows())
+
+
+def test_query_filters_orders_and_limits(store: Store) -> None:
+    t0 = utcnow()
+    a = add(store, labels={"team": "x"}, actor="agt", created_at=t0)
+    b = add(store, "destroyed", labels={"team": "y"}, profile="profile.other",
+            created_at=t0 + timedelta(seconds=1))
+    c = add(store, labels={"team": "x", "env": "prod"}, extension="ext.other",
+            created_at=t0 + timedelta(seconds=2))
+    ids = lambda got: [s.id for s in got]  # noqa: E731
+    assert ids(store.query()) == [a.id, b.id, c.id]
+    assert ids(store.query(limit=2)) == [a.id, b.id]
+    assert ids(store.query(labels={"team": "x"})) == [a.id, c.id]
+    assert ids(store.query(labels={"team": "x", "env": "prod"})) == [c.id]
+    assert ids(store.query(states=["destroyed"])) == [b.id]
+    assert ids(store.query(states=[])) == []
+    assert ids(store.query(actor="agt")) == [a.id]
+    assert ids(store.query(profile="profile.other")) == [b.id]
+    assert ids(store.query(extension="ext.other", states=list(LIVE_STATES))) == [c.id]
+    assert store.query(labels={"team": "x'; DROP TABLE sandboxes; --"}) == []
+    assert store.query_documents(labels={"team": "x"}) == [a.document(), c.document()]
+    assert store.count() == 3
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(labels=st.dictionaries(st.from_regex(r"[a-z][a-z0-9._/-]{0,20}", fullmatch=True),
+                              st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]),
+                                      max_size=20), max_size=4))
+def test_labels_round_trip_and_match_themselves(store: Store, labels: dict[str, str]) -> None:
+    s = add(store, labels=labels)
+    assert store.get(s.id).labels == labels  # type: ignore[union-attr]
+    assert s.id in [d["id"] for d in store.query_documents(labels=labels)]
+
+
+def test_live_counts_handles_ids_and_states(store: Store) -> None:
+    live = [add(store, st_, target="t") for st_ in ("provisioning", "ready", "destroying")]
+    dead = [add(store, st_, target="t") for st_ in ("destroyed", "failed")]
+    other = add(store, target="t", extension="ext.other")
+    for s in (*live, *dead, other):
+        store.set_handle(s.id, {"sandbox_id": s.id, "extension": s.extension, "target": "t"})
+    assert store.live_count("t", "ext.fake") == 3
+    assert store.live_count("t", "ext.other") == 1
+    assert store.live_count("elsewhere", "ext.fake") == 0
+    assert store.live_ids() == {s.id for s in (*live, other)}
+    assert {h.sandbox_id for h in store.live_handles("ext.fake")} == {s.id for s in live}
+    assert store.states([live[0].id, dead[0].id, "sbx-aaaaaaaaaa"]) == {
+        live[0].id: "provisioning", dead[0].id: "destroyed"}
+    assert store.states([]) == {}
+    many = [add(store).id for _ in range(3)] + [f"sbx-{i:010d}" for i in range(1200)]
+    assert len(store.states(many)) == 3  # long id lists are fine
+    assert store.count() == 9
+
+
+def test_capacity_is_enforced_atomically_across_connections(backend: Backend) -> None:
+    """Eight connections race for two slots: exactly two win; the losers write nothing."""
+    stores = [backend.open() for _ in range(8)]
+    add(stores[0], target="other")
+    start = threading.Barrier(8)
+    won: list[str] = []
+    lost: list[NoTarget] = []
+
+    def create(store: Store) -> None:
+        s = status("provisioning", target="cap")
+        start.wait()
+        try:
+            store.insert(s, max_expires_at=s.expires_at, capacity=2)
+            won.append(s.id)
+        except NoTarget as e:
+            lost.append(e)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert (len(won), len(lost)) == (2, 6)
+    assert "full (2/2" in lost[0].message
+    check = backend.open()
+    assert check.live_count("cap", "ext.fake") == 2
+    assert {r.sandbox_id for r in check.event_rows() if r.payload["target"] == "cap"} == set(won)
+    # A slot is freed when its sandbox is no longer live.
+    check.transition(won[0], from_states={"provisioning"}, to_state="failed", event=None)
+    s = status("provisioning", target="cap")
+    check.insert(s, max_expires_at=s.expires_at, capacity=2)
+
+
+def _race(url: str, start: Any, n: int, out: Any) -> None:
+    store = open_store(_settings(url))
+    start.wait()
+    for _ in range(n):
+        s = status("provisioning", target="cap")
+        try:
+            store.insert(s, max_expires_at=s.expires_at, capacity=3)
+            out.put(s.id)
+        except NoTarget:
+            out.put(None)
+
+
+def test_capacity_is_enforced_atomically_across_processes(backend: Backend) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(backend.url, start, 4, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in range(8)]
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len([r for r in results if r]) == 3
+    assert backend.open().live_count("cap", "ext.fake") == 3
+
+
+def test_reapable_and_has_reapable(store: Store) -> None:
+    now = utcnow()
+    expired = add(store, expires_at=now - timedelta(seconds=1))
+    add(store)  # a lease still running
+    add(store, "destroyed", expires_at=now - HOUR)
+    add(store, "failed", expires_at=now - HOUR)
+    assert [c.id for c in store.reapable(now)] == [expired.id]
+    assert store.has_reapable(now)
+    assert not store.has_reapable(now - timedelta(seconds=2))
+
+    destroying = add(store, "destroying", expires_at=now + 3 * HOUR)
+    creating = add(store, "provisioning", expires_at=now + 2 * HOUR)
+    other = add(store, "provisioning", extension="ext.other", expires_at=now + 4 * HOUR)
+    # A create in flight is always a candidate (the caller judges its process); a destroy
+    # only once it has not moved for stale_after.
+    got = store.reapable(now)
+    assert [c.id for c in got] == [expired.id, creating.id, other.id]
+    assert {c.id: c.state for c in got}[creating.id] == "provisioning"
+    assert abs((got[1].updated_at - now).total_seconds()) < 60
+    assert [c.id for c in store.reapable(now, extension="ext.other")] == [other.id]
+    before = now - timedelta(seconds=2)
+    assert not store.has_reapable(before)  # fresh creates and destroys are not due by time
+    later = now + HOUR
+    assert [c.id for c in store.reapable(later, stale_after=60)] == [
+        expired.id, creating.id, destroying.id, other.id]
+    store.transition(expired.id, from_states={"ready"}, to_state="destroyed", event=None)
+    store.transition(creating.id, from_states={"provisioning"}, to_state="ready", event=None)
+    store.transition(other.id, from_states={"provisioning"}, to_state="failed", event=None)
+    assert not store.has_reapable(now)
+    assert store.has_reapable(later, stale_after=60)  # the destroy went stale
+
+
+# -- the outbox ------------------------------------------------------------------------
+
+
+def test_event_rows_in_order_with_filters(store: Store) -> None:
+    a = add(store, "provisioning", actor="agt")
+    b = add(store, "provisioning")
+    store.transition(a.id, from_states={"provisioning"}, to_state="ready",
+                     event="sandbox.ready")
+    rows = store.event_rows()
+    assert [(r.sandbox_id, r.type) for r in rows] == [
+        (a.id, "sandbox.created"), (b.id, "sandbox.created"), (a.id, "sandbox.ready")]
+    seqs = [r.seq for r in rows]
+    assert seqs == sorted(set(seqs))
+    assert len({r.id for r in rows}) == 3
+    assert all(r.time <= time.time() + 1 for r in rows)
+    assert store.event_rows(after=seqs[0]) == rows[1:]
+    assert store.event_rows(limit=1) == rows[:1]
+    assert store.event_rows(limit=0) == []
+    assert store.event_rows(sandbox_id=b.id) == [rows[1]]
+    assert store.event_rows(actor="agt") == [rows[0], rows[2]]
+    assert store.event_rows(actor="nobody") == []
+    assert [e.type for e in store.events(sandbox_id=a.id)] == ["sandbox.created",
+                                                               "sandbox.ready"]
+    assert [e.seq for e in store.events(after=seqs[1])] == seqs[2:]
+    assert (rows[0].delivered_at, rows[0].attempts, rows[0].next_attempt_at,
+            rows[0].last_error) == (None, 0, None, None)
+
+
+def test_delivery_bookkeeping(store: Store) -> None:
+    a, b = add(store), add(store)
+    first, second = store.event_rows()
+    assert store.undelivered_events() == [first, second]
+    assert store.next_event_due_at() == 0.0
+    assert store.event_counts().total == 2
+    assert store.mark_failed(first.id, "x" * 600, 1e12) == 1
+    assert store.mark_failed(first.id, "again", 2e12) == 2
+    assert store.mark_failed("evt-unknown", "x", 1.0) == 0
+    failed = store.undelivered_events()[0]
+    assert (failed.attempts, failed.next_attempt_at, failed.last_error) == (2, 2e12, "again")
+    assert store.next_event_due_at() == 0.0  # the other one was never tried
+    store.mark_delivered([second.id, "evt-unknown"], 1234.5)
+    store.mark_delivered([], 1.0)
+    delivered = store.event_rows(sandbox_id=b.id)[0]
+    assert (delivered.delivered_at, delivered.attempts, delivered.next_attempt_at,
+            delivered.last_error) == (1234.5, 1, None, None)
+    assert store.undelivered_events() == [failed]
+    assert store.undelivered_events(limit=0) == []
+    assert store.next_event_due_at() == 2e12
+    counts = store.event_counts()
+    assert (counts.total, counts.delivered, counts.retrying, counts.pending) == (2, 1, 1, 0)
+    assert Outbox(store).counts() == {"total": 2, "delivered": 1, "retrying": 1, "pending": 0}
+    store.mark_failed(first.id, "y" * 600, 3e12)
+    assert store.event_rows(sandbox_id=a.id)[0].last_error == "y" * 500
+    store.mark_delivered([first.id], 1.0)
+    assert store.next_event_due_at() is None
+
+
+def test_due_keeps_the_order_per_sandbox(store: Store) -> None:
+    a, b = add(store, "provisioning"), add(store, "provisioning")
+    for s in (a, b):
+        store.transition(s.id, from_states={"provisioning"}, to_state="ready",
+                         event="sandbox.ready")
+    a1, b1, a2, b2 = store.event_rows()
+    store.mark_failed(a1.id, "down", time.time() + 3600)
+    assert [r.id for r in Outbox(store).due(time.time())] == [b1.id, b2.id]
+    assert [r.id for r in Outbox(store).due(float("inf"))] == [a1.id, b1.id, a2.id, b2.id]
+
+
+def test_prune_by_age_and_delivery(store: Store) -> None:
+    add(store)
+    add(store)
+    first, _second = store.event_rows()
+    store.mark_delivered([first.id], time.time())
+    cutoff = time.time() + 1
+    assert store.prune_events(first.time - 1, undelivered_too=True) == 0  # none that old
+    assert store.prune_events(cutoff, undelivered_too=False) == 1
+    assert [r.id for r in store.event_rows()] == [_second.id]
+    assert store.prune_events(cutoff, undelivered_too=True) == 1
+    assert store.event_rows() == []
+    assert store.count() == 2  # pruning events never touches sandboxes
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+def token(tid: str, actor: str = "agt", *, created: float = 100.0) -> TokenRow:
+    return TokenRow(id=tid, hash=f"hash-{tid}", actor=actor, admin=actor == "root",
+                    created_at=created, last_used_at=None)
+
+
+def test_token_rows(store: Store) -> None:
+    store.add_token(token("tok-b", "zed", created=1.0))
+    store.add_token(token("tok-a", "agt", created=2.0))
+    store.add_token(token("tok-r", "root", created=3.0))
+    with pytest.raises(Conflict):
+        store.add_token(token("tok-a"))
+    with pytest.raises(Conflict):
+        store.add_token(TokenRow(id="tok-new", hash="hash-tok-a", actor="x", admin=False,
+                                 created_at=1.0, last_used_at=None))
+    assert store.token_by_hash("hash-tok-r") == token("tok-r", "root", created=3.0)
+    assert store.token_by_hash("nope") is None
+    store.touch_token("tok-a", 50.5)
+    store.touch_token("tok-unknown", 1.0)
+    assert store.token_by_hash("hash-tok-a").last_used_at == 50.5  # type: ignore[union-attr]
+    assert [t.id for t in store.list_tokens()] == ["tok-a", "tok-r", "tok-b"]
+    assert store.remove_token("tok-a").actor == "agt"  # type: ignore[union-attr]
+    assert store.remove_token("tok-a") is None
+    assert store.token_by_hash("hash-tok-a") is None
+
+
+def test_tokens_policy_over_the_rows(store: Store) -> None:
+    from sandboxer.store.tokens import Tokens, hash_token
+
+    tokens = Tokens(store)
+    secret, summary = tokens.add("agt", admin=True)
+    assert store.token_by_hash(hash_token(secret)) is not None
+    assert secret not in str(store.list_tokens())
+    assert tokens.lookup(secret) == (summary["id"], "agt", True)
+    tokens.touch(summary["id"])
+    assert tokens.list()[0]["last_used_at"] is not None
+    assert tokens.remove(summary["id"])["id"] == summary["id"]
+    with pytest.raises(NotFound):
+        tokens.remove(summary["id"])
+    assert tokens.lookup(secret) is None
+
+
+# -- targets ---------------------------------------------------------------------------
+
+
+def test_targets(store: Store) -> None:
+    cfg = {"url": "ssh://u@h:2200", "capacity": 3, "allow": ["devices"], "nested": {"a": [1]}}
+    store.add_target(TargetRecord(name="h2", extension="ext.fake", config=cfg))
+    store.add_target(TargetRecord(name="h1", extension="ext.other",
+                                  created_at=datetime.fromtimestamp(1e9).astimezone()))
+    with pytest.raises(Conflict, match="exists already"):
+        store.add_target(TargetRecord(name="h2", extension="ext.other"))
+    got = store.get_target("h2")
+    assert got is not None
+    assert (got.name, got.extension, got.config) == ("h2", "ext.fake", cfg)
+    assert got.created_at is not None
+    assert abs(got.created_at.timestamp() - time.time()) < 60  # defaults to now
+    assert store.get_target("h1").created_at.timestamp() == 1e9  # type: ignore[union-attr]
+    assert store.get_target("nope") is None
+    assert [t.name for t in store.list_targets()] == ["h1", "h2"]
+    assert [t.name for t in store.list_targets("ext.fake")] == ["h2"]
+    assert store.list_targets("ext.none") == []
+
+    s = add(store, target="h2")
+    with pytest.raises(Conflict, match="live sandbox"):
+        store.remove_target("h2")
+    store.transition(s.id, from_states={"ready"}, to_state="destroyed", event=None)
+    store.remove_target("h2")
+    with pytest.raises(NotFound):
+        store.remove_target("h2")
+    assert [t.name for t in store.list_targets()] == ["h1"]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids,
+                                                              max_size=3),
+    max_leaves=10)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=st.dictionaries(st.text(max_size=10), _json, max_size=5))
+def test_a_target_config_document_round_trips(store: Store, config: dict[str, Any]) -> None:
+    name = f"t{time.monotonic_ns()}"
+    store.add_target(TargetRecord(name=name, extension="ext.fake", config=config))
+    assert store.get_target(name).config == config  # type: ignore[union-attr]
+    store.remove_target(name)
