@@ -30,7 +30,7 @@ from sandboxer.models.target import TargetRecord
 from sandboxer.store import open_store
 from sandboxer.store.base import Store, TokenRow
 from sandboxer.store.outbox import Outbox
-from sandboxer.values import LIVE_STATES
+from sandboxer.values import LABEL_KEY, LABEL_VALUE, LIVE_STATES
 
 HOUR = timedelta(hours=1)
 
@@ -299,9 +299,9 @@ def test_query_filters_orders_and_limits(store: Store) -> None:
 
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(labels=st.dictionaries(st.from_regex(r"[a-z][a-z0-9._/-]{0,20}", fullmatch=True),
-                              st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]),
-                                      max_size=20), max_size=4))
+# Labels as the models let them reach a store (values.LABEL_KEY / LABEL_VALUE).
+@given(labels=st.dictionaries(st.from_regex(LABEL_KEY, fullmatch=True),
+                              st.from_regex(LABEL_VALUE, fullmatch=True), max_size=4))
 def test_labels_round_trip_and_match_themselves(store: Store, labels: dict[str, str]) -> None:
     s = add(store, labels=labels)
     assert store.get(s.id).labels == labels  # type: ignore[union-attr]
