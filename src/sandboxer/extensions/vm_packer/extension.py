@@ -26,12 +26,13 @@ from sandboxer.extensions.base import (
     Endpoint,
     Extension,
     Handle,
+    Host,
     Observed,
     ProvisionRequest,
     Target,
     key_paths,
 )
-from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
+from sandboxer.extensions.vm_packer import images, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 
 if TYPE_CHECKING:
@@ -51,9 +52,13 @@ class VMPackerExtension(Extension, BuildsImages):
     name = "ext.vm-packer"
     Spec = VMSpec
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, host: Host | None = None) -> None:
+        super().__init__(settings, host)
         self._answered: set[str] = set()  # provisioned here, SSH already answered
+
+    @override
+    def keeper_interval(self) -> float:
+        return envvars.vm_keeper_interval(self.settings.env)
 
     def vm_root(self) -> Path:
         return self.settings.home / "vm"
@@ -136,7 +141,7 @@ class VMPackerExtension(Extension, BuildsImages):
                 log.warning("cleanup of %s after a failed provision also failed: %s", sid, e)
                 cause.add_note(f"cleanup also failed: {e}")
             raise
-        keeper.ensure_running(self.settings)
+        self.host.ensure_keeper()  # QEMU knows no lease: core's keeper reaps it
         self._answered.add(sid)
         return Handle(sandbox_id=sid, extension=self.name, target=TARGET, data=data)
 
