@@ -64,6 +64,7 @@ class Daemon:
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
         self.moved: set[str] = set()
+        self._refreshing = asyncio.Lock()
         self.idle_exit = envvars.local_idle_exit(settings.env)
         self._stop = asyncio.Event()
         self._warned: set[str] = set()
@@ -108,6 +109,9 @@ class Daemon:
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "list":
+            # A client that sees a moved sandbox listed also reads its new descriptor (and
+            # does not store it a second time).
+            await self._refresh_moved()
             return {"ok": True, "sandboxes": [
                 {"sandbox_id": sb.id, "port": sb.port} for sb in self.sandboxes.values()]}
         if op == "destroy":  # outside ops_lock: the destroy calls `remove` on us
@@ -195,14 +199,16 @@ class Daemon:
         self.moved.add(str(record["sandbox_id"]))
 
     async def _refresh_moved(self) -> None:
-        """Store the new descriptors of sandboxes restored on a new port."""
-        while self.moved:
-            sid = self.moved.pop()
-            try:
-                if await self.host.refresh_reachability(sid):
-                    log.info("%s: its descriptor now names its new port", sid)
-            except Exception as e:
-                self._warn_once(f"refreshing the descriptor of {sid}", e)
+        """Store the new descriptors of sandboxes restored on a new port (core reads the
+        endpoint back through ``add`` on our socket: never under ``ops_lock``)."""
+        async with self._refreshing:
+            while self.moved:
+                sid = self.moved.pop()
+                try:
+                    if await self.host.refresh_reachability(sid):
+                        log.info("%s: its descriptor now names its new port", sid)
+                except Exception as e:
+                    self._warn_once(f"refreshing the descriptor of {sid}", e)
 
     def _jail(self, sb: Sandbox) -> Jail:
         return Jail(sandbox_id=sb.id, user=sb.user, workspace=sb.workspace,
