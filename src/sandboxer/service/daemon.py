@@ -18,6 +18,7 @@ its caller's: it outlives the command that started it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -26,7 +27,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 MODULE = "sandboxer.service.daemon"
 IDLE_EXIT = 30.0  # seconds without a live sandbox before a keeper without housekeeping exits
 LOCK_WAIT = 10.0  # how long a new keeper waits out one that is still shutting down
+STOP_WAIT = 60.0  # how long a reap under way may take to finish when the keeper stops
 EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch
 
 
@@ -143,6 +145,12 @@ class _Leases:
         self.idle_exit = idle_exit
         self.lock = lock
         self._warned: set[str] = set()
+        self._stopping: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        """Return after the reap under way, if any (a destroy is not cut in half)."""
+        if self._stopping is not None:
+            self._stopping.set()
 
     def _warn_once(self, what: str, e: Exception) -> None:
         # A missing store would otherwise flood the log every interval.
@@ -151,12 +159,14 @@ class _Leases:
         log.log(level, "%s failed: %s", what, e)
 
     async def run(self) -> None:
-        """Return once idle (without housekeeping) or orphaned; never raises."""
-        import asyncio
-
+        """Return once idle (without housekeeping), orphaned or stopped; never raises."""
+        self._stopping = stopping = asyncio.Event()
         idle_since: float | None = None
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
+            if stopping.is_set():
+                return
             if self.lock is not None and _orphaned(*self.lock):
                 log.warning("%s is gone; exiting", self.lock[0])
                 return
@@ -188,7 +198,6 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
 
     ``lock``: the held lock file and its fd; the keeper exits once that file is gone.
     """
-    import asyncio
     import signal
 
     from sandboxer.extensions.base import Housekeeping
@@ -201,19 +210,25 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # housekeeping may install its own
         loop.add_signal_handler(sig, stop.set)
-    tasks = {asyncio.create_task(leases.run(), name="leases"),
-             asyncio.create_task(stop.wait(), name="stop")}
+    keeping = asyncio.create_task(leases.run(), name="leases")
+    others: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
     if isinstance(ext, Housekeeping):
-        tasks.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
+        others.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
     log.info("keeper %d for %s in %s%s", os.getpid(), extension, settings.home,
              " with its housekeeping" if housekeeping else "")
     try:
-        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _pending = await asyncio.wait({keeping, *others},
+                                            return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        # Housekeeping cleans up when cancelled (a stop or an orphaned home).
-        await asyncio.gather(*tasks, return_exceptions=True)
+        leases.stop()
+        for task in others:
+            task.cancel()  # housekeeping cleans up when cancelled (a stop, an orphaned home)
+        await asyncio.gather(*others, return_exceptions=True)
+        try:
+            await asyncio.wait_for(keeping, STOP_WAIT)
+        except TimeoutError:
+            log.warning("a reap of %s was still running after %gs; stopping it", extension,
+                        STOP_WAIT)
     for task in done:
         if not task.cancelled() and (e := task.exception()) is not None:
             raise e
@@ -248,8 +263,6 @@ def main(args: list[str] | None = None) -> int:
     if fd is None:
         log.info("another keeper holds %s; exiting", path)
         return 0
-    import asyncio
-
     try:
         asyncio.run(keep(settings, opts.extension, idle_exit=opts.idle_exit, lock=(path, fd)))
     except SandboxerError as e:

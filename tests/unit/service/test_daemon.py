@@ -205,3 +205,31 @@ def test_an_unknown_extension_ends_the_keeper_with_an_error(
                       "--foreground"])
     assert rc == 1
     assert not daemon.running(settings, "ext.nothere")
+
+
+def test_a_stop_lets_the_reap_under_way_finish() -> None:
+    class Host:
+        extension = "ext.slow"
+        started = finished = 0
+
+        async def reap(self) -> int:
+            self.started += 1
+            await asyncio.sleep(0.3)
+            self.finished += 1
+            return 0
+
+        def live_handles(self) -> list[object]:
+            return [object()]
+
+    host = Host()
+    leases = daemon._Leases(host, interval=0.01, idle_exit=None, lock=None)
+
+    async def go() -> None:
+        task = asyncio.create_task(leases.run())
+        while not host.started:
+            await asyncio.sleep(0.01)
+        leases.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(go())
+    assert (host.started, host.finished) == (1, 1)
