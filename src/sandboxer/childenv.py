@@ -8,8 +8,10 @@ process needs plus the settings they read, named by the caller.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 SYSTEM = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
 # A setting under an allowed prefix is still dropped when its name looks like a credential.
@@ -27,3 +29,17 @@ def allowed(
         if k in wanted or k.startswith("LC_")
         or (k.startswith(prefixes) and not SECRETISH.search(k))
     }
+
+
+def for_sandboxer(caller: Mapping[str, str], home: Path) -> dict[str, str]:
+    """The environment of a long-lived sand-boxer process of ``home`` (core's daemon):
+    the system basics and sand-boxer's own settings (none whose name looks like a
+    credential), and the same sand-boxer on PYTHONPATH as the caller's, installed or
+    from a checkout."""
+    import sandboxer
+
+    env = allowed(caller, prefixes=("SANDBOXER_",))
+    env["SANDBOXER_HOME"] = str(home)
+    src = str(Path(sandboxer.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)
+    return env

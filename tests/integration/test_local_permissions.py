@@ -161,11 +161,12 @@ c.sendall(b'{"op": "list"}\n'); print(c.makefile("rb").readline().decode(), end=
 
 def test_endpoint_answers_only_its_own_uid(open_home: Settings) -> None:
     from sandboxer.extensions.local.endpoint import Daemon
+    from sandboxer.manager import Manager
 
     path = open_home.home / "ctl.sock"
 
     async def go() -> tuple[str, dict[str, object]]:
-        daemon = Daemon(open_home)
+        daemon = Daemon(open_home, Manager(open_home).extension("ext.local").host)
         server = await asyncio.start_unix_server(daemon._control, str(path))
         path.chmod(0o777)
         try:

@@ -145,6 +145,11 @@ class Extension(ABC):
         """
         return target
 
+    def keeper_interval(self) -> float:
+        """Seconds between two lease checks of core's keeper process for this extension
+        (``Host.ensure_keeper``, ``Housekeeping``)."""
+        return 2.0
+
     @abstractmethod
     async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
         """Create the sandbox and return its handle.

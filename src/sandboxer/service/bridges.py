@@ -1,8 +1,6 @@
-"""Where the service reaches an extension's work, one small function each.
-
-Each body still runs today's code; the comment names the generic function
-(``sandboxer.capabilities`` / ``sandboxer.service.upkeep``) that replaces it once the
-capabilities land, so the swap touches nothing else.
+"""Where the service reaches an extension's work, one small function each: the generic
+use of the capabilities (``sandboxer.capabilities``) and of the endpoint upkeep
+(``sandboxer.service.upkeep``), imported only when a command needs them.
 """
 
 from __future__ import annotations
@@ -67,65 +65,14 @@ def doctor_checks(manager: Callable[[], Manager]) -> list[Check]:
 
 def ensure_served(settings: Settings, docs: list[dict[str, Any]],
                   manager: Callable[[], Manager]) -> bool:
-    """Bring the ext.local endpoint back when a ready local sandbox is not served.
+    """Serve again ready sandboxes whose endpoint process is gone (service.upkeep)."""
+    from sandboxer.service import upkeep
 
-    A killed endpoint takes every jail with it; the next command that shows or needs a
-    local sandbox starts it again, which restores every live sandbox (on its recorded
-    port, or a new one when that was taken: then the stored descriptor is renewed
-    here). True when anything was restarted, so the caller reads the store again. One
-    connect to the control socket when the endpoint is up. If it cannot be brought
-    back, the documents say so in ``reason`` rather than claim a servable endpoint.
-    """
-    # i13-merge: upkeep.ensure_served(settings, docs, manager)
-    local = [d for d in docs if d.get("extension") == "ext.local" and d["state"] == "ready"]
-    if not local:
-        return False
-    from sandboxer.extensions.local.wire import request_if_running
-
-    listed = request_if_running(settings, "list", timeout=5)
-    served = {e["sandbox_id"]: e["port"] for e in (listed or {}).get("sandboxes", [])}
-    if listed is not None and all(
-            served.get(d["id"]) == (d.get("reachability") or {}).get("port") for d in local):
-        return False
-    import asyncio
-
-    from sandboxer.errors import SandboxerError
-
-    try:
-        return asyncio.run(_restore_local(settings, local, manager))
-    except SandboxerError as e:
-        for d in local:
-            d["reason"] = f"unserved: {e.message}"
-        return False
-
-
-async def _restore_local(settings: Settings, docs: list[dict[str, Any]],
-                         manager: Callable[[], Manager]) -> bool:
-    from sandboxer.extensions.local import control
-
-    await control.ensure_running(settings)
-    listed = await control.request(settings, "list")
-    served = {e["sandbox_id"]: e["port"] for e in listed["sandboxes"]}
-    for d in docs:
-        # Not restored by the daemon (serve it now), or restored on a new port.
-        if served.get(d["id"]) != (d.get("reachability") or {}).get("port"):
-            await manager().refresh_reachability(d["id"])
-    return True
+    return upkeep.ensure_served(settings, docs, manager)
 
 
 def fast_destroy(settings: Settings, doc: dict[str, Any]) -> dict[str, Any] | None:
-    """A running ext.local endpoint already has the manager loaded, so a local sandbox's
-    destroy is handed to it; None when there is no such process (destroy in this one)."""
-    # i13-merge: upkeep.fast_destroy(settings, doc)
-    if doc["extension"] != "ext.local":
-        return None
-    from sandboxer.errors import from_code
-    from sandboxer.extensions.local.wire import request_if_running
+    """Destroy through the extension's running process when one answers (service.upkeep)."""
+    from sandboxer.service import upkeep
 
-    reply = request_if_running(settings, "destroy", sandbox_id=doc["id"])
-    if reply is None:
-        return None
-    if not reply.get("ok"):
-        raise from_code(str(reply.get("code")), str(reply.get("error")))
-    document: dict[str, Any] = reply["document"]
-    return document
+    return upkeep.fast_destroy(settings, doc)

@@ -1,14 +1,278 @@
 """Core's keeper process for one extension: ``python -m sandboxer.service.daemon``.
 
-It keeps the extension's leases (reaping on an interval) and runs the extension's
-``Housekeeping`` capability, if any, handing it a host; it exits once idle.
+    python -m sandboxer.service.daemon --home HOME --extension NAME [--foreground]
+
+One runs per home and extension: it holds an exclusive flock on
+``run/keeper-<NAME>.lock`` for its whole life (a second one finds it taken and exits). It
+keeps the extension's leases, reaping them every ``Extension.keeper_interval()`` seconds
+(the same code as every CLI call and ``sandboxer reap``), so a lease ends even when nobody
+runs a command. When the extension implements ``Housekeeping`` (ext.local serves its SSH
+endpoints there) it awaits ``housekeep(host)`` alongside and exits when that returns;
+otherwise it exits once no sandbox of the extension has been live for ``IDLE_EXIT``
+seconds. It forks once at start, so whoever spawns it can reap its first process at once.
+
+It starts with an allow-listed environment (``childenv.for_sandboxer``), never a copy of
+its caller's: it outlives the command that started it.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from sandboxer.config import Settings
+
+if TYPE_CHECKING:
+    from sandboxer.extensions.base import Extension, Host
+
+log = logging.getLogger(__name__)
+MODULE = "sandboxer.service.daemon"
+IDLE_EXIT = 30.0  # seconds without a live sandbox before a keeper without housekeeping exits
+LOCK_WAIT = 10.0  # how long a new keeper waits out one that is still shutting down
+STOP_WAIT = 60.0  # how long a reap under way may take to finish when the keeper stops
+EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch
+
+
+def lock_path(settings: Settings, extension: str) -> Path:
+    return settings.run_dir / f"keeper-{_checked(extension)}.lock"
+
+
+def log_path(settings: Settings, extension: str) -> Path:
+    return settings.log_dir / f"keeper-{_checked(extension)}.log"
+
+
+def _checked(extension: str) -> str:
+    if not EXTENSION_NAME.fullmatch(extension):
+        from sandboxer.errors import InvalidInput
+
+        raise InvalidInput(f"invalid extension name {extension!r}")
+    return extension
+
+
+def argv(settings: Settings, extension: str) -> list[str]:
+    """How the keeper of ``extension`` for this home is started."""
+    return [sys.executable, "-m", MODULE, "--home", str(settings.home),
+            "--extension", _checked(extension)]
+
+
+def running(settings: Settings, extension: str) -> bool:
+    """Whether a keeper holds the lock (one flock attempt)."""
+    fd = os.open(lock_path(settings, extension), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def ensure(settings: Settings, extension: str) -> None:
     """Start the keeper for ``extension`` in ``settings.home`` unless one runs."""
-    raise NotImplementedError  # i13-daemon
+    import subprocess
+    import threading
+
+    from sandboxer import childenv
+
+    settings.ensure()
+    if running(settings, extension):
+        return
+    env = childenv.for_sandboxer({**os.environ, **settings.env}, settings.home)
+    fd = os.open(log_path(settings, extension), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                 0o600)
+    try:
+        proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=fd, start_new_session=True,
+                                close_fds=True, env=env)
+    finally:
+        os.close(fd)
+    # Its first process exits right after the fork: reap it without blocking the caller.
+    threading.Thread(target=proc.wait, daemon=True).start()
+
+
+def _extension(settings: Settings, name: str) -> Extension:
+    """The extension with the host core gives it: the one place this process builds core."""
+    from sandboxer.manager import Manager
+
+    return Manager(settings).extension(name)
+
+
+def _lock(path: Path, timeout: float = LOCK_WAIT) -> int | None:
+    """Hold ``path``'s flock, waiting out a keeper that is still shutting down."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+            continue
+        try:  # a home deleted and made again meanwhile has a new lock file
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _orphaned(path: Path, fd: int) -> bool:
+    """True once our lock file is gone or replaced (the home was deleted)."""
+    try:
+        return os.stat(path).st_ino != os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return True
+
+
+class _Leases:
+    """The lease keeper: reap on an interval; report when idle for ``idle_exit``."""
+
+    def __init__(self, host: Host, interval: float, idle_exit: float | None,
+                 lock: tuple[Path, int] | None) -> None:
+        self.host = host
+        self.interval = interval
+        self.idle_exit = idle_exit
+        self.lock = lock
+        self._warned: set[str] = set()
+        self._stopping: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        """Return after the reap under way, if any (a destroy is not cut in half)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _warn_once(self, what: str, e: Exception) -> None:
+        # A missing store would otherwise flood the log every interval.
+        level = logging.DEBUG if what in self._warned else logging.WARNING
+        self._warned.add(what)
+        log.log(level, "%s failed: %s", what, e)
+
+    async def run(self) -> None:
+        """Return once idle (without housekeeping), orphaned or stopped; never raises."""
+        self._stopping = stopping = asyncio.Event()
+        idle_since: float | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
+            if stopping.is_set():
+                return
+            if self.lock is not None and _orphaned(*self.lock):
+                log.warning("%s is gone; exiting", self.lock[0])
+                return
+            try:
+                if reaped := await self.host.reap():
+                    log.info("reaped %d sandbox(es) of %s", reaped, self.host.extension)
+            except Exception as e:
+                self._warn_once("lease reaping", e)
+            if self.idle_exit is None:
+                continue
+            try:
+                live = bool(self.host.live_handles())
+            except Exception as e:
+                self._warn_once("reading the live sandboxes", e)
+                live = True
+            if live:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.idle_exit:
+                log.info("no live sandbox of %s for %gs; exiting", self.host.extension,
+                         self.idle_exit)
+                return
+
+
+async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EXIT,
+               lock: tuple[Path, int] | None = None) -> None:
+    """Keep ``extension``'s leases and run its housekeeping until there is nothing left.
+
+    ``lock``: the held lock file and its fd; the keeper exits once that file is gone.
+    """
+    import signal
+
+    from sandboxer.extensions.base import Housekeeping
+
+    ext = _extension(settings, extension)
+    host = ext.host
+    housekeeping = isinstance(ext, Housekeeping)
+    leases = _Leases(host, ext.keeper_interval(), None if housekeeping else idle_exit, lock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # housekeeping may install its own
+        loop.add_signal_handler(sig, stop.set)
+    keeping = asyncio.create_task(leases.run(), name="leases")
+    others: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
+    if isinstance(ext, Housekeeping):
+        others.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
+    log.info("keeper %d for %s in %s%s", os.getpid(), extension, settings.home,
+             " with its housekeeping" if housekeeping else "")
+    try:
+        done, _pending = await asyncio.wait({keeping, *others},
+                                            return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leases.stop()
+        for task in others:
+            task.cancel()  # housekeeping cleans up when cancelled (a stop, an orphaned home)
+        await asyncio.gather(*others, return_exceptions=True)
+        try:
+            await asyncio.wait_for(keeping, STOP_WAIT)
+        except TimeoutError:
+            log.warning("a reap of %s was still running after %gs; stopping it", extension,
+                        STOP_WAIT)
+    for task in done:
+        if not task.cancelled() and (e := task.exception()) is not None:
+            raise e
+
+
+def main(args: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sandboxer-daemon")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--extension", required=True)
+    ap.add_argument("--foreground", action="store_true", help="do not fork")
+    ap.add_argument("--idle-exit", type=float, default=IDLE_EXIT, help=argparse.SUPPRESS)
+    opts = ap.parse_args(args)
+    if not EXTENSION_NAME.fullmatch(opts.extension):
+        ap.error(f"invalid extension name {opts.extension!r}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    from sandboxer.errors import SandboxerError
+
+    try:
+        settings = Settings.from_env({**os.environ, "SANDBOXER_HOME": opts.home})
+        settings.ensure()
+    except SandboxerError as e:
+        log.error("%s", e.render())
+        return 1
+    if not opts.foreground and os.fork() > 0:
+        os._exit(0)  # the caller reaps this parent at once; the keeper is adopted by init
+    from sandboxer.secrets import redaction
+
+    redaction.install()
+    path = lock_path(settings, opts.extension)
+    fd = _lock(path)
+    if fd is None:
+        log.info("another keeper holds %s; exiting", path)
+        return 0
+    try:
+        asyncio.run(keep(settings, opts.extension, idle_exit=opts.idle_exit, lock=(path, fd)))
+    except SandboxerError as e:
+        log.error("keeper for %s: %s", opts.extension, e.render())
+        return 1
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

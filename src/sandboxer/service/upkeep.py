@@ -3,17 +3,24 @@ process died are served again, and fast paths through an already-running extensi
 process (an ext.local destroy) are taken when one answers.
 
 Uses only the light ``FastPaths`` an extension registers (``sandboxer.fast_paths``) until
-something must really be done, so the CLI's reads stay cheap.
+something must really be done, so the CLI's reads stay cheap: neither pydantic nor
+asyncio nor ``importlib.metadata`` (tens of milliseconds) is imported on the way.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sandboxer.config import Settings
+    from sandboxer.extensions.base import FastPaths
     from sandboxer.manager import Manager
+
+# extensions.base.FAST_PATH_GROUP, which this module may not import (it loads pydantic).
+GROUP = "sandboxer.fast_paths"
 
 
 def ensure_served(settings: Settings, documents: list[dict[str, Any]],
@@ -22,10 +29,118 @@ def ensure_served(settings: Settings, documents: list[dict[str, Any]],
     extension's ``ServesEndpoints``), storing moved descriptors. True when anything was
     restarted (the caller reads the store again); when it cannot be, each affected
     document's ``reason`` says so. ``manager`` is called only when work is needed."""
-    raise NotImplementedError  # i13-daemon
+    from sandboxer.errors import SandboxerError
+
+    by_extension: dict[str, list[dict[str, Any]]] = {}
+    for d in documents:
+        if d.get("state") == "ready" and isinstance(d.get("extension"), str):
+            by_extension.setdefault(d["extension"], []).append(d)
+    restarted = False
+    for name, docs in by_extension.items():
+        paths = _fast_paths(name)
+        if paths is None or not paths.unserved(settings, docs):
+            continue
+        try:
+            restarted |= _run(_serve_again(manager(), name, docs))
+        except SandboxerError as e:
+            for d in docs:
+                d["reason"] = f"unserved: {e.message}"
+    return restarted
+
+
+async def _serve_again(manager: Manager, name: str, documents: list[dict[str, Any]]) -> bool:
+    from sandboxer.extensions.base import ServesEndpoints
+
+    ext = manager.extension(name)
+    if not isinstance(ext, ServesEndpoints):
+        return False
+    # Not restored by the extension's process (served now), or restored on a new port.
+    for sandbox_id in await ext.serve_again(documents):
+        await manager.refresh_reachability(sandbox_id)
+    return True
 
 
 def fast_destroy(settings: Settings, document: dict[str, Any]) -> dict[str, Any] | None:
     """Destroy through the extension's running process when its fast path answers: the
     final document (raising the mapped SandboxerError when it refused), else None."""
-    raise NotImplementedError  # i13-daemon
+    paths = _fast_paths(str(document.get("extension")))
+    if paths is None:
+        return None
+    reply = paths.destroy(settings, str(document["id"]))
+    if reply is None:
+        return None
+    if not reply.get("ok"):
+        from sandboxer.errors import from_code
+
+        raise from_code(str(reply.get("code")), str(reply.get("error")))
+    final: dict[str, Any] = reply["document"]
+    return final
+
+
+def _run(coro: Any) -> bool:
+    import asyncio  # 30+ ms to import: only when something must be served again
+
+    result: bool = asyncio.run(coro)
+    return result
+
+
+def _fast_paths(extension: str) -> FastPaths | None:
+    """The FastPaths object ``extension`` registered, or None (a broken one is None too:
+    it only costs the slow path)."""
+    target = registered(GROUP).get(extension)
+    if target is None:
+        return None
+    import importlib
+
+    module, _, attr = target.split("[", 1)[0].partition(":")  # extras name no object
+    try:
+        found: Any = importlib.import_module(module.strip())
+        for part in attr.strip().split(".") if attr.strip() else ():
+            found = getattr(found, part)
+    except Exception:
+        return None
+    paths: FastPaths = found
+    return paths
+
+
+def registered(group: str) -> dict[str, str]:
+    """``name -> "module:attr"`` of the entry points in ``group`` of every distribution on
+    ``sys.path`` (the first wins, as for ``importlib.metadata``).
+
+    Reads each ``*.dist-info``/``*.egg-info`` ``entry_points.txt`` directly: importing and
+    running ``importlib.metadata`` costs the CLI tens of milliseconds, this a few.
+    """
+    header = f"[{group}]"
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        base = entry or "."
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(base, name, "entry_points.txt")) as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if header in text:
+                for key, value in _section(text, header):
+                    found.setdefault(key, value)
+    return found
+
+
+def _section(text: str, header: str) -> list[tuple[str, str]]:
+    """The ``name = value`` lines of one ``[section]`` of an entry_points.txt."""
+    inside = False
+    out: list[tuple[str, str]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            inside = line == header
+        elif inside and "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            out.append((key.strip(), value.strip()))
+    return out

@@ -95,7 +95,7 @@ def vm_cli(vm_images: Path, tmp_path: Path) -> Iterator[VMCli]:
     if listed.returncode == 0:
         for doc in json.loads(listed.stdout)["items"]:
             cli.run("destroy", doc["id"])
-    keeper = cli.home / "run" / "vm-keeper.lock"
+    keeper = cli.home / "run" / "keeper-ext.vm-packer.lock"
     if keeper.exists():  # the keeper exits ~30 s after its last VM; don't leave it behind
         _stop_keeper(cli.home)
     from sandboxer.extensions.vm_packer import qemu
@@ -107,7 +107,8 @@ def vm_cli(vm_images: Path, tmp_path: Path) -> Iterator[VMCli]:
 
 
 def _stop_keeper(home: Path) -> None:
-    """SIGTERM the lease keeper of this home only (found by its --home argument)."""
+    """SIGTERM core's lease keeper for ext.vm-packer of this home only (found by its
+    --home and --extension arguments)."""
     import signal
 
     for entry in Path("/proc").iterdir():
@@ -117,5 +118,6 @@ def _stop_keeper(home: Path) -> None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"sandboxer.extensions.vm_packer.keeper" in argv and str(home).encode() in argv:
+        if (b"sandboxer.service.daemon" in argv and b"ext.vm-packer" in argv
+                and str(home).encode() in argv):
             os.kill(int(entry.name), signal.SIGTERM)

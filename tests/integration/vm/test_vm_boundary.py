@@ -97,7 +97,7 @@ def test_no_secret_in_qemu_or_keeper_and_no_route_to_host_loopback(vm_cli: VMCli
         assert server.accepted == 0
 
         [qemu_pid] = _pids(f"guest=sandboxer.id={sid}")
-        [keeper_pid] = _pids("sandboxer.extensions.vm_packer.keeper", str(vm_cli.home))
+        [keeper_pid] = _pids("sandboxer.service.daemon", "ext.vm-packer", str(vm_cli.home))
         for pid in (qemu_pid, keeper_pid):
             environ = _environ(pid)
             held = [v for v in canaries.values() if any(v.encode() in e for e in environ)]

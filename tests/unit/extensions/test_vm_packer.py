@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import BuildsImages
-from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
+from sandboxer.extensions.vm_packer import images, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0000000000000000000000000000000000000000000"
@@ -74,33 +74,6 @@ def test_network_is_off_unless_the_profile_asks(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="network applies to VMs booted"):
         VMSpec.model_validate({"network": True, "attach": {
             "host": "h", "user": "u", "host_key": KEY, "identity": "/k"}})
-
-
-def test_keeper_starts_with_an_allow_listed_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[dict[str, str]] = []
-
-    class Popen:
-        def __init__(self, argv: list[str], **kw: object) -> None:
-            env = kw["env"]
-            assert isinstance(env, dict)
-            started.append(env)
-
-    monkeypatch.setattr(keeper.subprocess, "Popen", Popen)
-    monkeypatch.setattr(keeper, "running", lambda settings: False)
-    caller = {"SANDBOXER_HOME": str(tmp_path), "PATH": "/usr/bin", "SBX_CANARY": "c1",
-              "SANDBOXER_TOKEN": "c2", "BAO_TOKEN": "c3", "AWS_SECRET_ACCESS_KEY": "c4",
-              "SANDBOXER_VM_KEEPER_INTERVAL": "1", "SANDBOXER_PROFILES": "/p"}
-    for name, value in caller.items():
-        monkeypatch.setenv(name, value)
-    keeper.ensure_running(Settings.from_env(caller))
-    [env] = started
-    assert not {"c1", "c2", "c3", "c4"} & set(env.values())
-    assert env["SANDBOXER_HOME"] == str(tmp_path)
-    assert env["SANDBOXER_VM_KEEPER_INTERVAL"] == "1"
-    assert env["SANDBOXER_PROFILES"] == "/p"
-    assert env["PATH"] == "/usr/bin"
-    assert "PYTHONPATH" in env
 
 
 @pytest.mark.parametrize(("rc", "out", "nothing"), [

@@ -1,7 +1,10 @@
 """Client side of the shared ext.local endpoint daemon: control socket and spawn-on-demand.
 
+The endpoint runs in core's keeper process for ext.local (``python -m
+sandboxer.service.daemon --home HOME --extension ext.local``, started here by its argv).
 Protocol: one newline-terminated JSON object per connection each way. Requests carry
-``op`` (ping, add, remove, list); replies carry ``ok`` and either the result or ``error``.
+``op`` (ping, add, remove, list, destroy); replies carry ``ok`` and either the result or
+``error``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sandboxer
 from sandboxer import childenv
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed
@@ -27,8 +29,8 @@ from sandboxer.extensions.local.peer import check_server
 SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
 _START_TIMEOUT = 15.0
-# Besides SANDBOXER_LOCAL_*: what the daemon's own Settings and Manager read.
-DAEMON_SETTINGS = ("SANDBOXER_PROFILES",)
+# Core's keeper process, which runs the endpoint as ext.local's housekeeping.
+DAEMON = ("-m", "sandboxer.service.daemon", "--extension", "ext.local")
 
 
 SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch
@@ -188,15 +190,10 @@ async def ping(settings: Settings) -> bool:
 def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     settings.ensure()
     # Never a copy of the caller's environment (its secrets would sit in /proc/PID/environ
-    # for the daemon's life): the system basics plus the settings the daemon reads.
-    caller = {**os.environ, **settings.env}
-    env = childenv.allowed(caller, names=DAEMON_SETTINGS, prefixes=("SANDBOXER_LOCAL_",))
-    env["SANDBOXER_HOME"] = str(settings.home)
-    # The daemon must run the same sand-boxer as its caller, installed or from a checkout.
-    src = str(Path(sandboxer.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "sandboxer.extensions.local.endpoint",
-            "--home", str(settings.home)]
+    # for the daemon's life): the system basics plus sand-boxer's settings, and the same
+    # sand-boxer as its caller, installed or from a checkout.
+    env = childenv.for_sandboxer({**os.environ, **settings.env}, settings.home)
+    argv = [sys.executable, *DAEMON, "--home", str(settings.home)]
     fd = os.open(log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         # The daemon forks once and its first process exits, so nobody keeps a zombie.

@@ -1,21 +1,22 @@
-"""The shared ext.local endpoint daemon: one SSH listener per sandbox, sessions in bwrap.
+"""The shared ext.local endpoint: one SSH listener per sandbox, sessions in bwrap.
 
-Run as ``python -m sandboxer.extensions.local.endpoint --home HOME``; ``control.py``
-starts it on demand. It holds an exclusive flock on ``run/local-endpoint.pid`` for its
-whole life, serves newline-delimited JSON on ``run/local-endpoint.sock`` (ops ping, add,
-remove, list), reaps expired leases every second, and exits once it has served no sandbox
-for ``SANDBOXER_LOCAL_IDLE_EXIT`` seconds (default 3). This is the only module that
-imports asyncssh.
+``LocalExtension.housekeep`` runs it (``serve``) inside core's keeper process for
+ext.local (``python -m sandboxer.service.daemon --extension ext.local``), which
+``control.py`` starts on demand and which also keeps the leases. It holds an exclusive
+flock on ``run/local-endpoint.pid`` for its whole life, serves newline-delimited JSON on
+``run/local-endpoint.sock`` (ops ping, add, remove, list, destroy), and returns once it has
+served no sandbox for ``SANDBOXER_LOCAL_IDLE_EXIT`` seconds (default 3). What it needs of
+the store (states, live handles, descriptors, a destroy) comes from the ``Host`` core
+hands it.
 
 Secret values arrive in the ``add`` request over the control socket (0600, in a 0700
 directory) and live only in this process's memory: never in ``sandbox.json``, never on a
-command line. A restarted daemon restores sandboxes from their records without them and
+command line. A restarted endpoint restores sandboxes from their records without them and
 says so in each session (``SANDBOXER_SECRETS_MISSING``); see docs/secrets.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -24,16 +25,16 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from sandboxer import envvars
 from sandboxer.config import Settings
+from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.holder import Jail
@@ -42,6 +43,9 @@ from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.secrets import redaction
 
+if TYPE_CHECKING:
+    from sandboxer.extensions.base import Host
+
 log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"destroyed", "failed"})
 
@@ -49,8 +53,9 @@ FINAL_STATES = frozenset({"destroyed", "failed"})
 class Daemon:
     """The endpoint: registered sandboxes, their listeners and the control socket."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, host: Host) -> None:
         self.settings = settings
+        self.host = host
         self.sandboxes: dict[str, Sandbox] = {}
         self.shutting_down = False
         self.busy = 0
@@ -59,14 +64,13 @@ class Daemon:
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
         self.moved: set[str] = set()
+        self._refreshing = asyncio.Lock()
         self.idle_exit = envvars.local_idle_exit(settings.env)
-        self._store: Any = None
-        self._manager: Any = None
         self._stop = asyncio.Event()
         self._warned: set[str] = set()
 
     def _warn_once(self, what: str, e: Exception) -> None:
-        # A missing store or manager would otherwise flood the log every second.
+        # A missing store would otherwise flood the log every second.
         level = logging.DEBUG if what in self._warned else logging.WARNING
         self._warned.add(what)
         log.log(level, "%s failed: %s", what, e)
@@ -105,9 +109,12 @@ class Daemon:
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "list":
+            # A client that sees a moved sandbox listed also reads its new descriptor (and
+            # does not store it a second time).
+            await self._refresh_moved()
             return {"ok": True, "sandboxes": [
                 {"sandbox_id": sb.id, "port": sb.port} for sb in self.sandboxes.values()]}
-        if op == "destroy":  # outside ops_lock: the manager calls `remove` on us
+        if op == "destroy":  # outside ops_lock: the destroy calls `remove` on us
             return await self._destroy(str(req["sandbox_id"]))
         async with self.ops_lock:
             if op == "add":
@@ -118,19 +125,16 @@ class Daemon:
         raise ValueError(f"unknown op {op!r}")
 
     async def _destroy(self, sid: str) -> dict[str, Any]:
-        """Run the manager's destroy here, where everything is already imported.
+        """Destroy through core, here, where everything is already imported.
 
         A CLI `destroy` of a local sandbox would otherwise spend most of its time
         importing pydantic and the manager; here it costs the work itself.
         """
-        from sandboxer.errors import SandboxerError
-        from sandboxer.manager import Manager
-
         try:
-            status = await Manager(self.settings).destroy(sid)
+            document = await self.host.destroy(sid)
         except SandboxerError as e:
             return {"ok": False, "error": e.render(), "code": e.code}
-        return {"ok": True, "document": status.document()}
+        return {"ok": True, "document": document}
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -195,18 +199,16 @@ class Daemon:
         self.moved.add(str(record["sandbox_id"]))
 
     async def _refresh_moved(self) -> None:
-        """Store the new descriptors of sandboxes restored on a new port."""
-        while self.moved:
-            sid = self.moved.pop()
-            try:
-                if self._manager is None:
-                    from sandboxer.manager import Manager
-
-                    self._manager = Manager(self.settings)
-                if await self._manager.refresh_reachability(sid) is not None:
-                    log.info("%s: its descriptor now names its new port", sid)
-            except Exception as e:
-                self._warn_once(f"refreshing the descriptor of {sid}", e)
+        """Store the new descriptors of sandboxes restored on a new port (core reads the
+        endpoint back through ``add`` on our socket: never under ``ops_lock``)."""
+        async with self._refreshing:
+            while self.moved:
+                sid = self.moved.pop()
+                try:
+                    if await self.host.refresh_reachability(sid):
+                        log.info("%s: its descriptor now names its new port", sid)
+                except Exception as e:
+                    self._warn_once(f"refreshing the descriptor of {sid}", e)
 
     def _jail(self, sb: Sandbox) -> Jail:
         return Jail(sandbox_id=sb.id, user=sb.user, workspace=sb.workspace,
@@ -252,16 +254,7 @@ class Daemon:
             await sb.jail.stop()
         log.info("removed %s", sid)
 
-    # -- sessions ---------------------------------------------------------------------
-
-    # -- store, leases, restore -------------------------------------------------------
-
-    def store(self) -> Any:
-        if self._store is None:
-            from sandboxer.store import open_store
-
-            self._store = open_store(self.settings)
-        return self._store
+    # -- restore, housekeeping --------------------------------------------------------
 
     async def _restore(self) -> None:
         """Serve again every live sandbox of this home, on its recorded port.
@@ -273,12 +266,10 @@ class Daemon:
         ids = {p.parent.name for p in root.glob("*/sandbox.json")
                if control.owned_by(self.settings, p.parent)} if root.is_dir() else set()
         try:
-            store = self.store()
-            ids |= {h.sandbox_id for h in store.live_handles("ext.local")}
-            states: dict[str, str] = store.states(sorted(ids)) if ids else {}
+            ids |= {h.sandbox_id for h in self.host.live_handles()}
+            states = self.host.states(sorted(ids)) if ids else {}
             ids -= {sid for sid, state in states.items() if state in FINAL_STATES}
         except Exception as e:
-            self._store = None
             self._warn_once("reading the store", e)
         for sid in sorted(ids):
             record = read_record(self.settings, sid)
@@ -316,24 +307,13 @@ class Daemon:
         try:
             ids = list(self.sandboxes)
             if ids:
-                states = self.store().states(ids)
-                for sid, state in states.items():
+                for sid, state in self.host.states(ids).items():
                     if state in FINAL_STATES:
                         log.info("dropping %s: its state is %s", sid, state)
                         async with self.ops_lock:
                             await self._remove(sid)
         except Exception as e:
-            self._store = None
             self._warn_once("store check", e)
-        try:
-            if self._manager is None:  # one manager (one store connection) for our life
-                from sandboxer.manager import Manager
-
-                self._manager = Manager(self.settings)
-            await self._manager.reap(extension="ext.local")
-        except Exception as e:
-            self._manager = None
-            self._warn_once("lease reaping", e)
 
     def _orphaned(self, socket_inode: int) -> bool:
         """True once our home is gone or another daemon took over our socket path."""
@@ -407,30 +387,15 @@ def _lock_pid_file(settings: Settings, timeout: float = 10.0) -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sandboxer-local-endpoint")
-    ap.add_argument("--home", required=True)
-    ap.add_argument("--foreground", action="store_true")
-    args = ap.parse_args(argv)
-    settings = Settings.from_env({**os.environ, "SANDBOXER_HOME": args.home})
-    settings.ensure()
-    if not args.foreground and os.fork() > 0:
-        os._exit(0)  # the caller reaps this parent at once; the daemon is adopted by init
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+async def serve(settings: Settings, host: Host) -> None:
+    """Run the endpoint until it is idle (``LocalExtension.housekeep``)."""
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one line per packet otherwise
-    redaction.install()
-    fd = _lock_pid_file(settings)
+    fd = await asyncio.to_thread(_lock_pid_file, settings)
     if fd is None:
         log.info("another endpoint holds %s; exiting", control.pid_path(settings))
-        return 0
+        return
     try:
-        asyncio.run(Daemon(settings).run())
+        await Daemon(settings, host).run()
     finally:
         control.pid_path(settings).unlink(missing_ok=True)
         os.close(fd)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

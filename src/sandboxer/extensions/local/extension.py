@@ -24,8 +24,11 @@ from sandboxer.extensions.base import (
     Endpoint,
     Extension,
     Handle,
+    Host,
+    Housekeeping,
     Observed,
     ProvisionRequest,
+    ServesEndpoints,
     Target,
     key_paths,
 )
@@ -130,8 +133,11 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
-class LocalExtension(Extension, DoctorChecks):
-    """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint."""
+class LocalExtension(Extension, DoctorChecks, Housekeeping, ServesEndpoints):
+    """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint.
+
+    The endpoint is this extension's housekeeping, in core's keeper process for it.
+    """
 
     name = "ext.local"
     Spec = LocalSpec
@@ -140,6 +146,26 @@ class LocalExtension(Extension, DoctorChecks):
         from sandboxer.extensions.local import doctor
 
         return doctor.checks()
+
+    @override
+    def keeper_interval(self) -> float:
+        return 1.0
+
+    @override
+    async def housekeep(self, host: Host) -> None:
+        from sandboxer.extensions.local import endpoint  # asyncssh: only in that process
+
+        await endpoint.serve(self.settings, host)
+
+    @override
+    async def serve_again(self, documents: list[dict[str, Any]]) -> list[str]:
+        # Starting the endpoint restores every live sandbox, on its recorded port or on a
+        # new one when that was taken meanwhile.
+        await control.ensure_running(self.settings)
+        listed = await control.request(self.settings, "list")
+        served = {e["sandbox_id"]: e["port"] for e in listed["sandboxes"]}
+        return [str(d["id"]) for d in documents
+                if served.get(d["id"]) != (d.get("reachability") or {}).get("port")]
 
     @property
     def _root(self) -> bool:

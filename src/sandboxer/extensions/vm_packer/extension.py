@@ -31,7 +31,7 @@ from sandboxer.extensions.base import (
     Target,
     key_paths,
 )
-from sandboxer.extensions.vm_packer import images, keeper, qemu, remote
+from sandboxer.extensions.vm_packer import images, qemu, remote
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 from sandboxer.values import SANDBOX_ID
 
@@ -54,6 +54,10 @@ class VMPackerExtension(Extension, BuildsImages):
     def __init__(self, settings: Settings, host: Host | None = None) -> None:
         super().__init__(settings, host)
         self._answered: set[str] = set()  # provisioned here, SSH already answered
+
+    @override
+    def keeper_interval(self) -> float:
+        return envvars.vm_keeper_interval(self.settings.env)
 
     def vm_root(self) -> Path:
         return self.settings.home / "vm"
@@ -151,7 +155,7 @@ class VMPackerExtension(Extension, BuildsImages):
                 log.warning("cleanup of %s after a failed provision also failed: %s", sid, e)
                 cause.add_note(f"cleanup also failed: {e}")
             raise
-        keeper.ensure_running(self.settings)
+        self.host.ensure_keeper()  # QEMU knows no lease: core's keeper reaps it
         self._answered.add(sid)
         return Handle(sandbox_id=sid, extension=self.name, target=TARGET, data=data)
 
