@@ -17,8 +17,9 @@ setup: ## install dependencies and run the main job once (scripts/setup.sh)
 
 check: lint types test ## lint + types + tests (unit, integration, e2e)
 
-lint: ## ruff over src, tests and bench
+lint: ## ruff over src, tests and bench; import-linter's layer contracts (pyproject.toml)
 	$(PYTHON) -m ruff check src tests bench
+	cd src && lint-imports --no-cache ../pyproject.toml
 
 types: ## mypy --strict over src (configured in pyproject.toml)
 	$(PYTHON) -m mypy

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sandboxer import redaction
 from sandboxer.config import Settings
-from sandboxer.secrets import redaction
 
 FAKE_EXT = Path(__file__).parent / "fixtures" / "fake_ext"
 # The test-only extension is found through the entry-point group, like any plugin.

@@ -26,7 +26,7 @@ class SandboxerError(Exception):
 
     def render(self) -> str:
         """The one-paragraph text shown to a user (resolved secret values become ``***``)."""
-        from sandboxer.secrets.redaction import redact
+        from sandboxer.redaction import redact
 
         if not self.hint:
             return redact(self.message)

@@ -475,9 +475,9 @@ class _ManagerHost:
         return self._manager.store.states(ids)
 
     def ensure_keeper(self) -> None:
-        from sandboxer.service import daemon
+        from sandboxer import keeper
 
-        daemon.ensure(self.settings, self.extension)
+        keeper.ensure(self.settings, self.extension)
 
     async def reap(self) -> int:
         return len(await self._manager.reap(extension=self.extension))

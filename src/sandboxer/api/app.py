@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from sandboxer import __version__, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, RequestTooLarge, SandboxerError, for_http_status
-from sandboxer.secrets.redaction import redact
+from sandboxer.redaction import redact
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 1_048_576

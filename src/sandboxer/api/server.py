@@ -91,10 +91,10 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
     import uvicorn
 
     from sandboxer.api.app import create_app
-    from sandboxer.extensions._ssh import warm_up
+    from sandboxer.extensions.base import warm_up_all
 
     check_binding(host, tls_cert, tls_key, allow_plaintext)
-    warm_up()  # a long-lived server probes new sandboxes in-process (see _ssh.py)
+    warm_up_all()  # a long-lived server probes new sandboxes in-process
     sock = bind(host, port)
     app = create_app(settings, grace=grace)
     config = uvicorn.Config(

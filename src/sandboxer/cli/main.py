@@ -56,7 +56,7 @@ def _version() -> str:
 
 def _report(error: Exception, as_json: bool) -> int:
     from sandboxer.errors import SandboxerError
-    from sandboxer.secrets.redaction import redact
+    from sandboxer.redaction import redact
 
     if isinstance(error, SandboxerError):
         code, exit_code, text = error.code, error.exit_code, error.render()
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = words.index("--")
         words, command = words[:cut], words[cut + 1:]
     args = parser.parse_args(words)
-    from sandboxer.secrets import redaction
+    from sandboxer import redaction
 
     redaction.install()
     if command:

@@ -26,9 +26,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from sandboxer import redaction
     from sandboxer.api.server import serve
     from sandboxer.config import Settings
-    from sandboxer.secrets import redaction
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")

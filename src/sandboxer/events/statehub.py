@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
 from sandboxer.events import HubConfig
-from sandboxer.secrets.redaction import redact
+from sandboxer.redaction import redact
 from sandboxer.store.outbox import Outbox, wire_document
 
 if TYPE_CHECKING:

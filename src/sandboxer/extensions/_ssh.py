@@ -7,10 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+from typing_extensions import override
+
 from sandboxer import openssh
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions._proc import communicate
-from sandboxer.models.extension import Endpoint
+from sandboxer.extensions.base import Extension
+from sandboxer.models.extension import Endpoint, Handle
 
 # Answers that retrying cannot change: a wrong host key or a refused key.
 _PERMANENT = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
@@ -109,3 +112,21 @@ async def ssh_probe(ep: Endpoint, *, timeout: float, command: str = "true") -> N
         last = out
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)
+
+
+class SSHExtension(Extension):
+    """An extension whose sandboxes are reached over SSH: readiness and commands go
+    through the endpoint with its pinned host key (asyncssh in a long-lived process)."""
+
+    @override
+    async def wait_ready(self, handle: Handle, timeout: float) -> None:
+        await ssh_probe(await self.endpoint(handle), timeout=timeout)
+
+    @override
+    async def run(self, handle: Handle, command: str, timeout: float) -> tuple[int, str]:
+        return await ssh_run(await self.endpoint(handle), command, timeout=timeout)
+
+    @override
+    @classmethod
+    def warm_up(cls) -> None:
+        warm_up()

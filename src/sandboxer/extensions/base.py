@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from pydantic import BaseModel, SecretStr
 
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput, ProvisionFailed
+from sandboxer.errors import InvalidInput, ProvisionFailed, SandboxerError
 from sandboxer.models.extension import Endpoint, Handle, Observed, Target
 from sandboxer.openssh import key_paths
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
     from sandboxer.models.target import TargetRecord
 
+log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "sandboxer.extensions"
 # Light, stdlib-only fast paths an extension may register by the same name (see FastPaths).
 FAST_PATH_GROUP = "sandboxer.fast_paths"
@@ -182,17 +184,21 @@ class Extension(ABC):
     async def owned(self, target: Target) -> list[Handle]:
         """Every sandbox resource on ``target`` that carries a ``sandboxer.id`` label."""
 
+    @abstractmethod
     async def wait_ready(self, handle: Handle, timeout: float) -> None:
-        """Return once an SSH command succeeds through the endpoint, else raise."""
-        from sandboxer.extensions._ssh import ssh_probe
+        """Return once an SSH command succeeds through the endpoint, else raise.
 
-        await ssh_probe(await self.endpoint(handle), timeout=timeout)
+        ``extensions._ssh.SSHExtension`` does it over SSH with the pinned host key.
+        """
 
+    @abstractmethod
     async def run(self, handle: Handle, command: str, timeout: float) -> tuple[int, str]:
-        """Run ``command`` in the sandbox over SSH; returns (exit status, combined output)."""
-        from sandboxer.extensions._ssh import ssh_run
+        """Run ``command`` in the sandbox; returns (exit status, combined output)."""
 
-        return await ssh_run(await self.endpoint(handle), command, timeout=timeout)
+    @classmethod
+    def warm_up(cls) -> None:
+        """Load now what a long-lived process (``sandboxer serve``) should keep loaded."""
+        return None
 
 
 class BuildsImages(ABC):
@@ -330,6 +336,16 @@ def load(name: str) -> type[Extension]:
         raise ProvisionFailed(f"entry point {name!r} does not name an Extension subclass")
     _cache[name] = cls
     return cls
+
+
+def warm_up_all() -> None:
+    """Let every registered extension load what a long-lived process keeps loaded; one
+    that fails to load is left for its first use to report."""
+    for name in available():
+        try:
+            load(name).warm_up()
+        except SandboxerError as e:
+            log.warning("warming up %s failed: %s", name, e.render())
 
 
 def instance(name: str, settings: Settings, host: Host | None = None) -> Extension:

@@ -41,7 +41,7 @@ def run() -> int:
     """`sandboxer mcp`: serve on stdio until the client closes it."""
     import anyio
 
-    from sandboxer.secrets import redaction
+    from sandboxer import redaction
 
     logging.basicConfig(level=envvars.mcp_log_level(os.environ),
                         format="sandboxer mcp: %(levelname)s %(name)s: %(message)s")

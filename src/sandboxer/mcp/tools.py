@@ -25,7 +25,7 @@ from sandboxer.models.reachability import Reachability
 from sandboxer.models.requests import DURATION, PROFILE_ID
 from sandboxer.models.responses import ProfileList, SandboxList
 from sandboxer.models.sandbox import STATES, SandboxStatus
-from sandboxer.secrets.redaction import redact
+from sandboxer.redaction import redact
 from sandboxer.values import LABEL_KEY, LABEL_VALUE, NAME_PATTERN, SANDBOX_ID, safe_repr
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import SecretStr
 
+from sandboxer import redaction
 from sandboxer.config import Settings
 from sandboxer.errors import (
     SecretAccessDenied,
@@ -25,7 +26,7 @@ from sandboxer.errors import (
     SecretNotFound,
     SecretRefInvalid,
 )
-from sandboxer.secrets import redaction, refs, warden
+from sandboxer.secrets import refs, warden
 from sandboxer.secrets.refs import BaoRef, EnvRef, FileRef, Ref
 
 if TYPE_CHECKING:

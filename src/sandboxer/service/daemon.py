@@ -23,87 +23,32 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
+from sandboxer.keeper import EXTENSION_NAME, argv, ensure, lock_path, log_path, running
 
 if TYPE_CHECKING:
     from sandboxer.extensions.base import Extension, Host
 
 log = logging.getLogger(__name__)
-MODULE = "sandboxer.service.daemon"
 IDLE_EXIT = 30.0  # seconds without a live sandbox before a keeper without housekeeping exits
 LOCK_WAIT = 10.0  # how long a new keeper waits out one that is still shutting down
 STOP_WAIT = 60.0  # how long a reap under way may take to finish when the keeper stops
-EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch
 
-
-def lock_path(settings: Settings, extension: str) -> Path:
-    return settings.run_dir / f"keeper-{_checked(extension)}.lock"
-
-
-def log_path(settings: Settings, extension: str) -> Path:
-    return settings.log_dir / f"keeper-{_checked(extension)}.log"
-
-
-def _checked(extension: str) -> str:
-    if not EXTENSION_NAME.fullmatch(extension):
-        from sandboxer.errors import InvalidInput
-
-        raise InvalidInput(f"invalid extension name {extension!r}")
-    return extension
-
-
-def argv(settings: Settings, extension: str) -> list[str]:
-    """How the keeper of ``extension`` for this home is started."""
-    return [sys.executable, "-m", MODULE, "--home", str(settings.home),
-            "--extension", _checked(extension)]
-
-
-def running(settings: Settings, extension: str) -> bool:
-    """Whether a keeper holds the lock (one flock attempt)."""
-    fd = os.open(lock_path(settings, extension), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def ensure(settings: Settings, extension: str) -> None:
-    """Start the keeper for ``extension`` in ``settings.home`` unless one runs."""
-    import subprocess
-    import threading
-
-    from sandboxer import childenv
-
-    settings.ensure()
-    if running(settings, extension):
-        return
-    env = childenv.for_sandboxer({**os.environ, **settings.env}, settings.home)
-    fd = os.open(log_path(settings, extension), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                 0o600)
-    try:
-        proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.DEVNULL,
-                                stdout=fd, stderr=fd, start_new_session=True,
-                                close_fds=True, env=env)
-    finally:
-        os.close(fd)
-    # Its first process exits right after the fork: reap it without blocking the caller.
-    threading.Thread(target=proc.wait, daemon=True).start()
+__all__ = ["EXTENSION_NAME", "argv", "ensure", "keep", "lock_path", "log_path", "main",
+           "running"]
 
 
 def _extension(settings: Settings, name: str) -> Extension:
-    """The extension with the host core gives it: the one place this process builds core."""
-    from sandboxer.manager import Manager
+    """The extension with the host core gives it, from the application service this
+    process hosts (the one every shell calls): the one place it builds core."""
+    from sandboxer.service.app import Service
 
-    return Manager(settings).extension(name)
+    return Service(settings, upkeep=False).manager.extension(name)
 
 
 def _lock(path: Path, timeout: float = LOCK_WAIT) -> int | None:
@@ -255,7 +200,7 @@ def main(args: list[str] | None = None) -> int:
         return 1
     if not opts.foreground and os.fork() > 0:
         os._exit(0)  # the caller reaps this parent at once; the keeper is adopted by init
-    from sandboxer.secrets import redaction
+    from sandboxer import redaction
 
     redaction.install()
     path = lock_path(settings, opts.extension)

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from sandboxer import redaction
 from sandboxer.cli.main import _report
 from sandboxer.errors import ProvisionFailed
-from sandboxer.secrets import redaction
 
 CANARY = "cnry-6b0f2a9e41d3"
 

@@ -17,11 +17,11 @@ from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed
 from sandboxer.extensions import _keys
+from sandboxer.extensions._ssh import SSHExtension
 from sandboxer.extensions.base import (
     LABEL,
     BuildsImages,
     Endpoint,
-    Extension,
     Handle,
     Host,
     ManagesTargets,
@@ -81,7 +81,7 @@ def _container_name(doc: dict[str, Any], service: str, project: str, compose: li
     return sep.join((project, service, "1"))
 
 
-class ComposeSSHExtension(Extension, BuildsImages, ManagesTargets):
+class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
 
     name = "ext.compose-ssh"

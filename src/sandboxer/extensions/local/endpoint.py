@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from sandboxer import envvars
+from sandboxer import envvars, redaction
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local import cgroups, control, jail
@@ -41,7 +41,6 @@ from sandboxer.extensions.local.holder import Jail
 from sandboxer.extensions.local.peer import client_allowed, peer
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
-from sandboxer.secrets import redaction
 
 if TYPE_CHECKING:
     from sandboxer.extensions.base import Host

@@ -19,10 +19,10 @@ from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
 from sandboxer.extensions._proc import kill_all
+from sandboxer.extensions._ssh import SSHExtension
 from sandboxer.extensions.base import (
     DoctorChecks,
     Endpoint,
-    Extension,
     Handle,
     Host,
     Housekeeping,
@@ -133,7 +133,7 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
-class LocalExtension(Extension, DoctorChecks, Housekeeping, ServesEndpoints):
+class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
     """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint.
 
     The endpoint is this extension's housekeeping, in core's keeper process for it.

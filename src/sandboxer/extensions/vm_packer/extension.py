@@ -19,11 +19,10 @@ from sandboxer import childenv, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, SecretError
 from sandboxer.extensions import _keys
-from sandboxer.extensions._ssh import ssh_probe
+from sandboxer.extensions._ssh import SSHExtension, ssh_probe
 from sandboxer.extensions.base import (
     BuildsImages,
     Endpoint,
-    Extension,
     Handle,
     Host,
     Observed,
@@ -45,7 +44,7 @@ QEMU_WATCH = 0.5  # seconds between checks that a booting VM's QEMU still runs
 _PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")
 
 
-class VMPackerExtension(Extension, BuildsImages):
+class VMPackerExtension(SSHExtension, BuildsImages):
     """ext.vm-packer: QEMU VMs from cached Packer images, or leases on existing VMs."""
 
     name = "ext.vm-packer"
