@@ -56,6 +56,12 @@ class HousekeeperExtension(Extension, Housekeeping):
 
     async def owned(self, target):
         return []
+
+    async def wait_ready(self, handle, timeout):
+        return None
+
+    async def run(self, handle, command, timeout):
+        return 0, ""
 '''
 
 
