@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from sandboxer._typing import override
+
 
 class SandboxerError(Exception):
     """Root of every error sand-boxer raises on purpose.
@@ -21,6 +23,7 @@ class SandboxerError(Exception):
         self.message = message
         self.hint = hint
 
+    @override
     def __str__(self) -> str:
         return self.render()
 

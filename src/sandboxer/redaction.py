@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sandboxer._typing import override
+
 MASK = "***"
 _lock = threading.Lock()
 _values: Counter[str] = Counter()
@@ -91,6 +93,7 @@ def _scrub(record: logging.LogRecord) -> None:
 class RedactingFilter(logging.Filter):
     """A logging filter that rewrites a record holding a registered value; never drops it."""
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         _scrub(record)
         return True

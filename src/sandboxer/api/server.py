@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from sandboxer.config import Settings
 from sandboxer.errors import UsageError
 
@@ -68,6 +70,7 @@ def _server_class() -> Any:
         """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die
         of the signal; `sandboxer serve` exits 0 once it has stopped cleanly instead."""
 
+        @override
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sandboxer._typing import override
 from sandboxer.cli import (
     doctor,
     events,
@@ -22,6 +23,7 @@ from sandboxer.cli import (
 
 
 class _Parser(argparse.ArgumentParser):
+    @override
     def error(self, message: str) -> Any:  # argparse's own usage errors -> exit 2
         self.print_usage(sys.stderr)
         sys.stderr.write(f"sandboxer: error: {message}\n")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError, WithJsonSchema
+from typing_extensions import override
 
 from sandboxer.errors import InvalidInput, SandboxerError, UsageError
 from sandboxer.models.reachability import Reachability
@@ -123,6 +124,7 @@ def _server_class() -> type[MCPServer[Any]]:
     class Server(MCPServer[Any]):
         """MCPServer whose tool errors read ``CODE: message``."""
 
+        @override
         async def call_tool(self, name: str, arguments: dict[str, Any],
                             context: Any = None) -> Any:
             try:

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from typing_extensions import override
+
 from sandboxer.errors import (
     SecretAccessDenied,
     SecretBackendUnavailable,
@@ -53,6 +55,7 @@ class OpenBao:
         self.timeout = timeout
         self._client: Any = None
 
+    @override
     def __repr__(self) -> str:  # never the token
         return f"OpenBao({self.addr!r})"
 

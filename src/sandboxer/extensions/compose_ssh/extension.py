@@ -115,16 +115,19 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         doc = ov.load(spec, source, f"profile {profile.id}")
         return await images.build_for(self, profile.id, doc, target, progress)
 
+    @override
     def claims_image(self, name: str) -> bool:
         from sandboxer.extensions.compose_ssh import images
 
         return images.claims(self.settings, name)
 
+    @override
     def buildable_images(self) -> list[str]:
         from sandboxer.extensions.compose_ssh import images
 
         return [images.described(self.settings)]
 
+    @override
     async def build_image(self, name: str, *, target: str, variables: dict[str, str],
                           force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
         from sandboxer.extensions.compose_ssh import images
@@ -144,11 +147,13 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
             for t in self._configs()
         )]
 
+    @override
     def target_summaries(self) -> list[dict[str, Any]]:
         from sandboxer.extensions.compose_ssh import targets
 
         return [targets.local_summary(self.settings), *map(targets.summary, self._configs())]
 
+    @override
     async def add_target(self, name: str, url: str, options: dict[str, Any],
                          confirm: Callable[[str], bool] | None
                          ) -> tuple[TargetRecord, dict[str, Any]]:
@@ -156,11 +161,13 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
 
         return await targets.add_target(self, name, url, options, confirm)
 
+    @override
     async def check_targets(self, name: str | None = None) -> list[dict[str, Any]]:
         from sandboxer.extensions.compose_ssh import targets
 
         return await targets.check_targets(self, name)
 
+    @override
     def removable(self, name: str) -> None:
         if name == LOCAL:
             raise InvalidInput("the local target is implicit and cannot be removed")

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from typing_extensions import override
+
 from sandboxer.errors import ProvisionFailed
 from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.compose_ssh.config import TargetConfig
@@ -109,6 +111,7 @@ class LocalRunner(Runner):
         self.base_dir = base_dir
         self.env = env
 
+    @override
     async def run(self, argv: list[str], *, input: bytes | None = None,
                   timeout: float = 120.0) -> Completed:
         try:
@@ -124,6 +127,7 @@ class LocalRunner(Runner):
         return Completed(argv, proc.returncode or 0, *done)
 
 
+    @override
     async def run_with_file(self, argv: list[str], stdin: Path,
                             timeout: float = 3600.0) -> Completed:
         with stdin.open("rb") as f:
@@ -173,6 +177,7 @@ class SSHRunner(Runner):
             ) from e
         return cls(target, conn)
 
+    @override
     async def run(self, argv: list[str], *, input: bytes | None = None,
                   timeout: float = 120.0) -> Completed:
         import asyncssh
@@ -189,6 +194,7 @@ class SSHRunner(Runner):
         status = res.exit_status if res.exit_status is not None else 255
         return Completed(argv, status, bytes(res.stdout or b""), bytes(res.stderr or b""))
 
+    @override
     async def run_with_file(self, argv: list[str], stdin: Path,
                             timeout: float = 3600.0) -> Completed:
         res = await asyncio.wait_for(self._conn.run(
@@ -196,6 +202,7 @@ class SSHRunner(Runner):
         status = res.exit_status if res.exit_status is not None else 255
         return Completed(argv, status, bytes(res.stdout or b""), bytes(res.stderr or b""))
 
+    @override
     async def close(self) -> None:
         self._conn.close()
         await self._conn.wait_closed()

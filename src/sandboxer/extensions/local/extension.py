@@ -142,6 +142,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
     name = "ext.local"
     Spec = LocalSpec
 
+    @override
     def doctor_checks(self) -> list[Check]:
         from sandboxer.extensions.local import doctor
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from typing_extensions import override
 
 from sandboxer.extensions.local import jail
 from sandboxer.extensions.local.holder import Jail
@@ -60,28 +61,35 @@ class SSHServer(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.procs: set[asyncio.subprocess.Process] = set()
 
+    @override
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.sb.conns.add(self)
 
+    @override
     def connection_lost(self, exc: Exception | None) -> None:
         self.sb.conns.discard(self)
         # A client that goes away ends its sessions' process groups, as a hang-up would.
         for proc in self.procs:
             kill_session(proc)
 
+    @override
     def begin_auth(self, username: str) -> bool:
         return True
 
+    @override
     def password_auth_supported(self) -> bool:
         return False
 
+    @override
     def kbdint_auth_supported(self) -> bool:
         return False
 
+    @override
     def public_key_auth_supported(self) -> bool:
         return True
 
+    @override
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return username == self.sb.user and key.public_data == self.sb.client_key.public_data
 

@@ -112,16 +112,19 @@ class VMPackerExtension(SSHExtension, BuildsImages):
         return await build.build_profile(self, profile, source, variables=variables,
                                          force=force, progress=progress)
 
+    @override
     def claims_image(self, name: str) -> bool:
         from sandboxer.extensions.vm_packer import build
 
         return build.is_template_name(name)
 
+    @override
     def buildable_images(self) -> list[str]:
         from sandboxer.extensions.vm_packer import build
 
         return [build.DESCRIBED]
 
+    @override
     async def build_image(self, name: str, *, target: str, variables: dict[str, str],
                           force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
         from sandboxer.extensions.vm_packer import build
