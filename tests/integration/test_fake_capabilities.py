@@ -1,8 +1,7 @@
 """The seams proved with the test-only fake extension (tests/fixtures/fake_ext), which core
 never names: its own targets (add, list, check, remove), its image build and its doctor
-check, through the CLI (a real `sandboxer` process) and the HTTP API (a real server).
-
-MCP has no tool for targets, image builds or doctor, so there is nothing to show there.
+check, through the CLI (a real `sandboxer` process), the HTTP API (a real server) and MCP
+(`sandboxer mcp` driven by the `mcp` SDK's client over stdio).
 """
 
 from __future__ import annotations
@@ -16,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from tests.api_support import ApiServer, add_token
 from tests.integration.conftest import SANDBOXER
 
@@ -174,3 +176,58 @@ def test_api_builds_the_fake_image(api: Api) -> None:
     assert built.json() == {"schema": "sandboxer.image/v1", "image": "fake/fake-image:1",
                             "target": "t9", "path": str(marker), "built": True}
     assert marker.is_file()
+
+
+def test_api_doctor_runs_the_fake_check(api: Api) -> None:
+    done = api.http.get("/v1/doctor")
+    assert done.status_code == 200, done.text
+    doc = done.json()
+    assert doc["schema"] == "sandboxer.doctor/v1"
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks["fake extension"]["ok"], checks
+    assert {"state store", "ssh client", "home permissions"} <= set(checks)
+
+
+def test_api_doctor_is_for_admins(api: Api) -> None:
+    agent = add_token(Settings.from_env(), "agt")
+    refused = api.http.get("/v1/doctor", headers={"Authorization": f"Bearer {agent}"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "forbidden"
+
+
+# -- MCP --------------------------------------------------------------------------------
+
+
+def test_mcp_fake_targets_image_and_doctor(cli: Cli) -> None:
+    token = add_token(Settings.from_env(cli.env), "root", admin=True)
+    added = cli.json("targets", "add", "t1", "fake://anything", "--capacity", "3")
+    assert added["extension"] == "ext.fake"
+    params = StdioServerParameters(command=SANDBOXER, args=["mcp"],
+                                   env={**cli.env, "SANDBOXER_TOKEN": token})
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        with (cli.home.parent / "mcp-stderr.log").open("w") as errlog:
+            async with stdio_client(params, errlog=errlog) as (read, write), \
+                    ClientSession(read, write) as session:
+                await session.initialize()
+                tools = {t.name: t for t in (await session.list_tools()).tools}
+                seen["read_only"] = {n: bool(t.annotations and t.annotations.read_only_hint)
+                                     for n, t in tools.items()}
+                for name, args in (("list_targets", {}),
+                                   ("build_image", {"name": "fake-image", "target": "t1"}),
+                                   ("doctor", {})):
+                    result = await session.call_tool(name, args)
+                    assert not result.is_error, result.content
+                    seen[name] = result.structured_content
+
+    anyio.run(scenario)
+    assert seen["read_only"]["list_targets"]
+    assert seen["read_only"]["doctor"]
+    assert not seen["read_only"]["build_image"]
+    rows = {(i["name"], i["extension"]) for i in seen["list_targets"]["items"]}
+    assert {("fake-1", "ext.fake"), ("t1", "ext.fake")} <= rows
+    assert seen["build_image"]["image"] == "fake/fake-image:1"
+    assert (cli.home / "fake-images" / "fake-image").is_file()
+    checks = {c["name"]: c for c in seen["doctor"]["checks"]}
+    assert checks["fake extension"]["ok"], checks

@@ -291,3 +291,11 @@ async def build_image(svc: Svc, who: Who,
                       body: ImageBuildRequest | None = None) -> JSONResponse:
     req = body if body is not None else ImageBuildRequest()
     return _json({"schema": "sandboxer.image/v1", **await svc.images_build(who, name, req)})
+
+
+@router.get("/doctor", summary="what the server's machine lacks (admin)", tags=["admin"],
+            response_model=r.DoctorReport, responses=errors(Forbidden))
+async def doctor(svc: Svc, who: Who) -> JSONResponse:
+    checks = [c.document() for c in await svc.doctor(who)]
+    return _json({"schema": "sandboxer.doctor/v1", "ok": all(c["ok"] for c in checks),
+                  "checks": checks})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxer.access import Caller
 from sandboxer.client.local import LocalClient
@@ -27,6 +27,9 @@ from sandboxer.models.requests import (
 )
 from sandboxer.service.app import Service as AppService
 from sandboxer.store.base import Store
+
+if TYPE_CHECKING:
+    from sandboxer.models.doctor import Check
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +162,11 @@ class Service:
                 lambda: asyncio.run(own.images_build(name, req, caller=caller)))
         finally:
             own.close()
+
+    async def doctor(self, caller: Caller) -> list[Check]:
+        """The server's machine, as `sandboxer doctor` sees it (the service allows an admin
+        only); its checks run
+        subprocesses, so in a worker thread, with a service of their own (store
+        connection), as image builds do."""
+        return await asyncio.to_thread(
+            lambda: AppService(self.settings, upkeep=False).doctor(caller=caller))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # importing the client must stay cheap (CLI cold start)
     from sandboxer.config import Settings
+    from sandboxer.models.doctor import Check
     from sandboxer.models.events import Event
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
@@ -109,6 +110,9 @@ class Client(Protocol):
                      force: bool = False) -> dict[str, Any]:
         """Build what a profile needs, a recipe (images/sandbox-NAME) for a target, or a
         Packer template or profile id (``variables``, ``force``)."""
+
+    def doctor(self) -> list[Check]:
+        """What the machine that runs sandboxes lacks, and how to fix it (admin)."""
 
 
 def make_client(settings: Settings | None = None, *,

@@ -25,6 +25,7 @@ from sandboxer.errors import SandboxerError, from_code
 if TYPE_CHECKING:
     import httpx
 
+    from sandboxer.models.doctor import Check
     from sandboxer.models.events import Event
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
@@ -280,6 +281,14 @@ class HttpClient:
                                          json=body, timeout=BUILD_TIMEOUT)
         doc.pop("schema", None)
         return doc
+
+    def doctor(self) -> list[Check]:
+        """The server's machine (admin): what it lacks to run sandboxes."""
+        from sandboxer.models.doctor import Check as Row
+
+        doc = self._call("GET", "/v1/doctor", timeout=BUILD_TIMEOUT)
+        return [Row(c["name"], bool(c["ok"]), c["detail"], c.get("fix"))
+                for c in doc["checks"]]
 
 
 if TYPE_CHECKING:  # mypy checks both clients against the one protocol

@@ -1,4 +1,4 @@
-"""The MCP server: seven tools over one Client, acting as the actor of SANDBOXER_TOKEN.
+"""The MCP server: its tools over one Client, acting as the actor of SANDBOXER_TOKEN.
 
 With ``SANDBOXER_URL`` set the tools call that server through the HttpClient (the token is
 its bearer token); without it they run in this process over ``$SANDBOXER_HOME``, and the

@@ -1,4 +1,4 @@
-"""The seven MCP tools: typed parameters, output schemas, annotations and one error format.
+"""The MCP tools: typed parameters, output schemas, annotations and one error format.
 
 Parameters carry descriptions, enums and the patterns of the HTTP API's requests. A pattern
 is published in the input schema but checked by the service, not by the SDK, so a bad ttl
@@ -24,7 +24,13 @@ from typing_extensions import override
 from sandboxer.errors import InvalidInput, SandboxerError, UsageError
 from sandboxer.models.reachability import Reachability
 from sandboxer.models.requests import DURATION, PROFILE_ID
-from sandboxer.models.responses import ProfileList, SandboxList
+from sandboxer.models.responses import (
+    DoctorReport,
+    ImageBuilt,
+    ProfileList,
+    SandboxList,
+    TargetList,
+)
 from sandboxer.models.sandbox import STATES, SandboxStatus
 from sandboxer.redaction import redact
 from sandboxer.values import LABEL_KEY, LABEL_VALUE, NAME_PATTERN, SANDBOX_ID, safe_repr
@@ -217,5 +223,35 @@ def build(client: Client) -> MCPServer[Any]:
                  annotations=_annotations("How to reach a sandbox", **reads))
     async def get_reachability(sandbox_id: SandboxId) -> Reachability:
         return await call(lambda: client.reachability(sandbox_id))
+
+    @server.tool(description="Where sandboxes can be placed: the targets of every extension "
+                 "that has targets of its own (docker hosts, …), with their capacity.",
+                 annotations=_annotations("List targets", **reads))
+    async def list_targets() -> TargetList:
+        items = await call(client.targets_list)
+        return TargetList.model_validate({"schema": "sandboxer.targets/v1", "items": items})
+
+    @server.tool(description="Build (or find cached) the image a profile needs, or an image "
+                 "recipe an extension offers by name (admin tokens only).",
+                 annotations=_annotations("Build an image", idempotent=True,
+                                          open_world=True))
+    async def build_image(
+        name: Annotated[str, _string(PROFILE_ID), Field(
+            description="a profile id (profile.…) or an image name an extension builds")],
+        target: Annotated[str, _string(NAME_PATTERN, maxLength=63), Field(
+            description="the target to build for")] = "local",
+        force: Annotated[bool, Field(description="build again even when cached")] = False,
+    ) -> ImageBuilt:
+        doc = await call(lambda: client.images_build(name, target=target, force=force))
+        return ImageBuilt.model_validate({"schema": "sandboxer.image/v1", **doc})
+
+    @server.tool(description="What the machine that runs sandboxes lacks, and how to fix "
+                 "it: every extension's checks and sand-boxer's own (admin tokens only).",
+                 annotations=_annotations("Check the machine", **reads))
+    async def doctor() -> DoctorReport:
+        checks = [c.document() for c in await call(client.doctor)]
+        return DoctorReport.model_validate({"schema": "sandboxer.doctor/v1",
+                                            "ok": all(c["ok"] for c in checks),
+                                            "checks": checks})
 
     return server

@@ -178,3 +178,18 @@ class ImageBuilt(_Open):
     schema_: Literal["sandboxer.image/v1"] = Field("sandboxer.image/v1", alias="schema")
     image: str
     target: str
+
+
+class DoctorCheck(_Document):
+    """One check of `sandboxer doctor`; ``fix`` only when it failed."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None
+
+
+class DoctorReport(_Document):
+    schema_: Literal["sandboxer.doctor/v1"] = Field("sandboxer.doctor/v1", alias="schema")
+    ok: bool
+    checks: list[DoctorCheck]

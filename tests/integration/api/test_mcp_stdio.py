@@ -26,7 +26,7 @@ from .conftest import serve_env
 
 pytestmark = pytest.mark.integration
 TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "extend_sandbox",
-         "destroy_sandbox", "get_reachability"}
+         "destroy_sandbox", "get_reachability", "list_targets", "build_image", "doctor"}
 
 
 def test_mcp_create_reach_destroy(local_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

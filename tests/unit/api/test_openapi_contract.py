@@ -35,6 +35,7 @@ OPERATIONS = {
     ("get", "/v1/targets/check"): ("check_targets", "TargetCheckList"),
     ("delete", "/v1/targets/{name}"): ("remove_target", "TargetRemoved"),
     ("post", "/v1/images/{name}/build"): ("build_image", "ImageBuilt"),
+    ("get", "/v1/doctor"): ("doctor", "DoctorReport"),
 }
 
 
