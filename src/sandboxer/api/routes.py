@@ -174,18 +174,12 @@ def list_sandboxes(
     label: Annotated[list[str] | None, Query(max_length=32, description="k=v")] = None,
     all: bool = False,
 ) -> JSONResponse:
-    labels: dict[str, str] = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInput("label: expected key=value")
-        labels[key] = value
-    from sandboxer.values import validate_labels
+    from sandboxer.values import parse_labels
 
-    try:
-        validate_labels(labels)
+    try:  # the one k=v parser the CLI's --label uses too
+        labels = parse_labels(label or [], "label")
     except ValueError as e:
-        raise InvalidInput(f"label: {e}") from e
+        raise InvalidInput(str(e)) from e
     items = svc.client(who).list_documents(states=state, profile=profile, actor=actor,
                                            labels=labels or None, all=all)
     return _json({"schema": "sandboxer.sandboxes/v1", "items": items})
