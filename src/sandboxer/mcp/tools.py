@@ -2,8 +2,8 @@
 
 Parameters carry descriptions, enums and the patterns of the HTTP API's requests. A pattern
 is published in the input schema but checked by the service, not by the SDK, so a bad ttl
-or an unknown profile gets the service's own error, the one the CLI prints; only the state
-filter is an enum the tool checks itself (as the CLI's argument parser does). Results are
+or an unknown profile gets the service's own error, the one the CLI prints; so does an
+unknown state in the list filter (the schema lists the states as an enum). Results are
 the API's documents, validated against the models their output schema is made from.
 
 Every error reaches the client as one line of ``CODE: message`` (``SandboxerError.render``,
