@@ -253,7 +253,8 @@ def list_targets(svc: Svc, who: Who) -> JSONResponse:
     return _json({"schema": "sandboxer.targets/v1", "items": svc.client(who).targets_list()})
 
 
-@router.post("/targets", status_code=201, summary="add a target; its URL scheme picks the extension (admin)",
+@router.post("/targets", status_code=201,
+             summary="add a target; its URL scheme picks the extension (admin)",
              tags=["targets"], response_model=r.TargetAdded,
              responses=errors(Forbidden, Conflict, *BODY, ProvisionFailed, NoTarget))
 async def add_target(svc: Svc, who: Who, body: TargetAddRequest) -> JSONResponse:
