@@ -6,6 +6,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 _DURATION = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -194,3 +195,14 @@ def parse_labels(items: Iterable[str], what: str = "--label") -> dict[str, str]:
             raise ValueError(f"{what} {safe_repr(item)}: {e}") from e
         labels[key] = value
     return labels
+
+
+def rename_files(results: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """Profile validation results (``file``, ``error``) with each file named as its caller
+    knows it (``names``: the name validated under -> the caller's), in its error text too."""
+    for r in results:
+        original = names.get(r["file"], r["file"])
+        if r.get("error"):
+            r["error"] = r["error"].replace(r["file"], original)
+        r["file"] = original
+    return results

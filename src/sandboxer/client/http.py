@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from sandboxer.client._reads import TypedReads
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError, from_code
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     import httpx
 
     from sandboxer.models.doctor import Check
-    from sandboxer.models.events import Event
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.sandbox import SandboxStatus
@@ -37,7 +37,7 @@ BUILD_TIMEOUT = 3600.0
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.ya?ml")
 
 
-class HttpClient:
+class HttpClient(TypedReads):
     """The Client that talks to a sand-boxer server as the actor of ``token``."""
 
     def __init__(self, url: str, token: str | None = None, *, settings: Settings | None = None,
@@ -117,12 +117,9 @@ class HttpClient:
             files.append({"name": name, "content": path.read_text(encoding="utf-8")})
         results: list[dict[str, Any]] = self._call(
             "POST", "/v1/profiles/validate", json={"files": files})["results"]
-        for r in results:
-            original = names.get(r["file"], r["file"])
-            if r.get("error"):
-                r["error"] = r["error"].replace(r["file"], original)
-            r["file"] = original
-        return results
+        from sandboxer.values import rename_files
+
+        return rename_files(results, names)
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -160,22 +157,9 @@ class HttpClient:
                                          json=body)
         return doc
 
-    def get(self, sandbox_id: str) -> SandboxStatus:
-        from sandboxer.models.sandbox import SandboxStatus
-
-        return SandboxStatus.model_validate(self.get_document(sandbox_id))
-
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
         doc: dict[str, Any] = self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}")
         return doc
-
-    def list_sandboxes(self, *, states: list[str] | None = None, profile: str | None = None,
-                       actor: str | None = None, labels: dict[str, str] | None = None,
-                       all: bool = False) -> list[SandboxStatus]:
-        from sandboxer.models.sandbox import SandboxStatus
-
-        return [SandboxStatus.model_validate(d) for d in self.list_documents(
-            states=states, profile=profile, actor=actor, labels=labels, all=all)]
 
     def list_documents(self, *, states: list[str] | None = None, profile: str | None = None,
                        actor: str | None = None, labels: dict[str, str] | None = None,
@@ -223,13 +207,6 @@ class HttpClient:
 
         return Reachability.model_validate(
             self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/reachability"))
-
-    def events(self, *, after: int = 0, sandbox_id: str | None = None,
-               limit: int = 1000) -> list[Event]:
-        from sandboxer.models.events import Event
-
-        return [Event.model_validate(d) for d in self.event_documents(
-            after=after, sandbox_id=sandbox_id, limit=limit)]
 
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandboxer.access import Caller
+from sandboxer.client._reads import TypedReads
 from sandboxer.config import Settings
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
 from sandboxer.service.app import Service
@@ -20,7 +21,6 @@ from sandboxer.service.app import Service
 if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.manager import Manager
     from sandboxer.models.doctor import Check
-    from sandboxer.models.events import Event
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.requests import CreateRequest
@@ -45,7 +45,7 @@ def _create_request(profile_id: str, **fields: Any) -> CreateRequest:
     return CreateRequest.model_construct(profile=profile_id, **fields)
 
 
-class LocalClient:
+class LocalClient(TypedReads):
     """The Client that runs the application service in this process."""
 
     def __init__(
@@ -103,21 +103,8 @@ class LocalClient:
                               target=target, name=name)
         return _run(self.service.create(req, caller=self.caller))
 
-    def get(self, sandbox_id: str) -> SandboxStatus:
-        from sandboxer.models.sandbox import SandboxStatus
-
-        return SandboxStatus.model_validate(self.get_document(sandbox_id))
-
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
         return self.service.get_document(sandbox_id, caller=self.caller)
-
-    def list_sandboxes(self, *, states: list[str] | None = None, profile: str | None = None,
-                       actor: str | None = None, labels: dict[str, str] | None = None,
-                       all: bool = False) -> list[SandboxStatus]:
-        from sandboxer.models.sandbox import SandboxStatus
-
-        return [SandboxStatus.model_validate(d) for d in self.list_documents(
-            states=states, profile=profile, actor=actor, labels=labels, all=all)]
 
     def list_documents(self, *, states: list[str] | None = None, profile: str | None = None,
                        actor: str | None = None, labels: dict[str, str] | None = None,
@@ -148,13 +135,6 @@ class LocalClient:
 
     def reachability(self, sandbox_id: str) -> Reachability:
         return self.service.reachability(sandbox_id, caller=self.caller)
-
-    def events(self, *, after: int = 0, sandbox_id: str | None = None,
-               limit: int = 1000) -> list[Event]:
-        from sandboxer.models.events import Event
-
-        return [Event.model_validate(d) for d in self.event_documents(
-            after=after, sandbox_id=sandbox_id, limit=limit)]
 
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:

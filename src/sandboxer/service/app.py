@@ -115,12 +115,9 @@ class Service(OperatorOps):
                 paths.append(path)
                 names[str(path)] = name
             results = self.validate_profiles(paths, caller=caller)
-        for r in results:
-            original = names.get(r["file"], r["file"])
-            if r.get("error"):
-                r["error"] = r["error"].replace(r["file"], original)
-            r["file"] = original
-        return results
+        from sandboxer.values import rename_files
+
+        return rename_files(results, names)
 
     # -- create -----------------------------------------------------------------------
 
