@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from sandboxer import checks as inputs
 from sandboxer import reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
@@ -33,7 +34,6 @@ from sandboxer.models.common import (
     iso,
     new_sandbox_id,
     parse_duration,
-    safe_repr,
     utcnow,
     validate_labels,
 )
@@ -42,7 +42,6 @@ from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
 from sandboxer.store.base import Store
-from sandboxer.values import validate_actor, validate_name
 
 if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, profile models)
     from pydantic import SecretStr
@@ -177,10 +176,7 @@ class Manager:
         """
         from sandboxer.placement import choose
 
-        try:  # the API's request model checks the same; the CLI and MCP come through here
-            actor = None if actor is None else validate_actor(actor)
-        except ValueError as e:
-            raise InvalidInput(f"actor {safe_repr(actor or '')}: {e}") from e
+        actor = inputs.actor(actor)  # as the service checks it: one message everywhere
         actor = owner_for_create(actor, caller)  # an API caller owns what it creates
         profile = self.catalog.get(profile_id)
         refs = boundary.parse(profile, self.settings)
@@ -233,10 +229,7 @@ class Manager:
         caller: Caller | None = None,
     ) -> SandboxStatus:
         """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise."""
-        try:
-            name = None if name is None else validate_name(name)
-        except ValueError as e:
-            raise InvalidInput(f"name: {e}") from e
+        name = inputs.name(name)
         plan, ext, secrets = await self.plan(
             profile_id, ttl=ttl, actor=actor, labels=labels, target=target, caller=caller
         )

@@ -1,7 +1,7 @@
 """Read requests of the application service: frozen dataclasses, no pydantic.
 
 ``list`` and ``get`` are the CLI's hot paths (bench/run.py), so what they take is plain
-standard-library data; the service validates it (``sandboxer.service.checks``) once, with
+standard-library data; the service validates it (``sandboxer.checks``) once, with
 the same message whichever shell built it.
 """
 

@@ -2,7 +2,7 @@
 
 Shape only is checked here (types, unknown keys, sizes); what a value must look like — a
 duration, an actor, a name, a known target — the application service checks once
-(``sandboxer.service.checks``), so every transport gives the same error for the same
+(``sandboxer.checks``), so every transport gives the same error for the same
 input. The patterns still appear in the JSON Schema (the OpenAPI document) for clients.
 The read requests (``ListRequest``, ``EventsQuery``) are plain dataclasses in
 ``models/queries.py``, re-exported here, so the CLI's reads never import pydantic.

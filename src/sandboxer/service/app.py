@@ -3,7 +3,7 @@
 The CLI (through ``LocalClient``), the HTTP API (``api/service.py``) and the MCP server
 call this and nothing below it. Each operation takes its typed request
 (``models/requests.py``, ``models/queries.py``) and the ``caller`` (None: the local
-operator, an admin); values are checked here (``service/checks.py``) and authorization is
+operator, an admin); values are checked here (``sandboxer/checks.py``) and authorization is
 decided here, once. Operations that await are ``async``; the reads (``get_document``,
 ``list_documents``, ``event_documents``) are plain calls over the store, so the CLI's
 hot paths import neither asyncio nor pydantic.
@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sandboxer import checks
 from sandboxer.access import Caller, actor_filter, require_admin, require_visible
 from sandboxer.errors import NotFound, SandboxerError
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
-from sandboxer.service import checks
 from sandboxer.service.operator import OperatorOps
 
 if TYPE_CHECKING:

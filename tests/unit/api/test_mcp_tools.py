@@ -7,9 +7,9 @@ from typing import Any
 import anyio
 import pytest
 
+from sandboxer import checks
 from sandboxer.errors import InvalidInput, SandboxNotFound
 from sandboxer.mcp.tools import build
-from sandboxer.service import checks
 from sandboxer.values import parse_duration
 
 

@@ -1,8 +1,9 @@
-"""What a request's values must look like, checked once inside the service.
+"""What a request's values must look like: one check and one message per value.
 
 Every shell (CLI, HTTP API, MCP, the remote CLI through the API) hands its input to the
-service unchecked beyond its shape, so one input gets one error code and one message
-whatever the transport. Standard library only: the CLI's reads use it.
+application service unchecked beyond its shape, and the service and the manager check it
+here, so one input gets one error code and one message whatever the transport. Standard
+library only: the CLI's reads use it.
 """
 
 from __future__ import annotations
