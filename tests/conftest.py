@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated SANDBOXER_HOME per test and the test-only extension."""
+"""Shared fixtures: an isolated SANDBOXER_HOME per test, the test-only extension, and a real
+PostgreSQL server with a fresh database per test (tests/pg_support.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests import pg_support
 
 from sandboxer import redaction
 from sandboxer.config import Settings
@@ -52,3 +54,20 @@ def profiles_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def settings(home: Path, profiles_dir: Path) -> Settings:
     return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pg_support.PgServer]:
+    """One PostgreSQL server for the session (the CI's, or a private one)."""
+    why = pg_support.available()
+    if why is not None:
+        pytest.skip(why)
+    with pg_support.server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: pg_support.PgServer) -> Iterator[str]:
+    """The URL of a fresh, empty database, dropped after the test."""
+    with pg_server.database() as url:
+        yield url

@@ -112,8 +112,23 @@ class TokenRow:
     last_used_at: float | None
 
 
+class Leadership(Protocol):
+    """A role (``"leader"``: the reaper, reconcile and State Hub delivery) held by one process
+    of all those that share a store. Held until ``release()`` or until the holding process
+    dies, whatever kills it; then another process's ``try_lead`` succeeds."""
+
+    def held(self) -> bool:
+        """True while the role is still ours; False once it was lost (the database
+        connection that held it broke). Cheap enough to call before every round."""
+        ...
+
+    def release(self) -> None:
+        """Give the role up now; idempotent."""
+        ...
+
+
 class Store(Protocol):
-    """The state store core works with (SQLite today; PostgreSQL for a shared plane)."""
+    """The state store core works with (SQLite, embedded; PostgreSQL, a shared plane)."""
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -131,6 +146,12 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the connection; the store is not used afterwards."""
+        ...
+
+    def try_lead(self, role: str) -> Leadership | None:
+        """Take ``role`` if no other process holds it, else None at once (never waits).
+        SQLite: a lock file beside the database; PostgreSQL: a session advisory lock on a
+        connection of its own, so it ends with the process or its connection."""
         ...
 
     # -- sandboxes --------------------------------------------------------------------
