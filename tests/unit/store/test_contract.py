@@ -386,6 +386,46 @@ def test_capacity_is_enforced_atomically_across_processes(backend: Backend) -> N
     assert backend.open().live_count("cap", "ext.fake") == 3
 
 
+def _lead_then_die(url: str, led: Any) -> None:
+    store = open_store(_settings(url))
+    led.put(store.try_lead("leader") is not None)
+    time.sleep(60)  # killed before this ends
+
+
+def test_one_leader_at_a_time_until_it_releases_or_dies(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    held = first.try_lead("leader")
+    assert held is not None
+    assert held.held()
+    assert second.try_lead("leader") is None
+    other = second.try_lead("publisher")  # roles are independent
+    assert other is not None
+    other.release()
+    held.release()
+    held.release()  # idempotent
+    assert not held.held()
+    again = second.try_lead("leader")
+    assert again is not None
+    again.release()
+    # A leader that is killed (SIGKILL: no cleanup runs) leaves the role free.
+    ctx = multiprocessing.get_context("spawn")
+    led = ctx.Queue()
+    proc = ctx.Process(target=_lead_then_die, args=(backend.url, led))
+    proc.start()
+    try:
+        assert led.get(timeout=60) is True
+        assert first.try_lead("leader") is None
+    finally:
+        proc.kill()
+        proc.join(30)
+    deadline = time.monotonic() + 10
+    while (taken := first.try_lead("leader")) is None:
+        assert time.monotonic() < deadline, "the dead leader's role was never freed"
+        time.sleep(0.1)
+    assert taken.held()
+    taken.release()
+
+
 def test_reapable_and_has_reapable(store: Store) -> None:
     now = utcnow()
     expired = add(store, expires_at=now - timedelta(seconds=1))

@@ -13,12 +13,13 @@ threads of a process under one lock.
 
 from __future__ import annotations
 
+from sandboxer.store.sqlite.leadership import Leaderships
 from sandboxer.store.sqlite.outbox import OutboxRows
 from sandboxer.store.sqlite.records import Records
 from sandboxer.store.sqlite.sandboxes import Sandboxes
 
 
-class SqliteStore(Sandboxes, OutboxRows, Records):
+class SqliteStore(Sandboxes, OutboxRows, Records, Leaderships):
     """The embedded store at ``$SANDBOXER_HOME/state.db`` (or ``SANDBOXER_DATABASE_URL``)."""
 
 
