@@ -10,16 +10,20 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from sandboxer.config import Settings
 from sandboxer.errors import UsageError
 
+if TYPE_CHECKING:
+    from sandboxer.api.workers import Worker
+
 log = logging.getLogger(__name__)
+MAX_WORKERS = 64
 
 
 def is_loopback(host: str) -> bool:
@@ -63,12 +67,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server_class() -> Any:
+def _server_class(worker: bool = False) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die
-        of the signal; `sandboxer serve` exits 0 once it has stopped cleanly instead."""
+        of the signal; `sandboxer serve` exits 0 once it has stopped cleanly instead. A
+        worker takes SIGTERM from its supervisor only: a terminal's Ctrl-C reaches the
+        whole process group, and a second signal would make uvicorn skip the graceful
+        shutdown."""
 
         @override
         @contextlib.contextmanager
@@ -76,8 +83,10 @@ def _server_class() -> Any:
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            signals = (signal.SIGINT, signal.SIGTERM)
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            original = {sig: signal.signal(sig, self.handle_exit)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            if worker:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 yield
             finally:
@@ -89,37 +98,77 @@ def _server_class() -> Any:
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
           tls_cert: Path | None = None, tls_key: Path | None = None,
-          allow_plaintext: bool = False, grace: float = 30.0) -> int:
-    """Run until SIGINT/SIGTERM; in-flight creates get ``grace`` seconds to finish."""
+          allow_plaintext: bool = False, grace: float = 30.0, workers: int = 1) -> int:
+    """Run until SIGINT/SIGTERM; in-flight creates get ``grace`` seconds to finish.
+    ``workers`` > 1: that many worker processes on one listening socket, supervised by
+    this one (api/workers.py)."""
+    from sandboxer.extensions.base import warm_up_all
+
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {workers}: expected 1 to {MAX_WORKERS}",
+                         hint="about one per CPU core is plenty")
+    check_binding(host, tls_cert, tls_key, allow_plaintext)
+    warm_up_all()  # a long-lived server probes new sandboxes in-process (workers inherit it)
+    sock = bind(host, port)
+    scheme = "https" if tls_cert else "http"
+    shown = f"[{host}]" if ":" in host else host
+    several = f", {workers} workers" if workers > 1 else ""
+    banner = (f"sandboxer: serving {scheme}://{shown}:{sock.getsockname()[1]} "
+              f"(home {settings.home}{several})\n")
+    if workers == 1:
+        def started() -> None:
+            sys.stderr.write(banner)
+            sys.stderr.flush()
+
+        served = run_server(settings, sock, tls_cert=tls_cert, tls_key=tls_key,
+                            grace=grace, on_started=started)
+        return 0 if served else 1
+    import uvicorn  # noqa: F401 - imported once here, shared by the forked workers
+
+    from sandboxer.api import app, routes  # noqa: F401 - the same
+    from sandboxer.api.workers import Supervisor
+    from sandboxer.store import open_store
+
+    open_store(settings).close()  # migrate once, and fail here (not N times) when it cannot
+
+    def work(worker: Worker) -> None:
+        if not run_server(settings, sock, tls_cert=tls_cert, tls_key=tls_key, grace=grace,
+                          on_started=worker.started, worker=worker):
+            raise SystemExit(1)
+
+    return Supervisor(workers, grace=grace, banner=banner).run(work)
+
+
+def run_server(settings: Settings, sock: socket.socket, *, tls_cert: Path | None,
+               tls_key: Path | None, grace: float, on_started: Callable[[], None],
+               worker: Worker | None = None) -> bool:
+    """One uvicorn server (this process's own app, service and store) on ``sock`` until
+    it is told to stop; ``on_started`` once it accepts requests (lifespan done). False
+    when it never started (the lifespan failed: uvicorn logged why)."""
     import uvicorn
 
     from sandboxer.api.app import create_app
-    from sandboxer.extensions.base import warm_up_all
 
-    check_binding(host, tls_cert, tls_key, allow_plaintext)
-    warm_up_all()  # a long-lived server probes new sandboxes in-process
-    sock = bind(host, port)
-    app = create_app(settings, grace=grace)
+    app: Any = create_app(settings, grace=grace)
+    if worker is not None:
+        app = worker.asgi(app)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on",
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
     )
-    server = _server_class()(config)
-    actual = sock.getsockname()[1]
-    scheme = "https" if tls_cert else "http"
-    shown = f"[{host}]" if ":" in host else host
+    server = _server_class(worker is not None)(config)
 
     async def main() -> None:
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        if worker is not None:
+            worker.watch_parent(lambda: setattr(server, "should_exit", True))
         while not server.started and not task.done():  # signals handled, lifespan done
             await asyncio.sleep(0.01)
         if server.started:
-            sys.stderr.write(f"sandboxer: serving {scheme}://{shown}:{actual} "
-                             f"(home {settings.home})\n")
-            sys.stderr.flush()
+            on_started()
         await task
 
     asyncio.run(main())
-    return 0
+    return bool(server.started)

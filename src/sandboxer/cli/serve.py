@@ -1,4 +1,5 @@
-"""`sandboxer serve [--host H] [--port P] [--tls-cert F --tls-key F] [--allow-plaintext]`"""
+"""`sandboxer serve [--host H] [--port P] [--tls-cert F --tls-key F] [--allow-plaintext]
+[--grace S] [--workers N]`"""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="serve plain HTTP on a non-loopback address (logged as a warning)")
     s.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long creates in flight may finish (default 30)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on the one socket, each with its own store "
+                   "connection(s) (default 1: this process serves)")
     s.set_defaults(handler=cmd_serve)
 
 
@@ -37,4 +41,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(Settings.from_env(), host=args.host, port=args.port,
                  tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                  tls_key=Path(args.tls_key) if args.tls_key else None,
-                 allow_plaintext=args.allow_plaintext, grace=args.grace)
+                 allow_plaintext=args.allow_plaintext, grace=args.grace,
+                 workers=args.workers)

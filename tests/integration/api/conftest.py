@@ -20,13 +20,14 @@ FAKE_PROFILE = ("id: profile.fake\ndescription: test double\nextension: ext.fake
 class Serve:
     """One `sandboxer serve --port 0` process; ``url`` once it listens."""
 
-    def __init__(self, env: dict[str, str], log: Path, grace: str = "5") -> None:
+    def __init__(self, env: dict[str, str], log: Path, grace: str = "5",
+                 args: tuple[str, ...] = ()) -> None:
         self.log = log
         start = log.stat().st_size if log.exists() else 0  # a restart appends to the log
         self._out = log.open("ab")
-        self.proc = subprocess.Popen([SANDBOXER, "serve", "--port", "0", "--grace", grace],
-                                     env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._out, stderr=self._out)
+        self.proc = subprocess.Popen(
+            [SANDBOXER, "serve", "--port", "0", "--grace", grace, *args], env=env,
+            stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._out)
         deadline = time.monotonic() + 30
         self.url = ""
         while not self.url:
@@ -37,6 +38,12 @@ class Serve:
                 raise AssertionError(f"sandboxer serve did not start:\n{log.read_text()}")
             else:
                 time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful anything."""
+        self.proc.kill()
+        self.proc.wait(30)
+        self._out.close()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
