@@ -209,6 +209,9 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
         return error_response(SandboxerError(
             f"unexpected error ({type(e).__name__}); see the server log"))
 
+    from sandboxer.api.fastpath import FastRead
+
+    app.add_middleware(FastRead)  # inside BodyLimit (the last added is the outermost)
     limit = envvars.api_max_body(settings.env)
     app.add_middleware(BodyLimit, limit=limit)
     return app

@@ -109,8 +109,19 @@ def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | Non
     return found
 
 
-Svc = Annotated[Service, Depends(service)]
-Who = Annotated[Caller, Depends(caller)]
+async def _service(request: Request) -> Service:
+    return service(request)
+
+
+async def _caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
+                                                     Depends(bearer)]) -> Caller:
+    # On the event loop, not in a worker thread: a cached token costs no store access
+    # (Service.authenticate), and each thread hop costs more than the check itself.
+    return caller(request, creds)
+
+
+Svc = Annotated[Service, Depends(_service)]
+Who = Annotated[Caller, Depends(_caller)]
 router = APIRouter(prefix="/v1")
 BODY = (UsageError, InvalidInput, RequestTooLarge)  # 400: a body that is not JSON
 SANDBOX = (NotFound, InvalidInput)
@@ -187,8 +198,8 @@ def list_sandboxes(
 
 @router.get("/sandboxes/{sandbox_id}", response_model=SandboxStatus, summary="one sandbox",
             tags=["sandboxes"], responses=errors(*SANDBOX))
-def get_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
-    return _json(svc.client(who).get_document(sandbox_id))
+async def get_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    return _json(await svc.get_document(who, sandbox_id))
 
 
 @router.delete("/sandboxes/{sandbox_id}", response_model=SandboxStatus,

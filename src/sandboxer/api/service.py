@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.access import Caller
@@ -32,18 +34,25 @@ if TYPE_CHECKING:
     from sandboxer.models.doctor import Check
 
 log = logging.getLogger(__name__)
+# How long an accepted token is trusted without asking the store again: the bound on how
+# long a removed token keeps working (in each server process). Documented in docs/api.md.
+TOKEN_CACHE_SECONDS = 1.0
+TOKEN_CACHE_SIZE = 4096
 
 
 class Service:
     """The API's state: the application service, in-flight creates, publisher wake-up."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         settings.ensure()
         # A server reaps and prunes on its own loops (api/app.py), never in a request.
         self.app = AppService(settings, upkeep=False)
         self.settings = settings
         self.creates: set[asyncio.Task[Any]] = set()
         self.changed = asyncio.Event()  # set after each state change: wakes the publisher
+        self._clock = clock
+        self._callers: dict[str, tuple[Caller, float]] = {}  # token hash -> caller, seen
 
     @property
     def store(self) -> Store:
@@ -58,9 +67,41 @@ class Service:
         return LocalClient(service=self.app, caller=caller)
 
     def authenticate(self, token: str) -> Caller | None:
-        return self.app.authenticate(token)
+        """The actor of a bearer token. A token the store accepted is trusted for
+        ``TOKEN_CACHE_SECONDS`` without asking it again (one lookup a second per token,
+        not one per request); an unknown one is looked up every time, so a new token
+        works at once and a removed one stops within that bound."""
+        from sandboxer.store.tokens import hash_token
+
+        digest = hash_token(token)  # the key: the token itself is not kept
+        now = self._clock()
+        hit = self._callers.get(digest)
+        if hit is not None and now - hit[1] < TOKEN_CACHE_SECONDS:
+            return hit[0]
+        found = self.app.authenticate(token)
+        if found is None:
+            self._callers.pop(digest, None)
+            return None
+        if len(self._callers) >= TOKEN_CACHE_SIZE:  # many tokens: drop the stale ones
+            self._callers = {k: v for k, v in self._callers.items()
+                             if now - v[1] < TOKEN_CACHE_SECONDS}
+        self._callers[digest] = (found, now)
+        return found
 
     # -- sandboxes --------------------------------------------------------------------
+
+    async def get_document(self, caller: Caller, sandbox_id: str) -> dict[str, Any]:
+        """One sandbox's document: one store read on the event loop (the reads are short,
+        as the writes are); only when its endpoint is due a check (at most once a second
+        per sandbox: ServiceCore.claim_serve_checks) does that check run, in a worker
+        thread, since it asks another process and may start one."""
+        doc = self.app.read_document(sandbox_id, caller=caller)
+        due = self.app.claim_serve_checks([doc])
+        if due:
+            restarted = await asyncio.to_thread(self.app.serve_claimed, due)
+            if restarted:
+                doc = self.app.read_document(sandbox_id, caller=caller)
+        return doc
 
     async def create(self, caller: Caller, req: CreateRequest) -> dict[str, Any]:
         if req.dry_run:

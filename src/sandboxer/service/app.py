@@ -166,10 +166,16 @@ class Service(OperatorOps):
         """One sandbox as its sandboxer.sandbox/v1 document; unknown and another actor's
         answer alike (SandboxNotFound)."""
         self.reap_seen()
-        doc = require_visible(self.store.get_document(sandbox_id), sandbox_id, caller)
+        doc = self.read_document(sandbox_id, caller=caller)
         if self.serve([doc]):
-            doc = require_visible(self.store.get_document(sandbox_id), sandbox_id, caller)
+            doc = self.read_document(sandbox_id, caller=caller)
         return doc
+
+    def read_document(self, sandbox_id: str, *,
+                      caller: Caller | None = None) -> dict[str, Any]:
+        """``get_document`` without its upkeep: one store read (a server's reads, which
+        check endpoints through ``claim_serve_checks`` and ``serve_claimed``)."""
+        return require_visible(self.store.get_document(sandbox_id), sandbox_id, caller)
 
     def list_documents(self, req: ListRequest, *,
                        caller: Caller | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ through it. The Manager, the catalog and anything that awaits load only when use
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from sandboxer.manager import Manager
 
 log = logging.getLogger(__name__)
+# A long-lived server that found a sandbox served trusts that for this long before it asks
+# the extension's process again on a read (at most one check a second, not one a request).
+SERVED_CHECK_SECONDS = 1.0
 
 
 class ServiceCore:
@@ -42,6 +46,7 @@ class ServiceCore:
         self.upkeep = upkeep
         self._store: Store | None = store
         self._manager: Manager | None = manager
+        self._served: dict[str, tuple[Any, float]] = {}  # id -> (reachability, checked)
 
     @property
     def store(self) -> Store:
@@ -100,10 +105,51 @@ class ServiceCore:
     def serve(self, docs: list[dict[str, Any]]) -> bool:
         """Serve again the ready sandboxes among ``docs`` whose endpoint is gone; True
         when anything was restarted (read the store again). Runs no event loop of its
-        own unless something must be restarted."""
+        own unless something must be restarted. A long-lived server (no ``upkeep``)
+        checks only those ``claim_serve_checks`` finds due."""
         from sandboxer.service import bridges
 
-        return bridges.ensure_served(self.settings, docs, lambda: self.manager)
+        if self.upkeep:
+            return bridges.ensure_served(self.settings, docs, lambda: self.manager)
+        due = self.claim_serve_checks(docs)
+        return self.serve_claimed(due) if due else False
+
+    def claim_serve_checks(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A server's reads: the ready ones among ``docs`` not found served (at the same
+        reachability) within ``SERVED_CHECK_SECONDS`` — at most one check a second per
+        sandbox, not one per request. They are claimed: until ``serve_claimed`` has
+        checked them, other reads trust the last finding, rather than all asking at
+        once."""
+        now = time.monotonic()
+        due = []
+        for d in docs:
+            if d.get("state") != "ready":
+                continue
+            key = str(d.get("id"))
+            seen = self._served.get(key)
+            if (seen is None or now - seen[1] >= SERVED_CHECK_SECONDS
+                    or seen[0] != d.get("reachability")):
+                due.append(d)
+                if len(self._served) > 10_000:
+                    self._served.clear()
+                self._served[key] = (d.get("reachability"), now)
+        return due
+
+    def serve_claimed(self, due: list[dict[str, Any]]) -> bool:
+        """``serve`` for what ``claim_serve_checks`` returned (it may block: it asks the
+        extension's process, and may start one); True when anything was restarted."""
+        from sandboxer.service import bridges
+
+        try:
+            restarted = bridges.ensure_served(self.settings, due, lambda: self.manager)
+        except BaseException:
+            for d in due:
+                self._served.pop(str(d.get("id")), None)
+            raise
+        for d in due:
+            if restarted or str(d.get("reason") or "").startswith("unserved:"):
+                self._served.pop(str(d.get("id")), None)  # not known served: check again
+        return restarted
 
     async def serve_ready(self) -> None:
         """After a reap or reconcile in an in-process host: every ready sandbox served."""
