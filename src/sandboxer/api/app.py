@@ -211,7 +211,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
 
     from sandboxer.api.fastpath import FastRead
 
-    app.add_middleware(FastRead)  # inside BodyLimit (the last added is the outermost)
     limit = envvars.api_max_body(settings.env)
     app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(FastRead)  # the outermost (added last): it reads no body
     return app

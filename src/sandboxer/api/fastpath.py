@@ -26,13 +26,19 @@ MAX_ID = 64  # routes.SandboxId's max_length
 
 
 def _token(scope: Scope) -> str | None:
-    """The bearer token as fastapi.security.HTTPBearer reads it, or None."""
+    """The bearer token as fastapi.security.HTTPBearer reads it; None without one, or
+    when the request has a body (BodyLimit, which this runs outside of, judges those)."""
+    token = None
     for name, value in scope.get("headers", ()):
-        if name == b"authorization":
+        if name == b"authorization" and token is None:
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             credentials = credentials.strip()
-            return credentials if scheme.lower() == "bearer" and credentials else None
-    return None
+            if scheme.lower() != "bearer" or not credentials:
+                return None
+            token = credentials
+        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return None
+    return token
 
 
 class FastRead:

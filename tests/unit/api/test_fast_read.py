@@ -19,7 +19,8 @@ from sandboxer.store.tokens import Tokens
 from .conftest import Api
 
 
-def _get(app: Any, path: str, token: str | None) -> tuple[list[dict[str, Any]], bool]:
+def _get(app: Any, path: str, token: str | None,
+         extra: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[list[dict[str, Any]], bool]:
     """Messages sent by ``FastRead`` over ``app`` for one GET; whether it passed it on."""
     passed: list[bool] = []
 
@@ -29,6 +30,7 @@ def _get(app: Any, path: str, token: str | None) -> tuple[list[dict[str, Any]], 
     async def run() -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        headers += extra
         scope = {"type": "http", "method": "GET", "path": path, "headers": headers,
                  "app": app}
 
@@ -74,6 +76,10 @@ def test_only_a_successful_read_is_answered_below_the_route(settings: Settings) 
         sent, passed = _get(app, path, token)
         assert passed, path
         assert not sent, path
+    for extra in ((b"content-length", b"10"), (b"transfer-encoding", b"chunked")):
+        sent, passed = _get(app, f"/v1/sandboxes/{sid}", alice, (extra,))  # BodyLimit's
+        assert passed, extra
+        assert not sent, extra
     service.store.close()
 
 
