@@ -191,6 +191,7 @@ class Supervisor:
             if index is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            self._read_ready()  # it may have reported "started" just before it died
             if self.stopping:
                 if code != 0:
                     log.warning("worker %d (pid %d) stopped with exit status %d",
