@@ -129,6 +129,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
     from sandboxer.api.workers import Supervisor
     from sandboxer.store import open_store
 
+    settings.ensure()
     open_store(settings).close()  # migrate once, and fail here (not N times) when it cannot
 
     def work(worker: Worker) -> None:
