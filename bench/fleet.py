@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CLI = shutil.which("sandboxer", path=os.path.dirname(sys.executable)) or "sandboxer"
 CAPACITY = {"h1": 60, "h2": 70, "h3": 80}
+# network_mode bridge: the engine's default bridge, not a network per compose project.
+# dockerd's default address pools hold about 30 networks: the 31st project on an engine
+# fails ("could not find an available, non-overlapping IPv4 address pool"); an operator
+# who runs more sandboxes per host sets `default-address-pools` in daemon.json.
 PROFILE = """\
 id: profile.spread
 extension: ext.compose-ssh
@@ -52,7 +56,7 @@ spec:
   pull: never
   compose:
     services:
-      main: {{image: "{image}"}}
+      main: {{image: "{image}", network_mode: bridge}}
 reachability: {{user: agent}}
 """
 
@@ -222,6 +226,10 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], bool]:
           f"{args.clients} clients onto 3 docker hosts, in {wall:.0f}s:")
     print(f"  {'PASS' if len(ready) == args.creates else 'FAIL'}  ready: "
           f"{len(ready)}/{args.creates}" + (f" (failed: {dict(failed)})" if failed else ""))
+    shapes = {re.sub(r"sbx-[a-z0-9]{10}", "sbx-…", str(r["message"])): 1
+              for r in results if r not in ready}
+    for message in list(shapes)[:3]:
+        print("        e.g. " + " | ".join(message.split("\n"))[:300])
     for n, cap in CAPACITY.items():
         print(f"  {'FAIL' if n in over else 'PASS'}  {n}: {recorded[n]} recorded, "
               f"{running[n]} containers running, capacity {cap}")
