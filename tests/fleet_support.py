@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from tests.docker_support import (
     DOCKER_GROUP,
     IMAGE_RECIPE,
