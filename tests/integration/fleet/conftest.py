@@ -92,12 +92,7 @@ def fleet_env(docker_fleet: Fleet, tmp_path: Path) -> Iterator[FleetEnv]:
                DOCKER_HOST=f"unix://{tmp_path}/no-engine-here.sock")
     ctx = FleetEnv(env, docker_fleet)
     for name, (capacity, labels) in TARGETS.items():
-        h = docker_fleet[name]
-        args = ["targets", "add", name, h.url, "--identity", str(h.identity_file), "--yes",
-                "--capacity", str(capacity)]
-        for label in labels:
-            args += ["--label", label]
-        ctx.json(*args)
+        ctx.json(*docker_fleet[name].targets_add_args(capacity=capacity, labels=labels))
     yield ctx
     for h in docker_fleet.hosts:  # a test that failed half-way may have left one down
         h.link_up()
