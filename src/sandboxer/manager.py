@@ -126,9 +126,10 @@ class Manager:
     def reachability(self, sandbox_id: str, *, caller: Caller | None = None) -> Reachability:
         status = self.get(sandbox_id, caller=caller)
         if status.state != "ready" or status.reachability is None:
+            why = f" ({status.reason})" if status.state == "unreachable" else ""
             raise Conflict(
-                f"sandbox {sandbox_id} is {status.state}; only a ready sandbox is reachable"
-            )
+                f"sandbox {sandbox_id} is {status.state}{why}; only a ready sandbox is "
+                "reachable")
         return status.reachability
 
     async def refresh_reachability(self, sandbox_id: str) -> SandboxStatus | None:

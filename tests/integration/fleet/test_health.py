@@ -44,7 +44,7 @@ def test_a_host_whose_sshd_stops_is_unhealthy_and_its_sandboxes_unreachable(
     assert fleet_env.events(on_h2["id"])[-1] == "sandbox.unreachable"
     refused = fleet_env.cli("reachability", "show", on_h2["id"])
     assert refused.returncode != 0
-    assert "unreachable" in refused.stderr
+    assert "is unreachable (target h2 is unhealthy: cannot reach target h2" in refused.stderr
     # Its lease can still be renewed; it stays unreachable.
     assert fleet_env.json("extend", on_h2["id"], "--ttl", "20m")["state"] == "unreachable"
 
