@@ -19,11 +19,12 @@ fixture on top; bench/ may use it directly). Each host ``h1..hN`` gets
 ``FleetHost.stop_sshd/start_sshd`` and ``link_down/link_up`` take a host down and back;
 ``targets_add_args`` is the ``sandboxer targets add`` command line for it, ``docker`` runs
 the docker CLI against its engine, ``labelled`` lists the containers carrying a label.
-Setup of three hosts takes about 10 s here (``Fleet.setup_seconds``), teardown about 12 s.
-The helpers report a broken machine with ``pytest.fail`` (an ``Exception``-less
-``BaseException``), also when used outside pytest.
-Everything started is stopped by its pid and everything created (namespaces, links, the
-bridge, directories) is deleted on exit, also when the body raises.
+Setup of three hosts takes 6-12 s here (``Fleet.setup_seconds``), teardown 7-12 s.
+A machine that cannot run them is reported with ``pytest.fail`` (pytest's ``Failed``, a
+``BaseException``), also when this module is used outside pytest (from the repository
+root, so that ``tests`` imports). Everything started is stopped by its pid and everything
+created (namespaces, links, the bridge, directories) is deleted on exit, also when the body
+raises.
 """
 
 from __future__ import annotations
