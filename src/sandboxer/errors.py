@@ -89,6 +89,12 @@ class NoTarget(SandboxerError):
     http_status = 503
 
 
+class TargetTaken(NoTarget):
+    """The target placement chose was filled by concurrent creates before this one's
+    insert (the capacity check in its transaction refused it): placing again, with the new
+    counts, may find another. Same code and status as NoTarget."""
+
+
 class SecretError(SandboxerError):
     """A secret ref could not be validated or resolved. Messages name refs, never values."""
 

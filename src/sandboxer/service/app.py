@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sandboxer.models.sandbox import SandboxStatus
 
 log = logging.getLogger(__name__)
+PLACEMENT_ATTEMPTS = 3  # a create that loses its target to concurrent ones places again
 
 
 class Service(OperatorOps):
@@ -151,9 +152,22 @@ class Service(OperatorOps):
     async def create(self, req: CreateRequest, *,
                      caller: Caller | None = None) -> SandboxStatus:
         """Provision and return a ready sandbox (or raise, leaving it recorded failed)."""
+        from sandboxer.errors import TargetTaken
+
         checks.name(req.name)
         options = self._checked(req)
         try:
+            for attempt in range(1, PLACEMENT_ATTEMPTS):
+                try:
+                    return await self.manager.create(req.profile, name=req.name,
+                                                     caller=caller, **options)
+                except TargetTaken as e:
+                    # Concurrent creates (other replicas) filled the target placement
+                    # chose; nothing was recorded. Place again with the new counts,
+                    # unless the caller named that target.
+                    if req.target is not None:
+                        raise
+                    log.info("placing again (attempt %d): %s", attempt + 1, e.message)
             return await self.manager.create(req.profile, name=req.name, caller=caller,
                                              **options)
         finally:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import errors as pg_errors
 from psycopg.types.json import Json, Jsonb
 
-from sandboxer.errors import Conflict, NoTarget, SandboxNotFound
+from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
 from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
 from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, key32, key64, ts
 
@@ -109,7 +109,7 @@ class Sandboxes(Connection):
                 row = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()
                 used = int(row["n"]) if row else 0
                 if used >= capacity:
-                    raise NoTarget(
+                    raise TargetTaken(
                         f"target {status.target} of {status.extension} is full "
                         f"({used}/{capacity} sandboxes): another create took the last slot",
                         hint="destroy a sandbox there, pick another target with --target, "

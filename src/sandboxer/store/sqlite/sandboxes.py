@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.errors import Conflict, NoTarget, SandboxNotFound
+from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
 from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
 from sandboxer.store.sqlite.connection import LIVE, Connection, dt, ts
 
@@ -93,7 +93,7 @@ class Sandboxes(Connection):
             if capacity is not None:
                 used = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()[0]
                 if used >= capacity:
-                    raise NoTarget(
+                    raise TargetTaken(
                         f"target {status.target} of {status.extension} is full "
                         f"({used}/{capacity} sandboxes): another create took the last slot",
                         hint="destroy a sandbox there, pick another target with --target, "
