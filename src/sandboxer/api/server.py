@@ -53,16 +53,23 @@ def check_binding(host: str, tls_cert: Path | None, tls_key: Path | None,
                     "unencrypted (--allow-plaintext)", host)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False,
+         listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (listening unless told not to). ``reuse_port``:
+    SO_REUSEPORT, so that several sockets of this user listen on one port and the kernel
+    spreads new connections evenly over them (``serve --workers``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from e
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -109,7 +116,11 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
                          hint="about one per CPU core is plenty")
     check_binding(host, tls_cert, tls_key, allow_plaintext)
     warm_up_all()  # a long-lived server probes new sandboxes in-process (workers inherit it)
-    sock = bind(host, port)
+    # Workers: this socket only holds the port (bound, not listening); each worker listens
+    # on a socket of its own with SO_REUSEPORT. One shared listening socket would let the
+    # worker that wakes first accept a whole burst of connections (keep-alive clients then
+    # stay on it).
+    sock = bind(host, port, reuse_port=workers > 1, listen=workers == 1)
     scheme = "https" if tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     several = f", {workers} workers" if workers > 1 else ""
@@ -133,7 +144,9 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
     open_store(settings).close()  # migrate once, and fail here (not N times) when it cannot
 
     def work(worker: Worker) -> None:
-        if not run_server(settings, sock, tls_cert=tls_cert, tls_key=tls_key, grace=grace,
+        own = bind(host, sock.getsockname()[1], reuse_port=True)
+        sock.close()
+        if not run_server(settings, own, tls_cert=tls_cert, tls_key=tls_key, grace=grace,
                           on_started=worker.started, worker=worker):
             raise SystemExit(1)
 

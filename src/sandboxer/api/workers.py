@@ -1,11 +1,14 @@
-"""`sandboxer serve --workers N`: N worker processes on one listening socket, supervised.
+"""`sandboxer serve --workers N`: N worker processes on one port, supervised.
 
-The supervisor (the process `sandboxer serve` started as) binds the socket, migrates the
-store once, imports the server's code and then forks the workers: each inherits the
-listening socket and builds everything else of its own after the fork — its FastAPI app,
-its ``Service``, its store and connection pool, its lifespan (the background loops, the
-leadership campaign) — so nothing with a thread or a connection crosses a fork. The
-kernel spreads new connections over the workers blocked in ``accept`` on the one socket.
+The supervisor (the process `sandboxer serve` started as) binds the port (SO_REUSEPORT,
+not listening: it only holds the port), migrates the store once, imports the server's
+code and then forks the workers. Each listens on a socket of its own on that port
+(SO_REUSEPORT: the kernel spreads new connections evenly over the listeners; with one
+shared listening socket the worker that wakes first accepts a whole burst, and
+keep-alive clients stay on it) and builds everything else of its own after the fork —
+its FastAPI app, its ``Service``, its store and connection pool, its lifespan (the
+background loops, the leadership campaign) — so nothing with a thread or a connection
+crosses a fork. Only processes of the same user may join a SO_REUSEPORT port.
 
 What the supervisor does:
 
