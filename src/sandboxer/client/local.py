@@ -177,7 +177,7 @@ class LocalClient(TypedReads):
                                                 force=force)
         return _run(self.service.images_build(name, req, caller=self.caller))
 
-    # -- this machine's operator (not over HTTP: tokens and the outbox are local) ------
+    # -- the operator's: tokens, the outbox, doctor (admin) ----------------------------
 
     def tokens_add(self, actor: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
         return self.service.tokens_add(actor, admin=admin, caller=self.caller)
