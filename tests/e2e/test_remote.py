@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.e2e.conftest import SANDBOXER, Result
 from tests.integration.api.conftest import Serve, serve_env
@@ -219,8 +220,8 @@ def test_targets_images_publish_and_doctor_act_on_the_server(plane: Plane,
 
 def _operator_only(plane: Plane, private: Path, prepare: str, *args: str) -> Result:
     """The CLI in a mount namespace of its own where ``private`` is a tmpfs that
-    ``prepare`` (sh, ``$1`` is the directory) fills: files the server cannot see, as on
-    another machine."""
+    ``prepare`` (sh, ``$1`` is the directory) fills: files the server cannot see, or —
+    over a directory of the server's — cannot be seen, as on another machine."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs unshare and root for a private mount namespace")
     private.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,6 @@ def _operator_only(plane: Plane, private: Path, prepare: str, *args: str) -> Res
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            script, "sh", str(private), prepare, SANDBOXER, *args],
                           env=plane.env, capture_output=True, timeout=120, check=False)
-    assert not any(private.iterdir())  # the tmpfs was the operator's alone
     return Result(done.returncode, done.stdout.decode(errors="replace"),
                   done.stderr.decode(errors="replace"))
 
@@ -250,6 +250,7 @@ def test_targets_add_reads_the_identity_on_the_servers_machine(plane: Plane,
     message = done.json()["message"]
     assert f"--identity {private}/id: no such file" in message
     assert "a file on the server's machine" in message
+    assert not any(private.iterdir())  # the tmpfs was the operator's alone
 
     there = plane.home.parent / "server-key"  # the server's: found, so it goes on to SSH
     _keygen(there)
@@ -291,6 +292,7 @@ def test_a_packer_template_is_built_by_the_server(plane: Plane, tmp_path: Path) 
     res = _operator_only(plane, private, f"echo '{json.dumps(NULL_TEMPLATE)}' > \"$1/mine.json\"",
                          "images", "build", f"{private}/mine.json", "--json")
     assert res.code == 4, res.err
+    assert not any(private.iterdir())
     message = res.json()["message"]
     assert "not found" in message
     assert "is a file of this machine" in message
@@ -304,3 +306,37 @@ def test_what_cannot_work_remotely_says_so(plane: Plane) -> None:
     assert res.code == 2
     assert "cannot work through SANDBOXER_URL" in res.err
     assert "serving" not in res.err
+
+
+def test_ssh_from_another_machine_fetches_the_sandboxs_key(plane: Plane) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.fail("bubblewrap is required for a real ext.local sandbox")
+    box = plane.ok("create", "profile.local", "--ttl", "10m", "--quiet", token=plane.alice)
+    sid = box["id"]
+    mine = Path(plane.env["SANDBOXER_HOME"]) / "keys" / sid
+    try:
+        # The operator cannot read the server's home (a tmpfs hides it), so the key the
+        # descriptor names is not there: ssh fetches it from the server, as the owner.
+        res = _operator_only(plane, plane.home, "true", "ssh", sid, "--json", "--",
+                             "echo in-$(id -un)")
+        assert res.code == 0, (res.out, res.err)
+        assert res.json()["stdout"] == f"in-{box['reachability']['user']}\n"
+        assert mine.read_bytes() == (plane.home / "keys" / sid).read_bytes()
+        assert mine.stat().st_mode & 0o777 == 0o600
+        config = _operator_only(plane, plane.home, "true", "ssh-config", "--json")
+        assert config.json()["hosts"][0]["options"]["IdentityFile"] == str(mine)
+        here = plane.ok("ssh-config", sid)  # where the server's file is readable: that one
+        assert here["hosts"][0]["options"]["IdentityFile"] == str(plane.home / "keys" / sid)
+        headers = {"Authorization": f"Bearer {plane.alice}"}
+        got = httpx.get(f"{plane.server.url}/v1/sandboxes/{sid}/identity", headers=headers)
+        assert got.status_code == 200
+        assert got.headers["cache-control"] == "no-store"
+        admin = plane.ok("create", "profile.local", "--ttl", "10m", "--quiet")
+        other = httpx.get(f"{plane.server.url}/v1/sandboxes/{admin['id']}/identity",
+                          headers=headers)  # not alice's: as if it did not exist
+        assert (other.status_code, other.json()["code"]) == (404, "sandbox_not_found")
+        plane.ok("destroy", admin["id"])
+    finally:
+        plane.ok("destroy", sid)
+    gone = httpx.get(f"{plane.server.url}/v1/sandboxes/{sid}/identity", headers=headers)
+    assert (gone.status_code, gone.json()["code"]) == (409, "conflict")

@@ -343,3 +343,12 @@ def remove_token(svc: Svc, who: Who, token_id: TokenId) -> JSONResponse:
              responses=errors(Forbidden, UsageError))
 async def publish_events(svc: Svc, who: Who) -> JSONResponse:
     return _json(await svc.events_publish(who))
+
+
+@router.get("/sandboxes/{sandbox_id}/identity", response_model=r.SandboxIdentity,
+            summary="the private key a ready sandbox is reached with (its owner's ssh from "
+            "another machine)", tags=["sandboxes"], responses=errors(*SANDBOX, Conflict))
+def get_identity(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    key = svc.app.identity(sandbox_id, caller=who)
+    return JSONResponse({"schema": "sandboxer.identity/v1", "sandbox_id": sandbox_id,
+                         "private_key": key}, headers=NO_STORE)

@@ -80,6 +80,10 @@ class Client(Protocol):
     def reachability(self, sandbox_id: str) -> Reachability:
         """The reachability descriptor of a ready sandbox."""
 
+    def identity(self, sandbox_id: str) -> str:
+        """The private key (OpenSSH PEM) a ready sandbox is reached with: the per-sandbox
+        key sand-boxer made, for its owner or an admin (Conflict otherwise)."""
+
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
         """Outbox events in order, with their State Hub delivery state."""

@@ -209,6 +209,11 @@ class HttpClient(TypedReads):
         return Reachability.model_validate(
             self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/reachability"))
 
+    def identity(self, sandbox_id: str) -> str:
+        """``GET /v1/sandboxes/{id}/identity``: the sandbox's private key (keep it 0600)."""
+        doc = self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/identity")
+        return str(doc["private_key"])
+
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"after": after, "limit": limit}

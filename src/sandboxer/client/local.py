@@ -136,6 +136,9 @@ class LocalClient(TypedReads):
     def reachability(self, sandbox_id: str) -> Reachability:
         return self.service.reachability(sandbox_id, caller=self.caller)
 
+    def identity(self, sandbox_id: str) -> str:
+        return self.service.identity(sandbox_id, caller=self.caller)
+
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:
         """Events with their delivery state, as sandboxer.event/v1 documents."""

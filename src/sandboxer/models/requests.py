@@ -98,14 +98,22 @@ class ImageBuildRequest(StrictModel):
     force: bool = False
 
 
+def _path_parts(value: str) -> str:
+    """A name that may be a file path: no part longer than a file name can be (255)."""
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/")):
+        raise ValueError("each part of a path is at most 255 bytes")
+    return value
+
+
 class NamedImageBuildRequest(ImageBuildRequest):
     """``POST /v1/images/build`` (admin): any name `sandboxer images build` takes, also
     one that is no URL path segment — a Packer template path, resolved on the server's
     machine (its Packer directory, or an absolute path there), never uploaded."""
 
-    name: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$",
+    name: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$",
                                description="a profile id, a recipe name or a Packer "
-                               "template path on the server's machine")]
+                               "template path on the server's machine"),
+                    AfterValidator(_path_parts)]
 
 
 class TokenAddRequest(StrictModel):

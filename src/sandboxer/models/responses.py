@@ -21,10 +21,11 @@ from sandboxer.models.sandbox import SandboxStatus
 
 __all__ = [
     "ErrorDocument", "EventList", "ImageBuilt", "Plan", "ProfileDocument", "ProfileList",
-    "ProfileSummary", "PublishReport", "ReconcileReport", "RemovedHandle", "SandboxList",
-    "SandboxStatus", "SecretRefCheck", "TargetAdded", "TargetCheck", "TargetCheckList",
-    "TargetList", "TargetRemoved", "TargetSummary", "TokenCreated", "TokenList",
-    "TokenRemoved", "TokenSummary", "ValidationReport", "ValidationResult", "Whoami",
+    "ProfileSummary", "PublishReport", "ReconcileReport", "RemovedHandle", "SandboxIdentity",
+    "SandboxList", "SandboxStatus", "SecretRefCheck", "TargetAdded", "TargetCheck",
+    "TargetCheckList", "TargetList", "TargetRemoved", "TargetSummary", "TokenCreated",
+    "TokenList", "TokenRemoved", "TokenSummary", "ValidationReport", "ValidationResult",
+    "Whoami",
 ]
 
 
@@ -233,3 +234,12 @@ class PublishReport(_Document):
     errors: list[str]
     skipped: bool = Field(description="another process (the server's own publisher) "
                           "holds the publisher lock: nothing was done")
+
+
+class SandboxIdentity(_Document):
+    """The private key a ready sandbox is reached with, for its owner's `sandboxer ssh`
+    on another machine."""
+
+    schema_: Literal["sandboxer.identity/v1"] = Field("sandboxer.identity/v1", alias="schema")
+    sandbox_id: str
+    private_key: str = Field(description="OpenSSH private key (PEM); keep it 0600")

@@ -41,6 +41,7 @@ OPERATIONS = {
     ("get", "/v1/tokens"): ("list_tokens", "TokenList"),
     ("delete", "/v1/tokens/{token_id}"): ("remove_token", "TokenRemoved"),
     ("post", "/v1/events/publish"): ("publish_events", "PublishReport"),
+    ("get", "/v1/sandboxes/{sandbox_id}/identity"): ("get_identity", "SandboxIdentity"),
 }
 
 
