@@ -306,6 +306,10 @@ def test_what_cannot_work_remotely_says_so(plane: Plane) -> None:
     assert res.code == 2
     assert "cannot work through SANDBOXER_URL" in res.err
     assert "serving" not in res.err
+    res = plane.run("db", "migrate", "--json")
+    assert (res.code, res.json()["code"]) == (2, "usage")
+    assert "talks to the database directly" in res.json()["message"]
+    assert not (Path(plane.env["SANDBOXER_HOME"]) / "state.db").exists()
 
 
 def test_ssh_from_another_machine_fetches_the_sandboxs_key(plane: Plane) -> None:
