@@ -15,12 +15,14 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.api_support import StateHub, wait_for
 from tests.e2e.conftest import SANDBOXER, Result
 from tests.integration.api.conftest import Serve, serve_env
 
@@ -78,15 +80,15 @@ def _local_token(env: dict[str, str], *args: str) -> str:
     return str(json.loads(done.stdout)["token"])
 
 
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[Plane]:
+@contextmanager
+def _plane(tmp_path: Path, **server_env: str) -> Iterator[Plane]:
     if SANDBOXER is None:
         pytest.fail("the sandboxer console script is not installed (pip install -e .)")
     home, packer = tmp_path / "server" / "home", tmp_path / "server" / "packer"
     packer.mkdir(parents=True)
     (packer / "null.json").write_text(json.dumps(NULL_TEMPLATE))
     env = serve_env(home, SANDBOXER_PACKER_DIR=str(packer),
-                    HOME=str(tmp_path / "server" / "user"))
+                    HOME=str(tmp_path / "server" / "user"), **server_env)
     admin = _local_token(env, "ops", "--admin")  # the one token made on the server itself
     alice = _local_token(env, "alice")
     server = Serve(env, tmp_path / "serve.log")
@@ -105,6 +107,12 @@ def plane(tmp_path: Path) -> Iterator[Plane]:
     assert admin not in log
     assert alice not in log
     assert "sbxt_" not in log  # no token, the ones made over the API included
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Plane]:
+    with _plane(tmp_path) as made:
+        yield made
 
 
 def test_sandboxes_profiles_reachability_and_events_are_the_servers(
@@ -344,3 +352,28 @@ def test_ssh_from_another_machine_fetches_the_sandboxs_key(plane: Plane) -> None
         plane.ok("destroy", sid)
     gone = httpx.get(f"{plane.server.url}/v1/sandboxes/{sid}/identity", headers=headers)
     assert (gone.status_code, gone.json()["code"]) == (409, "conflict")
+
+
+def test_events_publish_reaches_the_servers_publisher(tmp_path: Path) -> None:
+    hub = StateHub().start()
+    try:
+        with _plane(tmp_path, **hub.env()) as plane:
+            sid = plane.ok("create", "profile.fake", "--quiet", token=plane.alice)["id"]
+            wait_for(lambda: len(hub.accepted) >= 2)  # the server's publisher delivered
+
+            def delivered() -> bool:
+                items = plane.ok("events", "--sandbox", sid)["items"]
+                return [e["delivery"] for e in items] == ["delivered", "delivered"]
+
+            wait_for(delivered)
+            res = plane.run("events", "publish", "--json")
+            # this machine's SANDBOXER_STATE_HUB_URL (a closed port) is not what is used:
+            # the server's publisher holds the lock, so the pass is skipped, and says so
+            assert res.code == 0, res.err
+            assert (res.json()["delivered"], res.json()["remaining"]) == (0, 0)
+            assert "skipped" not in res.json()
+            assert "another process (sandboxer serve?) is publishing" in res.err
+            plane.refused("events", "publish", code=8, error="forbidden")
+            plane.ok("destroy", sid)
+    finally:
+        hub.stop()
