@@ -377,3 +377,20 @@ def test_events_publish_reaches_the_servers_publisher(tmp_path: Path) -> None:
             plane.ok("destroy", sid)
     finally:
         hub.stop()
+
+
+def test_a_postgresql_plane_serves_the_same_commands(tmp_path: Path, pg_url: str) -> None:
+    with _plane(tmp_path, SANDBOXER_DATABASE_URL=pg_url) as plane:
+        made = plane.ok("tokens", "add", "bob")
+        assert "bob" in {i["actor"] for i in plane.ok("tokens", "list")["items"]}
+        sid = plane.ok("create", "profile.fake", "--quiet", token=made["token"])["id"]
+        assert [d["id"] for d in plane.ok("list")["items"]] == [sid]
+        assert plane.ok("targets", "add", "far", "fake://far", "--yes")["name"] == "far"
+        assert plane.ok("targets", "remove", "far")["name"] == "far"
+        assert plane.ok("destroy", sid, token=made["token"])["items"][0]["state"] == \
+            "destroyed"
+        types = [e["type"] for e in plane.ok("events", "--sandbox", sid)["items"]]
+        assert types == ["sandbox.created", "sandbox.ready", "sandbox.destroyed"]
+        assert plane.ok("tokens", "remove", made["id"])["actor"] == "bob"
+        plane.refused("tokens", "list", code=8, error="forbidden")
+        assert not (plane.home / "state.db").exists()  # the server's store is PostgreSQL

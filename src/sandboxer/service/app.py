@@ -220,8 +220,9 @@ class Service(OperatorOps):
         try:
             return own.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as e:
-            raise Conflict(f"the key of sandbox {sandbox_id} cannot be read on the server: "
-                           f"{type(e).__name__}") from e
+            raise Conflict(f"the key of sandbox {sandbox_id} cannot be read at {own}: "
+                           f"{type(e).__name__}",
+                           hint="`sandboxer doctor` checks the home's permissions") from e
 
     # -- changes ----------------------------------------------------------------------
 
