@@ -42,10 +42,13 @@ async def build_profile(ext: VMPackerExtension, profile: Profile, source: Path, 
 
 async def build_template(settings: Settings, name: str, *, variables: dict[str, str],
                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-    """The image of a Packer JSON template given by path."""
+    """The image of a Packer JSON template given by path: absolute, or relative to the
+    working directory, else to the Packer directory (SANDBOXER_PACKER_DIR) — on the machine
+    that builds, which for a server is the server's, however the name reached it."""
     from sandboxer.extensions.vm_packer import images
 
-    template = images.resolve_template(settings, str(Path(name).absolute()), None)
+    # resolve_template looks beside its ``source`` file first: here the working directory.
+    template = images.resolve_template(settings, name, Path.cwd() / "-")
     return await _build(settings, template, variables, accel="auto", force=force,
                         progress=progress)
 
