@@ -288,21 +288,30 @@ def test_a_packer_template_is_built_by_the_server(plane: Plane, tmp_path: Path) 
     assert (entry / "disk.qcow2").read_text() == "remote\n"  # the real packer wrote it
     assert built["template"] == str(plane.packer / "null.json")
     # a path (no URL segment) goes in the body; the same template, so the cache answers
-    again = plane.ok("images", "build", str(plane.packer / "null.json"), "--var",
-                     "flavour=remote")
+    (plane.packer / "sub").mkdir(exist_ok=True)
+    (plane.packer / "sub" / "null.json").write_text((plane.packer / "null.json").read_text())
+    again = plane.ok("images", "build", "sub/null.json", "--var", "flavour=remote")
     assert (again["built"], again["path"]) == (False, built["path"])
-    forced = plane.ok("images", "build", str(plane.packer / "null.json"), "--var",
+    forced = plane.ok("images", "build", "sub/null.json", "--var",
                       "flavour=remote", "--force", "-q")
     assert forced["built"] is True
-    plane.refused("images", "build", str(plane.packer / "null.json"), code=8,
-                  error="forbidden")
+    plane.refused("images", "build", "sub/null.json", code=8, error="forbidden")
+    # A token names files of the server only inside its Packer directory: no absolute
+    # path, no way out with '..' or a symlink (the file exists; the answer is the same).
+    (plane.packer / "out").symlink_to(tmp_path)
+    (tmp_path / "x.json").write_text((plane.packer / "null.json").read_text())
+    for outside in (str(plane.packer / "null.json"), "sub/../null.json", "out/x.json",
+                    str(tmp_path / "x.json")):
+        res = plane.run("images", "build", outside, "--json")
+        assert res.code == 4, (outside, res.err)
+        assert "in the server's Packer directory" in res.json()["message"]
     private = tmp_path / "operator" / "templates"  # the operator's file, never uploaded
     res = _operator_only(plane, private, f"echo '{json.dumps(NULL_TEMPLATE)}' > \"$1/mine.json\"",
                          "images", "build", f"{private}/mine.json", "--json")
     assert res.code == 4, res.err
     assert not any(private.iterdir())
     message = res.json()["message"]
-    assert "not found" in message
+    assert "in the server's Packer directory" in message
     assert "is a file of this machine" in message
     unknown = plane.run("images", "build", "null.json", "--var", "colour=red", "--json")
     assert unknown.code == 4

@@ -285,8 +285,8 @@ class HttpClient(TypedReads):
                 raise
             raise type(e)(e.message, hint=f"{name} is a file of this machine, but SANDBOXER_URL "
                           f"is set: the server at {self.url} builds from files on its own "
-                          "machine (a template in its SANDBOXER_PACKER_DIR, or an absolute "
-                          "path there); nothing is uploaded") from e
+                          "machine, a template named relative to its SANDBOXER_PACKER_DIR; "
+                          "nothing is uploaded") from e
         doc.pop("schema", None)
         return doc
 

@@ -69,7 +69,10 @@ class OperatorOps(ServiceCore):
         require_admin(caller, "building an image")
         return await bridges.build_image(self.manager, name, target=req.target,
                                          variables=dict(req.variables), force=req.force,
-                                         progress=self._report())
+                                         progress=self._report(),
+                                         # a token's holder names files of this machine
+                                         # only inside the extensions' own directories
+                                         confined=caller is not None)
 
     # -- tokens -----------------------------------------------------------------------
 
