@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -87,6 +88,9 @@ class Connection:
         except BaseException:
             self._pool.close()
             raise
+        # A store dropped without close() must not leave its pool's threads and connections
+        # behind (the pool's threads keep the pool alive, not the store).
+        weakref.finalize(self, self._pool.close)
 
     # -- plumbing ---------------------------------------------------------------------
 
