@@ -76,8 +76,14 @@ class Connection:
         self.timeout = timeout
         self._password = _password_of(url)
         self._bound = _Bound()
-        self.migrated_from, self._version = self._guard(
-            lambda: migrate(self._direct(), f"the PostgreSQL store {self.label}"))
+        # Migrate on a connection of our own first: it fails with libpq's reason (the pool
+        # would only time out), and the migration lock is a session lock.
+        first = self._guard(self._direct)
+        try:
+            self.migrated_from, _ = self._guard(
+                lambda: migrate(first, f"the PostgreSQL store {self.label}"))
+        finally:
+            first.close()
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url, min_size=1, max_size=max(1, pool_size), timeout=timeout, num_workers=2,
             kwargs={"autocommit": True, "row_factory": dict_row,
