@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from sandboxer.config import Settings
-from sandboxer.errors import StoreBusy
+from sandboxer.errors import StoreBusy, StoreUnavailable
 from sandboxer.models.target import TargetRecord
 from sandboxer.store import open_store
 from sandboxer.store.postgres import PostgresStore
@@ -44,7 +44,10 @@ def test_reads_and_writes_survive_the_server_dropping_every_connection(
     assert [t.name for t in store.list_targets()] == ["before"]  # a read, retried
     _kill_sessions(pg_url)
     store.add_target(TargetRecord(name="after", extension="ext.fake"))  # a write, retried
-    assert [t.name for t in store.list_targets()] == ["after", "before"]
+    _kill_sessions(pg_url)
+    with store.transaction():  # a block takes a live connection too
+        store.add_target(TargetRecord(name="block", extension="ext.fake"))
+    assert [t.name for t in store.list_targets()] == ["after", "before", "block"]
 
 
 def test_a_transaction_is_bound_to_its_thread(store: PostgresStore) -> None:
@@ -112,3 +115,48 @@ def test_held_notices_a_lost_session_within_a_second_or_so(store: PostgresStore,
     again = store.try_lead("leader")
     assert again is not None
     again.release()
+
+
+def _stop_fast(url: str) -> None:
+    """Fast shutdown (SIGINT) of the server behind ``url``, one this test started: its
+    postmaster is the parent of our backend."""
+    import signal
+    import time
+
+    with psycopg.connect(url) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    postmaster = int(stat.rsplit(")", 1)[1].split()[1])
+    os.kill(postmaster, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{postmaster}").exists() and \
+            Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.05)
+
+
+def test_a_server_that_goes_down_is_store_unavailable_without_the_password(
+        tmp_path: Path) -> None:
+    from urllib.parse import urlsplit
+
+    from tests import pg_support
+
+    if os.geteuid() != 0 or not (pg_support.PG_BIN / "postgres").exists():
+        pytest.skip("stopping a server of its own needs root and the PostgreSQL binaries")
+    with pg_support.private_server() as server:
+        url = server.create_database()
+        opened = open_store(Settings.from_env({
+            **os.environ, "SANDBOXER_HOME": str(tmp_path), "SANDBOXER_DATABASE_URL": url,
+            "SANDBOXER_DB_TIMEOUT": "1"}))
+        opened.add_target(TargetRecord(name="t", extension="ext.fake"))
+        _stop_fast(url)
+        password = urlsplit(url).password
+        assert password
+        for call in (lambda: opened.get_target("t"),
+                     lambda: opened.add_target(TargetRecord(name="u", extension="ext.fake")),
+                     lambda: opened.try_lead("leader")):
+            with pytest.raises(StoreUnavailable) as e:
+                call()
+            assert password not in e.value.render()
+            assert ":***@127.0.0.1" in e.value.render()
+        opened.close()
