@@ -160,3 +160,25 @@ def test_a_server_that_goes_down_is_store_unavailable_without_the_password(
             assert password not in e.value.render()
             assert ":***@127.0.0.1" in e.value.render()
         opened.close()
+
+
+def test_documents_keep_the_key_order_sqlite_gives(store: PostgresStore, tmp_path: Path) -> None:
+    """jsonb orders keys by length; the documents come back in SQLite's (sorted) order."""
+    import json
+
+    from tests.unit.store.test_contract import add
+
+    lite = open_store(Settings.from_env({**os.environ, "SANDBOXER_HOME": str(tmp_path),
+                                         "SANDBOXER_DATABASE_URL":
+                                         f"sqlite://{tmp_path / 'o.db'}"}))
+    labels = {"zz": "1", "abc": "2", "m": "3"}
+    for s in (store, lite):
+        made = add(s, labels=labels)
+        s.set_handle(made.id, {"zz": 1, "abc": {"y": 1, "b": 2}})
+    (pg_doc,), (lite_doc,) = store.query_documents(), lite.query_documents()
+    assert json.dumps(pg_doc["labels"]) == json.dumps(lite_doc["labels"])
+    pg_rec, lite_rec = (s.get_record(d["id"]) for s, d in ((store, pg_doc), (lite, lite_doc)))
+    assert pg_rec is not None
+    assert lite_rec is not None
+    assert json.dumps(pg_rec.handle) == json.dumps(lite_rec.handle)
+    lite.close()

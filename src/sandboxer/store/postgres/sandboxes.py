@@ -64,7 +64,7 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
         "state": row["state"],
         "reason": row["reason"],
         "actor": row["actor"],
-        "labels": row["labels"],
+        "labels": dict(sorted(row["labels"].items())),  # jsonb keeps its own key order
         "created_at": iso_from_epoch(row["created_at"]),
         "expires_at": iso_from_epoch(row["expires_at"]),
         "reachability": row["reachability"],
