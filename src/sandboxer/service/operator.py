@@ -161,7 +161,8 @@ class OperatorOps(ServiceCore):
             version = self.store.schema_version()
             store = Check("state store", True, f"{where} (schema {version})")
         except Exception as e:
-            store = Check("state store", False, f"{where}: {e}",
+            said = str(e)  # a store error names the database already
+            store = Check("state store", False, said if where in said else f"{where}: {said}",
                           "set SANDBOXER_HOME to a writable directory, or fix "
                           "SANDBOXER_DATABASE_URL")
         extensions = bridges.doctor_checks(lambda: self.manager)

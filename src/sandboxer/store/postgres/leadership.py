@@ -64,17 +64,20 @@ class AdvisoryLeadership:
 
 
 class Leaderships:
-    """``try_lead`` for the PostgreSQL store; needs ``_direct`` (a connection of its own)."""
+    """``try_lead`` for the PostgreSQL store; needs ``_direct`` (a connection of its own)
+    and ``_guard`` (a down server as StoreUnavailable)."""
 
     _direct: Callable[..., psycopg.Connection[Any]]
+    _guard: Callable[[Callable[[], Any]], Any]
 
     def try_lead(self, role: str) -> AdvisoryLeadership | None:
         if not _ROLE.fullmatch(role):
             raise ValueError(f"bad role name {role!r}")
-        conn = self._direct(**KEEPALIVES)
+        conn: psycopg.Connection[Any] = self._guard(lambda: self._direct(**KEEPALIVES))
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)",
-                               (key64("sandboxer", "lead", role),)).fetchone()
+            row = self._guard(lambda: conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (key64("sandboxer", "lead", role),)
+            ).fetchone())
         except BaseException:
             conn.close()
             raise
