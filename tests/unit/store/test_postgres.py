@@ -117,6 +117,30 @@ def test_held_notices_a_lost_session_within_a_second_or_so(store: PostgresStore,
     again.release()
 
 
+def test_held_asks_the_server_for_the_lock_and_the_session_drops_a_silent_peer(
+        store: PostgresStore, pg_url: str) -> None:
+    import psycopg
+
+    held = store.try_lead("leader")
+    assert held is not None
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        row = admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND granted").fetchone()
+        assert row == (1,)  # the role's lock, as pg_locks shows it (what held() asks)
+    # The session that holds the role set the server's keepalives for itself, so a holder
+    # whose machine vanishes is dropped by the server in seconds, not hours.
+    conn = held._conn  # the session's own settings, asked on it
+    assert conn is not None
+    got = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+           for name in ("tcp_keepalives_idle", "tcp_keepalives_count", "tcp_user_timeout")}
+    assert got == {"tcp_keepalives_idle": ("5",), "tcp_keepalives_count": ("3",),
+                   "tcp_user_timeout": ("10000",)}
+    # Unlocking behind held()'s back (the session lives on) is noticed at the next check.
+    conn.execute("SELECT pg_advisory_unlock_all()")
+    held._checked = 0.0  # skip the once-a-second cache
+    assert not held.held()
+
+
 def _stop_fast(url: str) -> None:
     """Fast shutdown (SIGINT) of the server behind ``url``, one this test started: its
     postmaster is the parent of our backend."""
