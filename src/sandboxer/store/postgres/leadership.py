@@ -2,9 +2,16 @@
 connection of its own.
 
 The lock lives as long as that connection's session: ``release()`` closes it, and when the
-holding process dies the server ends the session (at once for a closed socket; TCP
-keepalives find a vanished machine within about half a minute) and the next ``try_lead``
-of another replica succeeds. ``held()`` asks the connection at most once a second.
+holding process dies the server ends the session and the next ``try_lead`` of another
+replica succeeds — at once for a closed socket. For a holder whose machine vanished (no
+FIN, no RST) the *server's* side decides: the session sets the server's TCP keepalives and
+user timeout (``SERVER_TCP``: idle 5 s, every 2 s, 3 probes; unacknowledged data 10 s), so
+the server drops it in about 11 s instead of its default of over two hours. libpq's own
+keepalives (``KEEPALIVES``) let the holder notice the loss from its side.
+
+``held()`` asks the server at most once a second whether this session still holds the lock
+(``pg_locks``), not merely whether the connection answers: behind a pooler in transaction
+mode a session is not ours alone. Use a direct connection or a session-mode pooler.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ _ROLE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # libpq's TCP keepalives on the leader's connection: idle 10 s, then every 5 s, 3 probes.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
+SERVER_TCP = (("tcp_keepalives_idle", 5), ("tcp_keepalives_interval", 2),
+              ("tcp_keepalives_count", 3), ("tcp_user_timeout", 10000))
+HOLDS = ("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+         " AND pid = pg_backend_pid() AND classid = %s::bigint::oid"
+         " AND objid = %s::bigint::oid AND objsubid = 1)")
 RECHECK = 1.0  # seconds between two real checks of held()
 # The contract holds a role until release() or death, not until the caller drops the object:
 # a dropped connection would close its session and free the role, so we keep each one here.
@@ -32,8 +44,10 @@ _KEPT: set[AdvisoryLeadership] = set()
 class AdvisoryLeadership:
     """A role held through a session advisory lock on ``conn``."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], key: int) -> None:
         self._conn: psycopg.Connection[Any] | None = conn
+        unsigned = key & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the key's two halves as oids
+        self._halves = (unsigned >> 32, unsigned & 0xFFFF_FFFF)
         self._lock = threading.Lock()
         self._checked = time.monotonic()
 
@@ -45,8 +59,10 @@ class AdvisoryLeadership:
             if time.monotonic() - self._checked < RECHECK:
                 return True
             try:
-                conn.execute("SELECT 1")
+                row = conn.execute(HOLDS, self._halves).fetchone()
             except psycopg.Error:
+                row = None
+            if not (row and row[0]):
                 self._drop()
                 return False
             self._checked = time.monotonic()
@@ -64,23 +80,29 @@ class AdvisoryLeadership:
 
 
 class Leaderships:
-    """``try_lead`` for the PostgreSQL store; needs ``_direct`` (a connection of its own)."""
+    """``try_lead`` for the PostgreSQL store; needs ``_direct`` (a connection of its own)
+    and ``_guard`` (a down server as StoreUnavailable)."""
 
     _direct: Callable[..., psycopg.Connection[Any]]
+    _guard: Callable[[Callable[[], Any]], Any]
 
     def try_lead(self, role: str) -> AdvisoryLeadership | None:
         if not _ROLE.fullmatch(role):
             raise ValueError(f"bad role name {role!r}")
-        conn = self._direct(**KEEPALIVES)
+        conn: psycopg.Connection[Any] = self._guard(lambda: self._direct(**KEEPALIVES))
+        key = key64("sandboxer", "lead", role)
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)",
-                               (key64("sandboxer", "lead", role),)).fetchone()
+            settings = [(name, str(value)) for name, value in SERVER_TCP]
+            self._guard(lambda: [conn.execute("SELECT set_config(%s, %s, false)", pair)
+                                 for pair in settings])  # this session's settings only
+            row = self._guard(lambda: conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (key,)).fetchone())
         except BaseException:
             conn.close()
             raise
         if not (row and row[0]):
             conn.close()
             return None
-        held = AdvisoryLeadership(conn)
+        held = AdvisoryLeadership(conn, key)
         _KEPT.add(held)
         return held
