@@ -53,6 +53,7 @@ class Service:
         self.changed = asyncio.Event()  # set after each state change: wakes the publisher
         self._clock = clock
         self._callers: dict[str, tuple[Caller, float]] = {}  # token hash -> caller, seen
+        self.app.on_token_removed = self._callers.clear  # removed here: refused at once
 
     @property
     def store(self) -> Store:
@@ -70,7 +71,8 @@ class Service:
         """The actor of a bearer token. A token the store accepted is trusted for
         ``TOKEN_CACHE_SECONDS`` without asking it again (one lookup a second per token,
         not one per request); an unknown one is looked up every time, so a new token
-        works at once and a removed one stops within that bound."""
+        works at once and a removed one stops within that bound (at once in the process
+        that removed it, through the API)."""
         from sandboxer.store.tokens import hash_token
 
         digest = hash_token(token)  # the key: the token itself is not kept

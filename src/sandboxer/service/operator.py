@@ -25,6 +25,7 @@ class OperatorOps(ServiceCore):
 
     _tokens: Tokens | None = None
     _touched: dict[str, float] | None = None
+    on_token_removed: Callable[[], None] | None = None  # called after tokens_remove
 
     # -- targets ----------------------------------------------------------------------
 
@@ -111,7 +112,10 @@ class OperatorOps(ServiceCore):
                       caller: Caller | None = None) -> dict[str, Any]:
         """Revoke one token by id (admin); NotFound when there is none."""
         require_admin(caller, "removing a token")
-        return self.token_store.remove(token_id)
+        removed = self.token_store.remove(token_id)
+        if self.on_token_removed is not None:
+            self.on_token_removed()  # a server forgets the tokens it trusts at once
+        return removed
 
     # -- events -----------------------------------------------------------------------
 
