@@ -59,7 +59,10 @@ def bind(host: str, port: int, *, reuse_port: bool = False,
     SO_REUSEPORT, so that several sockets of this user listen on one port and the kernel
     spreads new connections evenly over them (``serve --workers``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and the
+    # accepted ones inherit this one's proto. Without it Nagle holds each response's body
+    # behind its headers until the client's delayed ACK: ~40 ms per keep-alive request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -82,3 +82,34 @@ def test_each_response_names_its_worker() -> None:
 def test_a_worker_count_out_of_range_is_refused(settings: Settings, count: int) -> None:
     with pytest.raises(UsageError, match="--workers"):
         serve(settings, port=0, workers=count)
+
+
+def test_accepted_connections_do_not_wait_for_nagle() -> None:
+    """bind()'s sockets say TCP, so asyncio sets TCP_NODELAY on each accepted connection
+    (without it every keep-alive response waited ~40 ms for the client's delayed ACK)."""
+    import socket
+
+    from sandboxer.api.server import bind
+
+    async def main() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        for reuse_port in (False, True):
+            listening = bind("127.0.0.1", 0, reuse_port=reuse_port)
+            server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+            _reader, writer = await asyncio.open_connection(
+                "127.0.0.1", listening.getsockname()[1])
+            nodelay = await seen
+            writer.close()
+            server.close()
+            if not nodelay:
+                return 0
+            seen = asyncio.get_running_loop().create_future()
+        return 1
+
+    assert asyncio.run(main()) == 1
