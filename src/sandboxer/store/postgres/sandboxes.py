@@ -41,6 +41,8 @@ _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
 )
+_DOCUMENT_COLUMNS = ("id, name, profile, extension, target, state, reason, actor, labels, "
+                     "created_at, expires_at, reachability, error")
 _LIVE_COUNT = ("SELECT COUNT(*) AS n FROM sandboxes WHERE target = %s AND extension = %s "
                f"AND {LIVE}")
 # Every event append takes this transaction-scoped lock, so events commit in ``seq`` order
@@ -145,7 +147,10 @@ class Sandboxes(Connection):
         return self._status(row) if row else None
 
     def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
-        row = self._row(sandbox_id)
+        # Only the document's columns: the API's hot read (GET /v1/sandboxes/{id}) skips
+        # decoding the handle and the bookkeeping columns it never shows.
+        row = self._one(f"SELECT {_DOCUMENT_COLUMNS} FROM sandboxes WHERE id = %s",
+                        (sandbox_id,))
         return _document(row) if row else None
 
     def transition(self, sandbox_id: str, *, from_states: Iterable[str], to_state: str,
