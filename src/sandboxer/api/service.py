@@ -30,6 +30,7 @@ from sandboxer.store.base import Store
 
 if TYPE_CHECKING:
     from sandboxer.models.doctor import Check
+    from sandboxer.service.leader import Campaign
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Service:
         self.settings = settings
         self.creates: set[asyncio.Task[Any]] = set()
         self.changed = asyncio.Event()  # set after each state change: wakes the publisher
+        self.campaign: Campaign | None = None  # for the leader role (api/app.py sets it)
 
     @property
     def store(self) -> Store:
@@ -168,5 +170,9 @@ class Service:
         only); its checks run
         subprocesses, so in a worker thread, with a service of their own (store
         connection), as image builds do."""
-        return await asyncio.to_thread(
+        checks = await asyncio.to_thread(
             lambda: AppService(self.settings, upkeep=False).doctor(caller=caller))
+        if self.campaign is not None and self.campaign.since is not None:  # we lead
+            mine = self.app.leader_check(leading=self.campaign.since)
+            checks = [mine if c.name == mine.name else c for c in checks]
+        return checks

@@ -12,16 +12,12 @@ State lives in the store, so a restart resumes where the last process stopped.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
@@ -55,26 +51,6 @@ def backoff(attempts: int, config: HubConfig) -> float:
     exponent = max(0, min(attempts - 1, 30))
     delay = min(config.backoff_max, config.backoff_base * float(2**exponent))
     return float(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
-
-
-@contextmanager
-def publisher_lock(settings: Settings) -> Iterator[bool]:
-    """Hold ``run/statehub.lock`` if no other process does; yields whether we hold it."""
-    settings.ensure()
-    path: Path = settings.run_dir / "statehub.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 class Publisher:
@@ -156,10 +132,15 @@ class Publisher:
         await asyncio.gather(*(run(c) for c in chains.values()))
         return result
 
-    async def run(self, stop: asyncio.Event, *, idle: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, *, idle: float = 1.0,
+                  ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         """Publish until ``stop`` is set: drain what is due, then sleep until the next
-        retry is due, ``idle`` seconds pass, or ``wake`` is set by a local state change."""
+        retry is due, ``idle`` seconds pass, or ``wake`` is set by a local state change.
+        ``ready`` is awaited before each pass (the leader's check that it still leads):
+        False ends the run."""
         while not stop.is_set():
+            if ready is not None and not await ready():
+                return
             try:
                 done = await self.publish_pass()
             except Exception as e:  # a broken pass must not end the service's publisher

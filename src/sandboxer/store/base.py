@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -119,12 +119,36 @@ class Leadership(Protocol):
 
     def held(self) -> bool:
         """True while the role is still ours; False once it was lost (the database
-        connection that held it broke). Cheap enough to call before every round."""
+        connection that held it broke). Cheap enough to call before every round; it asks
+        the backend (one round trip on a server), so a hold that broke without the holder
+        noticing is found by the next call."""
         ...
 
     def release(self) -> None:
         """Give the role up now; idempotent."""
         ...
+
+
+@runtime_checkable
+class KnowsLeaders(Protocol):
+    """Optional for a backend: who holds a role, for the processes that do not (what
+    `sandboxer events publish` and the doctor name)."""
+
+    def leader_of(self, role: str) -> str | None:
+        """The holder of ``role`` as ``holder_text()`` described it when it took the role
+        (host, pid, since when), or None when nobody holds it."""
+        ...
+
+
+def holder_text() -> str:
+    """How a process that takes a role describes itself to the others: no secret, no
+    argument of its command line."""
+    import os
+    import socket
+    import time
+
+    return (f"host {socket.gethostname()}, pid {os.getpid()}, since "
+            f"{iso_from_epoch(round(time.time()))}")
 
 
 class Store(Protocol):

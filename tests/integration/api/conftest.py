@@ -38,6 +38,14 @@ class Serve:
             else:
                 time.sleep(0.05)
 
+    def kill(self) -> int:
+        """``kill -9``: nothing of the process runs after it."""
+        self.proc.send_signal(signal.SIGKILL)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self._out.close()
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         try:
