@@ -430,7 +430,6 @@ class Manager:
     async def reconcile(self) -> list[Handle]:
         """Destroy what extensions own but no live sandbox in the store claims."""
         await self.reap()  # creates whose process died are no longer "live"
-        live = self.store.live_ids()
         removed: list[Handle] = []
         for name in extensions.available():
             try:
@@ -440,7 +439,11 @@ class Manager:
                 log.warning("reconcile skips %s: %s", name, e.render())
                 continue
             for target in targets:
-                for handle in await ext.owned(target):
+                owned = await ext.owned(target)
+                # Read after owned(): a create (here or on another replica) records its row
+                # before it makes anything, so whatever owned() saw is claimed by now.
+                live = self.store.live_ids()
+                for handle in owned:
                     if handle.sandbox_id not in live:
                         await ext.destroy(handle)
                         removed.append(handle)
