@@ -2,11 +2,12 @@
 ``leader`` role and the loop every duty of the leader runs in.
 
 Every replica campaigns: every ``SANDBOXER_LEADER_INTERVAL`` seconds it tries
-``store.try_lead("leader")``. The winner first waits ``settle`` seconds, so that a leader
-that lost its hold without knowing it yet (its database connection broke while its process
-lives; the server then frees the lock at once) has made its next ``held()`` check and
-stopped; then it logs "this replica leads" and runs its duties — the reaper, the periodic
-reconcile, the State Hub publisher. Each duty asks ``Term.round()`` (a ``held()`` check)
+``store.try_lead("leader")``. The winner first waits ``settle`` seconds (``interval`` +
+the check's ``timeout`` + ``HELD_STALE_MAX``), so that a leader that lost its hold without
+knowing it yet (its database connection broke while its process lives; the server then
+frees the lock at once) has made its next ``held()`` check and stopped; then it logs
+"this replica leads" and runs its duties — the reaper, the periodic reconcile, the State
+Hub publisher. Each duty asks ``Term.round()`` (a ``held()`` check)
 before each round or batch, and a watchdog asks every interval. Once the hold is lost (or
 does not answer within ``timeout``), the duties that must never overlap another leader's
 (the publisher) are cancelled at once, the others end after the round they are in, the
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 from sandboxer.events import HubConfig
 from sandboxer.redaction import redact
-from sandboxer.store.base import KnowsLeaders, Leadership, Store
+from sandboxer.store.base import HELD_STALE_MAX, KnowsLeaders, Leadership, Store
 
 log = logging.getLogger(__name__)
 ROLE = "leader"
@@ -191,8 +192,9 @@ class Campaign:
         self.role = role
         self.interval = interval
         self.timeout = max(interval, 1.0)
-        # A lost leader notices at its next check: at most one interval, plus that check.
-        self.settle = interval + self.timeout
+        # A lost leader notices at its next check: at most one interval, plus that check,
+        # plus the age a backend's cached answer may have.
+        self.settle = interval + self.timeout + HELD_STALE_MAX
         self.since: float | None = None  # epoch seconds the duties started, while leading
 
     @property

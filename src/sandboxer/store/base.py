@@ -112,6 +112,9 @@ class TokenRow:
     last_used_at: float | None
 
 
+HELD_STALE_MAX = 1.0  # seconds a True from Leadership.held() may be old (leader.py waits it)
+
+
 class Leadership(Protocol):
     """A role (``"leader"``: the reaper, reconcile and State Hub delivery) held by one process
     of all those that share a store. Held until ``release()`` or until the holding process
@@ -120,8 +123,9 @@ class Leadership(Protocol):
     def held(self) -> bool:
         """True while the role is still ours; False once it was lost (the database
         connection that held it broke). Cheap enough to call before every round; it asks
-        the backend (one round trip on a server), so a hold that broke without the holder
-        noticing is found by the next call."""
+        the backend (one round trip on a server), or answers True from such a check at
+        most ``HELD_STALE_MAX`` seconds old, so a hold that broke without the holder
+        noticing is found within that time."""
         ...
 
     def release(self) -> None:
