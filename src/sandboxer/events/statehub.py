@@ -153,10 +153,12 @@ class Publisher:
             self.wake.clear()
             stopper = asyncio.ensure_future(stop.wait())
             waker = asyncio.ensure_future(self.wake.wait())
-            await asyncio.wait({stopper, waker}, timeout=wait,
-                               return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            waker.cancel()
+            try:
+                await asyncio.wait({stopper, waker}, timeout=wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this run is cancelled (a leader that lost its role)
+                stopper.cancel()
+                waker.cancel()
 
 
 async def publish_once(settings: Settings, store: Store, config: HubConfig) -> Pass:

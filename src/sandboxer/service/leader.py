@@ -38,7 +38,7 @@ ROLE = "leader"
 ROUND_GRACE = 10.0  # how long a duty that was told to stop may finish its round
 
 
-UNKNOWN = "another process (this store cannot name it)"
+UNKNOWN = "a process this store cannot name"
 
 
 def holder(store: Store, role: str = ROLE) -> str | None:
@@ -225,6 +225,8 @@ class Campaign:
             finally:
                 self.since = None
                 await hold.release()
+            if hold.lost is not None:  # likely our database connection is the sick one:
+                await _wait(stop, 2 * self.interval)  # let a healthier replica win first
 
     async def _lead(self, hold: _Hold, stop: asyncio.Event) -> None:
         if await _wait(stop, self.settle) or not await hold.held():

@@ -225,10 +225,9 @@ def test_a_leader_that_loses_its_hold_stops_before_another_starts(
     other = 1 - leader
     _break_hold(cluster, backend)
     wait_for(lambda: LOST in cluster.log(leader), timeout=20)
-    wait_for(lambda: len(cluster.leaders([0, 1])) == 1, timeout=20)
-    lost_at = _stamp(cluster.log(leader), LOST)
-    led_at = next(_stamp(cluster.log(i), LEADS, last=True) for i in (0, 1)
-              if cluster.leading(i))
+    wait_for(lambda: cluster.leading(other), timeout=20)  # the one that lost steps back
+    assert not cluster.leading(leader)
+    lost_at, led_at = _stamp(cluster.log(leader), LOST), _stamp(cluster.log(other), LEADS)
     assert lost_at < led_at, "the next leader started before the old one stopped"
     assert cluster.replicas[leader].proc.poll() is None  # it lives, and serves on
     assert _created(cluster.create(leader))
@@ -253,10 +252,10 @@ def _break_hold(cluster: Cluster, backend: str | None) -> None:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
-def _stamp(log: str, text: str, *, last: bool = False) -> str:
-    """The timestamp of the first (or last) log line holding ``text``; logging's asctime
-    sorts as text."""
+def _stamp(log: str, text: str) -> str:
+    """The timestamp of the first log line holding ``text``; logging's asctime sorts as
+    text."""
     stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*" + re.escape(text),
                         log, flags=re.MULTILINE)
     assert stamps, f"no log line says {text!r}"
-    return stamps[-1] if last else stamps[0]
+    return stamps[0]

@@ -28,7 +28,7 @@ from sandboxer.models.common import new_sandbox_id, utcnow
 from sandboxer.models.sandbox import STATES, SandboxStatus
 from sandboxer.models.target import TargetRecord
 from sandboxer.store import open_store
-from sandboxer.store.base import Store, TokenRow
+from sandboxer.store.base import KnowsLeaders, Store, TokenRow
 from sandboxer.store.outbox import Outbox
 from sandboxer.values import LABEL_KEY, LABEL_VALUE, LIVE_STATES
 
@@ -424,6 +424,21 @@ def test_one_leader_at_a_time_until_it_releases_or_dies(backend: Backend) -> Non
         time.sleep(0.1)
     assert taken.held()
     taken.release()
+
+
+def test_the_holder_of_a_role_is_named_to_the_others(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    if not isinstance(second, KnowsLeaders):
+        pytest.skip(f"{backend.name} cannot name a role's holder (optional)")
+    assert second.leader_of("leader") is None
+    held = first.try_lead("leader")
+    assert held is not None
+    who = second.leader_of("leader")
+    assert who is not None
+    assert f"pid {os.getpid()}, since 20" in who
+    assert second.leader_of("publisher") is None
+    held.release()
+    assert second.leader_of("leader") is None
 
 
 def test_reapable_and_has_reapable(store: Store) -> None:
