@@ -110,41 +110,85 @@ def server(env: Mapping[str, str]) -> tuple[str | None, bool | str]:
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+_DB = "SANDBOXER_DATABASE_URL"
 
 
 def database_url(env: Mapping[str, str]) -> tuple[str, str] | None:
     """``SANDBOXER_DATABASE_URL``: ``("sqlite", ABSOLUTE_PATH)`` for ``sqlite:///ABS/PATH``,
-    None when unset (the store is ``$SANDBOXER_HOME/state.db``). Never echoes more of a
-    wrong value than its scheme: a URL may carry a password."""
-    name = "SANDBOXER_DATABASE_URL"
-    raw = _raw(env, name)
+    ``("postgresql", URL)`` for ``postgresql://…`` or ``postgres://…`` (the URL as given,
+    for libpq), None when unset (the store is ``$SANDBOXER_HOME/state.db``). Never echoes
+    more of a wrong value than its scheme: a URL may carry a password."""
+    raw = _raw(env, _DB)
     if raw is None:
         return None
     text = raw.strip()
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if scheme in ("postgresql", "postgres") and sep:
-        raise InvalidInput(
-            f"{name} names a PostgreSQL database ({scheme}://…): the PostgreSQL backend is "
-            "not in this version of sand-boxer",
-            hint=f"unset {name} for the embedded SQLite store, or set it to "
-            "sqlite:///ABSOLUTE/PATH")
-    hint = f"fix {name} or unset it for the SQLite store at $SANDBOXER_HOME/state.db"
+        return "postgresql", _postgres_url(f"{scheme}://{rest}")  # libpq wants it lower-case
+    hint = f"fix {_DB} or unset it for the SQLite store at $SANDBOXER_HOME/state.db"
     if scheme != "sqlite" or not sep:
         known = bool(sep) and re.fullmatch(r"[a-z][a-z0-9+.-]{0,31}", scheme) is not None
         got = f"a URL of scheme {scheme!r}" if known else "a value that is not such a URL"
         raise InvalidInput(
-            f"{name}: expected sqlite:///ABSOLUTE/PATH, got {got} (accepted schemes: "
-            "sqlite; postgresql and postgres name the PostgreSQL backend, not in this "
-            "version)", hint=hint)
+            f"{_DB}: expected sqlite:///ABSOLUTE/PATH or postgresql://USER:PASSWORD@HOST/DB, "
+            f"got {got} (accepted schemes: sqlite, postgresql, postgres)", hint=hint)
     from urllib.parse import unquote
 
     path = unquote(rest)
     if not path.startswith("/") or any(c in rest for c in "?#") or "\0" in path:
         raise InvalidInput(
-            f"{name}: expected sqlite:///ABSOLUTE/PATH, an absolute file path after "
+            f"{_DB}: expected sqlite:///ABSOLUTE/PATH, an absolute file path after "
             "sqlite:// with no host, query or fragment", hint=hint)
     return "sqlite", str(Path(path))
+
+
+def _postgres_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    bad = InvalidInput(
+        f"{_DB} names a PostgreSQL database but is not a URL libpq reads "
+        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE, special characters of the password "
+        "percent-encoded)", hint=f"fix {_DB}; its value is not shown, it may hold a password")
+    if any(c.isspace() or ord(c) < 32 for c in text) or "#" in text:
+        raise bad
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as e:
+        raise bad from e
+    return text
+
+
+def masked_database_url(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` parameter) as ``***``:
+    what doctor, logs and command output may show of a database URL."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    tail = re.sub(r"(?i)(^|[?&])(password=)[^&]*", r"\1\2***", tail)
+    return f"{scheme}://{authority}{slash}{tail}"
+
+
+def database_label(env: Mapping[str, str], default: Path) -> str:
+    """What to show of the database ``SANDBOXER_DATABASE_URL`` names: the SQLite file, or
+    the PostgreSQL URL without its password."""
+    chosen = database_url(env)
+    if chosen is None:
+        return str(default)
+    return chosen[1] if chosen[0] == "sqlite" else masked_database_url(chosen[1])
+
+
+def db_pool_size(env: Mapping[str, str]) -> int:
+    """Connections of one process's pool to a PostgreSQL store."""
+    return count(env, "SANDBOXER_DB_POOL_SIZE", 10, high=1000)
+
+
+def db_timeout(env: Mapping[str, str]) -> float:
+    """How long to wait for a PostgreSQL connection (connect, or a free one of the pool)."""
+    return seconds(env, "SANDBOXER_DB_TIMEOUT", 10.0, high=600.0)
 
 
 # -- the variables, each read through one of these (defaults live here, once) ----------
@@ -222,8 +266,8 @@ def mcp_log_level(env: Mapping[str, str]) -> str:
 CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
     local_capacity, local_idle_exit, local_uid_base, compose_local_capacity, vm_capacity,
     vm_keeper_interval, reap_interval, api_max_body, bao_timeout, warden_timeout,
-    events_retention, state_hub_timeout, state_hub_backoff_max, database_url,
-    leader_interval, reconcile_interval,
+    events_retention, state_hub_timeout, state_hub_backoff_max, database_url, db_pool_size,
+    db_timeout, leader_interval, reconcile_interval,
 )
 
 

@@ -147,6 +147,21 @@ class StoreBusy(SandboxerError):
     http_status = 503
 
 
+class StoreUnavailable(SandboxerError):
+    """The database server cannot be reached or refused us (messages never carry its URL's
+    password)."""
+
+    code = "store_unavailable"
+    exit_code = 1
+    http_status = 503
+
+
+class StoreSchemaTooNew(StoreUnavailable):
+    """The database was migrated by a newer sand-boxer than this one."""
+
+    code = "store_schema_too_new"
+
+
 class UnsafePermissions(SandboxerError):
     """A state path others can write or another user owns (see ``sandboxer.perms``)."""
 

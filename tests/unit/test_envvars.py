@@ -33,6 +33,9 @@ from sandboxer.errors import InvalidInput
     (envvars.events_retention, "SANDBOXER_EVENTS_RETENTION", "999999999d"),
     (envvars.state_hub_timeout, "SANDBOXER_STATE_HUB_TIMEOUT", "x"),
     (envvars.mcp_log_level, "SANDBOXER_MCP_LOG_LEVEL", "LOUD"),
+    (envvars.db_pool_size, "SANDBOXER_DB_POOL_SIZE", "0"),
+    (envvars.db_pool_size, "SANDBOXER_DB_POOL_SIZE", "ten"),
+    (envvars.db_timeout, "SANDBOXER_DB_TIMEOUT", "0"),
 ])
 def test_a_bad_value_is_invalid_input_naming_the_variable(read, name: str, bad: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match=f"^{name}=") as caught:
@@ -48,6 +51,35 @@ def test_unset_and_empty_mean_the_default() -> None:
     assert envvars.local_idle_exit({"SANDBOXER_LOCAL_IDLE_EXIT": "0.5"}) == 0.5
     assert envvars.events_retention({}) == 7 * 86400
     assert envvars.mcp_log_level({"SANDBOXER_MCP_LOG_LEVEL": "debug"}) == "DEBUG"
+    assert envvars.db_pool_size({}) == 10
+    assert envvars.db_pool_size({"SANDBOXER_DB_POOL_SIZE": "1"}) == 1
+    assert envvars.db_timeout({}) == 10.0
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://admin:hunter2@db.example:5432/sbx", "postgresql://admin:***@db.example:5432/sbx"),
+    ("postgres://admin:p%40ss@db/sbx?sslmode=require",
+     "postgres://admin:***@db/sbx?sslmode=require"),
+    ("postgresql://db/sbx?user=admin&password=hunter2", "postgresql://db/sbx?user=admin&password=***"),
+    ("postgresql://admin@db/sbx", "postgresql://admin@db/sbx"),
+    ("postgresql:///sbx?host=/run/postgresql", "postgresql:///sbx?host=/run/postgresql"),
+])
+def test_a_database_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert envvars.masked_database_url(url) == shown
+    env = {"SANDBOXER_DATABASE_URL": url}
+    assert envvars.database_url(env) == ("postgresql", url)
+    assert envvars.database_label(env, Path("/h/state.db")) == shown
+    assert envvars.database_label({}, Path("/h/state.db")) == "/h/state.db"
+
+
+@pytest.mark.parametrize("url", ["postgresql://admin:hunter2@db:port/x",
+                                 "postgresql://admin:hunter2@db/x#frag",
+                                 "postgresql://admin:hunter 2@db/x"])
+def test_a_bad_postgres_url_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(InvalidInput, match="SANDBOXER_DATABASE_URL") as e:
+        envvars.database_url({"SANDBOXER_DATABASE_URL": url})
+    assert "hunter" not in e.value.render()
+    assert e.value.exit_code == 4
 
 
 def test_settings_refuse_bad_values_before_any_command_runs(tmp_path: Path) -> None:

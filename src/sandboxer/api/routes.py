@@ -40,6 +40,7 @@ from sandboxer.errors import (
     SecretBackendUnavailable,
     SecretError,
     StoreBusy,
+    StoreUnavailable,
     Unauthenticated,
     UsageError,
 )
@@ -79,7 +80,8 @@ def errors(*raised: type[SandboxerError]) -> dict[int | str, dict[str, Any]]:
     codes listed. Every route may also answer 401 (no valid token), 503 (the store is
     busy) and 500 (unexpected)."""
     codes: dict[int, list[str]] = {}
-    every: tuple[type[SandboxerError], ...] = (Unauthenticated, StoreBusy, SandboxerError)
+    every: tuple[type[SandboxerError], ...] = (Unauthenticated, StoreBusy, StoreUnavailable,
+                                               SandboxerError)
     for cls in (*every, *raised):
         for one in _family(cls):
             listed = codes.setdefault(one.http_status, [])

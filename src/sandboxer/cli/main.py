@@ -9,6 +9,7 @@ from typing import Any
 
 from sandboxer._typing import override
 from sandboxer.cli import (
+    db,
     doctor,
     events,
     images,
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for group in (profiles, sandboxes, reach, targets, images, events, serve, tokens, mcp,
-                  doctor):
+                  db, doctor):
         group.register(sub, common)
     return parser
 

@@ -157,12 +157,16 @@ class OperatorOps(ServiceCore):
 
         require_admin(caller, "doctor")
         permissions = _permissions(self)  # before anything repairs them
+        from sandboxer.store import describe
+
+        where = describe(self.settings)  # a PostgreSQL URL without its password
         try:
             version = self.store.schema_version()
-            store = Check("state store", True, f"{self.settings.db_path} (schema {version})")
+            store = Check("state store", True, f"{where} (schema {version})")
         except Exception as e:
-            store = Check("state store", False, f"{self.settings.db_path}: {e}",
-                          "set SANDBOXER_HOME to a writable directory")
+            store = Check("state store", False, f"{where}: {e}",
+                          "set SANDBOXER_HOME to a writable directory, or fix "
+                          "SANDBOXER_DATABASE_URL")
         extensions = bridges.doctor_checks(lambda: self.manager)
         ssh = shutil.which("ssh")
         return [*extensions, permissions,

@@ -158,6 +158,9 @@ def holder_text() -> str:
 class Store(Protocol):
     """The state store core works with (SQLite, embedded; PostgreSQL, a shared plane)."""
 
+    migrated_from: int
+    """The schema version the database had when this store opened it (then migrated it)."""
+
     # -- plumbing ---------------------------------------------------------------------
 
     def transaction(self) -> AbstractContextManager[None]:

@@ -1,6 +1,23 @@
-"""Versioned schema migrations; ``PRAGMA user_version`` records the applied version."""
+"""Versioned schema migrations of the SQLite store (``PRAGMA user_version`` records the
+version applied), and the rule both backends keep: a database newer than the code is
+refused. store/postgres/migrations.py holds the same versions for PostgreSQL; a new
+migration is added to both lists with the same number.
+"""
 
 from __future__ import annotations
+
+from sandboxer.errors import StoreSchemaTooNew
+
+
+def refuse_newer(found: int, latest: int, where: str) -> None:
+    """``StoreSchemaTooNew`` when a newer sand-boxer migrated the database past ``latest``."""
+    if found > latest:
+        raise StoreSchemaTooNew(
+            f"{where} has schema version {found}, newer than this sand-boxer knows "
+            f"(up to {latest}): a newer version migrated it",
+            hint="upgrade sand-boxer on this machine to the version the other replicas run; "
+            "nothing was changed")
+
 
 MIGRATIONS: list[tuple[int, str]] = [
     (

@@ -1,9 +1,10 @@
 """The store contract (store/base.py): what every backend must do, run against each one.
 
-A backend joins by adding a factory to ``FACTORIES``: it returns a ``Backend`` naming a
-fresh, empty database by its ``SANDBOXER_DATABASE_URL`` (skip there when the machine has no
-server for it). Every test opens its stores through ``open_store``, as core does; none looks
-at the database behind the protocol's back.
+A backend joins by adding a factory to ``FACTORIES``: given the test's request and its
+tmp_path, it returns a ``Backend`` naming a fresh, empty database by its
+``SANDBOXER_DATABASE_URL`` (skip there when the machine has no server for it). Every test
+opens its stores through ``open_store``, as core does; none looks at the database behind
+the protocol's back.
 """
 
 from __future__ import annotations
@@ -55,18 +56,25 @@ def _settings(url: str) -> Settings:
     return Settings.from_env({**os.environ, "SANDBOXER_DATABASE_URL": url})
 
 
-def _sqlite(tmp_path: Path) -> Backend:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from sandboxer.store.migrations import LATEST
 
     return Backend("sqlite", f"sqlite://{tmp_path / 'contract.db'}", LATEST)
 
 
-FACTORIES: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    from sandboxer.store.postgres.migrations import LATEST
+
+    return Backend("postgres", request.getfixturevalue("pg_url"), LATEST)
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 def backend(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> Iterator[Backend]:
-    made = FACTORIES[request.param](tmp_path)
+    made = FACTORIES[request.param](request, tmp_path)
     yield made
     for store in made.opened:
         store.close()

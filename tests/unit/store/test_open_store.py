@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput
+from sandboxer.errors import InvalidInput, StoreSchemaTooNew, StoreUnavailable
 from sandboxer.store import open_store
 from sandboxer.store.sqlite import SqliteStore
 
@@ -41,21 +41,84 @@ def test_a_sqlite_url_names_the_file(tmp_path: Path) -> None:
     store.close()
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://admin:hunter2@db.example:5432/sandboxer",
-    "postgres://admin:hunter2@db.example/sandboxer",
-    "PostgreSQL://admin:hunter2@db.example/sandboxer",
-])
-def test_postgres_is_not_in_this_version_and_the_password_is_never_shown(
-        tmp_path: Path, url: str) -> None:
-    with pytest.raises(InvalidInput) as e:
-        _settings(tmp_path / "home", url)  # settings are checked when they are read
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "PostgreSQL"])
+def test_a_postgres_url_opens_the_postgres_store(tmp_path: Path, pg_url: str,
+                                                 scheme: str) -> None:
+    from sandboxer.store.postgres import PostgresStore
+    from sandboxer.store.postgres.migrations import LATEST
+
+    url = scheme + pg_url[pg_url.index("://"):]
+    store = open_store(_settings(tmp_path / "home", url))
+    assert isinstance(store, PostgresStore)
+    assert (store.migrated_from, store.schema_version()) == (0, LATEST)
+    store.close()
+    assert not (tmp_path / "home" / "state.db").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when we return: nothing listens
+
+
+def test_an_unreachable_server_is_store_unavailable_without_the_password(
+        tmp_path: Path) -> None:
+    url = f"postgresql://admin:hunter2@127.0.0.1:{_closed_port()}/sandboxer"
+    env = {**os.environ, "SANDBOXER_HOME": str(tmp_path / "home"),
+           "SANDBOXER_DATABASE_URL": url, "SANDBOXER_DB_TIMEOUT": "2"}
+    with pytest.raises(StoreUnavailable) as e:
+        open_store(Settings.from_env(env))
     text = e.value.render()
-    assert "SANDBOXER_DATABASE_URL" in text
-    assert "PostgreSQL backend is not in this version" in text
     assert "hunter2" not in text
-    assert "admin" not in text
-    assert e.value.exit_code == 4
+    assert url not in text
+    assert "postgresql://admin:***@127.0.0.1" in text
+    assert "unavailable" in text
+    assert (e.value.code, e.value.exit_code, e.value.http_status) == (
+        "store_unavailable", 1, 503)
+
+
+def test_a_wrong_password_is_store_unavailable_without_it(tmp_path: Path, pg_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(pg_url)
+    url = pg_url.replace(f":{parts.password}@", ":wrong-hunter2@")
+    with pytest.raises(StoreUnavailable) as e:
+        open_store(_settings(tmp_path / "home", url))
+    assert "wrong-hunter2" not in e.value.render()
+    assert "password authentication failed" in e.value.render()
+
+
+@pytest.mark.parametrize("tail", ["?nosuchparameter=1", "?sslmode=sometimes"])
+def test_a_url_libpq_refuses_is_named_without_the_password(
+        tmp_path: Path, tail: str) -> None:
+    url = f"postgresql://admin:hunter2@127.0.0.1:{_closed_port()}/sandboxer{tail}"
+    with pytest.raises((InvalidInput, StoreUnavailable)) as e:
+        open_store(_settings(tmp_path / "home", url))
+    assert "hunter2" not in e.value.render()
+    assert "SANDBOXER_DATABASE_URL" in e.value.render()
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path: Path, pg_url: str) -> None:
+    import sqlite3
+
+    import psycopg
+
+    store = open_store(_settings(tmp_path / "home", pg_url))
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 0)")
+    with pytest.raises(StoreSchemaTooNew, match="schema version 99, newer than"):
+        open_store(_settings(tmp_path / "home", pg_url))
+
+    db = tmp_path / "s.db"
+    open_store(_settings(tmp_path / "home", f"sqlite://{db}")).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreSchemaTooNew, match="schema version 99, newer than") as e:
+        open_store(_settings(tmp_path / "home", f"sqlite://{db}"))
+    assert e.value.exit_code == 1
 
 
 @pytest.mark.parametrize("url", [
@@ -72,4 +135,4 @@ def test_anything_else_names_the_accepted_schemes(tmp_path: Path, url: str) -> N
     assert "hunter2" not in text
     if url.startswith("mysql"):
         assert "'mysql'" in text
-        assert "postgresql" in text
+        assert "postgresql://" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxer.errors import StoreBusy
-from sandboxer.store.migrations import LATEST, MIGRATIONS
+from sandboxer.store.migrations import LATEST, MIGRATIONS, refuse_newer
 from sandboxer.values import LIVE_STATES
 
 LIVE = "state IN (" + ", ".join(f"'{s}'" for s in LIVE_STATES) + ")"
@@ -51,7 +51,12 @@ class Connection:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()  # one transaction at a time on the one connection
         self._depth = 0  # open transaction blocks; beyond the first, savepoints
-        self._retry(self._setup)
+        self.migrated_from = LATEST  # the schema version found on open (before migrating)
+        try:
+            self._retry(self._setup)
+        except BaseException:
+            self._conn.close()
+            raise
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -83,13 +88,18 @@ class Connection:
         # WAL + NORMAL: commits stay atomic and the file consistent; only the last
         # transactions before a power cut may be lost (they are replayed by reconcile).
         c.execute("PRAGMA synchronous = NORMAL")
-        if c.execute("PRAGMA user_version").fetchone()[0] == LATEST:
+        found = c.execute("PRAGMA user_version").fetchone()[0]
+        refuse_newer(found, LATEST, f"the state store {self.path}")
+        self.migrated_from = found
+        if found == LATEST:
             return
         if c.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             c.execute("PRAGMA journal_mode = WAL")
         c.execute("BEGIN IMMEDIATE")
         try:
             current = c.execute("PRAGMA user_version").fetchone()[0]
+            refuse_newer(current, LATEST, f"the state store {self.path}")
+            self.migrated_from = current  # another process may have migrated meanwhile
             for version, script in MIGRATIONS:
                 if version <= current:
                     continue

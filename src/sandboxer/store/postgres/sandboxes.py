@@ -1,0 +1,263 @@
+"""The ``sandboxes`` table: each change re-checks the state in its UPDATE and appends its
+event to the outbox in the same transaction.
+
+Capacity. ``insert(capacity=N)`` takes ``pg_advisory_xact_lock(key(extension),
+key(target))`` and only then counts the target's live sandboxes, in the transaction that
+writes the new one; the lock is held until that transaction ends, so the next create on the
+same (extension, target) counts after this one committed or rolled back, and two creates —
+from any replica, on any machine — cannot both take the last slot. Creates on other targets
+never wait. Why an advisory lock rather than ``SELECT … FOR UPDATE`` on a row: a target is
+not always a row (ext.local's ``local``, the compose ``local`` host and ``qemu`` come from
+their extensions, not from the ``targets`` table), and a lock on a row that does not exist
+locks nothing; an advisory lock needs no row, is keyed by exactly what capacity is counted
+per, and ends with its transaction even when the client dies. SERIALIZABLE would do too but
+turns every race into an abort and a retry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from psycopg import errors as pg_errors
+from psycopg.types.json import Json, Jsonb
+
+from sandboxer.errors import Conflict, NoTarget, SandboxNotFound
+from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
+from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, key32, key64, ts
+
+if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
+    from typing_extensions import Unpack
+
+    from sandboxer.models.extension import Handle
+    from sandboxer.models.sandbox import SandboxStatus
+    from sandboxer.store.base import Changes
+
+_COLUMNS = (
+    "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
+    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
+)
+_LIVE_COUNT = ("SELECT COUNT(*) AS n FROM sandboxes WHERE target = %s AND extension = %s "
+               f"AND {LIVE}")
+# Every event append takes this transaction-scoped lock, so events commit in ``seq`` order
+# and a reader following ``seq`` (``events --follow``) never skips one that commits late.
+OUTBOX_LOCK = key64("sandboxer", "outbox")
+
+
+def _sorted(value: Any) -> Json:
+    return Json(value, dumps=lambda v: json.dumps(v, sort_keys=True))
+
+
+def _document(row: dict[str, Any]) -> dict[str, Any]:
+    """The SandboxStatus document of a row, built without pydantic (fast read path)."""
+    return {
+        "schema": "sandboxer.sandbox/v1",
+        "id": row["id"],
+        "name": row["name"],
+        "profile": row["profile"],
+        "extension": row["extension"],
+        "target": row["target"],
+        "state": row["state"],
+        "reason": row["reason"],
+        "actor": row["actor"],
+        "labels": row["labels"],
+        "created_at": iso_from_epoch(row["created_at"]),
+        "expires_at": iso_from_epoch(row["expires_at"]),
+        "reachability": row["reachability"],
+        "error": row["error"],
+    }
+
+
+def append_event(c: Conn, kind: str, status: SandboxStatus) -> None:
+    """Append ``kind`` carrying ``status`` to the outbox, on ``c``'s open transaction."""
+    c.execute("SELECT pg_advisory_xact_lock(%s)", (OUTBOX_LOCK,))
+    c.execute(
+        "INSERT INTO events (id, sandbox_id, type, time, payload) VALUES (%s, %s, %s, %s, %s)",
+        (f"evt-{uuid.uuid4().hex}", status.id, kind, time.time(),
+         Json(status.document(), dumps=lambda v: json.dumps(v, separators=(",", ":")))),
+    )
+
+
+class Sandboxes(Connection):
+    """Sandboxes and the events of their state changes."""
+
+    @staticmethod
+    def _status(row: dict[str, Any]) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        return SandboxStatus.model_validate(_document(row))
+
+    def _record(self, row: dict[str, Any]) -> Record:
+        return Record(status=self._status(row), handle=row["handle"],
+                      max_expires_at=dt(row["max_expires_at"]),
+                      updated_at=dt(row["updated_at"]), version=row["version"])
+
+    # -- sandboxes --------------------------------------------------------------------
+
+    def insert(self, status: SandboxStatus, *, max_expires_at: datetime,
+               creator: str | None = None, capacity: int | None = None) -> None:
+        now = time.time()
+
+        def write(c: Conn) -> None:
+            if capacity is not None:
+                c.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                          (key32(status.extension), key32(status.target or "")))
+                row = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()
+                used = int(row["n"]) if row else 0
+                if used >= capacity:
+                    raise NoTarget(
+                        f"target {status.target} of {status.extension} is full "
+                        f"({used}/{capacity} sandboxes): another create took the last slot",
+                        hint="destroy a sandbox there, pick another target with --target, "
+                        "or raise its capacity")
+            try:
+                c.execute(
+                    f"INSERT INTO sandboxes ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s)",
+                    (status.id, status.name, status.profile, status.extension, status.target,
+                     status.state, status.reason, status.actor, Jsonb(status.labels),
+                     ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
+                     status.error, creator))
+            except pg_errors.UniqueViolation as e:
+                raise Conflict(f"a sandbox with id {status.id} exists already") from e
+            append_event(c, "sandbox.created", status)
+
+        self._run(write, write=True)
+
+    def _row(self, sandbox_id: str) -> dict[str, Any] | None:
+        return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = %s", (sandbox_id,))
+
+    def get_record(self, sandbox_id: str) -> Record | None:
+        row = self._row(sandbox_id)
+        return self._record(row) if row else None
+
+    def get(self, sandbox_id: str) -> SandboxStatus | None:
+        row = self._row(sandbox_id)
+        return self._status(row) if row else None
+
+    def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
+        row = self._row(sandbox_id)
+        return _document(row) if row else None
+
+    def transition(self, sandbox_id: str, *, from_states: Iterable[str], to_state: str,
+                   event: str | None, **changes: Unpack[Changes]) -> SandboxStatus:
+        allowed = sorted(set(from_states))
+        sets = ["state = %s", "updated_at = %s", "version = version + 1"]
+        args: list[Any] = [to_state, time.time()]
+        items: dict[str, Any] = dict(changes)
+        for key, value in items.items():
+            if key == "expires_at":
+                value = ts(value)
+            elif key in ("reachability", "handle"):
+                value = None if value is None else _sorted(value)
+            elif key not in ("reason", "error", "target"):
+                raise ValueError(f"unknown sandbox field {key}")
+            sets.append(f"{key} = %s")
+            args.append(value)
+
+        def write(c: Conn) -> SandboxStatus:
+            # The state is re-checked by the UPDATE itself: a concurrent change of the row
+            # makes it wait, then see the committed state.
+            new = c.execute(
+                f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = %s AND state = ANY(%s) "
+                f"RETURNING {_COLUMNS}", (*args, sandbox_id, allowed)).fetchone()
+            if new is None:
+                row = c.execute("SELECT state FROM sandboxes WHERE id = %s",
+                                (sandbox_id,)).fetchone()
+                if row is None:
+                    raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+                raise Conflict(f"sandbox {sandbox_id} is {row['state']}; this needs it to be "
+                               f"{' or '.join(allowed)}")
+            status = self._status(new)
+            if event:
+                append_event(c, event, status)
+            return status
+
+        return self._run(write, write=True)
+
+    def set_handle(self, sandbox_id: str, handle: dict[str, Any]) -> None:
+        self._run(lambda c: c.execute(
+            "UPDATE sandboxes SET handle = %s, updated_at = %s WHERE id = %s",
+            (_sorted(handle), time.time(), sandbox_id)), write=True)
+
+    def query(self, **filters: Any) -> list[SandboxStatus]:
+        return [self._status(r) for r in self._select(**filters)]
+
+    def query_documents(self, **filters: Any) -> list[dict[str, Any]]:
+        return [_document(r) for r in self._select(**filters)]
+
+    def _select(self, *, states: Iterable[str] | None = None, profile: str | None = None,
+                actor: str | None = None, extension: str | None = None,
+                labels: dict[str, str] | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            where.append("state = ANY(%s)")
+            args.append(list(states))
+        for col, val in (("profile", profile), ("actor", actor), ("extension", extension)):
+            if val is not None:
+                where.append(f"{col} = %s")
+                args.append(val)
+        if labels:
+            where.append("labels @> %s")
+            args.append(Jsonb(labels))
+        sql = f"SELECT {_COLUMNS} FROM sandboxes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(max(0, int(limit)))
+        return self._all(sql, args)
+
+    def reapable(self, now: datetime, *, extension: str | None = None,
+                 stale_after: float = 1800.0) -> list[ReapCandidate]:
+        t = ts(now)
+        sql = ("SELECT id, state, updated_at, creator FROM sandboxes WHERE "
+               "((state = 'ready' AND expires_at <= %s) "
+               "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= %s))")
+        args: list[Any] = [t, t - stale_after]
+        if extension is not None:
+            sql += " AND extension = %s"
+            args.append(extension)
+        return [ReapCandidate(id=r["id"], state=r["state"], updated_at=dt(r["updated_at"]),
+                              creator=r["creator"])
+                for r in self._all(sql + " ORDER BY expires_at, id", args)]
+
+    def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
+        t = ts(now)
+        row = self._one(
+            "SELECT 1 AS due FROM sandboxes WHERE (state = 'ready' AND expires_at <= %s) "
+            "OR (state IN ('destroying', 'provisioning') AND updated_at <= %s) LIMIT 1",
+            (t, t - stale_after))
+        return row is not None
+
+    def live_handles(self, extension: str) -> list[Handle]:
+        from sandboxer.models.extension import Handle
+
+        rows = self._all(f"SELECT handle FROM sandboxes WHERE extension = %s AND handle IS NOT "
+                         f"NULL AND {LIVE}", (extension,))
+        return [Handle.model_validate(r["handle"]) for r in rows]
+
+    def live_ids(self) -> set[str]:
+        return {r["id"] for r in self._all(f"SELECT id FROM sandboxes WHERE {LIVE}")}
+
+    def states(self, ids: Iterable[str]) -> dict[str, str]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = self._all("SELECT id, state FROM sandboxes WHERE id = ANY(%s)", (wanted,))
+        return {r["id"]: r["state"] for r in rows}
+
+    def count(self) -> int:
+        row = self._one("SELECT COUNT(*) AS n FROM sandboxes")
+        return int(row["n"]) if row else 0
+
+    def live_count(self, target: str, extension: str) -> int:
+        row = self._one(_LIVE_COUNT, (target, extension))
+        return int(row["n"]) if row else 0
