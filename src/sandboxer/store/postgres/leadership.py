@@ -4,7 +4,9 @@ connection of its own.
 The lock lives as long as that connection's session: ``release()`` closes it, and when the
 holding process dies the server ends the session (at once for a closed socket; TCP
 keepalives find a vanished machine within about half a minute) and the next ``try_lead``
-of another replica succeeds. ``held()`` asks the connection at most once a second.
+of another replica succeeds. ``held()`` asks the connection at most once a second
+(``HELD_STALE_MAX``). The holder's session carries its description as its
+``application_name``, which ``leader_of`` finds through ``pg_locks``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any
 
 import psycopg
 
+from sandboxer.store.base import HELD_STALE_MAX, holder_text
 from sandboxer.store.postgres.connection import key64
 
 _ROLE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # libpq's TCP keepalives on the leader's connection: idle 10 s, then every 5 s, 3 probes.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
-RECHECK = 1.0  # seconds between two real checks of held()
+RECHECK = HELD_STALE_MAX  # seconds between two real checks of held()
 # The contract holds a role until release() or death, not until the caller drops the object:
 # a dropped connection would close its session and free the role, so we keep each one here.
 _KEPT: set[AdvisoryLeadership] = set()
@@ -71,7 +74,9 @@ class Leaderships:
     def try_lead(self, role: str) -> AdvisoryLeadership | None:
         if not _ROLE.fullmatch(role):
             raise ValueError(f"bad role name {role!r}")
-        conn = self._direct(**KEEPALIVES)
+        # The holder's description travels as the session's application_name, which
+        # leader_of reads back through pg_stat_activity (63 bytes at most).
+        conn = self._direct(**KEEPALIVES, application_name=holder_text()[:63])
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)",
                                (key64("sandboxer", "lead", role),)).fetchone()
@@ -84,3 +89,22 @@ class Leaderships:
         held = AdvisoryLeadership(conn)
         _KEPT.add(held)
         return held
+
+    def leader_of(self, role: str) -> str | None:
+        if not _ROLE.fullmatch(role):
+            raise ValueError(f"bad role name {role!r}")
+        key = key64("sandboxer", "lead", role)
+        # A bigint advisory key shows in pg_locks as classid (high half), objid (low half).
+        with self._direct() as conn:
+            row = conn.execute(
+                "SELECT l.pid, a.application_name FROM pg_locks l "
+                "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) "
+                "AND l.classid::bigint = %s AND l.objid::bigint = %s",
+                ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchone()
+        if row is None:
+            return None
+        pid, name = row
+        return str(name) if name else f"the session of PostgreSQL backend {pid}"
