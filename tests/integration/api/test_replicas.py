@@ -134,7 +134,7 @@ def test_the_leader_is_killed_and_another_takes_over_delivering_every_event(
     leader = cluster.leaders(alive)[0]
     followers = [i for i in alive if i != leader]
     for i in followers:
-        assert "another process leads" in cluster.log(i)
+        wait_for(lambda i=i: "another process leads (host " in cluster.log(i))
     ids = [_created(cluster.create(i)) for i in (0, 1, 2, 0, 1, 2)]
     httpx.delete(f"{cluster.replicas[followers[0]].url}/v1/sandboxes/{ids[0]}",
                  headers=cluster.auth, timeout=60).raise_for_status()
