@@ -204,13 +204,20 @@ class Campaign:
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign, lead, campaign again, … until ``stop`` is set."""
         said: str | None = None
+        failing = False
         while not stop.is_set():
             try:
                 lease = await asyncio.to_thread(self.store.try_lead, self.role)
+                failing = False
             except Exception as e:  # the database is away: serve on, try again
                 lease = None
-                log.warning("could not campaign for the leader role: %s",
-                            redact(str(e) or type(e).__name__))
+                (log.debug if failing else log.warning)(
+                    "could not campaign for the leader role (trying again every %gs): %s",
+                    self.interval, redact(str(e) or type(e).__name__))
+                failing = True
+            if lease is None and failing:
+                await _wait(stop, self.interval)
+                continue
             if lease is None:
                 if said is None:
                     said = await asyncio.to_thread(holder, self.store, self.role) or "unknown"

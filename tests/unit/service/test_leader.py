@@ -185,3 +185,48 @@ def test_events_publish_beside_a_leader_does_nothing_and_names_it(
     assert main(["events", "publish", "--json"]) == 0  # no event: one empty round
     assert '"delivered":0' in capsys.readouterr().out
     assert holder(open_store(settings)) is None  # it gave the role back
+
+
+def test_a_hold_that_does_not_answer_in_time_is_lost(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """A check that hangs (a database gone silent) ends the term after the deadline; the
+    hanging call runs off the event loop, which keeps serving meanwhile."""
+    import threading
+
+    spans, hang = Spans(), threading.Event()
+    store = open_store(settings)
+    real = store.try_lead
+
+    def slow_lead(role: str) -> object:
+        lease = real(role)
+        if lease is not None:
+            checked = lease.held
+
+            def held() -> bool:
+                if hang.is_set():
+                    time.sleep(3)
+                return checked()
+
+            lease.held = held  # type: ignore[method-assign]
+        return lease
+
+    store.try_lead = slow_lead  # type: ignore[method-assign,assignment]
+    campaign = _campaign(store, spans, "a")
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(campaign.run(stop))
+        await until(lambda: campaign.leading)
+        hang.set()
+        ticks = 0
+        while campaign.leading:  # the loop stays free while the check hangs
+            ticks += 1
+            await asyncio.sleep(0.01)
+        assert ticks > 10
+        hang.clear()
+        stop.set()
+        await task
+
+    _run(body)
+    assert spans.spans[0][2] is not None
+    assert "did not confirm it within 1s" in caplog.text
