@@ -139,10 +139,13 @@ def test_the_leader_is_killed_and_another_takes_over_delivering_every_event(
     httpx.delete(f"{cluster.replicas[followers[0]].url}/v1/sandboxes/{ids[0]}",
                  headers=cluster.auth, timeout=60).raise_for_status()
     wait_for(lambda: all(e["delivery"] == "delivered" for e in cluster.events(leader)))
-    doctor = httpx.get(f"{cluster.replicas[leader].url}/v1/doctor", headers=cluster.auth,
-                       timeout=60).json()
-    mine = next(c for c in doctor["checks"] if c["name"] == "leader")
-    assert mine["detail"].startswith(LEADS), mine
+    pid = cluster.replicas[leader].proc.pid
+    for i, says in ((leader, LEADS), (followers[0], "the leader role is held by host ")):
+        doctor = httpx.get(f"{cluster.replicas[i].url}/v1/doctor", headers=cluster.auth,
+                           timeout=60).json()
+        check = next(c for c in doctor["checks"] if c["name"] == "leader")
+        assert check["detail"].startswith(says), check
+    assert f", pid {pid}, " in check["detail"]  # the follower names the leader
 
     # State Hub takes the next event but answers only after the leader is gone: the
     # leader never marks it delivered, and its successor must send it again, unchanged.
