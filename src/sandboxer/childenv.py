@@ -31,6 +31,22 @@ def allowed(
     }
 
 
+# Settings a build tool never needs and must not see: the database URL carries a password.
+NEVER_TO_TOOLS = frozenset({"SANDBOXER_DATABASE_URL", "SANDBOXER_STATE_HUB_URL", "SANDBOXER_URL"})
+# What a build tool may need beyond the system basics: proxies and its own settings.
+TOOL_NAMES = frozenset({"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                        "NO_PROXY", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT"})
+
+
+def for_tool(env: Mapping[str, str], *, prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a build tool or image recipe (packer, a recipe script): the
+    system basics, proxies, docker's client settings, ``SANDBOXER_*`` settings (the image
+    recipes read some) and ``prefixes`` (``PACKER_``) — never a credential, the database
+    URL or a server URL."""
+    chosen = allowed(env, names=TOOL_NAMES, prefixes=("SANDBOXER_", *prefixes))
+    return {k: v for k, v in chosen.items() if k not in NEVER_TO_TOOLS}
+
+
 def for_sandboxer(caller: Mapping[str, str], home: Path) -> dict[str, str]:
     """The environment of a long-lived sand-boxer process of ``home`` (core's daemon):
     the system basics and sand-boxer's own settings (none whose name looks like a

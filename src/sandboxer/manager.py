@@ -2,8 +2,10 @@
 
 States: provisioning -> ready -> destroying -> destroyed; provisioning -> failed. A
 sandbox still provisioning may also be destroyed (provisioning -> destroying), so that an
-operator can stop a create that hangs. Network and process work never happens inside a
-store transaction: each transition is a short write on either side of it.
+operator can stop a create that hangs. ready <-> unreachable and unreachable -> failed
+follow its target's health (``sandboxer.fleet``, run by reconcile). Network and process
+work never happens inside a store transaction: each transition is a short write on
+either side of it.
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ class Manager:
     def reachability(self, sandbox_id: str, *, caller: Caller | None = None) -> Reachability:
         status = self.get(sandbox_id, caller=caller)
         if status.state != "ready" or status.reachability is None:
+            why = f" ({status.reason})" if status.state == "unreachable" else ""
             raise Conflict(
-                f"sandbox {sandbox_id} is {status.state}; only a ready sandbox is reachable"
-            )
+                f"sandbox {sandbox_id} is {status.state}{why}; only a ready sandbox is "
+                "reachable")
         return status.reachability
 
     async def refresh_reachability(self, sandbox_id: str) -> SandboxStatus | None:
@@ -200,7 +203,8 @@ class Manager:
         candidates = [t for t in known if target in (None, t.name)]
         probed = await asyncio.gather(*(ext.probe(t) for t in candidates))
         others = [t for t in known if t not in candidates]
-        chosen = choose([*probed, *others], profile.route, pinned=target)
+        chosen = choose([*probed, *others], profile.route, pinned=target,
+                        placement=profile.placement)
         ext.check(profile, spec, chosen, self.catalog.source(profile.id).path)
         checks = await asyncio.to_thread(boundary.check, refs, self.settings) if refs else []
         secrets: dict[str, SecretStr] = {}
@@ -358,8 +362,10 @@ class Manager:
                 "counted from creation)",
                 hint="ask for a shorter --ttl or create a new sandbox",
             )
+        # An unreachable sandbox keeps its lease too: its host may come back.
+        state = rec.status.state if rec.status.state == "unreachable" else "ready"
         return self.store.transition(
-            sandbox_id, from_states={"ready"}, to_state="ready", event="sandbox.extended",
+            sandbox_id, from_states={state}, to_state=state, event="sandbox.extended",
             expires_at=new_expiry,
         )
 
@@ -376,7 +382,8 @@ class Manager:
         if rec.status.state != "destroying":
             try:
                 self.store.transition(
-                    sandbox_id, from_states={"provisioning", "ready"}, to_state="destroying",
+                    sandbox_id, from_states={"provisioning", "ready", "unreachable"},
+                    to_state="destroying",
                     event="sandbox.expired" if reason == "expired" else None, reason=reason,
                 )
             except Conflict:
@@ -421,33 +428,21 @@ class Manager:
                                      stopped, {}, reason="abandoned")
                     done.append(self.get(sid))
                     continue
-                reason = "expired" if state == "ready" else (rec.status.reason or "abandoned")
+                reason = ("expired" if state in ("ready", "unreachable")
+                          else rec.status.reason or "abandoned")
                 done.append(await self.destroy(sid, reason=reason))
             except SandboxerError as e:
                 log.warning("reaping %s failed: %s", sid, e.render())
         return done
 
     async def reconcile(self) -> list[Handle]:
-        """Destroy what extensions own but no live sandbox in the store claims."""
+        """Square store and targets: probe every target, mark the sandboxes of a down one
+        ``unreachable`` and settle those of one that is back, then destroy what extensions
+        own but no live sandbox in the store claims (``sandboxer.fleet``)."""
+        from sandboxer import fleet
+
         await self.reap()  # creates whose process died are no longer "live"
-        removed: list[Handle] = []
-        for name in extensions.available():
-            try:
-                ext = self.extension(name)
-                targets = [t for t in ext.targets(self.settings) if t.healthy]
-            except SandboxerError as e:
-                log.warning("reconcile skips %s: %s", name, e.render())
-                continue
-            for target in targets:
-                owned = await ext.owned(target)
-                # Read after owned(): a create (here or on another replica) records its row
-                # before it makes anything, so whatever owned() saw is claimed by now.
-                live = self.store.live_ids()
-                for handle in owned:
-                    if handle.sandbox_id not in live:
-                        await ext.destroy(handle)
-                        removed.append(handle)
-        return removed
+        return await fleet.reconcile(self)
 
 
 class _ManagerHost:

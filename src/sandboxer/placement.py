@@ -1,9 +1,20 @@
-"""Route policies over targets: choose where a sandbox goes, or say why nowhere fits."""
+"""Route policies over targets: choose where a sandbox goes, or say why nowhere fits.
+
+Order of decisions: ``pinned`` (a create's --target) and the profile's ``placement.pin``
+labels narrow the field; the route excludes kinds and orders the rest; health and capacity
+drop what cannot take a sandbox now; ``placement.prefer`` labels come first within a
+kind; among equals the least loaded target wins (fewest live sandboxes, then most free).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sandboxer.errors import NoTarget
 from sandboxer.models.extension import Target
+
+if TYPE_CHECKING:
+    from sandboxer.models.profile import PlacementSpec
 
 _KIND_ORDER = {
     "prefer-self-hosted": ("self-hosted", "cloud"),
@@ -13,18 +24,39 @@ _KIND_ORDER = {
 }
 
 
-def choose(targets: list[Target], route: str, *, pinned: str | None = None) -> Target:
-    """Pick the healthy eligible target with the most free capacity.
+def _carries(t: Target, labels: dict[str, str]) -> bool:
+    return all(t.labels.get(k) == v for k, v in labels.items())
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _load(t: Target, prefer: dict[str, str]) -> tuple[bool, int, bool, int]:
+    """Sort key, smallest first: preferred, fewest live sandboxes, then most free
+    (an unbounded target counts as the freest)."""
+    return (not (prefer and _carries(t, prefer)), t.used, t.free is not None, -(t.free or 0))
+
+
+def choose(targets: list[Target], route: str, *, pinned: str | None = None,
+           placement: PlacementSpec | None = None) -> Target:
+    """Pick the healthy eligible target that fits best (see the module docstring).
 
     Kinds are tried in the route's order; ``pinned`` restricts the choice to one target
-    (still subject to health and capacity). Raises NoTarget with one line per target.
+    and ``placement.pin`` to the targets carrying all its labels (still subject to health
+    and capacity). Raises NoTarget with one line per target.
     """
     kinds = _KIND_ORDER[route]
+    pin = dict(placement.pin) if placement else {}
+    prefer = dict(placement.prefer) if placement else {}
     reasons: list[str] = []
     eligible: dict[str, list[Target]] = {k: [] for k in kinds}
     for t in targets:
         if pinned is not None and t.name != pinned:
             reasons.append(f"{t.name}: not the pinned target {pinned!r}")
+        elif pin and not _carries(t, pin):
+            reasons.append(f"{t.name}: lacks the labels the profile pins "
+                           f"({_labels(pin)}; it has {_labels(t.labels) or 'none'})")
         elif t.kind not in kinds:
             reasons.append(f"{t.name}: {t.kind} target, route {route} excludes it")
         elif not t.healthy:
@@ -35,8 +67,10 @@ def choose(targets: list[Target], route: str, *, pinned: str | None = None) -> T
             eligible[t.kind].append(t)
     for kind in kinds:
         if eligible[kind]:
-            return max(eligible[kind], key=lambda t: (t.free is None, t.free or 0))
+            return min(eligible[kind], key=lambda t: _load(t, prefer))
     if pinned is not None and all(t.name != pinned for t in targets):
         reasons.insert(0, f"{pinned}: no such target for this extension")
     detail = "\n".join(f"  {r}" for r in reasons) or "  (the extension offers no target)"
-    raise NoTarget(f"no target can take this sandbox (route {route}):\n{detail}")
+    raise NoTarget(f"no target can take this sandbox (route {route}):\n{detail}",
+                   hint="see `sandboxer targets check`" if any(
+                       "unhealthy" in r or "full" in r for r in reasons) else None)

@@ -19,3 +19,17 @@ def test_only_system_names_and_asked_settings_pass() -> None:
         "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC",
         "TMPDIR": "/tmp", "SANDBOXER_LOCAL_ROOT": "/srv/l", "SANDBOXER_PROFILES": "/p",
     }
+
+
+def test_a_build_tool_never_sees_credentials_or_the_database_url() -> None:
+    env = {"PATH": "/usr/bin", "HOME": "/root", "SANDBOXER_DATABASE_URL":
+           "postgresql://u:pw@db/x", "SANDBOXER_STATE_HUB_TOKEN": "hub-token",
+           "SANDBOXER_STATE_HUB_URL": "https://u:p@hub", "SANDBOXER_TOKEN": "t",
+           "SANDBOXER_URL": "https://plane", "BAO_TOKEN": "bao", "AWS_SECRET_ACCESS_KEY": "a",
+           "SANDBOXER_DEBIAN_MIRROR": "http://deb", "PACKER_LOG": "1",
+           "PACKER_GITHUB_API_TOKEN": "gh", "https_proxy": "http://proxy:3128",
+           "DOCKER_HOST": "unix:///d.sock"}
+    got = childenv.for_tool(env, prefixes=("PACKER_",))
+    assert got == {"PATH": "/usr/bin", "HOME": "/root",
+                   "SANDBOXER_DEBIAN_MIRROR": "http://deb", "PACKER_LOG": "1",
+                   "https_proxy": "http://proxy:3128", "DOCKER_HOST": "unix:///d.sock"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -269,3 +270,45 @@ def test_a_create_whose_process_died_is_reaped_at_once(settings: Settings) -> No
     assert reaped.state == "failed"
     assert reaped.reason == "abandoned"
     assert not (settings.home / "fake" / stuck.id).exists()
+
+
+def test_reconcile_marks_an_unhealthy_targets_sandboxes_unreachable_and_settles_them_back(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = Manager(settings)
+    kept, lost = run(m.create("profile.fake")), run(m.create("profile.fake"))
+    monkeypatch.setenv("FAKE_UNHEALTHY", "1")
+    down = Manager(Settings.from_env())
+    assert run(down.reconcile()) == []  # an unhealthy target is never swept for orphans
+    for s in (kept, lost):
+        now = down.get(s.id)
+        assert now.state == "unreachable"
+        assert now.reason == "target fake-1 is unhealthy: switched off by FAKE_UNHEALTHY"
+    assert down.extend(kept.id, "30m").state == "unreachable"
+    shutil.rmtree(settings.home / "fake" / lost.id)  # gone behind our back while down
+    monkeypatch.delenv("FAKE_UNHEALTHY")
+    up = Manager(Settings.from_env())
+    run(up.reconcile())
+    assert up.get(kept.id).state == "ready"
+    assert up.get(kept.id).reason is None
+    gone = up.get(lost.id)
+    assert (gone.state, gone.reason) == ("failed", "lost")
+    assert "gone from target fake-1 while it was unreachable" in (gone.error or "")
+    kinds = [e.type for e in up.store.events(sandbox_id=kept.id)]
+    assert kinds[-3:] == ["sandbox.unreachable", "sandbox.extended", "sandbox.ready"]
+    assert [e.type for e in up.store.events(sandbox_id=lost.id)][-1] == "sandbox.failed"
+
+
+def test_an_unreachable_sandbox_can_be_destroyed_and_expires(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = Manager(settings)
+    a, b = run(m.create("profile.fake")), run(m.create("profile.fake"))
+    monkeypatch.setenv("FAKE_UNHEALTHY", "1")
+    down = Manager(Settings.from_env())
+    run(down.reconcile())
+    assert run(down.destroy(a.id)).state == "destroyed"
+    down.store.transition(b.id, from_states={"unreachable"}, to_state="unreachable",
+                          event=None, expires_at=utcnow() - timedelta(seconds=1))
+    assert [r.id for r in run(down.reap())] == [b.id]
+    assert (down.get(b.id).state, down.get(b.id).reason) == ("destroyed", "expired")
+    types = [e.type for e in down.store.events(sandbox_id=b.id)]
+    assert types[-3:] == ["sandbox.unreachable", "sandbox.expired", "sandbox.destroyed"]

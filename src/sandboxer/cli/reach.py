@@ -51,8 +51,10 @@ def ready_descriptor(client: Client, sandbox_id: str) -> Doc:
     doc = client.get_document(sandbox_id)
     reach: Doc | None = doc.get("reachability")
     if doc["state"] != "ready" or reach is None:
+        why = f" ({doc['reason']})" if doc["state"] == "unreachable" and doc.get("reason") else ""
         raise Conflict(
-            f"sandbox {sandbox_id} is {doc['state']}; only a ready sandbox is reachable"
+            f"sandbox {sandbox_id} is {doc['state']}{why}; only a ready sandbox is reachable",
+            hint="`sandboxer reconcile` checks its target again" if why else None,
         )
     return reach
 

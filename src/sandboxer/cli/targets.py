@@ -32,6 +32,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                      "docker-socket, host-paths, extra-capabilities, ports, "
                      "external-resources, driver-opts, host-files, env-file, build, extends, "
                      "include, unlisted-keys")
+    add.add_argument("--label", action="append", metavar="K=V", default=[],
+                     help="a label profiles can pin or prefer by (`placement:`; repeatable)")
     add.add_argument("--host-key-fingerprint", metavar="SHA256:…",
                      help="expected host key; without it the key seen is shown and, on a "
                      "terminal, confirmed")
@@ -60,9 +62,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"schema": "sandboxer.targets/v1", "items": items})
     else:
-        print(table(["name", "kind", "url", "public host", "capacity", "allow"],
+        print(table(["name", "kind", "url", "public host", "capacity", "labels", "allow"],
                     [[i["name"], i.get("kind"), i.get("url") or "(this machine's engine)",
-                      i.get("public_host"), i.get("capacity"), ",".join(i.get("allow") or [])]
+                      i.get("public_host"), i.get("capacity"),
+                      ",".join(f"{k}={v}" for k, v in sorted((i.get("labels") or {}).items())),
+                      ",".join(i.get("allow") or [])]
                      for i in items]))
     return 0
 
@@ -82,10 +86,14 @@ def cmd_add(args: argparse.Namespace) -> int:
                              hint="pass --yes or --host-key-fingerprint when not on a terminal")
         return input("pin this host key? [y/N] ").strip().lower() in ("y", "yes")
 
+    from sandboxer.cli._client import parse_labels
+
+    labels = parse_labels(args.label)
     added = _client().targets_add(
         name=args.name, url=args.url, identity=args.identity, public_host=args.public_host,
         capacity=args.capacity, kind=args.kind, allow=args.allow,
         fingerprint=args.host_key_fingerprint, extension=args.extension, confirm=confirm,
+        labels=labels,
     )
     if args.json:
         emit_json({"schema": "sandboxer.target/v1", **added})

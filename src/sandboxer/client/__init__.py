@@ -95,7 +95,8 @@ class Client(Protocol):
                     public_host: str | None = None, capacity: int | None = None,
                     kind: str = "self-hosted", allow: list[str] | None = None,
                     fingerprint: str | None = None, extension: str | None = None,
-                    confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+                    confirm: Callable[[str], bool] | None = None,
+                    labels: dict[str, str] | None = None) -> dict[str, Any]:
         """Record a target after first contact (its host key is pinned): with
         ``fingerprint`` only that key, else the one seen when ``confirm`` agrees."""
 

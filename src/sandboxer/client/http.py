@@ -226,14 +226,16 @@ class HttpClient(TypedReads):
                     public_host: str | None = None, capacity: int | None = None,
                     kind: str = "self-hosted", allow: list[str] | None = None,
                     fingerprint: str | None = None, extension: str | None = None,
-                    confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+                    confirm: Callable[[str], bool] | None = None,
+                    labels: dict[str, str] | None = None) -> dict[str, Any]:
         """The server connects and pins the key; without ``fingerprint`` the key it sees
         is accepted only if ``confirm`` agrees up front (the CLI's --yes)."""
         accept = fingerprint is None and confirm is not None and bool(
             confirm("not known yet: the server pins the key it sees at first contact"))
         fields = {"name": name, "url": url, "identity": identity, "public_host": public_host,
-                  "capacity": capacity, "kind": kind, "allow": allow, "extension": extension}
-        body: dict[str, Any] = {k: v for k, v in fields.items() if v not in (None, [])}
+                  "capacity": capacity, "kind": kind, "allow": allow, "extension": extension,
+                  "labels": labels}
+        body: dict[str, Any] = {k: v for k, v in fields.items() if v not in (None, [], {})}
         body.update(host_key_fingerprint=fingerprint, accept_new_host_key=accept)
         doc: dict[str, Any] = self._call("POST", "/v1/targets", json=body)
         doc.pop("schema", None)

@@ -151,14 +151,15 @@ class LocalClient(TypedReads):
                     public_host: str | None = None, capacity: int | None = None,
                     kind: str = "self-hosted", allow: list[str] | None = None,
                     fingerprint: str | None = None, extension: str | None = None,
-                    confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+                    confirm: Callable[[str], bool] | None = None,
+                    labels: dict[str, str] | None = None) -> dict[str, Any]:
         from sandboxer.models.requests import TargetAddRequest
 
         fields: dict[str, Any] = {
             "name": name, "url": url, "identity": identity, "public_host": public_host,
             "capacity": capacity, "kind": kind, "allow": list(allow or []),
             "host_key_fingerprint": fingerprint, "accept_new_host_key": False,
-            "extension": extension}
+            "extension": extension, "labels": dict(labels or {})}
         req = TargetAddRequest.model_construct(**fields)
         return _run(self.service.targets_add(req, caller=self.caller, confirm=confirm))
 

@@ -169,7 +169,8 @@ class Extension(ABC):
         """Is the sandbox live or missing, seen from the extension's own side?
 
         Part of the contract every extension answers, for checking one sandbox without
-        listing a whole target; core does not call it today (reconcile uses ``owned``).
+        listing a whole target: reconcile asks it about each ``unreachable`` sandbox once
+        its target answers again (``sandboxer.fleet``).
         """
 
     @abstractmethod

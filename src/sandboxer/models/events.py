@@ -14,6 +14,7 @@ EventType = Literal[
     "sandbox.created",
     "sandbox.ready",
     "sandbox.failed",
+    "sandbox.unreachable",
     "sandbox.extended",
     "sandbox.expired",
     "sandbox.destroyed",

@@ -24,6 +24,8 @@ class Target(StrictModel):
     reason: str | None = None
     capacity: int | None = None
     used: int = 0
+    # What profiles pin or prefer by (``placement``); the operator's, from `targets add`.
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @property
     def free(self) -> int | None:

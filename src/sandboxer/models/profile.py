@@ -105,6 +105,16 @@ class ReachabilitySpec(StrictModel):
         return None if v is None else check_name(v, "identity (a warden actor id)")
 
 
+class PlacementSpec(StrictModel):
+    """Where a profile's sandboxes may go, by target labels (``targets add --label``).
+
+    ``pin``: only targets carrying every one of these labels; ``prefer``: targets carrying
+    them come first. Among equals, the least loaded healthy target wins (spread)."""
+
+    pin: Labels = Field(default_factory=dict)
+    prefer: Labels = Field(default_factory=dict)
+
+
 class Profile(StrictModel):
     """A validated profile. ``spec`` is checked later by the extension's own Spec model."""
 
@@ -113,6 +123,7 @@ class Profile(StrictModel):
     extends: str | None = None
     extension: str
     route: Route = "prefer-self-hosted"
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
     actor: str | None = None
     ttl: TTL = Field(default_factory=TTL)
     labels: Labels = Field(default_factory=dict)

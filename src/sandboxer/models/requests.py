@@ -83,6 +83,8 @@ class TargetAddRequest(StrictModel):
     capacity: Annotated[int | None, Field(ge=1, le=100_000)] = None
     kind: Literal["self-hosted", "cloud"] = "self-hosted"
     allow: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
+    labels: Labels = Field(default_factory=dict,
+                           description="what profiles' placement pins or prefers by")
     host_key_fingerprint: Annotated[str | None, Field(max_length=128)] = None
     accept_new_host_key: bool = Field(
         False, description="pin the host key seen at first contact (like --yes)")

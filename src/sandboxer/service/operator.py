@@ -45,6 +45,7 @@ class OperatorOps(ServiceCore):
                 return accept
         options = {"identity": req.identity, "public_host": req.public_host,
                    "capacity": req.capacity, "kind": req.kind, "allow": req.allow,
+                   "labels": dict(req.labels) or None,
                    "fingerprint": req.host_key_fingerprint}
         return await bridges.add_target(self.manager, name=req.name, url=req.url,
                                         options=options, confirm=confirm,

@@ -13,7 +13,6 @@ these tests are the proof that ext.compose-ssh works, so they never skip silentl
 from __future__ import annotations
 
 import contextlib
-import grp
 import logging
 import os
 import pwd
@@ -21,185 +20,49 @@ import random
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from tests.docker_support import (
+    DOCKER_GROUP,
+    EXTERNAL_DOCKER_ENV,
+    IMAGE_RECIPE,
+    SANDBOX_CAP_ADD,
+    TEST_USER,
+    DockerDaemon,
+    alive,
+    docker_group,
+    ensure_test_user,
+    free_port,
+    host_public_key,
+    make_keys,
+    port_open,
+    require,
+    require_root,
+    sshd_config,
+    stop_child,
+    stop_pid,
+    tail,
+    unmount_under,
+    wait_until,
+)
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-IMAGE_RECIPE = REPO / "images" / "sandbox-base"
-EXTERNAL_DOCKER_ENV = "SANDBOXER_TEST_DOCKER_HOST"
-TEST_USER = "sbxtest"
-DOCKER_GROUP = "docker"
-# What sshd in sandboxer/base needs under cap_drop ALL + no-new-privileges (measured; see
-# images/sandbox-base/README.md). DAC_READ_SEARCH lets root in the container read the key
-# files, which on an SSH target belong to the (non-root) SSH user and are 0600 in a 0700 dir.
-SANDBOX_CAP_ADD = ("CHOWN", "SETUID", "SETGID", "SYS_CHROOT", "AUDIT_WRITE", "DAC_READ_SEARCH")
-
-# Package to install for each binary the fixtures use.
-_PACKAGES = {
-    "dockerd": "docker.io",
-    "ip": "iproute2",
-    "docker": "docker.io",
-    "debootstrap": "debootstrap",
-    "sshd": "openssh-server",
-    "ssh": "openssh-client",
-    "ssh-keygen": "openssh-client",
-    "useradd": "passwd",
-    "usermod": "passwd",
-}
-
-
-def require(*names: str) -> dict[str, str]:
-    """Absolute paths of the binaries, or pytest.fail naming the package to install."""
-    found: dict[str, str] = {}
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    for name in names:
-        exe = shutil.which(name, path=path)
-        if exe is None:
-            pytest.fail(f"{name} is required by the ext.compose-ssh integration tests "
-                        f"(apt-get install {_PACKAGES.get(name, name)})", pytrace=False)
-        found[name] = exe
-    return found
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        pytest.fail(f"{what} needs root (run the integration tests as root, as .ci/run does)",
-                    pytrace=False)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float,
-               interval: float = 0.1) -> None:
-    """Poll ``check()`` until it returns true; pytest.fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
-        time.sleep(interval)
-
-
-def stop_child(proc: subprocess.Popen[bytes], name: str, grace: float = 30.0) -> None:
-    """SIGTERM our child, wait up to ``grace`` seconds, then SIGKILL; always reaped."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        log.warning("%s (pid %d) ignored SIGTERM for %.0fs; sending SIGKILL",
-                    name, proc.pid, grace)
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def stop_pid(pid: int, name: str, grace: float = 30.0) -> None:
-    """SIGTERM a process that is not our child, then SIGKILL — this pid only."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    log.warning("%s (pid %d) ignored SIGTERM for %.0fs; sending SIGKILL", name, pid, grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 # --- dockerd ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DockerDaemon:
-    """A docker engine for the tests; ``pid`` is None when it was provided externally."""
-
-    host: str
-    pid: int | None = None
-    root: Path | None = None
-    bridge: str | None = None
-
-    def docker(self, *args: str, timeout: float = 120,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI locally against this engine."""
-        return subprocess.run(["docker", "--host", self.host, *args], capture_output=True,
-                              text=True, timeout=timeout, check=check,
-                              stdin=subprocess.DEVNULL)
-
-    def answers(self) -> bool:
-        try:
-            return self.docker("version", "--format", "{{.Server.Version}}",
-                               timeout=10, check=False).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
-
-def _docker_group() -> int:
-    try:
-        return grp.getgrnam(DOCKER_GROUP).gr_gid
-    except KeyError:
-        subprocess.run(["groupadd", "--system", DOCKER_GROUP], check=True)
-        return grp.getgrnam(DOCKER_GROUP).gr_gid
-
-
-def _unmount_under(root: Path) -> None:
-    """Lazily unmount whatever a killed dockerd left mounted below ``root``."""
-    prefix = str(root) + "/"
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return
-    points = [line.split()[4] for line in lines if line.split()[4].startswith(prefix)]
-    for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def start_dockerd() -> tuple[DockerDaemon, subprocess.Popen[bytes]]:
     """Start a dockerd that coexists with any other engine here; wait until it answers."""
     tools = require("dockerd", "ip")
     require_root("starting dockerd")
-    _docker_group()
+    docker_group()
     # Short path: the socket and containerd's sockets under exec-root must stay < 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="sbxd-", dir="/var/tmp"))
     root.chmod(0o755)  # the test user reaches the socket through this directory
@@ -235,10 +98,10 @@ def start_dockerd() -> tuple[DockerDaemon, subprocess.Popen[bytes]]:
         deadline = time.monotonic() + 60
         while not daemon.answers():
             if proc.poll() is not None:
-                pytest.fail(f"dockerd exited with {proc.returncode}:\n{_tail(logfile)}",
+                pytest.fail(f"dockerd exited with {proc.returncode}:\n{tail(logfile)}",
                             pytrace=False)
             if time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not answer within 60s:\n{_tail(logfile)}",
+                pytest.fail(f"dockerd did not answer within 60s:\n{tail(logfile)}",
                             pytrace=False)
             time.sleep(0.2)
     except BaseException:
@@ -274,9 +137,9 @@ def _stop_dockerd(daemon: DockerDaemon, proc: subprocess.Popen[bytes]) -> None:
         containerd_pid = int((daemon.root / "exec/containerd/containerd.pid").read_text())
     stop_child(proc, "dockerd")
     # dockerd stops its containerd; after a SIGKILL of dockerd it would be orphaned.
-    if containerd_pid is not None and _alive(containerd_pid):
+    if containerd_pid is not None and alive(containerd_pid):
         stop_pid(containerd_pid, "containerd", grace=10)
-    _unmount_under(daemon.root)
+    unmount_under(daemon.root)
     shutil.rmtree(daemon.root, ignore_errors=True)
     if daemon.bridge:
         subprocess.run(["ip", "link", "delete", daemon.bridge], capture_output=True,
@@ -367,65 +230,13 @@ class SshTarget:
         return done
 
 
-def _ensure_test_user() -> pwd.struct_passwd:
-    if not _exists_user(TEST_USER):
-        made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash",
-                               "--groups", DOCKER_GROUP, TEST_USER],
-                              capture_output=True, text=True, check=False)
-        # A concurrent test session may have created it in the meantime.
-        if made.returncode != 0 and not _exists_user(TEST_USER):
-            pytest.fail(f"useradd {TEST_USER} failed: {made.stderr.strip()}", pytrace=False)
-    else:
-        subprocess.run(["usermod", "--append", "--groups", DOCKER_GROUP, TEST_USER],
-                       check=True, capture_output=True)
-    # sshd without PAM refuses a locked account ("!" password): '*' = no password, unlocked.
-    subprocess.run(["usermod", "--password", "*", TEST_USER], check=True, capture_output=True)
-    entry = pwd.getpwnam(TEST_USER)
-    Path(entry.pw_dir).mkdir(mode=0o750, exist_ok=True)
-    os.chown(entry.pw_dir, entry.pw_uid, entry.pw_gid)
-    return entry
-
-
-def _exists_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _sshd_config(d: Path, port: int, docker_host: str) -> str:
-    return "\n".join([
-        f"Port {port}",
-        "ListenAddress 127.0.0.1",
-        f"HostKey {d / 'ssh_host_ed25519_key'}",
-        f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {d / 'authorized_keys'}",
-        # The key files live under /var/tmp (world-writable), which StrictModes rejects.
-        "StrictModes no",
-        "UsePAM no",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "PermitRootLogin no",
-        f"AllowUsers {TEST_USER}",
-        f"SetEnv DOCKER_HOST={docker_host}",
-        "Subsystem sftp internal-sftp",
-        # Concurrent creates open several sessions each.
-        "MaxStartups 100:30:200",
-        "MaxSessions 100",
-        "LogLevel VERBOSE",
-        "",
-    ])
-
-
 @pytest.fixture(scope="session")
 def ssh_target(docker_daemon: DockerDaemon, base_image: str) -> Iterator[SshTarget]:
     """sshd on 127.0.0.1:<free port>; user sbxtest (docker group) with a fresh ed25519 key."""
     tools = require("sshd", "ssh", "ssh-keygen", "useradd", "usermod")
     require_root("starting sshd for a test user")
-    _docker_group()
-    user = _ensure_test_user()
+    docker_group()
+    user = ensure_test_user()
     d = Path(tempfile.mkdtemp(prefix="sbxs-", dir="/var/tmp"))
     d.chmod(0o755)  # sshd reads authorized_keys as the test user
     procs: list[subprocess.Popen[bytes]] = []
@@ -440,21 +251,12 @@ def ssh_target(docker_daemon: DockerDaemon, base_image: str) -> Iterator[SshTarg
 def _start_sshd(d: Path, tools: dict[str, str], user: pwd.struct_passwd,
                 daemon: DockerDaemon, image: str,
                 procs: list[subprocess.Popen[bytes]]) -> SshTarget:
-    keygen = tools["ssh-keygen"]
-    host_key = d / "ssh_host_ed25519_key"
-    identity = d / "id_ed25519"
-    for path, comment in ((host_key, "sbx-test-sshd"), (identity, "sbx-test-client")):
-        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                        "-f", str(path)], check=True, capture_output=True)
-    identity.chmod(0o600)
-    authorized = d / "authorized_keys"
-    authorized.write_text((d / "id_ed25519.pub").read_text())
-    authorized.chmod(0o644)
+    _host_key, identity = make_keys(d, tools["ssh-keygen"])
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
 
     for _attempt in range(3):  # another process may grab the free port first
-        port = _free_port()
-        (d / "sshd_config").write_text(_sshd_config(d, port, daemon.host))
+        port = free_port()
+        (d / "sshd_config").write_text(sshd_config(d, port, daemon.host))
         logfile = d / "sshd.log"
         # -D -e: foreground, log to stderr; it stays our child until teardown.
         with logfile.open("wb") as out:
@@ -463,15 +265,15 @@ def _start_sshd(d: Path, tools: dict[str, str], user: pwd.struct_passwd,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         procs.append(proc)
         deadline = time.monotonic() + 20
-        while proc.poll() is None and not _port_open(port) and time.monotonic() < deadline:
+        while proc.poll() is None and not port_open(port) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if proc.poll() is None and _port_open(port):
+        if proc.poll() is None and port_open(port):
             break
         stop_child(proc, "sshd", grace=5)
     else:
-        pytest.fail(f"sshd did not start:\n{_tail(d / 'sshd.log')}", pytrace=False)
+        pytest.fail(f"sshd did not start:\n{tail(d / 'sshd.log')}", pytrace=False)
 
-    host_pub = " ".join((d / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    host_pub = host_public_key(d / "ssh_host_ed25519_key")
     known_hosts = f"[127.0.0.1]:{port} {host_pub}"
     known_hosts_file = d / "known_hosts"
     known_hosts_file.write_text(known_hosts + "\n")

@@ -69,6 +69,23 @@ def test_every_event_is_delivered_once_in_order(hub: StateHub) -> None:
     assert once(settings).delivered == 0  # nothing twice
 
 
+def test_the_body_is_the_stored_event_whatever_this_process_masks(hub: StateHub) -> None:
+    """Every replica sends the same bytes under one key: a value registered for masking in
+    this process (a short secret, here "1") never rewrites the event's body."""
+    from sandboxer import redaction
+
+    settings = Settings.from_env()
+    make_events(settings, sandboxes=1)
+    redaction.register(["1"])
+    delivered = once(settings).delivered
+    documents = Outbox(open_store(settings)).documents()
+    assert delivered == len(documents) == 3  # created, ready, destroyed
+    for doc in documents:
+        got = hub.accepted[doc["id"]]
+        assert got["seq"] == doc["seq"]
+        assert got["payload"] == doc["payload"]
+
+
 @pytest.mark.parametrize("mode", ["error", "timeout", "down"])
 def test_outages_are_retried_with_backoff_until_delivered(hub: StateHub, mode: str) -> None:
     settings = Settings.from_env()

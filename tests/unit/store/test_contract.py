@@ -653,3 +653,17 @@ def test_a_target_config_document_round_trips(store: Store, config: dict[str, An
     store.add_target(TargetRecord(name=name, extension="ext.fake", config=config))
     assert store.get_target(name).config == config  # type: ignore[union-attr]
     store.remove_target(name)
+
+
+def test_an_unreachable_sandbox_is_live_and_its_lease_runs_out(store: Store) -> None:
+    """``unreachable`` (its target failed a probe) holds its slot like ``ready`` and is
+    reaped like it when its lease ends."""
+    now = utcnow()
+    lost = add(store, "unreachable", target="t", expires_at=now - timedelta(seconds=1))
+    waiting = add(store, "unreachable", target="t")
+    assert store.live_count("t", "ext.fake") == 2
+    assert {lost.id, waiting.id} <= store.live_ids()
+    assert [c.id for c in store.reapable(now)] == [lost.id]
+    assert {c.id: c.state for c in store.reapable(now)} == {lost.id: "unreachable"}
+    assert store.has_reapable(now)
+    assert [s.id for s in store.query(states=["unreachable"])] == [lost.id, waiting.id]

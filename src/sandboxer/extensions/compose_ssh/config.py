@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from sandboxer.errors import InvalidInput
 from sandboxer.models.base import StrictModel
-from sandboxer.models.common import HostName
+from sandboxer.models.common import HostName, Labels
 from sandboxer.models.target import TARGET_NAME, TargetRecord
 from sandboxer.values import safe_repr, validate_host, validate_user
 
@@ -43,6 +43,8 @@ class TargetConfig(StrictModel):
     kind: Literal["self-hosted", "cloud"] = "self-hosted"
     host_keys: list[str] = Field(default_factory=list)  # known_hosts lines, first contact
     allow: list[str] = Field(default_factory=list)
+    # What profiles pin or prefer by (``placement``), e.g. {"zone": "a", "gpu": "yes"}.
+    labels: Labels = Field(default_factory=dict)
     created_at: datetime | None = None
 
     @field_validator("name")

@@ -143,7 +143,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
                        used=self.host.live_count(LOCAL))
         return [local, *(
             Target(name=t.name, extension=self.name, kind=t.kind, capacity=t.capacity,
-                   used=self.host.live_count(t.name))
+                   used=self.host.live_count(t.name), labels=t.labels)
             for t in self._configs()
         )]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sandboxer
-from sandboxer import envvars
+from sandboxer import childenv, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.extensions.compose_ssh.config import LOCAL
@@ -113,7 +113,7 @@ async def build_recipe(ext: ComposeSSHExtension, name: str, target: str = LOCAL,
     script = recipe(settings, name)
     version = (script.parent / "VERSION").read_text().strip()
     tag = f"sandboxer/{name}:{version}"
-    env = {**os.environ, **settings.env}
+    env = childenv.for_tool({**os.environ, **settings.env})
     if target == LOCAL:
         env.update(local_env(settings.env))
         rc, tail = await _script(["bash", str(script)], env, progress)

@@ -171,9 +171,12 @@ class SSHRunner(Runner):
                 hint="if the host was rebuilt on purpose, remove and re-add the target",
             ) from e
         except (OSError, asyncssh.Error, TimeoutError) as e:
+            # A host whose link is down answers nothing: say so rather than "TimeoutError".
+            why = f"no answer within {timeout:.0f}s" if isinstance(e, TimeoutError) else (
+                str(e) or type(e).__name__)
             raise ProvisionFailed(
                 f"cannot reach target {target.name} over SSH "
-                f"({target.user}@{target.host}:{target.port}): {e or type(e).__name__}"
+                f"({target.user}@{target.host}:{target.port}): {why}"
             ) from e
         return cls(target, conn)
 

@@ -28,21 +28,22 @@ if TYPE_CHECKING:
     from sandboxer.models.target import TargetRecord
 
 # What `targets add` takes for a docker host (None: not given).
-OPTIONS = ("identity", "public_host", "capacity", "kind", "allow", "fingerprint")
+OPTIONS = ("identity", "public_host", "capacity", "kind", "allow", "labels", "fingerprint")
 
 
 def summary(t: TargetConfig) -> dict[str, Any]:
     return {"name": t.name, "extension": t.extension, "url": t.url,
             "identity_file": t.identity_file, "public_host": t.public_host,
             "capacity": t.capacity, "kind": t.kind, "allow": t.allow,
-            "host_keys": t.host_keys, "implicit": False}
+            "labels": t.labels, "host_keys": t.host_keys, "implicit": False}
 
 
 def local_summary(settings: Settings) -> dict[str, Any]:
     return {"name": LOCAL, "extension": EXTENSION, "url": None,
             "identity_file": None, "public_host": "127.0.0.1",
             "capacity": envvars.compose_local_capacity(settings.env),
-            "kind": "self-hosted", "allow": [], "host_keys": [], "implicit": True}
+            "kind": "self-hosted", "allow": [], "labels": {}, "host_keys": [],
+            "implicit": True}
 
 
 async def add_target(ext: ComposeSSHExtension, name: str, url: str, options: dict[str, Any],
@@ -51,7 +52,8 @@ async def add_target(ext: ComposeSSHExtension, name: str, url: str, options: dic
     """First contact with a new target: its host key is shown, then pinned in the record.
 
     ``options``: ``identity`` (default: the user's usual key), ``public_host``,
-    ``capacity``, ``kind``, ``allow``, ``fingerprint`` (the host key expected).
+    ``capacity``, ``kind``, ``allow``, ``labels`` (for profiles' ``placement``),
+    ``fingerprint`` (the host key expected).
     """
     from pydantic import ValidationError
 
@@ -67,6 +69,7 @@ async def add_target(ext: ComposeSSHExtension, name: str, url: str, options: dic
         cfg = TargetConfig(name=name, url=url, public_host=given.get("public_host"),
                            capacity=given.get("capacity"),
                            kind=given.get("kind", "self-hosted"), allow=given.get("allow", []),
+                           labels=given.get("labels", {}),
                            identity_file=str(Path(identity).absolute()) if identity else None)
     except ValidationError as e:
         first = e.errors()[0]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import sandboxer
-from sandboxer import envvars
+from sandboxer import childenv, envvars
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed
 
@@ -213,7 +213,8 @@ async def _build(settings: Settings, packer: str, template: Template,
                  progress: Progress) -> None:
     root = cache_dir(settings)
     work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root))
-    env = {**os.environ, **settings.env, "PACKER_LOG": "1",
+    env = {**childenv.for_tool({**os.environ, **settings.env}, prefixes=("PACKER_",)),
+           "PACKER_LOG": "1",
            "PACKER_LOG_PATH": str(work / "packer.log"), "CHECKPOINT_DISABLE": "1",
            "PACKER_CACHE_DIR": str(work / "packer_cache")}
     try:
