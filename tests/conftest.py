@@ -1,5 +1,6 @@
-"""Shared fixtures: an isolated SANDBOXER_HOME per test, the test-only extension, and a real
-PostgreSQL server with a fresh database per test (tests/pg_support.py)."""
+"""Shared fixtures: an isolated SANDBOXER_HOME per test, the test-only extension, a real
+PostgreSQL server with a fresh database per test (tests/pg_support.py), and ``database``:
+a suite that requests it runs each of its tests on both store backends."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tests import pg_support
+from tests.pg_support import Database
 
 from sandboxer import redaction
 from sandboxer.config import Settings
@@ -71,3 +73,32 @@ def pg_url(pg_server: pg_support.PgServer) -> Iterator[str]:
     """The URL of a fresh, empty database, dropped after the test."""
     with pg_server.database() as url:
         yield url
+
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Database:
+    """Each test that asks runs twice: on SQLite in its home, and on a fresh PostgreSQL
+    database; SANDBOXER_DATABASE_URL is set (or unset) for the test's process. Suites ask
+    for it through their ``settings`` fixture (tests/unit/test_manager.py, tests/unit/api)
+    or ``pytest.mark.usefixtures`` (tests/integration/api)."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("SANDBOXER_DATABASE_URL", raising=False)
+        return Database("sqlite", None)
+    url: str = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("SANDBOXER_DATABASE_URL", url)
+    return Database("postgres", url)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """``database`` for a module-scoped server: the environment is left alone (pass
+    ``env()`` on); the PostgreSQL database lives as long as the module's tests."""
+    if request.param == "sqlite":
+        yield Database("sqlite", None)
+        return
+    server: pg_support.PgServer = request.getfixturevalue("pg_server")
+    with server.database() as url:
+        yield Database("postgres", url)

@@ -64,6 +64,19 @@ class PgServer:
             self.drop_database(url)
 
 
+@dataclass(frozen=True)
+class Database:
+    """The store backend a test runs on: ``url`` is its SANDBOXER_DATABASE_URL, None for
+    the SQLite file in the home."""
+
+    backend: str
+    url: str | None
+
+    def env(self) -> dict[str, str]:
+        """What to add to a subprocess's environment (``sandboxer serve``, the CLI)."""
+        return {} if self.url is None else {"SANDBOXER_DATABASE_URL": self.url}
+
+
 def available() -> str | None:
     """Why no server can be had here, or None."""
     if os.environ.get(URL_VARIABLE):

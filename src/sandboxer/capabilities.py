@@ -130,7 +130,8 @@ def remove_target(manager: Manager, name: str) -> None:
 
 async def build_image(manager: Manager, name: str, *, target: str,
                       variables: dict[str, str], force: bool,
-                      progress: Callable[[str], None]) -> dict[str, Any]:
+                      progress: Callable[[str], None],
+                      confined: bool = False) -> dict[str, Any]:
     """`images build`: a profile id (its extension builds), or a name exactly one
     extension claims."""
     if name.startswith("profile."):  # whatever that profile's extension builds
@@ -153,7 +154,7 @@ async def build_image(manager: Manager, name: str, *, target: str,
                            f"{' and of '.join(_name(e) for e in claimed)}",
                            hint="give the id of the profile whose image you mean")
     return await claimed[0].build_image(name, target=target, variables=variables,
-                                        force=force, progress=progress)
+                                        force=force, progress=progress, confined=confined)
 
 
 # -- doctor -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.pg_support import Database
 
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -21,6 +22,12 @@ from sandboxer.errors import (
 from sandboxer.extensions import base as extensions
 from sandboxer.manager import Manager
 from sandboxer.models.common import utcnow
+
+
+@pytest.fixture
+def settings(database: Database, home: Path, profiles_dir: Path) -> Settings:
+    """Every test of the manager runs on both store backends."""
+    return Settings.from_env()
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -9,10 +9,13 @@ from sandboxer.models.requests import (
     CreateRequest,
     ExtendRequest,
     ImageBuildRequest,
+    NamedImageBuildRequest,
     ProfileFile,
     TargetAddRequest,
+    TokenAddRequest,
     ValidateRequest,
 )
 
 __all__ = ["DURATION", "NAME", "PROFILE_ID", "CreateRequest", "ExtendRequest",
-           "ImageBuildRequest", "ProfileFile", "TargetAddRequest", "ValidateRequest"]
+           "ImageBuildRequest", "NamedImageBuildRequest", "ProfileFile", "TargetAddRequest",
+           "TokenAddRequest", "ValidateRequest"]

@@ -24,7 +24,9 @@ from sandboxer.api.models import (
     CreateRequest,
     ExtendRequest,
     ImageBuildRequest,
+    NamedImageBuildRequest,
     TargetAddRequest,
+    TokenAddRequest,
     ValidateRequest,
 )
 from sandboxer.api.service import Service
@@ -296,3 +298,59 @@ async def doctor(svc: Svc, who: Who) -> JSONResponse:
     checks = [c.document() for c in await svc.doctor(who)]
     return _json({"schema": "sandboxer.doctor/v1", "ok": all(c["ok"] for c in checks),
                   "checks": checks})
+
+
+# -- remote operation: what the CLI did only on the server's own machine -----------------
+# (tokens, `events publish`, image builds by any name); every one is admin-only.
+
+TokenId = Annotated[str, Path(max_length=64, description="a token id (tok-…)")]
+NO_STORE = {"Cache-Control": "no-store"}  # a new token must not sit in a cache
+
+
+@router.post("/images/build", summary="build by any name `images build` takes, e.g. a "
+             "Packer template path on the server's machine (admin)", tags=["images"],
+             response_model=r.ImageBuilt,
+             responses=errors(Forbidden, NotFound, *BODY, ProvisionFailed, NoTarget))
+async def build_image_by_name(svc: Svc, who: Who, body: NamedImageBuildRequest) -> JSONResponse:
+    req = ImageBuildRequest(target=body.target, variables=body.variables, force=body.force)
+    return _json({"schema": "sandboxer.image/v1",
+                  **await svc.images_build(who, body.name, req)})
+
+
+@router.post("/tokens", status_code=201, summary="make a bearer token, returned only now "
+             "(admin)", tags=["admin"], response_model=r.TokenCreated,
+             responses=errors(Forbidden, *BODY))
+def add_token(svc: Svc, who: Who, body: TokenAddRequest) -> JSONResponse:
+    token, summary = svc.app.tokens_add(body.actor, admin=body.admin, caller=who)
+    return JSONResponse({"schema": "sandboxer.token/v1", **summary, "token": token},
+                        status_code=201, headers=NO_STORE)
+
+
+@router.get("/tokens", summary="every token's id and actor, never a token (admin)",
+            tags=["admin"], response_model=r.TokenList, responses=errors(Forbidden))
+def list_tokens(svc: Svc, who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.tokens/v1", "items": svc.app.tokens_list(caller=who)})
+
+
+@router.delete("/tokens/{token_id}", summary="revoke a token (admin)", tags=["admin"],
+               response_model=r.TokenRemoved,
+               responses=errors(Forbidden, NotFound, InvalidInput))
+def remove_token(svc: Svc, who: Who, token_id: TokenId) -> JSONResponse:
+    removed = svc.app.tokens_remove(token_id, caller=who)
+    return _json({"schema": "sandboxer.token-removed/v1", **removed})
+
+
+@router.post("/events/publish", summary="deliver undelivered events to State Hub once "
+             "(admin)", tags=["events"], response_model=r.PublishReport,
+             responses=errors(Forbidden, UsageError, Conflict))
+async def publish_events(svc: Svc, who: Who) -> JSONResponse:
+    return _json(await svc.events_publish(who))
+
+
+@router.get("/sandboxes/{sandbox_id}/identity", response_model=r.SandboxIdentity,
+            summary="the private key a ready sandbox is reached with (its owner's ssh from "
+            "another machine)", tags=["sandboxes"], responses=errors(*SANDBOX, Conflict))
+def get_identity(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    key = svc.app.identity(sandbox_id, caller=who)
+    return JSONResponse({"schema": "sandboxer.identity/v1", "sandbox_id": sandbox_id,
+                         "private_key": key}, headers=NO_STORE)

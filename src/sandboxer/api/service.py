@@ -165,6 +165,25 @@ class Service:
         finally:
             own.close()
 
+    async def events_publish(self, caller: Caller) -> dict[str, Any]:
+        """`sandboxer events publish` on the server's home (admin): one delivery pass, in a
+        worker thread with a service of its own (it runs its own event loop); Conflict
+        when another process — normally a replica leading, maybe this one — holds the
+        leader role (``skipped`` stays false: kept for older clients)."""
+        from sandboxer.access import require_admin
+
+        require_admin(caller, "publishing events")
+
+        def once() -> tuple[dict[str, Any], bool]:
+            own = AppService(self.settings, upkeep=False)
+            try:
+                return own.publish_events(caller=caller)
+            finally:
+                own.close()
+
+        doc, held = await asyncio.to_thread(once)
+        return {**doc, "skipped": not held}
+
     async def doctor(self, caller: Caller) -> list[Check]:
         """The server's machine, as `sandboxer doctor` sees it (the service allows an admin
         only); its checks run

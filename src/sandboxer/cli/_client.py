@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sandboxer.client import Client
-    from sandboxer.client.local import LocalClient
 
 
 def make_client(progress: Callable[[str], None] | None = None) -> Client:
@@ -18,12 +17,17 @@ def make_client(progress: Callable[[str], None] | None = None) -> Client:
     return make(progress=progress)
 
 
-def local_client() -> LocalClient:
-    """This machine's service as its operator, even with ``SANDBOXER_URL`` set: tokens,
-    the outbox and doctor are the local operator's business."""
-    from sandboxer.client.local import LocalClient
+def local_only(command: str, why: str) -> None:
+    """Refuse (exit 2) a command that acts on this machine's home or database only, when
+    ``SANDBOXER_URL`` says the user means a server: it must not silently act here."""
+    import os
 
-    return LocalClient()
+    from sandboxer.errors import UsageError
+
+    url = os.environ.get("SANDBOXER_URL")
+    if url:
+        raise UsageError(f"`sandboxer {command}` cannot work through SANDBOXER_URL: {why}",
+                         hint="run it on the server's machine, with SANDBOXER_URL unset")
 
 
 def parse_labels(items: list[str] | None) -> dict[str, str]:

@@ -22,6 +22,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from sandboxer.cli._client import local_only
+
+    local_only("db migrate", "it talks to the database directly (SANDBOXER_DATABASE_URL or "
+               "$SANDBOXER_HOME), never through a server")
     from sandboxer.cli.output import emit_json
     from sandboxer.config import Settings
     from sandboxer.store import migrate

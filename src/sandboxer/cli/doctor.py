@@ -1,4 +1,5 @@
-"""`sandboxer doctor`: what is missing on this machine and how to fix it."""
+"""`sandboxer doctor`: what is missing on the machine that runs sandboxes (this one, or
+the server's with ``SANDBOXER_URL`` set) and how to fix it."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ from typing import Any
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    d = sub.add_parser("doctor", parents=[common], help="check this machine")
+    d = sub.add_parser("doctor", parents=[common], help="check the machine that runs sandboxes "
+                       "(the server's through SANDBOXER_URL)")
     d.set_defaults(handler=cmd_doctor)
 
 
 def checks() -> list[dict[str, Any]]:
-    """This machine's checks as documents (always local, even with SANDBOXER_URL set)."""
-    from sandboxer.cli._client import local_client
+    """The checks as documents: this machine's, or the server's through SANDBOXER_URL."""
+    from sandboxer.cli._client import make_client
 
-    return [c.document() for c in local_client().doctor()]
+    return [c.document() for c in make_client().doctor()]
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -74,14 +74,15 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """One pass over this home's outbox (the server's own publisher does the same)."""
+    """One pass over the outbox, this home's or the server's (the server's own publisher
+    does the same)."""
     import sys
 
-    from sandboxer.cli._client import local_client
+    from sandboxer.cli._client import make_client
     from sandboxer.cli.output import emit_json
     from sandboxer.errors import SandboxerError
 
-    doc, _published = local_client().events_publish()  # Conflict when another leads
+    doc, _published = make_client().events_publish()  # Conflict when another leads
     if args.json:
         emit_json(doc)
     else:

@@ -1,8 +1,9 @@
 """`sandboxer reachability show ID`, `sandboxer ssh ID [-- CMD...]`, `sandboxer ssh-config [ID]`
 
 All three read the stored ``sandboxer.reachability/v1`` document (no pydantic, no SSH
-library) and share one set of OpenSSH options (``sandboxer.reachability.ssh_options``,
-built and quoted by ``sandboxer.openssh``).
+library); ``ssh`` and ``ssh-config`` on another machine than the server fetch the
+sandbox's key from it (``usable_identity``). They share one set of OpenSSH options
+(``sandboxer.reachability.ssh_options``, built and quoted by ``sandboxer.openssh``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,24 @@ def ready_descriptor(client: Client, sandbox_id: str) -> Doc:
     return reach
 
 
+def usable_identity(client: Client, sandbox_id: str, reach: Doc) -> Doc:
+    """The descriptor with an identity file this machine can read: the descriptor's own
+    when it is readable here (this machine, a shared home), else the sandbox's key fetched
+    from the server (its owner or an admin) into this home's ``keys/`` (0600)."""
+    import os
+
+    from sandboxer.openssh import key_paths, write_private
+
+    if os.access(reach["identity_file"], os.R_OK):
+        return reach
+    path = key_paths(client.settings, sandbox_id)["identity"]
+    if not path.is_file():
+        key = client.identity(sandbox_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(path, key.encode("ascii"))
+    return {**reach, "identity_file": str(path)}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import make_client
     from sandboxer.cli.output import emit_json, kv
@@ -106,7 +125,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     from sandboxer.openssh import ensure_known_hosts, known_hosts_path
 
     client = make_client()
-    reach = ready_descriptor(client, args.id)
+    reach = usable_identity(client, args.id, ready_descriptor(client, args.id))
     known = known_hosts_path(client.settings, args.id)
     ensure_known_hosts(known, reach["known_hosts"])
     argv = ssh_argv(reach, str(known), list(args.command), direct=args.direct)
@@ -146,7 +165,8 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     hosts: list[Doc] = []
     stanzas: list[str] = []
     seen: dict[str, str] = {}
-    for doc, reach in sandboxes:
+    for doc, found in sandboxes:
+        reach = usable_identity(client, doc["id"], found)
         known = known_hosts_path(client.settings, doc["id"])
         ensure_known_hosts(known, reach["known_hosts"])
         alias, options = host_alias(reach), ssh_options(reach, known, direct=args.direct)

@@ -26,6 +26,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from sandboxer.cli._client import local_only
+
+    local_only("serve", "a server serves its own store (SANDBOXER_HOME or "
+               "SANDBOXER_DATABASE_URL), and SANDBOXER_URL would name another server to "
+               "talk to")
     from sandboxer import redaction
     from sandboxer.api.server import serve
     from sandboxer.config import Settings

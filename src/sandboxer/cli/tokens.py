@@ -1,7 +1,7 @@
 """`sandboxer tokens add ACTOR [--admin] | list | remove ID` — API bearer tokens.
 
-Tokens live in this machine's store (``$SANDBOXER_HOME``) as sha256 hashes; these commands
-always act on it, even with ``SANDBOXER_URL`` set: they are the server operator's.
+Tokens live in the store as sha256 hashes: this machine's (``$SANDBOXER_HOME``), or the
+server's with ``SANDBOXER_URL`` set (an admin token is needed there).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandboxer.client.local import LocalClient
+    from sandboxer.client import Client
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -29,10 +29,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     rm.set_defaults(handler=cmd_remove)
 
 
-def _client() -> LocalClient:
-    from sandboxer.cli._client import local_client
+def _client() -> Client:
+    from sandboxer.cli._client import make_client
 
-    return local_client()
+    return make_client()
 
 
 def cmd_add(args: argparse.Namespace) -> int:

@@ -80,6 +80,10 @@ class Client(Protocol):
     def reachability(self, sandbox_id: str) -> Reachability:
         """The reachability descriptor of a ready sandbox."""
 
+    def identity(self, sandbox_id: str) -> str:
+        """The private key (OpenSSH PEM) a ready sandbox is reached with: the per-sandbox
+        key sand-boxer made, for its owner or an admin (Conflict otherwise)."""
+
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
         """Outbox events in order, with their State Hub delivery state."""
@@ -111,6 +115,20 @@ class Client(Protocol):
                      force: bool = False) -> dict[str, Any]:
         """Build what a profile needs, a recipe (images/sandbox-NAME) for a target, or a
         Packer template or profile id (``variables``, ``force``)."""
+
+    def tokens_add(self, actor: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
+        """A new bearer token for ``actor`` (admin): the token, returned only now, and its
+        summary (id, actor, admin, created_at, last_used_at)."""
+
+    def tokens_list(self) -> list[dict[str, Any]]:
+        """Every token's summary, never a token (admin)."""
+
+    def tokens_remove(self, token_id: str) -> dict[str, Any]:
+        """Revoke one token by id (admin); NotFound when there is none."""
+
+    def events_publish(self) -> tuple[dict[str, Any], bool]:
+        """One State Hub delivery pass (admin): the sandboxer.publish/v1 document, and
+        False when another process holds the publisher lock (nothing was done)."""
 
     def doctor(self) -> list[Check]:
         """What the machine that runs sandboxes lacks, and how to fix it (admin)."""

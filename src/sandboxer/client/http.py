@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxer.client._reads import TypedReads
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError, from_code
+from sandboxer.errors import InvalidInput, SandboxerError, UsageError, from_code
 
 if TYPE_CHECKING:
     import httpx
@@ -35,6 +35,7 @@ READ_TIMEOUT = 60.0
 CREATE_TIMEOUT = 1800.0  # a create returns only once the sandbox is ready or failed
 BUILD_TIMEOUT = 3600.0
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.ya?ml")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the build route's {name}
 
 
 class HttpClient(TypedReads):
@@ -208,6 +209,11 @@ class HttpClient(TypedReads):
         return Reachability.model_validate(
             self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/reachability"))
 
+    def identity(self, sandbox_id: str) -> str:
+        """``GET /v1/sandboxes/{id}/identity``: the sandbox's private key (keep it 0600)."""
+        doc = self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/identity")
+        return str(doc["private_key"])
+
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"after": after, "limit": limit}
@@ -237,7 +243,18 @@ class HttpClient(TypedReads):
                   "labels": labels}
         body: dict[str, Any] = {k: v for k, v in fields.items() if v not in (None, [], {})}
         body.update(host_key_fingerprint=fingerprint, accept_new_host_key=accept)
-        doc: dict[str, Any] = self._call("POST", "/v1/targets", json=body)
+        if identity is not None and not Path(identity).is_absolute():
+            raise UsageError(f"--identity {identity}: the server at {self.url} reads the key "
+                             "on its own machine, where this relative path means nothing",
+                             hint="give the key's absolute path on the server's machine")
+        try:
+            doc: dict[str, Any] = self._call("POST", "/v1/targets", json=body)
+        except InvalidInput as e:
+            if identity is None or identity not in e.message:
+                raise
+            raise type(e)(e.message, hint=f"SANDBOXER_URL is set: --identity names a file on "
+                          f"the server's machine ({self.url}), readable by the user that runs "
+                          "`sandboxer serve` there, not a file of this machine") from e
         doc.pop("schema", None)
         return doc
 
@@ -255,11 +272,49 @@ class HttpClient(TypedReads):
                      force: bool = False) -> dict[str, Any]:
         if self.progress:
             self.progress(f"building {name} for {target} on {self.url}")
-        body = {"target": target, "variables": variables or {}, "force": force}
-        doc: dict[str, Any] = self._call("POST", f"/v1/images/{_seg(name)}/build",
-                                         json=body, timeout=BUILD_TIMEOUT)
+        body: dict[str, Any] = {"target": target, "variables": variables or {},
+                                "force": force}
+        if _SEGMENT.fullmatch(name):  # a profile id or a recipe name: one path segment
+            path = f"/v1/images/{_seg(name)}/build"
+        else:  # a Packer template path: in the body, resolved on the server's machine
+            path, body = "/v1/images/build", {"name": name, **body}
+        try:
+            doc: dict[str, Any] = self._call("POST", path, json=body, timeout=BUILD_TIMEOUT)
+        except InvalidInput as e:
+            if not Path(name).exists() or name not in e.message:
+                raise
+            raise type(e)(e.message, hint=f"{name} is a file of this machine, but SANDBOXER_URL "
+                          f"is set: the server at {self.url} builds from files on its own "
+                          "machine, a template named relative to its SANDBOXER_PACKER_DIR; "
+                          "nothing is uploaded") from e
         doc.pop("schema", None)
         return doc
+
+    # -- tokens and the outbox (admin) -------------------------------------------------
+
+    def tokens_add(self, actor: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
+        """``POST /v1/tokens``: the server's new token (returned only now) and summary."""
+        doc: dict[str, Any] = self._call("POST", "/v1/tokens",
+                                         json={"actor": actor, "admin": admin})
+        token = str(doc.pop("token"))
+        doc.pop("schema", None)
+        return token, doc
+
+    def tokens_list(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call("GET", "/v1/tokens")["items"]
+        return items
+
+    def tokens_remove(self, token_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._call("DELETE", f"/v1/tokens/{_seg(token_id)}")
+        doc.pop("schema", None)
+        return doc
+
+    def events_publish(self) -> tuple[dict[str, Any], bool]:
+        """``POST /v1/events/publish``: one delivery pass on the server's outbox."""
+        doc: dict[str, Any] = self._call("POST", "/v1/events/publish",
+                                         timeout=CREATE_TIMEOUT)
+        skipped = bool(doc.pop("skipped", False))
+        return doc, not skipped
 
     def doctor(self) -> list[Check]:
         """The server's machine (admin): what it lacks to run sandboxes."""

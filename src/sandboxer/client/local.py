@@ -136,6 +136,9 @@ class LocalClient(TypedReads):
     def reachability(self, sandbox_id: str) -> Reachability:
         return self.service.reachability(sandbox_id, caller=self.caller)
 
+    def identity(self, sandbox_id: str) -> str:
+        return self.service.identity(sandbox_id, caller=self.caller)
+
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:
         """Events with their delivery state, as sandboxer.event/v1 documents."""
@@ -178,7 +181,7 @@ class LocalClient(TypedReads):
                                                 force=force)
         return _run(self.service.images_build(name, req, caller=self.caller))
 
-    # -- this machine's operator (not over HTTP: tokens and the outbox are local) ------
+    # -- the operator's: tokens, the outbox, doctor (admin) ----------------------------
 
     def tokens_add(self, actor: str, *, admin: bool = False) -> tuple[str, dict[str, Any]]:
         return self.service.tokens_add(actor, admin=admin, caller=self.caller)

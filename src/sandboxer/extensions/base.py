@@ -227,8 +227,12 @@ class BuildsImages(ABC):
         return []
 
     async def build_image(self, name: str, *, target: str, variables: dict[str, str],
-                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-        """Build the image recipe ``name`` (one this extension claims) for ``target``."""
+                          force: bool, progress: Callable[[str], None],
+                          confined: bool = False) -> dict[str, Any]:
+        """Build the image recipe ``name`` (one this extension claims) for ``target``.
+        ``confined``: the name came from a remote caller (the API, MCP), so it may only name
+        something inside this extension's own directories — never a path of the caller's
+        choosing on this machine."""
         raise InvalidInput(f"{getattr(self, 'name', 'this extension')} builds no image "
                            f"named {name!r}")
 

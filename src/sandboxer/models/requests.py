@@ -21,7 +21,8 @@ from sandboxer.values import NAME_PATTERN as SANDBOX_NAME
 from sandboxer.values import validate_labels
 
 __all__ = ["CreateRequest", "EventsQuery", "ExtendRequest", "ImageBuildRequest",
-           "ListRequest", "ProfileFile", "TargetAddRequest", "ValidateRequest"]
+           "ListRequest", "NamedImageBuildRequest", "ProfileFile", "TargetAddRequest",
+           "TokenAddRequest", "ValidateRequest"]
 
 PROFILE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -97,3 +98,29 @@ class ImageBuildRequest(StrictModel):
     variables: Annotated[dict[str, Annotated[str, Field(max_length=4096)]],
                          Field(max_length=64)] = Field(default_factory=dict)
     force: bool = False
+
+
+def _path_parts(value: str) -> str:
+    """A name that may be a file path: no part longer than a file name can be (255)."""
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/")):
+        raise ValueError("each part of a path is at most 255 bytes")
+    return value
+
+
+class NamedImageBuildRequest(ImageBuildRequest):
+    """``POST /v1/images/build`` (admin): any name `sandboxer images build` takes, also
+    one that is no URL path segment — a Packer template path, resolved on the server's
+    machine (its Packer directory, or an absolute path there), never uploaded."""
+
+    name: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$",
+                               description="a profile id, a recipe name or a Packer "
+                               "template path on the server's machine"),
+                    AfterValidator(_path_parts)]
+
+
+class TokenAddRequest(StrictModel):
+    """``POST /v1/tokens`` (admin): ``sandboxer tokens add ACTOR [--admin]``."""
+
+    actor: Annotated[str, _documented(ACTOR, "who the token acts as, e.g. agt")]
+    admin: bool = Field(False, description="the token may see and change every actor's "
+                        "sandboxes and do the admin operations")

@@ -21,9 +21,11 @@ from sandboxer.models.sandbox import SandboxStatus
 
 __all__ = [
     "ErrorDocument", "EventList", "ImageBuilt", "Plan", "ProfileDocument", "ProfileList",
-    "ProfileSummary", "ReconcileReport", "RemovedHandle", "SandboxList", "SandboxStatus",
-    "SecretRefCheck", "TargetAdded", "TargetCheck", "TargetCheckList", "TargetList",
-    "TargetRemoved", "TargetSummary", "ValidationReport", "ValidationResult", "Whoami",
+    "ProfileSummary", "PublishReport", "ReconcileReport", "RemovedHandle", "SandboxIdentity",
+    "SandboxList", "SandboxStatus", "SecretRefCheck", "TargetAdded", "TargetCheck",
+    "TargetCheckList", "TargetList", "TargetRemoved", "TargetSummary", "TokenCreated",
+    "TokenList", "TokenRemoved", "TokenSummary", "ValidationReport", "ValidationResult",
+    "Whoami",
 ]
 
 
@@ -193,3 +195,51 @@ class DoctorReport(_Document):
     schema_: Literal["sandboxer.doctor/v1"] = Field("sandboxer.doctor/v1", alias="schema")
     ok: bool
     checks: list[DoctorCheck]
+
+
+class TokenSummary(_Document):
+    """A token as `tokens list` shows it: its id (from its hash), never the token."""
+
+    id: str = Field(description="tok-… (from the token's sha256 hash)")
+    actor: str
+    admin: bool
+    created_at: str
+    last_used_at: str | None = Field(description="updated at most once a minute")
+
+
+class TokenCreated(TokenSummary):
+    """A new token: the only document that ever carries one."""
+
+    schema_: Literal["sandboxer.token/v1"] = Field("sandboxer.token/v1", alias="schema")
+    token: str = Field(description="the bearer token (sbxt_…), shown only now")
+
+
+class TokenList(_Document):
+    schema_: Literal["sandboxer.tokens/v1"] = Field("sandboxer.tokens/v1", alias="schema")
+    items: list[TokenSummary]
+
+
+class TokenRemoved(TokenSummary):
+    schema_: Literal["sandboxer.token-removed/v1"] = Field("sandboxer.token-removed/v1",
+                                                           alias="schema")
+
+
+class PublishReport(_Document):
+    """One pass of delivering the outbox to State Hub (`sandboxer events publish`)."""
+
+    schema_: Literal["sandboxer.publish/v1"] = Field("sandboxer.publish/v1", alias="schema")
+    delivered: int
+    failed: int
+    remaining: int = Field(description="events still undelivered after the pass")
+    errors: list[str]
+    skipped: bool = Field(description="another process (the server's own publisher) "
+                          "holds the publisher lock: nothing was done")
+
+
+class SandboxIdentity(_Document):
+    """The private key a ready sandbox is reached with, for its owner's `sandboxer ssh`
+    on another machine."""
+
+    schema_: Literal["sandboxer.identity/v1"] = Field("sandboxer.identity/v1", alias="schema")
+    sandbox_id: str
+    private_key: str = Field(description="OpenSSH private key (PEM); keep it 0600")

@@ -203,6 +203,27 @@ class Service(OperatorOps):
         self.get_document(sandbox_id, caller=caller)  # reaps, serves a local one again
         return self.manager.reachability(sandbox_id, caller=caller)
 
+    def identity(self, sandbox_id: str, *, caller: Caller | None = None) -> str:
+        """The private key of a ready sandbox's descriptor, for its owner (or an admin) to
+        ssh in from another machine. Only the per-sandbox key sand-boxer generated under
+        ``$SANDBOXER_HOME/keys`` is ever read: a descriptor naming another file answers
+        Conflict, so no key of the operator's (an attached VM's login) leaves."""
+        from sandboxer.errors import Conflict
+        from sandboxer.openssh import key_paths
+
+        reach = self.reachability(sandbox_id, caller=caller)
+        own = key_paths(self.settings, sandbox_id)["identity"]
+        if Path(reach.identity_file) != own:
+            raise Conflict(f"sandbox {sandbox_id} is reached with a key sand-boxer did not "
+                           "make for it; it is not handed out",
+                           hint="ssh from the server's machine, or use your own key")
+        try:
+            return own.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise Conflict(f"the key of sandbox {sandbox_id} cannot be read at {own}: "
+                           f"{type(e).__name__}",
+                           hint="`sandboxer doctor` checks the home's permissions") from e
+
     # -- changes ----------------------------------------------------------------------
 
     def extend(self, sandbox_id: str, ttl: str, *,

@@ -43,11 +43,12 @@ def remove_target(manager: Manager, name: str) -> None:
 
 async def build_image(manager: Manager, name: str, *, target: str,
                       variables: dict[str, str], force: bool,
-                      progress: Callable[[str], None]) -> dict[str, Any]:
+                      progress: Callable[[str], None],
+                      confined: bool = False) -> dict[str, Any]:
     from sandboxer import capabilities
 
     return await capabilities.build_image(manager, name, target=target, variables=variables,
-                                          force=force, progress=progress)
+                                          force=force, progress=progress, confined=confined)
 
 
 def doctor_checks(manager: Callable[[], Manager]) -> list[Check]:

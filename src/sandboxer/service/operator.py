@@ -69,7 +69,10 @@ class OperatorOps(ServiceCore):
         require_admin(caller, "building an image")
         return await bridges.build_image(self.manager, name, target=req.target,
                                          variables=dict(req.variables), force=req.force,
-                                         progress=self._report())
+                                         progress=self._report(),
+                                         # a token's holder names files of this machine
+                                         # only inside the extensions' own directories
+                                         confined=caller is not None)
 
     # -- tokens -----------------------------------------------------------------------
 
@@ -165,7 +168,8 @@ class OperatorOps(ServiceCore):
             version = self.store.schema_version()
             store = Check("state store", True, f"{where} (schema {version})")
         except Exception as e:
-            store = Check("state store", False, f"{where}: {e}",
+            said = str(e)  # a store error names the database already
+            store = Check("state store", False, said if where in said else f"{where}: {said}",
                           "set SANDBOXER_HOME to a writable directory, or fix "
                           "SANDBOXER_DATABASE_URL")
         extensions = bridges.doctor_checks(lambda: self.manager)

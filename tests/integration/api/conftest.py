@@ -55,11 +55,13 @@ class Serve:
 
 
 def serve_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a server over the test-only ext.fake."""
+    """The environment of a server over the test-only ext.fake, on the store backend the
+    test's ``database`` fixture chose (its SANDBOXER_DATABASE_URL is passed on)."""
     profiles = home.parent / "fake-profiles"
     profiles.mkdir(parents=True, exist_ok=True)
     (profiles / "fake.yaml").write_text(FAKE_PROFILE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SANDBOXER_") or k == "SANDBOXER_DATABASE_URL"}
     env.update(SANDBOXER_HOME=str(home), SANDBOXER_PROFILES=str(profiles),
                PYTHONPATH=os.pathsep.join([str(FAKE_EXT), *sys.path]), **extra)
     return env

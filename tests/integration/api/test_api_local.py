@@ -15,7 +15,7 @@ from tests.integration.test_secrets_local import canary
 from sandboxer.client.http import HttpClient
 from sandboxer.config import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database")]  # both backends
 
 
 def test_lifecycle_on_ext_local_through_the_api(local_home: Settings,

@@ -14,7 +14,7 @@ from sandboxer.store import open_store
 
 from .conftest import Serve, serve_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database")]  # both backends
 
 
 def test_a_create_cut_short_by_shutdown_answers_an_error_document(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.api_support import add_token
+from tests.pg_support import Database
 
 from sandboxer.config import Settings
 
@@ -60,9 +61,10 @@ def parsed(response: Any, status: int, model: type[Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, dict[str, str]]]:
+def server(tmp_path_factory: pytest.TempPathFactory,
+           module_database: Database) -> Iterator[tuple[Serve, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("generated")
-    env = serve_env(tmp / "home")
+    env = serve_env(tmp / "home", **module_database.env())
     settings = Settings.from_env(env)
     tokens = {"admin": add_token(settings, "ops", admin=True), "agent": add_token(settings, "agt")}
     serve = Serve(env, tmp / "serve.log")

@@ -29,6 +29,7 @@ TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "ex
          "destroy_sandbox", "get_reachability", "list_targets", "build_image", "doctor"}
 
 
+@pytest.mark.usefixtures("database")
 def test_mcp_create_reach_destroy(local_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = canary("mcp")
     profiles = Path(os.environ["SANDBOXER_PROFILES"])
@@ -118,6 +119,7 @@ def _text(result: Any) -> str:
     return "".join(getattr(c, "text", "") for c in result.content)
 
 
+@pytest.mark.usefixtures("database")
 def test_mcp_schemas_annotations_and_errors_match_the_cli(tmp_path: Path) -> None:
     from sandboxer.errors import EXIT_CODES, InvalidInput, ProfileNotFound
 

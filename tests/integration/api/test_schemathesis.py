@@ -22,7 +22,7 @@ from sandboxer.config import Settings
 
 from .conftest import Serve, serve_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database")]  # both backends
 SCHEMATHESIS = shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or \
     shutil.which("schemathesis")
 

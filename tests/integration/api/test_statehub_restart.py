@@ -15,7 +15,7 @@ from sandboxer.store.outbox import Outbox
 
 from .conftest import Serve, serve_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database")]  # both backends
 
 
 def test_events_survive_outages_and_a_restart(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A real uvicorn API server over the test-only ext.fake, with three actors' tokens."""
+"""A real uvicorn API server over the test-only ext.fake, with three actors' tokens; every
+test that uses ``settings`` runs on both store backends (the ``database`` fixture)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 from tests.api_support import ApiServer, add_token
+from tests.pg_support import Database
 
 from sandboxer.config import Settings
 
@@ -21,6 +23,11 @@ class Api:
 
     def auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def settings(database: Database, home: object, profiles_dir: object) -> Settings:
+    return Settings.from_env()
 
 
 @pytest.fixture

@@ -36,6 +36,12 @@ OPERATIONS = {
     ("delete", "/v1/targets/{name}"): ("remove_target", "TargetRemoved"),
     ("post", "/v1/images/{name}/build"): ("build_image", "ImageBuilt"),
     ("get", "/v1/doctor"): ("doctor", "DoctorReport"),
+    ("post", "/v1/images/build"): ("build_image_by_name", "ImageBuilt"),
+    ("post", "/v1/tokens"): ("add_token", "TokenCreated"),
+    ("get", "/v1/tokens"): ("list_tokens", "TokenList"),
+    ("delete", "/v1/tokens/{token_id}"): ("remove_token", "TokenRemoved"),
+    ("post", "/v1/events/publish"): ("publish_events", "PublishReport"),
+    ("get", "/v1/sandboxes/{sandbox_id}/identity"): ("get_identity", "SandboxIdentity"),
 }
 
 

@@ -17,6 +17,7 @@ from sandboxer.errors import (
     NotFound,
     SandboxNotFound,
     Unauthenticated,
+    UsageError,
 )
 from sandboxer.models.sandbox import SandboxStatus
 
@@ -107,3 +108,34 @@ def test_the_cli_talks_to_a_server_when_sandboxer_url_is_set(api: Api, tmp_path:
     down = cli("list")
     assert down.returncode == 1
     assert "cannot reach sand-boxer at http://127.0.0.1:9" in down.stderr
+
+
+def test_tokens_publish_and_builds_by_any_name_round_trip(api: Api) -> None:
+    with HttpClient(api.url, api.root) as sdk:
+        token, summary = sdk.tokens_add("dave")
+        assert token.startswith("sbxt_")
+        assert set(summary) == {"id", "actor", "admin", "created_at", "last_used_at"}
+        local = LocalClient(api.settings, reap_opportunistically=False)
+        assert sdk.tokens_list() == local.tokens_list()  # the server's table
+        assert token not in json.dumps(sdk.tokens_list())
+        with HttpClient(api.url, token) as dave:
+            assert dave.whoami() == {"schema": "sandboxer.whoami/v1", "actor": "dave",
+                                     "admin": False}
+            with pytest.raises(Forbidden):
+                dave.tokens_list()
+            with pytest.raises(Forbidden):
+                dave.events_publish()
+            assert sdk.tokens_remove(summary["id"])["actor"] == "dave"
+            with pytest.raises(Unauthenticated):
+                dave.whoami()
+        with pytest.raises(NotFound):
+            sdk.tokens_remove(summary["id"])
+        # no State Hub on this server: the error the local command gives
+        with pytest.raises(UsageError, match="no State Hub configured"):
+            sdk.events_publish()
+        # a name that is no path segment goes in the body; the same service answers
+        with pytest.raises(InvalidInput, match="nothing builds an image named 'a b'"):
+            sdk.images_build("a b")
+        assert sdk.images_build("fake-image")["image"] == "fake/fake-image:1"
+        with pytest.raises(UsageError, match="absolute path on the server's machine"):
+            sdk.targets_add(name="t", url="fake://t", identity="relative/key")

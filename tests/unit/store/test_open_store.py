@@ -136,3 +136,18 @@ def test_anything_else_names_the_accepted_schemes(tmp_path: Path, url: str) -> N
     if url.startswith("mysql"):
         assert "'mysql'" in text
         assert "postgresql://" in text
+
+
+def test_doctor_shows_the_database_without_its_password(tmp_path: Path, pg_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from sandboxer.client.local import LocalClient
+
+    password = urlsplit(pg_url).password
+    assert password
+    checks = LocalClient(_settings(tmp_path / "home", pg_url)).doctor()
+    (store,) = [c for c in checks if c.name == "state store"]
+    assert store.ok, store
+    assert ":***@127.0.0.1" in store.detail
+    assert "(schema " in store.detail
+    assert all(password not in f"{c.detail} {c.fix}" for c in checks)

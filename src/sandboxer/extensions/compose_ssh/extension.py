@@ -129,7 +129,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
 
     @override
     async def build_image(self, name: str, *, target: str, variables: dict[str, str],
-                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+                          force: bool, progress: Callable[[str], None],
+                          confined: bool = False) -> dict[str, Any]:
         from sandboxer.extensions.compose_ssh import images
 
         return await images.build_recipe(self, name, target, progress)

@@ -20,7 +20,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from sandboxer.errors import ProvisionFailed
+from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.compose_ssh.config import TargetConfig
 from sandboxer.openssh import known_hosts_name
@@ -221,6 +221,9 @@ async def first_contact(target: TargetConfig, timeout: float = 10.0) -> tuple[st
             target.host, target.port, username=target.user, known_hosts=None,
             client_keys=keys, agent_path=None, config=None,
         ), timeout)
+    except asyncssh.KeyImportError as e:  # a ValueError, not an asyncssh.Error
+        raise InvalidInput(f"--identity {target.identity_file}: not a private key SSH can "
+                           f"use: {e}", hint="give an unencrypted OpenSSH private key") from e
     except (OSError, asyncssh.Error, TimeoutError) as e:
         raise ProvisionFailed(
             f"cannot reach {target.user}@{target.host}:{target.port} over SSH: "

@@ -23,6 +23,23 @@ def is_template_name(name: str) -> bool:
     return name.endswith(".json") or "/" in name
 
 
+def confined_template(settings: Settings, name: str) -> Path:
+    """A template a remote caller names: relative to the Packer directory and inside it
+    (after symlinks), so a token never makes the server read or run a file elsewhere."""
+    from sandboxer.extensions.vm_packer import images
+
+    root = images.packer_dir(settings).resolve()
+    rel = Path(name)
+    candidate = (root / rel).resolve()
+    if rel.is_absolute() or ".." in rel.parts or not candidate.is_relative_to(root) \
+            or not candidate.is_file():
+        raise InvalidInput(f"no Packer template {name!r} in the server's Packer directory",
+                           hint="over the API a template is named relative to the server's "
+                           "SANDBOXER_PACKER_DIR, without '..'; `images build` on the "
+                           "server itself takes any path")
+    return candidate
+
+
 async def build_profile(ext: VMPackerExtension, profile: Profile, source: Path, *,
                         variables: dict[str, str], force: bool,
                         progress: Callable[[str], None]) -> dict[str, Any]:
@@ -41,11 +58,17 @@ async def build_profile(ext: VMPackerExtension, profile: Profile, source: Path, 
 
 
 async def build_template(settings: Settings, name: str, *, variables: dict[str, str],
-                         force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
-    """The image of a Packer JSON template given by path."""
+                         force: bool, progress: Callable[[str], None],
+                         confined: bool = False) -> dict[str, Any]:
+    """The image of a Packer JSON template given by path: absolute, or relative to the
+    working directory, else to the Packer directory (SANDBOXER_PACKER_DIR) — on the machine
+    that builds, which for a server is the server's, however the name reached it."""
     from sandboxer.extensions.vm_packer import images
 
-    template = images.resolve_template(settings, str(Path(name).absolute()), None)
+    if confined:
+        template = confined_template(settings, name)
+    else:  # resolve_template looks beside its ``source`` file first: the working directory
+        template = images.resolve_template(settings, name, Path.cwd() / "-")
     return await _build(settings, template, variables, accel="auto", force=force,
                         progress=progress)
 

@@ -126,11 +126,12 @@ class VMPackerExtension(SSHExtension, BuildsImages):
 
     @override
     async def build_image(self, name: str, *, target: str, variables: dict[str, str],
-                          force: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+                          force: bool, progress: Callable[[str], None],
+                          confined: bool = False) -> dict[str, Any]:
         from sandboxer.extensions.vm_packer import build
 
         return await build.build_template(self.settings, name, variables=variables,
-                                          force=force, progress=progress)
+                                          force=force, progress=progress, confined=confined)
 
     # -- provision ----------------------------------------------------------------------
 

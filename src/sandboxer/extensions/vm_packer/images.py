@@ -249,7 +249,7 @@ async def _build(settings: Settings, packer: str, template: Template,
                 + "\n".join(tail[-15:]) + (f"\n-- last lines of packer.log --\n{log_tail}"
                                            if log_tail else ""))
         _assemble(work, given, template, key)
-        os.rename(work / "entry", root / key)
+        _replace(work / "entry", root / key, work)
     except OSError as e:
         raise ProvisionFailed(f"building image {key} failed: {e}",
                               hint=f"is {root} full? (df -h {root})") from e
@@ -278,6 +278,14 @@ def _assemble(work: Path, given: dict[str, str], template: Template, key: str) -
     (e / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
     with open(e / "disk.qcow2", "rb") as f:
         os.fsync(f.fileno())
+
+
+def _replace(new: Path, entry_dir: Path, work: Path) -> None:
+    """Put ``new`` in place as the entry; a forced rebuild's old entry goes only now, once
+    the new one is complete (a rename onto a directory that is not empty fails)."""
+    if entry_dir.exists():
+        os.rename(entry_dir, work / "old")  # removed with ``work``
+    os.rename(new, entry_dir)
 
 
 def _tail(path: Path, lines: int) -> str:

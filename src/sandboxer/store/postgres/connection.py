@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,6 +40,18 @@ Conn = psycopg.Connection[dict[str, Any]]
 LIVE = "state IN (" + ", ".join(f"'{s}'" for s in LIVE_STATES) + ")"
 # Lost to another transaction (SERIALIZABLE, or a deadlock PostgreSQL broke): safe to redo.
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+# The session is gone (a restarted or shut-down server, a terminated backend): the statement
+# never ran, so it is safe to take another connection and send it again.
+_SESSION_GONE = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow,
+                 pg_errors.IdleSessionTimeout)
+
+
+def _stale(conn: psycopg.Connection[Any], e: psycopg.OperationalError) -> bool:
+    """Whether ``e`` says ``conn`` is dead (then it is closed, so the pool drops it)."""
+    gone = conn.broken or isinstance(e, _SESSION_GONE) or e.sqlstate is None
+    if gone and not conn.closed:
+        conn.close()
+    return gone and not isinstance(e, _RETRYABLE)
 
 
 def ts(when: datetime) -> float:
@@ -75,8 +88,14 @@ class Connection:
         self.timeout = timeout
         self._password = _password_of(url)
         self._bound = _Bound()
-        self.migrated_from, self._version = self._guard(
-            lambda: migrate(self._direct(), f"the PostgreSQL store {self.label}"))
+        # Migrate on a connection of our own first: it fails with libpq's reason (the pool
+        # would only time out), and the migration lock is a session lock.
+        first = self._guard(self._direct)
+        try:
+            self.migrated_from, _ = self._guard(
+                lambda: migrate(first, f"the PostgreSQL store {self.label}"))
+        finally:
+            first.close()
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url, min_size=1, max_size=max(1, pool_size), timeout=timeout, num_workers=2,
             kwargs={"autocommit": True, "row_factory": dict_row,
@@ -87,6 +106,9 @@ class Connection:
         except BaseException:
             self._pool.close()
             raise
+        # A store dropped without close() must not leave its pool's threads and connections
+        # behind (the pool's threads keep the pool alive, not the store).
+        weakref.finalize(self, self._pool.close)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -165,7 +187,7 @@ class Connection:
                     return self._once(conn, fn, write)
             except _Stale as e:
                 broken += 1
-                if broken > 2:
+                if broken > self._pool.max_size:  # every pooled connection was stale
                     raise self._unavailable(e.__cause__ or e) from None
             except _RETRYABLE as e:
                 if time.monotonic() > deadline:
@@ -181,21 +203,20 @@ class Connection:
             try:
                 return fn(conn)
             except psycopg.OperationalError as e:
-                if conn.broken and not isinstance(e, _RETRYABLE):
+                if _stale(conn, e):
                     raise _Stale from e  # a read is safe to repeat on a fresh connection
                 raise
         try:
             conn.execute("BEGIN")
         except psycopg.OperationalError as e:
-            if conn.broken:
-                raise _Stale from e
+            if _stale(conn, e):
+                raise _Stale from e  # nothing was written yet
             raise
         try:
             out = fn(conn)
             conn.execute("COMMIT")
         except BaseException:
-            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return out
 
@@ -209,27 +230,42 @@ class Connection:
     def transaction(self) -> Iterator[None]:
         bound = self._bound.conn
         if bound is not None:
-            with bound.transaction():
-                yield
-            return
-        with self._pooled() as conn:
-            self._bound.conn = conn
             try:
-                self._guard(lambda: conn.execute("BEGIN"))
+                with bound.transaction():
+                    yield
+            except _RETRYABLE as e:
+                raise self._contended(e) from e
+            return
+        attempts = self._pool.max_size + 1
+        for attempt in range(attempts):
+            with self._pooled() as conn:
+                try:
+                    conn.execute("BEGIN")
+                except psycopg.OperationalError as e:
+                    if _stale(conn, e) and attempt < attempts - 1:
+                        continue  # a stale connection of the pool: take another
+                    raise self._unavailable(e) from None
+                self._bound.conn = conn
                 try:
                     yield
-                except BaseException:
-                    if not conn.broken:
-                        conn.execute("ROLLBACK")
+                except BaseException as e:
+                    _rollback(conn)
+                    if isinstance(e, _RETRYABLE):
+                        raise self._contended(e) from e
                     raise
-                try:
-                    conn.execute("COMMIT")
-                except _RETRYABLE as e:
-                    raise self._contended(e) from e
-                except psycopg.OperationalError as e:
-                    raise self._unavailable(e) from None
-            finally:
-                self._bound.conn = None
+                else:
+                    self._commit(conn)
+                finally:
+                    self._bound.conn = None
+                return
+
+    def _commit(self, conn: Conn) -> None:
+        try:
+            conn.execute("COMMIT")
+        except _RETRYABLE as e:
+            raise self._contended(e) from e
+        except psycopg.OperationalError as e:
+            raise self._unavailable(e) from None
 
     def _one(self, sql: str, args: Iterable[Any] = ()) -> dict[str, Any] | None:
         return self._run(lambda c: c.execute(sql, tuple(args)).fetchone(),
@@ -238,6 +274,17 @@ class Connection:
     def _all(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         return self._run(lambda c: c.execute(sql, tuple(args)).fetchall(),
                          write=False)
+
+
+def _rollback(conn: Conn) -> None:
+    """End the failed transaction so the connection goes back to the pool clean; a dead
+    connection is closed instead (the pool then drops it)."""
+    if conn.broken or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()
 
 
 class _Stale(Exception):

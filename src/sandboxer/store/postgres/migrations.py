@@ -19,6 +19,8 @@ import hashlib
 import time
 from typing import Any
 
+from psycopg.rows import tuple_row
+
 from sandboxer.store.migrations import refuse_newer
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -130,36 +132,37 @@ MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"sandboxer\0migrate").digest()[:
                                 signed=True)
 
 
-def _current(conn: Any) -> int:
-    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+def _current(cur: Any) -> int:
+    if cur.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
         return 0
-    return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    return int(cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
                .fetchone()[0])
 
 
 def migrate(conn: Any, where: str = "the PostgreSQL store") -> tuple[int, int]:
-    """Bring the database of ``conn`` (an autocommit connection, closed here) to ``LATEST``;
-    returns (the version found, the version now)."""
-    with conn:
-        found = _current(conn)
+    """Bring the database of ``conn`` (an autocommit connection, left open and unlocked)
+    to ``LATEST``; returns (the version found, the version now)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    found = _current(cur)
+    refuse_newer(found, LATEST, where)
+    if found == LATEST:
+        return found, found
+    cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        found = _current(cur)  # another process may have migrated while we waited
         refuse_newer(found, LATEST, where)
-        if found == LATEST:
-            return found, found
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-        try:
-            found = _current(conn)  # another process may have migrated while we waited
-            refuse_newer(found, LATEST, where)
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                         "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
-            for version, script in MIGRATIONS:
-                if version <= found:
-                    continue
-                with conn.transaction():
-                    for stmt in script.split(";"):
-                        if stmt.strip():
-                            conn.execute(stmt)
-                    conn.execute("INSERT INTO schema_migrations (version, applied_at) "
-                                 "VALUES (%s, %s)", (version, time.time()))
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        return found, LATEST
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        for version, script in MIGRATIONS:
+            if version <= found:
+                continue
+            with conn.transaction():
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+                cur.execute("INSERT INTO schema_migrations (version, applied_at) "
+                            "VALUES (%s, %s)", (version, time.time()))
+    finally:
+        if not conn.broken:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return found, LATEST

@@ -64,7 +64,7 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
         "state": row["state"],
         "reason": row["reason"],
         "actor": row["actor"],
-        "labels": row["labels"],
+        "labels": dict(sorted(row["labels"].items())),  # jsonb keeps its own key order
         "created_at": iso_from_epoch(row["created_at"]),
         "expires_at": iso_from_epoch(row["expires_at"]),
         "reachability": row["reachability"],
@@ -74,11 +74,13 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
 
 def append_event(c: Conn, kind: str, status: SandboxStatus) -> None:
     """Append ``kind`` carrying ``status`` to the outbox, on ``c``'s open transaction."""
-    c.execute("SELECT pg_advisory_xact_lock(%s)", (OUTBOX_LOCK,))
+    # One statement: the lock is taken before the row (and its seq) is made.
     c.execute(
-        "INSERT INTO events (id, sandbox_id, type, time, payload) VALUES (%s, %s, %s, %s, %s)",
+        "INSERT INTO events (id, sandbox_id, type, time, payload) "
+        "SELECT %s, %s, %s, %s, %s FROM (SELECT pg_advisory_xact_lock(%s)) AS locked",
         (f"evt-{uuid.uuid4().hex}", status.id, kind, time.time(),
-         Json(status.document(), dumps=lambda v: json.dumps(v, separators=(",", ":")))),
+         Json(status.document(), dumps=lambda v: json.dumps(v, separators=(",", ":"))),
+         OUTBOX_LOCK),
     )
 
 
@@ -104,6 +106,9 @@ class Sandboxes(Connection):
 
         def write(c: Conn) -> None:
             if capacity is not None:
+                # Two statements, not one: under READ COMMITTED a statement's snapshot is
+                # taken when it starts, so a count in the statement that waited for the
+                # lock would miss the sandbox the previous holder just committed.
                 c.execute("SELECT pg_advisory_xact_lock(%s, %s)",
                           (key32(status.extension), key32(status.target or "")))
                 row = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()
@@ -219,7 +224,7 @@ class Sandboxes(Connection):
                  stale_after: float = 1800.0) -> list[ReapCandidate]:
         t = ts(now)
         sql = ("SELECT id, state, updated_at, creator FROM sandboxes WHERE "
-               "((state = 'ready' AND expires_at <= %s) "
+               "((state IN ('ready', 'unreachable') AND expires_at <= %s) "
                "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= %s))")
         args: list[Any] = [t, t - stale_after]
         if extension is not None:
@@ -232,7 +237,8 @@ class Sandboxes(Connection):
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
         t = ts(now)
         row = self._one(
-            "SELECT 1 AS due FROM sandboxes WHERE (state = 'ready' AND expires_at <= %s) "
+            "SELECT 1 AS due FROM sandboxes WHERE "
+            "(state IN ('ready', 'unreachable') AND expires_at <= %s) "
             "OR (state IN ('destroying', 'provisioning') AND updated_at <= %s) LIMIT 1",
             (t, t - stale_after))
         return row is not None
