@@ -107,13 +107,15 @@ class Publisher:
         """One sandbox's events in order; stop at the first failure (order per sandbox)."""
         for row in rows:
             error = await self._send(row)
+            # Store calls off the loop: a slow database must not stall the leader's watchdog
+            # on this loop (it cancels this publisher the moment the role is lost).
             if error is None:
-                self.outbox.mark_delivered([row.id], time.time())
+                await asyncio.to_thread(self.outbox.mark_delivered, [row.id], time.time())
                 result.delivered += 1
                 continue
             attempts = row.attempts + 1
             wait = backoff(attempts, self.config)
-            self.outbox.mark_failed(row.id, error, time.time() + wait)
+            await asyncio.to_thread(self.outbox.mark_failed, row.id, error, time.time() + wait)
             result.failed += 1
             result.errors.append(f"{row.id} ({row.type} {row.sandbox_id}): {error}")
             log.warning("State Hub delivery of %s failed (attempt %d, next in %.1fs): %s",
@@ -124,7 +126,7 @@ class Publisher:
         """Send every event that is due now, once: what `sandboxer events publish` runs."""
         result = Pass()
         now = float("inf") if ignore_backoff else time.time()
-        rows = self.outbox.due(now, limit=2000)
+        rows = await asyncio.to_thread(self.outbox.due, now, limit=2000)
         chains: dict[str, list[OutboxRow]] = {}
         for row in rows:
             chains.setdefault(row.sandbox_id, []).append(row)
@@ -153,7 +155,7 @@ class Publisher:
                 done = Pass(failed=1)
             if done.delivered and not done.failed:
                 continue  # more may be waiting behind the batch limit
-            nxt = self.outbox.next_due_at()
+            nxt = await asyncio.to_thread(self.outbox.next_due_at)
             wait = idle if nxt is None else max(0.01, min(idle, nxt - time.time()))
             self.wake.clear()
             stopper = asyncio.ensure_future(stop.wait())

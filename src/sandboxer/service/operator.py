@@ -122,10 +122,10 @@ class OperatorOps(ServiceCore):
         process holds the role, Conflict names it and nothing is done."""
         import asyncio
 
-        from sandboxer import events
+        from sandboxer import envvars, events
         from sandboxer.errors import Conflict, UsageError
         from sandboxer.events.statehub import publish_once
-        from sandboxer.service.leader import ROLE, holder
+        from sandboxer.service.leader import ROLE, Campaign, holder
         from sandboxer.store.outbox import Outbox
 
         require_admin(caller, "publishing events")
@@ -143,6 +143,15 @@ class OperatorOps(ServiceCore):
                            hint="nothing to do while it runs; `sandboxer events` shows what "
                            "is still undelivered")
         try:
+            # A leader that has just lost the role may still be sending: wait as long as a
+            # new leader would before its first delivery (Campaign.settle), then make sure
+            # the role is still ours.
+            settle = Campaign(store, [], interval=envvars.leader_interval(self.settings.env)
+                              ).settle
+            time.sleep(settle)
+            if not lease.held():
+                raise Conflict("events publish: lost the leader role while waiting for a "
+                               "previous leader to stop; nothing was done here")
             done = asyncio.run(publish_once(self.settings, store, config))
             events.prune(self.settings, store)
         finally:

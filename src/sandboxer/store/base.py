@@ -300,7 +300,8 @@ class Store(Protocol):
 
     def mark_failed(self, event_id: str, error: str, next_attempt_at: float) -> int:
         """Record a failed attempt (``error`` kept to 500 characters) and when to retry;
-        returns the number of attempts so far, 0 for an unknown id."""
+        returns the number of attempts so far, 0 for an unknown id or an event already
+        delivered (a late failure of a replica that lost the leadership changes nothing)."""
         ...
 
     def prune_events(self, older_than: float, *, undelivered_too: bool) -> int:

@@ -526,6 +526,8 @@ def test_delivery_bookkeeping(store: Store) -> None:
     delivered = store.event_rows(sandbox_id=b.id)[0]
     assert (delivered.delivered_at, delivered.attempts, delivered.next_attempt_at,
             delivered.last_error) == (1234.5, 1, None, None)
+    assert store.mark_failed(second.id, "late, from a deposed leader", 9e12) == 0
+    assert store.event_rows(sandbox_id=b.id)[0] == delivered
     assert store.undelivered_events() == [failed]
     assert store.undelivered_events(limit=0) == []
     assert store.next_event_due_at() == 2e12
