@@ -64,8 +64,10 @@ class ApiServer:
 
 class StateHub:
     """`POST /v1/events` on 127.0.0.1. ``mode``: ok, error (503), timeout (answers after
-    ``delay`` s), or down (the socket is closed: connection refused). Stores each
-    Idempotency-Key once; counts every attempt."""
+    ``delay`` s), hold (takes the event, then answers only once ``held`` is cleared: a
+    publisher killed meanwhile never learns it was delivered), or down (the socket is
+    closed: connection refused). Stores each Idempotency-Key once; counts every attempt
+    and keeps every distinct body seen per key (``bodies``)."""
 
     def __init__(self, token: str = "hub-token", delay: float = 1.5) -> None:  # noqa: S107
         self.token = token
@@ -76,6 +78,9 @@ class StateHub:
         self.attempts: list[tuple[str, str]] = []  # (key, mode)
         self.duplicates = 0
         self.raw: list[bytes] = []
+        self.bodies: dict[str, set[bytes]] = {}  # key -> every distinct body delivered
+        self.held = threading.Event()  # set while "hold" keeps an answer back
+        self.release = threading.Event()
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -96,6 +101,8 @@ class StateHub:
                     hub.raw.append(body)
                     hub.attempts.append((key, hub.mode))
                     mode = hub.mode
+                    if mode in ("ok", "hold"):
+                        hub.bodies.setdefault(key, set()).add(body)
                 if mode == "timeout":
                     time.sleep(hub.delay)
                     return self._reply(503)
@@ -110,6 +117,9 @@ class StateHub:
                     else:
                         hub.accepted[key] = json.loads(body)
                         hub.order.append(key)
+                if mode == "hold":
+                    hub.held.set()
+                    hub.release.wait(120)
                 self._reply(202)
 
             def _reply(self, status: int) -> None:

@@ -222,6 +222,16 @@ def reap_interval(env: Mapping[str, str]) -> float:
     return seconds(env, "SANDBOXER_REAP_INTERVAL", 5.0, high=3600.0)
 
 
+def leader_interval(env: Mapping[str, str]) -> float:
+    """How often a `sandboxer serve` replica campaigns for the leader role and its leader
+    checks that it still holds it."""
+    return seconds(env, "SANDBOXER_LEADER_INTERVAL", 1.0, low=0.01, high=60.0)
+
+
+def reconcile_interval(env: Mapping[str, str]) -> float:
+    return seconds(env, "SANDBOXER_RECONCILE_INTERVAL", 60.0, high=86_400.0)
+
+
 def api_max_body(env: Mapping[str, str]) -> int:
     return count(env, "SANDBOXER_API_MAX_BODY", 1_048_576, high=2**31)
 
@@ -257,7 +267,7 @@ CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
     local_capacity, local_idle_exit, local_uid_base, compose_local_capacity, vm_capacity,
     vm_keeper_interval, reap_interval, api_max_body, bao_timeout, warden_timeout,
     events_retention, state_hub_timeout, state_hub_backoff_max, database_url, db_pool_size,
-    db_timeout,
+    db_timeout, leader_interval, reconcile_interval,
 )
 
 

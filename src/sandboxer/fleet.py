@@ -110,9 +110,13 @@ async def settle(manager: Manager, ext: Extension, target: Target,
     return changed
 
 
-async def _orphans(ext: Extension, target: Target, live: set[str]) -> list[Handle]:
+async def _orphans(store: Store, ext: Extension, target: Target) -> list[Handle]:
     removed: list[Handle] = []
-    for handle in await ext.owned(target):
+    owned = await ext.owned(target)
+    # Read after owned(): a create (here or on another replica) records its row before it
+    # makes anything, so whatever owned() saw is claimed by now.
+    live = store.live_ids()
+    for handle in owned:
         if handle.sandbox_id not in live:
             await ext.destroy(handle)
             removed.append(handle)
@@ -138,10 +142,9 @@ async def reconcile(manager: Manager) -> list[Handle]:
                 mark_unreachable(store, target, on)
                 continue
             await settle(manager, ext, target, on)
-        live = store.live_ids()
         for target in (t for t in targets if t.healthy):
             try:
-                removed += await _orphans(ext, target, live)
+                removed += await _orphans(store, ext, target)
             except SandboxerError as e:
                 log.warning("reconcile skips orphans on %s: %s", target.name, e.render())
     return removed

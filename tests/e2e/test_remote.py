@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -377,11 +378,10 @@ def test_events_publish_reaches_the_servers_publisher(tmp_path: Path) -> None:
             wait_for(delivered)
             res = plane.run("events", "publish", "--json")
             # this machine's SANDBOXER_STATE_HUB_URL (a closed port) is not what is used:
-            # the server's publisher holds the lock, so the pass is skipped, and says so
-            assert res.code == 0, res.err
-            assert (res.json()["delivered"], res.json()["remaining"]) == (0, 0)
-            assert "skipped" not in res.json()
-            assert "another process (sandboxer serve?) is publishing" in res.err
+            # the server leads, so its publisher delivers and the pass refuses, naming it
+            assert res.code == 8, res.err
+            assert res.json()["code"] == "conflict"
+            assert f"held by host {socket.gethostname()}, pid " in res.json()["message"]
             plane.refused("events", "publish", code=8, error="forbidden")
             plane.ok("destroy", sid)
     finally:

@@ -92,67 +92,48 @@ class BodyLimit:
 
 
 async def _background(app: FastAPI, stop: asyncio.Event) -> None:
-    """The reaper and the State Hub publisher, in this process (docs/architecture.md)."""
+    """The leader's duties — reaper, periodic reconcile, State Hub publisher — run by
+    whichever replica of this store leads (service/leader.py; docs/architecture.md)."""
     from sandboxer import events
+    from sandboxer.service.leader import Campaign, every, publishing
 
     service = app.state.service
     settings: Settings = service.settings
-    interval = envvars.reap_interval(settings.env)
-    tasks = [asyncio.ensure_future(_reaper(service, stop, interval))]
+    env = settings.env
+    loop = asyncio.get_running_loop()
+    pruned = -1e9
+
+    async def reap() -> None:
+        nonlocal pruned
+        await service.reap_due()
+        if loop.time() - pruned > 60:
+            pruned = loop.time()
+            events.prune(settings, service.store)
+
+    async def reconcile() -> None:
+        removed = await service.app.reconcile()
+        service.changed.set()
+        if removed:
+            log.info("reconcile removed %d resource(s) no live sandbox claims", len(removed))
+
+    duties = [every("the reaper", envvars.reap_interval(env), reap),
+              every("reconcile", envvars.reconcile_interval(env), reconcile)]
     config = events.hub_config(settings)
     if config is not None:
-        from sandboxer.events.statehub import Publisher, publisher_lock
-
-        async def publish() -> None:
-            with publisher_lock(settings) as held:
-                if not held:
-                    log.warning("another process is publishing this home's events; "
-                                "this server will not")
-                    return
-                publisher = Publisher(service.store, config)
-                app.state.publisher = publisher
-                relay = asyncio.ensure_future(_relay(service.changed, publisher.wake, stop))
-                try:
-                    await publisher.run(stop)
-                finally:
-                    relay.cancel()
-                    await publisher.aclose()
-
-        tasks.append(asyncio.ensure_future(publish()))
-        log.info("delivering events to State Hub at %s", config.url)
+        duties.append(publishing(service.store, config, service.changed))
+        log.info("the leader delivers events to State Hub at %s", config.url)
     else:
         log.info("SANDBOXER_STATE_HUB_URL is not set: events stay in the outbox "
                  "(kept for SANDBOXER_EVENTS_RETENTION)")
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _relay(source: asyncio.Event, target: asyncio.Event, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        await source.wait()
-        source.clear()
-        target.set()
-
-
-async def _reaper(service: Any, stop: asyncio.Event, interval: float) -> None:
-    from sandboxer import events
-
-    last_prune = 0.0
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        try:
-            await service.reap_due()
-            if loop.time() - last_prune > 60:
-                last_prune = loop.time()
-                events.prune(service.settings, service.store)
-        except Exception as e:  # the loop outlives one bad round
-            log.error("reaper round failed: %s", redact(str(e)))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+    campaign = Campaign(service.store, duties, interval=envvars.leader_interval(env))
+    service.campaign = campaign
+    await campaign.run(stop)
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True,
                grace: float = 30.0) -> FastAPI:
-    """The API application over ``settings``' home; ``background``: run reaper+publisher."""
+    """The API application over ``settings``' home; ``background``: campaign for the
+    leader role and run its duties (reaper, reconcile, State Hub publisher) while leading."""
     from sandboxer.api import routes
     from sandboxer.api.service import Service
 

@@ -353,7 +353,7 @@ def remove_token(svc: Svc, who: Who, token_id: TokenId) -> JSONResponse:
 
 @router.post("/events/publish", summary="deliver undelivered events to State Hub once "
              "(admin)", tags=["events"], response_model=r.PublishReport,
-             responses=errors(Forbidden, UsageError))
+             responses=errors(Forbidden, UsageError, Conflict))
 async def publish_events(svc: Svc, who: Who) -> JSONResponse:
     return _json(await svc.events_publish(who))
 

@@ -32,6 +32,7 @@ from sandboxer.store.base import Store
 
 if TYPE_CHECKING:
     from sandboxer.models.doctor import Check
+    from sandboxer.service.leader import Campaign
 
 log = logging.getLogger(__name__)
 # How long an accepted token is trusted without asking the store again: the bound on how
@@ -54,6 +55,7 @@ class Service:
         self._clock = clock
         self._callers: dict[str, tuple[Caller, float]] = {}  # token hash -> caller, seen
         self.app.on_token_removed = self._callers.clear  # removed here: refused at once
+        self.campaign: Campaign | None = None  # for the leader role (api/app.py sets it)
 
     @property
     def store(self) -> Store:
@@ -208,8 +210,9 @@ class Service:
 
     async def events_publish(self, caller: Caller) -> dict[str, Any]:
         """`sandboxer events publish` on the server's home (admin): one delivery pass, in a
-        worker thread with a service of its own (it runs its own event loop); ``skipped``
-        when another process — normally this server's own publisher — holds the lock."""
+        worker thread with a service of its own (it runs its own event loop); Conflict
+        when another process — normally a replica leading, maybe this one — holds the
+        leader role (``skipped`` stays false: kept for older clients)."""
         from sandboxer.access import require_admin
 
         require_admin(caller, "publishing events")
@@ -229,5 +232,9 @@ class Service:
         only); its checks run
         subprocesses, so in a worker thread, with a service of their own (store
         connection), as image builds do."""
-        return await asyncio.to_thread(
+        checks = await asyncio.to_thread(
             lambda: AppService(self.settings, upkeep=False).doctor(caller=caller))
+        if self.campaign is not None and self.campaign.since is not None:  # we lead
+            mine = self.app.leader_check(leading=self.campaign.since)
+            checks = [mine if c.name == mine.name else c for c in checks]
+        return checks

@@ -82,10 +82,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from sandboxer.cli.output import emit_json
     from sandboxer.errors import SandboxerError
 
-    doc, held = make_client().events_publish()
-    if not held:
-        sys.stderr.write("sandboxer: another process (sandboxer serve?) is publishing "
-                         "these events; nothing done\n")
+    doc, _published = make_client().events_publish()  # Conflict when another leads
     if args.json:
         emit_json(doc)
     else:

@@ -12,16 +12,12 @@ State lives in the store, so a restart resumes where the last process stopped.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
@@ -55,26 +51,6 @@ def backoff(attempts: int, config: HubConfig) -> float:
     exponent = max(0, min(attempts - 1, 30))
     delay = min(config.backoff_max, config.backoff_base * float(2**exponent))
     return float(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
-
-
-@contextmanager
-def publisher_lock(settings: Settings) -> Iterator[bool]:
-    """Hold ``run/statehub.lock`` if no other process does; yields whether we hold it."""
-    settings.ensure()
-    path: Path = settings.run_dir / "statehub.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 class Publisher:
@@ -131,13 +107,15 @@ class Publisher:
         """One sandbox's events in order; stop at the first failure (order per sandbox)."""
         for row in rows:
             error = await self._send(row)
+            # Store calls off the loop: a slow database must not stall the leader's watchdog
+            # on this loop (it cancels this publisher the moment the role is lost).
             if error is None:
-                self.outbox.mark_delivered([row.id], time.time())
+                await asyncio.to_thread(self.outbox.mark_delivered, [row.id], time.time())
                 result.delivered += 1
                 continue
             attempts = row.attempts + 1
             wait = backoff(attempts, self.config)
-            self.outbox.mark_failed(row.id, error, time.time() + wait)
+            await asyncio.to_thread(self.outbox.mark_failed, row.id, error, time.time() + wait)
             result.failed += 1
             result.errors.append(f"{row.id} ({row.type} {row.sandbox_id}): {error}")
             log.warning("State Hub delivery of %s failed (attempt %d, next in %.1fs): %s",
@@ -148,7 +126,7 @@ class Publisher:
         """Send every event that is due now, once: what `sandboxer events publish` runs."""
         result = Pass()
         now = float("inf") if ignore_backoff else time.time()
-        rows = self.outbox.due(now, limit=2000)
+        rows = await asyncio.to_thread(self.outbox.due, now, limit=2000)
         chains: dict[str, list[OutboxRow]] = {}
         for row in rows:
             chains.setdefault(row.sandbox_id, []).append(row)
@@ -161,10 +139,15 @@ class Publisher:
         await asyncio.gather(*(run(c) for c in chains.values()))
         return result
 
-    async def run(self, stop: asyncio.Event, *, idle: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, *, idle: float = 1.0,
+                  ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         """Publish until ``stop`` is set: drain what is due, then sleep until the next
-        retry is due, ``idle`` seconds pass, or ``wake`` is set by a local state change."""
+        retry is due, ``idle`` seconds pass, or ``wake`` is set by a local state change.
+        ``ready`` is awaited before each pass (the leader's check that it still leads):
+        False ends the run."""
         while not stop.is_set():
+            if ready is not None and not await ready():
+                return
             try:
                 done = await self.publish_pass()
             except Exception as e:  # a broken pass must not end the service's publisher
@@ -172,15 +155,17 @@ class Publisher:
                 done = Pass(failed=1)
             if done.delivered and not done.failed:
                 continue  # more may be waiting behind the batch limit
-            nxt = self.outbox.next_due_at()
+            nxt = await asyncio.to_thread(self.outbox.next_due_at)
             wait = idle if nxt is None else max(0.01, min(idle, nxt - time.time()))
             self.wake.clear()
             stopper = asyncio.ensure_future(stop.wait())
             waker = asyncio.ensure_future(self.wake.wait())
-            await asyncio.wait({stopper, waker}, timeout=wait,
-                               return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            waker.cancel()
+            try:
+                await asyncio.wait({stopper, waker}, timeout=wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this run is cancelled (a leader that lost its role)
+                stopper.cancel()
+                waker.cancel()
 
 
 async def publish_once(settings: Settings, store: Store, config: HubConfig) -> Pass:

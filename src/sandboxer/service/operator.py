@@ -120,14 +120,16 @@ class OperatorOps(ServiceCore):
     # -- events -----------------------------------------------------------------------
 
     def publish_events(self, *, caller: Caller | None = None) -> tuple[dict[str, Any], bool]:
-        """One pass of delivering this home's undelivered events to State Hub (admin):
-        the sandboxer.publish/v1 document, and False when another process holds the
-        publisher lock (nothing was done)."""
+        """One pass of delivering the store's undelivered events to State Hub (admin): the
+        sandboxer.publish/v1 document, and True (it published). It takes the leader role
+        for the pass, so it never publishes beside a `sandboxer serve` leader: when another
+        process holds the role, Conflict names it and nothing is done."""
         import asyncio
 
-        from sandboxer import events
-        from sandboxer.errors import UsageError
-        from sandboxer.events.statehub import publish_once, publisher_lock
+        from sandboxer import envvars, events
+        from sandboxer.errors import Conflict, UsageError
+        from sandboxer.events.statehub import publish_once
+        from sandboxer.service.leader import ROLE, Campaign, holder
         from sandboxer.store.outbox import Outbox
 
         require_admin(caller, "publishing events")
@@ -135,17 +137,31 @@ class OperatorOps(ServiceCore):
         if config is None:
             raise UsageError("no State Hub configured", hint="set SANDBOXER_STATE_HUB_URL "
                              "(and SANDBOXER_STATE_HUB_TOKEN)")
-        store = self.store  # makes the home (the lock lives there)
-        with publisher_lock(self.settings) as held:
-            done = asyncio.run(publish_once(self.settings, store, config)) if held else None
-            if done is not None:
-                events.prune(self.settings, self.store)
-        counts = Outbox(self.store).counts()
-        remaining = counts["pending"] + counts["retrying"]
-        if done is None:
-            return {"schema": "sandboxer.publish/v1", "delivered": 0, "failed": 0,
-                    "remaining": remaining, "errors": []}, False
-        return done.document(remaining), True
+        store = self.store
+        lease = store.try_lead(ROLE)
+        if lease is None:
+            who = holder(store) or "another process"
+            raise Conflict(f"events publish: the leader role of this store is held by {who} "
+                           "(a `sandboxer serve` replica, or another `events publish`); it "
+                           "delivers these events, so nothing was done here",
+                           hint="nothing to do while it runs; `sandboxer events` shows what "
+                           "is still undelivered")
+        try:
+            # A leader that has just lost the role may still be sending: wait as long as a
+            # new leader would before its first delivery (Campaign.settle), then make sure
+            # the role is still ours.
+            settle = Campaign(store, [], interval=envvars.leader_interval(self.settings.env)
+                              ).settle
+            time.sleep(settle)
+            if not lease.held():
+                raise Conflict("events publish: lost the leader role while waiting for a "
+                               "previous leader to stop; nothing was done here")
+            done = asyncio.run(publish_once(self.settings, store, config))
+            events.prune(self.settings, store)
+        finally:
+            lease.release()
+        counts = Outbox(store).counts()
+        return done.document(counts["pending"] + counts["retrying"]), True
 
     # -- doctor -----------------------------------------------------------------------
 
@@ -173,7 +189,28 @@ class OperatorOps(ServiceCore):
         ssh = shutil.which("ssh")
         return [*extensions, permissions,
                 Check("ssh client", ssh is not None, ssh or "ssh not on PATH",
-                      "apt-get install openssh-client"), store]
+                      "apt-get install openssh-client"), store, self.leader_check()]
+
+    def leader_check(self, *, leading: float | None = None) -> Check:
+        """Who runs the reaper, reconcile and State Hub delivery for this store: the
+        leader role's holder; ``leading``: this process leads, since then (epoch)."""
+        from sandboxer.models.doctor import Check
+        from sandboxer.service.leader import UNKNOWN, holder
+        from sandboxer.store.base import iso_from_epoch
+
+        if leading is not None:
+            return Check("leader", True, f"this replica leads (since "
+                         f"{iso_from_epoch(round(leading))}): it runs the reaper, reconcile "
+                         "and State Hub delivery")
+        who = holder(self.store)
+        if who == UNKNOWN:
+            return Check("leader", True, "this store cannot tell who holds the leader role")
+        if who is None:
+            return Check("leader", True, "nobody holds the leader role: no `sandboxer serve` "
+                         "runs on this store (leases end through CLI calls and `sandboxer "
+                         "reap`; `sandboxer events publish` delivers events)")
+        return Check("leader", True, f"the leader role is held by {who}: it runs the "
+                     "reaper, reconcile and State Hub delivery")
 
 
 def _permissions(service: ServiceCore) -> Check:

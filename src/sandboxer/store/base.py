@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -112,6 +112,9 @@ class TokenRow:
     last_used_at: float | None
 
 
+HELD_STALE_MAX = 1.0  # seconds a True from Leadership.held() may be old (leader.py waits it)
+
+
 class Leadership(Protocol):
     """A role (``"leader"``: the reaper, reconcile and State Hub delivery) held by one process
     of all those that share a store. Held until ``release()`` or until the holding process
@@ -119,12 +122,37 @@ class Leadership(Protocol):
 
     def held(self) -> bool:
         """True while the role is still ours; False once it was lost (the database
-        connection that held it broke). Cheap enough to call before every round."""
+        connection that held it broke). Cheap enough to call before every round; it asks
+        the backend (one round trip on a server), or answers True from such a check at
+        most ``HELD_STALE_MAX`` seconds old, so a hold that broke without the holder
+        noticing is found within that time."""
         ...
 
     def release(self) -> None:
         """Give the role up now; idempotent."""
         ...
+
+
+@runtime_checkable
+class KnowsLeaders(Protocol):
+    """Optional for a backend: who holds a role, for the processes that do not (what
+    `sandboxer events publish` and the doctor name)."""
+
+    def leader_of(self, role: str) -> str | None:
+        """The holder of ``role`` as ``holder_text()`` described it when it took the role
+        (host, pid, since when), or None when nobody holds it."""
+        ...
+
+
+def holder_text() -> str:
+    """How a process that takes a role describes itself to the others: no secret, no
+    argument of its command line."""
+    import os
+    import socket
+    import time
+
+    return (f"host {socket.gethostname()}, pid {os.getpid()}, since "
+            f"{iso_from_epoch(round(time.time()))}")
 
 
 class Store(Protocol):
@@ -272,7 +300,8 @@ class Store(Protocol):
 
     def mark_failed(self, event_id: str, error: str, next_attempt_at: float) -> int:
         """Record a failed attempt (``error`` kept to 500 characters) and when to retry;
-        returns the number of attempts so far, 0 for an unknown id."""
+        returns the number of attempts so far, 0 for an unknown id or an event already
+        delivered (a late failure of a replica that lost the leadership changes nothing)."""
         ...
 
     def prune_events(self, older_than: float, *, undelivered_too: bool) -> int:

@@ -39,11 +39,13 @@ class Serve:
             else:
                 time.sleep(0.05)
 
-    def kill(self) -> None:
-        """SIGKILL: no graceful anything."""
-        self.proc.kill()
-        self.proc.wait(30)
-        self._out.close()
+    def kill(self) -> int:
+        """``kill -9``: nothing of the process runs after it."""
+        self.proc.send_signal(signal.SIGKILL)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self._out.close()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -29,7 +29,7 @@ from sandboxer.models.common import new_sandbox_id, utcnow
 from sandboxer.models.sandbox import STATES, SandboxStatus
 from sandboxer.models.target import TargetRecord
 from sandboxer.store import open_store
-from sandboxer.store.base import Store, TokenRow
+from sandboxer.store.base import KnowsLeaders, Store, TokenRow
 from sandboxer.store.outbox import Outbox
 from sandboxer.values import LABEL_KEY, LABEL_VALUE, LIVE_STATES
 
@@ -434,6 +434,21 @@ def test_one_leader_at_a_time_until_it_releases_or_dies(backend: Backend) -> Non
     taken.release()
 
 
+def test_the_holder_of_a_role_is_named_to_the_others(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    if not isinstance(second, KnowsLeaders):
+        pytest.skip(f"{backend.name} cannot name a role's holder (optional)")
+    assert second.leader_of("leader") is None
+    held = first.try_lead("leader")
+    assert held is not None
+    who = second.leader_of("leader")
+    assert who is not None
+    assert f"pid {os.getpid()}, since 20" in who
+    assert second.leader_of("publisher") is None
+    held.release()
+    assert second.leader_of("leader") is None
+
+
 def test_reapable_and_has_reapable(store: Store) -> None:
     now = utcnow()
     expired = add(store, expires_at=now - timedelta(seconds=1))
@@ -511,6 +526,8 @@ def test_delivery_bookkeeping(store: Store) -> None:
     delivered = store.event_rows(sandbox_id=b.id)[0]
     assert (delivered.delivered_at, delivered.attempts, delivered.next_attempt_at,
             delivered.last_error) == (1234.5, 1, None, None)
+    assert store.mark_failed(second.id, "late, from a deposed leader", 9e12) == 0
+    assert store.event_rows(sandbox_id=b.id)[0] == delivered
     assert store.undelivered_events() == [failed]
     assert store.undelivered_events(limit=0) == []
     assert store.next_event_due_at() == 2e12

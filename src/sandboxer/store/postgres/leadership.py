@@ -12,6 +12,9 @@ keepalives (``KEEPALIVES``) let the holder notice the loss from its side.
 ``held()`` asks the server at most once a second whether this session still holds the lock
 (``pg_locks``), not merely whether the connection answers: behind a pooler in transaction
 mode a session is not ours alone. Use a direct connection or a session-mode pooler.
+
+The holding session carries the holder's description (``holder_text()``) as its
+``application_name``; ``leader_of`` finds it through ``pg_locks`` for the other processes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from sandboxer.store.base import HELD_STALE_MAX, holder_text
 from sandboxer.store.postgres.connection import key64
 
 _ROLE = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -35,10 +39,16 @@ SERVER_TCP = (("tcp_keepalives_idle", 5), ("tcp_keepalives_interval", 2),
 HOLDS = ("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
          " AND pid = pg_backend_pid() AND classid = %s::bigint::oid"
          " AND objid = %s::bigint::oid AND objsubid = 1)")
-RECHECK = 1.0  # seconds between two real checks of held()
+RECHECK = HELD_STALE_MAX  # seconds between two real checks of held()
 # The contract holds a role until release() or death, not until the caller drops the object:
 # a dropped connection would close its session and free the role, so we keep each one here.
 _KEPT: set[AdvisoryLeadership] = set()
+
+
+def halves(key: int) -> tuple[int, int]:
+    """pg_locks shows a bigint advisory key's two halves as oids (classid, objid)."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
 class AdvisoryLeadership:
@@ -46,8 +56,7 @@ class AdvisoryLeadership:
 
     def __init__(self, conn: psycopg.Connection[Any], key: int) -> None:
         self._conn: psycopg.Connection[Any] | None = conn
-        unsigned = key & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the key's two halves as oids
-        self._halves = (unsigned >> 32, unsigned & 0xFFFF_FFFF)
+        self._halves = halves(key)
         self._lock = threading.Lock()
         self._checked = time.monotonic()
 
@@ -80,8 +89,8 @@ class AdvisoryLeadership:
 
 
 class Leaderships:
-    """``try_lead`` for the PostgreSQL store; needs ``_direct`` (a connection of its own)
-    and ``_guard`` (a down server as StoreUnavailable)."""
+    """``try_lead`` and ``leader_of`` for the PostgreSQL store; needs ``_direct`` (a
+    connection of its own) and ``_guard`` (a down server as StoreUnavailable)."""
 
     _direct: Callable[..., psycopg.Connection[Any]]
     _guard: Callable[[Callable[[], Any]], Any]
@@ -89,7 +98,8 @@ class Leaderships:
     def try_lead(self, role: str) -> AdvisoryLeadership | None:
         if not _ROLE.fullmatch(role):
             raise ValueError(f"bad role name {role!r}")
-        conn: psycopg.Connection[Any] = self._guard(lambda: self._direct(**KEEPALIVES))
+        conn: psycopg.Connection[Any] = self._guard(lambda: self._direct(
+            **KEEPALIVES, application_name=holder_text()[:63]))  # what leader_of reads
         key = key64("sandboxer", "lead", role)
         try:
             settings = [(name, str(value)) for name, value in SERVER_TCP]
@@ -106,3 +116,25 @@ class Leaderships:
         held = AdvisoryLeadership(conn, key)
         _KEPT.add(held)
         return held
+
+    def leader_of(self, role: str) -> str | None:
+        if not _ROLE.fullmatch(role):
+            raise ValueError(f"bad role name {role!r}")
+        halves_ = halves(key64("sandboxer", "lead", role))
+
+        def ask() -> Any:
+            with self._direct() as conn:
+                return conn.execute(
+                    "SELECT l.pid, a.application_name FROM pg_locks l "
+                    "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND l.database = (SELECT oid FROM pg_database "
+                    "WHERE datname = current_database()) "
+                    "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid",
+                    halves_).fetchone()
+
+        row = self._guard(ask)
+        if row is None:
+            return None
+        pid, name = row
+        return str(name) if name else f"the session of PostgreSQL backend {pid}"

@@ -72,7 +72,8 @@ class OutboxRows(Connection):
     def mark_failed(self, event_id: str, error: str, next_attempt_at: float) -> int:
         def write(c: Conn) -> int:
             row = c.execute("UPDATE events SET attempts = attempts + 1, next_attempt_at = %s, "
-                            "last_error = %s WHERE id = %s RETURNING attempts",
+                            "last_error = %s WHERE id = %s AND delivered_at IS NULL "
+                            "RETURNING attempts",
                             (next_attempt_at, error[:500], event_id)).fetchone()
             return int(row["attempts"]) if row else 0
 

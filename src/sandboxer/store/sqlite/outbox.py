@@ -73,9 +73,11 @@ class OutboxRows(Connection):
 
     def mark_failed(self, event_id: str, error: str, next_attempt_at: float) -> int:
         with self._write() as c:
-            c.execute("UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, "
-                      "last_error = ? WHERE id = ?", (next_attempt_at, error[:500], event_id))
-            row = c.execute("SELECT attempts FROM events WHERE id = ?", (event_id,)).fetchone()
+            changed = c.execute("UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, "
+                                "last_error = ? WHERE id = ? AND delivered_at IS NULL",
+                                (next_attempt_at, error[:500], event_id)).rowcount
+            row = c.execute("SELECT attempts FROM events WHERE id = ?",
+                            (event_id,)).fetchone() if changed else None
         return int(row[0]) if row else 0
 
     def prune_events(self, older_than: float, *, undelivered_too: bool) -> int:
