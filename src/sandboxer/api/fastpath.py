@@ -72,7 +72,7 @@ class FastRead:
             return None
         service = scope["app"].state.service
         try:
-            who = service.authenticate(token)
+            who = await service.authenticate_on_loop(token)
             if who is None:
                 return None
             doc = await service.get_document(who, sandbox_id)

@@ -99,18 +99,25 @@ def service(request: Request) -> Service:
     return svc
 
 
-def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
-                                              Depends(bearer)]) -> Caller:
-    """Every route's dependency: the actor of a valid bearer token, or 401."""
+def _token(creds: HTTPAuthorizationCredentials | None) -> str:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise Unauthenticated("this request needs a bearer token",
                               hint="send `Authorization: Bearer TOKEN` "
                               "(an operator makes one with `sandboxer tokens add ACTOR`)")
-    found = service(request).authenticate(creds.credentials)
+    return creds.credentials
+
+
+def _valid(found: Caller | None) -> Caller:
     if found is None:
         raise Unauthenticated("the bearer token is not valid",
                               hint="it may have been removed; ask for a new one")
     return found
+
+
+def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
+                                              Depends(bearer)]) -> Caller:
+    """Every route's dependency: the actor of a valid bearer token, or 401."""
+    return _valid(service(request).authenticate(_token(creds)))
 
 
 async def _service(request: Request) -> Service:
@@ -119,9 +126,9 @@ async def _service(request: Request) -> Service:
 
 async def _caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
                                                      Depends(bearer)]) -> Caller:
-    # On the event loop, not in a worker thread: a cached token costs no store access
-    # (Service.authenticate), and each thread hop costs more than the check itself.
-    return caller(request, creds)
+    # A cached token is answered on the event loop (a thread hop costs more than the
+    # check); any other is looked up in a worker thread (Service.authenticate_on_loop).
+    return _valid(await service(request).authenticate_on_loop(_token(creds)))
 
 
 Svc = Annotated[Service, Depends(_service)]

@@ -92,6 +92,17 @@ class Service:
         self._callers[digest] = (found, now)
         return found
 
+    async def authenticate_on_loop(self, token: str) -> Caller | None:
+        """``authenticate`` for the event loop: a token trusted within the bound answers at
+        once; any other is looked up in a worker thread, so unknown tokens (sent by anyone,
+        as fast as they like) never hold the loop on a database round trip."""
+        from sandboxer.store.tokens import hash_token
+
+        hit = self._callers.get(hash_token(token))
+        if hit is not None and self._clock() - hit[1] < TOKEN_CACHE_SECONDS:
+            return hit[0]
+        return await asyncio.to_thread(self.authenticate, token)
+
     # -- sandboxes --------------------------------------------------------------------
 
     async def get_document(self, caller: Caller, sandbox_id: str) -> dict[str, Any]:

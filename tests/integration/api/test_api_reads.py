@@ -43,3 +43,40 @@ def test_a_killed_endpoint_comes_back_through_a_read(local_home: Settings) -> No
         assert new != pid
         assert Path(f"/proc/{new}").exists()
         httpx.delete(f"{server.url}/v1/sandboxes/{sid}", headers=headers, timeout=120)
+
+
+def test_an_unknown_token_never_holds_the_loop_on_the_database(
+        settings: Settings, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token the server has not seen is looked up off the event loop: while its lookup
+    waits on a locked tokens table, the same server still answers other requests."""
+    import threading
+
+    import psycopg
+
+    monkeypatch.setenv("SANDBOXER_DATABASE_URL", pg_url)
+    on_pg = Settings.from_env()
+    add_token(on_pg, "agt")  # migrates the database, makes the tokens table
+    with ApiServer(on_pg, background=False) as server, \
+            psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")  # until rollback
+        answers: list[int] = []
+        stranger = threading.Thread(target=lambda: answers.append(httpx.get(
+            f"{server.url}/v1/sandboxes/sbx-0000000000000000",
+            headers={"Authorization": "Bearer sbxt_not-a-token"}, timeout=60).status_code))
+        stranger.start()
+        wait_for(lambda: _waiting_on_lock(pg_url), timeout=20)
+        # The lookup is stuck behind the lock; the loop is not.
+        assert httpx.get(f"{server.url}/openapi.json", timeout=20).status_code == 200
+        assert not answers
+        locker.rollback()
+        stranger.join(60)
+        assert answers == [401]
+
+
+def _waiting_on_lock(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()").fetchone()
+    return bool(row and row[0])
