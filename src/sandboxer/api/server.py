@@ -118,6 +118,12 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
         raise UsageError(f"--workers {workers}: expected 1 to {MAX_WORKERS}",
                          hint="about one per CPU core is plenty")
     check_binding(host, tls_cert, tls_key, allow_plaintext)
+    from sandboxer.store import open_store
+
+    # Migrate once, under the store's lock, before anything serves; a database that cannot
+    # be reached (or is newer than this code) stops the server here with its error.
+    settings.ensure()
+    open_store(settings).close()
     warm_up_all()  # a long-lived server probes new sandboxes in-process (workers inherit it)
     # Workers: this socket only holds the port (bound, not listening); each worker listens
     # on a socket of its own with SO_REUSEPORT. One shared listening socket would let the
@@ -141,10 +147,6 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
 
     from sandboxer.api import app, routes  # noqa: F401 - the same
     from sandboxer.api.workers import Supervisor
-    from sandboxer.store import open_store
-
-    settings.ensure()
-    open_store(settings).close()  # migrate once, and fail here (not N times) when it cannot
 
     def work(worker: Worker) -> None:
         own = bind(host, sock.getsockname()[1], reuse_port=True)

@@ -45,3 +45,20 @@ def test_a_create_cut_short_by_shutdown_answers_an_error_document(tmp_path: Path
     assert "shut down" in doc["message"]
     (s,) = store.query(states=["failed"])
     assert not (home / "fake" / s.id).exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_stops_at_start_when_the_database_cannot_be_reached(tmp_path: Path,
+                                                                   workers: str) -> None:
+    import subprocess
+
+    from tests.integration.conftest import SANDBOXER
+
+    env = serve_env(tmp_path / "home", SANDBOXER_DB_TIMEOUT="2",
+                    SANDBOXER_DATABASE_URL="postgresql://u:pw-canary-7@127.0.0.1:1/db")
+    res = subprocess.run([SANDBOXER, "serve", "--port", "0", "--workers", workers],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert "is unavailable" in res.stderr
+    assert "serving" not in res.stderr
+    assert "pw-canary-7" not in res.stderr + res.stdout
