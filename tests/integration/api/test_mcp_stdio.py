@@ -173,8 +173,8 @@ def test_mcp_schemas_annotations_and_errors_match_the_cli(tmp_path: Path) -> Non
     assert tools["get_sandbox"].input_schema["properties"]["sandbox_id"]["pattern"] == \
         "^sbx-[a-z2-7]{10}$"
     states = tools["list_sandboxes"].input_schema["properties"]["state"]["anyOf"][0]
-    assert states["items"]["enum"] == ["provisioning", "ready", "destroying", "destroyed",
-                                       "failed"]
+    assert states["items"]["enum"] == ["provisioning", "ready", "unreachable", "destroying",
+                                       "destroyed", "failed"]
     assert "state" in tools["get_sandbox"].output_schema["properties"]
     hints = {n: t.annotations for n, t in tools.items()}
     assert hints["destroy_sandbox"].destructive_hint is True

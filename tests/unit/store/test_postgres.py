@@ -206,3 +206,51 @@ def test_documents_keep_the_key_order_sqlite_gives(store: PostgresStore, tmp_pat
     assert lite_rec is not None
     assert json.dumps(pg_rec.handle) == json.dumps(lite_rec.handle)
     lite.close()
+
+
+def test_the_event_loops_read_is_the_pools_read_byte_for_byte(store: PostgresStore,
+                                                              pg_url: str) -> None:
+    """GET one sandbox on an event loop goes through libpq directly (fastread.py): the same
+    document as the pool's read, for every kind of value; a dropped connection is
+    replaced; an unknown id is None; inside a transaction block the pool is used."""
+    import asyncio
+    import json
+    from datetime import timedelta
+
+    from sandboxer.models.common import utcnow
+    from sandboxer.models.sandbox import SandboxStatus
+
+    now = utcnow()
+    made = SandboxStatus(id="sbx-00000000000000aa", name="ünï ✓", profile="profile.x",
+                         extension="ext.fake", target="t", state="ready", reason="a\\nb",
+                         actor="agt", labels={"z": "1", "a": "é", "m": ""},
+                         created_at=now, expires_at=now + timedelta(seconds=1234.567891))
+    store.insert(made, max_expires_at=made.expires_at)
+    store.transition(made.id, from_states={"ready"}, to_state="ready", event=None,
+                     error="bad\ttab \u2603")
+    pooled = store.get_document(made.id)
+    plain = SandboxStatus(id="sbx-00000000000000bb", profile="profile.x", extension="ext.fake",
+                          state="provisioning", created_at=now, expires_at=now)
+    store.insert(plain, max_expires_at=plain.expires_at)
+
+    async def on_the_loop() -> list[object]:
+        got: list[object] = [store.get_document(made.id), store.get_document(plain.id),
+                             store.get_document("sbx-ffffffffffffffff")]
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # drop the loop's reader
+            dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE application_name = 'sandboxer-read'").fetchall()
+            assert dropped == [(True,)]  # the reads above went through the loop's reader
+            got.append(store.get_document(made.id))
+            again = admin.execute("SELECT count(*) FROM pg_stat_activity "
+                                  "WHERE application_name = 'sandboxer-read'").fetchone()
+            assert again == (1,)  # and a new one replaced it
+        with store.transaction():
+            got.append(store.get_document(made.id))
+        return got
+
+    fast, fast_plain, missing, after_drop, in_block = asyncio.run(on_the_loop())
+    assert json.dumps(fast) == json.dumps(pooled)
+    assert fast_plain == store.get_document(plain.id)
+    assert missing is None
+    assert after_drop == pooled
+    assert in_block == pooled

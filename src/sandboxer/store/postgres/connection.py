@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sandboxer.envvars import masked_database_url
 from sandboxer.errors import InvalidInput, StoreBusy, StoreUnavailable
+from sandboxer.store.postgres.fastread import LoopReader
 from sandboxer.store.postgres.migrations import migrate
 from sandboxer.values import LIVE_STATES
 
@@ -88,6 +89,7 @@ class Connection:
         self.timeout = timeout
         self._password = _password_of(url)
         self._bound = _Bound()
+        self._reader = LoopReader(url, timeout=timeout)  # the API's GET of one sandbox
         # Migrate on a connection of our own first: it fails with libpq's reason (the pool
         # would only time out), and the migration lock is a session lock.
         first = self._guard(self._direct)
@@ -128,6 +130,7 @@ class Connection:
                 "special characters percent-encoded)") from None
 
     def close(self) -> None:
+        self._reader.close()
         self._pool.close()
 
     def schema_version(self) -> int:

@@ -29,6 +29,7 @@ from psycopg.types.json import Json, Jsonb
 from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
 from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
 from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, key32, key64, ts
+from sandboxer.store.postgres.fastread import Skip
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
     from typing_extensions import Unpack
@@ -43,6 +44,7 @@ _COLUMNS = (
 )
 _DOCUMENT_COLUMNS = ("id, name, profile, extension, target, state, reason, actor, labels, "
                      "created_at, expires_at, reachability, error")
+_GET_DOCUMENT = f"SELECT {_DOCUMENT_COLUMNS} FROM sandboxes WHERE id = $1".encode()
 _LIVE_COUNT = ("SELECT COUNT(*) AS n FROM sandboxes WHERE target = %s AND extension = %s "
                f"AND {LIVE}")
 # Every event append takes this transaction-scoped lock, so events commit in ``seq`` order
@@ -52,6 +54,22 @@ OUTBOX_LOCK = key64("sandboxer", "outbox")
 
 def _sorted(value: Any) -> Json:
     return Json(value, dumps=lambda v: json.dumps(v, sort_keys=True))
+
+
+def _document_of_text(v: list[bytes | None]) -> dict[str, Any]:
+    """``_document`` of a row in libpq's text format (``_DOCUMENT_COLUMNS`` in order):
+    float8 prints the shortest text that reads back exactly, json keeps its text."""
+    def text(b: bytes | None) -> str | None:
+        return None if b is None else b.decode()
+
+    labels = json.loads(v[8]) if v[8] is not None else {}
+    return _document({
+        "id": text(v[0]), "name": text(v[1]), "profile": text(v[2]),
+        "extension": text(v[3]), "target": text(v[4]), "state": text(v[5]),
+        "reason": text(v[6]), "actor": text(v[7]), "labels": labels,
+        "created_at": float(v[9] or b"0"), "expires_at": float(v[10] or b"0"),
+        "reachability": None if v[11] is None else json.loads(v[11]),
+        "error": text(v[12])})
 
 
 def _document(row: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +166,17 @@ class Sandboxes(Connection):
 
     def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
         # Only the document's columns: the API's hot read (GET /v1/sandboxes/{id}) skips
-        # decoding the handle and the bookkeeping columns it never shows.
+        # decoding the handle and the bookkeeping columns it never shows. On an event
+        # loop's thread, outside a transaction block, it goes straight through libpq
+        # (store/postgres/fastread.py); anywhere else, or when that cannot answer, the pool.
+        if self._bound.conn is None:
+            try:
+                values = self._reader.row(b"sandboxer_get_document", _GET_DOCUMENT,
+                                          [sandbox_id.encode()])
+            except Skip:
+                pass
+            else:
+                return None if values is None else _document_of_text(values)
         row = self._one(f"SELECT {_DOCUMENT_COLUMNS} FROM sandboxes WHERE id = %s",
                         (sandbox_id,))
         return _document(row) if row else None
