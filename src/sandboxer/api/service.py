@@ -78,10 +78,10 @@ class Service:
         from sandboxer.store.tokens import hash_token
 
         digest = hash_token(token)  # the key: the token itself is not kept
+        trusted = self._trusted(digest)
+        if trusted is not None:
+            return trusted
         now = self._clock()
-        hit = self._callers.get(digest)
-        if hit is not None and now - hit[1] < TOKEN_CACHE_SECONDS:
-            return hit[0]
         found = self.app.authenticate(token)
         if found is None:
             self._callers.pop(digest, None)
@@ -98,10 +98,17 @@ class Service:
         as fast as they like) never hold the loop on a database round trip."""
         from sandboxer.store.tokens import hash_token
 
-        hit = self._callers.get(hash_token(token))
+        trusted = self._trusted(hash_token(token))
+        if trusted is not None:
+            return trusted
+        return await asyncio.to_thread(self.authenticate, token)
+
+    def _trusted(self, digest: str) -> Caller | None:
+        """The caller of a token hash the store accepted within TOKEN_CACHE_SECONDS."""
+        hit = self._callers.get(digest)
         if hit is not None and self._clock() - hit[1] < TOKEN_CACHE_SECONDS:
             return hit[0]
-        return await asyncio.to_thread(self.authenticate, token)
+        return None
 
     # -- sandboxes --------------------------------------------------------------------
 

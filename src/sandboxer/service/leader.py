@@ -41,6 +41,18 @@ ROUND_GRACE = 10.0  # how long a duty that was told to stop may finish its round
 UNKNOWN = "a process this store cannot name"
 
 
+def check_timeout(interval: float) -> float:
+    """How long one check of the role may take before it counts as lost."""
+    return max(interval, 1.0)
+
+
+def settle_seconds(interval: float) -> float:
+    """How long a new holder of the role waits before its first duty: a lost leader
+    notices at its next check — at most one interval, plus that check, plus the age a
+    backend's cached answer may have."""
+    return interval + check_timeout(interval) + HELD_STALE_MAX
+
+
 def holder(store: Store, role: str = ROLE) -> str | None:
     """Who holds ``role`` ("host H, pid N, since T"), ``UNKNOWN`` when the backend cannot
     tell or the question failed, or None when nobody does."""
@@ -191,10 +203,8 @@ class Campaign:
         self.duties = list(duties)
         self.role = role
         self.interval = interval
-        self.timeout = max(interval, 1.0)
-        # A lost leader notices at its next check: at most one interval, plus that check,
-        # plus the age a backend's cached answer may have.
-        self.settle = interval + self.timeout + HELD_STALE_MAX
+        self.timeout = check_timeout(interval)
+        self.settle = settle_seconds(interval)
         self.since: float | None = None  # epoch seconds the duties started, while leading
 
     @property

@@ -129,7 +129,7 @@ class OperatorOps(ServiceCore):
         from sandboxer import envvars, events
         from sandboxer.errors import Conflict, UsageError
         from sandboxer.events.statehub import publish_once
-        from sandboxer.service.leader import ROLE, Campaign, holder
+        from sandboxer.service.leader import ROLE, holder, settle_seconds
         from sandboxer.store.outbox import Outbox
 
         require_admin(caller, "publishing events")
@@ -148,11 +148,9 @@ class OperatorOps(ServiceCore):
                            "is still undelivered")
         try:
             # A leader that has just lost the role may still be sending: wait as long as a
-            # new leader would before its first delivery (Campaign.settle), then make sure
-            # the role is still ours.
-            settle = Campaign(store, [], interval=envvars.leader_interval(self.settings.env)
-                              ).settle
-            time.sleep(settle)
+            # new leader would before its first delivery, then make sure the role is still
+            # ours.
+            time.sleep(settle_seconds(envvars.leader_interval(self.settings.env)))
             if not lease.held():
                 raise Conflict("events publish: lost the leader role while waiting for a "
                                "previous leader to stop; nothing was done here")
