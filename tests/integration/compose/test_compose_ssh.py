@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support_env import KEEP_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def make_env(ssh_target: Any, tmp_path: Path) -> Iterator[Env]:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "compose-test.yaml").write_text(PROFILE.format(image=ssh_target.image))
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
     e.update(SANDBOXER_HOME=str(tmp_path / "home"), SANDBOXER_PROFILES=str(profiles),
              HOME=str(tmp_path / "user"), DOCKER_HOST=ssh_target.docker_host)
     ctx = Env(e, tmp_path / "home", profiles, ssh_target)
