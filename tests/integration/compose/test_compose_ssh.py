@@ -170,8 +170,11 @@ def test_create_over_ssh_reach_label_destroy(env: Env) -> None:
 
 
 def test_reconcile_removes_a_project_left_by_a_killed_create(env: Env) -> None:
+    # The create runs in the killed process itself (not in the local service, which would
+    # see its client go and cancel the create cleanly): what it left is found by label.
     proc = subprocess.Popen([SANDBOXER, "create", "profile.compose-test", "--target", "t1"],
-                            env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**env.env, "SANDBOXER_LOCAL_SERVICE": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not env.labelled("sandboxer.instance", env.instance()):
         assert proc.poll() is None, "create finished before it could be killed"
