@@ -61,6 +61,16 @@ class Api:
 
     def call(self, method: str, path: str,
              body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        try:
+            return self._call(method, path, body)
+        except (http.client.RemoteDisconnected, ConnectionError):
+            if method == "POST":
+                raise  # it may have been done: never twice
+            self.conn.close()  # the server closed an idle keep-alive connection
+            return self._call(method, path, body)
+
+    def _call(self, method: str, path: str,
+              body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
         self.conn.request(method, path, body=None if body is None else json.dumps(body),
                           headers=self.headers)
         answer = self.conn.getresponse()
