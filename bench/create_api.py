@@ -241,10 +241,16 @@ def main() -> int:
 def finish(args: argparse.Namespace, s: dict[str, list[float]], b: dict[str, Any],
            first: float) -> int:
     m = {k: median(v) * 1000 for k, v in s.items() if v}
+    names = {"create": "ext.local create (API)",
+             "burst": f"ext.local burst create (API, {args.clients} clients)",
+             "destroy": "ext.local destroy (API)",
+             "baseline": "baseline: GET + bwrap + asyncssh",
+             "get": "baseline: GET /v1/sandboxes/ID",
+             "ssh": "baseline: asyncssh round trip"}
     base = (f"GET {m['get']:.1f} + bwrap {m['bwrap']:.1f} + asyncssh {m['ssh']:.1f}, "
             "median of sums")
     checks = [Check(f"create-to-ready via the API (median of {args.rounds})", m["create"],
-                    m["baseline"], base, limit=25),
+                    m["baseline"], base, limit=25, series=names["create"]),
               Check(f"destroy via the API (median of {args.rounds})", m["destroy"],
                     m["get"], "GET of one sandbox")]
     ok = report("ext.local through the HTTP API (serve, 1 worker, SQLite)", checks)
@@ -264,12 +270,6 @@ def finish(args: argparse.Namespace, s: dict[str, list[float]], b: dict[str, Any
     ok &= ready == total
     print(f"  first create (starts the ext.local endpoint): {first * 1000:.1f} ms")
     if args.json:
-        names = {"create": "ext.local create (API)",
-                 "burst": f"ext.local burst create (API, {args.clients} clients)",
-                 "destroy": "ext.local destroy (API)",
-                 "baseline": "baseline: GET + bwrap + asyncssh",
-                 "get": "baseline: GET /v1/sandboxes/ID",
-                 "ssh": "baseline: asyncssh round trip"}
         figures = {"title": "bench/create_api.py: ext.local through the HTTP API",
                    "first_create_ms": round(first * 1000, 1),
                    "medians_ms": {k: round(v, 2) for k, v in m.items()},

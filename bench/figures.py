@@ -53,7 +53,8 @@ class Check:
     """One figure (ms) against a baseline from the same run, with its target.
 
     ``limit`` is an upper bound in ms, ``max_ratio`` an upper bound on value/baseline;
-    either may be None. A figure with neither is printed, not judged.
+    either may be None. A figure with neither is printed, not judged. ``series`` names
+    the samples it is the median of, where bench/plot.py marks ``limit``.
     """
 
     what: str
@@ -62,6 +63,7 @@ class Check:
     baseline_what: str
     limit: float | None = None
     max_ratio: float | None = None
+    series: str | None = None
 
     @property
     def ratio(self) -> float:

@@ -91,6 +91,15 @@ def ssh_true(reach: dict[str, Any]) -> list[str]:
     return [*shlex.split(reach["ssh_command"]), "-o", "BatchMode=yes", "--", "true"]
 
 
+SERIES = {"create": "ext.local create (CLI)",
+          "first": "ext.local first create, starts the service (CLI)",
+          "destroy": "ext.local destroy (CLI)",
+          "baseline": "baseline: bwrap + ssh + python -c pass",
+          "python": "baseline: python -c pass",
+          "bwrap": "baseline: bwrap true",
+          "ssh": "baseline: OpenSSH round trip"}
+
+
 class Lifecycle:
     """Sections 1 and 2: the samples (s) of each series, then the checks."""
 
@@ -130,24 +139,17 @@ class Lifecycle:
         n, h = len(self.s["create"]), len(self.s["first"])
         return [
             Check(f"create-to-ready via the CLI (median of {n})", m["create"],
-                  m["baseline"], base, limit=100, max_ratio=1.5),
+                  m["baseline"], base, limit=100, max_ratio=1.5, series=SERIES["create"]),
             Check(f"first create, starts the service ({h} homes)", m["first"],
-                  m["baseline"], base, limit=300),
+                  m["baseline"], base, limit=300, series=SERIES["first"]),
             Check(f"destroy via the CLI (median of {n})", m["destroy"], m["python"],
-                  "python -c pass", limit=60),
+                  "python -c pass", limit=60, series=SERIES["destroy"]),
             Check("python -c pass (the interpreter alone)", m["python"], m["baseline"],
                   "the create baseline"),
         ]
 
     def samples(self) -> dict[str, list[float]]:
-        names = {"create": "ext.local create (CLI)",
-                 "first": "ext.local first create, starts the service (CLI)",
-                 "destroy": "ext.local destroy (CLI)",
-                 "baseline": "baseline: bwrap + ssh + python -c pass",
-                 "python": "baseline: python -c pass",
-                 "bwrap": "baseline: bwrap true",
-                 "ssh": "baseline: OpenSSH round trip"}
-        return {name: ms(self.s[key]) for key, name in names.items()}
+        return {name: ms(self.s[key]) for key, name in SERIES.items()}
 
     def figures(self) -> dict[str, Any]:
         m = {k: round(median_ms(v), 1) for k, v in self.s.items()}
@@ -204,15 +206,15 @@ def bench_cold_start(tmp: Path, rounds: int, n: int) -> tuple[dict[str, Any], li
         lst.append(t)
     assert len(json.loads(done.stdout)["items"]) == n
     b = median_ms(base)
+    names = f"get (CLI, {n:,} in the store)", f"list (CLI, {n:,} in the store)"
     checks = [Check(f"get ID --json, {n:,} in the store", median_ms(get), b,
-                    "python -c pass", limit=150),
+                    "python -c pass", limit=150, series=names[0]),
               Check(f"list --json, {n:,} in the store", median_ms(lst), b,
-                    "python -c pass", limit=400)]
+                    "python -c pass", limit=400, series=names[1])]
     figures = {"sandboxes_in_store": n, "baseline_python_pass_ms": round(b, 1),
                "get_ms": round(median_ms(get), 1), "list_ms": round(median_ms(lst), 1),
                "targets": {"get_ms": 150, "list_ms": 400}}
-    samples = {f"get (CLI, {n:,} in the store)": ms(get),
-               f"list (CLI, {n:,} in the store)": ms(lst)}
+    samples = {names[0]: ms(get), names[1]: ms(lst)}
     return figures, checks, samples
 
 

@@ -33,7 +33,8 @@ def test_plot_renders_a_png_from_sample_json(tmp_path: Path,
         "ext.local create (CLI)": [91.5, 96.0, 104.2, 250.0],
         "ext.local destroy (CLI)": [41.0, 44.5],
         "baseline: python -c pass": [61.0, 63.5, 70.1],
-    }}))
+    }, "checks": [{"what": "create-to-ready", "limit": 100, "series": "ext.local create (CLI)"},
+                  {"what": "python -c pass", "limit": None, "series": None}]}))
     compose = tmp_path / "compose.json"
     compose.write_text(json.dumps({"samples": {"compose CLI": [1200.0, 1350.5],
                                                "raw compose up + ssh": [1100.0]}}))
@@ -52,8 +53,9 @@ def test_plot_renders_a_png_from_sample_json(tmp_path: Path,
     width, height = struct.unpack(">II", data[16:24])
     assert width > 800
     assert height > 300
-    assert [label for label, _ in plot.load([wrk, compose, run])] == ["bench/run.py",
-                                                                      "compose"]
+    loaded = plot.load([wrk, compose, run])  # run before compose; api.json (no samples) out
+    assert [(label, limits) for label, _s, limits in loaded] == [
+        ("bench/run.py", {"ext.local create (CLI)": 100.0}), ("compose", {})]
 
 
 def test_plot_without_any_samples_says_so(tmp_path: Path) -> None:
