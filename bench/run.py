@@ -293,11 +293,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sbx-bench-", dir="/var/tmp") as d:
         tmp = Path(d)
         os.chmod(tmp, 0o711)  # noqa: S103 - jail uids pass through, cannot list
-        lifecycle.run(tmp, rounds, homes)
-        cold, cold_checks, cold_samples = bench_cold_start(
-            tmp, rounds, 1_000 if args.quick else 10_000)
-        scale = bench_scale(tmp, 5 if args.quick else 50)
-        stop_services([tmp / "scale"])
+        try:
+            lifecycle.run(tmp, rounds, homes)
+            cold, cold_checks, cold_samples = bench_cold_start(
+                tmp, rounds, 1_000 if args.quick else 10_000)
+            scale = bench_scale(tmp, 5 if args.quick else 50)
+        finally:  # also after a failure: no service (and no jail of its) outlives its home
+            stop_services([p for p in tmp.iterdir() if p.is_dir()])
     checks = lifecycle.checks()
     ok = report("ext.local through the CLI (lifecycle)", checks)
     ok &= report("CLI cold start", cold_checks)
