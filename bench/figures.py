@@ -50,9 +50,10 @@ def percentile(samples: list[float], q: float) -> float:
 
 @dataclass
 class Check:
-    """One figure (ms) against a baseline from the same run, with its target.
+    """One figure (in ``unit``, ms unless told) against a baseline from the same run, with
+    its target.
 
-    ``limit`` is an upper bound in ms, ``max_ratio`` an upper bound on value/baseline;
+    ``limit`` is an upper bound in ``unit``, ``max_ratio`` an upper bound on value/baseline;
     either may be None. A figure with neither is printed, not judged. ``series`` names
     the samples it is the median of, where bench/plot.py marks ``limit``.
     """
@@ -64,6 +65,7 @@ class Check:
     limit: float | None = None
     max_ratio: float | None = None
     series: str | None = None
+    unit: str = "ms"
 
     @property
     def ratio(self) -> float:
@@ -77,14 +79,15 @@ class Check:
                 and (self.max_ratio is None or self.ratio <= self.max_ratio))
 
     def target(self) -> str:
-        parts = ([f"<= {self.limit:g} ms"] if self.limit is not None else []) + (
+        parts = ([f"<= {self.limit:g} {self.unit}"] if self.limit is not None else []) + (
             [f"<= x{self.max_ratio:g}"] if self.max_ratio is not None else [])
         return " and ".join(parts) or "none"
 
     def line(self) -> str:
         verdict = {True: "PASS", False: "FAIL", None: "    "}[self.passed]
-        return (f"  {verdict}  {self.what:<44} {self.value:8.1f} ms   baseline "
-                f"{self.baseline:7.1f} ms ({self.baseline_what})   x{self.ratio:.2f}   "
+        u = self.unit
+        return (f"  {verdict}  {self.what:<44} {self.value:8.1f} {u:<3} baseline "
+                f"{self.baseline:7.1f} {u} ({self.baseline_what})   x{self.ratio:.2f}   "
                 f"target {self.target()}")
 
     def as_dict(self) -> dict[str, Any]:
