@@ -42,6 +42,9 @@ def load(paths: list[Path]) -> Sources:
     sources: Sources = []
     rank = {stem: i for i, stem in enumerate(ORDER)}
     for path in sorted(paths, key=lambda p: (rank.get(p.stem, len(ORDER)), p.name)):
+        if not path.is_file():  # a shell's unmatched glob: no benchmark wrote a file
+            print(f"bench/plot.py: {path}: no such file", file=sys.stderr)
+            continue
         doc = json.loads(path.read_text())
         samples = {name: [float(x) for x in values]
                    for name, values in (doc.get("samples") or {}).items() if values}
