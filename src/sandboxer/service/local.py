@@ -52,8 +52,9 @@ def route_progress(message: str) -> None:
 async def _hangup(reader: asyncio.StreamReader) -> None:
     """Return once the client has closed its end (anything it sends meanwhile is
     ignored): its request is then cancelled."""
-    while await reader.read(4096):
-        pass
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
 
 
 class BadRequest(Exception):
