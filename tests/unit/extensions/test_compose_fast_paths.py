@@ -190,6 +190,18 @@ def test_without_v2_compose_v1_or_a_clear_error(tools: tuple[Path, LocalRunner])
     assert not tool.is_v2(found.argv)
 
 
+def test_what_a_host_runs_compose_with_is_asked_once_until_something_fails(
+        tools: tuple[Path, LocalRunner]) -> None:
+    tmp, r = tools
+    first = asyncio.run(tool.of(r))
+    _script(tmp / "sys1" / "docker-compose", "echo 2.30.0")
+    same_host = LocalRunner(str(tmp), dict(r.env))
+    assert asyncio.run(tool.of(same_host)) is first  # another request, the same host
+    tool.forget(same_host)
+    assert asyncio.run(tool.of(r)).argv == [str(tmp / "sys1" / "docker-compose")]
+    tool.forget(r)
+
+
 # -- sshd's banner -----------------------------------------------------------------------
 
 

@@ -24,7 +24,6 @@ from sandboxer.extensions.base import (
     BuildsImages,
     Endpoint,
     Handle,
-    Host,
     ManagesTargets,
     Observed,
     ProvisionRequest,
@@ -44,7 +43,6 @@ from sandboxer.extensions.compose_ssh.remote import (
     tar_stream,
 )
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
-from sandboxer.extensions.compose_ssh.tool import Compose
 from sandboxer.values import SANDBOX_ID
 
 if TYPE_CHECKING:
@@ -82,10 +80,6 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
     Spec = ComposeSpec
     TargetConfig = ComposeTarget
     url_schemes = ("ssh",)
-
-    def __init__(self, settings: Settings, host: Host | None = None) -> None:
-        super().__init__(settings, host)
-        self._compose: dict[str, Compose] = {}
 
     def _configs(self) -> list[ComposeTarget]:
         """The targets added with `sandboxer targets add` (not the implicit local)."""
@@ -180,19 +174,13 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         return runner
 
     async def compose_command(self, r: Runner) -> list[str]:
-        """The argv that runs compose on ``r``'s target (``tool.find``); remembered per
-        target for the life of this process (a probe, then the creates that follow)."""
-        return (await self._compose_of(r)).argv
-
-    async def _compose_of(self, r: Runner) -> Compose:
-        known = self._compose.get(r.name)
-        if known is None:
-            known = self._compose[r.name] = await tool.find(r)
-        return known
+        """The argv that runs compose on ``r``'s target (``tool.of``: remembered for the
+        life of this process, a probe then the creates that follow)."""
+        return (await tool.of(r)).argv
 
     async def facts(self, r: Runner) -> dict[str, Any]:
         """Engine version and compose flavour, or ProvisionFailed saying what is missing."""
-        engine, compose = await asyncio.gather(r.docker_version(), self._compose_of(r),
+        engine, compose = await asyncio.gather(r.docker_version(), tool.of(r),
                                                return_exceptions=True)
         assert not isinstance(engine, BaseException)  # noqa: S101 - it never raises
         if engine.rc != 0:
@@ -249,6 +237,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
                 try:
                     d, port = await self._up(r, compose, doc, spec, req, keys, bind, secrets)
                 except BaseException:
+                    tool.forget(r)  # it may be compose that failed (moved, upgraded)
                     await asyncio.shield(self._teardown(r, sid, compose, d))
                     raise
         except BaseException:

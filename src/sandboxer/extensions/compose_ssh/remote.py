@@ -72,6 +72,9 @@ class Runner(ABC):
 
     name: str
     base_dir: str  # where per-sandbox directories live (relative to the login dir if remote)
+    # Which docker host this is, whoever asks: what a process may remember about it
+    # (which compose it has) is remembered under this.
+    key: tuple[str, ...]
 
     @abstractmethod
     async def run(self, argv: list[str], *, input: bytes | None = None,
@@ -133,6 +136,7 @@ class LocalRunner(Runner):
         self.name = "local"
         self.base_dir = base_dir
         self.env = env
+        self.key = ("local", *sorted(f"{k}={v}" for k, v in env.items()))
         self.engine = local_engine(env)
 
     @override
@@ -199,6 +203,7 @@ class SSHRunner(Runner):
     def __init__(self, target: TargetConfig, conn: Any) -> None:
         self.name = target.name
         self.base_dir = ".sandboxer/sandboxes"
+        self.key = ("ssh", target.name, target.user, target.host, str(target.port))
         self._conn = conn
 
     @classmethod

@@ -56,6 +56,23 @@ def is_v2(argv: list[str]) -> bool:
     return argv != V1
 
 
+_known: dict[tuple[str, ...], Compose] = {}
+
+
+async def of(r: Runner) -> Compose:
+    """``find``, remembered for the life of this process per docker host (``Runner.key``):
+    the warm service's creates, each with extension instances of its own, ask once."""
+    known = _known.get(r.key)
+    if known is None:
+        known = _known[r.key] = await find(r)
+    return known
+
+
+def forget(r: Runner) -> None:
+    """Something failed on ``r``'s host: ask again next time (compose may have moved)."""
+    _known.pop(r.key, None)
+
+
 async def find(r: Runner) -> Compose:
     """What ``r``'s target runs compose with, or ProvisionFailed saying what to install."""
     found = await r.run(["sh", "-c", _FIND, "sh", *PLUGIN_DIRS], timeout=20)
