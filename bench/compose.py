@@ -195,7 +195,8 @@ def main() -> int:
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
             env.update(DOCKER_HOST=host, SANDBOXER_HOME=str(d / "home"),
-                       SANDBOXER_PROFILES=str(d / "profiles"))
+                       SANDBOXER_PROFILES=str(d / "profiles"),
+                       SANDBOXER_SERVICE_IDLE_EXIT="15")  # the CLI's service, if any
             built = subprocess.run(["bash", str(ROOT / "images/sandbox-base/build.sh"),
                                     "--docker-host", host], capture_output=True, text=True,
                                    check=True)
