@@ -178,6 +178,13 @@ def test_the_plugin_the_cli_would_run_is_called_directly(
     assert asyncio.run(tool.find(r)).argv == tool.V2
 
 
+def test_containers_are_named_as_each_compose_names_them() -> None:
+    doc = {"services": {"main": {}, "pinned": {"container_name": "mine"}}}
+    assert tool.container_name(doc, "main", "sbx-a", ["/p/docker-compose"]) == "sbx-a-main-1"
+    assert tool.container_name(doc, "main", "sbx-a", tool.V1) == "sbx-a_main_1"
+    assert tool.container_name(doc, "pinned", "sbx-a", tool.V2) == "mine"
+
+
 def test_without_v2_compose_v1_or_a_clear_error(tools: tuple[Path, LocalRunner]) -> None:
     tmp, r = tools
     _script(tmp / "bin" / "docker", "exit 1")

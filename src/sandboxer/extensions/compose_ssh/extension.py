@@ -63,16 +63,6 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _container_name(doc: dict[str, Any], service: str, project: str, compose: list[str]
-                    ) -> str:
-    """The main container's name, as compose v2 and v1 name it (or as the file pins it)."""
-    pinned = doc["services"][service].get("container_name")
-    if pinned:
-        return str(pinned)
-    sep = "-" if tool.is_v2(compose) else "_"
-    return sep.join((project, service, "1"))
-
-
 class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
 
@@ -289,7 +279,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
             if str(port) not in tail or attempt == PORT_ATTEMPTS - 1:
                 raise self._explain(r, tail, req.profile.id, doc)
             await r.run([*base, "down", "-v", "--remove-orphans", "-t", "5"], timeout=120)
-        ids = [_container_name(doc, spec.service, sid, compose)]
+        ids = [tool.container_name(doc, spec.service, sid, compose)]
         if secrets:
             await cs.install_loader(r, ids[0])
         # The entrypoint waits for these (SANDBOXER_KEYS_WAIT). They land in the container's

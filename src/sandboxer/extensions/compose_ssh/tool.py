@@ -56,6 +56,15 @@ def is_v2(argv: list[str]) -> bool:
     return argv != V1
 
 
+def container_name(doc: dict[str, Any], service: str, project: str, compose: list[str]
+                   ) -> str:
+    """A service's first container, as compose v2 and v1 name it (or as the file pins it)."""
+    pinned = doc["services"][service].get("container_name")
+    if pinned:
+        return str(pinned)
+    return ("-" if is_v2(compose) else "_").join((project, service, "1"))
+
+
 _known: dict[tuple[str, ...], Compose] = {}
 
 
