@@ -12,12 +12,14 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from sandboxer import placement
 from sandboxer.errors import Conflict, InvalidInput, NotFound
 from sandboxer.extensions.base import BuildsImages, DoctorChecks, ManagesTargets, available
 from sandboxer.models.target import name_problem
 from sandboxer.values import safe_repr
 
 if TYPE_CHECKING:
+    from sandboxer.extensions.base import Extension
     from sandboxer.manager import Manager
     from sandboxer.models.doctor import Check
 
@@ -98,6 +100,7 @@ async def add_target(manager: Manager, *, name: str, url: str, extension: str | 
         raise InvalidInput(f"{_name(ext)} returned a target record for "
                            f"{record.extension}/{record.name}, not for {name}")
     manager.store.add_target(record)
+    placement.forget(cast("Extension", ext), name)  # a removed namesake's answer is not its
     return summary
 
 
@@ -111,6 +114,10 @@ async def check_targets(manager: Manager, name: str | None = None) -> list[dict[
         if not exts:
             raise NotFound(f"no target named {name!r}", hint="see `sandboxer targets list`")
     found = await asyncio.gather(*(e.check_targets(name) for e in exts))
+    for ext, rows in zip(exts, found, strict=True):
+        for row in rows:  # what answered, and what did not, for placement's next create
+            done = placement.answered if row.get("ok") else placement.forget
+            done(cast("Extension", ext), row["name"])
     return [row for rows in found for row in rows]
 
 
@@ -123,6 +130,8 @@ def remove_target(manager: Manager, name: str) -> None:
     for ext in exts:
         ext.removable(name)
     manager.store.remove_target(name)
+    for ext in exts:
+        placement.forget(cast("Extension", ext), name)
 
 
 # -- images -----------------------------------------------------------------------------

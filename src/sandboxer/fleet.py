@@ -20,6 +20,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from sandboxer import placement
 from sandboxer.errors import Conflict, SandboxerError
 from sandboxer.extensions import base as extensions
 from sandboxer.models.extension import Handle, Target
@@ -52,6 +53,7 @@ async def probe(ext: Extension, targets: list[Target]) -> list[Target]:
             why = got.render() if isinstance(got, SandboxerError) else f"{type(got).__name__}"
             got = t.model_copy(update={"healthy": False, "reason": f"probe failed: {why}"})
         out.append(got)
+    placement.record(ext, out)
     return out
 
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sandboxer import checks as inputs
-from sandboxer import reaping
+from sandboxer import placement, reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -199,8 +199,6 @@ class Manager:
         placement, and resolved only when ``resolve_secrets`` (a create) and every ref
         validated; a dry run reports each ref's check in the plan instead of raising.
         """
-        from sandboxer.placement import choose
-
         actor = inputs.actor(actor)  # as the service checks it: one message everywhere
         actor = owner_for_create(actor, caller)  # an API caller owns what it creates
         profile = self.catalog.get(profile_id)
@@ -223,9 +221,9 @@ class Manager:
         resolve_tunnel(profile.reachability, self.settings.env)  # bad SANDBOXER_TUNNEL_*: exit 4
         known = ext.targets(self.settings)
         candidates = [t for t in known if target in (None, t.name)]
-        probed = await asyncio.gather(*(ext.probe(t) for t in candidates))
+        probed = await placement.probe_candidates(ext, candidates)
         others = [t for t in known if t not in candidates]
-        chosen = choose([*probed, *others], profile.route, pinned=target,
+        chosen = placement.choose([*probed, *others], profile.route, pinned=target,
                         placement=profile.placement)
         ext.check(profile, spec, chosen, self.catalog.source(profile.id).path)
         checks = await asyncio.to_thread(boundary.check, refs, self.settings) if refs else []
@@ -296,6 +294,7 @@ class Manager:
                 reachability=reach.model_dump(mode="json", by_alias=True),
             )
         except BaseException as e:
+            placement.forget(ext, plan.target.name)
             cleaned = await self._fail(sid, ext, handle, e, secrets)
             # Destroyed by someone else meanwhile: whatever broke here (SSH to a jail that is
             # gone, a setup step killed) follows from that, and their record stands.
@@ -313,6 +312,7 @@ class Manager:
                                       hint=f"{left}; see `sandboxer get {sid}` for the "
                                       "recorded error") from e
             raise
+        placement.answered(ext, plan.target.name)
         self.progress(f"{sid}: ready")
         return ready
 

@@ -4,17 +4,33 @@ Order of decisions: ``pinned`` (a create's --target) and the profile's ``placeme
 labels narrow the field; the route excludes kinds and orders the rest; health and capacity
 drop what cannot take a sandbox now; ``placement.prefer`` labels come first within a
 kind; among equals the least loaded target wins (fewest live sandboxes, then most free).
+
+Health comes from the extension's probe, made before each create (``probe_candidates``),
+except for a create that has one candidate only (pinned with --target, or the only
+target) when that target answered within ``FRESH_SECONDS``: a successful probe, create or
+`targets check` of it in this process. Any failure seen on a target forgets it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sandboxer.errors import NoTarget
 from sandboxer.models.extension import Target
 
 if TYPE_CHECKING:
+    from sandboxer.extensions.base import Extension
     from sandboxer.models.profile import PlacementSpec
+
+# How long a target that answered is trusted without a probe by a create that could not go
+# anywhere else. Short: a target that goes down within it fails that create (exit 5, the
+# sandbox recorded failed) where a probe would have refused it (exit 6), and is probed
+# again by the next one.
+FRESH_SECONDS = 5.0
+_answered: dict[tuple[str, str, str], float] = {}  # (home, extension, target) -> monotonic
 
 _KIND_ORDER = {
     "prefer-self-hosted": ("self-hosted", "cloud"),
@@ -74,3 +90,37 @@ def choose(targets: list[Target], route: str, *, pinned: str | None = None,
     raise NoTarget(f"no target can take this sandbox (route {route}):\n{detail}",
                    hint="see `sandboxer targets check`" if any(
                        "unhealthy" in r or "full" in r for r in reasons) else None)
+
+
+def _key(ext: Extension, target: str) -> tuple[str, str, str]:
+    return (str(ext.settings.home), ext.name, target)
+
+
+def answered(ext: Extension, target: str) -> None:
+    """``target`` just answered (a probe, a create, a check succeeded)."""
+    _answered[_key(ext, target)] = time.monotonic()
+
+
+def forget(ext: Extension, target: str) -> None:
+    """Something failed on ``target``: the next create probes it."""
+    _answered.pop(_key(ext, target), None)
+
+
+def record(ext: Extension, probed: Iterable[Target]) -> None:
+    for t in probed:
+        (answered if t.healthy else forget)(ext, t.name)
+
+
+def _fresh(ext: Extension, t: Target) -> bool:
+    at = _answered.get(_key(ext, t.name))
+    return t.healthy and at is not None and time.monotonic() - at < FRESH_SECONDS
+
+
+async def probe_candidates(ext: Extension, candidates: list[Target]) -> list[Target]:
+    """The candidates of a create, probed at once; a lone one that answered within
+    ``FRESH_SECONDS`` (and that ``targets()`` still calls healthy) is taken as it is."""
+    if len(candidates) == 1 and _fresh(ext, candidates[0]):
+        return candidates
+    probed = list(await asyncio.gather(*(ext.probe(t) for t in candidates)))
+    record(ext, probed)
+    return probed

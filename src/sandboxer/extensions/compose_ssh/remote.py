@@ -7,6 +7,7 @@ is ever interpolated into a shell string. One SSH connection serves a whole oper
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shlex
@@ -23,6 +24,7 @@ from typing_extensions import override
 from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.compose_ssh.config import TargetConfig
+from sandboxer.extensions.compose_ssh.engine import local_engine
 from sandboxer.openssh import known_hosts_name
 
 
@@ -70,6 +72,9 @@ class Runner(ABC):
 
     name: str
     base_dir: str  # where per-sandbox directories live (relative to the login dir if remote)
+    # Which docker host this is, whoever asks: what a process may remember about it
+    # (which compose it has) is remembered under this.
+    key: tuple[str, ...]
 
     @abstractmethod
     async def run(self, argv: list[str], *, input: bytes | None = None,
@@ -95,6 +100,27 @@ class Runner(ABC):
             )
         return done
 
+    # -- the docker calls every create and destroy makes (LocalRunner: the engine's API) --
+
+    async def docker_version(self) -> Completed:
+        """The engine's version on stdout, or a failure saying why none answers."""
+        return await self.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                              timeout=20)
+
+    async def copy_in(self, container: str, tarball: bytes, what: str) -> None:
+        """Extract ``tarball`` at the root of ``container`` (`docker cp -`)."""
+        await self.check(["docker", "cp", "-", f"{container}:/"], input=tarball, what=what)
+
+    async def labelled(self, kind: str, label: str, *, running_only: bool = False
+                       ) -> list[str]:
+        """Ids of the ``containers``, ``networks`` or ``volumes`` carrying ``label``
+        (``k=v``); none when the engine does not answer."""
+        ls = {"containers": ["docker", "ps", *([] if running_only else ["-a"])],
+              "networks": ["docker", "network", "ls"],
+              "volumes": ["docker", "volume", "ls"]}[kind]
+        done = await self.run([*ls, "-q", "--filter", f"label={label}"], timeout=60)
+        return done.out.split() if done.rc == 0 else []
+
     async def __aenter__(self) -> Runner:
         return self
 
@@ -110,6 +136,37 @@ class LocalRunner(Runner):
         self.name = "local"
         self.base_dir = base_dir
         self.env = env
+        self.key = ("local", *sorted(f"{k}={v}" for k, v in env.items()))
+        self.engine = local_engine(env)
+
+    @override
+    async def docker_version(self) -> Completed:
+        if self.engine is not None:
+            with contextlib.suppress(OSError):  # the CLI says why nothing answers
+                version = await self.engine.version()
+                return Completed(["docker", "version"], 0, version.encode(), b"")
+        return await super().docker_version()
+
+    @override
+    async def copy_in(self, container: str, tarball: bytes, what: str) -> None:
+        if self.engine is not None:
+            try:
+                await self.engine.copy_in(container, tarball)
+                return
+            except OSError:
+                pass  # the CLI says why nothing answers
+            except ProvisionFailed as e:
+                raise ProvisionFailed(f"{what} failed on target {self.name}: {e.message}"
+                                      ) from e
+        await super().copy_in(container, tarball, what)
+
+    @override
+    async def labelled(self, kind: str, label: str, *, running_only: bool = False
+                       ) -> list[str]:
+        if self.engine is not None:
+            with contextlib.suppress(OSError, ProvisionFailed):
+                return await self.engine.labelled(kind, label, running_only=running_only)
+        return await super().labelled(kind, label, running_only=running_only)
 
     @override
     async def run(self, argv: list[str], *, input: bytes | None = None,
@@ -146,6 +203,7 @@ class SSHRunner(Runner):
     def __init__(self, target: TargetConfig, conn: Any) -> None:
         self.name = target.name
         self.base_dir = ".sandboxer/sandboxes"
+        self.key = ("ssh", target.name, target.user, target.host, str(target.port))
         self._conn = conn
 
     @classmethod

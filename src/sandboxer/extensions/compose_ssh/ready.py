@@ -1,0 +1,53 @@
+"""How a new sandbox's sshd comes up: its keys copied in last, then its banner awaited.
+
+The image's entrypoint waits for ``/etc/sandboxer/ready`` (``SANDBOXER_KEYS_WAIT``), which
+the key tarball writes after the keys. Then it starts sshd. Until sshd listens, the
+published port answers nothing (or docker-proxy accepts and closes at once), so the
+banner is polled every 10 ms in-process, a few microseconds of CPU a try, where an SSH
+attempt costs a whole client's handshake and backs off. Readiness itself is still the
+SSH command that ``SSHExtension.wait_ready`` runs through the endpoint afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from sandboxer.extensions.compose_ssh.remote import tar_stream
+
+POLL = 0.01
+
+
+def key_tarball(host_key: bytes, authorized: str) -> bytes:
+    """/etc/sandboxer/{ssh_host_ed25519_key,authorized_keys}, owned by root, for `docker cp`."""
+    # `ready` last: the entrypoint waits for it, and tar writes members in order.
+    return tar_stream([("etc/sandboxer/ssh_host_ed25519_key", host_key, 0o600),
+                       ("etc/sandboxer/authorized_keys", authorized.encode() + b"\n", 0o644),
+                       ("etc/sandboxer/ready", b"", 0o644)], dirs=["etc/sandboxer"])
+
+
+async def _banner_once(host: str, port: int, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                return (await reader.read(4)) == b"SSH-"
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+
+
+async def banner(host: str, port: int, deadline: float) -> bool:
+    """Poll until an SSH server's banner comes from ``host:port``; False at ``deadline``
+    (monotonic) without one."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if await _banner_once(host, port, min(left, 2.0)):
+            return True
+        await asyncio.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
