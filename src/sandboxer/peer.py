@@ -12,8 +12,8 @@ even when that is not so (a squatter that bound the path first, a loosened ``run
 from __future__ import annotations
 
 import os
-import socket
 import struct
+from _socket import SO_PEERCRED, SOL_SOCKET  # not socket.py: its enums cost the CLI ~7 ms
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,7 @@ class _Sock(Protocol):
 def peer(sock: _Sock) -> tuple[int, int]:
     """(pid, uid) of the process at the other end of a connected unix socket."""
     pid, uid, _gid = _CRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+        sock.getsockopt(SOL_SOCKET, SO_PEERCRED, _CRED.size))
     return pid, uid
 
 

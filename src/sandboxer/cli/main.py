@@ -31,7 +31,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _untranslated(message: str) -> str:
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # argparse asks gettext for every help and usage string, and gettext looks for
+    # translation files anew on each call (~100 calls, ~15 ms per command here); sand-boxer
+    # speaks English and Python ships no argparse translations.
+    argparse._ = _untranslated  # type: ignore[attr-defined]
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print a stable JSON document")
