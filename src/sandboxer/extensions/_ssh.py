@@ -58,8 +58,13 @@ async def ssh_run(ep: Endpoint, command: str, *, timeout: float) -> tuple[int, s
 
 
 def warm_up() -> None:
-    """Load asyncssh now, so that probes in this (long-lived) process use it."""
+    """Load asyncssh now, so that probes in this (long-lived) process use it, and keep
+    key pairs generated ahead (in memory)."""
     import asyncssh  # noqa: F401 - imported for its side effect on ssh_probe
+
+    from sandboxer.extensions import _keys
+
+    _keys.warm_up()
 
 
 async def _asyncssh_run(ep: Endpoint, command: str, timeout: float) -> tuple[int, str]:

@@ -23,6 +23,7 @@ import logging
 import os
 import resource
 import signal
+import subprocess
 import termios
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from sandboxer.extensions.local import disk, jail, seccomp
 from sandboxer.extensions.local.cgroups import SandboxCgroup
+from sandboxer.extensions.local.spawn import Child, spawn
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ class Jail:
     root: bool                      # the endpoint runs as root: drop to host_uid
     cgroup: SandboxCgroup | None
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    proc: asyncio.subprocess.Process | None = None
+    proc: Child | None = None
     holder_pid: int = 0
     ns: Namespaces = field(default_factory=Namespaces)
 
@@ -131,9 +133,9 @@ class Jail:
             argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
                                     seccomp_fd=filter_fds[0], bwrap=self.bwrap,
                                     secret_fds=secret_fds)
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+            self.proc = await spawn(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 pass_fds=(*data_fds.values(), *secret_fds.values(), *filter_fds),
                 preexec_fn=self._holder_preexec(), env={"PATH": jail.JAIL_PATH},
                 start_new_session=True)
@@ -167,7 +169,8 @@ class Jail:
         if self.proc is None:
             raise JailError(f"the jail of {self.sandbox_id} was never started")
         deadline = time.monotonic() + _START_TIMEOUT
-        delay = 0.001
+        # bwrap sets a jail up in a few ms: look often at first (three /proc reads a look).
+        delay = 0.0005
         while time.monotonic() < deadline:
             if self.proc.returncode is not None:
                 break
@@ -176,10 +179,12 @@ class Jail:
                     if _cmdline(pid) == list(jail.HOLDER):
                         return pid
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 1.1, 0.02)
         err = b""
         if self.proc.returncode is not None and self.proc.stderr is not None:
-            err = await self.proc.stderr.read()
+            # bwrap is gone and its children die with it (--die-with-parent): EOF soon.
+            with contextlib.suppress(OSError, TimeoutError):
+                err = await asyncio.wait_for(asyncio.to_thread(self.proc.stderr.read), 2)
         raise JailError(f"the jail of {self.sandbox_id} did not start: "
                         f"{err.decode(errors='replace').strip()[-300:] or 'timed out'}")
 
