@@ -83,8 +83,9 @@ class _Pairs:
         return pair
 
     def refill(self) -> None:
+        # From half full, in one batch: a thread start costs more than a key pair.
         with self.guard:
-            if self.filling or len(self.pairs) >= self.SIZE:
+            if self.filling or len(self.pairs) > self.SIZE // 2:
                 return
             self.filling = True
         threading.Thread(target=self._fill, name="sandboxer-keys", daemon=True).start()

@@ -147,6 +147,8 @@ class Jail:
         except BaseException:
             await self.stop()
             raise
+        finally:
+            self.proc.close_pipes()  # bwrap's stderr mattered only while it set up
 
     def _holder_preexec(self) -> Callable[[], None]:
         cgroup, uid, limits = self.cgroup, self.host_uid, self._limits()

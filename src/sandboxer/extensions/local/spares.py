@@ -42,8 +42,8 @@ class _Pool:
         return spare
 
     def refill(self) -> None:
-        with self.guard:
-            if self.filling or len(self.ready) >= SIZE:
+        with self.guard:  # from half full, in one batch
+            if self.filling or len(self.ready) > SIZE // 2:
                 return
             self.filling = True
         threading.Thread(target=self._fill, name="sandboxer-spares", daemon=True).start()

@@ -34,6 +34,12 @@ class Child:
     def stderr(self) -> Any:
         return self.popen.stderr
 
+    def close_pipes(self) -> None:
+        """Close our ends of its stdin/stdout/stderr pipes, if it has any."""
+        for f in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if f is not None:
+                f.close()
+
     async def wait(self) -> int:
         """Its exit status, once it exits (negative: the signal that ended it)."""
         rc = self.popen.poll()
