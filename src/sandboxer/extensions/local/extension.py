@@ -241,7 +241,12 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         try:
             if self._images():
                 req.progress(f"making a {spec.limits.disk} workspace")
-                await asyncio.to_thread(self._image, d, ws, spec.limits.disk_bytes, host_uid)
+                size = spec.limits.disk_bytes
+                spare = spares.take(s.local_root, size)
+                if spare is not None:  # a rename and two syscalls: no thread needed
+                    self._image(d, ws, size, host_uid, spare)
+                else:
+                    await asyncio.to_thread(self._image, d, ws, size, host_uid, None)
             req.progress("generating keys")
             keys = _keys.generate(s, sid)
             self._host_publics[sid] = keys.host_public
@@ -316,9 +321,8 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             self._disk = self._root and disk.available() is None
         return self._disk
 
-    def _image(self, d: Path, ws: Path, size: int, uid: int) -> None:
-        """The workspace's image: a spare made ahead when there is one, mounted for uid."""
-        spare = spares.take(self.settings.local_root, size)
+    def _image(self, d: Path, ws: Path, size: int, uid: int, spare: Path | None) -> None:
+        """The workspace's image (``spare``, made ahead, or a new one), mounted for uid."""
         if spare is None:
             disk.create(d, size)
         else:
