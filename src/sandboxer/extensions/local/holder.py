@@ -30,12 +30,13 @@ import termios
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sandboxer.extensions.local import disk, jail, seccomp
 from sandboxer.extensions.local.cgroups import SandboxCgroup
-from sandboxer.extensions.local.spawn import Child, spawn
+from sandboxer.extensions.local.spawn import Child, in_thread, spawn
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Jail:
                     # A cgroup join waits for an RCU grace period (10-20 ms on some
                     # hosts): it runs while bwrap sets the jail up.
                     joining = asyncio.create_task(
-                        asyncio.to_thread(self.cgroup.add, self.proc.pid))
+                        in_thread(partial(self.cgroup.add, self.proc.pid)))
             else:
                 self.proc = await spawn(argv, preexec_fn=self._holder_preexec(), **kw)
         finally:
@@ -159,7 +160,7 @@ class Jail:
             self.holder_pid = await self._wait_for_holder()
             if joining is not None:
                 await joining
-                await asyncio.to_thread(self._join_the_rest)
+                await in_thread(self._join_the_rest)
             self.ns = Namespaces.of(self.holder_pid)
         except BaseException:
             if joining is not None:

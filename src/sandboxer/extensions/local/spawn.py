@@ -11,11 +11,15 @@ instead and hands back a ``Child`` whose exit is awaited through a pidfd.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import subprocess
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Child:
@@ -71,13 +75,34 @@ class Child:
         return exited
 
 
+_WORKERS = 16  # spawns and cgroup joins wait on the kernel, not the CPU
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _reset() -> None:
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_reset)
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in one of the endpoint's own worker threads (not asyncio's default pool,
+    which concurrent creates would fill with spawns waiting on the kernel)."""
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(_WORKERS, "sandboxer-spawn")
+    return await asyncio.get_running_loop().run_in_executor(_pool, fn)
+
+
 async def spawn(argv: list[str], **kwargs: Any) -> Child:
     """``subprocess.Popen(argv, **kwargs)`` in a worker thread; the started child (one
     whose caller was cancelled meanwhile is killed)."""
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, **kwargs)
 
-    started = asyncio.ensure_future(asyncio.to_thread(start))
+    started = asyncio.ensure_future(in_thread(start))
     try:
         popen = await asyncio.shield(started)
     except asyncio.CancelledError:
