@@ -303,8 +303,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         ep = await self.endpoint(handle)
         sid = handle.sandbox_id
         here = self._here()
-        started = (here.started(sid) if here is not None
-                   else control.call(self.settings, "started", sandbox_id=sid))
+        started = here.started(sid) if here is not None else control.started(self.settings, sid)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(started)
