@@ -249,6 +249,8 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
                     await asyncio.to_thread(self._image, d, ws, size, host_uid, None)
             req.progress("generating keys")
             keys = _keys.generate(s, sid)
+            if len(self._host_publics) > 10_000:  # sandboxes destroyed by other processes
+                self._host_publics.clear()
             self._host_publics[sid] = keys.host_public
             if starting is not None:
                 await starting
@@ -325,8 +327,12 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         if spare is None:
             disk.create(d, size)
         else:
-            disk.check_room(d, size)
-            os.rename(spare, disk.image_path(d))
+            try:
+                disk.check_room(d, size)
+                os.rename(spare, disk.image_path(d))
+            except BaseException:
+                spare.unlink(missing_ok=True)
+                raise
         disk.mount(d, ws, owner=uid)
 
     def _spec(self, spec: BaseModel) -> LocalSpec:
