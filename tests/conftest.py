@@ -4,6 +4,7 @@ a suite that requests it runs each of its tests on both store backends."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,11 @@ from tests.pg_support import Database
 
 from sandboxer import redaction
 from sandboxer.config import Settings
+
+# The local service each test home's CLI calls start (service/local.py) ends this soon
+# after its last request, instead of five minutes: the suite makes hundreds of homes
+# (environments built from scratch keep it: tests/support_env.py).
+os.environ.setdefault("SANDBOXER_SERVICE_IDLE_EXIT", "5")
 
 FAKE_EXT = Path(__file__).parent / "fixtures" / "fake_ext"
 # The test-only extension is found through the entry-point group, like any plugin.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandboxer import perms
+from sandboxer._typing import override
 
 
 def _default_home() -> Path:
@@ -38,13 +38,46 @@ def _check_home(home: Path) -> None:
                            hint="choose a directory without '${' in its path")
 
 
-@dataclass(frozen=True)
 class Settings:
-    """Process-wide settings; every path is absolute."""
+    """Process-wide settings; every path is absolute. Immutable: ``with_env`` makes a copy.
 
+    Equal (and hashed) by home and profile directories; ``env`` is the environment they
+    were read from. A plain class, not a dataclass: ``dataclasses`` costs every CLI
+    command ~10 ms to import.
+    """
+
+    __slots__ = ("env", "home", "profile_dirs")
     home: Path
-    profile_dirs: tuple[Path, ...] = ()
-    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    profile_dirs: tuple[Path, ...]
+    env: dict[str, str]
+
+    def __init__(self, home: Path, profile_dirs: tuple[Path, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        object.__setattr__(self, "home", home)
+        object.__setattr__(self, "profile_dirs", tuple(profile_dirs))
+        object.__setattr__(self, "env", {} if env is None else env)
+
+    @override
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Settings are immutable (tried to set {name})")
+
+    @override
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return (self.home, self.profile_dirs) == (other.home, other.profile_dirs)
+
+    @override
+    def __hash__(self) -> int:
+        return hash((self.home, self.profile_dirs))
+
+    @override
+    def __repr__(self) -> str:
+        return f"Settings(home={self.home!r}, profile_dirs={self.profile_dirs!r})"
+
+    def with_env(self, env: dict[str, str]) -> Settings:
+        """The same settings, read in another environment (a caller's, for its secrets)."""
+        return Settings(self.home, self.profile_dirs, env)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -202,6 +202,18 @@ def local_idle_exit(env: Mapping[str, str]) -> float:
     return seconds(env, "SANDBOXER_LOCAL_IDLE_EXIT", 3.0)
 
 
+def service_idle_exit(env: Mapping[str, str]) -> float:
+    """How long the local service stays up after its last request (its sandboxes keep it
+    up regardless)."""
+    return seconds(env, "SANDBOXER_SERVICE_IDLE_EXIT", 300.0)
+
+
+def local_service(env: Mapping[str, str]) -> bool:
+    """``SANDBOXER_LOCAL_SERVICE``: 1 (default) lets the CLI use the local service, 0 runs
+    every command in its own process."""
+    return word(env, "SANDBOXER_LOCAL_SERVICE", ("0", "1"), "1") == "1"
+
+
 def local_uid_base(env: Mapping[str, str]) -> int:
     return count(env, "SANDBOXER_LOCAL_UID_BASE", 1_100_000, high=2**32 - 2**17)
 
@@ -264,8 +276,9 @@ def mcp_log_level(env: Mapping[str, str]) -> str:
 # Checked whenever settings are read, so that a bad value fails the command that was given
 # it, not a background process (the ext.local endpoint, the VM lease keeper) later.
 CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
-    local_capacity, local_idle_exit, local_uid_base, compose_local_capacity, vm_capacity,
-    vm_keeper_interval, reap_interval, api_max_body, bao_timeout, warden_timeout,
+    local_capacity, local_idle_exit, service_idle_exit, local_service, local_uid_base,
+    compose_local_capacity, vm_capacity, vm_keeper_interval, reap_interval, api_max_body,
+    bao_timeout, warden_timeout,
     events_retention, state_hub_timeout, state_hub_backoff_max, database_url, db_pool_size,
     db_timeout, leader_interval, reconcile_interval,
 )

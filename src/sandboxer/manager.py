@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -92,20 +92,42 @@ class Manager:
         *,
         store: Store | None = None,
         progress: Callable[[str], None] | None = None,
+        ensure: bool = True,
     ) -> None:
         self.settings = settings
-        settings.ensure()
+        if ensure:
+            settings.ensure()
         self.store = store or open_store(settings)
         self.progress = progress or (lambda _msg: None)
         self._catalog: Catalog | None = None
+        self._catalog_read: tuple[Any, ...] = ()
+        self._parent: Manager | None = None
         self._extensions: dict[str, Extension] = {}
+        # Whether the process serves requests now (the local service sets it): extensions'
+        # housekeeping asks through Host.busy before it ends for being idle.
+        self.busy: Callable[[], bool] = lambda: False
+
+    def for_environ(self, environ: Mapping[str, str]) -> Manager:
+        """This manager as a caller with ``environ`` would have it (a request of the
+        local service): the same store, parsed catalog and ``busy``; settings read in that
+        environment — secret refs, tunnel variables, what extensions and the tools they
+        run see — and extension instances of its own."""
+        twin = Manager(self.settings.with_env(dict(environ)), store=self.store,
+                       progress=self.progress, ensure=False)
+        twin._parent = self
+        twin.busy = self.busy
+        return twin
 
     @property
     def catalog(self) -> Catalog:
-        if self._catalog is None:
-            from sandboxer.catalog import Catalog
+        """The profiles, parsed again only when a profile file changed since."""
+        if self._parent is not None:  # the same profile directories (service/wire.py)
+            return self._parent.catalog
+        from sandboxer.catalog import Catalog, fingerprint
 
-            self._catalog = Catalog(self.settings)
+        now = fingerprint(self.settings)
+        if self._catalog is None or now != self._catalog_read:
+            self._catalog, self._catalog_read = Catalog(self.settings), now
         return self._catalog
 
     def extension(self, name: str) -> Extension:
@@ -478,3 +500,6 @@ class _ManagerHost:
 
     async def destroy(self, sandbox_id: str) -> dict[str, Any]:
         return dict((await self._manager.destroy(sandbox_id)).document())
+
+    def busy(self) -> bool:
+        return self._manager.busy()

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sandboxer.errors import UnsafePermissions
 
@@ -33,8 +32,7 @@ if TYPE_CHECKING:
 _LOOSE = stat.S_IWGRP | stat.S_IWOTH
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One path others could write; ``mode`` is what a repair sets (None: refuse)."""
 
     path: Path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,6 +82,8 @@ def format_duration(value: timedelta) -> str:
 
 def new_sandbox_id() -> str:
     """``sbx-`` followed by 10 random base32 characters (50 bits)."""
+    import secrets  # hmac and hashlib: only where an id is made
+
     return "sbx-" + "".join(secrets.choice(_B32) for _ in range(10))
 
 

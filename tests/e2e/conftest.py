@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support_env import KEEP_ENV
 
 SANDBOXER = shutil.which("sandboxer", path=os.path.dirname(sys.executable)) or shutil.which(
     "sandboxer"
@@ -34,7 +35,7 @@ Cli = Callable[..., Result]
 
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
     env["SANDBOXER_HOME"] = str(tmp_path / "home")
     env["HOME"] = str(tmp_path / "user")
     return env

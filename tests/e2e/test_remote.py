@@ -26,6 +26,7 @@ import pytest
 from tests.api_support import StateHub, wait_for
 from tests.e2e.conftest import SANDBOXER, Result
 from tests.integration.api.conftest import Serve, serve_env
+from tests.support_env import KEEP_ENV
 
 # A Packer template whose builder needs no VM: the shell-local step writes what an image
 # entry holds (a disk and the kernel and initrd next to it), so `packer build` really runs
@@ -93,7 +94,7 @@ def _plane(tmp_path: Path, **server_env: str) -> Iterator[Plane]:
     admin = _local_token(env, "ops", "--admin")  # the one token made on the server itself
     alice = _local_token(env, "alice")
     server = Serve(env, tmp_path / "serve.log")
-    mine = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    mine = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
     mine.update(SANDBOXER_URL=server.url, SANDBOXER_TOKEN=admin,
                 SANDBOXER_HOME=str(tmp_path / "operator" / "home"),
                 HOME=str(tmp_path / "operator" / "user"),

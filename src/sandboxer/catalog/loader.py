@@ -76,6 +76,28 @@ def _has_path(doc: Any, loc: tuple[Any, ...]) -> bool:
     return True
 
 
+def fingerprint(settings: Settings, *, include_builtin: bool = True) -> tuple[Any, ...]:
+    """What a Catalog is read from: every profile file's path, inode, size and mtime.
+
+    Equal fingerprints mean an equal catalog, so a long-lived process (the local service,
+    ``sandboxer serve``) keeps its parsed catalog until a file is added, removed or edited.
+    """
+    import os
+
+    dirs = ([BUILTIN_DIR] if include_builtin else []) + list(settings.profile_dirs)
+    seen: list[Any] = []
+    for d in dirs:
+        try:
+            with os.scandir(d) as entries:
+                for e in entries:
+                    if e.name.endswith((".yaml", ".yml")):
+                        st = e.stat()
+                        seen.append((e.path, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            seen.append((str(d), None))
+    return tuple(sorted(seen, key=repr))
+
+
 class Catalog:
     """Every profile visible to this process, indexed by id."""
 

@@ -12,6 +12,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sandboxer.cli._client import WarmClient
     from sandboxer.client import Client
 
 Doc = dict[str, Any]
@@ -45,7 +46,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.set_defaults(handler=cmd_ssh_config)
 
 
-def ready_descriptor(client: Client, sandbox_id: str) -> Doc:
+def ready_descriptor(client: Client | WarmClient, sandbox_id: str) -> Doc:
     """The stored descriptor of a ready sandbox; Conflict (exit 8) otherwise."""
     from sandboxer.errors import Conflict
 
@@ -60,7 +61,7 @@ def ready_descriptor(client: Client, sandbox_id: str) -> Doc:
     return reach
 
 
-def usable_identity(client: Client, sandbox_id: str, reach: Doc) -> Doc:
+def usable_identity(client: Client | WarmClient, sandbox_id: str, reach: Doc) -> Doc:
     """The descriptor with an identity file this machine can read: the descriptor's own
     when it is readable here (this machine, a shared home), else the sandbox's key fetched
     from the server (its owner or an admin) into this home's ``keys/`` (0600)."""
@@ -79,10 +80,10 @@ def usable_identity(client: Client, sandbox_id: str, reach: Doc) -> Doc:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from sandboxer.cli._client import make_client
+    from sandboxer.cli._client import WarmClient
     from sandboxer.cli.output import emit_json, kv
 
-    reach = ready_descriptor(make_client(), args.id)
+    reach = ready_descriptor(WarmClient(), args.id)
     if args.json:
         emit_json(reach)
         return 0
@@ -120,11 +121,11 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from sandboxer.cli._client import make_client
+    from sandboxer.cli._client import WarmClient
     from sandboxer.cli.output import emit_json
     from sandboxer.openssh import ensure_known_hosts, known_hosts_path
 
-    client = make_client()
+    client = WarmClient()
     reach = usable_identity(client, args.id, ready_descriptor(client, args.id))
     known = known_hosts_path(client.settings, args.id)
     ensure_known_hosts(known, reach["known_hosts"])

@@ -99,7 +99,7 @@ def _list_doc(items: list[Any]) -> Doc:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from sandboxer.cli._client import make_client, parse_labels
+    from sandboxer.cli._client import WarmClient, make_client, parse_labels
     from sandboxer.cli.output import Progress, emit_json, kv, printable
 
     labels = parse_labels(args.label)
@@ -121,7 +121,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         return SecretError.exit_code if any(r["status"] != "ok" for r in refs) else 0
     progress = Progress(quiet=args.quiet)
     try:
-        status = make_client(progress=progress).create(
+        status = WarmClient(progress).create(
             args.profile, ttl=args.ttl, actor=args.actor, labels=labels, target=args.target,
             name=args.name)
     finally:
@@ -160,18 +160,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
-    from sandboxer.cli._client import make_client
+    from sandboxer.cli._client import WarmClient
 
-    _show(make_client().extend(args.id, args.ttl), args.json)
+    _show(WarmClient().extend(args.id, args.ttl), args.json)
     return 0
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
-    from sandboxer.cli._client import make_client
+    from sandboxer.cli._client import WarmClient
     from sandboxer.cli.output import emit_json, printable, table
     from sandboxer.errors import SandboxerError
 
-    client = make_client()
+    client = WarmClient()
     if len(args.ids) == 1:  # one id: its error is the command's error
         done = [client.destroy_document(args.ids[0])]
         errors: list[dict[str, Any]] = []

@@ -73,6 +73,10 @@ class Host(Protocol):
     async def destroy(self, sandbox_id: str) -> dict[str, Any]:
         """Destroy a sandbox the way ``sandboxer destroy`` does; its final document."""
 
+    def busy(self) -> bool:
+        """True while the process hosting this extension serves requests (the local
+        service): its housekeeping should not end for being idle meanwhile."""
+
 
 @dataclass
 class ProvisionRequest:

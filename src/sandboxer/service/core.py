@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError
@@ -47,6 +47,15 @@ class ServiceCore:
         self._store: Store | None = store
         self._manager: Manager | None = manager
         self._served: dict[str, tuple[Any, float]] = {}  # id -> (reachability, checked)
+
+    def for_environ(self, environ: Mapping[str, str]) -> Self:
+        """This service as a caller with ``environ`` would run it in its own process (a
+        request of the local service, ``service/local.py``): the same store and warm
+        manager state, everything else read in that environment (``Manager.for_environ``).
+        """
+        return type(self)(self.settings.with_env(dict(environ)), store=self.store,
+                          manager=self.manager.for_environ(environ),
+                          progress=self.progress, upkeep=self.upkeep)
 
     @property
     def store(self) -> Store:

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from sandboxer.keeper import EXTENSION_NAME, argv, ensure, lock_path, log_path, 
 
 if TYPE_CHECKING:
     from sandboxer.extensions.base import Extension, Host
+    from sandboxer.service.app import Service
+    from sandboxer.service.local import LocalService
 
 log = logging.getLogger(__name__)
 IDLE_EXIT = 30.0  # seconds without a live sandbox before a keeper without housekeeping exits
@@ -43,12 +46,35 @@ __all__ = ["EXTENSION_NAME", "argv", "ensure", "keep", "lock_path", "log_path", 
            "running"]
 
 
-def _extension(settings: Settings, name: str) -> Extension:
-    """The extension with the host core gives it, from the application service this
-    process hosts (the one every shell calls): the one place it builds core."""
+def _extension(settings: Settings, name: str) -> tuple[Service, Extension]:
+    """The application service this process hosts (the one every shell calls) and the
+    extension with the host core gives it: the one place it builds core."""
     from sandboxer.service.app import Service
+    from sandboxer.service.local import route_progress
 
-    return Service(settings, upkeep=False).manager.extension(name)
+    service = Service(settings, upkeep=False, progress=route_progress)
+    return service, service.manager.extension(name)
+
+
+def _hosts_local_service(settings: Settings, extension: str) -> bool:
+    """Whether this keeper hosts the local service (``service/local.py``): its extension
+    registers under ``sandboxer.local_service`` and SANDBOXER_LOCAL_SERVICE is not 0."""
+    from sandboxer import envvars
+    from sandboxer.service import wire
+
+    return extension == wire.host_extension() and envvars.local_service(settings.env)
+
+
+async def _local_service(service: Service, sock: socket.socket | None) -> LocalService | None:
+    """The local service on ``sock``, started (None without a socket)."""
+    if sock is None:
+        return None
+    from sandboxer.service.local import LocalService
+
+    local = LocalService(service)
+    service.manager.busy = local.busy
+    await local.start(sock)
+    return local
 
 
 def _lock(path: Path, timeout: float = LOCK_WAIT) -> int | None:
@@ -138,16 +164,18 @@ class _Leases:
 
 
 async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EXIT,
-               lock: tuple[Path, int] | None = None) -> None:
+               lock: tuple[Path, int] | None = None,
+               service_socket: socket.socket | None = None) -> None:
     """Keep ``extension``'s leases and run its housekeeping until there is nothing left.
 
     ``lock``: the held lock file and its fd; the keeper exits once that file is gone.
+    ``service_socket``: the local service's listening socket, when this keeper hosts it.
     """
     import signal
 
     from sandboxer.extensions.base import Housekeeping
 
-    ext = _extension(settings, extension)
+    service, ext = _extension(settings, extension)
     host = ext.host
     housekeeping = isinstance(ext, Housekeeping)
     leases = _Leases(host, ext.keeper_interval(), None if housekeeping else idle_exit, lock)
@@ -159,12 +187,16 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     others: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
     if isinstance(ext, Housekeeping):
         others.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
-    log.info("keeper %d for %s in %s%s", os.getpid(), extension, settings.home,
-             " with its housekeeping" if housekeeping else "")
+    local = await _local_service(service, service_socket)
+    log.info("keeper %d for %s in %s%s%s", os.getpid(), extension, settings.home,
+             " with its housekeeping" if housekeeping else "",
+             " and the local service" if local else "")
     try:
         done, _pending = await asyncio.wait({keeping, *others},
                                             return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if local is not None:  # requests under way finish before the endpoints stop
+            await local.close(STOP_WAIT)
         leases.stop()
         for task in others:
             task.cancel()  # housekeeping cleans up when cancelled (a stop, an orphaned home)
@@ -208,12 +240,21 @@ def main(args: list[str] | None = None) -> int:
     if fd is None:
         log.info("another keeper holds %s; exiting", path)
         return 0
+    service_socket = None
     try:
-        asyncio.run(keep(settings, opts.extension, idle_exit=opts.idle_exit, lock=(path, fd)))
+        if _hosts_local_service(settings, opts.extension):
+            from sandboxer.service.local import bind
+
+            # Bound before anything loads: a client connects at once and waits for us.
+            service_socket = bind(settings)
+        asyncio.run(keep(settings, opts.extension, idle_exit=opts.idle_exit, lock=(path, fd),
+                         service_socket=service_socket))
     except SandboxerError as e:
         log.error("keeper for %s: %s", opts.extension, e.render())
         return 1
     finally:
+        if service_socket is not None:
+            service_socket.close()
         with contextlib.suppress(OSError):
             os.close(fd)
     return 0

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.integration.conftest import SANDBOXER
+from tests.support_env import KEEP_ENV
 
 FAKE_EXT = Path(__file__).parents[2] / "fixtures" / "fake_ext"
 FAKE_PROFILE = ("id: profile.fake\ndescription: test double\nextension: ext.fake\n"
@@ -62,7 +63,8 @@ def serve_env(home: Path, **extra: str) -> dict[str, str]:
     profiles.mkdir(parents=True, exist_ok=True)
     (profiles / "fake.yaml").write_text(FAKE_PROFILE)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SANDBOXER_") or k == "SANDBOXER_DATABASE_URL"}
+           if not k.startswith("SANDBOXER_") or k == "SANDBOXER_DATABASE_URL"
+           or k in KEEP_ENV}
     env.update(SANDBOXER_HOME=str(home), SANDBOXER_PROFILES=str(profiles),
                PYTHONPATH=os.pathsep.join([str(FAKE_EXT), *sys.path]), **extra)
     return env

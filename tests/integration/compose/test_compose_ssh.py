@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support_env import KEEP_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def make_env(ssh_target: Any, tmp_path: Path) -> Iterator[Env]:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "compose-test.yaml").write_text(PROFILE.format(image=ssh_target.image))
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
     e.update(SANDBOXER_HOME=str(tmp_path / "home"), SANDBOXER_PROFILES=str(profiles),
              HOME=str(tmp_path / "user"), DOCKER_HOST=ssh_target.docker_host)
     ctx = Env(e, tmp_path / "home", profiles, ssh_target)
@@ -169,8 +170,11 @@ def test_create_over_ssh_reach_label_destroy(env: Env) -> None:
 
 
 def test_reconcile_removes_a_project_left_by_a_killed_create(env: Env) -> None:
+    # The create runs in the killed process itself (not in the local service, which would
+    # see its client go and cancel the create cleanly): what it left is found by label.
     proc = subprocess.Popen([SANDBOXER, "create", "profile.compose-test", "--target", "t1"],
-                            env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**env.env, "SANDBOXER_LOCAL_SERVICE": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not env.labelled("sandboxer.instance", env.instance()):
         assert proc.poll() is None, "create finished before it could be killed"

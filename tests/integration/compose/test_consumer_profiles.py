@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support_env import KEEP_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def consumer_env(ssh_target: Any, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
     env.update(SANDBOXER_HOME=str(tmp_path / "home"), HOME=str(tmp_path / "user"),
                DOCKER_HOST=ssh_target.docker_host)
     added = cli(env, "targets", "add", "t1", ssh_target.url, "--identity",

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from tests.fleet_support import Fleet, FleetHost, fleet
+from tests.support_env import KEEP_ENV
 
 SANDBOXER = shutil.which("sandboxer", path=os.path.dirname(sys.executable)) or "sandboxer"
 TARGETS = {"h1": (1, ["zone=a"]), "h2": (2, ["zone=b", "disk=ssd"]), "h3": (3, ["zone=b"])}
@@ -86,7 +87,7 @@ def fleet_env(docker_fleet: Fleet, tmp_path: Path) -> Iterator[FleetEnv]:
     for name, placement in PROFILES.items():
         (profiles / f"{name}.yaml").write_text(
             PROFILE.format(name=name, placement=placement, image=docker_fleet.image))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
     env.update(SANDBOXER_HOME=str(tmp_path / "home"), SANDBOXER_PROFILES=str(profiles),
                HOME=str(tmp_path / "user"),
                DOCKER_HOST=f"unix://{tmp_path}/no-engine-here.sock")

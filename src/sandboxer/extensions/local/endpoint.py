@@ -409,7 +409,7 @@ class Daemon:
                     log.warning("control socket %s is gone; exiting", path)
                     break
                 await self._housekeeping()
-                if self.sandboxes or self.busy:
+                if self.sandboxes or self.busy or self.host.busy():
                     idle_since = None
                 elif idle_since is None:
                     idle_since = time.monotonic()

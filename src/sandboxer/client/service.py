@@ -1,0 +1,163 @@
+"""ServiceClient: the CLI's thin client of the local service, standard library only.
+
+``create``, ``destroy``, ``extend``, ``ssh`` and ``reachability show`` send one request
+over ``$SANDBOXER_HOME/run/service.sock`` to the warm local service (``service/local.py``,
+hosted by core's keeper for ext.local) and print its answer, so the command costs the
+interpreter's start and a round trip instead of importing pydantic, the manager and an
+SSH library and parsing the catalog every time. The service is started on demand, as
+ext.local's endpoint always was.
+
+``Unavailable`` means the request was not taken — no service can be started, or it runs
+with other settings (``service/wire.py``: the settings key) — and the caller does the work
+in its own process instead (``cli/_client.py``), exactly as before. Once a request is
+taken, its answer (a result or an error with its stable code) is final: nothing is
+retried in-process, so a create never runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sandboxer import keeper, peer
+from sandboxer.config import Settings
+from sandboxer.errors import SandboxerError, from_code
+from sandboxer.service import wire
+
+START_TIMEOUT = 20.0  # a service that starts (imports, restores sandboxes) within this
+STARTED_BY = 1.0  # a keeper that does not hold its lock after this has failed to start
+BIND_WAIT = 0.5  # a running keeper's socket appears within this of its lock, or never
+
+
+class Unavailable(Exception):
+    """The local service did not take the request; do it in this process."""
+
+
+class ServiceClient:
+    """Requests to the local service of ``settings.home``, as the local operator."""
+
+    def __init__(self, settings: Settings, env: Mapping[str, str],
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(env)
+        self.key = wire.settings_key(env, settings.home)
+        self.progress = progress or (lambda _m: None)
+        self._host: str | None = None
+
+    @property
+    def host(self) -> str:
+        """The extension whose keeper hosts the service; looked up (reading every
+        installed distribution's entry points) only when it must be started."""
+        if self._host is None:
+            found = wire.host_extension()
+            if found is None:
+                raise Unavailable("no installed extension hosts a local service")
+            self._host = found
+        return self._host
+
+    # -- operations (each answers a sandboxer.sandbox/v1 document) ----------------------
+
+    def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
+               labels: dict[str, str] | None = None, target: str | None = None,
+               name: str | None = None) -> dict[str, Any]:
+        args = {"profile": profile_id, "ttl": ttl, "actor": actor,
+                "labels": labels or {}, "target": target, "name": name}
+        doc: dict[str, Any] = self.call("create", args)
+        return doc
+
+    def get_document(self, sandbox_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self.call("get", {"id": sandbox_id})
+        return doc
+
+    def extend(self, sandbox_id: str, ttl: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self.call("extend", {"id": sandbox_id, "ttl": ttl})
+        return doc
+
+    def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self.call("destroy", {"id": sandbox_id})
+        return doc
+
+    # -- the wire ---------------------------------------------------------------------
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """One request; its result, or the error it answered (raised, final)."""
+        sock = self._connect()
+        try:
+            # The environment goes only to our own uid's service (checked in _open).
+            sock.sendall(wire.encode({"v": wire.PROTOCOL, "op": op, "args": args,
+                                      "key": self.key, "env": self.env}))
+            with sock.makefile("rb") as replies:
+                while line := replies.readline(wire.MAX_LINE):
+                    msg = json.loads(line)
+                    if "progress" in msg:
+                        self.progress(str(msg["progress"]))
+                    elif msg.get("ok"):
+                        return msg.get("result")
+                    elif "fallback" in msg:
+                        raise Unavailable(str(msg["fallback"]))
+                    else:
+                        err = msg.get("error") or {}
+                        raise from_code(str(err.get("code")), str(err.get("message")))
+        finally:
+            sock.close()
+        raise SandboxerError(f"the local service stopped before it answered {op}",
+                             hint=f"its log is under {self.settings.log_dir}; `sandboxer "
+                                  "list --all` shows what became of the sandbox")
+
+    def _open(self) -> socket.socket:
+        path = wire.socket_path(self.settings)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(os.fspath(path))
+            peer.check_server(sock, path)  # before a byte is sent
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _connect(self) -> socket.socket:
+        try:
+            return self._open()
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        except OSError as e:  # a path too long for a unix socket, a read-only home
+            raise Unavailable(str(e)) from e
+        try:
+            # A keeper that hosts the service binds its socket right after taking its
+            # lock: one that runs without it (SANDBOXER_LOCAL_SERVICE=0 when it started,
+            # an older sand-boxer) will not grow one.
+            self.settings.ensure()  # a fresh home has no run/ yet
+            running = keeper.running(self.settings, self.host)
+            if not running:
+                keeper.ensure(self.settings, self.host)
+        except OSError as e:
+            raise Unavailable(f"cannot start the local service: {e}") from e
+        start = time.monotonic()
+        delay = 0.002
+        while True:
+            try:
+                return self._open()
+            except (FileNotFoundError, ConnectionRefusedError):
+                waited = time.monotonic() - start
+                if waited > (BIND_WAIT if running else START_TIMEOUT) or (
+                        waited > STARTED_BY and not keeper.running(self.settings, self.host)):
+                    raise Unavailable("the local service did not start") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+
+
+def for_cli(progress: Callable[[str], None] | None = None) -> ServiceClient | None:
+    """The thin client when this command may use the local service (no SANDBOXER_URL,
+    SANDBOXER_LOCAL_SERVICE not 0); None otherwise."""
+    env = os.environ
+    if env.get("SANDBOXER_URL"):
+        return None
+    from sandboxer import envvars
+
+    if not envvars.local_service(env):
+        return None
+    return ServiceClient(Settings.from_env(), env, progress)

@@ -1,0 +1,220 @@
+"""The local service: the application service answering the CLI over a unix socket.
+
+Core's keeper process for ext.local (``service/daemon.py``) hosts a ``Service`` and, with
+this, serves it on ``run/service.sock`` (the protocol, the settings key and what the
+caller's environment is used for: ``service/wire.py``). The CLI's ``create``, ``destroy``,
+``extend``, ``ssh`` and ``reachability show`` come here (``client/service.py``), so they
+find the catalog parsed, the extensions loaded and asyncssh imported, and start nothing.
+
+A request runs as a task of its own; its progress lines go back on its connection as
+they happen, and a client that goes away (Ctrl-C, killed) cancels its request, which
+then cleans up as any cancelled create does (recorded ``failed``, partial resources
+destroyed). Every text sent back passes the redaction safety net first. The process
+stays up while a request runs and for ``SANDBOXER_SERVICE_IDLE_EXIT`` seconds after the
+last one (``busy``), so a burst of commands finds it warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from sandboxer import envvars, peer, redaction
+from sandboxer.errors import SandboxerError
+from sandboxer.service import wire
+
+if TYPE_CHECKING:
+    from sandboxer.config import Settings
+    from sandboxer.service.app import Service
+
+log = logging.getLogger(__name__)
+_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "local_service_progress", default=None)
+
+
+def route_progress(message: str) -> None:
+    """The hosted Service's progress callback: to the connection of the request whose
+    task (or worker thread: ``asyncio.to_thread`` copies the context) reports it."""
+    sink = _sink.get()
+    if sink is not None:
+        sink(message)
+
+
+class BadRequest(Exception):
+    """A request line this service does not take (the client gets an error reply)."""
+
+
+def _request(line: bytes) -> dict[str, Any]:
+    try:
+        req = json.loads(line)
+    except ValueError as e:
+        raise BadRequest("the request is not one JSON line") from e
+    if not isinstance(req, dict) or req.get("v") != wire.PROTOCOL:
+        raise BadRequest(f"expected a protocol {wire.PROTOCOL} request")
+    if req.get("op") not in wire.OPS:
+        raise BadRequest(f"unknown op {req.get('op')!r}")
+    env, args = req.get("env", {}), req.get("args", {})
+    if not isinstance(args, dict) or not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise BadRequest("args and env must be JSON objects (env: of strings)")
+    return req
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The service's listening socket at ``run/service.sock`` (0600), bound at once by a
+    keeper that holds its lock, before it loads anything."""
+    path = wire.socket_path(settings)
+    # The keeper's lock is ours: a socket file left there is a dead keeper's.
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(os.fspath(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+class LocalService:
+    """``service`` on ``run/service.sock`` until ``close``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.settings
+        # What this process runs with; a caller with other settings is not served here.
+        self.key = wire.settings_key(os.environ, self.settings.home)
+        self.idle_exit = envvars.service_idle_exit(self.settings.env)
+        self.inflight = 0
+        self.last = time.monotonic()
+        self._server: asyncio.AbstractServer | None = None
+        self._requests: set[asyncio.Task[Any]] = set()
+
+    def busy(self) -> bool:
+        """A request runs, or one ended less than ``idle_exit`` seconds ago."""
+        return self.inflight > 0 or time.monotonic() - self.last < self.idle_exit
+
+    async def start(self, sock: socket.socket) -> None:
+        """Answer on ``sock`` (``listen``): bound by ``bind`` when the keeper started, so
+        clients that connected meanwhile wait in its backlog instead of failing."""
+        self._server = await asyncio.start_unix_server(self._connection, sock=sock,
+                                                       limit=wire.MAX_LINE)
+        log.info("local service on %s", wire.socket_path(self.settings))
+
+    async def close(self, drain: float) -> None:
+        """Stop taking requests; wait up to ``drain`` seconds for those under way."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                wire.socket_path(self.settings).unlink()
+        if self._requests:
+            _done, pending = await asyncio.wait(set(self._requests), timeout=drain)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            if not peer.client_allowed(sock):
+                log.warning("refused a service connection from process %d (uid %d)",
+                            *peer.peer(sock))
+                return
+            try:
+                req = _request(await reader.readline())
+            except (BadRequest, ValueError) as e:  # ValueError: a line over MAX_LINE
+                writer.write(wire.encode({"ok": False, "error": {
+                    "code": "usage", "message": f"local service: {e}"}}))
+                return
+            if req["op"] == "ping":
+                writer.write(wire.encode({"ok": True, "result": {"pid": os.getpid()}}))
+            elif req.get("key") != self.key:
+                writer.write(wire.encode({"ok": False, "fallback": "other settings"}))
+            else:
+                await self._serve(req, reader, writer)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, req: dict[str, Any], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        on_loop = threading.get_ident()
+
+        def send(message: str) -> None:
+            line = wire.encode({"progress": redaction.redact(message)})
+            if threading.get_ident() == on_loop:
+                writer.write(line)
+            else:
+                loop.call_soon_threadsafe(writer.write, line)
+
+        self.inflight += 1
+        work = asyncio.create_task(self._run(req["op"], req["args"], req["env"], send))
+        self._requests.add(work)
+        gone = asyncio.create_task(reader.read(1))  # b"" once the client hangs up
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                log.info("the client of a %s request went away; cancelling it", req["op"])
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                return
+            try:
+                reply: dict[str, Any] = {"ok": True, "result": work.result()}
+            except SandboxerError as e:
+                reply = {"ok": False, "error": {"code": e.code, "message": e.render()}}
+            except Exception as e:
+                log.exception("local service: %s failed", req["op"])
+                reply = {"ok": False, "error": {
+                    "code": "unexpected",
+                    "message": redaction.redact(f"{type(e).__name__}: {e}")}}
+            writer.write(wire.encode(reply))
+        finally:
+            gone.cancel()
+            self._requests.discard(work)
+            self.inflight -= 1
+            self.last = time.monotonic()
+
+    async def _run(self, op: str, args: dict[str, Any], env: Mapping[str, str],
+                   send: Callable[[str], None]) -> Any:
+        _sink.set(send)
+        svc = self.service.for_environ(env)  # as the caller's own process would run it
+        if op == "create":
+            from sandboxer.models.requests import CreateRequest
+
+            # Built as the in-process client builds it; the service checks every value.
+            fields: dict[str, Any] = {k: args.get(k) for k in ("ttl", "actor", "target",
+                                                               "name")}
+            req = CreateRequest.model_construct(profile=str(args.get("profile")),
+                                                labels=dict(args.get("labels") or {}),
+                                                **fields)
+            status = await svc.create(req)
+            return status.document()
+        sid = str(args.get("id"))
+        if op == "get":
+            return await asyncio.to_thread(svc.get_document, sid)
+        if op == "extend":
+            return (await asyncio.to_thread(svc.extend, sid, str(args.get("ttl")))).document()
+        done = await asyncio.to_thread(svc.destroy_fast, sid)
+        if done is not None:
+            return done
+        return (await svc.destroy(sid)).document()

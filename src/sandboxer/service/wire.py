@@ -1,0 +1,92 @@
+"""The local service's socket: where it is, what a request carries, when it may serve it.
+
+Standard library only: the CLI's thin client (``client/service.py``) imports this and
+nothing heavier, so ``create``, ``destroy``, ``extend``, ``ssh`` and ``reachability show``
+pay for no pydantic, asyncio or SSH library.
+
+The local service is core's keeper process for ext.local (``service/daemon.py``), which
+hosts a ``Service``. It listens on ``$SANDBOXER_HOME/run/service.sock`` (0600, in the
+0700 ``run/``, answering only its own uid or root). One connection carries one request,
+a JSON line::
+
+    {"v": 1, "op": "create", "args": {...}, "key": "…", "env": {...}}
+
+and gets back any number of ``{"progress": "…"}`` lines, then exactly one of
+``{"ok": true, "result": …}``, ``{"ok": false, "error": {"code": …, "message": …}}`` or
+``{"ok": false, "fallback": "why"}`` (the service cannot act exactly as this caller
+would: the caller does it in its own process instead).
+
+**The environment.** ``env`` is the caller's whole environment, and the request runs in
+it as it would in the caller's own process (``Service.for_environ``): secret refs resolve
+in it (``env:`` refs, ``BAO_TOKEN``), tunnel variables and extensions read it, the tools
+extensions run get what they would get. It travels over the private socket to a process
+of the same user, is never logged, stored or kept after the request, and never becomes
+the service's own process environment.
+
+**The settings key.** What one process cannot change per request must match: the code
+(its location, version and ``PYTHONPATH``, i.e. the plugins it can import), the home and
+its store, ``HOME`` and ``PATH`` (where binaries and profiles are found) and every
+``SANDBOXER_*`` setting whose name does not look like a credential. ``settings_key``
+hashes those; a caller whose key differs from the service's is told to do the work in
+its own process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sandboxer import childenv
+from sandboxer.config import Settings
+
+PROTOCOL = 1
+MAX_LINE = 4 << 20  # one request or reply line, environment included
+_KEY_NAMES = frozenset({"PATH", "HOME"})
+# Settings of the local service itself, which its callers need not share.
+_NOT_KEYED = frozenset({"SANDBOXER_HOME", "SANDBOXER_LOCAL_SERVICE",
+                        "SANDBOXER_SERVICE_IDLE_EXIT", "SANDBOXER_DEBUG"})
+# The ops a thin client may send; the service refuses anything else.
+OPS = frozenset({"create", "get", "extend", "destroy", "ping"})
+
+
+def socket_path(settings: Settings) -> Path:
+    return settings.run_dir / "service.sock"
+
+
+def settings_key(env: Mapping[str, str], home: Path) -> str:
+    """Who may be served by whom: equal keys mean the same code and settings."""
+    import os
+
+    import sandboxer
+
+    items = sorted(
+        (k, v) for k, v in env.items()
+        if k not in _NOT_KEYED and (
+            k in _KEY_NAMES
+            or (k.startswith("SANDBOXER_") and not childenv.SECRETISH.search(k))))
+    # Which plugins are importable: the caller's PYTHONPATH, without the source directory
+    # a keeper's gets in front of it (childenv.for_sandboxer).
+    src = str(Path(sandboxer.__file__).resolve().parent.parent)
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    payload = [PROTOCOL, sandboxer.__version__, src, str(home), items, path]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One protocol line."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+GROUP = "sandboxer.local_service"
+
+
+def host_extension() -> str | None:
+    """The extension whose keeper hosts the local service: the first registered under
+    the ``sandboxer.local_service`` entry-point group (ext.local's), or None."""
+    from sandboxer.service.upkeep import registered
+
+    names = sorted(registered(GROUP))
+    return names[0] if names else None

@@ -1,0 +1,172 @@
+"""The CLI as a thin client of the warm local service (service/local.py), on real ext.local
+sandboxes: the commands that change or reach a sandbox are answered by one long-lived
+process, the CLI imports nothing heavy on those paths, the caller's environment is where
+secrets resolve and nowhere else, other settings are done in the caller's own process, and
+a create whose command is interrupted is cancelled and cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.config import Settings
+
+from .conftest import SANDBOXER
+
+pytestmark = pytest.mark.integration
+HEAVY = ("pydantic", "asyncio", "asyncssh", "sandboxer.manager", "yaml")
+
+
+def run(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SANDBOXER, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env or dict(os.environ), stdin=subprocess.DEVNULL, check=False)
+
+
+def imported(*args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+    """Run the CLI under ``-X importtime``: its JSON output and every module it imported."""
+    quiet = ["--quiet"] if args[0] == "create" else []
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "sandboxer.cli.main",
+                           *args, "--json", *quiet], capture_output=True, text=True,
+                          timeout=120, env=env or dict(os.environ),
+                          stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
+               if line.startswith("import time:")}
+    return json.loads(done.stdout), modules
+
+
+def ping(settings: Settings) -> int:
+    """The pid of the process answering the service socket (stdlib, as any client)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(settings.run_dir / "service.sock"))
+        s.sendall(b'{"v": 1, "op": "ping"}\n')
+        reply = json.loads(s.makefile().readline())
+    assert reply["ok"], reply
+    pid: int = reply["result"]["pid"]
+    return pid
+
+
+def test_commands_go_to_one_warm_service(local_home: Settings) -> None:
+    doc, modules = imported("create", "profile.local", "--ttl", "10m")
+    assert doc["state"] == "ready"
+    assert not {m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY}, \
+        "the thin client imported a heavy module"
+    served_by = ping(local_home)
+    cmdline = Path(f"/proc/{served_by}/cmdline").read_bytes().split(b"\0")
+    assert b"sandboxer.service.daemon" in cmdline
+
+    # Readiness was proven through the sandbox's own endpoint: it answers, key pinned.
+    said = run("ssh", doc["id"], "--", "echo", "hi")
+    assert (said.returncode, said.stdout) == (0, "hi\n"), said.stderr
+    reach, modules = imported("reachability", "show", doc["id"])
+    assert reach["port"] == doc["reachability"]["port"]
+    extended, modules2 = imported("extend", doc["id"], "--ttl", "20m")
+    assert extended["expires_at"] > doc["expires_at"]
+    second, modules3 = imported("create", "profile.local", "--ttl", "10m")
+    gone, modules4 = imported("destroy", doc["id"], second["id"])
+    assert [d["state"] for d in gone["items"]] == ["destroyed", "destroyed"]
+    for seen in (modules, modules2, modules3, modules4):
+        assert not {m for m in seen if m.split(".")[0] in HEAVY}
+    assert ping(local_home) == served_by  # one process answered them all
+
+    # Errors keep their code and exit code through the service.
+    missing = run("extend", "sbx-aaaaaaaaaa", "--ttl", "1m", "--json")
+    assert missing.returncode == 3
+    assert json.loads(missing.stdout)["code"] == "sandbox_not_found"
+    unknown = run("create", "profile.nope")
+    assert unknown.returncode == 3
+    assert "unknown profile 'profile.nope'" in unknown.stderr
+    too_long = run("create", "profile.local", "--ttl", "30d")
+    assert too_long.returncode == 4
+    assert "ttl.max" in too_long.stderr
+
+
+def test_secrets_resolve_in_the_callers_environment_only(local_home: Settings) -> None:
+    value = f"cnrysvc{secrets.token_hex(12)}"
+    profiles = Path(os.environ["SANDBOXER_PROFILES"])
+    (profiles / "sec.yaml").write_text(
+        "id: profile.svcsec\nextends: profile.local\n"
+        "setup:\n  secret_refs: [{name: TOKEN, ref: 'env:SBX_SVC_CANARY'}]\n")
+    # A service already running (started without the variable) serves this create.
+    assert run("create", "profile.local", "--ttl", "5m", "--json").returncode == 0
+    served_by = ping(local_home)
+    env = {**os.environ, "SBX_SVC_CANARY": value}
+    doc, modules = imported("create", "profile.svcsec", env=env)
+    assert "pydantic" not in modules
+    assert ping(local_home) == served_by
+    inside = run("ssh", doc["id"], "--", "printenv", "TOKEN")
+    assert inside.stdout == f"{value}\n", inside.stderr
+    # Not in the service's own environment, nor anywhere it wrote.
+    assert value.encode() not in Path(f"/proc/{served_by}/environ").read_bytes()
+    for path in local_home.home.rglob("*"):
+        if path.is_file() and not path.is_socket():
+            assert value.encode() not in path.read_bytes(), path
+    # Without the variable the ref does not resolve, exactly as in-process (exit 7).
+    refused = run("create", "profile.svcsec")
+    assert refused.returncode == 7, refused.stderr
+    assert "SBX_SVC_CANARY" in refused.stderr
+    assert value not in refused.stderr
+
+
+def test_other_settings_run_in_the_callers_process(local_home: Settings) -> None:
+    first, _ = imported("create", "profile.local", "--ttl", "5m")
+    assert first["reachability"]["tunnel_via"] is None
+    served_by = ping(local_home)
+    env = {**os.environ, "SANDBOXER_TUNNEL_VIA": "obr-elsewhere"}
+    other, modules = imported("create", "profile.local", "--ttl", "5m", env=env)
+    assert "sandboxer.client.local" in modules  # done here, not by the service
+    assert other["reachability"]["tunnel_via"] == "obr-elsewhere"
+    assert ping(local_home) == served_by  # and the service was left as it was
+    off = {**os.environ, "SANDBOXER_LOCAL_SERVICE": "0"}
+    _doc, modules = imported("destroy", other["id"], env=off)
+    assert "sandboxer.client.local" in modules
+
+
+def _state(settings: Settings, sid: str) -> tuple[str, str | None]:
+    conn = sqlite3.connect(settings.db_path)
+    try:
+        row = conn.execute("SELECT state, reason FROM sandboxes WHERE id = ?",
+                           (sid,)).fetchone()
+    finally:
+        conn.close()
+    return (str(row[0]), row[1]) if row else ("missing", None)
+
+
+def test_an_interrupted_create_is_cancelled_and_cleaned_up(local_home: Settings) -> None:
+    profiles = Path(os.environ["SANDBOXER_PROFILES"])
+    (profiles / "slow.yaml").write_text(
+        "id: profile.slow\nextends: profile.local\n"
+        "setup:\n  instructions: ['sleep 120']\n")
+    proc = subprocess.Popen([SANDBOXER, "create", "profile.slow"], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    sid = None
+    while sid is None:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the create never reached its setup step"
+        listed = run("list", "--json")
+        items = json.loads(listed.stdout)["items"] if listed.returncode == 0 else []
+        sid = items[0]["id"] if items and items[0].get("reachability") is None and (
+            local_home.local_root / items[0]["id"]).is_dir() else None
+        time.sleep(0.1)
+    time.sleep(0.5)  # into `sleep 120`
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    deadline = time.monotonic() + 30
+    while _state(local_home, sid)[0] != "failed":
+        assert time.monotonic() < deadline, _state(local_home, sid)
+        time.sleep(0.1)
+    assert not (local_home.local_root / sid).exists()  # nothing was left behind

@@ -1,0 +1,125 @@
+"""The local service's wire (service/wire.py, service/local.py, client/service.py) on a
+real unix socket, with the in-process test-only extension behind a real Service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sandboxer import childenv
+from sandboxer.client.service import ServiceClient, Unavailable
+from sandboxer.config import Settings
+from sandboxer.errors import InvalidInput, ProfileNotFound
+from sandboxer.service import wire
+from sandboxer.service.app import Service
+from sandboxer.service.local import LocalService, bind, route_progress
+
+HOME = Path("/var/tmp/sbx-unit-home")
+NAMES = st.sampled_from(["SANDBOXER_TUNNEL_VIA", "SANDBOXER_TOKEN", "SANDBOXER_PROFILES",
+                         "SANDBOXER_STATE_HUB_TOKEN", "DOCKER_HOST", "http_proxy", "TERM",
+                         "BAO_TOKEN", "PATH", "HOME", "LC_ALL", "FAKE_CAPACITY"])
+
+
+@given(st.dictionaries(NAMES, st.text(min_size=1, max_size=8).filter(lambda v: "\0" not in v)))
+def test_a_keeper_started_by_a_caller_serves_that_caller(env: dict[str, str]) -> None:
+    """The keeper's environment (childenv.for_sandboxer of the caller's) has the caller's
+    key, whatever else the caller's environment holds."""
+    started = childenv.for_sandboxer(env, HOME)
+    assert wire.settings_key(started, HOME) == wire.settings_key(env, HOME)
+
+
+def test_the_key_covers_what_one_process_cannot_change_per_request() -> None:
+    base = {"PATH": "/usr/bin", "HOME": "/root", "SANDBOXER_TUNNEL_VIA": "obr-a"}
+    key = wire.settings_key(base, HOME)
+    same = [{**base, "TERM": "xterm", "BAO_TOKEN": "t", "SANDBOXER_TOKEN": "x",
+             "SANDBOXER_SERVICE_IDLE_EXIT": "9"}]
+    other = [{**base, "PATH": "/bin"}, {**base, "SANDBOXER_TUNNEL_VIA": "obr-b"},
+             {**base, "PYTHONPATH": "/plugins"}, {**base, "HOME": "/home/x"}]
+    assert all(wire.settings_key(e, HOME) == key for e in same)
+    assert all(wire.settings_key(e, HOME) != key for e in other)
+    assert wire.settings_key(base, Path("/elsewhere")) != key
+
+
+@pytest.fixture
+def served(settings: Settings) -> Iterator[tuple[LocalService, Service]]:
+    """A LocalService on a real socket, its loop in a thread, hosting a real Service."""
+    service = Service(settings, upkeep=False, progress=route_progress)
+    settings.ensure()
+    loop = asyncio.new_event_loop()
+    local = LocalService(service)
+    ready = threading.Event()
+
+    async def main() -> None:
+        await local.start(bind(settings))
+        ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(main(), loop).result(10)
+    assert ready.is_set()
+    yield local, service
+    asyncio.run_coroutine_threadsafe(local.close(5), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+    service.close()
+
+
+def raw(settings: Settings, line: bytes) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        s.sendall(line)
+        reply: dict[str, object] = json.loads(s.makefile("rb").readline())
+    return reply
+
+
+def test_create_and_destroy_through_the_service(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    local, _service = served
+    assert oct(wire.socket_path(settings).stat().st_mode & 0o777) == "0o600"
+    seen: list[str] = []
+    client = ServiceClient(settings, dict(os.environ), seen.append)
+    assert client.key == local.key
+    doc = client.create("profile.fake", ttl="5m", labels={"run": "unit"})
+    assert (doc["state"], doc["labels"]) == ("ready", {"tier": "test", "run": "unit"})
+    assert any("provisioning profile.fake" in m for m in seen)  # progress came back
+    assert client.get_document(doc["id"])["id"] == doc["id"]
+    assert client.destroy_document(doc["id"])["state"] == "destroyed"
+    deadline = time.monotonic() + 10  # the reply is written before the request ends
+    while local.inflight:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert local.busy()  # for idle_exit seconds after the last request
+
+
+def test_errors_keep_their_class_and_other_settings_fall_back(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    client = ServiceClient(settings, dict(os.environ))
+    with pytest.raises(ProfileNotFound, match=r"profile\.nope"):
+        client.create("profile.nope")
+    with pytest.raises(InvalidInput):
+        client.create("profile.fake", ttl="forever")
+    other = ServiceClient(settings, {**os.environ, "SANDBOXER_TUNNEL_VIA": "obr-x"})
+    with pytest.raises(Unavailable, match="other settings"):
+        other.create("profile.fake")
+
+
+@pytest.mark.parametrize("line", [b"not json\n", b'{"v": 9, "op": "create"}\n',
+                                  b'{"v": 1, "op": "rm -rf"}\n',
+                                  b'{"v": 1, "op": "create", "env": {"A": 1}}\n'])
+def test_a_bad_request_is_refused_as_usage(
+        settings: Settings, served: tuple[LocalService, Service], line: bytes) -> None:
+    reply = raw(settings, line)
+    assert reply["ok"] is False
+    assert isinstance(reply["error"], dict)
+    assert reply["error"]["code"] == "usage"
