@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from sandboxer.extensions.local.endpoint import Daemon as Endpoint_
 
 TARGET = "local"
+# What this process runs and knows, shared by every instance (a request of the local
+# service gets instances of its own): the endpoint it runs, by home; host keys' public
+# lines (not secret), by sandbox id.
+_ENDPOINTS: dict[Path, Endpoint_] = {}
+_HOST_PUBLICS: dict[str, str] = {}
+os.register_at_fork(after_in_child=_ENDPOINTS.clear)  # a child runs none of them
 UID_SPAN = uids.SPAN
 _SHARED_LOCAL = "/var/lib/sandboxer/local"  # config.Settings.local_root for root homes
 
@@ -113,8 +119,6 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
 
     def __init__(self, settings: Settings, host: Host | None = None) -> None:
         super().__init__(settings, host)
-        self._endpoint: Endpoint_ | None = None  # the endpoint housekeep() runs here
-        self._host_publics: dict[str, str] = {}  # sandbox id -> its host key's public line
         self._disk: bool | None = None
 
     @override
@@ -137,8 +141,14 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
     async def housekeep(self, host: Host) -> None:
         from sandboxer.extensions.local import endpoint  # asyncssh: only in that process
 
+        type(self).warm_up()  # this process is long-lived: it keeps spares from now on
+        home = self.settings.home
+
         def bind(running: Endpoint_ | None) -> None:
-            self._endpoint = running
+            if running is None:
+                _ENDPOINTS.pop(home, None)
+            else:
+                _ENDPOINTS[home] = running
 
         await endpoint.serve(self.settings, host, bind=bind)
 
@@ -249,9 +259,9 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
                     await asyncio.to_thread(self._image, d, ws, size, host_uid, None)
             req.progress("generating keys")
             keys = _keys.generate(s, sid)
-            if len(self._host_publics) > 10_000:  # sandboxes destroyed by other processes
-                self._host_publics.clear()
-            self._host_publics[sid] = keys.host_public
+            if len(_HOST_PUBLICS) > 10_000:  # sandboxes destroyed by other processes
+                _HOST_PUBLICS.clear()
+            _HOST_PUBLICS[sid] = keys.host_public
             if starting is not None:
                 await starting
             record: dict[str, Any] = {
@@ -282,9 +292,10 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         })
 
     def _here(self) -> Endpoint_ | None:
-        """The endpoint this process runs, when it does (the local service): it is then
+        """The endpoint of this home that this process runs, when it does (the local
+        service, whose requests each get extension instances of their own): it is then
         called directly instead of through its control socket."""
-        here = self._endpoint
+        here = _ENDPOINTS.get(self.settings.home)
         return here if here is not None and here.accepting else None
 
     async def _add(self, record: dict[str, Any], secrets: dict[str, str] | None,
@@ -360,7 +371,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             rec = self._record(handle)
             # Re-serve after a daemon restart; add is idempotent and keeps the recorded port.
             port, user = await self._add(rec, None, here), str(rec["user"])
-        host_public = self._host_publics.get(sid) or _keys.public_of(paths["host_key"])
+        host_public = _HOST_PUBLICS.get(sid) or _keys.public_of(paths["host_key"])
         return Endpoint(
             host="127.0.0.1", port=port, user=user, host_key=host_public,
             identity_file=str(paths["identity"]),
@@ -381,7 +392,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         s = self.settings
         sid = handle.sandbox_id
         d = control.sandbox_dir(s, sid)
-        self._host_publics.pop(sid, None)
+        _HOST_PUBLICS.pop(sid, None)
         here = self._here()
         if here is not None:
             await here.remove_here(sid)
