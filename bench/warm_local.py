@@ -13,6 +13,8 @@ Functions for other benchmarks (each runs in this process, after
   (``len(result) < n`` means some failed; they are logged).
 - ``measure_baseline(rounds) -> list[float]``: ms of the floor in this process: a bare
   ``bwrap … true`` plus one asyncssh ``true`` round trip to an existing sandbox.
+- ``measure_paired(rounds) -> (baseline, creates)``: both, one of each per round in turn
+  (the same load for both: take the ratio of these).
 
 ``endpoint="in-process"`` runs the SSH endpoint in this process, on the Service's own
 ext.local instance (as the local service, core's keeper daemon, hosts it);
@@ -152,28 +154,41 @@ def measure_burst(n: int = 100, concurrency: int = 10, *, endpoint: str = "in-pr
 
 def measure_baseline(rounds: int = 20, *, endpoint: str = "in-process") -> list[float]:
     """ms of a bare ``bwrap … true`` plus one asyncssh ``true`` to an existing sandbox."""
+    return measure_paired(rounds, endpoint=endpoint)[0]
+
+
+def measure_paired(rounds: int = 20, *, endpoint: str = "in-process",
+                   warmup: int = 3) -> tuple[list[float], list[float]]:
+    """(baseline, create) ms, one of each per round in turn, so that both see the same
+    load: the baseline of ``measure_baseline``, the create of ``measure_service_create``."""
     from sandboxer.extensions._ssh import _asyncssh_run
     from sandboxer.models.extension import Endpoint
 
-    async def main() -> list[float]:
+    async def main() -> tuple[list[float], list[float]]:
         async with _service(endpoint) as svc:
             st = await svc.create(_request())
             r = st.reachability
-            assert r is not None
+            if r is None:
+                raise RuntimeError(f"{st.id} has no descriptor")
             ep = Endpoint(host=r.host, port=r.port, user=r.user, host_key="-",
                           identity_file=r.identity_file,
                           known_hosts_file=str(svc.settings.keys_dir
                                                / f"{st.id}.known_hosts"))
-            out = []
-            for _ in range(rounds + 2):
+            base, creates = [], []
+            for i in range(warmup + rounds):
                 t = time.perf_counter()
                 proc = await asyncio.create_subprocess_exec(*BWRAP)
                 await proc.wait()
                 rc, text = await _asyncssh_run(ep, "true", 10)
                 if rc != 0:
                     raise RuntimeError(f"the baseline's SSH round trip failed: {text}")
-                out.append((time.perf_counter() - t) * 1000)
-            return out[2:]
+                b = (time.perf_counter() - t) * 1000
+                ms, made = await _timed(lambda: svc.create(_request()))
+                await svc.destroy(made.id)
+                if i >= warmup:
+                    base.append(b)
+                    creates.append(ms)
+            return base, creates
 
     return asyncio.run(main())
 
@@ -192,9 +207,8 @@ def main() -> int:
     ap.add_argument("--skip-burst", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    base = statistics.median(measure_baseline(args.rounds, endpoint=args.endpoint))
-    creates = measure_service_create(args.rounds, endpoint=args.endpoint)
-    med = statistics.median(creates)
+    baseline, creates = measure_paired(args.rounds, endpoint=args.endpoint)
+    base, med = statistics.median(baseline), statistics.median(creates)
     print(f"baseline (bwrap true + asyncssh true): {base:.1f} ms")
     print(f"Service.create to ready ({args.endpoint}): median {med:.1f} ms, "
           f"ratio {med / base:.2f}, target <= {TARGETS['create_ms']:.0f} ms; "
