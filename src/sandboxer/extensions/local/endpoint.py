@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -32,14 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+from typing_extensions import override
 
 from sandboxer import envvars, redaction
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
+from sandboxer.extensions.local.controlserver import ControlServer
 from sandboxer.extensions.local.holder import Jail
-from sandboxer.extensions.local.peer import client_allowed, peer
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 
@@ -50,7 +49,7 @@ log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"destroyed", "failed"})
 
 
-class Daemon:
+class Daemon(ControlServer):
     """The endpoint: registered sandboxes, their listeners and the control socket."""
 
     def __init__(self, settings: Settings, host: Host) -> None:
@@ -76,58 +75,6 @@ class Daemon:
         self._warned.add(what)
         log.log(level, "%s failed: %s", what, e)
 
-    # -- control socket ---------------------------------------------------------------
-
-    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.busy += 1
-        try:
-            line = await reader.readline()  # read before refusing: the peer gets the reply
-            sock = writer.get_extra_info("socket")
-            if not client_allowed(sock):
-                log.warning("refused a control connection from process %d (uid %d)", *peer(sock))
-                writer.write(b'{"ok": false, "error": "refused: not your uid"}\n')
-                await writer.drain()
-                return
-            try:
-                req = json.loads(line)
-                reply = await self._dispatch(req)
-            except Exception as e:
-                log.warning("control request failed: %s", e,
-                            exc_info=not isinstance(e, (ValueError, KeyError)))
-                reply = {"ok": False, "error": redaction.redact(str(e) or type(e).__name__)}
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            self.busy -= 1
-            writer.close()
-
-    async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if self.shutting_down:
-            return {"ok": False, "error": control.SHUTTING_DOWN}
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "list":
-            # A client that sees a moved sandbox listed also reads its new descriptor (and
-            # does not store it a second time).
-            await self._refresh_moved()
-            return {"ok": True, "sandboxes": [
-                {"sandbox_id": sb.id, "port": sb.port} for sb in self.sandboxes.values()]}
-        if op == "destroy":  # outside the sandbox's lock: the destroy calls `remove` on us
-            return await self._destroy(str(req["sandbox_id"]))
-        if op == "add":
-            return {"ok": True, "port": await self.add_here(req, req.get("secrets"),
-                                                            early=bool(req.get("early")))}
-        if op == "remove":
-            await self.remove_here(str(req["sandbox_id"]))
-            return {"ok": True}
-        if op == "started":
-            await self.started(str(req["sandbox_id"]))
-            return {"ok": True}
-        raise ValueError(f"unknown op {op!r}")
-
     def _lock(self, sid: str) -> asyncio.Lock:
         """One sandbox's lock: creates of different sandboxes do not wait for each other."""
         lock = self._ops.get(sid)
@@ -135,6 +82,7 @@ class Daemon:
             lock = self._ops[sid] = asyncio.Lock()
         return lock
 
+    @override
     async def add_here(self, req: dict[str, Any], secrets: object, *,
                        early: bool = False) -> int:
         """The ``add`` op, called in this process or from the control socket: serve the
@@ -150,6 +98,7 @@ class Daemon:
         finally:
             self.busy -= 1
 
+    @override
     async def remove_here(self, sid: str) -> None:
         """The ``remove`` op: stop serving ``sid``; not served is fine."""
         lock = self._lock(sid)
@@ -157,18 +106,6 @@ class Daemon:
             await self._remove(sid)
         if not lock.locked() and sid not in self.sandboxes:
             self._ops.pop(sid, None)
-
-    async def _destroy(self, sid: str) -> dict[str, Any]:
-        """Destroy through core, here, where everything is already imported.
-
-        A CLI `destroy` of a local sandbox would otherwise spend most of its time
-        importing pydantic and the manager; here it costs the work itself.
-        """
-        try:
-            document = await self.host.destroy(sid)
-        except SandboxerError as e:
-            return {"ok": False, "error": e.render(), "code": e.code}
-        return {"ok": True, "document": document}
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -234,6 +171,7 @@ class Daemon:
                         "of the endpoint that stopped; recreate the sandbox to get them back",
                         sb.id, ", ".join(sb.secrets_missing))
 
+    @override
     async def started(self, sid: str) -> None:
         """Return once ``sid``'s jail runs; raise why it did not start (then it is not
         served any more)."""
@@ -252,6 +190,7 @@ class Daemon:
         control.record_served(self.settings, record, port, host_public)
         self.moved.add(str(record["sandbox_id"]))
 
+    @override
     async def _refresh_moved(self) -> None:
         """Store the new descriptors of sandboxes restored on a new port (core reads the
         endpoint back through ``add``: never under a sandbox's lock)."""
