@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,6 @@ from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
-from sandboxer.extensions._proc import kill_all
 from sandboxer.extensions._ssh import SSHExtension, ssh_probe
 from sandboxer.extensions.base import (
     DoctorChecks,
@@ -31,7 +30,7 @@ from sandboxer.extensions.base import (
     Target,
     key_paths,
 )
-from sandboxer.extensions.local import cgroups, control, disk, spares, uids
+from sandboxer.extensions.local import cgroups, control, dirs, disk, spares, uids
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.models.doctor import Check
 
@@ -46,33 +45,8 @@ _ENDPOINTS: dict[Path, Endpoint_] = {}
 _HOST_PUBLICS: dict[str, str] = {}
 os.register_at_fork(after_in_child=_ENDPOINTS.clear)  # a child runs none of them
 UID_SPAN = uids.SPAN
-_SHARED_LOCAL = "/var/lib/sandboxer/local"  # config.Settings.local_root for root homes
-
-
-def _claims_dir(settings: Settings) -> Path:
-    """Machine-wide uid claims: one file per host uid naming the sandbox dir that owns it.
-
-    Several SANDBOXER_HOMEs (users, test runs) share this machine's uid range, so the
-    choice of a free uid must be made under one lock for the whole machine.
-    """
-    return Path(settings.env.get("SANDBOXER_LOCAL_UID_CLAIMS", "/var/lib/sandboxer/uids"))
-
-
-def _release_uid(settings: Settings, uid: int, sandbox_dir: Path) -> None:
-    uids.release(_claims_dir(settings), uid, sandbox_dir)
-
-
-def _uid_base(settings: Settings) -> int:
-    return envvars.local_uid_base(settings.env)
-
-
 _proc_uids = uids.proc_uids
-
-
-def kill_uid(uid: int, timeout: float = 3.0) -> None:
-    """SIGKILL every process of ``uid`` until none is left (a fork bomb respawns)."""
-    if left := kill_all(lambda: _proc_uids().get(uid, set()), timeout):
-        raise ProvisionFailed(f"processes of host uid {uid} survive SIGKILL: {sorted(left)}")
+_SHARED_LOCAL = "/var/lib/sandboxer/local"  # config.Settings.local_root for root homes
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
@@ -80,32 +54,6 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-
-
-def _make_private_dirs(path: Path) -> None:
-    """Create ``path`` and missing parents as 0711: passable, not listable, by jail uids."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for p in reversed(missing):
-        p.mkdir(exist_ok=True)
-        p.chmod(0o711)
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a sandbox dir; already gone is fine."""
-    top = str(path)
-
-    def onerror(func: Callable[..., Any], p: str, exc_info: Any) -> None:
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
-        parent = os.path.dirname(p)
-        # Without root, a jail may leave read-only dirs behind; its owner can chmod them.
-        if not isinstance(exc, PermissionError) or p == top or not parent.startswith(top):
-            raise exc
-        os.chmod(parent, 0o700)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
@@ -187,38 +135,8 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
 
     def _create_dirs(self, sandbox_id: str) -> tuple[int, Path, Path]:
         """Pick a free host uid and create the sandbox dir and its workspace (owned by it)."""
-        s = self.settings
-        d = control.sandbox_dir(s, sandbox_id)
-        ws = d / "workspace"
-        _make_private_dirs(s.local_root)
-        if not self._root:
-            d.mkdir(mode=0o711)
-            control.write_owner(s, d)
-            ws.mkdir(mode=0o700)
-            return os.getuid(), d, ws
-        claims = _claims_dir(s)
-        # Concurrent creates of every home on this machine serialise here: keep it short.
-        with uids.machine_lock(claims):
-            _make_private_dirs(s.local_root)  # again: a destroy may have removed it
-            d.mkdir(mode=0o711)
-            try:
-                d.chmod(0o711)
-                control.write_owner(s, d)
-                try:
-                    uid = uids.claim(claims, _uid_base(s), d, self._workspace_uids)
-                except LookupError as e:
-                    raise ProvisionFailed(str(e)) from e
-            except BaseException:
-                _rmtree(d)
-                raise
-        try:
-            ws.mkdir(mode=0o700)
-            os.chown(ws, uid, uid)
-        except BaseException:
-            _rmtree(d)
-            _release_uid(s, uid, d)
-            raise
-        return uid, d, ws
+        return dirs.create(self.settings, sandbox_id, root=self._root,
+                           workspace_uids=self._workspace_uids)
 
     def _workspace_uids(self) -> set[int]:
         """The host uids of this home's workspaces (older ones may have no claim)."""
@@ -403,10 +321,10 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             return
         uid = self._private_uid(handle, d)
         if uid is not None:
-            kill_uid(uid)
+            dirs.kill_uid(uid)
         self._teardown(sid, d)
         if uid is not None:
-            _release_uid(s, uid, d)  # after the dir is gone: the claim names it
+            dirs.release_uid(s, uid, d)  # after the dir is gone: the claim names it
         _keys.remove(s, sid)
         self._drop_empty_root()
 
@@ -418,7 +336,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         uid = handle.data.get("host_uid")
         with contextlib.suppress(OSError):
             uid = (d / "workspace").stat().st_uid
-        base = _uid_base(self.settings)
+        base = dirs.uid_base(self.settings)
         return uid if isinstance(uid, int) and base <= uid < base + UID_SPAN else None
 
     def _teardown(self, sandbox_id: str, d: Path) -> None:
@@ -428,14 +346,14 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             if hierarchy is not None:
                 hierarchy.sandbox(sandbox_id).remove()
             disk.unmount(d / "workspace")
-        _rmtree(d)
+        dirs.rmtree(d)
 
     def _drop_empty_root(self) -> None:
         """The per-home directory under /var/lib/sandboxer/local goes with its last sandbox."""
         root = self.settings.local_root
         if not self._root or root.parent != Path(_SHARED_LOCAL):
             return
-        with contextlib.suppress(OSError), uids.machine_lock(_claims_dir(self.settings)):
+        with contextlib.suppress(OSError), uids.machine_lock(dirs.claims_dir(self.settings)):
             root.rmdir()  # creates make their dirs under this lock
 
     @override
