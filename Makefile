@@ -28,14 +28,32 @@ types: ## mypy --strict over src (configured in pyproject.toml)
 test: ## pytest over tests/unit, tests/integration and tests/e2e
 	$(PYTHON) -m pytest $(TEST_DIRS) $(PYTEST_ARGS)
 
-# Every piece runs even when one misses a target; each says what it skips and why.
-bench: ## the benchmarks: ext.local and CLI (run.py), the API on wrk (api.py), 200 creates via 4 replicas (fleet.py)
-	@status=0; \
-	$(PYTHON) bench/run.py || status=1; \
-	$(PYTHON) bench/api.py || status=1; \
-	$(PYTHON) bench/fleet.py || status=1; \
+# Every piece runs even when one misses a target; each says what it skips and why. Each
+# writes its figures and raw samples to bench/out/NAME.json; bench/plot.py draws them into
+# bench/out/latency.png. `make bench QUICK=1` is the smoke: a few samples each, figures
+# printed but targets not enforced.
+BENCH_OUT := bench/out
+QUICK ?=
+BENCH_QUICK := $(if $(QUICK),--quick,)
+COMPOSE_ROUNDS := $(if $(QUICK),--rounds 1,)
+bench: ## the benchmarks (ext.local CLI, API create + burst, API on wrk, fleet, compose) and their plot
+	@mkdir -p $(BENCH_OUT); rm -f $(BENCH_OUT)/*.json; status=0; \
+	$(PYTHON) bench/run.py $(BENCH_QUICK) --json $(BENCH_OUT)/run.json || status=1; \
+	$(PYTHON) bench/create_api.py $(BENCH_QUICK) --json $(BENCH_OUT)/create_api.json || status=1; \
+	$(PYTHON) bench/api.py $(BENCH_QUICK) --json $(BENCH_OUT)/api.json || status=1; \
+	$(PYTHON) bench/fleet.py $(BENCH_QUICK) --json $(BENCH_OUT)/fleet.json || status=1; \
+	if ! command -v docker >/dev/null; then \
+		echo "bench/compose.py: skipped: no docker CLI (apt-get install docker.io)"; \
+	elif ! docker compose version >/dev/null 2>&1; then \
+		echo "bench/compose.py: skipped: no docker compose v2 (scripts/deps.sh install_compose_plugin)"; \
+	elif ! { [ -n "$$DOCKER_HOST" ] && docker version >/dev/null 2>&1; } \
+			&& ! { command -v dockerd >/dev/null && [ "$$(id -u)" = 0 ]; }; then \
+		echo "bench/compose.py: skipped: no engine answers at DOCKER_HOST and dockerd cannot be started (needs root)"; \
+	else \
+		$(PYTHON) bench/compose.py $(COMPOSE_ROUNDS) --json $(BENCH_OUT)/compose.json || status=1; \
+	fi; \
+	$(PYTHON) bench/plot.py $(BENCH_OUT)/*.json || status=1; \
 	exit $$status
 
-bench-all: bench ## also ext.compose-ssh and ext.vm-packer (needs docker, qemu)
-	$(PYTHON) bench/compose.py
+bench-all: bench ## also ext.vm-packer (needs qemu)
 	$(PYTHON) bench/vm.py

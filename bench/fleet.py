@@ -1,7 +1,8 @@
 """A shared control plane under load: 200 creates through 4 `sandboxer serve` replicas on
 one PostgreSQL database, from 20 concurrent clients, onto 3 docker hosts.
 
-    python3 bench/fleet.py [--creates N] [--clients N] [--replicas N] [--json FILE]
+    python3 bench/fleet.py [--quick] [--creates N] [--clients N] [--replicas N]
+                           [--json FILE]
 
 The hosts are tests/fleet_support.py's (each a dockerd + sshd in its own network
 namespace; needs root, dockerd, sshd, ip), added with `targets add` as h1, h2, h3 with
@@ -215,12 +216,15 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], bool]:
     times = [r["seconds"] for r in ready]
     over = {n: (recorded[n], running[n]) for n, cap in CAPACITY.items()
             if max(recorded[n], running[n]) > cap}
-    figures = {"creates": args.creates, "ready": len(ready), "failed": dict(failed),
+    figures = {"title": "bench/fleet.py: shared control plane (PostgreSQL, compose hosts)",
+               "creates": args.creates, "ready": len(ready), "failed": dict(failed),
                "wall_s": round(wall, 1), "p50_s": round(pct(times, 50), 2) if times else None,
                "p99_s": round(pct(times, 99), 2) if times else None,
                "per_target": {n: {"capacity": c, "recorded": recorded[n],
                                   "running": running[n]} for n, c in CAPACITY.items()},
-               "by_replica": dict(Counter(r["replica"] for r in ready))}
+               "by_replica": dict(Counter(r["replica"] for r in ready)),
+               "samples": {f"fleet create (API, {args.replicas} replicas, {args.clients} "
+                           "clients, compose)": [round(t * 1000, 3) for t in times]}}
     ok = len(ready) == args.creates and not over
     print(f"{args.creates} creates through {args.replicas} replicas (PostgreSQL) from "
           f"{args.clients} clients onto 3 docker hosts, in {wall:.0f}s:")
@@ -244,8 +248,13 @@ def main() -> int:
     parser.add_argument("--creates", type=int, default=200)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=4)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=Path,
+                        help="also write the figures and the raw samples (ms) here")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke: 12 creates from 4 clients through 2 replicas")
     args = parser.parse_args()
+    if args.quick:
+        args.creates, args.clients, args.replicas = 12, 4, 2
     why = missing()
     if why is not None:
         print(f"bench/fleet.py: skipped: {why}")

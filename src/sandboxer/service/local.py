@@ -49,6 +49,14 @@ def route_progress(message: str) -> None:
         sink(message)
 
 
+async def _hangup(reader: asyncio.StreamReader) -> None:
+    """Return once the client has closed its end (anything it sends meanwhile is
+    ignored): its request is then cancelled."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
+
+
 class BadRequest(Exception):
     """A request line this service does not take (the client gets an error reply)."""
 
@@ -170,7 +178,7 @@ class LocalService:
         self.inflight += 1
         work = asyncio.create_task(self._run(req["op"], req["args"], req["env"], send))
         self._requests.add(work)
-        gone = asyncio.create_task(reader.read(1))  # b"" once the client hangs up
+        gone = asyncio.create_task(_hangup(reader))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
