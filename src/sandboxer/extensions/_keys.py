@@ -1,7 +1,15 @@
-"""Per-sandbox SSH key material: an ed25519 client key pair and a pinned host key."""
+"""Per-sandbox SSH key material: an ed25519 client key pair and a pinned host key.
+
+A long-lived process (``warm_up``) keeps a few key pairs generated ahead, in memory only:
+a pair is written to disk when it becomes one sandbox's keys, and never handed out twice
+(a forked child starts with none of its parent's).
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,11 @@ class SandboxKeys:
 
 
 def _keypair(comment: str) -> tuple[bytes, str]:
+    private, public = _pairs.take() or _new_pair()
+    return private, f"{public} {comment}".strip()
+
+
+def _new_pair() -> tuple[bytes, str]:
     # cryptography costs ~15 ms to import; only provisioning needs it.
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,7 +51,62 @@ def _keypair(comment: str) -> tuple[bytes, str]:
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
-    return private, f"{public} {comment}".strip()
+    return private, public
+
+
+class _Pairs:
+    """Key pairs generated ahead, in this process's memory only (after ``warm_up``)."""
+
+    SIZE = 32
+
+    def __init__(self) -> None:
+        self.pairs: deque[tuple[bytes, str]] = deque()
+        self.enabled = False
+        self.filling = False
+        self.guard = threading.Lock()
+
+    def reset(self) -> None:
+        # A child of fork must never hand out a key its parent may hand out too; it
+        # fills a pool of its own (its parent's filling thread is not in it).
+        self.pairs.clear()
+        self.filling = False
+        self.guard = threading.Lock()
+
+    def take(self) -> tuple[bytes, str] | None:
+        if not self.enabled:
+            return None
+        try:
+            pair: tuple[bytes, str] | None = self.pairs.popleft()
+        except IndexError:
+            pair = None
+        self.refill()
+        return pair
+
+    def refill(self) -> None:
+        # From half full, in one batch: a thread start costs more than a key pair.
+        with self.guard:
+            if self.filling or len(self.pairs) > self.SIZE // 2:
+                return
+            self.filling = True
+        threading.Thread(target=self._fill, name="sandboxer-keys", daemon=True).start()
+
+    def _fill(self) -> None:
+        try:
+            while self.enabled and len(self.pairs) < self.SIZE:
+                self.pairs.append(_new_pair())
+        finally:
+            with self.guard:
+                self.filling = False
+
+
+_pairs = _Pairs()
+os.register_at_fork(after_in_child=_pairs.reset)
+
+
+def warm_up() -> None:
+    """Keep key pairs generated ahead in this (long-lived) process's memory."""
+    _pairs.enabled = True
+    _pairs.refill()
 
 
 def generate(settings: Settings, sandbox_id: str) -> SandboxKeys:

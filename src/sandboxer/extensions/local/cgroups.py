@@ -82,10 +82,13 @@ class SandboxCgroup:
 
     def join_self(self) -> None:
         """Move the calling process into every directory; for a child's preexec step."""
-        pid = str(os.getpid())
+        self.add(os.getpid())
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into every directory."""
         for d in self.unique_dirs:
             with open(d / "cgroup.procs", "w") as f:
-                f.write(pid)
+                f.write(str(pid))
 
     def pids(self) -> set[int]:
         out: set[int] = set()

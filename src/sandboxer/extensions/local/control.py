@@ -268,6 +268,16 @@ async def call(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
                           hint=f"see {log_path(settings)}")
 
 
+async def started(settings: Settings, sandbox_id: str) -> None:
+    """Return once the endpoint runs ``sandbox_id``'s jail (after an ``early`` add)."""
+    try:
+        await call(settings, "started", sandbox_id=sandbox_id)
+    except ProvisionFailed as e:
+        # An endpoint from before early adds: its `add` answered once the jail ran.
+        if "unknown op 'started'" not in e.message:
+            raise
+
+
 async def call_if_running(settings: Settings, op: str, **args: Any) -> dict[str, Any] | None:
     """``request`` only if a daemon is up; None otherwise (never starts one)."""
     try:

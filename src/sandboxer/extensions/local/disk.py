@@ -9,8 +9,11 @@ endpoint restart or a reboot: ``mount`` is idempotent and runs again on restore.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -40,41 +43,116 @@ def image_path(sandbox_dir: Path) -> Path:
 RESERVE = 1 << 30  # what a new image leaves free on the host's filesystem, at least
 
 
-def create(sandbox_dir: Path, size: int, uid: int) -> Path:
-    """A new, empty image of ``size`` bytes whose root directory belongs to ``uid``.
-
-    Images are sparse, so many can share a disk; one larger than what is free now could
-    only fill the host's disk, and is refused.
-    """
-    vfs = os.statvfs(sandbox_dir)
+def check_room(directory: Path, size: int) -> None:
+    """Images are sparse, so many can share a disk; one larger than what is free now could
+    only fill the host's disk, and is refused."""
+    vfs = os.statvfs(directory)
     free = vfs.f_bavail * vfs.f_frsize
     if size > free - RESERVE:
         raise NoTarget(
             f"limits.disk of {size >> 20} MiB does not fit the {free >> 20} MiB free under "
-            f"{sandbox_dir.parent} (a {RESERVE >> 20} MiB reserve stays free)",
+            f"{directory.parent} (a {RESERVE >> 20} MiB reserve stays free)",
             hint="ask for a smaller limits.disk or free space on the host")
+
+
+def create(sandbox_dir: Path, size: int) -> Path:
+    """A new, empty image of ``size`` bytes in ``sandbox_dir`` (its root directory is
+    root's until ``mount`` hands it to the sandbox's uid)."""
+    check_room(sandbox_dir, size)
     img = image_path(sandbox_dir)
+    make(img, size)
+    return img
+
+
+def make(img: Path, size: int) -> None:
+    """Format a new sparse file ``img`` (0600) as an empty ext4 file system.
+
+    No journal (a workspace that outlives a crash is not promised) and no GDT blocks
+    reserved for online growth (it never grows): mkfs then writes ~0.2 MB, not ~4 MB.
+    """
     fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, size)
     finally:
         os.close(fd)
-    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
-          "-E", f"nodiscard,lazy_itable_init=1,root_owner={uid}:{uid}", "--", str(img)])
-    return img
+    try:
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal,^resize_inode",
+              "-E", "nodiscard,lazy_itable_init=1,root_owner=0:0", "--", str(img)])
+    except BaseException:
+        img.unlink(missing_ok=True)
+        raise
 
 
 def is_mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
-def mount(sandbox_dir: Path, workspace: Path) -> None:
-    """Mount the image on the workspace directory unless it is mounted already."""
+def mount(sandbox_dir: Path, workspace: Path, owner: int | None = None) -> None:
+    """Mount the image on the workspace directory unless it is mounted already; ``owner``:
+    hand the image's root directory to that uid (a new image)."""
     if not is_mounted(workspace):
-        _run(["mount", "-o", MOUNT_OPTIONS, "--", str(image_path(sandbox_dir)),
-              str(workspace)])
+        try:
+            _mount_loop(image_path(sandbox_dir), workspace)
+        except OSError:
+            # A kernel without LOOP_CONFIGURE (before 5.8): mount(8) sets the loop up.
+            _run(["mount", "-o", MOUNT_OPTIONS, "--", str(image_path(sandbox_dir)),
+                  str(workspace)])
+    if owner is not None:
+        os.chown(workspace, owner, owner)
     # The image's root replaces the 0700 directory it is mounted on: as private.
     os.chmod(workspace, 0o700)
+
+
+_LOOP_CTL_GET_FREE = 0x4C82
+_LOOP_CONFIGURE = 0x4C0A
+_LO_FLAGS_AUTOCLEAR = 4  # the loop device goes with the last unmount
+_MS_NOSUID, _MS_NODEV, _MS_NOATIME = 2, 4, 1024
+_EBUSY = 16
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_void_p]
+    return libc
+
+
+def _mount_loop(img: Path, workspace: Path) -> None:
+    """``mount -o loop,nosuid,nodev,noatime IMG WORKSPACE`` without running mount(8):
+    a free loop device configured in one ioctl (autoclear), then mount(2)."""
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        while True:
+            n = fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)
+            loop = os.open(f"/dev/loop{n}", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                backing = os.open(img, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    # struct loop_config: fd, block_size, loop_info64 (232 bytes: lo_flags
+                    # at 52, lo_file_name[64] at 56), 8 reserved u64.
+                    info = bytearray(232)
+                    struct.pack_into("I", info, 52, _LO_FLAGS_AUTOCLEAR)
+                    name = os.fsencode(img)[:63]
+                    info[56:56 + len(name)] = name
+                    config = struct.pack("II", backing, 0) + bytes(info) + bytes(64)
+                    try:
+                        fcntl.ioctl(loop, _LOOP_CONFIGURE, config)
+                    except OSError as e:
+                        if e.errno == _EBUSY:  # another process took it meanwhile
+                            continue
+                        raise
+                finally:
+                    os.close(backing)
+                flags = _MS_NOSUID | _MS_NODEV | _MS_NOATIME
+                if _libc().mount(f"/dev/loop{n}".encode(), os.fsencode(workspace), b"ext4",
+                                 flags, None) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"mounting {img} on {workspace}: {os.strerror(err)}")
+                return
+            finally:
+                os.close(loop)  # autoclear: a device we configured but did not mount goes
+    finally:
+        os.close(ctl)
 
 
 def unmount(workspace: Path) -> None:

@@ -20,25 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+from typing_extensions import override
 
 from sandboxer import envvars, redaction
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
+from sandboxer.extensions.local.controlserver import ControlServer
 from sandboxer.extensions.local.holder import Jail
-from sandboxer.extensions.local.peer import client_allowed, peer
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"destroyed", "failed"})
 
 
-class Daemon:
+class Daemon(ControlServer):
     """The endpoint: registered sandboxes, their listeners and the control socket."""
 
     def __init__(self, settings: Settings, host: Host) -> None:
@@ -58,7 +58,8 @@ class Daemon:
         self.sandboxes: dict[str, Sandbox] = {}
         self.shutting_down = False
         self.busy = 0
-        self.ops_lock = asyncio.Lock()
+        self.accepting = False  # serving its control socket, and not shutting down
+        self._ops: dict[str, asyncio.Lock] = {}  # per sandbox: its add and remove in turn
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
@@ -74,66 +75,37 @@ class Daemon:
         self._warned.add(what)
         log.log(level, "%s failed: %s", what, e)
 
-    # -- control socket ---------------------------------------------------------------
+    def _lock(self, sid: str) -> asyncio.Lock:
+        """One sandbox's lock: creates of different sandboxes do not wait for each other."""
+        lock = self._ops.get(sid)
+        if lock is None:
+            lock = self._ops[sid] = asyncio.Lock()
+        return lock
 
-    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.busy += 1
+    @override
+    async def add_here(self, req: dict[str, Any], secrets: object, *,
+                       early: bool = False) -> int:
+        """The ``add`` op, called in this process or from the control socket: serve the
+        sandbox of ``req`` (a record, see control.py) with ``secrets``; its port.
+        ``early``: return once it listens, while its jail starts (see ``started``)."""
+        if self.shutting_down:
+            raise control.DaemonUnavailable("the ext.local endpoint is shutting down")
+        sid = str(req["sandbox_id"])
+        self.busy += 1  # not idle meanwhile
         try:
-            line = await reader.readline()  # read before refusing: the peer gets the reply
-            sock = writer.get_extra_info("socket")
-            if not client_allowed(sock):
-                log.warning("refused a control connection from process %d (uid %d)", *peer(sock))
-                writer.write(b'{"ok": false, "error": "refused: not your uid"}\n')
-                await writer.drain()
-                return
-            try:
-                req = json.loads(line)
-                reply = await self._dispatch(req)
-            except Exception as e:
-                log.warning("control request failed: %s", e,
-                            exc_info=not isinstance(e, (ValueError, KeyError)))
-                reply = {"ok": False, "error": redaction.redact(str(e) or type(e).__name__)}
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except ConnectionError:
-            pass
+            async with self._lock(sid):
+                return await self._add({**req, "secrets": secrets, "early": early})
         finally:
             self.busy -= 1
-            writer.close()
 
-    async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if self.shutting_down:
-            return {"ok": False, "error": control.SHUTTING_DOWN}
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "list":
-            # A client that sees a moved sandbox listed also reads its new descriptor (and
-            # does not store it a second time).
-            await self._refresh_moved()
-            return {"ok": True, "sandboxes": [
-                {"sandbox_id": sb.id, "port": sb.port} for sb in self.sandboxes.values()]}
-        if op == "destroy":  # outside ops_lock: the destroy calls `remove` on us
-            return await self._destroy(str(req["sandbox_id"]))
-        async with self.ops_lock:
-            if op == "add":
-                return {"ok": True, "port": await self._add(req)}
-            if op == "remove":
-                await self._remove(str(req["sandbox_id"]))
-                return {"ok": True}
-        raise ValueError(f"unknown op {op!r}")
-
-    async def _destroy(self, sid: str) -> dict[str, Any]:
-        """Destroy through core, here, where everything is already imported.
-
-        A CLI `destroy` of a local sandbox would otherwise spend most of its time
-        importing pydantic and the manager; here it costs the work itself.
-        """
-        try:
-            document = await self.host.destroy(sid)
-        except SandboxerError as e:
-            return {"ok": False, "error": e.render(), "code": e.code}
-        return {"ok": True, "document": document}
+    @override
+    async def remove_here(self, sid: str) -> None:
+        """The ``remove`` op: stop serving ``sid``; not served is fine."""
+        lock = self._lock(sid)
+        async with lock:
+            await self._remove(sid)
+        if not lock.locked() and sid not in self.sandboxes:
+            self._ops.pop(sid, None)
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -160,46 +132,68 @@ class Daemon:
         host_key = asyncssh.read_private_key(str(req["host_key_path"]))
         sb.jail = self._jail(sb)
         sb.revive = partial(self._revive, sb)
-        await sb.jail.start()
         wanted = int(req.get("port") or 0)
         try:
-            try:
-                sb.acceptor = await self._listen(sb, host_key, wanted)
-            except OSError as e:
-                if not wanted:
-                    raise
-                # Taken while nobody served it: a new port, and a new descriptor (moved).
-                log.warning("port %d of %s is taken (%s); serving it on a new port",
-                            wanted, sid, e)
-                sb.acceptor = await self._listen(sb, host_key, 0)
-        except BaseException:
-            await sb.jail.stop()
-            raise
+            sb.acceptor = await self._listen(sb, host_key, wanted)
+        except OSError as e:
+            if not wanted:
+                raise
+            # Taken while nobody served it: a new port, and a new descriptor (moved).
+            log.warning("port %d of %s is taken (%s); serving it on a new port", wanted, sid, e)
+            sb.acceptor = await self._listen(sb, host_key, 0)
+        # The jail starts while the client connects: a session waits for it (started()).
+        sb.starting = asyncio.create_task(self._start(sb), name=f"jail {sid}")
+        sb.starting.add_done_callback(_retrieved)
+        self.sandboxes[sid] = sb
+        if not req.get("early"):
+            await self.started(sid)
         if wanted and sb.port != wanted:
             self._moved(req, sb.port)
-        self.sandboxes[sid] = sb
-        redaction.register(secrets.values())
-        log.info("serving %s on 127.0.0.1:%d (host uid %d, jail pid %d)", sid, sb.port,
+        return sb.port
+
+    async def _start(self, sb: Sandbox) -> None:
+        """Start a new sandbox's jail; when it fails, the sandbox is not served."""
+        if sb.jail is None:
+            return
+        try:
+            await sb.jail.start()
+        except BaseException:
+            if self.sandboxes.get(sb.id) is sb:
+                del self.sandboxes[sb.id]
+            if sb.acceptor is not None:
+                sb.acceptor.close()
+            raise
+        redaction.register(sb.secrets.values())
+        log.info("serving %s on 127.0.0.1:%d (host uid %d, jail pid %d)", sb.id, sb.port,
                  sb.host_uid, sb.jail.holder_pid)
         if sb.secrets_missing:
             log.warning("%s is served without its secrets %s: they lived only in the memory "
                         "of the endpoint that stopped; recreate the sandbox to get them back",
-                        sid, ", ".join(sb.secrets_missing))
-        return sb.port
+                        sb.id, ", ".join(sb.secrets_missing))
+
+    @override
+    async def started(self, sid: str) -> None:
+        """Return once ``sid``'s jail runs; raise why it did not start (then it is not
+        served any more)."""
+        sb = self.sandboxes.get(sid)
+        if sb is None or sb.starting is None:
+            return
+        await asyncio.shield(sb.starting)
 
     def _moved(self, req: dict[str, Any], port: int) -> None:
         """Record a restored sandbox's new port: its record, its pinned known_hosts line,
         and (once the control socket answers) its stored descriptor."""
         from sandboxer.extensions import _keys
 
-        record = {k: v for k, v in req.items() if k not in ("op", "secrets")}
+        record = {k: v for k, v in req.items() if k not in ("op", "secrets", "early")}
         host_public = _keys.public_of(Path(str(record["host_key_path"])))
         control.record_served(self.settings, record, port, host_public)
         self.moved.add(str(record["sandbox_id"]))
 
+    @override
     async def _refresh_moved(self) -> None:
         """Store the new descriptors of sandboxes restored on a new port (core reads the
-        endpoint back through ``add`` on our socket: never under ``ops_lock``)."""
+        endpoint back through ``add``: never under a sandbox's lock)."""
         async with self._refreshing:
             while self.moved:
                 sid = self.moved.pop()
@@ -238,6 +232,10 @@ class Daemon:
         sb = self.sandboxes.pop(sid, None)
         if sb is None:
             return
+        if sb.starting is not None and not sb.starting.done():
+            sb.starting.cancel()
+            with contextlib.suppress(BaseException):
+                await sb.starting
         redaction.unregister(sb.secrets.values())
         sb.secrets.clear()
         if sb.acceptor is not None:
@@ -276,21 +274,22 @@ class Daemon:
                 log.info("not restoring %s: no %s", sid, record_path(self.settings, sid))
                 continue
             try:
-                async with self.ops_lock:
+                async with self._lock(sid):
                     await self._add(record)
             except Exception:
                 log.exception("restoring %s failed", sid)
 
     async def _revive_jails(self) -> None:
         for sb in list(self.sandboxes.values()):
-            if sb.jail is not None and not sb.jail.alive:
+            if sb.jail is not None and not sb.jail.alive and sb.started:
                 await self._revive(sb)
 
     async def _revive(self, sb: Sandbox) -> None:
         """A jail that ended under a live sandbox (its waiting process was killed, or the
         OOM killer chose it) starts again, empty, as after a reboot."""
         async with sb.revive_lock:
-            if self.sandboxes.get(sb.id) is not sb or sb.jail is None or sb.jail.alive:
+            if (self.sandboxes.get(sb.id) is not sb or sb.jail is None or sb.jail.alive
+                    or not sb.started):
                 return
             log.warning("the jail of %s ended; starting it again", sb.id)
             await sb.jail.stop()
@@ -309,8 +308,7 @@ class Daemon:
                 for sid, state in self.host.states(ids).items():
                     if state in FINAL_STATES:
                         log.info("dropping %s: its state is %s", sid, state)
-                        async with self.ops_lock:
-                            await self._remove(sid)
+                        await self.remove_here(sid)
         except Exception as e:
             self._warn_once("store check", e)
 
@@ -321,7 +319,9 @@ class Daemon:
         except FileNotFoundError:
             return True
 
-    async def run(self) -> None:
+    async def run(self, bind: Callable[[Daemon | None], None] | None = None) -> None:
+        """Serve until idle or stopped; ``bind`` is told of this endpoint while it accepts
+        (so that a Service in this process adds its sandboxes directly)."""
         path = control.socket_path(self.settings)
         path.unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
@@ -333,6 +333,9 @@ class Daemon:
         path.chmod(0o600)
         inode = os.stat(path).st_ino
         log.info("endpoint %d ready with %d sandbox(es)", os.getpid(), len(self.sandboxes))
+        self.accepting = True
+        if bind is not None:
+            bind(self)
         tick = max(0.05, min(1.0, self.idle_exit / 3))
         idle_since: float | None = None
         try:
@@ -354,11 +357,20 @@ class Daemon:
         finally:
             # No await between the check above and this flag: a late add sees it.
             self.shutting_down = True
+            self.accepting = False
+            if bind is not None:
+                bind(None)
             server.close()
             path.unlink(missing_ok=True)
             for sid in list(self.sandboxes):
                 await self._remove(sid)
             log.info("endpoint %d exiting", os.getpid())
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A jail start nobody waited for (its create gave up) failed: it is logged."""
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.info("%s did not start: %s", task.get_name(), e)
 
 
 def _lock_pid_file(settings: Settings, timeout: float = 10.0) -> int | None:
@@ -386,15 +398,17 @@ def _lock_pid_file(settings: Settings, timeout: float = 10.0) -> int | None:
     return None
 
 
-async def serve(settings: Settings, host: Host) -> None:
-    """Run the endpoint until it is idle (``LocalExtension.housekeep``)."""
+async def serve(settings: Settings, host: Host,
+                bind: Callable[[Daemon | None], None] | None = None) -> None:
+    """Run the endpoint until it is idle (``LocalExtension.housekeep``); ``bind``: see
+    ``Daemon.run``."""
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one line per packet otherwise
     fd = await asyncio.to_thread(_lock_pid_file, settings)
     if fd is None:
         log.info("another endpoint holds %s; exiting", control.pid_path(settings))
         return
     try:
-        await Daemon(settings, host).run()
+        await Daemon(settings, host).run(bind)
     finally:
         control.pid_path(settings).unlink(missing_ok=True)
         os.close(fd)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
@@ -18,8 +17,7 @@ from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
-from sandboxer.extensions._proc import kill_all
-from sandboxer.extensions._ssh import SSHExtension
+from sandboxer.extensions._ssh import SSHExtension, ssh_probe
 from sandboxer.extensions.base import (
     DoctorChecks,
     Endpoint,
@@ -32,105 +30,30 @@ from sandboxer.extensions.base import (
     Target,
     key_paths,
 )
-from sandboxer.extensions.local import cgroups, control, disk
+from sandboxer.extensions.local import cgroups, control, dirs, disk, spares, uids
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.models.doctor import Check
 
+if TYPE_CHECKING:
+    from sandboxer.extensions.local.endpoint import Daemon as Endpoint_
+
 TARGET = "local"
-UID_SPAN = 65536
+# What this process runs and knows, shared by every instance (a request of the local
+# service gets instances of its own): the endpoint it runs, by home; host keys' public
+# lines (not secret), by sandbox id.
+_ENDPOINTS: dict[Path, Endpoint_] = {}
+_HOST_PUBLICS: dict[str, str] = {}
+os.register_at_fork(after_in_child=_ENDPOINTS.clear)  # a child runs none of them
+UID_SPAN = uids.SPAN
+_proc_uids = uids.proc_uids
 _SHARED_LOCAL = "/var/lib/sandboxer/local"  # config.Settings.local_root for root homes
 
 
-def _claims_dir(settings: Settings) -> Path:
-    """Machine-wide uid claims: one file per host uid naming the sandbox dir that owns it.
-
-    Several SANDBOXER_HOMEs (users, test runs) share this machine's uid range, so the
-    choice of a free uid must be made under one lock for the whole machine.
-    """
-    return Path(settings.env.get("SANDBOXER_LOCAL_UID_CLAIMS", "/var/lib/sandboxer/uids"))
-
-
-def _claimed_uids(claims: Path) -> set[int]:
-    """Uids claimed by a sandbox dir that still exists; stale claims are dropped."""
-    taken: set[int] = set()
-    for f in claims.iterdir():
-        if not f.name.isdigit():
-            continue
-        try:
-            owner = Path(f.read_text().strip())
-        except OSError:
-            continue
-        if owner.is_dir():
-            taken.add(int(f.name))
-        else:
-            f.unlink(missing_ok=True)
-    return taken
-
-
-def _release_uid(settings: Settings, uid: int, sandbox_dir: Path) -> None:
-    claim = _claims_dir(settings) / str(uid)
-    with contextlib.suppress(OSError):
-        if Path(claim.read_text().strip()) == sandbox_dir:
-            claim.unlink()
-
-
-def _uid_base(settings: Settings) -> int:
-    return envvars.local_uid_base(settings.env)
-
-
-def _proc_uids() -> dict[int, set[int]]:
-    """Real uid -> pids of every live (non-zombie) process on the host."""
-    out: dict[int, set[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status") as f:
-                text = f.read()
-        except OSError:
-            continue
-        state = uid = None
-        for line in text.splitlines():
-            if line.startswith("State:"):
-                state = line.split()[1]
-            elif line.startswith("Uid:"):
-                uid = int(line.split()[1])
-                break
-        if uid is not None and state != "Z":
-            out.setdefault(uid, set()).add(int(entry.name))
-    return out
-
-
-def kill_uid(uid: int, timeout: float = 3.0) -> None:
-    """SIGKILL every process of ``uid`` until none is left (a fork bomb respawns)."""
-    if left := kill_all(lambda: _proc_uids().get(uid, set()), timeout):
-        raise ProvisionFailed(f"processes of host uid {uid} survive SIGKILL: {sorted(left)}")
-
-
-def _make_private_dirs(path: Path) -> None:
-    """Create ``path`` and missing parents as 0711: passable, not listable, by jail uids."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for p in reversed(missing):
-        p.mkdir(exist_ok=True)
-        p.chmod(0o711)
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a sandbox dir; already gone is fine."""
-    top = str(path)
-
-    def onerror(func: Callable[..., Any], p: str, exc_info: Any) -> None:
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
-        parent = os.path.dirname(p)
-        # Without root, a jail may leave read-only dirs behind; its owner can chmod them.
-        if not isinstance(exc, PermissionError) or p == top or not parent.startswith(top):
-            raise exc
-        os.chmod(parent, 0o700)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
@@ -141,6 +64,16 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
 
     name = "ext.local"
     Spec = LocalSpec
+
+    def __init__(self, settings: Settings, host: Host | None = None) -> None:
+        super().__init__(settings, host)
+        self._disk: bool | None = None
+
+    @override
+    @classmethod
+    def warm_up(cls) -> None:
+        super().warm_up()
+        spares.enable()
 
     @override
     def doctor_checks(self) -> list[Check]:
@@ -156,7 +89,16 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
     async def housekeep(self, host: Host) -> None:
         from sandboxer.extensions.local import endpoint  # asyncssh: only in that process
 
-        await endpoint.serve(self.settings, host)
+        type(self).warm_up()  # this process is long-lived: it keeps spares from now on
+        home = self.settings.home
+
+        def bind(running: Endpoint_ | None) -> None:
+            if running is None:
+                _ENDPOINTS.pop(home, None)
+            else:
+                _ENDPOINTS[home] = running
+
+        await endpoint.serve(self.settings, host, bind=bind)
 
     @override
     async def serve_again(self, documents: list[dict[str, Any]]) -> list[str]:
@@ -193,74 +135,53 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
 
     def _create_dirs(self, sandbox_id: str) -> tuple[int, Path, Path]:
         """Pick a free host uid and create the sandbox dir and its workspace (owned by it)."""
-        s = self.settings
-        d = control.sandbox_dir(s, sandbox_id)
-        ws = d / "workspace"
-        _make_private_dirs(s.local_root)
-        if not self._root:
-            d.mkdir(mode=0o711)
-            control.write_owner(s, d)
-            ws.mkdir(mode=0o700)
-            return os.getuid(), d, ws
-        claims = _claims_dir(s)
-        claims.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(claims / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            # Concurrent creates of every home on this machine serialise here.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            _make_private_dirs(s.local_root)  # again: a destroy may have removed it
-            taken = set(_proc_uids()) | _claimed_uids(claims)
-            for other in self._dirs():
-                with contextlib.suppress(OSError):
-                    taken.add((other / "workspace").stat().st_uid)
-            base = _uid_base(s)
-            uid = next((u for u in range(base, base + UID_SPAN) if u not in taken), None)
-            if uid is None:
-                raise ProvisionFailed(f"no free host uid in [{base}, {base + UID_SPAN})")
-            d.mkdir(mode=0o711)
-            try:
-                d.chmod(0o711)
-                control.write_owner(s, d)
-                ws.mkdir(mode=0o700)
-                os.chown(ws, uid, uid)
-                claim = os.open(claims / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(claim, "w") as f:
-                    f.write(f"{d}\n")
-            except BaseException:
-                _rmtree(d)
-                raise
-            return uid, d, ws
-        finally:
-            os.close(fd)
+        return dirs.create(self.settings, sandbox_id, root=self._root,
+                           workspace_uids=self._workspace_uids)
+
+    def _workspace_uids(self) -> set[int]:
+        """The host uids of this home's workspaces (older ones may have no claim)."""
+        taken = set()
+        for other in self._dirs():
+            with contextlib.suppress(OSError):
+                taken.add((other / "workspace").stat().st_uid)
+        return taken
 
     @override
     async def provision(self, req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> Handle:
         s = self.settings
         sid = req.sandbox_id
         spec = req.spec if isinstance(req.spec, LocalSpec) else self._spec(req.spec)
-        req.progress("starting the local endpoint")
-        starting = asyncio.create_task(control.ensure_running(s))
+        here = self._here()
+        starting: asyncio.Task[None] | None = None
+        if here is None:
+            req.progress("starting the local endpoint")
+            starting = asyncio.create_task(control.ensure_running(s))
         try:
             req.progress("creating the workspace")
             try:
                 # mkdir claims the id: nothing below may touch a sandbox we did not create.
                 host_uid, d, ws = self._create_dirs(sid)
             except FileExistsError as e:
-                starting.cancel()
                 raise ProvisionFailed(f"ext.local sandbox {sid} already exists") from e
         except BaseException:
-            starting.cancel()
-            with contextlib.suppress(BaseException):
-                await starting
+            await _cancel(starting)
             raise
         try:
-            if self._root and disk.available() is None:
+            if self._images():
                 req.progress(f"making a {spec.limits.disk} workspace")
-                await asyncio.to_thread(disk.create, d, spec.limits.disk_bytes, host_uid)
-                await asyncio.to_thread(disk.mount, d, ws)
+                size = spec.limits.disk_bytes
+                spare = spares.take(s.local_root, size)
+                if spare is not None:  # a rename and two syscalls: no thread needed
+                    self._image(d, ws, size, host_uid, spare)
+                else:
+                    await asyncio.to_thread(self._image, d, ws, size, host_uid, None)
             req.progress("generating keys")
             keys = _keys.generate(s, sid)
-            await starting
+            if len(_HOST_PUBLICS) > 10_000:  # sandboxes destroyed by other processes
+                _HOST_PUBLICS.clear()
+            _HOST_PUBLICS[sid] = keys.host_public
+            if starting is not None:
+                await starting
             record: dict[str, Any] = {
                 "sandbox_id": sid, "user": req.user, "port": None,
                 "host_key_path": str(keys.host_key), "authorized_key": keys.client_public,
@@ -269,17 +190,16 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
                 "secret_names": sorted(secrets),
             }
             req.progress("opening the SSH endpoint")
-            # Values travel only in this request, over the 0600 control socket; the record
-            # written below (sandbox.json) names the secrets but holds no value.
+            # Values travel only in this request (in memory, or over the 0600 control
+            # socket); the record written below (sandbox.json) names the secrets but holds
+            # no value.
             values = {k: v.get_secret_value() for k, v in secrets.items()}
-            port = int((await control.call(s, "add", **record, secrets=values))["port"])
+            port = await self._add(record, values, here, early=True)
             del values
             record["port"] = port
             control.record_served(s, record, port, keys.host_public)
         except BaseException as e:
-            starting.cancel()
-            with contextlib.suppress(BaseException):
-                await starting
+            await _cancel(starting)
             await self.destroy(Handle(sandbox_id=sid, extension=self.name, target=TARGET))
             if isinstance(e, SandboxerError) or not isinstance(e, Exception):
                 raise
@@ -288,6 +208,61 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             "port": port, "host_uid": host_uid, "dir": str(d), "workspace": str(ws),
             "user": req.user,
         })
+
+    def _here(self) -> Endpoint_ | None:
+        """The endpoint of this home that this process runs, when it does (the local
+        service, whose requests each get extension instances of their own): it is then
+        called directly instead of through its control socket."""
+        here = _ENDPOINTS.get(self.settings.home)
+        return here if here is not None and here.accepting else None
+
+    async def _add(self, record: dict[str, Any], secrets: dict[str, str] | None,
+                   here: Endpoint_ | None, *, early: bool = False) -> int:
+        """Serve a sandbox; ``early``: return once it listens, its jail still starting
+        (``wait_ready`` waits for both)."""
+        if here is not None:
+            return await here.add_here(record, secrets, early=early)
+        extra: dict[str, Any] = {} if secrets is None else {"secrets": secrets}
+        if early:
+            extra["early"] = True
+        return int((await control.call(self.settings, "add", **record, **extra))["port"])
+
+    @override
+    async def wait_ready(self, handle: Handle, timeout: float) -> None:
+        # The probe connects while the jail starts; a jail that fails ends the wait at
+        # once with its error, instead of retrying SSH until the timeout.
+        ep = await self.endpoint(handle)
+        sid = handle.sandbox_id
+        here = self._here()
+        started = here.started(sid) if here is not None else control.started(self.settings, sid)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(started)
+                tg.create_task(ssh_probe(ep, timeout=timeout))
+        except BaseExceptionGroup as group:
+            first = group.exceptions[0]
+            if isinstance(first, SandboxerError):
+                raise first from None
+            raise ProvisionFailed(f"ext.local: the jail of {sid} did not start: {first}",
+                                  hint=f"see {control.log_path(self.settings)}") from first
+
+    def _images(self) -> bool:
+        if self._disk is None:
+            self._disk = self._root and disk.available() is None
+        return self._disk
+
+    def _image(self, d: Path, ws: Path, size: int, uid: int, spare: Path | None) -> None:
+        """The workspace's image (``spare``, made ahead, or a new one), mounted for uid."""
+        if spare is None:
+            disk.create(d, size)
+        else:
+            try:
+                disk.check_room(d, size)
+                os.rename(spare, disk.image_path(d))
+            except BaseException:
+                spare.unlink(missing_ok=True)
+                raise
+        disk.mount(d, ws, owner=uid)
 
     def _spec(self, spec: BaseModel) -> LocalSpec:
         return LocalSpec.model_validate(spec.model_dump())
@@ -304,13 +279,19 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
 
     @override
     async def endpoint(self, handle: Handle) -> Endpoint:
-        rec = self._record(handle)
-        # Re-serve after a daemon restart; add is idempotent and keeps the recorded port.
-        port = int((await control.call(self.settings, "add", **rec))["port"])
-        paths = key_paths(self.settings, handle.sandbox_id)
+        sid = handle.sandbox_id
+        here = self._here()
+        served = here.sandboxes.get(sid) if here is not None else None
+        paths = key_paths(self.settings, sid)
+        if served is not None and served.port:
+            port, user = served.port, served.user
+        else:
+            rec = self._record(handle)
+            # Re-serve after a daemon restart; add is idempotent and keeps the recorded port.
+            port, user = await self._add(rec, None, here), str(rec["user"])
+        host_public = _HOST_PUBLICS.get(sid) or _keys.public_of(paths["host_key"])
         return Endpoint(
-            host="127.0.0.1", port=port, user=str(rec["user"]),
-            host_key=_keys.public_of(paths["host_key"]),
+            host="127.0.0.1", port=port, user=user, host_key=host_public,
             identity_file=str(paths["identity"]),
             known_hosts_file=str(paths["known_hosts"]),
         )
@@ -329,16 +310,21 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         s = self.settings
         sid = handle.sandbox_id
         d = control.sandbox_dir(s, sid)
-        await control.call_if_running(s, "remove", sandbox_id=sid)
+        _HOST_PUBLICS.pop(sid, None)
+        here = self._here()
+        if here is not None:
+            await here.remove_here(sid)
+        else:
+            await control.call_if_running(s, "remove", sandbox_id=sid)
         if control.owned_by(s, d) is False:  # another home's, on a shared local root
             _keys.remove(s, sid)
             return
         uid = self._private_uid(handle, d)
         if uid is not None:
-            kill_uid(uid)
+            dirs.kill_uid(uid)
         self._teardown(sid, d)
         if uid is not None:
-            _release_uid(s, uid, d)  # after the dir is gone: the claim names it
+            dirs.release_uid(s, uid, d)  # after the dir is gone: the claim names it
         _keys.remove(s, sid)
         self._drop_empty_root()
 
@@ -350,7 +336,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
         uid = handle.data.get("host_uid")
         with contextlib.suppress(OSError):
             uid = (d / "workspace").stat().st_uid
-        base = _uid_base(self.settings)
+        base = dirs.uid_base(self.settings)
         return uid if isinstance(uid, int) and base <= uid < base + UID_SPAN else None
 
     def _teardown(self, sandbox_id: str, d: Path) -> None:
@@ -360,21 +346,15 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             if hierarchy is not None:
                 hierarchy.sandbox(sandbox_id).remove()
             disk.unmount(d / "workspace")
-        _rmtree(d)
+        dirs.rmtree(d)
 
     def _drop_empty_root(self) -> None:
         """The per-home directory under /var/lib/sandboxer/local goes with its last sandbox."""
         root = self.settings.local_root
         if not self._root or root.parent != Path(_SHARED_LOCAL):
             return
-        claims = _claims_dir(self.settings)
-        with contextlib.suppress(OSError):
-            fd = os.open(claims / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # creates make their dirs under this lock
-                root.rmdir()
-            finally:
-                os.close(fd)
+        with contextlib.suppress(OSError), uids.machine_lock(dirs.claims_dir(self.settings)):
+            root.rmdir()  # creates make their dirs under this lock
 
     @override
     async def owned(self, target: Target) -> list[Handle]:

@@ -19,18 +19,24 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import logging
 import os
 import resource
+import shutil
 import signal
+import subprocess
 import termios
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sandboxer.extensions.local import disk, jail, seccomp
 from sandboxer.extensions.local.cgroups import SandboxCgroup
+from sandboxer.extensions.local.spawn import Child, in_thread, spawn
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -101,7 +107,7 @@ class Jail:
     root: bool                      # the endpoint runs as root: drop to host_uid
     cgroup: SandboxCgroup | None
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    proc: asyncio.subprocess.Process | None = None
+    proc: Child | None = None
     holder_pid: int = 0
     ns: Namespaces = field(default_factory=Namespaces)
 
@@ -116,7 +122,7 @@ class Jail:
     async def start(self) -> None:
         """Start bwrap and wait for its waiting child; raises JailError when it fails."""
         sandbox_dir = self.workspace.parent
-        if disk.image_path(sandbox_dir).exists():
+        if disk.image_path(sandbox_dir).exists() and not disk.is_mounted(self.workspace):
             await asyncio.to_thread(disk.mount, sandbox_dir, self.workspace)
         if self.cgroup is not None:
             lim = self.spec.limits
@@ -131,20 +137,69 @@ class Jail:
             argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
                                     seccomp_fd=filter_fds[0], bwrap=self.bwrap,
                                     secret_fds=secret_fds)
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(*data_fds.values(), *secret_fds.values(), *filter_fds),
-                preexec_fn=self._holder_preexec(), env={"PATH": jail.JAIL_PATH},
-                start_new_session=True)
+            kw: dict[str, Any] = {
+                "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                "stderr": subprocess.PIPE, "env": {"PATH": jail.JAIL_PATH},
+                "pass_fds": (*data_fds.values(), *secret_fds.values(), *filter_fds),
+                "start_new_session": True}
+            launcher = self._launcher()
+            joining: asyncio.Task[None] | None = None
+            if launcher is not None:
+                # No preexec step: Popen vforks and returns at once.
+                self.proc = Child(subprocess.Popen([*launcher, *argv], **kw))
+                if self.cgroup is not None:
+                    # A cgroup join waits for an RCU grace period (10-20 ms on some
+                    # hosts): it runs while bwrap sets the jail up.
+                    joining = asyncio.create_task(
+                        in_thread(partial(self.cgroup.add, self.proc.pid)))
+            else:
+                self.proc = await spawn(argv, preexec_fn=self._holder_preexec(), **kw)
         finally:
             jail.close_fds([*data_fds.values(), *secret_fds.values(), *filter_fds])
         try:
             self.holder_pid = await self._wait_for_holder()
+            if joining is not None:
+                await joining
+                await in_thread(self._join_the_rest)
             self.ns = Namespaces.of(self.holder_pid)
         except BaseException:
+            if joining is not None:
+                with contextlib.suppress(BaseException):
+                    await joining
             await self.stop()
             raise
+        finally:
+            self.proc.close_pipes()  # bwrap's stderr mattered only while it set up
+
+    def _launcher(self) -> list[str] | None:
+        """What runs before bwrap, as programs rather than a preexec step (which makes
+        Popen fork this whole process and wait for the child's cgroup join): become the
+        host uid, set the rlimits. None: a tool is missing.
+
+        The jail joins its cgroup from outside (``start``): bwrap's own process while it
+        sets the jail up, the two it forked (its init and the holder, which runs nothing
+        but ``sleep``) once the holder runs; a session runs only after that.
+        """
+        tools = _launch_tools()
+        if tools is None:
+            return None
+        setpriv, prlimit = tools
+        drop = ([setpriv, f"--reuid={self.host_uid}", f"--regid={self.host_uid}",
+                 "--clear-groups", "--"] if self.root else [])
+        limits = [f"--{_PRLIMIT[which]}={value}:{value}" for which, value in self._limits()]
+        return [*drop, prlimit, *limits, "--"]
+
+    def _join_the_rest(self) -> None:
+        """Every process bwrap forked joins the jail's cgroup (its own joined already)."""
+        if self.cgroup is None or self.proc is None:
+            return
+        todo, seen = _children(self.proc.pid), set()
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                self.cgroup.add(pid)
+                todo += _children(pid)
 
     def _holder_preexec(self) -> Callable[[], None]:
         cgroup, uid, limits = self.cgroup, self.host_uid, self._limits()
@@ -167,7 +222,8 @@ class Jail:
         if self.proc is None:
             raise JailError(f"the jail of {self.sandbox_id} was never started")
         deadline = time.monotonic() + _START_TIMEOUT
-        delay = 0.001
+        # bwrap sets a jail up in a few ms: look often at first (three /proc reads a look).
+        delay = 0.0005
         while time.monotonic() < deadline:
             if self.proc.returncode is not None:
                 break
@@ -176,10 +232,12 @@ class Jail:
                     if _cmdline(pid) == list(jail.HOLDER):
                         return pid
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 1.1, 0.02)
         err = b""
         if self.proc.returncode is not None and self.proc.stderr is not None:
-            err = await self.proc.stderr.read()
+            # bwrap is gone and its children die with it (--die-with-parent): EOF soon.
+            with contextlib.suppress(OSError, TimeoutError):
+                err = await asyncio.wait_for(asyncio.to_thread(self.proc.stderr.read), 2)
         raise JailError(f"the jail of {self.sandbox_id} did not start: "
                         f"{err.decode(errors='replace').strip()[-300:] or 'timed out'}")
 
@@ -238,6 +296,19 @@ class Jail:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
+
+
+_PRLIMIT = {resource.RLIMIT_NPROC: "nproc", resource.RLIMIT_NOFILE: "nofile",
+            resource.RLIMIT_CORE: "core", resource.RLIMIT_AS: "as"}
+
+
+@functools.cache
+def _launch_tools() -> tuple[str, str] | None:
+    """setpriv and prlimit (util-linux), or None when one is missing."""
+    setpriv, prlimit = (shutil.which(t, path=jail.JAIL_PATH) for t in ("setpriv", "prlimit"))
+    if setpriv is None or prlimit is None:
+        return None
+    return setpriv, prlimit
 
 
 def _children(pid: int) -> list[int]:

@@ -24,6 +24,7 @@ from typing_extensions import override
 
 from sandboxer.extensions.local import jail
 from sandboxer.extensions.local.holder import Jail
+from sandboxer.extensions.local.spawn import Child, spawn
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ class Sandbox:
     # endpoint, which owns the jails.
     revive: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     revive_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    starting: asyncio.Task[None] | None = field(default=None, repr=False)  # its jail's start
+
+    @property
+    def started(self) -> bool:
+        """Its jail's first start is over (it may have failed)."""
+        return self.starting is None or self.starting.done()
 
     @property
     def port(self) -> int:
@@ -59,7 +66,7 @@ class SSHServer(asyncssh.SSHServer):
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
         self.conn: asyncssh.SSHServerConnection | None = None
-        self.procs: set[asyncio.subprocess.Process] = set()
+        self.procs: set[Child] = set()
 
     @override
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -111,7 +118,7 @@ async def _pump(fd: int, out: asyncssh.SSHWriter[bytes]) -> None:
         transport.close()
 
 
-def kill_session(proc: asyncio.subprocess.Process) -> None:
+def kill_session(proc: Child) -> None:
     """SIGKILL a session's process group (its spawner leads it); gone already is fine."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -136,6 +143,8 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     pipes: list[int] = []
     ours: tuple[int, int, int] = (-1, -1, -1)
     try:
+        if sb.starting is not None and not sb.starting.done():
+            await asyncio.shield(sb.starting)  # a new sandbox: its jail is starting
         if (sb.jail is None or not sb.jail.alive) and sb.revive is not None:
             await sb.revive()
         if sb.jail is None:
@@ -152,16 +161,14 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
             cols, rows, _, _ = process.term_size
             master, slave = jail.open_pty(cols, rows, sb.host_uid if root else None,
                                           ptmx=f"/proc/{sb.jail.holder_pid}/root/dev/pts/ptmx")
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, **kw)
+            proc = await spawn(argv, stdin=slave, stdout=slave, stderr=slave, **kw)
         else:
             # Plain pipes (not asyncio streams): asyncssh owns and closes our ends.
             for _ in range(3):
                 r, w = os.pipe()
                 pipes += [r, w]
             child = (pipes[0], pipes[3], pipes[5])
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=child[0], stdout=child[1], stderr=child[2], **kw)
+            proc = await spawn(argv, stdin=child[0], stdout=child[1], stderr=child[2], **kw)
             ours = (pipes[1], pipes[2], pipes[4])
             pipes = list(child)
     except Exception as e:
