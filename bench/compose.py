@@ -51,7 +51,8 @@ def engine(tmp: Path) -> tuple[str, Any]:
     if host and subprocess.run(["docker", "-H", host, "version"], capture_output=True,
                                check=False).returncode == 0:
         return host, None
-    sys.path.insert(0, str(ROOT / "tests" / "integration" / "compose"))
+    # The conftest imports tests.docker_support: the repository root goes on the path too.
+    sys.path[:0] = [str(ROOT / "tests" / "integration" / "compose"), str(ROOT)]
     import conftest as infra  # the same coexisting dockerd the integration tests start
 
     daemon, proc = infra.start_dockerd()
