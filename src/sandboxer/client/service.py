@@ -25,7 +25,7 @@ from typing import Any
 
 from sandboxer import keeper, peer
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError, from_code
+from sandboxer.errors import SandboxerError, UnsafePermissions, from_code
 from sandboxer.service import wire
 
 START_TIMEOUT = 20.0  # a service that starts (imports, restores sandboxes) within this
@@ -110,6 +110,15 @@ class ServiceClient:
 
     def _open(self) -> socket.socket:
         path = wire.socket_path(self.settings)
+        # Our uid behind the socket is not enough: a symlink put in a loosened run/ leads
+        # to any socket of our uid, and the request carries our whole environment.
+        if peer.unsafe(path, self.settings.home) is not None:
+            self.settings.ensure()  # repairs what is ours but loose, refuses others' entries
+            if (problem := peer.unsafe(path, self.settings.home)) is not None:
+                raise UnsafePermissions(
+                    f"refusing to send a request to {path}: {problem}",
+                    hint=f"remove {path} (the local service makes it again) and make sure "
+                         f"only you can write {path.parent} (sandboxer doctor)")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(os.fspath(path))

@@ -4,6 +4,7 @@ real unix socket, with the in-process test-only extension behind a real Service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from sandboxer import childenv
 from sandboxer.client.service import ServiceClient, Unavailable
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput, ProfileNotFound
+from sandboxer.errors import InvalidInput, ProfileNotFound, UnsafePermissions
 from sandboxer.service import wire
 from sandboxer.service.app import Service
 from sandboxer.service.local import LocalService, bind, route_progress
@@ -123,3 +124,41 @@ def test_a_bad_request_is_refused_as_usage(
     assert reply["ok"] is False
     assert isinstance(reply["error"], dict)
     assert reply["error"]["code"] == "usage"
+
+
+@pytest.mark.parametrize("owner", [None, 65534])
+def test_a_symlink_in_a_loosened_run_dir_gets_no_request(
+        settings: Settings, served: tuple[LocalService, Service], tmp_path: Path,
+        owner: int | None) -> None:
+    """Another user who can write run/ swaps service.sock for a symlink to a socket of our
+    own uid (the uid check passes there): the client refuses before it sends a byte."""
+    path = wire.socket_path(settings)
+    got: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as decoy:
+        decoy.bind(str(tmp_path / "decoy.sock"))
+        decoy.listen(1)
+        decoy.settimeout(1)  # the client has long refused (or connected) by then
+
+        def listen() -> None:  # whatever reaches the decoy, then hang up
+            with contextlib.suppress(TimeoutError):
+                conn, _ = decoy.accept()
+                with conn:
+                    conn.settimeout(5)
+                    got.append(conn.recv(1 << 20))
+
+        thread = threading.Thread(target=listen)
+        thread.start()
+        path.unlink()
+        path.symlink_to(tmp_path / "decoy.sock")
+        if owner is not None:
+            os.lchown(path, owner, owner)
+        settings.run_dir.chmod(0o777)
+        client = ServiceClient(settings, {**os.environ, "BAO_TOKEN": "s.canary"})
+        try:
+            with pytest.raises(UnsafePermissions):
+                client.extend("sbx-aaaaaaaaaa", "1m")
+        finally:
+            thread.join()
+    assert got == []  # nobody connected to the decoy
+    if owner is None:  # ours but loose: repaired on the way
+        assert settings.run_dir.stat().st_mode & 0o777 == 0o700
