@@ -86,6 +86,7 @@ class ServiceClient:
     def call(self, op: str, args: dict[str, Any]) -> Any:
         """One request; its result, or the error it answered (raised, final)."""
         sock = self._connect()
+        taken = False
         try:
             # The environment goes only to our own uid's service (checked in _open).
             sock.sendall(wire.encode({"v": wire.PROTOCOL, "op": op, "args": args,
@@ -93,7 +94,9 @@ class ServiceClient:
             with sock.makefile("rb") as replies:
                 while line := replies.readline(wire.MAX_LINE):
                     msg = json.loads(line)
-                    if "progress" in msg:
+                    if msg.get("taken") is True:
+                        taken = True
+                    elif "progress" in msg:
                         self.progress(str(msg["progress"]))
                     elif msg.get("ok"):
                         return msg.get("result")
@@ -102,8 +105,13 @@ class ServiceClient:
                     else:
                         err = msg.get("error") or {}
                         raise from_code(str(err.get("code")), str(err.get("message")))
+        except ConnectionError as e:  # reset: a service that stopped as we connected
+            if not taken:
+                raise Unavailable(f"the local service went away before it took {op}") from e
         finally:
             sock.close()
+        if not taken:  # it never ran this request (it was stopping): do it here
+            raise Unavailable(f"the local service went away before it took {op}")
         raise SandboxerError(f"the local service stopped before it answered {op}",
                              hint=f"its log is under {self.settings.log_dir}; `sandboxer "
                                   "list --all` shows what became of the sandbox")

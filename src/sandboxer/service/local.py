@@ -58,8 +58,10 @@ def _request(line: bytes) -> dict[str, Any]:
         req = json.loads(line)
     except ValueError as e:
         raise BadRequest("the request is not one JSON line") from e
-    if not isinstance(req, dict) or req.get("v") != wire.PROTOCOL:
+    if not isinstance(req, dict) or not isinstance(req.get("v"), int):
         raise BadRequest(f"expected a protocol {wire.PROTOCOL} request")
+    if req["v"] != wire.PROTOCOL:
+        return req  # another sand-boxer's client: answered ``fallback``
     if req.get("op") not in wire.OPS:
         raise BadRequest(f"unknown op {req.get('op')!r}")
     env, args = req.get("env", {}), req.get("args", {})
@@ -102,6 +104,11 @@ class LocalService:
         self.inflight = 0
         self.last = time.monotonic()
         self._server: asyncio.AbstractServer | None = None
+        # False once the keeper is stopping (its housekeeping, leases or a stop are done,
+        # set by service/daemon.py): a request then is answered ``fallback``, not run
+        # against endpoints that are going away.
+        self.alive: Callable[[], bool] = lambda: True
+        self._closing = False
         self._requests: set[asyncio.Task[Any]] = set()
 
     def busy(self) -> bool:
@@ -117,6 +124,7 @@ class LocalService:
 
     async def close(self, drain: float) -> None:
         """Stop taking requests; wait up to ``drain`` seconds for those under way."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -141,10 +149,14 @@ class LocalService:
                 writer.write(wire.encode({"ok": False, "error": {
                     "code": "usage", "message": f"local service: {e}"}}))
                 return
-            if req["op"] == "ping":
+            if req["v"] != wire.PROTOCOL:
+                writer.write(wire.encode({"ok": False, "fallback": "another protocol"}))
+            elif req["op"] == "ping":
                 writer.write(wire.encode({"ok": True, "result": {"pid": os.getpid()}}))
             elif req.get("key") != self.key:
                 writer.write(wire.encode({"ok": False, "fallback": "other settings"}))
+            elif self._closing or not self.alive():
+                writer.write(wire.encode({"ok": False, "fallback": "the service is stopping"}))
             else:
                 await self._serve(req, reader, writer)
             await writer.drain()
@@ -168,6 +180,7 @@ class LocalService:
                 loop.call_soon_threadsafe(writer.write, line)
 
         self.inflight += 1
+        writer.write(wire.encode({"taken": True}))  # from here on, never done elsewhere
         work = asyncio.create_task(self._run(req["op"], req["args"], req["env"], send))
         self._requests.add(work)
         gone = asyncio.create_task(reader.read(1))  # b"" once the client hangs up

@@ -11,10 +11,13 @@ a JSON line::
 
     {"v": 1, "op": "create", "args": {...}, "key": "…", "env": {...}}
 
-and gets back any number of ``{"progress": "…"}`` lines, then exactly one of
+and gets back ``{"taken": true}`` once the service runs it, any number of
+``{"progress": "…"}`` lines, then exactly one of
 ``{"ok": true, "result": …}``, ``{"ok": false, "error": {"code": …, "message": …}}`` or
 ``{"ok": false, "fallback": "why"}`` (the service cannot act exactly as this caller
-would: the caller does it in its own process instead).
+would, or is stopping: the caller does it in its own process instead). A connection that
+ends before ``taken`` was never run (a service that stopped meanwhile): the caller does it
+itself too; one that ends after it is reported, never done again.
 
 **The environment.** ``env`` is the caller's whole environment, and the request runs in
 it as it would in the caller's own process (``Service.for_environ``): secret refs resolve

@@ -115,7 +115,7 @@ def test_errors_keep_their_class_and_other_settings_fall_back(
         other.create("profile.fake")
 
 
-@pytest.mark.parametrize("line", [b"not json\n", b'{"v": 9, "op": "create"}\n',
+@pytest.mark.parametrize("line", [b"not json\n", b'{"v": "1", "op": "create"}\n',
                                   b'{"v": 1, "op": "rm -rf"}\n',
                                   b'{"v": 1, "op": "create", "env": {"A": 1}}\n'])
 def test_a_bad_request_is_refused_as_usage(
@@ -162,3 +162,42 @@ def test_a_symlink_in_a_loosened_run_dir_gets_no_request(
     assert got == []  # nobody connected to the decoy
     if owner is None:  # ours but loose: repaired on the way
         assert settings.run_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_another_protocol_and_a_stopping_service_are_done_by_the_caller(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    local, service = served
+    assert raw(settings, b'{"v": 9, "op": "create"}\n') == {
+        "ok": False, "fallback": "another protocol"}
+    local.alive = lambda: False  # what the keeper says once its endpoints are stopping
+    client = ServiceClient(settings, dict(os.environ))
+    with pytest.raises(Unavailable, match="stopping"):
+        client.create("profile.fake")
+    assert service.store.query_documents() == []  # it ran nothing
+
+
+def test_a_connection_the_service_never_took_is_done_by_the_caller(
+        settings: Settings) -> None:
+    """The keeper stops (idle) while a client waits in its socket's backlog: the client
+    is reset before anything was taken, so it does the work itself, not an error."""
+    import select
+
+    settings.ensure()
+    listening = bind(settings)  # nobody accepts
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            ServiceClient(settings, dict(os.environ)).extend("sbx-aaaaaaaaaa", "1m")
+        except BaseException as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    try:
+        assert select.select([listening], [], [], 10)[0]  # the client is in the backlog
+    finally:
+        listening.close()  # as the keeper does when it stops
+        thread.join(10)
+    assert len(failed) == 1
+    assert isinstance(failed[0], Unavailable), repr(failed[0])
