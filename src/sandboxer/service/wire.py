@@ -28,7 +28,9 @@ the service's own process environment.
 
 **The settings key.** What one process cannot change per request must match: the code
 (its location, version and ``PYTHONPATH``, i.e. the plugins it can import), the home and
-its store, ``HOME`` and ``PATH`` (where binaries and profiles are found) and every
+its store, ``HOME`` and ``PATH`` (where binaries and profiles are found), docker's,
+proxy and CA bundle variables (``childenv.PROCESS_NAMES``: tools and libraries read them
+from the process environment, the service's, not from settings) and every
 ``SANDBOXER_*`` setting whose name does not look like a credential. ``settings_key``
 hashes those; a caller whose key differs from the service's is told to do the work in
 its own process.
@@ -47,7 +49,7 @@ from sandboxer.config import Settings
 
 PROTOCOL = 1
 MAX_LINE = 4 << 20  # one request or reply line, environment included
-_KEY_NAMES = frozenset({"PATH", "HOME"})
+_KEY_NAMES = frozenset({"PATH", "HOME"}) | childenv.PROCESS_NAMES
 # Settings of the local service itself, which its callers need not share.
 _NOT_KEYED = frozenset({"SANDBOXER_HOME", "SANDBOXER_LOCAL_SERVICE",
                         "SANDBOXER_SERVICE_IDLE_EXIT", "SANDBOXER_DEBUG"})

@@ -45,7 +45,9 @@ def test_the_key_covers_what_one_process_cannot_change_per_request() -> None:
     same = [{**base, "TERM": "xterm", "BAO_TOKEN": "t", "SANDBOXER_TOKEN": "x",
              "SANDBOXER_SERVICE_IDLE_EXIT": "9"}]
     other = [{**base, "PATH": "/bin"}, {**base, "SANDBOXER_TUNNEL_VIA": "obr-b"},
-             {**base, "PYTHONPATH": "/plugins"}, {**base, "HOME": "/home/x"}]
+             {**base, "PYTHONPATH": "/plugins"}, {**base, "HOME": "/home/x"},
+             {**base, "DOCKER_HOST": "tcp://elsewhere:2375"},
+             {**base, "https_proxy": "http://proxy:3128"}, {**base, "SSL_CERT_FILE": "/ca"}]
     assert all(wire.settings_key(e, HOME) == key for e in same)
     assert all(wire.settings_key(e, HOME) != key for e in other)
     assert wire.settings_key(base, Path("/elsewhere")) != key
