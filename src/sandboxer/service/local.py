@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sandboxer.service.app import Service
 
 log = logging.getLogger(__name__)
+LINE_TIMEOUT = 30.0  # seconds a client has to send its request line once connected
 _sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
     "local_service_progress", default=None)
 
@@ -108,6 +109,7 @@ class LocalService:
         # set by service/daemon.py): a request then is answered ``fallback``, not run
         # against endpoints that are going away.
         self.alive: Callable[[], bool] = lambda: True
+        self.line_timeout = LINE_TIMEOUT
         self._closing = False
         self._requests: set[asyncio.Task[Any]] = set()
 
@@ -144,7 +146,12 @@ class LocalService:
                             *peer.peer(sock))
                 return
             try:
-                req = _request(await reader.readline())
+                # A client that never finishes its line (stopped, hung) must not hold a
+                # connection, and a file descriptor, for the service's life.
+                req = _request(await asyncio.wait_for(reader.readline(), self.line_timeout))
+            except TimeoutError:
+                log.info("a client sent no request line within %gs; closing", self.line_timeout)
+                return
             except (BadRequest, ValueError) as e:  # ValueError: a line over MAX_LINE
                 writer.write(wire.encode({"ok": False, "error": {
                     "code": "usage", "message": f"local service: {e}"}}))

@@ -203,3 +203,22 @@ def test_a_connection_the_service_never_took_is_done_by_the_caller(
         thread.join(10)
     assert len(failed) == 1
     assert isinstance(failed[0], Unavailable), repr(failed[0])
+
+
+def test_a_client_that_never_finishes_its_line_is_hung_up_on(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    local, _service = served
+    local.line_timeout = 0.2
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        s.sendall(b'{"v": 1, "op": "cre')  # and nothing more
+        s.settimeout(30)
+        assert s.recv(100) == b""  # the service hung up
+    # An oversized line is refused as usage, not a stuck connection.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(b'{"v": 1, "op": "create", "env": {"A": "' + b"x" * wire.MAX_LINE)
+        s.settimeout(30)
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply["error"]["code"] == "usage"
