@@ -72,6 +72,13 @@ def _request(line: bytes) -> dict[str, Any]:
     return req
 
 
+async def _hung_up(reader: asyncio.StreamReader) -> None:
+    """Return once the client hangs up (or shuts its side down); bytes it sends after its
+    request line mean nothing and are dropped, they do not cancel the request."""
+    while await reader.read(4096):
+        pass
+
+
 def bind(settings: Settings) -> socket.socket:
     """The service's listening socket at ``run/service.sock`` (0600), bound at once by a
     keeper that holds its lock, before it loads anything."""
@@ -190,7 +197,7 @@ class LocalService:
         writer.write(wire.encode({"taken": True}))  # from here on, never done elsewhere
         work = asyncio.create_task(self._run(req["op"], req["args"], req["env"], send))
         self._requests.add(work)
-        gone = asyncio.create_task(reader.read(1))  # b"" once the client hangs up
+        gone = asyncio.create_task(_hung_up(reader))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():

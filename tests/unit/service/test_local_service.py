@@ -222,3 +222,18 @@ def test_a_client_that_never_finishes_its_line_is_hung_up_on(
         s.settimeout(30)
         reply = json.loads(s.makefile("rb").readline())
     assert reply["error"]["code"] == "usage"
+
+
+def test_bytes_after_the_request_line_do_not_cancel_it(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    line = wire.encode({"v": wire.PROTOCOL, "op": "create", "env": dict(os.environ),
+                        "key": wire.settings_key(os.environ, settings.home),
+                        "args": {"profile": "profile.fake", "ttl": "5m"}})
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        s.sendall(line + b"\n")  # a stray newline, as `echo` adds one
+        s.settimeout(30)
+        replies = [json.loads(raw) for raw in s.makefile("rb")]
+    assert replies[0] == {"taken": True}
+    assert replies[-1]["ok"] is True, replies
+    assert replies[-1]["result"]["state"] == "ready"
