@@ -35,9 +35,15 @@ def allowed(
 NEVER_TO_TOOLS = frozenset({"SANDBOXER_DATABASE_URL", "SANDBOXER_STATE_HUB_URL", "SANDBOXER_URL"})
 # Which docker engine and client configuration the docker CLI uses.
 DOCKER_NAMES = frozenset({"DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT"})
+PROXY_NAMES = frozenset({"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                         "NO_PROXY"})
 # What a build tool may need beyond the system basics: proxies and its own settings.
-TOOL_NAMES = frozenset({"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                        "NO_PROXY"}) | DOCKER_NAMES
+TOOL_NAMES = PROXY_NAMES | DOCKER_NAMES
+# Read from the process environment, not from settings, by what a sand-boxer process runs
+# (the docker CLI, an HTTP library's proxies and CA bundle): the local service runs with
+# its starter's and serves only callers with the same (service/wire.py, the settings key).
+PROCESS_NAMES = TOOL_NAMES | frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                                        "CURL_CA_BUNDLE"})
 
 
 def for_tool(env: Mapping[str, str], *, prefixes: tuple[str, ...] = ()) -> dict[str, str]:
@@ -51,12 +57,13 @@ def for_tool(env: Mapping[str, str], *, prefixes: tuple[str, ...] = ()) -> dict[
 
 def for_sandboxer(caller: Mapping[str, str], home: Path) -> dict[str, str]:
     """The environment of a long-lived sand-boxer process of ``home`` (core's daemon):
-    the system basics, docker's client settings (the local service creates compose
-    sandboxes too), sand-boxer's own settings (none whose name looks like a credential),
-    and the same sand-boxer on PYTHONPATH as the caller's, installed or from a checkout."""
+    the system basics, docker's client settings, proxies and CA bundles (``PROCESS_NAMES``:
+    the local service acts for its callers with them), sand-boxer's own settings (none
+    whose name looks like a credential), and the same sand-boxer on PYTHONPATH as the
+    caller's, installed or from a checkout."""
     import sandboxer
 
-    env = allowed(caller, names=DOCKER_NAMES, prefixes=("SANDBOXER_",))
+    env = allowed(caller, names=PROCESS_NAMES, prefixes=("SANDBOXER_",))
     env["SANDBOXER_HOME"] = str(home)
     src = str(Path(sandboxer.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)

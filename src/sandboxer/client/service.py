@@ -25,7 +25,7 @@ from typing import Any
 
 from sandboxer import keeper, peer
 from sandboxer.config import Settings
-from sandboxer.errors import SandboxerError, from_code
+from sandboxer.errors import SandboxerError, UnsafePermissions, from_code
 from sandboxer.service import wire
 
 START_TIMEOUT = 20.0  # a service that starts (imports, restores sandboxes) within this
@@ -86,13 +86,16 @@ class ServiceClient:
     def call(self, op: str, args: dict[str, Any]) -> Any:
         """One request; its result, or the error it answered (raised, final)."""
         sock = self._connect()
+        taken = False
         try:
             # The environment goes only to our own uid's service (checked in _open).
             sock.sendall(wire.encode({"v": wire.PROTOCOL, "op": op, "args": args,
                                       "key": self.key, "env": self.env}))
             for line in _lines(sock):
                 msg = json.loads(line)
-                if "progress" in msg:
+                if msg.get("taken") is True:
+                    taken = True
+                elif "progress" in msg:
                     self.progress(str(msg["progress"]))
                 elif msg.get("ok"):
                     return msg.get("result")
@@ -101,14 +104,28 @@ class ServiceClient:
                 else:
                     err = msg.get("error") or {}
                     raise from_code(str(err.get("code")), str(err.get("message")))
+        except ConnectionError as e:  # reset: a service that stopped as we connected
+            if not taken:
+                raise Unavailable(f"the local service went away before it took {op}") from e
         finally:
             sock.close()
+        if not taken:  # it never ran this request (it was stopping): do it here
+            raise Unavailable(f"the local service went away before it took {op}")
         raise SandboxerError(f"the local service stopped before it answered {op}",
                              hint=f"its log is under {self.settings.log_dir}; `sandboxer "
                                   "list --all` shows what became of the sandbox")
 
     def _open(self) -> _socket.socket:
         path = wire.socket_path(self.settings)
+        # Our uid behind the socket is not enough: a symlink put in a loosened run/ leads
+        # to any socket of our uid, and the request carries our whole environment.
+        if peer.unsafe(path, self.settings.home) is not None:
+            self.settings.ensure()  # repairs what is ours but loose, refuses others' entries
+            if (problem := peer.unsafe(path, self.settings.home)) is not None:
+                raise UnsafePermissions(
+                    f"refusing to send a request to {path}: {problem}",
+                    hint=f"remove {path} (the local service makes it again) and make sure "
+                         f"only you can write {path.parent} (sandboxer doctor)")
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(os.fspath(path))

@@ -65,13 +65,16 @@ def _hosts_local_service(settings: Settings, extension: str) -> bool:
     return extension == wire.host_extension() and envvars.local_service(settings.env)
 
 
-async def _local_service(service: Service, sock: socket.socket | None) -> LocalService | None:
-    """The local service on ``sock``, started (None without a socket)."""
+async def _local_service(service: Service, sock: socket.socket | None,
+                         keeping: set[asyncio.Task[Any]]) -> LocalService | None:
+    """The local service on ``sock``, started (None without a socket); it takes requests
+    only while every task in ``keeping`` runs (once one ends, the keeper stops)."""
     if sock is None:
         return None
     from sandboxer.service.local import LocalService
 
     local = LocalService(service)
+    local.alive = lambda: not any(t.done() for t in keeping)
     service.manager.busy = local.busy
     await local.start(sock)
     return local
@@ -187,7 +190,7 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     others: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
     if isinstance(ext, Housekeeping):
         others.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
-    local = await _local_service(service, service_socket)
+    local = await _local_service(service, service_socket, {keeping, *others})
     log.info("keeper %d for %s in %s%s%s", os.getpid(), extension, settings.home,
              " with its housekeeping" if housekeeping else "",
              " and the local service" if local else "")

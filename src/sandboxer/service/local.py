@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sandboxer.service.app import Service
 
 log = logging.getLogger(__name__)
+LINE_TIMEOUT = 30.0  # seconds a client has to send its request line once connected
 _sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
     "local_service_progress", default=None)
 
@@ -49,14 +50,6 @@ def route_progress(message: str) -> None:
         sink(message)
 
 
-async def _hangup(reader: asyncio.StreamReader) -> None:
-    """Return once the client has closed its end (anything it sends meanwhile is
-    ignored): its request is then cancelled."""
-    with contextlib.suppress(ConnectionError):
-        while await reader.read(4096):
-            pass
-
-
 class BadRequest(Exception):
     """A request line this service does not take (the client gets an error reply)."""
 
@@ -66,8 +59,10 @@ def _request(line: bytes) -> dict[str, Any]:
         req = json.loads(line)
     except ValueError as e:
         raise BadRequest("the request is not one JSON line") from e
-    if not isinstance(req, dict) or req.get("v") != wire.PROTOCOL:
+    if not isinstance(req, dict) or not isinstance(req.get("v"), int):
         raise BadRequest(f"expected a protocol {wire.PROTOCOL} request")
+    if req["v"] != wire.PROTOCOL:
+        return req  # another sand-boxer's client: answered ``fallback``
     if req.get("op") not in wire.OPS:
         raise BadRequest(f"unknown op {req.get('op')!r}")
     env, args = req.get("env", {}), req.get("args", {})
@@ -75,6 +70,14 @@ def _request(line: bytes) -> dict[str, Any]:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise BadRequest("args and env must be JSON objects (env: of strings)")
     return req
+
+
+async def _hung_up(reader: asyncio.StreamReader) -> None:
+    """Return once the client hangs up (or shuts its side down); bytes it sends after its
+    request line mean nothing and are dropped, they do not cancel the request."""
+    with contextlib.suppress(ConnectionError):  # a reset is a hang-up too
+        while await reader.read(4096):
+            pass
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -110,6 +113,12 @@ class LocalService:
         self.inflight = 0
         self.last = time.monotonic()
         self._server: asyncio.AbstractServer | None = None
+        # False once the keeper is stopping (its housekeeping, leases or a stop are done,
+        # set by service/daemon.py): a request then is answered ``fallback``, not run
+        # against endpoints that are going away.
+        self.alive: Callable[[], bool] = lambda: True
+        self.line_timeout = LINE_TIMEOUT
+        self._closing = False
         self._requests: set[asyncio.Task[Any]] = set()
 
     def busy(self) -> bool:
@@ -125,6 +134,7 @@ class LocalService:
 
     async def close(self, drain: float) -> None:
         """Stop taking requests; wait up to ``drain`` seconds for those under way."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -144,15 +154,24 @@ class LocalService:
                             *peer.peer(sock))
                 return
             try:
-                req = _request(await reader.readline())
+                # A client that never finishes its line (stopped, hung) must not hold a
+                # connection, and a file descriptor, for the service's life.
+                req = _request(await asyncio.wait_for(reader.readline(), self.line_timeout))
+            except TimeoutError:
+                log.info("a client sent no request line within %gs; closing", self.line_timeout)
+                return
             except (BadRequest, ValueError) as e:  # ValueError: a line over MAX_LINE
                 writer.write(wire.encode({"ok": False, "error": {
                     "code": "usage", "message": f"local service: {e}"}}))
                 return
-            if req["op"] == "ping":
+            if req["v"] != wire.PROTOCOL:
+                writer.write(wire.encode({"ok": False, "fallback": "another protocol"}))
+            elif req["op"] == "ping":
                 writer.write(wire.encode({"ok": True, "result": {"pid": os.getpid()}}))
             elif req.get("key") != self.key:
                 writer.write(wire.encode({"ok": False, "fallback": "other settings"}))
+            elif self._closing or not self.alive():
+                writer.write(wire.encode({"ok": False, "fallback": "the service is stopping"}))
             else:
                 await self._serve(req, reader, writer)
             await writer.drain()
@@ -176,9 +195,10 @@ class LocalService:
                 loop.call_soon_threadsafe(writer.write, line)
 
         self.inflight += 1
+        writer.write(wire.encode({"taken": True}))  # from here on, never done elsewhere
         work = asyncio.create_task(self._run(req["op"], req["args"], req["env"], send))
         self._requests.add(work)
-        gone = asyncio.create_task(_hangup(reader))
+        gone = asyncio.create_task(_hung_up(reader))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():

@@ -11,10 +11,13 @@ a JSON line::
 
     {"v": 1, "op": "create", "args": {...}, "key": "…", "env": {...}}
 
-and gets back any number of ``{"progress": "…"}`` lines, then exactly one of
+and gets back ``{"taken": true}`` once the service runs it, any number of
+``{"progress": "…"}`` lines, then exactly one of
 ``{"ok": true, "result": …}``, ``{"ok": false, "error": {"code": …, "message": …}}`` or
 ``{"ok": false, "fallback": "why"}`` (the service cannot act exactly as this caller
-would: the caller does it in its own process instead).
+would, or is stopping: the caller does it in its own process instead). A connection that
+ends before ``taken`` was never run (a service that stopped meanwhile): the caller does it
+itself too; one that ends after it is reported, never done again.
 
 **The environment.** ``env`` is the caller's whole environment, and the request runs in
 it as it would in the caller's own process (``Service.for_environ``): secret refs resolve
@@ -25,7 +28,9 @@ the service's own process environment.
 
 **The settings key.** What one process cannot change per request must match: the code
 (its location, version and ``PYTHONPATH``, i.e. the plugins it can import), the home and
-its store, ``HOME`` and ``PATH`` (where binaries and profiles are found) and every
+its store, ``HOME`` and ``PATH`` (where binaries and profiles are found), docker's,
+proxy and CA bundle variables (``childenv.PROCESS_NAMES``: tools and libraries read them
+from the process environment, the service's, not from settings) and every
 ``SANDBOXER_*`` setting whose name does not look like a credential. ``settings_key``
 hashes those; a caller whose key differs from the service's is told to do the work in
 its own process.
@@ -44,7 +49,7 @@ from sandboxer.config import Settings
 
 PROTOCOL = 1
 MAX_LINE = 4 << 20  # one request or reply line, environment included
-_KEY_NAMES = frozenset({"PATH", "HOME"})
+_KEY_NAMES = frozenset({"PATH", "HOME"}) | childenv.PROCESS_NAMES
 # Settings of the local service itself, which its callers need not share.
 _NOT_KEYED = frozenset({"SANDBOXER_HOME", "SANDBOXER_LOCAL_SERVICE",
                         "SANDBOXER_SERVICE_IDLE_EXIT", "SANDBOXER_DEBUG"})

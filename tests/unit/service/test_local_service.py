@@ -4,6 +4,7 @@ real unix socket, with the in-process test-only extension behind a real Service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from sandboxer import childenv
 from sandboxer.client.service import ServiceClient, Unavailable
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput, ProfileNotFound
+from sandboxer.errors import InvalidInput, ProfileNotFound, UnsafePermissions
 from sandboxer.service import wire
 from sandboxer.service.app import Service
 from sandboxer.service.local import LocalService, bind, route_progress
@@ -44,7 +45,9 @@ def test_the_key_covers_what_one_process_cannot_change_per_request() -> None:
     same = [{**base, "TERM": "xterm", "BAO_TOKEN": "t", "SANDBOXER_TOKEN": "x",
              "SANDBOXER_SERVICE_IDLE_EXIT": "9"}]
     other = [{**base, "PATH": "/bin"}, {**base, "SANDBOXER_TUNNEL_VIA": "obr-b"},
-             {**base, "PYTHONPATH": "/plugins"}, {**base, "HOME": "/home/x"}]
+             {**base, "PYTHONPATH": "/plugins"}, {**base, "HOME": "/home/x"},
+             {**base, "DOCKER_HOST": "tcp://elsewhere:2375"},
+             {**base, "https_proxy": "http://proxy:3128"}, {**base, "SSL_CERT_FILE": "/ca"}]
     assert all(wire.settings_key(e, HOME) == key for e in same)
     assert all(wire.settings_key(e, HOME) != key for e in other)
     assert wire.settings_key(base, Path("/elsewhere")) != key
@@ -114,7 +117,7 @@ def test_errors_keep_their_class_and_other_settings_fall_back(
         other.create("profile.fake")
 
 
-@pytest.mark.parametrize("line", [b"not json\n", b'{"v": 9, "op": "create"}\n',
+@pytest.mark.parametrize("line", [b"not json\n", b'{"v": "1", "op": "create"}\n',
                                   b'{"v": 1, "op": "rm -rf"}\n',
                                   b'{"v": 1, "op": "create", "env": {"A": 1}}\n'])
 def test_a_bad_request_is_refused_as_usage(
@@ -123,3 +126,114 @@ def test_a_bad_request_is_refused_as_usage(
     assert reply["ok"] is False
     assert isinstance(reply["error"], dict)
     assert reply["error"]["code"] == "usage"
+
+
+@pytest.mark.parametrize("owner", [None, 65534])
+def test_a_symlink_in_a_loosened_run_dir_gets_no_request(
+        settings: Settings, served: tuple[LocalService, Service], tmp_path: Path,
+        owner: int | None) -> None:
+    """Another user who can write run/ swaps service.sock for a symlink to a socket of our
+    own uid (the uid check passes there): the client refuses before it sends a byte."""
+    path = wire.socket_path(settings)
+    got: list[bytes] = []
+    with socket.socket(socket.AF_UNIX) as decoy:
+        decoy.bind(str(tmp_path / "decoy.sock"))
+        decoy.listen(1)
+        decoy.settimeout(1)  # the client has long refused (or connected) by then
+
+        def listen() -> None:  # whatever reaches the decoy, then hang up
+            with contextlib.suppress(TimeoutError):
+                conn, _ = decoy.accept()
+                with conn:
+                    conn.settimeout(5)
+                    got.append(conn.recv(1 << 20))
+
+        thread = threading.Thread(target=listen)
+        thread.start()
+        path.unlink()
+        path.symlink_to(tmp_path / "decoy.sock")
+        if owner is not None:
+            os.lchown(path, owner, owner)
+        settings.run_dir.chmod(0o777)
+        client = ServiceClient(settings, {**os.environ, "BAO_TOKEN": "s.canary"})
+        try:
+            with pytest.raises(UnsafePermissions):
+                client.extend("sbx-aaaaaaaaaa", "1m")
+        finally:
+            thread.join()
+    assert got == []  # nobody connected to the decoy
+    if owner is None:  # ours but loose: repaired on the way
+        assert settings.run_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_another_protocol_and_a_stopping_service_are_done_by_the_caller(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    local, service = served
+    assert raw(settings, b'{"v": 9, "op": "create"}\n') == {
+        "ok": False, "fallback": "another protocol"}
+    local.alive = lambda: False  # what the keeper says once its endpoints are stopping
+    client = ServiceClient(settings, dict(os.environ))
+    with pytest.raises(Unavailable, match="stopping"):
+        client.create("profile.fake")
+    assert service.store.query_documents() == []  # it ran nothing
+
+
+def test_a_connection_the_service_never_took_is_done_by_the_caller(
+        settings: Settings) -> None:
+    """The keeper stops (idle) while a client waits in its socket's backlog: the client
+    is reset before anything was taken, so it does the work itself, not an error."""
+    import select
+
+    settings.ensure()
+    listening = bind(settings)  # nobody accepts
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            ServiceClient(settings, dict(os.environ)).extend("sbx-aaaaaaaaaa", "1m")
+        except BaseException as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    try:
+        assert select.select([listening], [], [], 10)[0]  # the client is in the backlog
+    finally:
+        listening.close()  # as the keeper does when it stops
+        thread.join(10)
+    assert len(failed) == 1
+    assert isinstance(failed[0], Unavailable), repr(failed[0])
+
+
+def test_a_client_that_never_finishes_its_line_is_hung_up_on(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    local, _service = served
+    local.line_timeout = 0.2
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        s.sendall(b'{"v": 1, "op": "cre')  # and nothing more
+        s.settimeout(30)
+        assert s.recv(100) == b""  # the service hung up
+    # An oversized line is refused as usage, not a stuck connection.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(b'{"v": 1, "op": "create", "env": {"A": "' + b"x" * wire.MAX_LINE)
+        s.settimeout(30)
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply["error"]["code"] == "usage"
+
+
+def test_bytes_after_the_request_line_do_not_cancel_it(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    line = wire.encode({"v": wire.PROTOCOL, "op": "create", "env": dict(os.environ),
+                        "key": wire.settings_key(os.environ, settings.home),
+                        "args": {"profile": "profile.fake", "ttl": "5m"}})
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(wire.socket_path(settings)))
+        s.sendall(line + b"\n")  # a stray newline, as `echo` adds one
+        s.settimeout(30)
+        replies = [json.loads(raw) for raw in s.makefile("rb")]
+    assert replies[0] == {"taken": True}
+    assert replies[-1]["ok"] is True, replies
+    assert replies[-1]["result"]["state"] == "ready"
