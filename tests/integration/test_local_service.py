@@ -170,3 +170,16 @@ def test_an_interrupted_create_is_cancelled_and_cleaned_up(local_home: Settings)
         assert time.monotonic() < deadline, _state(local_home, sid)
         time.sleep(0.1)
     assert not (local_home.local_root / sid).exists()  # nothing was left behind
+
+
+def test_a_keeper_started_with_the_service_off_sends_callers_home_at_once(
+        local_home: Settings) -> None:
+    off = {**os.environ, "SANDBOXER_LOCAL_SERVICE": "0"}
+    doc, modules = imported("create", "profile.local", "--ttl", "5m", env=off)
+    assert "sandboxer.client.local" in modules  # in-process; it started the keeper off
+    served_by = ping(local_home)  # which binds the socket anyway
+    said = run("extend", doc["id"], "--ttl", "6m", "--json",
+               env={**os.environ, "SANDBOXER_DEBUG": "1"})
+    assert said.returncode == 0, said.stderr
+    assert "the local service is off" in said.stderr  # answered fallback, not waited for
+    assert ping(local_home) == served_by

@@ -56,13 +56,13 @@ def _extension(settings: Settings, name: str) -> tuple[Service, Extension]:
     return service, service.manager.extension(name)
 
 
-def _hosts_local_service(settings: Settings, extension: str) -> bool:
+def _hosts_local_service(extension: str) -> bool:
     """Whether this keeper hosts the local service (``service/local.py``): its extension
-    registers under ``sandboxer.local_service`` and SANDBOXER_LOCAL_SERVICE is not 0."""
-    from sandboxer import envvars
+    registers under ``sandboxer.local_service``. With SANDBOXER_LOCAL_SERVICE=0 it still
+    binds the socket and answers every request ``fallback``, at once."""
     from sandboxer.service import wire
 
-    return extension == wire.host_extension() and envvars.local_service(settings.env)
+    return extension == wire.host_extension()
 
 
 async def _local_service(service: Service, sock: socket.socket | None,
@@ -245,7 +245,7 @@ def main(args: list[str] | None = None) -> int:
         return 0
     service_socket = None
     try:
-        if _hosts_local_service(settings, opts.extension):
+        if _hosts_local_service(opts.extension):
             from sandboxer.service.local import bind
 
             # Bound before anything loads: a client connects at once and waits for us.

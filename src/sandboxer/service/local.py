@@ -117,6 +117,9 @@ class LocalService:
         # set by service/daemon.py): a request then is answered ``fallback``, not run
         # against endpoints that are going away.
         self.alive: Callable[[], bool] = lambda: True
+        # Off (SANDBOXER_LOCAL_SERVICE=0 in this keeper's environment): every request is
+        # answered ``fallback`` at once, so callers do not wait for a socket that never comes.
+        self.enabled = envvars.local_service(self.settings.env)
         self.line_timeout = LINE_TIMEOUT
         self._closing = False
         self._requests: set[asyncio.Task[Any]] = set()
@@ -168,6 +171,9 @@ class LocalService:
                 writer.write(wire.encode({"ok": False, "fallback": "another protocol"}))
             elif req["op"] == "ping":
                 writer.write(wire.encode({"ok": True, "result": {"pid": os.getpid()}}))
+            elif not self.enabled:
+                writer.write(wire.encode({"ok": False, "fallback": "the local service is off "
+                                          "(SANDBOXER_LOCAL_SERVICE=0 when it started)"}))
             elif req.get("key") != self.key:
                 writer.write(wire.encode({"ok": False, "fallback": "other settings"}))
             elif self._closing or not self.alive():
