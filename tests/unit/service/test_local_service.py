@@ -53,6 +53,12 @@ def test_the_key_covers_what_one_process_cannot_change_per_request() -> None:
     assert wire.settings_key(base, Path("/elsewhere")) != key
 
 
+@pytest.fixture(autouse=True)
+def _service_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the service itself (unit tests elsewhere turn it off)."""
+    monkeypatch.setenv("SANDBOXER_LOCAL_SERVICE", "1")
+
+
 @pytest.fixture
 def served(settings: Settings) -> Iterator[tuple[LocalService, Service]]:
     """A LocalService on a real socket, its loop in a thread, hosting a real Service."""
