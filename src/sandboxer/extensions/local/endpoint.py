@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ class Daemon(ControlServer):
         self.busy = 0
         self.accepting = False  # serving its control socket, and not shutting down
         self._ops: dict[str, asyncio.Lock] = {}  # per sandbox: its add and remove in turn
+        self._waiting: dict[str, int] = {}  # per sandbox: ops holding or awaiting its lock
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
@@ -82,6 +83,24 @@ class Daemon(ControlServer):
             lock = self._ops[sid] = asyncio.Lock()
         return lock
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, sid: str) -> AsyncIterator[None]:
+        """Hold ``sid``'s lock. It is dropped once nobody holds or waits for it and the
+        sandbox is not served: never while an op waits for it (``locked()`` is False
+        between a release and the next waiter's wake-up), or a new op would take a new
+        lock and run beside that waiter."""
+        lock = self._lock(sid)
+        self._waiting[sid] = self._waiting.get(sid, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiting[sid] -= 1
+            if not self._waiting[sid]:
+                del self._waiting[sid]
+                if sid not in self.sandboxes and self._ops.get(sid) is lock:
+                    del self._ops[sid]
+
     @override
     async def add_here(self, req: dict[str, Any], secrets: object, *,
                        early: bool = False) -> int:
@@ -93,7 +112,7 @@ class Daemon(ControlServer):
         sid = str(req["sandbox_id"])
         self.busy += 1  # not idle meanwhile
         try:
-            async with self._lock(sid):
+            async with self._turn(sid):
                 return await self._add({**req, "secrets": secrets, "early": early})
         finally:
             self.busy -= 1
@@ -101,11 +120,8 @@ class Daemon(ControlServer):
     @override
     async def remove_here(self, sid: str) -> None:
         """The ``remove`` op: stop serving ``sid``; not served is fine."""
-        lock = self._lock(sid)
-        async with lock:
+        async with self._turn(sid):
             await self._remove(sid)
-        if not lock.locked() and sid not in self.sandboxes:
-            self._ops.pop(sid, None)
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -274,7 +290,7 @@ class Daemon(ControlServer):
                 log.info("not restoring %s: no %s", sid, record_path(self.settings, sid))
                 continue
             try:
-                async with self._lock(sid):
+                async with self._turn(sid):
                     await self._add(record)
             except Exception:
                 log.exception("restoring %s failed", sid)
