@@ -38,7 +38,7 @@ from sandboxer.config import Settings
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.controlserver import ControlServer
-from sandboxer.extensions.local.holder import Jail
+from sandboxer.extensions.local.holder import Jail, JailError
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 
@@ -61,6 +61,7 @@ class Daemon(ControlServer):
         self.accepting = False  # serving its control socket, and not shutting down
         self._ops: dict[str, asyncio.Lock] = {}  # per sandbox: its add and remove in turn
         self._waiting: dict[str, int] = {}  # per sandbox: ops holding or awaiting its lock
+        self._failed: dict[str, str] = {}  # why a sandbox's jail did not start (started())
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
@@ -161,6 +162,7 @@ class Daemon(ControlServer):
         sb.starting = asyncio.create_task(self._start(sb), name=f"jail {sid}")
         sb.starting.add_done_callback(_retrieved)
         self.sandboxes[sid] = sb
+        self._failed.pop(sid, None)
         if not req.get("early"):
             await self.started(sid)
         if wanted and sb.port != wanted:
@@ -173,9 +175,13 @@ class Daemon(ControlServer):
             return
         try:
             await sb.jail.start()
-        except BaseException:
+        except BaseException as e:
             if self.sandboxes.get(sb.id) is sb:
                 del self.sandboxes[sb.id]
+                if isinstance(e, Exception):  # kept for started(), asked after the fact
+                    if len(self._failed) > 1000:
+                        self._failed.clear()
+                    self._failed[sb.id] = str(e)
             if sb.acceptor is not None:
                 sb.acceptor.close()
             raise
@@ -192,6 +198,9 @@ class Daemon(ControlServer):
         """Return once ``sid``'s jail runs; raise why it did not start (then it is not
         served any more)."""
         sb = self.sandboxes.get(sid)
+        if sb is None and sid in self._failed:
+            # It failed before this was asked (an early add returned meanwhile).
+            raise JailError(self._failed[sid])
         if sb is None or sb.starting is None:
             return
         await asyncio.shield(sb.starting)
