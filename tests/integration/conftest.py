@@ -25,6 +25,8 @@ def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sett
     if shutil.which("bwrap") is None:
         pytest.fail("bubblewrap is required for integration tests (apt-get install bubblewrap)")
     monkeypatch.setenv("SANDBOXER_HOME", str(tmp_path / "home"))
+    # The teardown removes the local root: never one the caller's environment names.
+    monkeypatch.delenv("SANDBOXER_LOCAL_ROOT", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     monkeypatch.setenv("SANDBOXER_PROFILES", str(tmp_path / "profiles"))
     (tmp_path / "profiles").mkdir()

@@ -103,3 +103,22 @@ def test_a_spare_image_is_empty_and_root_s_until_it_is_taken(tmp_path: Path) -> 
             disk.unmount(d / "workspace")
     finally:
         spares.drop_all()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or disk.available() is not None,
+                    reason="workspace images need root and loop devices")
+def test_a_spare_removed_meanwhile_gives_way_to_a_new_image(local_home: Settings,
+                                                           tmp_path: Path) -> None:
+    # Another process sharing the local root may remove it (one in another pid namespace
+    # takes this process for a dead one), or an operator: the create still gets a workspace.
+    from sandboxer.extensions.local import LocalExtension
+
+    d = tmp_path / "sbx-gone"
+    ws = d / "workspace"
+    ws.mkdir(parents=True)
+    LocalExtension(local_home)._image(d, ws, 64 << 20, 4242, tmp_path / "no-such-spare.img")
+    try:
+        assert disk.is_mounted(ws)
+        assert ws.stat().st_uid == 4242
+    finally:
+        disk.unmount(ws)

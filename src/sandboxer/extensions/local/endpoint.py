@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ from sandboxer.config import Settings
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.controlserver import ControlServer
-from sandboxer.extensions.local.holder import Jail
+from sandboxer.extensions.local.holder import Jail, JailError
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 
@@ -60,6 +60,8 @@ class Daemon(ControlServer):
         self.busy = 0
         self.accepting = False  # serving its control socket, and not shutting down
         self._ops: dict[str, asyncio.Lock] = {}  # per sandbox: its add and remove in turn
+        self._waiting: dict[str, int] = {}  # per sandbox: ops holding or awaiting its lock
+        self._failed: dict[str, str] = {}  # why a sandbox's jail did not start (started())
         self.root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap")
         self.cgroups = cgroups.detect()
@@ -82,6 +84,24 @@ class Daemon(ControlServer):
             lock = self._ops[sid] = asyncio.Lock()
         return lock
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, sid: str) -> AsyncIterator[None]:
+        """Hold ``sid``'s lock. It is dropped once nobody holds or waits for it and the
+        sandbox is not served: never while an op waits for it (``locked()`` is False
+        between a release and the next waiter's wake-up), or a new op would take a new
+        lock and run beside that waiter."""
+        lock = self._lock(sid)
+        self._waiting[sid] = self._waiting.get(sid, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiting[sid] -= 1
+            if not self._waiting[sid]:
+                del self._waiting[sid]
+                if sid not in self.sandboxes and self._ops.get(sid) is lock:
+                    del self._ops[sid]
+
     @override
     async def add_here(self, req: dict[str, Any], secrets: object, *,
                        early: bool = False) -> int:
@@ -93,7 +113,7 @@ class Daemon(ControlServer):
         sid = str(req["sandbox_id"])
         self.busy += 1  # not idle meanwhile
         try:
-            async with self._lock(sid):
+            async with self._turn(sid):
                 return await self._add({**req, "secrets": secrets, "early": early})
         finally:
             self.busy -= 1
@@ -101,11 +121,8 @@ class Daemon(ControlServer):
     @override
     async def remove_here(self, sid: str) -> None:
         """The ``remove`` op: stop serving ``sid``; not served is fine."""
-        lock = self._lock(sid)
-        async with lock:
+        async with self._turn(sid):
             await self._remove(sid)
-        if not lock.locked() and sid not in self.sandboxes:
-            self._ops.pop(sid, None)
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -145,6 +162,7 @@ class Daemon(ControlServer):
         sb.starting = asyncio.create_task(self._start(sb), name=f"jail {sid}")
         sb.starting.add_done_callback(_retrieved)
         self.sandboxes[sid] = sb
+        self._failed.pop(sid, None)
         if not req.get("early"):
             await self.started(sid)
         if wanted and sb.port != wanted:
@@ -157,9 +175,13 @@ class Daemon(ControlServer):
             return
         try:
             await sb.jail.start()
-        except BaseException:
+        except BaseException as e:
             if self.sandboxes.get(sb.id) is sb:
                 del self.sandboxes[sb.id]
+                if isinstance(e, Exception):  # kept for started(), asked after the fact
+                    if len(self._failed) > 1000:
+                        self._failed.clear()
+                    self._failed[sb.id] = str(e)
             if sb.acceptor is not None:
                 sb.acceptor.close()
             raise
@@ -176,6 +198,9 @@ class Daemon(ControlServer):
         """Return once ``sid``'s jail runs; raise why it did not start (then it is not
         served any more)."""
         sb = self.sandboxes.get(sid)
+        if sb is None and sid in self._failed:
+            # It failed before this was asked (an early add returned meanwhile).
+            raise JailError(self._failed[sid])
         if sb is None or sb.starting is None:
             return
         await asyncio.shield(sb.starting)
@@ -274,7 +299,7 @@ class Daemon(ControlServer):
                 log.info("not restoring %s: no %s", sid, record_path(self.settings, sid))
                 continue
             try:
-                async with self._lock(sid):
+                async with self._turn(sid):
                     await self._add(record)
             except Exception:
                 log.exception("restoring %s failed", sid)

@@ -259,6 +259,10 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             try:
                 disk.check_room(d, size)
                 os.rename(spare, disk.image_path(d))
+            except FileNotFoundError:
+                # Removed meanwhile (by hand, or by a process sharing the local root that
+                # took this one for a dead one): a new image, as without spares.
+                disk.create(d, size)
             except BaseException:
                 spare.unlink(missing_ok=True)
                 raise

@@ -241,11 +241,25 @@ class Jail:
         raise JailError(f"the jail of {self.sandbox_id} did not start: "
                         f"{err.decode(errors='replace').strip()[-300:] or 'timed out'}")
 
-    def enter(self, *, pty: bool) -> Callable[[], None]:
-        """The preexec step of a session's process (see the module docstring)."""
+    def enter(self, *, pty: bool) -> tuple[Callable[[], None], tuple[int, ...]]:
+        """The preexec step of a session's process (see the module docstring), and the
+        fds its spawn must pass to the child: duplicates of the jail's, which the caller
+        closes once the child runs (the preexec closes the child's copies).
+
+        Duplicates, because the spawn runs in a worker thread while the event loop goes
+        on: if the loop stops this jail meanwhile (a destroy, a revive) and starts another
+        sandbox's, the numbers of this jail's fds may name that one's namespaces by then.
+        A duplicate keeps naming this jail's, even once it stopped.
+        """
         if not self.alive:
             raise JailError(f"the jail of {self.sandbox_id} is not running")
-        ns = dict(self.ns.fds)
+        ns: dict[str, int] = {}
+        try:
+            for name, fd in self.ns.fds.items():
+                ns[name] = os.dup(fd)  # not inheritable: only pass_fds reach the child
+        except OSError:
+            jail.close_fds(ns.values())
+            raise
         cgroup, limits = self.cgroup, self._limits()
         load_filter = seccomp.loader()
         caps = _last_cap()
@@ -279,11 +293,7 @@ class Jail:
             jail.close_fds(ns.values())
             load_filter()
 
-        return preexec
-
-    def fds(self) -> tuple[int, ...]:
-        """The fds a session's spawn must pass to its child (enter() closes them)."""
-        return tuple(self.ns.fds.values())
+        return preexec, tuple(ns.values())
 
     async def stop(self) -> None:
         """End every process of the jail; the namespaces go with them. Idempotent."""

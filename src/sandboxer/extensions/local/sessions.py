@@ -142,6 +142,7 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     master = slave = -1
     pipes: list[int] = []
     ours: tuple[int, int, int] = (-1, -1, -1)
+    ns_fds: tuple[int, ...] = ()
     try:
         if sb.starting is not None and not sb.starting.done():
             await asyncio.shield(sb.starting)  # a new sandbox: its jail is starting
@@ -149,9 +150,10 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
             await sb.revive()
         if sb.jail is None:
             raise OSError("the sandbox's jail is not running")
+        preexec, ns_fds = sb.jail.enter(pty=pty)
         kw: dict[str, Any] = {
-            "pass_fds": sb.jail.fds(),
-            "preexec_fn": sb.jail.enter(pty=pty),
+            "pass_fds": ns_fds,
+            "preexec_fn": preexec,
             # The whole environment, secrets included: never on a command line.
             "env": jail.session_env(s),
             "start_new_session": True,
@@ -179,7 +181,7 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
         process.exit(255)
         return
     finally:
-        jail.close_fds([*([slave] if slave >= 0 else []), *pipes])
+        jail.close_fds([*([slave] if slave >= 0 else []), *pipes, *ns_fds])
     owner = process.get_extra_info("connection").get_owner()
     owner.procs.add(proc)
     tty_in = None
