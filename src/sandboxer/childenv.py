@@ -55,16 +55,22 @@ def for_tool(env: Mapping[str, str], *, prefixes: tuple[str, ...] = ()) -> dict[
     return {k: v for k, v in chosen.items() if k not in NEVER_TO_TOOLS}
 
 
+def source_dir() -> str:
+    """The directory this sand-boxer is imported from (site-packages or a checkout's
+    ``src``): what a keeper gets first on its PYTHONPATH."""
+    import sandboxer
+
+    return str(Path(sandboxer.__file__).resolve().parent.parent)
+
+
 def for_sandboxer(caller: Mapping[str, str], home: Path) -> dict[str, str]:
     """The environment of a long-lived sand-boxer process of ``home`` (core's daemon):
     the system basics, docker's client settings, proxies and CA bundles (``PROCESS_NAMES``:
     the local service acts for its callers with them), sand-boxer's own settings (none
     whose name looks like a credential), and the same sand-boxer on PYTHONPATH as the
     caller's, installed or from a checkout."""
-    import sandboxer
-
     env = allowed(caller, names=PROCESS_NAMES, prefixes=("SANDBOXER_",))
     env["SANDBOXER_HOME"] = str(home)
-    src = str(Path(sandboxer.__file__).resolve().parent.parent)
+    src = source_dir()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)
     return env

@@ -74,7 +74,7 @@ def settings_key(env: Mapping[str, str], home: Path) -> str:
             or (k.startswith("SANDBOXER_") and not childenv.SECRETISH.search(k))))
     # Which plugins are importable: the caller's PYTHONPATH, without the source directory
     # a keeper's gets in front of it (childenv.for_sandboxer).
-    src = str(Path(sandboxer.__file__).resolve().parent.parent)
+    src = childenv.source_dir()
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
     payload = [PROTOCOL, sandboxer.__version__, src, str(home), items, path]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
