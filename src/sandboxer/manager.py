@@ -503,3 +503,6 @@ class _ManagerHost:
 
     def busy(self) -> bool:
         return self._manager.busy()
+
+    async def rebind(self, sandbox_id: str) -> bool:
+        raise NotImplementedError("rebind: issue 16, core")

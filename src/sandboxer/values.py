@@ -14,8 +14,11 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 SANDBOX_ID = re.compile(r"sbx-[a-z2-7]{10}")  # what new_sandbox_id makes; always fullmatch
 # A sandbox's states (models.sandbox.State); a live one holds a slot of its target.
 # ``unreachable``: ready, but its target failed its last probe (sandboxer.fleet).
-STATES = ("provisioning", "ready", "unreachable", "destroying", "destroyed", "failed")
-LIVE_STATES = ("provisioning", "ready", "unreachable", "destroying")
+# ``stopped``: its processes ended, its data kept; ``paused``: frozen, memory kept. Both
+# still hold their slot (their data or memory is still on the target).
+STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroying",
+          "destroyed", "failed")
+LIVE_STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroying")
 FINAL_STATES = frozenset({"destroyed", "failed"})
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,62})")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")

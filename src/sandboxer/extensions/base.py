@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed, SandboxerError
-from sandboxer.models.extension import Endpoint, Handle, Observed, Target
+from sandboxer.models.extension import Activity, Endpoint, Handle, Observed, Target
 from sandboxer.openssh import key_paths
 
 if TYPE_CHECKING:
@@ -29,10 +29,11 @@ ENTRY_POINT_GROUP = "sandboxer.extensions"
 FAST_PATH_GROUP = "sandboxer.fast_paths"
 LABEL = "sandboxer.id"
 # Re-exported: the value types live in models/, the key paths in sandboxer.openssh.
-__all__ = ["ENTRY_POINT_GROUP", "FAST_PATH_GROUP", "LABEL", "BuildsImages", "DoctorChecks",
-           "Endpoint", "Extension", "FastPaths", "Handle", "Host", "Housekeeping",
-           "ManagesTargets", "Observed", "ProvisionRequest", "ServesEndpoints", "Target",
-           "available", "fast_paths", "instance", "key_paths", "load"]
+__all__ = ["ENTRY_POINT_GROUP", "FAST_PATH_GROUP", "LABEL", "Activity", "Binds",
+           "BuildsImages", "DoctorChecks", "Endpoint", "Extension", "FastPaths", "Handle",
+           "Host", "Housekeeping", "ManagesTargets", "Observed", "Pauses",
+           "ProvisionRequest", "ReportsActivity", "ServesEndpoints", "StopsAndStarts",
+           "Target", "available", "fast_paths", "instance", "key_paths", "load"]
 
 
 class Host(Protocol):
@@ -76,6 +77,13 @@ class Host(Protocol):
     def busy(self) -> bool:
         """True while the process hosting this extension serves requests (the local
         service): its housekeeping should not end for being idle meanwhile."""
+
+    async def rebind(self, sandbox_id: str) -> bool:
+        """Give a live sandbox that restarted (its endpoint process, its container, its
+        host) its secrets back: core resolves its profile's refs again at the boundary
+        (values are never stored) and calls ``Binds.bind``. False when a ref no longer
+        resolves: core has then stopped the sandbox with a reason naming the secret,
+        instead of letting it run without it."""
 
 
 @dataclass
@@ -305,6 +313,68 @@ class ServesEndpoints(ABC):
     async def serve_again(self, documents: list[dict[str, Any]]) -> list[str]:
         """Serve these ready sandboxes again; the ids whose endpoint moved (core stores
         their descriptors again)."""
+
+
+class StopsAndStarts(ABC):
+    """Optional capability: stop a sandbox (its processes end, its data stays) and start
+    it again (``sandboxer stop`` / ``start``; the two-stage expiry of ``ttl.retain``;
+    ``idle.action: stop``)."""
+
+    def stoppable(self, handle: Handle) -> str | None:
+        """Why this sandbox cannot be stopped (e.g. an attached VM), or None."""
+        return None
+
+    @abstractmethod
+    async def stop(self, handle: Handle) -> Handle:
+        """End every process of the sandbox and keep its data (workspace, volumes, disk).
+
+        Idempotent: an already stopped sandbox is fine. Returns the handle to store (it
+        may record what ``start`` needs)."""
+
+    @abstractmethod
+    async def start(self, handle: Handle, env: Mapping[str, str],
+                    secrets: Mapping[str, SecretStr]) -> Handle:
+        """Start a stopped sandbox again with its data intact, binding ``env`` and
+        ``secrets`` (resolved again at the boundary by core) as provision did. Keep the
+        host key; the port may change. Returns the handle to store; core then waits for
+        readiness (``wait_ready``) and stores the descriptor again."""
+
+
+class Pauses(ABC):
+    """Optional capability: freeze a sandbox with its memory kept, and thaw it
+    (``sandboxer pause`` / ``resume``; ``idle.action: pause``)."""
+
+    def pausable(self, handle: Handle) -> str | None:
+        """Why this sandbox cannot be paused (e.g. an attached VM), or None."""
+        return None
+
+    @abstractmethod
+    async def pause(self, handle: Handle) -> None:
+        """Freeze every process of the sandbox, memory kept. Idempotent."""
+
+    @abstractmethod
+    async def resume(self, handle: Handle) -> None:
+        """Thaw a paused sandbox; it carries on where it was. Idempotent."""
+
+
+class ReportsActivity(ABC):
+    """Optional capability: how busy a live sandbox is, for ``idle`` handling."""
+
+    @abstractmethod
+    async def activity(self, handle: Handle) -> Activity:
+        """Sessions open now and cumulative CPU seconds of the sandbox's processes."""
+
+
+class Binds(ABC):
+    """Optional capability: bind environment and secrets to a live sandbox after it was
+    provisioned — at the claim of a pooled sandbox, and after a restart lost them."""
+
+    @abstractmethod
+    async def bind(self, handle: Handle, env: Mapping[str, str],
+                   secrets: Mapping[str, SecretStr]) -> None:
+        """Give the sandbox's later sessions and setup steps ``env`` and ``secrets``
+        exactly as provision would have (replacing what was bound before). Secret values
+        stay in memory or in the sandbox; never in a file of ours, a log or an error."""
 
 
 class FastPaths(Protocol):

@@ -18,6 +18,14 @@ EventType = Literal[
     "sandbox.extended",
     "sandbox.expired",
     "sandbox.destroyed",
+    # Lifecycle of long-lived sandboxes (an idle action is one of these, with its reason).
+    "sandbox.stopped",
+    "sandbox.started",
+    "sandbox.paused",
+    "sandbox.resumed",
+    # A pooled sandbox handed to a caller; secrets bound again after a restart.
+    "sandbox.claimed",
+    "sandbox.restored",
 ]
 
 

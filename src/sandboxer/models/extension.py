@@ -57,3 +57,16 @@ class Observed(StrictModel):
 
     live: bool
     detail: str | None = None
+
+
+class Activity(StrictModel):
+    """What ``ReportsActivity.activity`` saw of a live sandbox at one moment.
+
+    ``cpu_seconds`` is cumulative (every process of the sandbox, since it started or
+    since its last start): core compares two samples to tell whether it used CPU in
+    between. ``sessions``: SSH sessions open now.
+    """
+
+    sessions: int = 0
+    cpu_seconds: float = 0.0
+    detail: str | None = None

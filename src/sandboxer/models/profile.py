@@ -19,10 +19,18 @@ Route = Literal["prefer-self-hosted", "self-hosted-only", "prefer-cloud", "cloud
 
 
 class TTL(StrictModel):
-    """Lease length: ``default`` for a new sandbox, ``max`` counted from creation."""
+    """Lease length: ``default`` for a new sandbox, ``max`` counted from creation;
+    ``retain``: how long a sandbox whose lease ran out is kept stopped before it is
+    destroyed (unset or 0: destroyed at once)."""
 
     default: Duration = timedelta(hours=1)
     max: Duration = timedelta(hours=8)
+    retain: Duration | None = None
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _no_retain(cls, v: object) -> object:
+        return None if v in (0, "0", "0s", "0m", "0h", "0d") else v
 
     @model_validator(mode="after")
     def _default_within_max(self) -> TTL:
@@ -115,6 +123,29 @@ class PlacementSpec(StrictModel):
     prefer: Labels = Field(default_factory=dict)
 
 
+class IdleSpec(StrictModel):
+    """Stop or pause a sandbox that was idle for ``after``: no SSH session open, no setup
+    step running and no process of it using CPU in that window."""
+
+    after: Duration
+    action: Literal["stop", "pause"] = "stop"
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("idle.after must be longer than 0s")
+        return v
+
+
+class PoolSpec(StrictModel):
+    """Keep ``size`` sandboxes of this profile provisioned but unclaimed; one unclaimed
+    for ``max_age`` is replaced by a fresh one."""
+
+    size: int = Field(ge=0, le=1000)
+    max_age: Duration = timedelta(hours=1)
+
+
 class Profile(StrictModel):
     """A validated profile. ``spec`` is checked later by the extension's own Spec model."""
 
@@ -130,6 +161,8 @@ class Profile(StrictModel):
     spec: dict[str, Any] = Field(default_factory=dict)
     reachability: ReachabilitySpec = Field(default_factory=ReachabilitySpec)
     setup: SetupSpec = Field(default_factory=SetupSpec)
+    idle: IdleSpec | None = None
+    pool: PoolSpec | None = None
 
     @field_validator("id", "extends")
     @classmethod

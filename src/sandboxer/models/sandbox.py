@@ -14,7 +14,8 @@ from sandboxer.values import FINAL_STATES, LIVE_STATES
 SANDBOX_SCHEMA: Final = "sandboxer.sandbox/v1"
 # The names are sandboxer.values' (no pydantic, for the store and the CLI); a unit test
 # keeps this Literal equal to values.STATES.
-State = Literal["provisioning", "ready", "unreachable", "destroying", "destroyed", "failed"]
+State = Literal["provisioning", "ready", "unreachable", "stopped", "paused", "destroying",
+                "destroyed", "failed"]
 STATES: tuple[State, ...] = get_args(State)
 __all__ = ["FINAL_STATES", "LIVE_STATES", "SANDBOX_SCHEMA", "STATES", "SandboxStatus", "State"]
 

@@ -49,7 +49,7 @@ def call(name: str, args: dict[str, Any]) -> tuple[bool, str, Any]:
 @pytest.mark.parametrize(("name", "args", "text"), [
     ("list_sandboxes", {"state": ["bogus"]},
      "invalid_input: state 'bogus' is not a sandbox state. Expected one of provisioning, "
-     "ready, unreachable, destroying, destroyed, failed"),
+     "ready, unreachable, stopped, paused, destroying, destroyed, failed"),
     ("get_sandbox", {"sandbox_id": "sbx-aaaaaaaaaa"},
      "sandbox_not_found: no sandbox with id 'sbx-aaaaaaaaaa'. See `sandboxer list --all`"),
     ("create_sandbox", {"profile": "profile.x", "ttl": "bogus"},

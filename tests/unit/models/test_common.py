@@ -70,4 +70,4 @@ def test_profile_refuses_unknown_keys() -> None:
 def test_profile_ttl_serialises_in_duration_grammar() -> None:
     p = Profile.model_validate({"id": "profile.x", "extension": "ext.local",
                                 "ttl": {"default": "90m", "max": "7d"}})
-    assert p.model_dump(mode="json")["ttl"] == {"default": "90m", "max": "7d"}
+    assert p.model_dump(mode="json")["ttl"] == {"default": "90m", "max": "7d", "retain": None}
