@@ -33,6 +33,7 @@ from sandboxer.extensions.base import Pauses, ReportsActivity, StopsAndStarts
 from sandboxer.models.common import format_duration, iso, utcnow
 
 if TYPE_CHECKING:
+    from sandboxer.catalog import Catalog
     from sandboxer.extensions.base import Extension
     from sandboxer.manager import Manager
     from sandboxer.models.extension import Activity
@@ -137,9 +138,10 @@ class Watcher:
         self._warned.add(key)
         log.log(level, msg, *args)
 
-    def _idle_of(self, profile_id: str) -> IdleSpec | None:
+    @staticmethod
+    def _idle_of(catalog: Catalog, profile_id: str) -> IdleSpec | None:
         try:
-            return self.manager.catalog.get(profile_id).idle
+            return catalog.get(profile_id).idle
         except SandboxerError:  # a profile removed since: nothing to go by
             return None
 
@@ -147,8 +149,9 @@ class Watcher:
         """One pass over the watched sandboxes; the ids stopped or paused for being idle."""
         acted: list[str] = []
         seen: set[str] = set()
+        catalog = self.manager.catalog  # read again only when a profile file changed
         for status in self.manager.store.query(states=["ready"], extension=self.extension):
-            idle = self._idle_of(status.profile)
+            idle = self._idle_of(catalog, status.profile)
             if idle is None:
                 continue
             ext = self.manager.extension(status.extension)

@@ -90,6 +90,31 @@ def test_an_idle_sandbox_is_stopped_and_a_busy_one_is_not(quick: Settings) -> No
         session.wait()
 
 
+def test_an_idle_sandbox_of_a_pause_profile_is_paused_and_resumes(quick: Settings) -> None:
+    _profile("frozen", "idle: {after: 3s, action: pause}\n")
+    client = LocalClient(quick)
+    s = client.create("profile.frozen", ttl="10m").document()
+    wrote = ssh(s["reachability"], "echo still-here > /workspace/note.txt")
+    assert wrote.returncode == 0, wrote.stderr
+    wait_for(lambda: raw_state(quick, s["id"])["state"] == "paused", 60,
+             "the idle sandbox to be paused")
+    got = client.get_document(s["id"])
+    assert got["reason"].startswith("idle: idle for 3s: no session open")
+    assert _events(quick, s["id"])[-1] == ("sandbox.paused", got["reason"])
+    import asyncio
+
+    from sandboxer.manager import Manager
+
+    manager = Manager(quick)
+    try:
+        back = asyncio.run(manager.resume(s["id"])).document()
+    finally:
+        manager.store.close()
+    assert back["state"] == "ready"
+    read = ssh(back["reachability"], "cat /workspace/note.txt")
+    assert read.stdout == b"still-here\n", read.stderr
+
+
 def _when(text: str) -> float:
     from datetime import datetime
 
