@@ -158,7 +158,8 @@ class Lifecycle(ControlServer):
         async with self._turn(sid):
             sb = await self._served(sid, "pause" if paused else "resume")
             cg = self._freezer(sb)
-            await in_thread(cg.freeze if paused else cg.thaw)
+            if not cg.try_set_frozen(paused):  # else the kernel is still at it: wait aside
+                await in_thread(cg.freeze if paused else cg.thaw)
             sb.paused = paused
             mark(self.settings, sid, paused=paused)
 
@@ -171,7 +172,7 @@ class Lifecycle(ControlServer):
             return {"sessions": 0, "cpu_seconds": 0.0, "detail": why}
         sessions = sum(len(c.procs) for c in sb.conns)
         cg = sb.jail.cgroup if sb.jail is not None else None
-        cpu = await in_thread(cg.cpu_seconds) if cg is not None else None
+        cpu = cg.cpu_seconds() if cg is not None else None  # one small read: no thread
         detail = f"{len(sb.conns)} connection(s)" + (" (paused)" if sb.paused else "")
         if cpu is None:
             detail += "; CPU not accounted (no cgroup)"
