@@ -188,3 +188,33 @@ def test_activity_sees_a_session_and_cpu(local_home: Settings) -> None:
     stopped = asyncio.run(ext.stop(h))
     seen = asyncio.run(ext.activity(stopped))
     assert (seen.sessions, seen.cpu_seconds) == (0, 0.0)
+
+
+def test_keeper_restart_brings_secrets_back_from_a_file_ref(local_home: Settings,
+                                                           tmp_path: Path) -> None:
+    import signal
+
+    value = f"cnryrebind{secrets.token_hex(12)}"
+    (tmp_path / "token.txt").write_text(value + "\n")
+    profiles = Path(os.environ["SANDBOXER_PROFILES"])
+    (profiles / "rebind.yaml").write_text(
+        "id: profile.rebind\nextends: profile.local\nsetup:\n  env: {PLAIN: plain}\n"
+        f"  secret_refs: [{{name: TOKEN, ref: 'file:{tmp_path / 'token.txt'}'}}]\n")
+    client = LocalClient(local_home)
+    doc = client.create("profile.rebind", ttl="10m").document()
+    reach, sid = doc["reachability"], doc["id"]
+    probe = 'echo "$TOKEN" "$PLAIN" "[$SANDBOXER_SECRETS_MISSING]"; cat /run/secrets/TOKEN; echo'
+    assert out(reach, probe) == f"{value} plain []\n{value}\n"
+    pid = control.daemon_pid(local_home)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the keeper dies; its jails die with it
+    wait_for(lambda: not port_open(reach["port"]), "the listener to go away")
+    asyncio.run(control.ensure_running(local_home))  # a new keeper restores the sandbox
+    # Core resolved the file: ref again in the keeper and bound it: a new session has it,
+    # and so does the jail's /run/secrets (it ran nothing yet: started again with them).
+    wait_for(lambda: ssh(reach, probe).stdout.decode() == f"{value} plain []\n{value}\n",
+             "the secrets to be bound again")
+    events = [e["type"] for e in client.event_documents(sandbox_id=sid)]
+    assert "sandbox.restored" in events
+    found = leaks([value], [local_home.home])
+    assert not found, found

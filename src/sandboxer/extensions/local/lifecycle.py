@@ -207,25 +207,39 @@ class Lifecycle(ControlServer):
         then freeze again those that were paused. Runs once the control socket answers:
         the rebind comes back to ``bind_here``, in this process."""
         rebinding = True
-        for sid in restored:
-            sb = self.sandboxes.get(sid)
-            if sb is None:
-                continue
-            if sb.secrets_missing and rebinding:
-                try:
-                    if not await self.host.rebind(sid):
-                        log.warning("%s: its secrets no longer resolve; core stopped it", sid)
-                except NotImplementedError:
-                    rebinding = False  # this core cannot: sessions say what is missing
-                except Exception as e:
-                    log.warning("rebinding the secrets of %s failed: %s", sid, e)
-            record = control.read_record(self.settings, sid)
-            if record and record.get("paused") and sid in self.sandboxes:
-                try:
-                    await self.pause_here(sid)
-                    log.info("%s is paused again, as before the restart", sid)
-                except Exception as e:
-                    log.warning("pausing %s again failed: %s", sid, e)
+        # Sessions wait for each one's rebind (Sandbox.rebound, set by _add).
+        waiting = [sb for sid in restored if (sb := self.sandboxes.get(sid)) is not None
+                   and sb.rebound is not None]
+        try:
+            for sid in restored:
+                sb = self.sandboxes.get(sid)
+                if sb is not None and sb.rebound is not None and rebinding:
+                    rebinding = await self._rebind(sid)
+                if sb is not None and sb.rebound is not None:
+                    sb.rebound.set()
+                    sb.rebound = None
+                record = control.read_record(self.settings, sid)
+                if record and record.get("paused") and sid in self.sandboxes:
+                    try:
+                        await self.pause_here(sid)
+                        log.info("%s is paused again, as before the restart", sid)
+                    except Exception as e:
+                        log.warning("pausing %s again failed: %s", sid, e)
+        finally:
+            for sb in waiting:
+                if sb.rebound is not None:
+                    sb.rebound.set()
+
+    async def _rebind(self, sid: str) -> bool:
+        """``Host.rebind``; False when this core cannot (SANDBOXER_SECRETS_MISSING stays)."""
+        try:
+            if not await self.host.rebind(sid):
+                log.warning("%s: its secrets no longer resolve; core stopped it", sid)
+        except NotImplementedError:
+            return False
+        except Exception as e:
+            log.warning("rebinding the secrets of %s failed: %s", sid, e)
+        return True
 
     @override
     async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
