@@ -218,3 +218,23 @@ def test_keeper_restart_brings_secrets_back_from_a_file_ref(local_home: Settings
     assert "sandbox.restored" in events
     found = leaks([value], [local_home.home])
     assert not found, found
+
+
+def test_through_the_manager_states_and_descriptor(local_home: Settings) -> None:
+    doc, _ext, _h = setup(local_home)
+    reach, sid = doc["reachability"], doc["id"]
+    out(reach, "echo kept > /workspace/data")
+    m = Manager(local_home)
+    assert asyncio.run(m.pause(sid)).state == "paused"
+    assert ssh(reach, "true").returncode == 255
+    assert asyncio.run(m.resume(sid)).state == "ready"
+    assert asyncio.run(m.stop(sid)).state == "stopped"
+    assert not port_open(reach["port"])
+    started = asyncio.run(Manager(local_home).start(sid))
+    assert started.state == "ready"
+    again = LocalClient(local_home).get_document(sid)["reachability"]
+    assert again["port"] == reach["port"]
+    assert out(reach, "cat /workspace/data") == "kept\n"
+    events = [e["type"] for e in LocalClient(local_home).event_documents(sandbox_id=sid)]
+    assert events[-4:] == ["sandbox.paused", "sandbox.resumed", "sandbox.stopped",
+                           "sandbox.started"]

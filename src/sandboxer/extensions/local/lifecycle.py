@@ -14,7 +14,8 @@
   seconds (v1 ``cpuacct.usage``, v2 ``cpu.stat`` ``usage_usec``).
 - **bind**: env and secret values for later sessions, held in this process's memory only
   (the record names the secrets, never a value). A jail that runs nothing but its holder
-  (just restored, just claimed) starts again so that ``/run/secrets`` holds them too;
+  (just restored, just claimed) starts again so that ``/run/secrets`` holds them too (when
+they differ from what it holds);
   otherwise its ``/run/secrets`` keeps what the jail started with until its next start.
 """
 
@@ -193,7 +194,8 @@ class Lifecycle(ControlServer):
             if record is not None:
                 record["env"], record["secret_names"] = sb.env, sorted(checked)
                 control.write_record(self.settings, sid, record)
-            if sb.jail is not None and not sb.paused and not any(c.procs for c in sb.conns) \
+            if sb.jail is not None and sb.jail.started_secrets != checked and not sb.paused \
+                    and not any(c.procs for c in sb.conns) \
                     and await in_thread(partial(only_holder, sb.jail)):
                 # Nothing runs in it yet: a new jail, so /run/secrets holds them as well.
                 async with sb.revive_lock:
