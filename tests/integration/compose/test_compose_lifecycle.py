@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shlex
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 from pydantic import SecretStr
 from tests.canary_support import SANDBOXER, leaks
 from tests.docker_support import wait_until
-from tests.support_env import KEEP_ENV
+from tests.integration.compose.test_compose_ssh import make_env
 
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
@@ -95,29 +94,18 @@ class Home:
 
 @pytest.fixture
 def home(ssh_target: SshTarget, tmp_path: Path) -> Iterator[Home]:
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    doc = {**PROFILE, "spec": {
-        "service": "main", "pull": "never",
-        "compose": {"services": {"main": {
-            "image": ssh_target.image,
-            "volumes": ["data:/home/agent"]}},
-            "volumes": {"data": {}}}}}
-    (profiles / "life.yaml").write_text(json.dumps(doc))
-    token = f"cnrylife{secrets.token_hex(12)}"
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_") or k in KEEP_ENV}
-    e.update(SANDBOXER_HOME=str(tmp_path / "home"), SANDBOXER_PROFILES=str(profiles),
-             HOME=str(tmp_path / "user"), DOCKER_HOST=ssh_target.docker_host,
-             SBX_LIFE_TOKEN=token)
-    h = Home(e, token)
-    added = h.cli("targets", "add", "t1", ssh_target.url, "--identity",
-                  str(ssh_target.identity_file), "--yes", "--capacity", "4", "--json")
-    assert added.returncode == 0, added.stderr
-    yield h
-    live = json.loads(h.cli("list", "--json").stdout)["items"]
-    if live:
-        h.cli("destroy", *[d["id"] for d in live])
-    h.cli("reconcile")
+    """A sandboxer home with target t1 (``make_env``) and profile.life: a named volume at
+    the home directory, setup env and one secret ref."""
+    for ctx in make_env(ssh_target, tmp_path):
+        doc = {**PROFILE, "spec": {
+            "service": "main", "pull": "never",
+            "compose": {"services": {"main": {"image": ssh_target.image,
+                                              "volumes": ["data:/home/agent"]}},
+                        "volumes": {"data": {}}}}}
+        (ctx.profiles / "life.yaml").write_text(json.dumps(doc))
+        token = f"cnrylife{secrets.token_hex(12)}"
+        ctx.env["SBX_LIFE_TOKEN"] = token
+        yield Home(ctx.env, token)
 
 
 class Rebinding:
