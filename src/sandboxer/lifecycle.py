@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from sandboxer.access import Caller, not_found
 from sandboxer.errors import Conflict, InvalidInput, ProvisionFailed, SandboxerError, SecretError
 from sandboxer.extensions.base import Binds, Extension, Pauses, StopsAndStarts
+from sandboxer.models.common import iso
 from sandboxer.models.extension import Handle
 from sandboxer.secrets import boundary
 from sandboxer.values import not_reachable_hint
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 START_READY_TIMEOUT = 60.0
 SECRETS_UNRESOLVED = "secrets_unresolved"
+_EXPIRED = "expired"  # the reason word of the ttl.retain stage (sandboxer.reaping)
 _BINDABLE = ("ready", "unreachable", "paused")  # what rebind acts on (the state is kept)
 # verb: (the state it leads to, the states it leaves)
 _MOVES = {"stop": ("stopped", ("ready", "paused")), "start": ("ready", ("stopped",)),
@@ -235,14 +237,28 @@ async def _start_secrets(manager: Manager, profile: Profile,
     return await asyncio.to_thread(boundary.read, refs, manager.settings)
 
 
+def _refuse_retained(status: SandboxStatus) -> None:
+    """A sandbox in its ``ttl.retain`` stage (stopped because its lease ended) has no lease
+    to run on: its ``expires_at`` is when it is destroyed. Started as it is, it would run
+    until then and, at that time, enter another retain stage — again and again, past
+    ``ttl.max``. ``extend`` (bounded by ``ttl.max``) gives it a lease first."""
+    if status.state == "stopped" and (status.reason or "").split(":")[0] == _EXPIRED:
+        raise Conflict(f"cannot start sandbox {status.id}: its lease ended; it is kept "
+                       f"stopped until {iso(status.expires_at)} (ttl.retain), then destroyed",
+                       hint=f"`sandboxer extend {status.id} --ttl DURATION` gives it a new "
+                       f"lease (up to its ttl.max), then `sandboxer start {status.id}`")
+
+
 async def start(manager: Manager, sandbox_id: str, *,
                 caller: Caller | None = None) -> SandboxStatus:
     """stopped -> ready: boot it again with its data, secrets resolved again, then wait for
-    SSH and store the descriptor again (same host key; the port may change)."""
+    SSH and store the descriptor again (same host key; the port may change). A sandbox in
+    its retain stage needs a new lease (``extend``) first."""
     async with _one_at_a_time(manager, sandbox_id):
         s, handle = _begin(manager, sandbox_id, caller, "start")
         if handle is None:
             return s
+        _refuse_retained(s)
         base, ext = _stopper(manager, s, handle, "start")
         profile = manager.catalog.get(s.profile)
         secrets = await _start_secrets(manager, profile, sandbox_id)

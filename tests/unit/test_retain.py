@@ -12,7 +12,7 @@ import pytest
 from tests.pg_support import Database
 
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput
+from sandboxer.errors import Conflict, InvalidInput
 from sandboxer.manager import Manager
 from sandboxer.models.common import utcnow
 
@@ -71,6 +71,25 @@ def test_extend_renews_a_retained_sandbox_and_start_brings_it_back(settings: Set
     back = run(m.start(s.id))
     assert (back.state, back.reason) == ("ready", None)
     assert back.expires_at > utcnow() + timedelta(minutes=29)
+
+
+def test_a_retained_sandbox_is_not_started_without_a_new_lease(settings: Settings) -> None:
+    # Started as it was, it ran until the end of its retain, was retained again at that
+    # time and could be started again: a lease that never ended, past ttl.max.
+    m = Manager(settings)
+    s = run(m.create("profile.kept"))
+    _lapse(m, s.id)
+    (kept,) = run(m.reap())
+    with pytest.raises(Conflict, match=r"its lease ended; it is kept stopped until") as e:
+        run(m.start(s.id))
+    assert f"sandboxer extend {s.id} --ttl" in (e.value.hint or "")
+    still = m.get(s.id)
+    assert (still.state, still.reason, still.expires_at) == (
+        "stopped", kept.reason, kept.expires_at)
+    assert "sandbox.started" not in _events(m, s.id)
+    _lapse(m, s.id)  # its retain ran out: destroyed, never kept a second time
+    (gone,) = run(m.reap())
+    assert gone.state == "destroyed"
 
 
 def test_a_sandbox_stopped_or_paused_when_its_lease_ends_is_retained(
