@@ -373,9 +373,9 @@ async def _resolve_again(manager: Manager, status: SandboxStatus
 async def rebind(manager: Manager, sandbox_id: str) -> bool:
     """``Host.rebind``: give a restarted sandbox (ready, unreachable or paused) its env and
     secrets back (``Binds``), or stop it (reason ``secrets_unresolved``) when they cannot be
-    had. True when bound, or when there was nothing to do (stopped, provisioning, being
-    destroyed; an extension without ``Binds`` whose profile declares no secret refs);
-    False when core stopped it."""
+    had, or when binding them failed. True when bound, or when there was nothing to do
+    (stopped, provisioning, being destroyed; an extension without ``Binds`` whose profile
+    declares no secret refs); False when core stopped it."""
     rec = manager.store.get_record(sandbox_id)
     if rec is None:
         raise not_found(sandbox_id)
@@ -386,11 +386,16 @@ async def rebind(manager: Manager, sandbox_id: str) -> bool:
     ext = manager.extension(s.extension)
     profile, secrets, why = await _resolve_again(manager, s)
     if why is None and profile is not None and isinstance(ext, Binds):
-        await ext.bind(handle, dict(profile.setup.env), secrets)
-        with contextlib.suppress(Conflict):  # stopped or destroyed meanwhile: theirs stands
-            manager.store.transition(sandbox_id, from_states={s.state}, to_state=s.state,
-                                     event="sandbox.restored")
-        return True
+        try:
+            await ext.bind(handle, dict(profile.setup.env), secrets)
+        except Exception as e:  # not bound: it must not go on without them (below)
+            text = e.render() if isinstance(e, SandboxerError) else f"{type(e).__name__}: {e}"
+            why = boundary.redact(f"binding its secrets again failed: {text}", secrets)
+        else:
+            with contextlib.suppress(Conflict):  # stopped or destroyed meanwhile: theirs
+                manager.store.transition(sandbox_id, from_states={s.state},
+                                         to_state=s.state, event="sandbox.restored")
+            return True
     if why is None and profile is not None:
         if not profile.setup.secret_refs:
             return True  # nothing of ours to give back

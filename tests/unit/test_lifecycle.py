@@ -284,3 +284,33 @@ def test_rebind_binds_again_or_stops_on_a_ref_that_no_longer_resolves(
     assert m.get(plain.id).state == "paused"
     with pytest.raises(SandboxNotFound):
         run(m.rebind("sbx-aaaaaaaaaa"))
+
+
+def test_rebind_stops_a_sandbox_it_could_not_bind(
+        settings: Settings, profiles_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind that fails (the extension raised) is no reason to let the sandbox run on
+    without its secrets: stopped like a ref that no longer resolves, the value masked."""
+    import sandboxer_fake_ext
+
+    add_profile(profiles_dir, "sec", "setup:\n  secret_refs: [{name: TOKEN, ref: "
+                "'env:LIFE_TOKEN'}]\n")
+    monkeypatch.setenv("LIFE_TOKEN", CANARY)
+    m = Manager(Settings.from_env())
+    s = run(m.create("profile.sec"))
+    RECEIVED.pop(s.id)
+
+    async def broken(self: Any, handle: Any, env: Any, secrets: Any) -> None:
+        raise ProvisionFailed(f"fake: the jail would not restart ({CANARY})")
+
+    ext_class = type(m.extension("ext.fake"))
+    assert ext_class.__module__ == sandboxer_fake_ext.__name__
+    monkeypatch.setattr(ext_class, "bind", broken)
+    assert run(m.extension("ext.fake").host.rebind(s.id)) is False
+    after = m.get(s.id)
+    assert (after.state, after.reason) == ("stopped", "secrets_unresolved")
+    assert "binding its secrets again failed: fake: the jail would not restart" in (
+        after.error or "")
+    assert fake_state(settings, s.id) == "stopped"
+    assert "sandbox.restored" not in events(m, s.id)
+    text = json.dumps([m.store.get_document(s.id), [x.payload for x in m.store.events()]])
+    assert CANARY not in text
