@@ -90,6 +90,7 @@ def _show(status: Any, as_json: bool) -> None:
         ("reason", d["reason"]), ("target", d["target"]), ("actor", d["actor"]),
         ("labels", ",".join(f"{k}={v}" for k, v in d["labels"].items()) or None),
         ("created (utc)", _when(d["created_at"])), ("expires (utc)", _when(d["expires_at"])),
+        ("last active (utc)", _when(d["last_active_at"]) if d.get("last_active_at") else None),
         ("ssh", r["ssh_command"] if r and d["state"] == "ready" else None),
         ("error", d["error"]),
     ]))
