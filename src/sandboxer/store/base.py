@@ -62,6 +62,19 @@ class Changes(TypedDict, total=False):
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What the claim of a pooled sandbox binds to it in the store (``Store.claim``)."""
+
+    actor: str | None
+    name: str | None
+    labels: dict[str, str]
+    created_at: datetime
+    expires_at: datetime
+    max_expires_at: datetime
+    creator: str | None = None
+
+
+@dataclass(frozen=True)
 class ReapCandidate:
     """A sandbox the reaper may have to act on, with what it needs to decide."""
 
@@ -188,11 +201,27 @@ class Store(Protocol):
     # -- sandboxes --------------------------------------------------------------------
 
     def insert(self, status: SandboxStatus, *, max_expires_at: datetime,
-               creator: str | None = None, capacity: int | None = None) -> None:
+               creator: str | None = None, capacity: int | None = None,
+               pool: str | None = None, pool_size: int | None = None) -> None:
         """Record a new sandbox (version 1, no handle) and its ``sandbox.created`` event in
         one transaction. With ``capacity``, the live sandboxes of its extension on its
         target are counted in that same transaction and ``NoTarget`` is raised, nothing
-        written, when ``capacity`` are live already. A duplicate id raises."""
+        written, when ``capacity`` are live already. A duplicate id raises.
+
+        ``pool``: the sandbox is provisioned ahead for that profile's pool, unclaimed
+        (``claim`` hands it out). With ``pool_size``, the live unclaimed sandboxes of that
+        pool are counted in the same transaction and ``Conflict`` is raised, nothing
+        written, when ``pool_size`` are live already (two fillers never overfill)."""
+        ...
+
+    def claim(self, pool: str, claim: Claim, *, born_after: datetime,
+              targets: Iterable[str] | None = None) -> SandboxStatus | None:
+        """Hand out one ``ready`` unclaimed sandbox of ``pool`` created after
+        ``born_after`` (on one of ``targets`` when given), oldest first, in one
+        transaction: it leaves the pool (``pool`` NULL), takes ``claim``'s actor, name,
+        labels, times and creator, becomes ``provisioning`` (the claim binds and runs the
+        setup steps, then makes it ready) and its ``sandbox.claimed`` event is appended.
+        Two concurrent claims never get the same sandbox. None: none was free."""
         ...
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
@@ -224,15 +253,17 @@ class Store(Protocol):
     def query(self, *, states: Iterable[str] | None = None, profile: str | None = None,
               actor: str | None = None, extension: str | None = None,
               labels: dict[str, str] | None = None,
-              limit: int | None = None) -> list[SandboxStatus]:
-        """Sandboxes matching every filter given (``labels``: each key has that value),
-        oldest first (creation time, then id), at most ``limit``."""
+              limit: int | None = None, pooled: bool | None = None) -> list[SandboxStatus]:
+        """Sandboxes matching every filter given (``labels``: each key has that value;
+        ``pooled``: True only unclaimed ones of a pool, False none of them), oldest first
+        (creation time, then id), at most ``limit``."""
         ...
 
     def query_documents(self, *, states: Iterable[str] | None = None,
                         profile: str | None = None, actor: str | None = None,
                         extension: str | None = None, labels: dict[str, str] | None = None,
-                        limit: int | None = None) -> list[dict[str, Any]]:
+                        limit: int | None = None,
+                        pooled: bool | None = None) -> list[dict[str, Any]]:
         """``query`` as ``sandboxer.sandbox/v1`` documents, built without pydantic."""
         ...
 
