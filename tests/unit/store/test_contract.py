@@ -737,11 +737,10 @@ def test_only_a_ready_pooled_sandbox_is_claimed(store: Store) -> None:
 def test_a_pool_is_never_overfilled(store: Store) -> None:
     _pooled(store)
     _pooled(store)
+    s = status("provisioning")
     with pytest.raises(Conflict, match="2/2"):
-        s = status("provisioning")
         store.insert(s, max_expires_at=s.expires_at, pool="profile.fake", pool_size=2)
     assert len(store.query(pooled=True)) == 2
-    s = status("provisioning")
     store.insert(s, max_expires_at=s.expires_at, pool="profile.fake", pool_size=3)
 
 
