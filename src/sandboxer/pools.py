@@ -228,7 +228,6 @@ def _document(pid: str, profile: Profile | None, held: list[dict[str, Any]],
         "max_age": format_duration(spec.max_age) if spec else None,
         **counts,
     }
-    if caller is None or caller.admin:
-        doc["sandboxes"] = [{k: d[k] for k in ("id", "state", "target", "created_at")}
-                            for d in held]
+    doc["sandboxes"] = ([{k: d[k] for k in ("id", "state", "target", "created_at")}
+                         for d in held] if caller is None or caller.admin else None)
     return doc

@@ -6,8 +6,10 @@ One runs per home and extension: it holds an exclusive flock on
 ``run/keeper-<NAME>.lock`` for its whole life (a second one finds it taken and exits). It
 keeps the extension's leases, reaping them every ``Extension.keeper_interval()`` seconds
 (the same code as every CLI call and ``sandboxer reap``), so a lease ends even when nobody
-runs a command. When the extension implements ``Housekeeping`` (ext.local serves its SSH
-endpoints there) it awaits ``housekeep(host)`` alongside and exits when that returns;
+runs a command. The keeper that hosts the local service also keeps the warm pools of its
+extension's profiles filled (``sandboxer.pools``). When the extension implements
+``Housekeeping`` (ext.local serves its SSH endpoints there) it awaits ``housekeep(host)``
+alongside and exits when that returns;
 otherwise it exits once no sandbox of the extension has been live for ``IDLE_EXIT``
 seconds. It forks once at start, so whoever spawns it can reap its first process at once.
 
@@ -78,6 +80,20 @@ async def _local_service(service: Service, sock: socket.socket | None,
     service.manager.busy = local.busy
     await local.start(sock)
     return local
+
+
+async def _pools(service: Service, extension: str) -> None:
+    """Keep the warm pools of ``extension``'s profiles filled (sandboxer.pools), until
+    cancelled; a round that fails is logged and the next one runs as usual."""
+    from sandboxer.pools import REFILL_INTERVAL
+
+    while True:
+        try:
+            if made := await service.refill_pools(extension=extension):
+                log.info("provisioned %d sandbox(es) ahead for warm pools", made)
+        except Exception as e:
+            log.warning("refilling the warm pools of %s failed: %s", extension, e)
+        await asyncio.sleep(REFILL_INTERVAL)
 
 
 def _lock(path: Path, timeout: float = LOCK_WAIT) -> int | None:
@@ -190,6 +206,8 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     others: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
     if isinstance(ext, Housekeeping):
         others.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
+    if service_socket is not None:  # the local service hosts its extension's warm pools
+        others.add(asyncio.create_task(_pools(service, extension), name="pools"))
     local = await _local_service(service, service_socket, {keeping, *others})
     log.info("keeper %d for %s in %s%s%s", os.getpid(), extension, settings.home,
              " with its housekeeping" if housekeeping else "",
