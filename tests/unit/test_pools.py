@@ -229,3 +229,28 @@ def test_what_pools_show_to_an_admin_and_to_an_actor(settings: Settings,
     with pytest.raises(SandboxNotFound):
         service.get_document(next(iter(pooled_ids(service))),
                              caller=Caller(actor="agt", admin=False))
+
+
+def test_the_mcp_tools_answer_the_pool_documents(settings: Settings, binds: None) -> None:
+    import anyio
+
+    from sandboxer.client.local import LocalClient
+    from sandboxer.mcp.tools import build
+
+    service = Service(settings)
+    run(service.refill_pools())
+    server = build(LocalClient(service=service, caller=Caller(actor="agt", admin=False)))
+
+    async def calls() -> list[Any]:
+        return [await server.call_tool("list_pools", {}),
+                await server.call_tool("show_pool", {"profile": "profile.warm"}),
+                await server.call_tool("show_pool", {"profile": "profile.fake"})]
+
+    listed, shown, missing = anyio.run(calls)
+    assert not listed.is_error
+    assert [p["profile"] for p in listed.structured_content["items"]] == [
+        "profile.plain", "profile.warm"]
+    assert (shown.structured_content["ready"], shown.structured_content["sandboxes"]) == (
+        2, None)
+    assert missing.is_error
+    assert missing.content[0].text.startswith("not_found: profile.fake has no pool")
