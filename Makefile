@@ -43,7 +43,7 @@ bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, 
 	$(PYTHON) -m compileall -q src >/dev/null || status=1; \
 	$(PYTHON) bench/run.py $(BENCH_QUICK) --json $(BENCH_OUT)/run.json || status=1; \
 	$(PYTHON) bench/create_api.py $(BENCH_QUICK) --json $(BENCH_OUT)/create_api.json || status=1; \
-	$(PYTHON) bench/pools.py $(BENCH_QUICK) --json $(BENCH_OUT)/pools.json || status=1; \
+	$(PYTHON) bench/pools.py $(BENCH_QUICK) --compose --json $(BENCH_OUT)/pools.json || status=1; \
 	$(PYTHON) bench/api.py $(BENCH_QUICK) --json $(BENCH_OUT)/api.json || status=1; \
 	$(PYTHON) bench/fleet.py $(BENCH_QUICK) --json $(BENCH_OUT)/fleet.json || status=1; \
 	if ! command -v docker >/dev/null; then \
