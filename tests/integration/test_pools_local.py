@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,8 +55,26 @@ def filled(service: Service, profile: str = "profile.warm",
 
 
 @pytest.fixture
-def service(local_home: Settings, tmp_path: Path) -> Service:
-    (tmp_path / "profiles" / "warm.yaml").write_text(
+def drained(local_home: Settings, tmp_path: Path) -> Iterator[Path]:
+    """The profiles directory; afterwards its pools are removed (so no host of pools
+    refills them) and every pooled sandbox is destroyed, before the home goes."""
+    yield tmp_path / "profiles"
+    for f in (tmp_path / "profiles").glob("*.yaml"):
+        f.unlink()
+    service = Service(Settings.from_env())
+    deadline = time.monotonic() + 60
+    while left := service.store.query_documents(pooled=True, states=[
+            "provisioning", "ready", "unreachable", "destroying"]):
+        for doc in left:
+            if doc["state"] != "provisioning":
+                run(service.destroy(doc["id"]))
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def service(drained: Path) -> Service:
+    (drained / "warm.yaml").write_text(
         "id: profile.warm\nextends: profile.local\nlabels: {tier: warm}\n"
         "pool: {size: 2, max_age: 30m}\n")
     return Service(Settings.from_env())
@@ -116,7 +135,7 @@ def test_pooled_ext_local_sandboxes_take_capacity(service: Service,
 
 
 def test_a_claim_binds_env_and_secrets_to_that_sandbox_only(
-        local_home: Settings, tmp_path: Path) -> None:
+        local_home: Settings, tmp_path: Path, drained: Path) -> None:
     if not issubclass(extensions.load("ext.local"), extensions.Binds):
         pytest.skip("ext.local does not implement Binds yet: a claim of a profile with "
                     "env or secrets creates cold")
@@ -143,3 +162,21 @@ def test_a_claim_binds_env_and_secrets_to_that_sandbox_only(
         assert other.stdout.decode().splitlines() == ["|", "0"], other.stderr
     found = leaks([value], [local_home.home, local_home.local_root])
     assert not found, found
+
+
+def test_the_local_service_keeps_ext_local_pools_filled(service: Service,
+                                                        local_home: Settings) -> None:
+    """Nothing here refills: the keeper that hosts the local service does it."""
+    from sandboxer import keeper
+
+    keeper.ensure(local_home, "ext.local")
+    deadline = time.monotonic() + 120
+    while len([d for d in pooled(service).values() if d["state"] == "ready"]) < 2:
+        assert time.monotonic() < deadline, "the local service never filled the pool"
+        time.sleep(0.1)
+    box = run(service.create(CreateRequest(profile="profile.warm")))
+    assert "sandbox.claimed" in [e.type for e in service.store.events(sandbox_id=box.id)]
+    deadline = time.monotonic() + 120
+    while len([d for d in pooled(service).values() if d["state"] == "ready"]) < 2:
+        assert time.monotonic() < deadline, "the local service never refilled the pool"
+        time.sleep(0.1)
