@@ -3,7 +3,10 @@
 States: provisioning -> ready -> destroying -> destroyed; provisioning -> failed. A
 sandbox still provisioning may also be destroyed (provisioning -> destroying), so that an
 operator can stop a create that hangs. ready <-> unreachable and unreachable -> failed
-follow its target's health (``sandboxer.fleet``, run by reconcile). Network and process
+follow its target's health (``sandboxer.fleet``, run by reconcile). ready <-> stopped and
+ready <-> paused (stop, start, pause, resume, rebind) are ``sandboxer.lifecycle``'s, behind
+thin methods here; stopped and paused sandboxes may be extended, destroyed and reaped like
+ready ones. Network and process
 work never happens inside a store transaction: each transition is a short write on
 either side of it.
 """
@@ -19,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandboxer import checks as inputs
-from sandboxer import placement, reaping
+from sandboxer import lifecycle, placement, reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -39,11 +42,12 @@ from sandboxer.models.common import (
     utcnow,
     validate_labels,
 )
-from sandboxer.models.extension import Handle, Target
+from sandboxer.models.extension import Endpoint, Handle, Target
 from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
 from sandboxer.store.base import Store
+from sandboxer.values import not_reachable_hint
 
 if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, profile models)
     from pydantic import SecretStr
@@ -55,6 +59,8 @@ if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, prof
     from sandboxer.secrets.refs import Ref
 
 log = logging.getLogger(__name__)
+# Live states with a running lease: extended, destroyed and reaped (reason expired) alike.
+_KEEPS_LEASE = ("ready", "unreachable", "stopped", "paused")
 READY_TIMEOUT = 60.0
 SETUP_STEP_TIMEOUT = 1800.0
 # A sandbox made ahead for a pool is replaced at max_age (sandboxer.pools); its lease runs
@@ -110,6 +116,8 @@ class Manager:
         # Whether the process serves requests now (the local service sets it): extensions'
         # housekeeping asks through Host.busy before it ends for being idle.
         self.busy: Callable[[], bool] = lambda: False
+        # One lifecycle operation per sandbox at a time in this process (sandboxer.lifecycle).
+        self.lifecycle_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     def for_environ(self, environ: Mapping[str, str]) -> Manager:
         """This manager as a caller with ``environ`` would have it (a request of the
@@ -120,6 +128,7 @@ class Manager:
                        progress=self.progress, ensure=False)
         twin._parent = self
         twin.busy = self.busy
+        twin.lifecycle_locks = self.lifecycle_locks
         return twin
 
     @property
@@ -155,8 +164,17 @@ class Manager:
             why = f" ({status.reason})" if status.state == "unreachable" else ""
             raise Conflict(
                 f"sandbox {sandbox_id} is {status.state}{why}; only a ready sandbox is "
-                "reachable")
+                "reachable", hint=not_reachable_hint(sandbox_id, status.state))
         return status.reachability
+
+    def descriptor(self, sandbox_id: str, endpoint: Endpoint,
+                   profile: Profile) -> dict[str, Any]:
+        """The reachability document to store for ``endpoint``, assembled in this
+        manager's environment (the caller's: tunnel variables apply)."""
+        from sandboxer.reachability import assemble
+
+        reach = assemble(sandbox_id, endpoint, profile, self.settings.env, self.store)
+        return reach.model_dump(mode="json", by_alias=True)
 
     async def refresh_reachability(self, sandbox_id: str) -> SandboxStatus | None:
         """Assemble a ready sandbox's descriptor again from its extension's endpoint.
@@ -321,26 +339,17 @@ class Manager:
             self.progress(f"{sid}: waiting for SSH")
             await ext.wait_ready(handle, READY_TIMEOUT)
             if not pooled:
-                await self.run_setup(ext, handle, plan.profile, secrets)
+                await self._run_setup(ext, handle, plan.profile, secrets)
+            reach = self.descriptor(sid, await ext.endpoint(handle), plan.profile)
             ready = self.store.transition(
                 sid, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",
-                reachability=await self.descriptor(ext, handle, plan.profile),
+                reachability=reach,
             )
         except BaseException as e:
             await self.failed_create(e, ext, handle, secrets, profile_id)
         placement.answered(ext, plan.target.name)
         self.progress(f"{sid}: ready")
         return ready
-
-    async def descriptor(self, ext: Extension, handle: Handle,
-                         profile: Profile) -> dict[str, Any]:
-        """The reachability descriptor of a sandbox that answers, assembled in this
-        manager's environment (its tunnel variables), as stored."""
-        from sandboxer.reachability import assemble
-
-        endpoint = await ext.endpoint(handle)
-        reach = assemble(handle.sandbox_id, endpoint, profile, self.settings.env, self.store)
-        return reach.model_dump(mode="json", by_alias=True)
 
     async def failed_create(self, e: BaseException, ext: Extension, handle: Handle,
                             secrets: dict[str, SecretStr], profile_id: str) -> NoReturn:
@@ -370,7 +379,7 @@ class Manager:
         current = self.store.get(sid)
         return current is not None and current.state in ("destroying", "destroyed")
 
-    async def run_setup(
+    async def _run_setup(
         self, ext: Extension, handle: Handle, profile: Profile, secrets: dict[str, SecretStr]
     ) -> None:
         steps = profile.setup.instructions
@@ -434,8 +443,9 @@ class Manager:
                 "counted from creation)",
                 hint="ask for a shorter --ttl or create a new sandbox",
             )
-        # An unreachable sandbox keeps its lease too: its host may come back.
-        state = rec.status.state if rec.status.state == "unreachable" else "ready"
+        # An unreachable sandbox keeps its lease too (its host may come back); a stopped or
+        # paused one is renewed in its state (`start`/`resume` bring it back).
+        state = rec.status.state if rec.status.state in _KEEPS_LEASE else "ready"
         return self.store.transition(
             sandbox_id, from_states={state}, to_state=state, event="sandbox.extended",
             expires_at=new_expiry,
@@ -454,7 +464,7 @@ class Manager:
         if rec.status.state != "destroying":
             try:
                 self.store.transition(
-                    sandbox_id, from_states={"provisioning", "ready", "unreachable"},
+                    sandbox_id, from_states={"provisioning", *_KEEPS_LEASE},
                     to_state="destroying",
                     event="sandbox.expired" if reason == "expired" else None, reason=reason,
                 )
@@ -500,7 +510,7 @@ class Manager:
                                      stopped, {}, reason="abandoned")
                     done.append(self.get(sid))
                     continue
-                reason = ("expired" if state in ("ready", "unreachable")
+                reason = ("expired" if state in _KEEPS_LEASE
                           else rec.status.reason or "abandoned")
                 done.append(await self.destroy(sid, reason=reason))
             except SandboxerError as e:
@@ -515,6 +525,32 @@ class Manager:
 
         await self.reap()  # creates whose process died are no longer "live"
         return await fleet.reconcile(self)
+
+    # -- stop, start, pause, resume, rebind (sandboxer.lifecycle) ----------------------
+
+    async def stop(self, sandbox_id: str, *, reason: str = "stopped", detail: str | None = None,
+                   caller: Caller | None = None) -> SandboxStatus:
+        """ready | paused -> stopped (event sandbox.stopped, reason ``reason: detail``)."""
+        return await lifecycle.stop(self, sandbox_id, reason=reason, detail=detail,
+                                    caller=caller)
+
+    async def start(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """stopped -> ready, secrets resolved again, descriptor stored again."""
+        return await lifecycle.start(self, sandbox_id, caller=caller)
+
+    async def pause(self, sandbox_id: str, *, reason: str = "paused",
+                    detail: str | None = None, caller: Caller | None = None) -> SandboxStatus:
+        """ready -> paused (event sandbox.paused)."""
+        return await lifecycle.pause(self, sandbox_id, reason=reason, detail=detail,
+                                     caller=caller)
+
+    async def resume(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """paused -> ready (event sandbox.resumed)."""
+        return await lifecycle.resume(self, sandbox_id, caller=caller)
+
+    async def rebind(self, sandbox_id: str) -> bool:
+        """Secrets back after a restart (``Host.rebind``); False: stopped, unresolved."""
+        return await lifecycle.rebind(self, sandbox_id)
 
 
 class _ManagerHost:
@@ -555,4 +591,4 @@ class _ManagerHost:
         return self._manager.busy()
 
     async def rebind(self, sandbox_id: str) -> bool:
-        raise NotImplementedError("rebind: issue 16, core")
+        return await self._manager.rebind(sandbox_id)

@@ -96,10 +96,11 @@ async def claim(manager: Manager, profile_id: str, *, ttl: str | None = None,
     try:
         if (profile.setup.env or secrets) and isinstance(ext, Binds):  # unbindable() said so
             await ext.bind(handle, dict(profile.setup.env), secrets)
-        await manager.run_setup(ext, handle, profile, secrets)
+        await manager._run_setup(ext, handle, profile, secrets)
+        reach = manager.descriptor(got.id, await ext.endpoint(handle), profile)
         ready = manager.store.transition(
             got.id, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",
-            reachability=await manager.descriptor(ext, handle, profile))
+            reachability=reach)
     except BaseException as e:
         await manager.failed_create(e, ext, handle, secrets, profile.id)
     manager.progress(f"{got.id}: ready")

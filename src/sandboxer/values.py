@@ -211,3 +211,14 @@ def rename_files(results: list[dict[str, Any]], names: dict[str, str]) -> list[d
             r["error"] = r["error"].replace(r["file"], original)
         r["file"] = original
     return results
+
+
+def not_reachable_hint(sandbox_id: str, state: str) -> str | None:
+    """What to do about a sandbox that is not ``ready`` (reachability show, ssh, a
+    lifecycle command in the wrong state): how to bring it back, where there is a way."""
+    return {
+        "stopped": f"`sandboxer start {sandbox_id}` starts it again, its data intact",
+        "paused": f"`sandboxer resume {sandbox_id}` thaws it where it was",
+        "unreachable": "`sandboxer reconcile` checks its target again",
+        "provisioning": f"wait until it is ready (`sandboxer get {sandbox_id}`)",
+    }.get(state)

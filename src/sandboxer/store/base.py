@@ -269,15 +269,17 @@ class Store(Protocol):
 
     def reapable(self, now: datetime, *, extension: str | None = None,
                  stale_after: float = 1800.0) -> list[ReapCandidate]:
-        """What the reaper may have to act on, soonest-expiring first: ready sandboxes whose
-        lease ended by ``now``, destroying ones not updated for ``stale_after`` seconds,
-        and every provisioning one (the caller tells a dead or silent create from a slow
-        one; see ``sandboxer.reaping``). Only ``extension``'s when given."""
+        """What the reaper may have to act on, soonest-expiring first: ready, unreachable,
+        stopped and paused sandboxes whose lease ended by ``now``, destroying ones not
+        updated for ``stale_after`` seconds, and every provisioning one (the caller tells a
+        dead or silent create from a slow one; see ``sandboxer.reaping``). Only
+        ``extension``'s when given."""
         ...
 
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
-        """Cheap: is a sandbox due by time alone — a ready one past its lease, a destroying
-        or provisioning one not updated for ``stale_after`` seconds?"""
+        """Cheap: is a sandbox due by time alone — a ready (unreachable, stopped, paused)
+        one past its lease, a destroying or provisioning one not updated for
+        ``stale_after`` seconds?"""
         ...
 
     def live_handles(self, extension: str) -> list[Handle]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from sandboxer.errors import InvalidInput
 from sandboxer.extensions.compose_ssh import override as ov
 from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.remote import Completed, Runner
@@ -59,9 +61,39 @@ def test_loader_files_hold_no_value_and_are_root_owned() -> None:
 def test_fill_streams_values_on_stdin_only() -> None:
     r = Recorder()
     asyncio.run(cs.fill(r, "cid", {"B": SecretStr(VALUE), "A": SecretStr("x")}, "agent"))
-    assert [argv[-2] for argv, _ in r.calls] == ["A", "B"]
-    for argv, _data in r.calls:
-        assert argv[:6] == ["docker", "exec", "-i", "-u", "0", "cid"]
-        assert argv[-1] == "agent"
-        assert not any(VALUE in word for word in argv)
-    assert r.calls[1][1] == VALUE.encode()
+    [(argv, data)] = r.calls  # one exec for every secret
+    assert argv[:6] == ["docker", "exec", "-i", "-u", "0", "cid"]
+    assert argv[-3:] == ["agent", "0016", "0"]
+    assert not any(VALUE in word for word in argv)
+    assert data is not None
+    assert data.decode().splitlines() == ["A x", f"B {cs.escaped(VALUE.encode())}"]
+
+
+def test_fill_refuses_a_name_that_is_not_a_variable() -> None:
+    r = Recorder()
+    try:
+        asyncio.run(cs.fill(r, "cid", {"A B": SecretStr("x")}, "agent"))
+    except InvalidInput as e:
+        assert "x" not in e.message.replace("exit", "")
+    else:
+        raise AssertionError("accepted")
+    assert r.calls == []
+
+
+def test_escaped_values_come_back_byte_for_byte_through_printf() -> None:
+    value = "a b\\c\n\t'\"$(x)`%s%%\\0101 é\x01".encode()
+    word = cs.escaped(value)
+    assert " " not in word and "\n" not in word
+    for shell in ("sh", "bash"):
+        out = subprocess.run([shell, "-c", 'printf "%b" "$1"', shell, word],
+                             capture_output=True, check=True).stdout
+        assert out == value
+
+
+def test_env_conf_replaces_what_provision_bound() -> None:
+    conf = cs.env_conf(["PATH=/bin", "LANG=C", "OLD=1", "KEEP=k", "SANDBOXER_ID=sbx-x"],
+                       ["OLD", "KEEP2"], {"NEW": 'a "q" \\ b', "MULTI": "a\nb"})
+    lines = conf.splitlines()
+    assert lines[0].startswith("#")
+    assert lines[1:] == ['SetEnv "KEEP=k" "LANG=C" "NEW=a \\"q\\" \\\\ b"']
+    assert cs.env_conf([], [], {}).count("\n") == 1  # no SetEnv line at all

@@ -11,6 +11,10 @@ how to reach it. The calls are the Engine API's, unversioned (the daemon's own v
 * ``PUT /containers/{name}/archive?path=/``           (docker cp - NAME:/)
 * ``GET /containers/json?all=1&filters=…``, ``GET /networks?filters=…``,
   ``GET /volumes?filters=…``                          (docker ps/network ls/volume ls -q)
+* ``POST /containers/{id}/pause``, ``…/unpause``       (docker pause/unpause)
+* ``GET /containers/{id}/json``                       (docker inspect)
+* ``GET /containers/{id}/top?ps_args=…``              (docker top)
+* ``GET /containers/{id}/stats?stream=false&one-shot=true``  (cumulative CPU)
 """
 
 from __future__ import annotations
@@ -116,6 +120,35 @@ class Engine:
             return [n["Id"] for n in await self.call("GET", f"/networks?filters={filters}")]
         found = await self.call("GET", f"/volumes?filters={filters}")
         return [v["Name"] for v in (found.get("Volumes") or [])]
+
+    @staticmethod
+    def _c(container: str) -> str:
+        return f"/containers/{urllib.parse.quote(container, safe='')}"
+
+    async def pause(self, container: str, *, paused: bool) -> None:
+        """Pause (or unpause) one container; one already so is fine (the engine answers
+        409 "is already paused" / "is not paused")."""
+        try:
+            await self.call("POST", f"{self._c(container)}/{'pause' if paused else 'unpause'}")
+        except ProvisionFailed as e:
+            if " 409: " not in e.message:
+                raise
+
+    async def inspect(self, container: str) -> dict[str, Any]:
+        found: dict[str, Any] = await self.call("GET", f"{self._c(container)}/json")
+        return found
+
+    async def top(self, container: str, ps_args: str) -> dict[str, Any]:
+        """``{"Titles": [...], "Processes": [[...], ...]}`` (ps run by the engine)."""
+        found: dict[str, Any] = await self.call(
+            "GET", f"{self._c(container)}/top?ps_args={urllib.parse.quote(ps_args)}")
+        return found
+
+    async def cpu_ns(self, container: str) -> int:
+        """Cumulative CPU of the container's cgroup, nanoseconds."""
+        found = await self.call("GET", f"{self._c(container)}/stats?stream=false&one-shot=true")
+        return int(((found or {}).get("cpu_stats") or {}).get("cpu_usage", {})
+                   .get("total_usage") or 0)
 
 
 def local_engine(env: dict[str, str]) -> Engine | None:

@@ -31,10 +31,11 @@ from sandboxer.extensions.base import (
     key_paths,
 )
 from sandboxer.extensions.compose_ssh import override as ov
-from sandboxer.extensions.compose_ssh import policy, ready, tool
+from sandboxer.extensions.compose_ssh import policy, ready, restarts, tool
 from sandboxer.extensions.compose_ssh import secrets as cs
 from sandboxer.extensions.compose_ssh.config import LOCAL, target_config
 from sandboxer.extensions.compose_ssh.config import TargetConfig as ComposeTarget
+from sandboxer.extensions.compose_ssh.lifecycle import Lifecycle
 from sandboxer.extensions.compose_ssh.remote import (
     LocalRunner,
     Runner,
@@ -63,8 +64,9 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
-    """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd."""
+class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle):
+    """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd; stops,
+    starts, pauses, binds and reports activity (``lifecycle``)."""
 
     name = "ext.compose-ssh"
     Spec = ComposeSpec
@@ -151,6 +153,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         if name == LOCAL:
             raise InvalidInput("the local target is implicit and cannot be removed")
 
+    @override
     async def runner(self, target: str) -> Runner:
         """A runner for one target: this machine's engine, or one SSH connection."""
         if target == LOCAL:
@@ -225,7 +228,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
                 compose = await self.compose_command(r)
                 d: str | None = None
                 try:
-                    d, port = await self._up(r, compose, doc, spec, req, keys, bind, secrets)
+                    d, port, main = await self._up(r, compose, doc, spec, req, keys, bind,
+                                                   secrets)
                 except BaseException:
                     tool.forget(r)  # it may be compose that failed (moved, upgraded)
                     await asyncio.shield(self._teardown(r, sid, compose, d))
@@ -235,9 +239,19 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
             raise
         _keys.write_known_hosts(keys.known_hosts,
                                 [_keys.known_hosts_line(host, port, keys.host_public)])
+        self.host.ensure_keeper()  # its housekeeping notices the container restarting
+        # Names only (the values are in the override): what a later bind replaces.
         return Handle(sandbox_id=sid, extension=self.name, target=target, data={
             "dir": d, "host": host, "port": port, "user": req.user, "compose": compose,
+            "container": main, "ssh_port": spec.ssh_port, "env_names": sorted(req.env),
+            "loader": self._loader(req, secrets),
         })
+
+    @staticmethod
+    def _loader(req: ProvisionRequest, secrets: Mapping[str, SecretStr]) -> bool:
+        """Whether sessions go through the secrets loader: a sandbox with secrets, or one
+        of a profile with secret refs provisioned without them (pooled: bound at claim)."""
+        return bool(secrets) or bool(req.profile.setup.secret_refs)
 
     async def _dir(self, r: Runner, sid: str, files: dict[str, bytes] | None = None) -> str:
         """Create the sandbox's 0700 directory (and its 0600 files) in one round trip."""
@@ -250,8 +264,9 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
 
     async def _up(self, r: Runner, compose: list[str], doc: dict[str, Any],
                   spec: ComposeSpec, req: ProvisionRequest, keys: _keys.SandboxKeys,
-                  bind: str, secrets: Mapping[str, SecretStr]) -> tuple[str, int]:
-        """Write the directory, check, `up`; returns (the directory, the SSH port)."""
+                  bind: str, secrets: Mapping[str, SecretStr]) -> tuple[str, int, str]:
+        """Write the directory, check, `up`; returns (the directory, the SSH port, the
+        main container)."""
         sid = req.sandbox_id
         d = ""
         # A pinned host port, so a restarted container keeps it; another one if taken.
@@ -259,7 +274,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
             port = PORT_RANGE[0] + secrets_random.randbelow(PORT_RANGE[1] - PORT_RANGE[0])
             extra = ov.dump(ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
                                      user=req.user, env=req.env, bind=bind, port=port,
-                                     secrets=bool(secrets)))
+                                     secrets=True))  # the tmpfs: a later bind fills it
             if not d:  # one round trip for the directory and both files
                 d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc),
                                              "override.yaml": extra})
@@ -280,7 +295,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
                 raise self._explain(r, tail, req.profile.id, doc)
             await r.run([*base, "down", "-v", "--remove-orphans", "-t", "5"], timeout=120)
         ids = [tool.container_name(doc, spec.service, sid, compose)]
-        if secrets:
+        if self._loader(req, secrets):
             await cs.install_loader(r, ids[0])
         # The entrypoint waits for these (SANDBOXER_KEYS_WAIT). They land in the container's
         # writable layer (so a restart keeps them), removed with the container.
@@ -288,8 +303,11 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         await r.copy_in(ids[0], tarball, "installing the sandbox's SSH keys")
         if secrets:  # values only now, into the running container's tmpfs, over stdin
             req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
-            await cs.fill(r, ids[0], secrets, req.user)
-        return d, port
+            await cs.fill(r, ids[0], secrets, req.user, ssh_port=spec.ssh_port)
+        info = await r.inspect(ids[0])
+        restarts.record(self.settings, sid, str(((info or {}).get("State") or {})
+                                                .get("StartedAt")))
+        return d, port, ids[0]
 
     async def _write(self, r: Runner, d: str, name: str, data: bytes) -> None:
         await r.check(["sh", "-c", 'umask 077 && cd "$1" && tar -x -o -f -', "sh", d],
@@ -390,6 +408,7 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets):
         except ProvisionFailed as e:
             raise DestroyFailed(f"cannot destroy {sid} on target {target}: {e.message}") from e
         _keys.remove(self.settings, sid)
+        restarts.forget(self.settings, sid)
 
     @override
     async def owned(self, target: Target) -> list[Handle]:

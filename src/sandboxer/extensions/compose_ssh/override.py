@@ -153,9 +153,9 @@ def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: 
           user: str, env: dict[str, str], bind: str, port: int, secrets: bool = False
           ) -> dict[str, Any]:
     """The override compose file for one sandbox: every service labelled, all capabilities
-    dropped, no new privileges, pids and memory limited; the main service's SSH port
-    published on ``port`` of ``bind`` (pinned, so a restart keeps it); ``secrets``: add
-    the /run/secrets tmpfs."""
+    dropped, no new privileges, pids and memory limited, restarted unless stopped; the
+    main service's SSH port published on ``port`` of ``bind`` (pinned, so a restart keeps
+    it); ``secrets``: add the /run/secrets tmpfs."""
     labels = {LABEL: sandbox_id, INSTANCE_LABEL: instance}
     services: dict[str, Any] = {}
     for name, svc in doc["services"].items():
@@ -163,6 +163,10 @@ def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: 
                           "cap_drop": ["ALL"], **_limits(svc, spec)}
         if spec.pull != "missing":
             services[name]["pull_policy"] = spec.pull
+        if not (isinstance(svc, dict) and "restart" in svc):
+            # Back after a dockerd restart or a reboot (then bound again: `restarts`); a
+            # `compose stop` keeps it stopped.
+            services[name]["restart"] = "unless-stopped"
     main = services[spec.service]
     main["ports"] = [{"target": spec.ssh_port, "host_ip": bind, "published": str(port),
                       "protocol": "tcp"}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import shlex
 import tarfile
@@ -26,6 +27,9 @@ from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.compose_ssh.config import TargetConfig
 from sandboxer.extensions.compose_ssh.engine import local_engine
 from sandboxer.openssh import known_hosts_name
+
+# docker pause/unpause of a container already so.
+_ALREADY = ("is already paused", "is not paused")
 
 
 def tar_stream(files: Iterable[tuple[str, bytes, int]], dirs: Iterable[str] = ()) -> bytes:
@@ -121,6 +125,46 @@ class Runner(ABC):
         done = await self.run([*ls, "-q", "--filter", f"label={label}"], timeout=60)
         return done.out.split() if done.rc == 0 else []
 
+    # -- lifecycle (stop/start, pause, activity, restarts) --------------------------------
+
+    async def pause(self, containers: list[str], *, paused: bool) -> None:
+        """`docker pause` (or `unpause`) each container; one already so is fine."""
+        for c in containers:
+            done = await self.run(["docker", "pause" if paused else "unpause", c], timeout=60)
+            if done.rc != 0 and not any(s in done.err for s in _ALREADY):
+                raise ProvisionFailed(f"docker {'pause' if paused else 'unpause'} of {c} "
+                                      f"failed on target {self.name}: {done.tail(3)}")
+
+    async def inspect(self, container: str) -> dict[str, Any] | None:
+        """`docker inspect` of one container (``State``, ``Config``…), None when there is
+        no such container."""
+        done = await self.run(["docker", "inspect", "--format", "{{json .}}", "--",
+                               container], timeout=30)
+        if done.rc != 0:
+            if "No such" in done.err:
+                return None
+            raise ProvisionFailed(f"docker inspect {container} failed on target "
+                                  f"{self.name}: {done.tail(3)}")
+        found: dict[str, Any] = json.loads(done.out)
+        return found
+
+    async def processes(self, container: str) -> list[tuple[float, str]]:
+        """(CPU seconds, command line) of each process in the container: `docker top`,
+        run by the engine on the docker host (so it adds no CPU to the container). ps's
+        ``S`` adds the CPU of dead children their parent waited for; whole seconds."""
+        done = await self.check(["docker", "top", container, "-eo", "pid,time,args", "S"],
+                                timeout=30, what=f"docker top {container}")
+        rows = []
+        for line in done.out.splitlines()[1:]:
+            parts = line.split(None, 2)
+            if len(parts) >= 2:
+                rows.append((_clock(parts[1]), parts[2] if len(parts) > 2 else ""))
+        return rows
+
+    async def cpu_seconds(self, container: str) -> float:
+        """Cumulative CPU of the container's processes (here: the ``processes`` sum)."""
+        return sum(t for t, _ in await self.processes(container))
+
     async def __aenter__(self) -> Runner:
         return self
 
@@ -167,6 +211,46 @@ class LocalRunner(Runner):
             with contextlib.suppress(OSError, ProvisionFailed):
                 return await self.engine.labelled(kind, label, running_only=running_only)
         return await super().labelled(kind, label, running_only=running_only)
+
+    @override
+    async def pause(self, containers: list[str], *, paused: bool) -> None:
+        if self.engine is not None:
+            try:
+                for c in containers:
+                    await self.engine.pause(c, paused=paused)
+                return
+            except OSError:
+                pass  # the CLI says why nothing answers
+        await super().pause(containers, paused=paused)
+
+    @override
+    async def inspect(self, container: str) -> dict[str, Any] | None:
+        if self.engine is not None:
+            try:
+                return await self.engine.inspect(container)
+            except OSError:
+                pass
+            except ProvisionFailed as e:
+                if " 404: " in e.message:
+                    return None
+                raise
+        return await super().inspect(container)
+
+    @override
+    async def processes(self, container: str) -> list[tuple[float, str]]:
+        if self.engine is not None:
+            with contextlib.suppress(OSError):
+                top = await self.engine.top(container, "-eo pid,time,args S")
+                return [(_clock(str(p[1])), str(p[2]) if len(p) > 2 else "")
+                        for p in top.get("Processes") or [] if len(p) >= 2]
+        return await super().processes(container)
+
+    @override
+    async def cpu_seconds(self, container: str) -> float:
+        if self.engine is not None:  # the cgroup's counter, to the nanosecond
+            with contextlib.suppress(OSError):
+                return await self.engine.cpu_ns(container) / 1e9
+        return await super().cpu_seconds(container)
 
     @override
     async def run(self, argv: list[str], *, input: bytes | None = None,
@@ -297,6 +381,16 @@ async def first_contact(target: TargetConfig, timeout: float = 10.0) -> tuple[st
     finally:
         conn.close()
         await conn.wait_closed()
+
+
+def _clock(text: str) -> float:
+    """ps's ``[DD-]HH:MM:SS`` as seconds (0 when it is not that)."""
+    days, _, hms = text.rpartition("-")
+    try:
+        h, m, sec = (int(x) for x in hms.split(":"))
+        return float((int(days or 0) * 24 + h) * 3600 + m * 60 + sec)
+    except ValueError:
+        return 0.0
 
 
 def local_env(env: dict[str, str]) -> dict[str, str]:

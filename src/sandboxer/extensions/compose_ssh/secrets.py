@@ -21,16 +21,19 @@ The loader and the wrapper are the files ext.vm-packer's guests run too
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import SecretStr
 
-from sandboxer.errors import ProvisionFailed
+from sandboxer.errors import InvalidInput, ProvisionFailed
 from sandboxer.extensions import _guest
 from sandboxer.extensions._guest import LOADER, SESSION
 from sandboxer.extensions.compose_ssh.remote import Runner, tar_stream
 
+log = logging.getLogger(__name__)
 SECRETS_DIR = "/run/secrets"
 # Read before the image's 10-/20- drop-ins; for ForceCommand the first value wins.
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/05-sandboxer-secrets.conf"
@@ -41,12 +44,98 @@ SSHD_TEXT = f"""\
 ForceCommand {SESSION}
 """
 
-# Root writes the file (the tmpfs is root's, 0755), then hands it to the login user, 0400.
-# The entrypoint creates that user only once its keys have arrived, so wait (at most ~60 s)
-# for the account to exist before handing the file over.
-_FILL = ('umask 077 && cat > "/run/secrets/$1" && chmod 0400 "/run/secrets/$1" '
-         '&& i=0 && until id -u "$2" >/dev/null 2>&1; do i=$((i+1)); '
-         '[ "$i" -gt 1200 ] && break; sleep 0.05; done; chown "$2:" "/run/secrets/$1"')
+ENV_CONF = "/etc/ssh/sshd_config.d/10-sandboxer-env.conf"  # the entrypoint's SetEnv file
+
+# One `docker exec -i` as root, everything on standard input, one line each: `NAME VALUE`
+# for a secret, `@env VALUE` for a new SetEnv file; VALUE escaped for printf's %b (no
+# space, backslash or control byte left). Files are written into a new directory of the
+# tmpfs, owned by the login user (the entrypoint creates it once its keys have arrived:
+# wait at most ~60 s), 0400, then replace what /run/secrets held. A changed SetEnv file
+# is put in place and sshd told (SIGHUP: it execs itself again and reads its config);
+# then wait until it listens again (a new listening socket on the SSH port), so the next
+# session sees the new environment. Arguments: the login user, the SSH port (hex), and
+# 1 to tell sshd even when the SetEnv file is unchanged (a drop-in was just added).
+_BIND = r"""set -u
+umask 077
+d=/run/secrets u=$1 hexport=$2 reload=$3 conf=""" + ENV_CONF + r"""
+i=0; until id -u "$u" >/dev/null 2>&1; do
+    i=$((i+1)); [ "$i" -gt 1200 ] && break; sleep 0.05; done
+[ -d "$d" ] || { echo "the container has no $d tmpfs" >&2; exit 3; }
+new=$(mktemp -d "$d/.bind.XXXXXX") || exit 1
+env=
+while IFS=' ' read -r name val; do
+    case $name in
+    @env) env=$val ;;
+    ?*) printf '%b' "$val" >"$new/$name" && chmod 0400 "$new/$name" \
+            && chown "$u:" "$new/$name" || exit 1 ;;
+    esac
+done
+for f in "$d"/*; do [ -e "$f" ] && rm -f -- "$f"; done
+for f in "$new"/*; do [ -e "$f" ] && mv -f -- "$f" "$d/"; done
+rmdir "$new"
+if [ -n "$env" ]; then
+    printf '%b' "$env" >"$conf.new" || exit 1
+    if [ "$(grep -v '^#' "$conf" 2>/dev/null)" = "$(grep -v '^#' "$conf.new")" ]; then
+        rm -f "$conf.new"
+    else
+        chmod 0644 "$conf.new" && mv -f "$conf.new" "$conf" || exit 1
+        reload=1
+    fi
+fi
+[ "$reload" = 1 ] || exit 0
+listening() {
+    for t in /proc/net/tcp /proc/net/tcp6; do
+        [ -r "$t" ] || continue
+        while read -r _ l _ st _ _ _ _ _ _ ino _; do
+            [ "$st" = 0A ] && case $l in *:"$hexport") printf '%s ' "$ino" ;; esac
+        done <"$t"
+    done
+}
+old=$(listening)
+pid=$(cat /run/sshd.pid 2>/dev/null) || pid=1
+kill -HUP "${pid:-1}" || exit 1
+i=0; while [ "$i" -lt 1000 ]; do
+    now=$(listening); [ -n "$now" ] && [ "$now" != "$old" ] && exit 0
+    i=$((i+1)); sleep 0.01
+done
+echo "sshd did not listen again within 10s of reading its new environment" >&2
+exit 4
+"""
+_PLAIN = re.compile(rb"[A-Za-z0-9_.,:/=+@%-]")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Set by docker, the shell or sshd rather than by a profile (as the entrypoint skips them).
+_SKIP = {"HOME", "HOSTNAME", "PATH", "PWD", "OLDPWD", "SHLVL", "TERM", "_"}
+
+
+def escaped(value: bytes) -> str:
+    """``value`` for printf's ``%b``: every byte outside a plain set as ``\\0ooo``."""
+    return "".join(chr(b) if _PLAIN.fullmatch(bytes([b])) else f"\\0{b:03o}"
+                   for b in value)
+
+
+def env_conf(container_env: list[str], provisioned: list[str],
+             env: Mapping[str, str]) -> str:
+    """The SetEnv file sessions get ``env`` from, as the entrypoint writes it: the
+    container's environment minus what provision bound (``provisioned``: names), plus
+    ``env``. A value holding a newline cannot be expressed there and is left out."""
+    found: dict[str, str] = {}
+    for item in container_env:
+        name, _, value = item.partition("=")
+        if name not in provisioned:
+            found[name] = value
+    found.update(env)
+    entries = []
+    for name in sorted(found):
+        value = found[name]
+        if not NAME.fullmatch(name) or name.startswith("SANDBOXER_") or name in _SKIP:
+            continue
+        if "\n" in value:
+            log.warning("not passing %s to SSH sessions: its value contains a newline", name)
+            continue
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        entries.append(f'"{name}={quoted}"')
+    line = f"SetEnv {' '.join(entries)}\n" if entries else ""
+    return f"# Written by sand-boxer when it bound this environment. Do not edit.\n{line}"
 
 
 def add_to_override(main: dict[str, Any]) -> None:
@@ -73,20 +162,31 @@ async def install_loader(r: Runner, container: str) -> None:
                   what="installing the secrets loader")
 
 
-async def fill(r: Runner, container: str, secrets: Mapping[str, SecretStr], user: str) -> None:
-    """Stream each value into /run/secrets/NAME of the running container.
+async def fill(r: Runner, container: str, secrets: Mapping[str, SecretStr], user: str,
+               *, ssh_port: int = 22, conf: str | None = None, reload: bool = False
+               ) -> None:
+    """Put exactly ``secrets`` in /run/secrets of the running container (and, with
+    ``conf``, that SetEnv file for sessions; ``reload``: sshd reads its configuration
+    again even when that file is unchanged), in one ``docker exec -i``.
 
-    The value is only ever ``docker exec``'s standard input; the argument array holds the
-    name and the login user, nothing else.
+    Values are only ever its standard input; the argument array holds the login user and
+    the port, nothing else.
     """
+    lines = []
     for name in sorted(secrets):
-        value = secrets[name].get_secret_value().encode()
-        done = await r.run(["docker", "exec", "-i", "-u", "0", container,
-                            "sh", "-c", _FILL, "sh", name, user], input=value, timeout=60)
-        if done.rc != 0:
-            raise ProvisionFailed(
-                f"writing secret {name} into {SECRETS_DIR} of the sandbox on target "
-                f"{r.name} failed: {done.tail(3)}",
-                hint="the image needs sh, cat, chmod and chown, and the login user must "
-                "exist once the container is up",
-            )
+        if not NAME.fullmatch(name):
+            raise InvalidInput(f"secret name {name!r} is not a variable name")
+        lines.append(f"{name} {escaped(secrets[name].get_secret_value().encode())}\n")
+    if conf is not None:
+        lines.append(f"@env {escaped(conf.encode())}\n")
+    argv = ["docker", "exec", "-i", "-u", "0", container, "sh", "-c", _BIND, "sh", user,
+            f"{ssh_port:04X}", str(int(reload))]
+    done = await r.run(argv, input="".join(lines).encode(), timeout=60)
+    if done.rc != 0:
+        names = ", ".join(sorted(secrets)) or "no secret"
+        raise ProvisionFailed(
+            f"binding the sandbox's environment and secrets ({names}) in {SECRETS_DIR} "
+            f"of container {container} on target {r.name} failed: {done.tail(3)}",
+            hint="the image needs sh, cat, grep, mktemp, chmod and chown; the login user "
+            "must exist once the container is up",
+        )

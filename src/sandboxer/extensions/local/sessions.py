@@ -49,6 +49,7 @@ class Sandbox:
     revive: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     revive_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     starting: asyncio.Task[None] | None = field(default=None, repr=False)  # its jail's start
+    paused: bool = False  # its jail is frozen (lifecycle.py): new sessions are refused
 
     @property
     def started(self) -> bool:
@@ -131,6 +132,13 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     if process.subsystem:
         process.stderr.write(b"subsystems are not supported\n")
         process.exit(1)
+        return
+    if sb.paused:
+        # Refused, not held: a client held for as long as a sandbox stays paused (hours,
+        # when idle handling paused it) would look hung.
+        process.stderr.write(f"sandboxer: sandbox {sb.id} is paused; run `sandboxer resume "
+                             f"{sb.id}` first\n".encode())
+        process.exit(255)
         return
     term = process.term_type
     pty = term is not None

@@ -296,7 +296,7 @@ class Sandboxes(Connection):
                  stale_after: float = 1800.0) -> list[ReapCandidate]:
         t = ts(now)
         sql = ("SELECT id, state, updated_at, creator FROM sandboxes WHERE "
-               "((state IN ('ready', 'unreachable') AND expires_at <= %s) "
+               "((state IN ('ready', 'unreachable', 'stopped', 'paused') AND expires_at <= %s) "
                "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= %s))")
         args: list[Any] = [t, t - stale_after]
         if extension is not None:
@@ -310,7 +310,7 @@ class Sandboxes(Connection):
         t = ts(now)
         row = self._one(
             "SELECT 1 AS due FROM sandboxes WHERE "
-            "(state IN ('ready', 'unreachable') AND expires_at <= %s) "
+            "(state IN ('ready', 'unreachable', 'stopped', 'paused') AND expires_at <= %s) "
             "OR (state IN ('destroying', 'provisioning') AND updated_at <= %s) LIMIT 1",
             (t, t - stale_after))
         return row is not None

@@ -252,7 +252,7 @@ class Sandboxes(Connection):
         t = ts(now)
         sql = (
             "SELECT id, state, updated_at, creator FROM sandboxes WHERE "
-            "((state IN ('ready', 'unreachable') AND expires_at <= ?) "
+            "((state IN ('ready', 'unreachable', 'stopped', 'paused') AND expires_at <= ?) "
             "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= ?))"
         )
         args: list[Any] = [t, t - stale_after]
@@ -268,8 +268,8 @@ class Sandboxes(Connection):
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
         t = ts(now)
         row = self._one(
-            "SELECT 1 FROM sandboxes WHERE (state IN ('ready', 'unreachable') "
-            "AND expires_at <= ?) "
+            "SELECT 1 FROM sandboxes WHERE "
+            "(state IN ('ready', 'unreachable', 'stopped', 'paused') AND expires_at <= ?) "
             "OR (state IN ('destroying', 'provisioning') AND updated_at <= ?) LIMIT 1",
             (t, t - stale_after),
         )
