@@ -136,16 +136,19 @@ def test_create_claims_a_pooled_sandbox_and_binds_the_request(
     assert len(pooled_ids(service)) == 2
 
 
-def test_without_a_free_one_or_without_binds_a_create_is_cold(settings: Settings) -> None:
+def test_without_a_free_one_or_without_binds_a_create_is_cold(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An extension without the Binds capability (the fake has it: pools looks for another).
+    monkeypatch.setattr(pools, "Binds", type("NoSuchCapability", (), {}))
     service = Service(settings)
     run(service.refill_pools())
     before = pooled_ids(service)
-    # The plain fake cannot bind, and profile.warm has env and a secret: cold.
+    # The extension cannot bind, and profile.warm has env and a secret: cold.
     s = run(service.create(CreateRequest(profile="profile.warm")))
     assert s.id not in before
     assert pooled_ids(service) == before
     assert fake.RECEIVED[s.id] == {"TOKEN": CANARY}
-    # profile.plain binds nothing: claimed even without Binds; then none is free.
+    # profile.plain binds nothing: claimed even so; then none is free.
     plain = pooled_ids(service, "profile.plain")
     assert run(service.create(CreateRequest(profile="profile.plain"))).id in plain
     assert run(service.create(CreateRequest(profile="profile.plain"))).id not in plain
