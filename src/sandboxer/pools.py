@@ -73,6 +73,10 @@ async def claim(manager: Manager, profile_id: str, *, ttl: str | None = None,
     if (why := unbindable(ext, profile)) is not None:
         log.info("%s: not claimed from its pool, created cold: %s", profile.id, why)
         return None
+    if not manager.store.query_documents(profile=profile.id, pooled=True, states=["ready"],
+                                         limit=1):
+        log.info("%s: its pool has no ready sandbox; created cold", profile.id)
+        return None  # before the refs are resolved: a cold create resolves them itself
     profile, refs, owner, lease, merged = manager.terms(
         profile_id, ttl=ttl, actor=actor, labels=labels, caller=caller)
     # Validated and resolved before anything is taken: a ref that fails costs no sandbox.
