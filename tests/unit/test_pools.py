@@ -257,3 +257,14 @@ def test_the_mcp_tools_answer_the_pool_documents(settings: Settings, binds: None
         2, None)
     assert missing.is_error
     assert missing.content[0].text.startswith("not_found: profile.fake has no pool")
+
+
+def test_a_rebind_gives_an_unclaimed_pooled_sandbox_nothing(settings: Settings,
+                                                            binds: None) -> None:
+    """A restart of the pool's host (Host.rebind) must not bind secrets into one."""
+    service = Service(settings)
+    run(service.refill_pools())
+    for sid in pooled_ids(service):
+        assert run(service.manager.rebind(sid)) is True
+        assert sid not in BOUND
+        assert service.store.get(sid).state == "ready"  # type: ignore[union-attr]

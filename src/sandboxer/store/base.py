@@ -48,6 +48,7 @@ class Record:
     max_expires_at: datetime
     updated_at: datetime
     version: int
+    pool: str | None = None  # the profile whose pool holds it, while unclaimed
 
 
 class Changes(TypedDict, total=False):
@@ -229,7 +230,8 @@ class Store(Protocol):
         ...
 
     def get_record(self, sandbox_id: str) -> Record | None:
-        """The sandbox's status with its handle, lease bound and version, or None."""
+        """The sandbox's status with its handle, lease bound, version and pool (the
+        profile whose pool holds it unclaimed, else None), or None."""
         ...
 
     def get_document(self, sandbox_id: str) -> dict[str, Any] | None:

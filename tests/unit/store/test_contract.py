@@ -716,6 +716,10 @@ def test_a_claim_binds_and_leaves_the_pool_with_its_event(store: Store) -> None:
     rec = store.get_record(got.id)
     assert rec is not None
     assert abs((rec.max_expires_at - claim.max_expires_at).total_seconds()) < 0.01
+    assert rec.pool is None
+    still = store.get_record(young.id)
+    assert still is not None
+    assert still.pool == "profile.fake"
     assert types(store, got.id)[-1] == "sandbox.claimed"
     assert [d["id"] for d in store.query_documents(pooled=True)] == [young.id, other.id]
     # Too old (born before born_after), another target, or nothing left: None.

@@ -117,7 +117,8 @@ class Sandboxes(Connection):
     def _record(self, row: dict[str, Any]) -> Record:
         return Record(status=self._status(row), handle=row["handle"],
                       max_expires_at=dt(row["max_expires_at"]),
-                      updated_at=dt(row["updated_at"]), version=row["version"])
+                      updated_at=dt(row["updated_at"]), version=row["version"],
+                      pool=row["pool"])
 
     # -- sandboxes --------------------------------------------------------------------
 
@@ -194,7 +195,7 @@ class Sandboxes(Connection):
         return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = %s", (sandbox_id,))
 
     def get_record(self, sandbox_id: str) -> Record | None:
-        row = self._row(sandbox_id)
+        row = self._one(f"SELECT {_COLUMNS}, pool FROM sandboxes WHERE id = %s", (sandbox_id,))
         return self._record(row) if row else None
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:

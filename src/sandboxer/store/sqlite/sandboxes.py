@@ -67,6 +67,7 @@ class Sandboxes(Connection):
             max_expires_at=dt(row["max_expires_at"]),
             updated_at=dt(row["updated_at"]),
             version=row["version"],
+            pool=row["pool"],
         )
 
     def _append_event(self, c: sqlite3.Connection, kind: str, status: SandboxStatus) -> None:
@@ -149,7 +150,7 @@ class Sandboxes(Connection):
         return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,))
 
     def get_record(self, sandbox_id: str) -> Record | None:
-        row = self._row(sandbox_id)
+        row = self._one(f"SELECT {_COLUMNS}, pool FROM sandboxes WHERE id = ?", (sandbox_id,))
         return self._record(row) if row else None
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
