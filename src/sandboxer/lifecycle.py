@@ -364,8 +364,8 @@ async def rebind(manager: Manager, sandbox_id: str) -> bool:
     if rec is None:
         raise not_found(sandbox_id)
     s = rec.status
-    if s.state not in _BINDABLE:
-        return True
+    if s.state not in _BINDABLE or rec.pool is not None:
+        return True  # an unclaimed pooled sandbox was never given anything (sandboxer.pools)
     handle = _handle(rec)
     ext = manager.extension(s.extension)
     profile, secrets, why = await _resolve_again(manager, s)
