@@ -16,7 +16,7 @@ import pytest
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
 
-from .conftest import raw_state, ssh
+from .conftest import SANDBOXER, raw_state, ssh
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +178,23 @@ def test_retain_stops_at_the_lease_end_then_destroys(quick: Settings) -> None:
         "sandbox.created", "sandbox.ready", "sandbox.stopped", "sandbox.expired",
         "sandbox.destroyed"]
     assert raw_state(quick, sid)["reason"] == "expired"
+
+
+def test_a_retained_sandbox_is_not_started_without_a_new_lease(quick: Settings) -> None:
+    """Its lease ended: `start` alone (the real CLI, exit 8) leaves it stopped, its jail
+    not running, rather than running it past its lease until the end of its retain."""
+    from sandboxer.extensions.local import control
+
+    _client, sid = _stopped_by_its_lease(quick, "10m")
+    done = subprocess.run([SANDBOXER, "start", sid], capture_output=True, text=True,
+                          timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 8, done.stderr
+    assert "its lease ended" in done.stderr
+    assert f"sandboxer extend {sid} --ttl" in done.stderr
+    assert raw_state(quick, sid)["state"] == "stopped"
+    assert raw_state(quick, sid)["reason"].startswith("expired: ")
+    assert (control.read_record(quick, sid) or {}).get("stopped") is True
+    assert [t for t, _r in _events(quick, sid)][-1] == "sandbox.stopped"
 
 
 def test_extend_and_start_bring_a_retained_sandbox_back_with_its_work(
