@@ -104,6 +104,10 @@ def test_ten_pause_resume_cycles_lose_nothing(local_home: Settings) -> None:
     asyncio.run(ext.resume(h))
     asyncio.run(ext.resume(h))
     assert "paused" not in (control.read_record(local_home, sid) or {})
+    asyncio.run(ext.pause(h))  # a paused sandbox is destroyed like any other
+    assert LocalClient(local_home).destroy(sid).state == "destroyed"
+    assert not cg.pids()
+    assert not any(d.exists() for d in cg.unique_dirs)
 
 
 def test_stop_start_keeps_workspace_host_key_and_binds_again(local_home: Settings) -> None:
@@ -188,6 +192,8 @@ def test_activity_sees_a_session_and_cpu(local_home: Settings) -> None:
     stopped = asyncio.run(ext.stop(h))
     seen = asyncio.run(ext.activity(stopped))
     assert (seen.sessions, seen.cpu_seconds) == (0, 0.0)
+    assert LocalClient(local_home).destroy(h.sandbox_id).state == "destroyed"
+    assert not control.sandbox_dir(local_home, h.sandbox_id).exists()
 
 
 def test_keeper_restart_brings_secrets_back_from_a_file_ref(local_home: Settings,
