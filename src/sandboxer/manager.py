@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sandboxer import checks as inputs
-from sandboxer import lifecycle, placement, reaping
+from sandboxer import idling, lifecycle, placement, reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -233,6 +233,7 @@ class Manager:
                 hint="ask for a shorter lease",
             )
         ext = self.extension(profile.extension)
+        idling.check(profile, ext)  # an idle the extension cannot carry out: exit 4
         spec = ext.parse_spec(profile)
         from sandboxer.reachability import resolve_tunnel
 
@@ -287,7 +288,8 @@ class Manager:
         # plan() saw a free slot; the insert takes it, or refuses when a concurrent create
         # took it meanwhile (STYLE 16: the check is in the transaction of the write).
         self.store.insert(status, max_expires_at=now + plan.profile.ttl.max,
-                          creator=creator.current(), capacity=plan.target.capacity)
+                          creator=creator.current(), capacity=plan.target.capacity,
+                          retain=reaping.seconds(plan.profile.ttl.retain))
         self.progress(f"{sid}: provisioning {plan.profile.id} on {plan.target.name}")
         handle = Handle(sandbox_id=sid, extension=ext.name, target=plan.target.name)
         try:
@@ -328,6 +330,12 @@ class Manager:
                                       "recorded error") from e
             raise
         placement.answered(ext, plan.target.name)
+        if idling.watched(plan.profile, ext):  # its keeper watches it, serve or not
+            try:
+                ext.host.ensure_keeper()
+            except (OSError, SandboxerError) as e:  # the sandbox is ready: say so, go on
+                log.warning("%s: could not start the keeper that watches it for being "
+                            "idle (%s); `sandboxer serve` or the next create does", sid, e)
         self.progress(f"{sid}: ready")
         return ready
 
@@ -404,7 +412,7 @@ class Manager:
         state = rec.status.state if rec.status.state in _KEEPS_LEASE else "ready"
         return self.store.transition(
             sandbox_id, from_states={state}, to_state=state, event="sandbox.extended",
-            expires_at=new_expiry,
+            expires_at=new_expiry, **reaping.renewal(rec.status),  # leaves a retain stage
         )
 
     # -- destroy, reap, reconcile ---------------------------------------------------
@@ -450,7 +458,8 @@ class Manager:
     async def reap(self, *, extension: str | None = None) -> list[SandboxStatus]:
         """Destroy expired leases; finish abandoned destroys; fail abandoned creates."""
         done: list[SandboxStatus] = []
-        for sid in reaping.due(self.store, utcnow(), extension=extension):
+        now = utcnow()
+        for sid in reaping.due(self.store, now, extension=extension):
             rec = self.store.get_record(sid)
             if rec is None:
                 continue
@@ -465,6 +474,11 @@ class Manager:
                     await self._fail(sid, self.extension(rec.status.extension), handle,
                                      stopped, {}, reason="abandoned")
                     done.append(self.get(sid))
+                    continue
+                if state != "destroying" and not reaping.lapsed(rec, now):
+                    continue  # extended meanwhile, or another reaper began its retain
+                if reaping.retains(rec):  # ttl.retain: stopped and kept, not destroyed yet
+                    done.append(await reaping.retain(self, rec, now))
                     continue
                 reason = ("expired" if state in _KEEPS_LEASE
                           else rec.status.reason or "abandoned")
