@@ -244,3 +244,38 @@ def test_through_the_manager_states_and_descriptor(local_home: Settings) -> None
     events = [e["type"] for e in LocalClient(local_home).event_documents(sandbox_id=sid)]
     assert events[-4:] == ["sandbox.paused", "sandbox.resumed", "sandbox.stopped",
                            "sandbox.started"]
+
+
+def test_through_the_cli(local_home: Settings) -> None:
+    import json
+    import subprocess
+
+    from .conftest import SANDBOXER
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SANDBOXER, *args], capture_output=True, text=True,
+                              timeout=120, check=False, stdin=subprocess.DEVNULL)
+
+    made = cli("create", "profile.local", "--ttl", "10m", "--json", "-q")
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(made.stdout)
+    sid, reach = doc["id"], doc["reachability"]
+    out(reach, "echo kept > /workspace/data; " + COUNTER)
+    cg = sandbox_cgroup(sid)
+    for command, state in (("pause", "paused"), ("resume", "ready"), ("pause", "paused"),
+                           ("stop", "stopped")):
+        done = cli(command, sid, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == state
+        if state == "paused":
+            assert cg.frozen()
+            assert ssh(reach, "true").returncode == 255
+    # stop from paused: the frozen processes ended too
+    assert not cg.pids()
+    assert not port_open(reach["port"])
+    wrong = cli("pause", sid, "--json")
+    assert wrong.returncode == 8, wrong.stderr  # conflict: a stopped sandbox
+    done = cli("start", sid, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reachability"]["port"] == reach["port"]
+    assert out(reach, "cat /workspace/data; test -e /tmp/c || echo fresh") == "kept\nfresh\n"
