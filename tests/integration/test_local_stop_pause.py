@@ -222,6 +222,21 @@ def test_keeper_restart_brings_secrets_back_from_a_file_ref(local_home: Settings
              "the secrets to be bound again")
     events = [e["type"] for e in client.event_documents(sandbox_id=sid)]
     assert "sandbox.restored" in events
+    # Paused when the keeper dies: restored, bound again, then frozen again.
+    m = Manager(local_home)
+    assert asyncio.run(m.pause(sid)).state == "paused"
+    pid = control.daemon_pid(local_home)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not port_open(reach["port"]), "the listener to go away")
+    asyncio.run(control.ensure_running(local_home))
+    cg = sandbox_cgroup(sid)
+    wait_for(cg.frozen, "the restored sandbox to be frozen again")
+    assert events.count("sandbox.restored") == 1
+    wait_for(lambda: [e["type"] for e in client.event_documents(sandbox_id=sid)].count(
+        "sandbox.restored") == 2, "the second rebind")
+    assert asyncio.run(m.resume(sid)).state == "ready"
+    assert out(reach, probe) == f"{value} plain []\n{value}\n"
     found = leaks([value], [local_home.home])
     assert not found, found
 
