@@ -234,6 +234,11 @@ def reap_interval(env: Mapping[str, str]) -> float:
     return seconds(env, "SANDBOXER_REAP_INTERVAL", 5.0, high=3600.0)
 
 
+def idle_interval(env: Mapping[str, str]) -> float:
+    """Seconds between two activity samples of idle handling (sandboxer.idling)."""
+    return seconds(env, "SANDBOXER_IDLE_INTERVAL", 5.0, low=0.01, high=3600.0)
+
+
 def leader_interval(env: Mapping[str, str]) -> float:
     """How often a `sandboxer serve` replica campaigns for the leader role and its leader
     checks that it still holds it."""
@@ -280,7 +285,7 @@ CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
     compose_local_capacity, vm_capacity, vm_keeper_interval, reap_interval, api_max_body,
     bao_timeout, warden_timeout,
     events_retention, state_hub_timeout, state_hub_backoff_max, database_url, db_pool_size,
-    db_timeout, leader_interval, reconcile_interval,
+    db_timeout, leader_interval, reconcile_interval, idle_interval,
 )
 
 

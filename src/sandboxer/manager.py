@@ -3,7 +3,10 @@
 States: provisioning -> ready -> destroying -> destroyed; provisioning -> failed. A
 sandbox still provisioning may also be destroyed (provisioning -> destroying), so that an
 operator can stop a create that hangs. ready <-> unreachable and unreachable -> failed
-follow its target's health (``sandboxer.fleet``, run by reconcile). Network and process
+follow its target's health (``sandboxer.fleet``, run by reconcile). ready <-> stopped and
+ready <-> paused (stop, start, pause, resume, rebind) are ``sandboxer.lifecycle``'s, behind
+thin methods here; stopped and paused sandboxes may be extended, destroyed and reaped like
+ready ones. Network and process
 work never happens inside a store transaction: each transition is a short write on
 either side of it.
 """
@@ -19,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sandboxer import checks as inputs
-from sandboxer import placement, reaping
+from sandboxer import idling, lifecycle, placement, reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -39,11 +42,12 @@ from sandboxer.models.common import (
     utcnow,
     validate_labels,
 )
-from sandboxer.models.extension import Handle, Target
+from sandboxer.models.extension import Endpoint, Handle, Target
 from sandboxer.models.sandbox import FINAL_STATES, SandboxStatus
 from sandboxer.secrets import boundary
 from sandboxer.store import open_store
 from sandboxer.store.base import Store
+from sandboxer.values import not_reachable_hint
 
 if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, profile models)
     from pydantic import SecretStr
@@ -54,6 +58,8 @@ if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, prof
     from sandboxer.models.target import TargetRecord
 
 log = logging.getLogger(__name__)
+# Live states with a running lease: extended, destroyed and reaped (reason expired) alike.
+_KEEPS_LEASE = ("ready", "unreachable", "stopped", "paused")
 READY_TIMEOUT = 60.0
 SETUP_STEP_TIMEOUT = 1800.0
 
@@ -106,6 +112,8 @@ class Manager:
         # Whether the process serves requests now (the local service sets it): extensions'
         # housekeeping asks through Host.busy before it ends for being idle.
         self.busy: Callable[[], bool] = lambda: False
+        # One lifecycle operation per sandbox at a time in this process (sandboxer.lifecycle).
+        self.lifecycle_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     def for_environ(self, environ: Mapping[str, str]) -> Manager:
         """This manager as a caller with ``environ`` would have it (a request of the
@@ -116,6 +124,7 @@ class Manager:
                        progress=self.progress, ensure=False)
         twin._parent = self
         twin.busy = self.busy
+        twin.lifecycle_locks = self.lifecycle_locks
         return twin
 
     @property
@@ -151,8 +160,17 @@ class Manager:
             why = f" ({status.reason})" if status.state == "unreachable" else ""
             raise Conflict(
                 f"sandbox {sandbox_id} is {status.state}{why}; only a ready sandbox is "
-                "reachable")
+                "reachable", hint=not_reachable_hint(sandbox_id, status.state))
         return status.reachability
+
+    def descriptor(self, sandbox_id: str, endpoint: Endpoint,
+                   profile: Profile) -> dict[str, Any]:
+        """The reachability document to store for ``endpoint``, assembled in this
+        manager's environment (the caller's: tunnel variables apply)."""
+        from sandboxer.reachability import assemble
+
+        reach = assemble(sandbox_id, endpoint, profile, self.settings.env, self.store)
+        return reach.model_dump(mode="json", by_alias=True)
 
     async def refresh_reachability(self, sandbox_id: str) -> SandboxStatus | None:
         """Assemble a ready sandbox's descriptor again from its extension's endpoint.
@@ -215,6 +233,7 @@ class Manager:
                 hint="ask for a shorter lease",
             )
         ext = self.extension(profile.extension)
+        idling.check(profile, ext)  # an idle the extension cannot carry out: exit 4
         spec = ext.parse_spec(profile)
         from sandboxer.reachability import resolve_tunnel
 
@@ -269,7 +288,8 @@ class Manager:
         # plan() saw a free slot; the insert takes it, or refuses when a concurrent create
         # took it meanwhile (STYLE 16: the check is in the transaction of the write).
         self.store.insert(status, max_expires_at=now + plan.profile.ttl.max,
-                          creator=creator.current(), capacity=plan.target.capacity)
+                          creator=creator.current(), capacity=plan.target.capacity,
+                          retain=reaping.seconds(plan.profile.ttl.retain))
         self.progress(f"{sid}: provisioning {plan.profile.id} on {plan.target.name}")
         handle = Handle(sandbox_id=sid, extension=ext.name, target=plan.target.name)
         try:
@@ -285,13 +305,10 @@ class Manager:
             self.progress(f"{sid}: waiting for SSH")
             await ext.wait_ready(handle, READY_TIMEOUT)
             await self._run_setup(ext, handle, plan.profile, secrets)
-            endpoint = await ext.endpoint(handle)
-            from sandboxer.reachability import assemble
-
-            reach = assemble(sid, endpoint, plan.profile, self.settings.env, self.store)
+            reach = self.descriptor(sid, await ext.endpoint(handle), plan.profile)
             ready = self.store.transition(
                 sid, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",
-                reachability=reach.model_dump(mode="json", by_alias=True),
+                reachability=reach,
             )
         except BaseException as e:
             placement.forget(ext, plan.target.name)
@@ -313,6 +330,12 @@ class Manager:
                                       "recorded error") from e
             raise
         placement.answered(ext, plan.target.name)
+        if idling.watched(plan.profile, ext):  # its keeper watches it, serve or not
+            try:
+                ext.host.ensure_keeper()
+            except (OSError, SandboxerError) as e:  # the sandbox is ready: say so, go on
+                log.warning("%s: could not start the keeper that watches it for being "
+                            "idle (%s); `sandboxer serve` or the next create does", sid, e)
         self.progress(f"{sid}: ready")
         return ready
 
@@ -384,11 +407,12 @@ class Manager:
                 "counted from creation)",
                 hint="ask for a shorter --ttl or create a new sandbox",
             )
-        # An unreachable sandbox keeps its lease too: its host may come back.
-        state = rec.status.state if rec.status.state == "unreachable" else "ready"
+        # An unreachable sandbox keeps its lease too (its host may come back); a stopped or
+        # paused one is renewed in its state (`start`/`resume` bring it back).
+        state = rec.status.state if rec.status.state in _KEEPS_LEASE else "ready"
         return self.store.transition(
             sandbox_id, from_states={state}, to_state=state, event="sandbox.extended",
-            expires_at=new_expiry,
+            expires_at=new_expiry, **reaping.renewal(rec.status),  # leaves a retain stage
         )
 
     # -- destroy, reap, reconcile ---------------------------------------------------
@@ -404,7 +428,7 @@ class Manager:
         if rec.status.state != "destroying":
             try:
                 self.store.transition(
-                    sandbox_id, from_states={"provisioning", "ready", "unreachable"},
+                    sandbox_id, from_states={"provisioning", *_KEEPS_LEASE},
                     to_state="destroying",
                     event="sandbox.expired" if reason == "expired" else None, reason=reason,
                 )
@@ -434,7 +458,8 @@ class Manager:
     async def reap(self, *, extension: str | None = None) -> list[SandboxStatus]:
         """Destroy expired leases; finish abandoned destroys; fail abandoned creates."""
         done: list[SandboxStatus] = []
-        for sid in reaping.due(self.store, utcnow(), extension=extension):
+        now = utcnow()
+        for sid in reaping.due(self.store, now, extension=extension):
             rec = self.store.get_record(sid)
             if rec is None:
                 continue
@@ -450,7 +475,12 @@ class Manager:
                                      stopped, {}, reason="abandoned")
                     done.append(self.get(sid))
                     continue
-                reason = ("expired" if state in ("ready", "unreachable")
+                if state != "destroying" and not reaping.lapsed(rec, now):
+                    continue  # extended meanwhile, or another reaper began its retain
+                if reaping.retains(rec):  # ttl.retain: stopped and kept, not destroyed yet
+                    done.append(await reaping.retain(self, rec, now))
+                    continue
+                reason = ("expired" if state in _KEEPS_LEASE
                           else rec.status.reason or "abandoned")
                 done.append(await self.destroy(sid, reason=reason))
             except SandboxerError as e:
@@ -465,6 +495,32 @@ class Manager:
 
         await self.reap()  # creates whose process died are no longer "live"
         return await fleet.reconcile(self)
+
+    # -- stop, start, pause, resume, rebind (sandboxer.lifecycle) ----------------------
+
+    async def stop(self, sandbox_id: str, *, reason: str = "stopped", detail: str | None = None,
+                   caller: Caller | None = None) -> SandboxStatus:
+        """ready | paused -> stopped (event sandbox.stopped, reason ``reason: detail``)."""
+        return await lifecycle.stop(self, sandbox_id, reason=reason, detail=detail,
+                                    caller=caller)
+
+    async def start(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """stopped -> ready, secrets resolved again, descriptor stored again."""
+        return await lifecycle.start(self, sandbox_id, caller=caller)
+
+    async def pause(self, sandbox_id: str, *, reason: str = "paused",
+                    detail: str | None = None, caller: Caller | None = None) -> SandboxStatus:
+        """ready -> paused (event sandbox.paused)."""
+        return await lifecycle.pause(self, sandbox_id, reason=reason, detail=detail,
+                                     caller=caller)
+
+    async def resume(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """paused -> ready (event sandbox.resumed)."""
+        return await lifecycle.resume(self, sandbox_id, caller=caller)
+
+    async def rebind(self, sandbox_id: str) -> bool:
+        """Secrets back after a restart (``Host.rebind``); False: stopped, unresolved."""
+        return await lifecycle.rebind(self, sandbox_id)
 
 
 class _ManagerHost:
@@ -505,4 +561,4 @@ class _ManagerHost:
         return self._manager.busy()
 
     async def rebind(self, sandbox_id: str) -> bool:
-        raise NotImplementedError("rebind: issue 16, core")
+        return await self._manager.rebind(sandbox_id)

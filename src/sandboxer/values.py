@@ -20,6 +20,9 @@ STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroyi
           "destroyed", "failed")
 LIVE_STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroying")
 FINAL_STATES = frozenset({"destroyed", "failed"})
+# The lifecycle operations of a live sandbox (CLI commands, API routes, MCP tools, the
+# local service's ops): stop -> stopped, start -> ready, pause -> paused, resume -> ready.
+LIFECYCLE = ("stop", "start", "pause", "resume")
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,62})")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")
 # Who owns a sandbox, and the free-form name it may carry (no C0/C1 controls or DEL, so
@@ -211,3 +214,14 @@ def rename_files(results: list[dict[str, Any]], names: dict[str, str]) -> list[d
             r["error"] = r["error"].replace(r["file"], original)
         r["file"] = original
     return results
+
+
+def not_reachable_hint(sandbox_id: str, state: str) -> str | None:
+    """What to do about a sandbox that is not ``ready`` (reachability show, ssh, a
+    lifecycle command in the wrong state): how to bring it back, where there is a way."""
+    return {
+        "stopped": f"`sandboxer start {sandbox_id}` starts it again, its data intact",
+        "paused": f"`sandboxer resume {sandbox_id}` thaws it where it was",
+        "unreachable": "`sandboxer reconcile` checks its target again",
+        "provisioning": f"wait until it is ready (`sandboxer get {sandbox_id}`)",
+    }.get(state)

@@ -92,9 +92,10 @@ class BodyLimit:
 
 
 async def _background(app: FastAPI, stop: asyncio.Event) -> None:
-    """The leader's duties — reaper, periodic reconcile, State Hub publisher — run by
-    whichever replica of this store leads (service/leader.py; docs/architecture.md)."""
-    from sandboxer import events
+    """The leader's duties — reaper, periodic reconcile, idle handling, State Hub
+    publisher — run by whichever replica of this store leads (service/leader.py;
+    docs/architecture.md)."""
+    from sandboxer import events, idling
     from sandboxer.service.leader import Campaign, every, publishing
 
     service = app.state.service
@@ -117,7 +118,9 @@ async def _background(app: FastAPI, stop: asyncio.Event) -> None:
             log.info("reconcile removed %d resource(s) no live sandbox claims", len(removed))
 
     duties = [every("the reaper", envvars.reap_interval(env), reap),
-              every("reconcile", envvars.reconcile_interval(env), reconcile)]
+              every("reconcile", envvars.reconcile_interval(env), reconcile),
+              every("idle handling", envvars.idle_interval(env),
+                    idling.Watcher(service.manager).round)]
     config = events.hub_config(settings)
     if config is not None:
         duties.append(publishing(service.store, config, service.changed))

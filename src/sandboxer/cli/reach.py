@@ -54,9 +54,11 @@ def ready_descriptor(client: Client | WarmClient, sandbox_id: str) -> Doc:
     reach: Doc | None = doc.get("reachability")
     if doc["state"] != "ready" or reach is None:
         why = f" ({doc['reason']})" if doc["state"] == "unreachable" and doc.get("reason") else ""
+        from sandboxer.values import not_reachable_hint
+
         raise Conflict(
             f"sandbox {sandbox_id} is {doc['state']}{why}; only a ready sandbox is reachable",
-            hint="`sandboxer reconcile` checks its target again" if why else None,
+            hint=not_reachable_hint(sandbox_id, doc["state"]),
         )
     return reach
 

@@ -37,6 +37,9 @@ class SandboxStatus(StrictModel):
     labels: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
     expires_at: datetime
+    # When idle handling last saw it active (a session, CPU used): sandboxes of a profile
+    # with ``idle`` only (sandboxer.idling); None before its first sample and otherwise.
+    last_active_at: datetime | None = None
     reachability: Reachability | None = None
     error: str | None = None
 

@@ -6,10 +6,14 @@ One runs per home and extension: it holds an exclusive flock on
 ``run/keeper-<NAME>.lock`` for its whole life (a second one finds it taken and exits). It
 keeps the extension's leases, reaping them every ``Extension.keeper_interval()`` seconds
 (the same code as every CLI call and ``sandboxer reap``), so a lease ends even when nobody
-runs a command. When the extension implements ``Housekeeping`` (ext.local serves its SSH
-endpoints there) it awaits ``housekeep(host)`` alongside and exits when that returns;
-otherwise it exits once no sandbox of the extension has been live for ``IDLE_EXIT``
-seconds. It forks once at start, so whoever spawns it can reap its first process at once.
+runs a command (and ``ttl.retain`` stops, then destroys). When the extension implements
+``ReportsActivity`` it also watches its sandboxes of profiles with ``idle``
+(``sandboxer.idling``, every ``SANDBOXER_IDLE_INTERVAL`` seconds). When the extension
+implements ``Housekeeping`` (ext.local serves its SSH endpoints there) it awaits
+``housekeep(host)`` alongside and exits when that returns; otherwise it exits once no
+sandbox of the extension has been live for ``IDLE_EXIT`` seconds (stopped and paused ones
+are live: a sandbox kept by ``ttl.retain`` or watched for being idle keeps it running).
+It forks once at start, so whoever spawns it can reap its first process at once.
 
 It starts with an allow-listed environment (``childenv.for_sandboxer``), never a copy of
 its caller's: it outlives the command that started it.
@@ -176,7 +180,8 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     """
     import signal
 
-    from sandboxer.extensions.base import Housekeeping
+    from sandboxer import idling
+    from sandboxer.extensions.base import Housekeeping, ReportsActivity
 
     service, ext = _extension(settings, extension)
     host = ext.host
@@ -190,6 +195,10 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     others: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait(), name="stop")}
     if isinstance(ext, Housekeeping):
         others.add(asyncio.create_task(ext.housekeep(host), name="housekeep"))
+    if isinstance(ext, ReportsActivity):  # never returns: it ends with the keeper
+        watcher = idling.Watcher(service.manager, extension=extension)
+        others.add(asyncio.create_task(watcher.run(idling.interval_of(service.manager)),
+                                       name="idle"))
     local = await _local_service(service, service_socket, {keeping, *others})
     log.info("keeper %d for %s in %s%s%s", os.getpid(), extension, settings.home,
              " with its housekeeping" if housekeeping else "",

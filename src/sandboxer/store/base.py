@@ -48,6 +48,8 @@ class Record:
     max_expires_at: datetime
     updated_at: datetime
     version: int
+    retain: float | None = None
+    """Its profile's ``ttl.retain`` when it was created, in seconds (None: no retain)."""
 
 
 class Changes(TypedDict, total=False):
@@ -59,6 +61,7 @@ class Changes(TypedDict, total=False):
     reachability: dict[str, Any] | None
     handle: dict[str, Any] | None
     target: str | None
+    retain: float | None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class ReapCandidate:
     state: str
     updated_at: datetime
     creator: str | None
+    reason: str | None = None
+    retain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -188,11 +193,14 @@ class Store(Protocol):
     # -- sandboxes --------------------------------------------------------------------
 
     def insert(self, status: SandboxStatus, *, max_expires_at: datetime,
-               creator: str | None = None, capacity: int | None = None) -> None:
+               creator: str | None = None, capacity: int | None = None,
+               retain: float | None = None) -> None:
         """Record a new sandbox (version 1, no handle) and its ``sandbox.created`` event in
         one transaction. With ``capacity``, the live sandboxes of its extension on its
         target are counted in that same transaction and ``NoTarget`` is raised, nothing
-        written, when ``capacity`` are live already. A duplicate id raises."""
+        written, when ``capacity`` are live already. A duplicate id raises. ``retain``
+        (seconds, its profile's ``ttl.retain``) is kept for the reaper (``Record``,
+        ``ReapCandidate``)."""
         ...
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
@@ -221,6 +229,13 @@ class Store(Protocol):
         """Record the extension's handle of a sandbox (no event; never in any event)."""
         ...
 
+    def set_last_active(self, sandbox_id: str, when: datetime) -> None:
+        """Record that the sandbox was seen active at ``when`` (its ``last_active_at``),
+        unless a later time is recorded already (two samplers never move it back). No
+        event, no new version, ``updated_at`` unchanged: it is written every few seconds
+        while a sandbox is busy. An unknown id is ignored."""
+        ...
+
     def query(self, *, states: Iterable[str] | None = None, profile: str | None = None,
               actor: str | None = None, extension: str | None = None,
               labels: dict[str, str] | None = None,
@@ -238,15 +253,17 @@ class Store(Protocol):
 
     def reapable(self, now: datetime, *, extension: str | None = None,
                  stale_after: float = 1800.0) -> list[ReapCandidate]:
-        """What the reaper may have to act on, soonest-expiring first: ready sandboxes whose
-        lease ended by ``now``, destroying ones not updated for ``stale_after`` seconds,
-        and every provisioning one (the caller tells a dead or silent create from a slow
-        one; see ``sandboxer.reaping``). Only ``extension``'s when given."""
+        """What the reaper may have to act on, soonest-expiring first: ready, unreachable,
+        stopped and paused sandboxes whose lease (or ``ttl.retain``) ended by ``now``,
+        destroying ones not updated for ``stale_after`` seconds, and every provisioning one
+        (the caller tells a dead or silent create from a slow one; see
+        ``sandboxer.reaping``). Only ``extension``'s when given."""
         ...
 
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
-        """Cheap: is a sandbox due by time alone — a ready one past its lease, a destroying
-        or provisioning one not updated for ``stale_after`` seconds?"""
+        """Cheap: is a sandbox due by time alone — a ready, unreachable, stopped or paused
+        one past its lease, a destroying or provisioning one not updated for
+        ``stale_after`` seconds?"""
         ...
 
     def live_handles(self, extension: str) -> list[Handle]:

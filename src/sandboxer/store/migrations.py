@@ -128,4 +128,16 @@ MIGRATIONS.append(
         """,
     )
 )
+# 5: when idle handling last saw a sandbox active (sandboxer.idling), and the ``ttl.retain``
+# of its profile at creation, in seconds (NULL: destroyed when its lease ends), which the
+# reaper reads without loading the catalog (sandboxer.reaping).
+MIGRATIONS.append(
+    (
+        5,
+        """
+        ALTER TABLE sandboxes ADD COLUMN last_active_at REAL;
+        ALTER TABLE sandboxes ADD COLUMN retain REAL
+        """,
+    )
+)
 LATEST = MIGRATIONS[-1][0]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sandboxer.extensions.local import cgroups
 
 V1_CGROUP = "9:name=systemd:/\n8:pids:/\n4:memory:/outer/job\n1:cpu,cpuacct:/\n0::/\n"
@@ -36,7 +38,8 @@ def test_hybrid_v1_nests_under_our_own_cgroup(tmp_path: Path) -> None:
     assert h is not None
     assert h.version == 1
     assert h.parents == {"memory": fs / "memory/outer/job/sandboxer",
-                         "cpu": fs / "cpu,cpuacct/sandboxer", "pids": fs / "pids/sandboxer"}
+                         "cpu": fs / "cpu,cpuacct/sandboxer",
+                         "cpuacct": fs / "cpu,cpuacct/sandboxer", "pids": fs / "pids/sandboxer"}
     cg = h.sandbox("sbx-a")
     for d in cg.unique_dirs:  # the kernel makes these files; a plain tree needs them
         d.mkdir()
@@ -88,3 +91,52 @@ def test_not_root_means_no_cgroup(tmp_path: Path) -> None:
         assert cgroups.detect(proc=tmp_path / "missing") is None  # unreadable: none
     else:
         assert cgroups.detect() is None
+
+
+def _v2_sandbox(tmp_path: Path) -> cgroups.SandboxCgroup:
+    d = tmp_path / "sandboxer" / "sbx-a"
+    d.mkdir(parents=True)
+    return cgroups.SandboxCgroup(2, dict.fromkeys(("memory", "cpu", "pids"), d))
+
+
+def test_v2_freeze_writes_cgroup_freeze_and_waits_for_the_event(tmp_path: Path) -> None:
+    cg = _v2_sandbox(tmp_path)
+    d = cg.dirs["memory"]
+    assert cg.freezer == d / "cgroup.freeze"
+    (d / "cgroup.freeze").write_text("0\n")
+    (d / "cgroup.events").write_text("populated 1\nfrozen 1\n")  # what the kernel says
+    cg.freeze()
+    assert (d / "cgroup.freeze").read_text() == "1"
+    assert cg.frozen()
+    (d / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    cg.thaw()
+    assert (d / "cgroup.freeze").read_text() == "0"
+    assert not cg.frozen()
+    with pytest.raises(OSError, match="did not reach frozen"):  # the kernel never confirms
+        cg.freeze(timeout=0.05)
+
+
+def test_v2_cpu_seconds_from_cpu_stat(tmp_path: Path) -> None:
+    cg = _v2_sandbox(tmp_path)
+    assert cg.cpu_seconds() is None
+    (cg.dirs["memory"] / "cpu.stat").write_text(
+        "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
+    assert cg.cpu_seconds() == 2.5
+
+
+def test_v1_freezer_state_and_cpuacct(tmp_path: Path) -> None:
+    dirs = {c: tmp_path / c / "sandboxer" / "sbx-a" for c in ("memory", "freezer", "cpuacct")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    cg = cgroups.SandboxCgroup(1, dirs)
+    state = dirs["freezer"] / "freezer.state"
+    assert cg.freezer == state
+    state.write_text("THAWED\n")
+    cg.freeze()  # a plain file reads back what was written: FROZEN at once
+    assert state.read_text() == "FROZEN"
+    assert cg.frozen()
+    cg.thaw()
+    assert state.read_text() == "THAWED"
+    (dirs["cpuacct"] / "cpuacct.usage").write_text("1500000000\n")
+    assert cg.cpu_seconds() == 1.5
+    assert cgroups.SandboxCgroup(1, {"memory": dirs["memory"]}).freezer is None

@@ -669,3 +669,59 @@ def test_an_unreachable_sandbox_is_live_and_its_lease_runs_out(store: Store) -> 
     assert {c.id: c.state for c in store.reapable(now)} == {lost.id: "unreachable"}
     assert store.has_reapable(now)
     assert [s.id for s in store.query(states=["unreachable"])] == [lost.id, waiting.id]
+
+
+# -- issue 16: last activity, ttl.retain, the stopped and paused states ----------------------
+
+
+def test_the_last_activity_is_kept_forward_without_an_event_or_a_version(store: Store) -> None:
+    s = add(store)
+    assert store.get(s.id).last_active_at is None  # type: ignore[union-attr]
+    assert store.get_document(s.id)["last_active_at"] is None  # type: ignore[index]
+    before = store.get_record(s.id)
+    assert before is not None
+    seen = utcnow()
+    store.set_last_active(s.id, seen)
+    store.set_last_active(s.id, seen - HOUR)  # an older sample of another watcher
+    store.set_last_active("sbx-aaaaaaaaaa", seen)  # unknown: ignored
+    after = store.get_record(s.id)
+    assert after is not None
+    assert after.status.last_active_at is not None
+    assert abs((after.status.last_active_at - seen).total_seconds()) < 1e-3
+    assert (after.version, after.updated_at) == (before.version, before.updated_at)
+    assert types(store, s.id) == ["sandbox.created"]
+    doc = store.get_document(s.id)
+    assert doc == after.status.document()
+    assert doc is not None
+    assert store.query_documents()[0]["last_active_at"] == doc["last_active_at"]
+    later = store.transition(s.id, from_states={"ready"}, to_state="stopped",
+                             event="sandbox.stopped", reason="idle: …")
+    assert later.last_active_at == after.status.last_active_at  # events carry it
+
+
+def test_retain_is_kept_for_the_reaper(store: Store) -> None:
+    now = utcnow()
+    kept = status(expires_at=now - timedelta(seconds=1))
+    store.insert(kept, max_expires_at=now + HOUR, retain=90.0)
+    plain = add(store, expires_at=now - timedelta(seconds=2))
+    rec = store.get_record(kept.id)
+    assert rec is not None
+    assert rec.retain == 90.0
+    assert store.get_record(plain.id).retain is None  # type: ignore[union-attr]
+    got = {c.id: c for c in store.reapable(now)}
+    assert (got[kept.id].retain, got[plain.id].retain) == (90.0, None)
+    assert got[kept.id].reason is None
+    store.transition(kept.id, from_states={"ready"}, to_state="ready", event=None, retain=None)
+    assert store.get_record(kept.id).retain is None  # type: ignore[union-attr]
+
+
+def test_stopped_and_paused_leases_run_out_too(store: Store) -> None:
+    now = utcnow()
+    stopped = add(store, "stopped", reason="expired: kept", expires_at=now - timedelta(seconds=1))
+    paused = add(store, "paused", expires_at=now - timedelta(seconds=2))
+    add(store, "stopped", expires_at=now + HOUR)
+    assert not store.has_reapable(now - timedelta(seconds=3))
+    assert store.has_reapable(now)
+    got = store.reapable(now)
+    assert [(c.id, c.state) for c in got] == [(paused.id, "paused"), (stopped.id, "stopped")]
+    assert got[1].reason == "expired: kept"

@@ -97,23 +97,29 @@ def test_processes_opening_a_fresh_sqlite_database_together_migrate_it_once(
     assert sorted(g[0] for g in got) == [0] + [latest] * (len(got) - 1)
 
 
+def _pg_at(conn: Any, version: int) -> None:
+    """Bring an empty PostgreSQL database to schema ``version`` exactly, as an older
+    sand-boxer left it."""
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                 "applied_at DOUBLE PRECISION NOT NULL)")
+    for number, script in pg_migrations.MIGRATIONS[:version]:
+        for stmt in script.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (number,))
+
+
 def test_postgres_migration_4_moves_target_columns_into_the_config_document(
         tmp_path: Path, pg_url: str) -> None:
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
-                     "applied_at DOUBLE PRECISION NOT NULL)")
-        for version, script in pg_migrations.MIGRATIONS[:3]:
-            for stmt in script.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)  # type: ignore[arg-type]  # our own migrations
-            conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (version,))
+        _pg_at(conn, 3)
         conn.execute("INSERT INTO targets (name, extension, url, capacity, host_keys, allow, "
                      "created_at) VALUES ('h1', 'ext.compose-ssh', 'ssh://u@h', 3, "
                      "'[\"ssh-ed25519 AAAA\"]', '[\"devices\"]', 1e9)")
     store = open_store(_settings(tmp_path, pg_url))
-    assert (store.migrated_from, store.schema_version()) == (3, 4)
+    assert (store.migrated_from, store.schema_version()) == (3, pg_migrations.LATEST)
     got = store.get_target("h1")
     assert got is not None
     assert got.config == {"url": "ssh://u@h", "identity_file": None, "public_host": None,
@@ -152,3 +158,41 @@ def test_db_migrate_says_what_it_did(tmp_path: Path, request: pytest.FixtureRequ
         password = urlsplit(url).password
         assert password
         assert password not in run.stdout + run.stderr + text.stdout + text.stderr
+
+
+_V4_SANDBOX = ("INSERT INTO sandboxes (id, profile, extension, target, state, labels, "
+               "created_at, expires_at, max_expires_at, updated_at) VALUES ('sbx-aaaaaaaaaa', "
+               "'profile.x', 'ext.fake', 't', 'ready', '{}', 1e9, 2e9, 2e9, 1e9)")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_migration_5_keeps_sandboxes_with_no_activity_seen_and_no_retain(
+        tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
+    if backend == "sqlite":
+        url = f"sqlite://{tmp_path / 'v4.db'}"
+        conn = sqlite3.connect(tmp_path / "v4.db")
+        for _version, script in sqlite_migrations.MIGRATIONS[:4]:
+            conn.executescript(script)
+        conn.execute(_V4_SANDBOX)
+        conn.execute("PRAGMA user_version = 4")
+        conn.commit()
+        conn.close()
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("pg_url")
+        with psycopg.connect(url, autocommit=True) as pg:
+            _pg_at(pg, 4)
+            pg.execute(_V4_SANDBOX)  # type: ignore[arg-type]  # a constant
+    store = open_store(_settings(tmp_path / "home", url))
+    try:
+        assert store.migrated_from == 4
+        assert store.schema_version() >= 5
+        rec = store.get_record("sbx-aaaaaaaaaa")
+        assert rec is not None
+        assert (rec.status.last_active_at, rec.retain) == (None, None)
+        doc = store.get_document("sbx-aaaaaaaaaa")
+        assert doc is not None
+        assert doc["last_active_at"] is None
+    finally:
+        store.close()

@@ -3,8 +3,13 @@
 Hosts differ: pure cgroup v2 (one hierarchy at /sys/fs/cgroup), or a hybrid with v1
 controllers under /sys/fs/cgroup/<controller> and v2 at /sys/fs/cgroup/unified holding
 none of them. ``detect`` picks v2 when it offers the memory controller, else the v1
-hierarchies of memory, cpu and pids (freezer too, for pause), else nothing — then the
-jail falls back to per-process rlimits and ``sandboxer doctor`` says so.
+hierarchies of memory, cpu and pids (freezer too, for pause, and cpuacct, for activity),
+else nothing — then the jail falls back to per-process rlimits and ``sandboxer doctor``
+says so.
+
+Pause is the freezer: v1 ``freezer.state`` (FROZEN / THAWED, FREEZING on the way), v2
+``cgroup.freeze`` (1 / 0, ``frozen 1`` in ``cgroup.events`` once done). Activity reads
+cumulative CPU time: v1 ``cpuacct.usage`` (ns), v2 ``cpu.stat`` ``usage_usec``.
 
 v2 sandboxes live under ``<root>/sandboxer/`` (the root cgroup may hold processes, a child
 of ours may not, so the parent is the hierarchy's root); v1 ones under the endpoint's own
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxer.extensions._proc import kill_all
 
-V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 PERIOD_US = 100_000
 GROUP = "sandboxer"
@@ -105,12 +111,102 @@ class SandboxCgroup:
             return None
 
     def kill(self, timeout: float = 3.0) -> None:
-        """SIGKILL every process in the sandbox until none is left (forks race the loop)."""
+        """SIGKILL every process in the sandbox until none is left (forks race the loop).
+        A frozen sandbox is thawed once the signals are sent (a v1 frozen task dies only
+        when it runs again)."""
         kill_file = self.dirs.get("memory", Path("/nonexistent")) / "cgroup.kill"
         if self.version == 2 and kill_file.exists():
             _write(kill_file, "1")
+        if self.frozen():
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.thaw()
         if left := kill_all(self.pids, timeout):
             raise OSError(f"processes survive SIGKILL in {self.unique_dirs}: {sorted(left)}")
+
+    @property
+    def freezer(self) -> Path | None:
+        """The file that freezes this sandbox, or None when the hierarchy has no freezer."""
+        if self.version == 2:
+            d = self.dirs.get("memory")
+            return None if d is None else d / "cgroup.freeze"
+        d = self.dirs.get("freezer")
+        return None if d is None else d / "freezer.state"
+
+    def frozen(self) -> bool:
+        """Whether the sandbox is frozen (or freezing) now."""
+        f = self.freezer
+        try:
+            value = f.read_text().strip() if f is not None else ""
+        except OSError:
+            return False
+        return value in ("1", "FROZEN", "FREEZING")
+
+    def freeze(self, timeout: float = 10.0) -> None:
+        """Freeze every process; returns once the kernel says all are frozen."""
+        self._set_frozen(True, timeout)
+
+    def thaw(self, timeout: float = 10.0) -> None:
+        """Thaw every process; returns once the kernel says none is frozen."""
+        self._set_frozen(False, timeout)
+
+    def try_set_frozen(self, frozen: bool) -> bool:
+        """Write the freezer once; whether the kernel is done already (a thaw, a freeze of
+        sleeping tasks: the common case, with no wait worth a thread)."""
+        f = self._freezer_file()
+        _write(f, self._value(frozen))
+        return self._reached(f, frozen)
+
+    def _freezer_file(self) -> Path:
+        f = self.freezer
+        if f is None:
+            raise OSError(f"no freezer cgroup for {self.unique_dirs}")
+        return f
+
+    def _value(self, frozen: bool) -> str:
+        if self.version == 2:
+            return "1" if frozen else "0"
+        return "FROZEN" if frozen else "THAWED"
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        f = self._freezer_file()
+        value = self._value(frozen)
+        _write(f, value)
+        deadline = time.monotonic() + timeout
+        delay = 0.0002
+        while not self._reached(f, frozen):
+            if time.monotonic() > deadline:
+                raise OSError(f"{f} did not reach {'frozen' if frozen else 'thawed'} "
+                              f"within {timeout:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+            if self.version == 1 and frozen:
+                _write(f, value)  # FREEZING: a task was busy in the kernel; try again
+
+    def _reached(self, f: Path, frozen: bool) -> bool:
+        if self.version == 2:
+            return f"frozen {int(frozen)}" in (f.parent / "cgroup.events").read_text().split("\n")
+        return f.read_text().strip() == ("FROZEN" if frozen else "THAWED")
+
+    def cpu_seconds(self) -> float | None:
+        """Cumulative CPU time of every process the sandbox ran (None: not accounted)."""
+        try:
+            if self.version == 2:
+                d = self.dirs.get("memory")
+                if d is None:
+                    return None
+                for line in (d / "cpu.stat").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "usage_usec":
+                        return int(value) / 1e6
+                return None
+            d = self.dirs.get("cpuacct")
+            if d is None:
+                return None
+            return int((d / "cpuacct.usage").read_text()) / 1e9
+        except (OSError, ValueError):
+            return None
 
     def remove(self) -> None:
         """Kill what is left and remove the directories; absent is fine."""

@@ -3,8 +3,10 @@
 The endpoint runs in core's keeper process for ext.local (``python -m
 sandboxer.service.daemon --home HOME --extension ext.local``, started here by its argv).
 Protocol: one newline-terminated JSON object per connection each way. Requests carry
-``op`` (ping, add, remove, list, destroy); replies carry ``ok`` and either the result or
-``error``.
+``op`` (ping, add, remove, list, destroy, started, stop, start, pause, resume, activity,
+bind); replies carry ``ok`` and either the result or ``error`` (with ``code`` when it is a
+sand-boxer error, raised again here as its class). Secret values travel only in ``add``,
+``start`` and ``bind``, over this 0600 socket whose peer both sides check.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from typing import Any
 
 from sandboxer import childenv
 from sandboxer.config import Settings
-from sandboxer.errors import ProvisionFailed
+from sandboxer.errors import (
+    Conflict,
+    InvalidInput,
+    ProvisionFailed,
+    SandboxerError,
+    SandboxNotFound,
+)
 from sandboxer.extensions.local.peer import check_server
 
 SHUTTING_DOWN = "shutting-down"
@@ -109,6 +117,10 @@ def owned_by(settings: Settings, sandbox_dir: Path) -> bool | None:
     return Path(str(record.get("host_key_path"))).parent == settings.keys_dir
 
 
+_RAISED: dict[str, type[SandboxerError]] = {
+    "conflict": Conflict, "invalid_input": InvalidInput, "sandbox_not_found": SandboxNotFound}
+
+
 class DaemonUnavailable(ProvisionFailed):
     """No endpoint daemon answers on the control socket (not running or going away)."""
 
@@ -172,6 +184,8 @@ async def request(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
         error = str(reply.get("error", "unknown error"))
         if error == SHUTTING_DOWN:
             raise DaemonUnavailable("the ext.local endpoint is shutting down")
+        if reply.get("code") in _RAISED:
+            raise _RAISED[str(reply["code"])](error, hint=reply.get("hint"))
         raise ProvisionFailed(
             f"ext.local endpoint: {op} failed: {error}",
             hint=f"see {log_path(settings)}",

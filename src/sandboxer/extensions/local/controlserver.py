@@ -24,7 +24,7 @@ log = logging.getLogger("sandboxer.extensions.local.endpoint")
 
 class ControlServer(ABC):
     """What the endpoint answers on its control socket (ops ping, list, add, remove,
-    started, destroy)."""
+    started, destroy; lifecycle.py adds stop, start, pause, resume, activity, bind)."""
 
     busy: int
     shutting_down: bool
@@ -61,6 +61,9 @@ class ControlServer(ABC):
             try:
                 req = json.loads(line)
                 reply = await self._dispatch(req)
+            except SandboxerError as e:  # its class is raised again by the client
+                reply = {"ok": False, "error": redaction.redact(e.message), "code": e.code,
+                         "hint": e.hint}
             except Exception as e:
                 log.warning("control request failed: %s", e,
                             exc_info=not isinstance(e, (ValueError, KeyError)))

@@ -9,10 +9,13 @@ served no sandbox for ``SANDBOXER_LOCAL_IDLE_EXIT`` seconds (default 3). What it
 the store (states, live handles, descriptors, a destroy) comes from the ``Host`` core
 hands it.
 
-Secret values arrive in the ``add`` request over the control socket (0600, in a 0700
-directory) and live only in this process's memory: never in ``sandbox.json``, never on a
-command line. A restarted endpoint restores sandboxes from their records without them and
-says so in each session (``SANDBOXER_SECRETS_MISSING``); see docs/secrets.md.
+Secret values arrive in the ``add``, ``start`` and ``bind`` requests over the control
+socket (0600, in a 0700 directory) and live only in this process's memory: never in
+``sandbox.json``, never on a command line. A restarted endpoint restores sandboxes from
+their records without them, then asks core for them again (``Host.rebind``, which
+resolves the profile's refs in this process); until they are back, or where core cannot,
+each session says what is missing (``SANDBOXER_SECRETS_MISSING``); see docs/secrets.md.
+Stop, start, pause, resume, activity and bind: lifecycle.py.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ from typing_extensions import override
 
 from sandboxer import envvars, redaction
 from sandboxer.config import Settings
+from sandboxer.errors import Conflict
 from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
-from sandboxer.extensions.local.controlserver import ControlServer
 from sandboxer.extensions.local.holder import Jail, JailError
+from sandboxer.extensions.local.lifecycle import Lifecycle
 from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
 from sandboxer.extensions.local.spec import LocalSpec
 
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 FINAL_STATES = frozenset({"destroyed", "failed"})
 
 
-class Daemon(ControlServer):
+class Daemon(Lifecycle):
     """The endpoint: registered sandboxes, their listeners and the control socket."""
 
     def __init__(self, settings: Settings, host: Host) -> None:
@@ -70,6 +74,7 @@ class Daemon(ControlServer):
         self.idle_exit = envvars.local_idle_exit(settings.env)
         self._stop = asyncio.Event()
         self._warned: set[str] = set()
+        self._asking: set[asyncio.Task[None]] = set()  # rebinds of sandboxes added late
 
     def _warn_once(self, what: str, e: Exception) -> None:
         # A missing store would otherwise flood the log every second.
@@ -84,6 +89,7 @@ class Daemon(ControlServer):
             lock = self._ops[sid] = asyncio.Lock()
         return lock
 
+    @override
     @contextlib.asynccontextmanager
     async def _turn(self, sid: str) -> AsyncIterator[None]:
         """Hold ``sid``'s lock. It is dropped once nobody holds or waits for it and the
@@ -126,12 +132,16 @@ class Daemon(ControlServer):
 
     # -- sandboxes --------------------------------------------------------------------
 
+    @override
     async def _add(self, req: dict[str, Any]) -> int:
         sid = str(req["sandbox_id"])
         if not SANDBOX_ID.fullmatch(sid):
             raise ValueError(f"invalid sandbox id {sid!r}")
         if sid in self.sandboxes:
             return self.sandboxes[sid].port
+        if req.get("stopped"):
+            raise Conflict(f"ext.local sandbox {sid} is stopped",
+                           hint=f"sandboxer start {sid} serves it again")
         if self.bwrap is None:
             raise ValueError("bwrap is not installed (apt-get install bubblewrap)")
         secrets = jail.checked_secrets(req.get("secrets"))
@@ -146,6 +156,15 @@ class Daemon(ControlServer):
             secrets=secrets,
             secrets_missing=[str(n) for n in req.get("secret_names") or [] if n not in secrets],
         )
+        if sb.secrets_missing:
+            # Served without its secrets (a restore): sessions wait until core was asked
+            # for them (after_restore; run() asks for those restored before it accepts).
+            sb.rebound = asyncio.Event()
+            if self.accepting:
+                asking = asyncio.create_task(self.after_restore([sid]), name=f"rebind {sid}")
+                asking.add_done_callback(_retrieved)
+                self._asking.add(asking)
+                asking.add_done_callback(self._asking.discard)
         host_key = asyncssh.read_private_key(str(req["host_key_path"]))
         sb.jail = self._jail(sb)
         sb.revive = partial(self._revive, sb)
@@ -189,9 +208,9 @@ class Daemon(ControlServer):
         log.info("serving %s on 127.0.0.1:%d (host uid %d, jail pid %d)", sb.id, sb.port,
                  sb.host_uid, sb.jail.holder_pid)
         if sb.secrets_missing:
-            log.warning("%s is served without its secrets %s: they lived only in the memory "
-                        "of the endpoint that stopped; recreate the sandbox to get them back",
-                        sb.id, ", ".join(sb.secrets_missing))
+            log.warning("%s is served without its secrets %s for now: they lived only in the "
+                        "memory of the endpoint that stopped (core is asked to bind them "
+                        "again)", sb.id, ", ".join(sb.secrets_missing))
 
     @override
     async def started(self, sid: str) -> None:
@@ -228,6 +247,7 @@ class Daemon(ControlServer):
                 except Exception as e:
                     self._warn_once(f"refreshing the descriptor of {sid}", e)
 
+    @override
     def _jail(self, sb: Sandbox) -> Jail:
         return Jail(sandbox_id=sb.id, user=sb.user, workspace=sb.workspace,
                     host_uid=sb.host_uid, spec=sb.spec, bwrap=self.bwrap or "bwrap",
@@ -253,6 +273,7 @@ class Daemon(ControlServer):
             login_timeout=30,
         )
 
+    @override
     async def _remove(self, sid: str) -> None:
         sb = self.sandboxes.pop(sid, None)
         if sb is None:
@@ -278,8 +299,9 @@ class Daemon(ControlServer):
 
     # -- restore, housekeeping --------------------------------------------------------
 
-    async def _restore(self) -> None:
-        """Serve again every live sandbox of this home, on its recorded port.
+    async def _restore(self) -> list[str]:
+        """Serve again every live sandbox of this home, on its recorded port, but for
+        stopped ones; the ids served.
 
         Candidates are the store's live handles plus every sandbox dir with a record (a
         store that does not know an id cannot veto it); any id whose state is final is not.
@@ -293,16 +315,21 @@ class Daemon(ControlServer):
             ids -= {sid for sid, state in states.items() if state in FINAL_STATES}
         except Exception as e:
             self._warn_once("reading the store", e)
+        restored = []
         for sid in sorted(ids):
             record = read_record(self.settings, sid)
             if record is None:
                 log.info("not restoring %s: no %s", sid, record_path(self.settings, sid))
                 continue
+            if record.get("stopped"):
+                continue  # start serves it again
             try:
                 async with self._turn(sid):
                     await self._add(record)
+                restored.append(sid)
             except Exception:
                 log.exception("restoring %s failed", sid)
+        return restored
 
     async def _revive_jails(self) -> None:
         for sb in list(self.sandboxes.values()):
@@ -353,7 +380,7 @@ class Daemon(ControlServer):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         # Restore before answering, so a client that sees us up also sees its sandbox.
-        await self._restore()
+        restored = await self._restore()
         server = await asyncio.start_unix_server(self._control, str(path))
         path.chmod(0o600)
         inode = os.stat(path).st_ino
@@ -361,6 +388,9 @@ class Daemon(ControlServer):
         self.accepting = True
         if bind is not None:
             bind(self)
+        # Secrets back, through core and then this endpoint's bind (it answers now).
+        after = asyncio.create_task(self.after_restore(restored), name="after restore")
+        after.add_done_callback(_retrieved)
         tick = max(0.05, min(1.0, self.idle_exit / 3))
         idle_since: float | None = None
         try:
@@ -383,6 +413,7 @@ class Daemon(ControlServer):
             # No await between the check above and this flag: a late add sees it.
             self.shutting_down = True
             self.accepting = False
+            after.cancel()
             if bind is not None:
                 bind(None)
             server.close()

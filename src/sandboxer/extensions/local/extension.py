@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from sandboxer import envvars
 from sandboxer.config import Settings
-from sandboxer.errors import ProvisionFailed, SandboxerError, SandboxNotFound
+from sandboxer.errors import Conflict, ProvisionFailed, SandboxerError, SandboxNotFound
 from sandboxer.extensions import _keys
 from sandboxer.extensions._ssh import SSHExtension, ssh_probe
 from sandboxer.extensions.base import (
@@ -31,6 +31,7 @@ from sandboxer.extensions.base import (
     key_paths,
 )
 from sandboxer.extensions.local import cgroups, control, dirs, disk, spares, uids
+from sandboxer.extensions.local.operations import LocalOperations
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.models.doctor import Check
 
@@ -56,7 +57,8 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
             await task
 
 
-class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
+class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
+                     LocalOperations):
     """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint.
 
     The endpoint is this extension's housekeeping, in core's keeper process for it.
@@ -209,6 +211,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             "user": req.user,
         })
 
+    @override
     def _here(self) -> Endpoint_ | None:
         """The endpoint of this home that this process runs, when it does (the local
         service, whose requests each get extension instances of their own): it is then
@@ -291,6 +294,9 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
             port, user = served.port, served.user
         else:
             rec = self._record(handle)
+            if rec.get("stopped"):
+                raise Conflict(f"ext.local sandbox {sid} is stopped: nothing serves it",
+                               hint=f"sandboxer start {sid}")
             # Re-serve after a daemon restart; add is idempotent and keeps the recorded port.
             port, user = await self._add(rec, None, here), str(rec["user"])
         host_public = _HOST_PUBLICS.get(sid) or _keys.public_of(paths["host_key"])
@@ -304,6 +310,8 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints):
     async def inspect(self, handle: Handle) -> Observed:
         if not control.sandbox_dir(self.settings, handle.sandbox_id).is_dir():
             return Observed(live=False, detail="its workspace directory is gone")
+        if (control.read_record(self.settings, handle.sandbox_id) or {}).get("stopped"):
+            return Observed(live=True, detail="stopped: its workspace is kept")
         listed = await control.call(self.settings, "list")
         if any(e["sandbox_id"] == handle.sandbox_id for e in listed["sandboxes"]):
             return Observed(live=True)

@@ -4,9 +4,7 @@ lease on an existing VM (the attach variant). See docs/extensions/vm-packer.md."
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,22 +13,21 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, SecretStr
 from typing_extensions import override
 
-from sandboxer import childenv, envvars
+from sandboxer import envvars
 from sandboxer.config import Settings
 from sandboxer.errors import DestroyFailed, InvalidInput, ProvisionFailed, SecretError
 from sandboxer.extensions import _keys
-from sandboxer.extensions._ssh import SSHExtension, ssh_probe
+from sandboxer.extensions._ssh import ssh_probe
 from sandboxer.extensions.base import (
     BuildsImages,
-    Endpoint,
     Handle,
-    Host,
     Observed,
     ProvisionRequest,
     Target,
-    key_paths,
 )
 from sandboxer.extensions.vm_packer import images, qemu, remote
+from sandboxer.extensions.vm_packer.lifecycle import VMLifecycle
+from sandboxer.extensions.vm_packer.machine import TARGET
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 from sandboxer.values import SANDBOX_ID
 
@@ -38,44 +35,13 @@ if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
 
 log = logging.getLogger(__name__)
-TARGET = "qemu"
-PORT_TRIES = 5
-QEMU_WATCH = 0.5  # seconds between checks that a booting VM's QEMU still runs
-_PORT_CLASH = ("Could not set up host forwarding rule", "Address already in use")
 
 
-class VMPackerExtension(SSHExtension, BuildsImages):
+class VMPackerExtension(VMLifecycle, BuildsImages):
     """ext.vm-packer: QEMU VMs from cached Packer images, or leases on existing VMs."""
 
     name = "ext.vm-packer"
     Spec = VMSpec
-
-    def __init__(self, settings: Settings, host: Host | None = None) -> None:
-        super().__init__(settings, host)
-        self._answered: set[str] = set()  # provisioned here, SSH already answered
-
-    @override
-    def keeper_interval(self) -> float:
-        return envvars.vm_keeper_interval(self.settings.env)
-
-    def vm_root(self) -> Path:
-        return self.settings.home / "vm"
-
-    def sandbox_dir(self, sid: str) -> Path:
-        return self.vm_root() / sid
-
-    def _record(self, sid: str) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads((self.sandbox_dir(sid) / "record.json").read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
-
-    def _write_record(self, sid: str, record: dict[str, Any]) -> None:
-        path = self.sandbox_dir(sid) / "record.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
 
     @override
     def targets(self, config: Settings) -> list[Target]:
@@ -166,10 +132,7 @@ class VMPackerExtension(SSHExtension, BuildsImages):
                     secrets: Mapping[str, SecretStr]) -> dict[str, Any]:
         assert spec.packer is not None  # noqa: S101 - the caller checked
         sid, d = req.sandbox_id, self.sandbox_dir(req.sandbox_id)
-        qemu_bin = shutil.which(qemu.QEMU, path=self.settings.env.get("PATH"))
-        if qemu_bin is None:
-            raise ProvisionFailed(f"{qemu.QEMU} is not installed",
-                                  hint="apt-get install qemu-system-x86 qemu-utils")
+        qemu_bin = self._qemu_bin()
         template = images.resolve_template(self.settings, spec.packer.template, req.source)
         image, built = await images.build(self.settings, template, spec.packer.vars,
                                           accel=spec.vm.accel, progress=req.progress)
@@ -178,73 +141,38 @@ class VMPackerExtension(SSHExtension, BuildsImages):
                                              qemu_bin, image / "vmlinuz")
         req.progress(f"{sid}: accelerator {accel} ({why})")
         user = spec.ssh.user or req.user
-        self._write_record(sid, {"kind": "boot", "image": str(image), "user": user})
-        overlay, cfg = d / "overlay.qcow2", d / "config.img"
+        bindable = bool(secrets or req.env or req.profile.setup.secret_refs)
+        # Everything start needs to boot it again; a guest with a binding (env, secrets,
+        # or refs a claim fills later) gets a tmpfs for it and the session wrapper.
+        record = {"kind": "boot", "image": str(image), "user": user, "accel": accel,
+                  "cpus": spec.vm.cpus, "memory_mib": spec.vm.memory_mib,
+                  "network": spec.network, "boot_timeout": spec.vm.boot_timeout,
+                  "bindable": bindable}
+        self._write_record(sid, record)
+        overlay = d / "overlay.qcow2"
         grow = size_bytes(spec.vm.disk) if spec.vm.disk else None
         await self._check(qemu.overlay_argv(image / "disk.qcow2", overlay, grow),
                           "creating the overlay")
         await asyncio.to_thread(
-            qemu.make_config_drive, cfg, user=user, hostname=sid,
+            qemu.make_config_drive, d / "config.img", user=user, hostname=sid,
             authorized_keys=keys.client_public + "\n",
-            host_key=keys.host_key.read_bytes(), secrets=bool(secrets))
-        port = await self._start(qemu_bin, sid, image, overlay, cfg, spec, accel)
-        self._write_record(sid, {"kind": "boot", "image": str(image), "user": user,
-                                 "port": port, "accel": accel})
+            host_key=keys.host_key.read_bytes(), secrets=bindable)
+        port = await self._start(qemu_bin, sid, image, cpus=spec.vm.cpus,
+                                 memory_mib=spec.vm.memory_mib, accel=accel,
+                                 network=spec.network)
+        self._write_record(sid, {**record, "port": port})
         _keys.write_known_hosts(keys.known_hosts,
                                 [_keys.known_hosts_line("127.0.0.1", port, keys.host_public)])
         data = {"kind": "boot", "host": "127.0.0.1", "port": port, "user": user,
                 "image": image.name, "accel": accel}
         req.progress(f"{sid}: booting ({accel}); SSH within {spec.vm.boot_timeout}s")
         ep = self._endpoint(sid, data, keys.host_public)
-        try:
-            await self._probe_while_running(ep, sid, spec.vm.boot_timeout)
-        except ProvisionFailed as e:
-            console = _tail(d / "console.log", 8)
-            raise ProvisionFailed(f"{e.message}" + (f"\nlast console lines:\n{console}"
-                                                    if console else "")) from e
-        if secrets:
-            req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
-            await remote.fill_secrets(ep, secrets)
+        await self._await_boot(ep, sid, spec.vm.boot_timeout)
+        if bindable:
+            req.progress(f"{sid}: binding {len(req.env)} variable(s), "
+                         f"{len(secrets)} secret(s)")
+            await remote.bind(ep, req.env, secrets)
         return data
-
-    async def _probe_while_running(self, ep: Endpoint, sid: str, timeout: float) -> None:
-        """Wait for SSH, but stop within QEMU_WATCH seconds once QEMU is gone: killed by a
-        destroy of the booting sandbox (the manager reports that as a conflict) or dead."""
-        probe = asyncio.ensure_future(ssh_probe(ep, timeout=timeout))
-        try:
-            while not probe.done():
-                await asyncio.wait({probe}, timeout=QEMU_WATCH)
-                if not probe.done() and self._pid(sid) is None:
-                    raise ProvisionFailed(f"QEMU of {sid} exited while the VM was booting")
-            probe.result()
-        finally:
-            if not probe.done():
-                probe.cancel()
-                await asyncio.gather(probe, return_exceptions=True)
-
-    async def _start(self, qemu_bin: str, sid: str, image: Path, overlay: Path, cfg: Path,
-                     spec: VMSpec, accel: str) -> int:
-        """Start QEMU detached on a free port; a port taken meanwhile means another try."""
-        d = self.sandbox_dir(sid)
-        last = ""
-        for _ in range(PORT_TRIES):
-            boot = qemu.Boot(sandbox_id=sid, image=image, overlay=overlay, config_drive=cfg,
-                             pidfile=d / "qemu.pid", console=d / "console.log",
-                             port=qemu.free_port(), cpus=spec.vm.cpus,
-                             memory_mib=spec.vm.memory_mib, accel=accel,
-                             network=spec.network)
-            # QEMU daemonizes and lives as long as the VM: never a copy of our environment.
-            proc = await asyncio.create_subprocess_exec(
-                *qemu.qemu_argv(boot, qemu_bin), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                env=childenv.allowed({**os.environ, **self.settings.env}))
-            out, _ = await proc.communicate()
-            if proc.returncode == 0:
-                return boot.port
-            last = out.decode(errors="replace").strip()
-            if not any(s in last for s in _PORT_CLASH):
-                break
-        raise ProvisionFailed(f"QEMU did not start: {last[-500:]}")
 
     async def _attach(self, req: ProvisionRequest, spec: VMSpec,
                       keys: _keys.SandboxKeys) -> dict[str, Any]:
@@ -279,41 +207,7 @@ class VMPackerExtension(SSHExtension, BuildsImages):
         return {"kind": "attach", "host": a.host, "port": a.port, "user": a.user,
                 "host_key": a.host_key}
 
-    @staticmethod
-    async def _check(argv: list[str], what: str) -> None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        except FileNotFoundError as e:
-            raise ProvisionFailed(f"{argv[0]} is not installed",
-                                  hint="apt-get install qemu-utils") from e
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise ProvisionFailed(f"{what} failed: {out.decode(errors='replace').strip()}")
-
     # -- reading ------------------------------------------------------------------------
-
-    def _endpoint(self, sid: str, data: dict[str, Any], host_public: str) -> Endpoint:
-        paths = key_paths(self.settings, sid)
-        return Endpoint(host=data["host"], port=data["port"], user=data["user"],
-                        host_key=" ".join(host_public.split()[:2]),
-                        identity_file=str(paths["identity"]),
-                        known_hosts_file=str(paths["known_hosts"]))
-
-    @override
-    async def endpoint(self, handle: Handle) -> Endpoint:
-        data = handle.data
-        if data.get("kind") == "attach":
-            return self._endpoint(handle.sandbox_id, data, data["host_key"])
-        host_key = key_paths(self.settings, handle.sandbox_id)["host_key"]
-        return self._endpoint(handle.sandbox_id, data, _keys.public_of(host_key))
-
-    def _pid(self, sid: str) -> int | None:
-        try:
-            pid = int((self.sandbox_dir(sid) / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if qemu.is_our_vm(pid, sid) else None
 
     @override
     async def inspect(self, handle: Handle) -> Observed:
@@ -322,6 +216,9 @@ class VMPackerExtension(SSHExtension, BuildsImages):
             return Observed(live=live, detail=None if live else "no lease record")
         if self._pid(handle.sandbox_id) is not None:
             return Observed(live=True)
+        if self._record(handle.sandbox_id).get("stopped") and (
+                self.sandbox_dir(handle.sandbox_id) / "overlay.qcow2").is_file():
+            return Observed(live=True, detail="stopped: its disk is kept")
         return Observed(live=False, detail="its QEMU process is gone")
 
     # -- destroy ------------------------------------------------------------------------
@@ -364,15 +261,7 @@ class VMPackerExtension(SSHExtension, BuildsImages):
 
     @override
     async def wait_ready(self, handle: Handle, timeout: float) -> None:
-        # provision already waited for SSH (vm.boot_timeout) in this process
+        # provision (or start) already waited for SSH (vm.boot_timeout) in this process
         if handle.sandbox_id in self._answered and handle.data.get("kind") == "boot":
             return
         await ssh_probe(await self.endpoint(handle), timeout=max(timeout, 30.0))
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(line for line in text[-lines:] if line.strip())

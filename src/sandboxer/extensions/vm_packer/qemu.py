@@ -238,3 +238,25 @@ async def kill(pid: int, sandbox_id: str, grace: float = 3.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise ProvisionFailed(f"QEMU (pid {pid}) of {sandbox_id} survives SIGKILL")
+
+
+async def wait_exit(pid: int, sandbox_id: str, timeout: float) -> bool:
+    """Whether the VM's QEMU exited within ``timeout`` (a clean guest shutdown)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while is_our_vm(pid, sandbox_id):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    return True
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """Host CPU the QEMU process used so far (utime + stime), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -124,6 +124,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX targets_extension ON targets (extension, name)
         """,
     ),
+    # 5: when idle handling last saw a sandbox active; its profile's ttl.retain (seconds).
+    (
+        5,
+        """
+        ALTER TABLE sandboxes ADD COLUMN last_active_at DOUBLE PRECISION;
+        ALTER TABLE sandboxes ADD COLUMN retain DOUBLE PRECISION
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

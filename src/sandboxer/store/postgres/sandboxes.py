@@ -40,10 +40,13 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
 
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
-    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
+    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator, "
+    "last_active_at, retain"
 )
+# States whose lease (or ttl.retain) runs out: the reaper acts when expires_at passes.
+_EXPIRING = "state IN ('ready', 'unreachable', 'stopped', 'paused')"
 _DOCUMENT_COLUMNS = ("id, name, profile, extension, target, state, reason, actor, labels, "
-                     "created_at, expires_at, reachability, error")
+                     "created_at, expires_at, reachability, error, last_active_at")
 _GET_DOCUMENT = f"SELECT {_DOCUMENT_COLUMNS} FROM sandboxes WHERE id = $1".encode()
 _LIVE_COUNT = ("SELECT COUNT(*) AS n FROM sandboxes WHERE target = %s AND extension = %s "
                f"AND {LIVE}")
@@ -69,7 +72,7 @@ def _document_of_text(v: list[bytes | None]) -> dict[str, Any]:
         "reason": text(v[6]), "actor": text(v[7]), "labels": labels,
         "created_at": float(v[9] or b"0"), "expires_at": float(v[10] or b"0"),
         "reachability": None if v[11] is None else json.loads(v[11]),
-        "error": text(v[12])})
+        "error": text(v[12]), "last_active_at": None if v[13] is None else float(v[13])})
 
 
 def _document(row: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +90,8 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
         "labels": dict(sorted(row["labels"].items())),  # jsonb keeps its own key order
         "created_at": iso_from_epoch(row["created_at"]),
         "expires_at": iso_from_epoch(row["expires_at"]),
+        "last_active_at": (None if row["last_active_at"] is None
+                           else iso_from_epoch(row["last_active_at"])),
         "reachability": row["reachability"],
         "error": row["error"],
     }
@@ -116,12 +121,14 @@ class Sandboxes(Connection):
     def _record(self, row: dict[str, Any]) -> Record:
         return Record(status=self._status(row), handle=row["handle"],
                       max_expires_at=dt(row["max_expires_at"]),
-                      updated_at=dt(row["updated_at"]), version=row["version"])
+                      updated_at=dt(row["updated_at"]), version=row["version"],
+                      retain=row["retain"])
 
     # -- sandboxes --------------------------------------------------------------------
 
     def insert(self, status: SandboxStatus, *, max_expires_at: datetime,
-               creator: str | None = None, capacity: int | None = None) -> None:
+               creator: str | None = None, capacity: int | None = None,
+               retain: float | None = None) -> None:
         now = time.time()
 
         def write(c: Conn) -> None:
@@ -142,11 +149,11 @@ class Sandboxes(Connection):
             try:
                 c.execute(
                     f"INSERT INTO sandboxes ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s)",
+                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s, NULL, %s)",
                     (status.id, status.name, status.profile, status.extension, status.target,
                      status.state, status.reason, status.actor, Jsonb(status.labels),
                      ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
-                     status.error, creator))
+                     status.error, creator, retain))
             except pg_errors.UniqueViolation as e:
                 raise Conflict(f"a sandbox with id {status.id} exists already") from e
             append_event(c, "sandbox.created", status)
@@ -192,7 +199,7 @@ class Sandboxes(Connection):
                 value = ts(value)
             elif key in ("reachability", "handle"):
                 value = None if value is None else _sorted(value)
-            elif key not in ("reason", "error", "target"):
+            elif key not in ("reason", "error", "target", "retain"):
                 raise ValueError(f"unknown sandbox field {key}")
             sets.append(f"{key} = %s")
             args.append(value)
@@ -221,6 +228,13 @@ class Sandboxes(Connection):
         self._run(lambda c: c.execute(
             "UPDATE sandboxes SET handle = %s, updated_at = %s WHERE id = %s",
             (_sorted(handle), time.time(), sandbox_id)), write=True)
+
+    def set_last_active(self, sandbox_id: str, when: datetime) -> None:
+        t = ts(when)
+        self._run(lambda c: c.execute(
+            "UPDATE sandboxes SET last_active_at = %s WHERE id = %s AND "
+            "(last_active_at IS NULL OR last_active_at < %s)", (t, sandbox_id, t)),
+            write=True)
 
     def query(self, **filters: Any) -> list[SandboxStatus]:
         return [self._status(r) for r in self._select(**filters)]
@@ -256,22 +270,22 @@ class Sandboxes(Connection):
     def reapable(self, now: datetime, *, extension: str | None = None,
                  stale_after: float = 1800.0) -> list[ReapCandidate]:
         t = ts(now)
-        sql = ("SELECT id, state, updated_at, creator FROM sandboxes WHERE "
-               "((state IN ('ready', 'unreachable') AND expires_at <= %s) "
+        sql = ("SELECT id, state, updated_at, creator, reason, retain FROM sandboxes WHERE "
+               f"(({_EXPIRING} AND expires_at <= %s) "
                "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= %s))")
         args: list[Any] = [t, t - stale_after]
         if extension is not None:
             sql += " AND extension = %s"
             args.append(extension)
         return [ReapCandidate(id=r["id"], state=r["state"], updated_at=dt(r["updated_at"]),
-                              creator=r["creator"])
+                              creator=r["creator"], reason=r["reason"], retain=r["retain"])
                 for r in self._all(sql + " ORDER BY expires_at, id", args)]
 
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
         t = ts(now)
         row = self._one(
             "SELECT 1 AS due FROM sandboxes WHERE "
-            "(state IN ('ready', 'unreachable') AND expires_at <= %s) "
+            f"({_EXPIRING} AND expires_at <= %s) "
             "OR (state IN ('destroying', 'provisioning') AND updated_at <= %s) LIMIT 1",
             (t, t - stale_after))
         return row is not None

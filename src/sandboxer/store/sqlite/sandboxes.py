@@ -24,8 +24,11 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
 
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
-    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator"
+    "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator, "
+    "last_active_at, retain"
 )
+# States whose lease (or ttl.retain) runs out: the reaper acts when expires_at passes.
+_EXPIRING = "state IN ('ready', 'unreachable', 'stopped', 'paused')"
 # What takes a slot of a target's capacity.
 _LIVE_COUNT = f"SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? AND {LIVE}"
 
@@ -45,6 +48,8 @@ def _document(row: sqlite3.Row) -> dict[str, Any]:
         "labels": json.loads(row["labels"]),
         "created_at": iso_from_epoch(row["created_at"]),
         "expires_at": iso_from_epoch(row["expires_at"]),
+        "last_active_at": (None if row["last_active_at"] is None
+                           else iso_from_epoch(row["last_active_at"])),
         "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
         "error": row["error"],
     }
@@ -66,6 +71,7 @@ class Sandboxes(Connection):
             max_expires_at=dt(row["max_expires_at"]),
             updated_at=dt(row["updated_at"]),
             version=row["version"],
+            retain=row["retain"],
         )
 
     def _append_event(self, c: sqlite3.Connection, kind: str, status: SandboxStatus) -> None:
@@ -84,7 +90,7 @@ class Sandboxes(Connection):
 
     def insert(
         self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None,
-        capacity: int | None = None,
+        capacity: int | None = None, retain: float | None = None,
     ) -> None:
         # SQLite counts under the write lock of BEGIN IMMEDIATE; a server backend locks the
         # target's row instead.
@@ -101,13 +107,13 @@ class Sandboxes(Connection):
                     )
             c.execute(
                 f"INSERT INTO sandboxes ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?, NULL, ?)",
                 (
                     status.id, status.name, status.profile, status.extension, status.target,
                     status.state, status.reason, status.actor,
                     json.dumps(status.labels, sort_keys=True),
                     ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
-                    status.error, creator,
+                    status.error, creator, retain,
                 ),
             )
             self._append_event(c, "sandbox.created", status)
@@ -145,7 +151,7 @@ class Sandboxes(Connection):
                 value = ts(value)
             elif key in ("reachability", "handle"):
                 value = None if value is None else json.dumps(value, sort_keys=True)
-            elif key not in ("reason", "error", "target"):
+            elif key not in ("reason", "error", "target", "retain"):
                 raise ValueError(f"unknown sandbox field {key}")
             sets.append(f"{key} = ?")
             args.append(value)
@@ -173,6 +179,12 @@ class Sandboxes(Connection):
                 "UPDATE sandboxes SET handle = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(handle, sort_keys=True), time.time(), sandbox_id),
             )
+
+    def set_last_active(self, sandbox_id: str, when: datetime) -> None:
+        with self._write() as c:
+            c.execute("UPDATE sandboxes SET last_active_at = ? WHERE id = ? AND "
+                      "(last_active_at IS NULL OR last_active_at < ?)",
+                      (ts(when), sandbox_id, ts(when)))
 
     def query(self, **filters: Any) -> list[SandboxStatus]:
         return [self._status(r) for r in self._select(**filters)]
@@ -215,8 +227,8 @@ class Sandboxes(Connection):
                  stale_after: float = 1800.0) -> list[ReapCandidate]:
         t = ts(now)
         sql = (
-            "SELECT id, state, updated_at, creator FROM sandboxes WHERE "
-            "((state IN ('ready', 'unreachable') AND expires_at <= ?) "
+            "SELECT id, state, updated_at, creator, reason, retain FROM sandboxes WHERE "
+            f"(({_EXPIRING} AND expires_at <= ?) "
             "OR state = 'provisioning' OR (state = 'destroying' AND updated_at <= ?))"
         )
         args: list[Any] = [t, t - stale_after]
@@ -225,15 +237,14 @@ class Sandboxes(Connection):
             args.append(extension)
         return [
             ReapCandidate(id=r["id"], state=r["state"], updated_at=dt(r["updated_at"]),
-                          creator=r["creator"])
+                          creator=r["creator"], reason=r["reason"], retain=r["retain"])
             for r in self._all(sql + " ORDER BY expires_at", args)
         ]
 
     def has_reapable(self, now: datetime, *, stale_after: float = 1800.0) -> bool:
         t = ts(now)
         row = self._one(
-            "SELECT 1 FROM sandboxes WHERE (state IN ('ready', 'unreachable') "
-            "AND expires_at <= ?) "
+            f"SELECT 1 FROM sandboxes WHERE ({_EXPIRING} AND expires_at <= ?) "
             "OR (state IN ('destroying', 'provisioning') AND updated_at <= ?) LIMIT 1",
             (t, t - stale_after),
         )
