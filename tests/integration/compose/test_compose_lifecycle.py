@@ -222,3 +222,59 @@ def test_ten_pause_resume_cycles_keep_files_and_memory(
         wait_until("the counter to go on", counting, timeout=10, interval=0.1)
     activity = asyncio.run(ext.activity(handle))
     assert activity.cpu_seconds > 0, activity
+
+
+def test_cli_stop_start_pause_resume_and_a_restart_the_keeper_rebinds(
+    home: Home, docker_daemon: DockerDaemon, ssh_target: SshTarget, tmp_path: Path,
+) -> None:
+    """Through `sandboxer stop/start/pause/resume` (core's Manager), and a `docker restart`
+    that core's keeper for ext.compose-ssh notices on its own: Host.rebind resolves the
+    `file:` ref again (an `env:` one from this shell would not resolve in the keeper)."""
+    token = f"cnryfile{secrets.token_hex(12)}"
+    secret_file = tmp_path / "token"
+    secret_file.write_text(token)
+    secret_file.chmod(0o600)
+    profile = json.loads((Path(home.env["SANDBOXER_PROFILES"]) / "life.yaml").read_text())
+    profile["setup"]["secret_refs"] = [{"name": "TOKEN", "ref": f"file:{secret_file}"}]
+    (Path(home.env["SANDBOXER_PROFILES"]) / "life.yaml").write_text(json.dumps(profile))
+    doc = home.create("t1")
+    sid = doc["id"]
+    home.out(doc, FILL)
+    before = home.out(doc, HASH)
+
+    def state(*argv: str) -> str:
+        done = home.cli(*argv, sid, "--json")
+        assert done.returncode == 0, (argv, done.stderr)
+        return str(json.loads(done.stdout)["state"])
+
+    assert state("stop") == "stopped"
+    assert home.cli("pause", sid).returncode == 8  # only a ready one pauses: a Conflict
+    assert state("start") == "ready"
+    assert home.out(doc, HASH) == before
+    assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{token}|plain"
+    assert state("pause") == "paused"
+    assert state("resume") == "ready"
+    assert home.out(doc, HASH) == before
+
+    container = docker_daemon.docker(
+        "ps", "-q", "--filter", f"label=sandboxer.id={sid}").stdout.split()[0]
+    docker_daemon.docker("restart", "-t", "2", container)
+
+    def bound_again() -> bool:
+        done = home.ssh(doc, "cat /run/secrets/TOKEN", timeout=20)
+        return done.returncode == 0 and done.stdout == token
+
+    wait_until("the keeper to bind the secret again", bound_again, timeout=60, interval=0.5)
+    assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{token}|plain"
+    assert home.out(doc, HASH) == before
+    events = json.loads(home.cli("events", "--sandbox", sid, "--json").stdout)["items"]
+    kinds = [e["type"] for e in events]
+    assert "sandbox.restored" in kinds, kinds
+    for kind in ("sandbox.stopped", "sandbox.started", "sandbox.paused", "sandbox.resumed"):
+        assert kind in kinds, kinds
+
+    inspected = docker_daemon.docker("inspect", container).stdout
+    logs = docker_daemon.docker("logs", container).stdout
+    assert token not in inspected + logs
+    found = leaks([token], [Path(home.env["SANDBOXER_HOME"]), ssh_target.home])
+    assert not found, found
