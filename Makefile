@@ -38,13 +38,18 @@ BENCH_OUT := bench/out
 QUICK ?=
 BENCH_QUICK := $(if $(QUICK),--quick,)
 COMPOSE_ROUNDS := $(if $(QUICK),--rounds 1,)
-bench: ## the benchmarks (ext.local CLI, API create + burst, API on wrk, fleet, compose) and their plot
+bench: ## the benchmarks (ext.local CLI, API create + burst, API on wrk, fleet, ext.local pause, compose) and their plot
 	@mkdir -p $(BENCH_OUT); rm -f $(BENCH_OUT)/*.json; status=0; \
 	$(PYTHON) -m compileall -q src >/dev/null || status=1; \
 	$(PYTHON) bench/run.py $(BENCH_QUICK) --json $(BENCH_OUT)/run.json || status=1; \
 	$(PYTHON) bench/create_api.py $(BENCH_QUICK) --json $(BENCH_OUT)/create_api.json || status=1; \
 	$(PYTHON) bench/api.py $(BENCH_QUICK) --json $(BENCH_OUT)/api.json || status=1; \
 	$(PYTHON) bench/fleet.py $(BENCH_QUICK) --json $(BENCH_OUT)/fleet.json || status=1; \
+	if [ "$$(id -u)" = 0 ]; then \
+		$(PYTHON) bench/pause_local.py $(BENCH_QUICK) --json $(BENCH_OUT)/pause_local.json || status=1; \
+	else \
+		echo "bench/pause_local.py: skipped: the freezer cgroup needs root"; \
+	fi; \
 	if ! command -v docker >/dev/null; then \
 		echo "bench/compose.py: skipped: no docker CLI (apt-get install docker.io)"; \
 	elif ! docker compose version >/dev/null 2>&1; then \

@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
-ORDER = ["run", "create_api", "compose", "fleet"]  # the files of `make bench`, then others
+# The files of `make bench`, in its order, then others.
+ORDER = ["run", "create_api", "pause_local", "compose", "fleet"]
 # (label, {series: samples}, {series: target in ms})
 Sources = list[tuple[str, dict[str, list[float]], dict[str, float]]]
 

@@ -26,7 +26,8 @@ asked in, which is the guard: whoever records first wins, and the loser re-reads
   booted (destroy is idempotent), so nothing it started outlives the sandbox.
 - A pause that lost (to a stop or a destroy) thaws what it froze, best effort.
 - ``rebind`` takes no lock (an extension may call it from within its own work) and acts
-  only on a ``ready`` (or ``unreachable``) sandbox.
+  only on a sandbox whose processes may run: ``ready``, ``unreachable`` or ``paused`` (an
+  endpoint that restored a paused sandbox binds it, then freezes it again).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 START_READY_TIMEOUT = 60.0
 SECRETS_UNRESOLVED = "secrets_unresolved"
+_BINDABLE = ("ready", "unreachable", "paused")  # what rebind acts on (the state is kept)
 # verb: (the state it leads to, the states it leaves)
 _MOVES = {"stop": ("stopped", ("ready", "paused")), "start": ("ready", ("stopped",)),
           "pause": ("paused", ("ready",)), "resume": ("ready", ("paused",))}
@@ -353,15 +355,16 @@ async def _resolve_again(manager: Manager, status: SandboxStatus
 
 
 async def rebind(manager: Manager, sandbox_id: str) -> bool:
-    """``Host.rebind``: give a restarted ready sandbox its env and secrets back (``Binds``),
-    or stop it (reason ``secrets_unresolved``) when they cannot be had. True when bound, or
-    when there was nothing to do (not ready; an extension without ``Binds`` whose profile
-    declares no secret refs); False when core stopped it."""
+    """``Host.rebind``: give a restarted sandbox (ready, unreachable or paused) its env and
+    secrets back (``Binds``), or stop it (reason ``secrets_unresolved``) when they cannot be
+    had. True when bound, or when there was nothing to do (stopped, provisioning, being
+    destroyed; an extension without ``Binds`` whose profile declares no secret refs);
+    False when core stopped it."""
     rec = manager.store.get_record(sandbox_id)
     if rec is None:
         raise not_found(sandbox_id)
     s = rec.status
-    if s.state not in ("ready", "unreachable"):
+    if s.state not in _BINDABLE:
         return True
     handle = _handle(rec)
     ext = manager.extension(s.extension)
@@ -381,9 +384,13 @@ async def rebind(manager: Manager, sandbox_id: str) -> bool:
     if isinstance(ext, StopsAndStarts) and ext.stoppable(handle) is None:
         new = await _quietly(f"stopping {sandbox_id}", ext.stop(handle)) or handle
     log.warning("%s stopped: %s", sandbox_id, why)
+    # The host resolves in its own environment (a keeper's is allow-listed: no env: ref's
+    # variable); the caller's resolves them again.
+    text = (f"{why}; `sandboxer start {sandbox_id}` where they resolve (an env: ref's "
+            "variable set) brings it back")[-2000:]
     with contextlib.suppress(Conflict):
         manager.store.transition(
-            sandbox_id, from_states={"ready", "unreachable"}, to_state="stopped",
-            event="sandbox.stopped", reason=SECRETS_UNRESOLVED, error=str(why)[-2000:],
+            sandbox_id, from_states=set(_BINDABLE), to_state="stopped",
+            event="sandbox.stopped", reason=SECRETS_UNRESOLVED, error=text,
             handle=new.model_dump(mode="json"))
     return False

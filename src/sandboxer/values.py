@@ -20,6 +20,9 @@ STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroyi
           "destroyed", "failed")
 LIVE_STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroying")
 FINAL_STATES = frozenset({"destroyed", "failed"})
+# The lifecycle operations of a live sandbox (CLI commands, API routes, MCP tools, the
+# local service's ops): stop -> stopped, start -> ready, pause -> paused, resume -> ready.
+LIFECYCLE = ("stop", "start", "pause", "resume")
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,62})")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")
 # Who owns a sandbox, and the free-form name it may carry (no C0/C1 controls or DEL, so

@@ -154,9 +154,12 @@ def test_canaries_on_ext_local(kv_server: KVServer, local_home: Settings, tmp_pa
     assert not found, found
 
 
-def test_restarted_endpoint_serves_without_the_values(
+def test_restarted_endpoint_stops_a_sandbox_whose_env_ref_it_cannot_resolve(
     kv_server: KVServer, local_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The keeper runs with an allow-listed environment: an env: ref the caller resolved
+    at create does not resolve there, so after a restart core stops the sandbox (reason
+    secrets_unresolved, naming the secret) instead of serving it without its value."""
     value = canary("rst")
     monkeypatch.setenv("SBX_CANARY_RST", value)
     profiles = Path(os.environ["SANDBOXER_PROFILES"])
@@ -175,19 +178,21 @@ def test_restarted_endpoint_serves_without_the_values(
     deadline = time.monotonic() + 10
     while control.daemon_pid(local_home) == pid and time.monotonic() < deadline:
         time.sleep(0.05)
-    # Any call through the extension starts a new daemon, which restores the sandbox.
     import asyncio
 
-    from sandboxer.extensions.base import Handle
-    from sandboxer.extensions.local import LocalExtension
-
-    asyncio.run(LocalExtension(local_home).endpoint(
-        Handle(sandbox_id=doc["id"], extension="ext.local", target="local")))
-    after = ssh(doc["reachability"], 'echo "[$TOKEN]" "$SANDBOXER_SECRETS_MISSING"; '
-                'ls /run/secrets 2>&1 | head -1')
-    assert after.returncode == 0, after.stderr
-    out = after.stdout.decode()
-    assert out.splitlines()[0] == "[] TOKEN"
-    assert value not in out
+    asyncio.run(control.ensure_running(local_home))  # restores it, then asks core
+    # A session meanwhile waits for core's answer, then is refused: never run without it.
+    after = ssh(doc["reachability"], 'echo "[$TOKEN]"')
+    assert after.returncode == 255
+    assert value not in after.stdout.decode() + after.stderr.decode()
+    deadline = time.monotonic() + 20
+    while client.get_document(doc["id"])["state"] != "stopped":
+        assert time.monotonic() < deadline, "core did not stop the sandbox"
+        time.sleep(0.1)
+    got = client.get_document(doc["id"])
+    assert got["reason"] == "secrets_unresolved"
+    assert "TOKEN" in got["error"]
+    assert value not in json.dumps(got)
     log = (local_home.log_dir / "local-endpoint.log").read_text()
-    assert "served without its secrets TOKEN" in log
+    assert "its secrets no longer resolve" in log
+    assert value not in log

@@ -278,7 +278,9 @@ def test_rebind_binds_again_or_stops_on_a_ref_that_no_longer_resolves(
     text = json.dumps([m.store.get_document(s.id), [x.payload for x in m.store.events()]])
     assert CANARY not in text
     plain = run(m.create("profile.fake"))
+    run(m.pause(plain.id))  # an endpoint restoring a paused sandbox binds it first
     assert run(m.rebind(plain.id)) is True
     assert events(m, plain.id)[-1] == "sandbox.restored"
+    assert m.get(plain.id).state == "paused"
     with pytest.raises(SandboxNotFound):
         run(m.rebind("sbx-aaaaaaaaaa"))

@@ -58,7 +58,8 @@ State = Annotated[str, Field(json_schema_extra={"enum": list(STATES)})]
 SandboxId = Annotated[str, Path(max_length=64, description="a sandbox id (sbx-…)")]
 TAGS: list[dict[str, Any]] = [
     {"name": "profiles", "description": "the catalog sandboxes are created from"},
-    {"name": "sandboxes", "description": "create, inspect, extend and destroy sandboxes"},
+    {"name": "sandboxes", "description": "create, inspect, extend, stop, start, pause, "
+     "resume and destroy sandboxes"},
     {"name": "events", "description": "the outbox of state changes"},
     {"name": "targets", "description": "where sandboxes run"},
     {"name": "images", "description": "image recipes"},
@@ -226,6 +227,40 @@ async def destroy_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResp
 def extend_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId,
                    body: ExtendRequest) -> JSONResponse:
     return _json(svc.extend(who, sandbox_id, body.ttl))
+
+
+# Lifecycle: 409 in the wrong state, 422 when the extension cannot (or a secret ref does
+# not resolve again at start), 502 when the extension failed.
+LIFECYCLE_ERRORS = (*SANDBOX, Conflict, ProvisionFailed)
+
+
+@router.post("/sandboxes/{sandbox_id}/stop", response_model=SandboxStatus,
+             summary="stop a ready or paused sandbox: its processes end, its data stays",
+             tags=["sandboxes"], responses=errors(*LIFECYCLE_ERRORS))
+async def stop_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    return _json(await svc.lifecycle(who, "stop", sandbox_id))
+
+
+@router.post("/sandboxes/{sandbox_id}/start", response_model=SandboxStatus,
+             summary="start a stopped sandbox again (secrets resolved again)",
+             tags=["sandboxes"], responses=errors(*LIFECYCLE_ERRORS, SecretError,
+                                                  SecretBackendUnavailable))
+async def start_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    return _json(await svc.lifecycle(who, "start", sandbox_id))
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", response_model=SandboxStatus,
+             summary="freeze a ready sandbox, memory kept", tags=["sandboxes"],
+             responses=errors(*LIFECYCLE_ERRORS))
+async def pause_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    return _json(await svc.lifecycle(who, "pause", sandbox_id))
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", response_model=SandboxStatus,
+             summary="thaw a paused sandbox where it was", tags=["sandboxes"],
+             responses=errors(*LIFECYCLE_ERRORS))
+async def resume_sandbox(svc: Svc, who: Who, sandbox_id: SandboxId) -> JSONResponse:
+    return _json(await svc.lifecycle(who, "resume", sandbox_id))
 
 
 @router.get("/sandboxes/{sandbox_id}/reachability", response_model=Reachability,

@@ -161,6 +161,12 @@ class Service:
         self.changed.set()
         return dict(status.document())
 
+    async def lifecycle(self, caller: Caller, op: str, sandbox_id: str) -> dict[str, Any]:
+        """``stop``, ``start``, ``pause`` or ``resume`` (the application service's)."""
+        status = await self.app.lifecycle(op, sandbox_id, caller=caller)
+        self.changed.set()
+        return dict(status.document())
+
     async def reap(self, caller: Caller) -> list[dict[str, Any]]:
         done = await self.app.reap(caller=caller)
         self.changed.set()

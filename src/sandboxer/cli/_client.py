@@ -22,9 +22,10 @@ def make_client(progress: Callable[[str], None] | None = None) -> Client:
 
 
 class WarmClient:
-    """The commands that change one sandbox or reach it (create, destroy, extend, ssh,
-    reachability show): through the warm local service (``client/service.py``) when it
-    takes the request, else through ``make_client`` in this process, as before.
+    """The commands that change one sandbox or reach it (create, destroy, extend, stop,
+    start, pause, resume, ssh, reachability show): through the warm local service
+    (``client/service.py``) when it takes the request, else through ``make_client`` in
+    this process, as before.
 
     Importing this, and a request through the service, loads neither pydantic nor asyncio
     nor an SSH library."""
@@ -81,6 +82,15 @@ class WarmClient:
     def destroy_document(self, sandbox_id: str) -> Doc:
         doc = self._thin_or_none(lambda c: c.destroy_document(sandbox_id))
         return doc if doc is not None else self.full.destroy_document(sandbox_id)
+
+    def lifecycle(self, op: str, sandbox_id: str) -> Doc:
+        """``stop``, ``start``, ``pause`` or ``resume`` one sandbox."""
+        doc = self._thin_or_none(lambda c: c.lifecycle(op, sandbox_id))
+        if doc is not None:
+            return doc
+        change = {"stop": self.full.stop, "start": self.full.start,
+                  "pause": self.full.pause, "resume": self.full.resume}[op]
+        return dict(change(sandbox_id).document())
 
     def identity(self, sandbox_id: str) -> str:
         return self.full.identity(sandbox_id)

@@ -1,11 +1,19 @@
-"""`sandboxer create | get | list | extend | destroy | reap | reconcile`"""
+"""`sandboxer create | get | list | extend | stop | start | pause | resume | destroy | reap |
+reconcile`"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from sandboxer.values import STATES
+from sandboxer.values import LIFECYCLE, STATES
+
+LIFECYCLE_HELP = {
+    "stop": "stop a ready or paused sandbox: its processes end, its data stays",
+    "start": "start a stopped sandbox again, its data intact",
+    "pause": "freeze a ready sandbox, memory kept",
+    "resume": "thaw a paused sandbox where it was",
+}
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -38,6 +46,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     e.add_argument("id")
     e.add_argument("--ttl", required=True, help="new lease from now, e.g. 2h")
     e.set_defaults(handler=cmd_extend)
+
+    for op in LIFECYCLE:
+        life = sub.add_parser(op, parents=[common], help=LIFECYCLE_HELP[op])
+        life.add_argument("id")
+        life.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        life.set_defaults(handler=cmd_lifecycle, op=op)
 
     d = sub.add_parser("destroy", parents=[common], help="destroy sandboxes (idempotent)")
     d.add_argument("ids", nargs="+", metavar="ID")
@@ -164,6 +178,20 @@ def cmd_extend(args: argparse.Namespace) -> int:
     from sandboxer.cli._client import WarmClient
 
     _show(WarmClient().extend(args.id, args.ttl), args.json)
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    """`sandboxer stop|start|pause|resume ID`: the sandbox's document after the change."""
+    from sandboxer.cli._client import WarmClient
+    from sandboxer.cli.output import Progress
+
+    progress = Progress(quiet=args.quiet)
+    try:
+        doc = WarmClient(progress).lifecycle(args.op, args.id)
+    finally:
+        progress.done()
+    _show(doc, args.json)
     return 0
 
 

@@ -71,6 +71,18 @@ class Client(Protocol):
     def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
         """Like destroy, returning the final document (the wire format)."""
 
+    def stop(self, sandbox_id: str) -> SandboxStatus:
+        """ready | paused -> stopped: its processes end, its data stays."""
+
+    def start(self, sandbox_id: str) -> SandboxStatus:
+        """stopped -> ready, secrets resolved again (same host key; the port may change)."""
+
+    def pause(self, sandbox_id: str) -> SandboxStatus:
+        """ready -> paused: frozen, memory kept."""
+
+    def resume(self, sandbox_id: str) -> SandboxStatus:
+        """paused -> ready: thawed where it was."""
+
     def reap(self) -> list[SandboxStatus]:
         """Destroy expired leases now."""
 

@@ -192,6 +192,30 @@ class HttpClient(TypedReads):
                                          timeout=CREATE_TIMEOUT)
         return doc
 
+    def stop(self, sandbox_id: str) -> SandboxStatus:
+        """``POST /v1/sandboxes/{id}/stop``."""
+        return self._lifecycle("stop", sandbox_id)
+
+    def start(self, sandbox_id: str) -> SandboxStatus:
+        """``POST /v1/sandboxes/{id}/start``."""
+        return self._lifecycle("start", sandbox_id)
+
+    def pause(self, sandbox_id: str) -> SandboxStatus:
+        """``POST /v1/sandboxes/{id}/pause``."""
+        return self._lifecycle("pause", sandbox_id)
+
+    def resume(self, sandbox_id: str) -> SandboxStatus:
+        """``POST /v1/sandboxes/{id}/resume``."""
+        return self._lifecycle("resume", sandbox_id)
+
+    def _lifecycle(self, op: str, sandbox_id: str) -> SandboxStatus:
+        from sandboxer.models.sandbox import SandboxStatus
+
+        if self.progress:
+            self.progress(f"{sandbox_id}: {op} on {self.url}")
+        return SandboxStatus.model_validate(self._call(
+            "POST", f"/v1/sandboxes/{_seg(sandbox_id)}/{op}", timeout=CREATE_TIMEOUT))
+
     def reap(self) -> list[SandboxStatus]:
         from sandboxer.models.sandbox import SandboxStatus
 

@@ -127,6 +127,18 @@ class LocalClient(TypedReads):
     def destroy(self, sandbox_id: str) -> SandboxStatus:
         return _run(self.service.destroy(sandbox_id, caller=self.caller))
 
+    def stop(self, sandbox_id: str) -> SandboxStatus:
+        return _run(self.service.stop(sandbox_id, caller=self.caller))
+
+    def start(self, sandbox_id: str) -> SandboxStatus:
+        return _run(self.service.start(sandbox_id, caller=self.caller))
+
+    def pause(self, sandbox_id: str) -> SandboxStatus:
+        return _run(self.service.pause(sandbox_id, caller=self.caller))
+
+    def resume(self, sandbox_id: str) -> SandboxStatus:
+        return _run(self.service.resume(sandbox_id, caller=self.caller))
+
     def reap(self) -> list[SandboxStatus]:
         return _run(self.service.reap(caller=self.caller))
 

@@ -1,6 +1,7 @@
 """ServiceClient: the CLI's thin client of the local service, standard library only.
 
-``create``, ``destroy``, ``extend``, ``ssh`` and ``reachability show`` send one request
+``create``, ``destroy``, ``extend``, the lifecycle commands (``stop``, ``start``,
+``pause``, ``resume``), ``ssh`` and ``reachability show`` send one request
 over ``$SANDBOXER_HOME/run/service.sock`` to the warm local service (``service/local.py``,
 hosted by core's keeper for ext.local) and print its answer, so the command costs the
 interpreter's start and a round trip instead of importing pydantic, the manager and an
@@ -79,6 +80,11 @@ class ServiceClient:
 
     def destroy_document(self, sandbox_id: str) -> dict[str, Any]:
         doc: dict[str, Any] = self.call("destroy", {"id": sandbox_id})
+        return doc
+
+    def lifecycle(self, op: str, sandbox_id: str) -> dict[str, Any]:
+        """``stop``, ``start``, ``pause`` or ``resume`` (``values.LIFECYCLE``)."""
+        doc: dict[str, Any] = self.call(op, {"id": sandbox_id})
         return doc
 
     # -- the wire ---------------------------------------------------------------------

@@ -188,12 +188,13 @@ def build(client: Client) -> MCPServer[Any]:
     async def get_sandbox(sandbox_id: SandboxId) -> SandboxStatus:
         return SandboxStatus.model_validate(await call(lambda: client.get_document(sandbox_id)))
 
-    @server.tool(description="Your sandboxes: live ones (provisioning, ready, destroying) by "
-                 "default; all=true adds destroyed and failed.",
+    @server.tool(description="Your sandboxes: live ones (provisioning, ready, unreachable, "
+                 "stopped, paused, destroying) by default; all=true adds destroyed and "
+                 "failed.",
                  annotations=_annotations("List sandboxes", **reads))
     async def list_sandboxes(
         state: Annotated[list[State] | None, Field(
-            description="only these states", max_length=5)] = None,
+            description="only these states", max_length=len(STATES))] = None,
         profile: Annotated[str | None, Field(description="only this profile id")] = None,
         all: Annotated[bool, Field(description="include destroyed and failed")] = False,
     ) -> SandboxList:
@@ -202,8 +203,8 @@ def build(client: Client) -> MCPServer[Any]:
                                                          all=all))
         return SandboxList.model_validate({"schema": "sandboxer.sandboxes/v1", "items": items})
 
-    @server.tool(description="Renew a ready sandbox's lease to now + ttl, never past the "
-                 "profile's ttl.max from creation.",
+    @server.tool(description="Renew a sandbox's lease (ready, stopped or paused, kept in its "
+                 "state) to now + ttl, never past the profile's ttl.max from creation.",
                  annotations=_annotations("Extend a lease"))
     async def extend_sandbox(
         sandbox_id: SandboxId,
@@ -217,6 +218,30 @@ def build(client: Client) -> MCPServer[Any]:
     async def destroy_sandbox(sandbox_id: SandboxId) -> SandboxStatus:
         return SandboxStatus.model_validate(
             await call(lambda: client.destroy_document(sandbox_id)))
+
+    @server.tool(description="Stop a ready or paused sandbox: its processes end, its files "
+                 "stay; start_sandbox boots it again. Idempotent.",
+                 annotations=_annotations("Stop a sandbox", destructive=True, idempotent=True))
+    async def stop_sandbox(sandbox_id: SandboxId) -> SandboxStatus:
+        return await call(lambda: client.stop(sandbox_id))
+
+    @server.tool(description="Start a stopped sandbox again with its files intact and its "
+                 "secrets resolved again; returns it ready, with its reachability (the port "
+                 "may have changed). Idempotent.",
+                 annotations=_annotations("Start a sandbox", idempotent=True))
+    async def start_sandbox(sandbox_id: SandboxId) -> SandboxStatus:
+        return await call(lambda: client.start(sandbox_id))
+
+    @server.tool(description="Pause a ready sandbox: every process frozen, memory kept; "
+                 "resume_sandbox thaws it where it was. Idempotent.",
+                 annotations=_annotations("Pause a sandbox", idempotent=True))
+    async def pause_sandbox(sandbox_id: SandboxId) -> SandboxStatus:
+        return await call(lambda: client.pause(sandbox_id))
+
+    @server.tool(description="Resume a paused sandbox where it was. Idempotent.",
+                 annotations=_annotations("Resume a sandbox", idempotent=True))
+    async def resume_sandbox(sandbox_id: SandboxId) -> SandboxStatus:
+        return await call(lambda: client.resume(sandbox_id))
 
     @server.tool(description="How to reach a ready sandbox: host, port, user, identity_file, "
                  "pinned known_hosts line and a ready-to-run ssh_command.",

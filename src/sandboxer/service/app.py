@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxer import checks
 from sandboxer.access import Caller, actor_filter, require_admin, require_visible
-from sandboxer.errors import NotFound, SandboxerError
+from sandboxer.errors import NotFound, SandboxerError, UsageError
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
 from sandboxer.service.operator import OperatorOps
+from sandboxer.values import LIFECYCLE
 
 if TYPE_CHECKING:
     from sandboxer.models.profile import Profile
@@ -268,6 +269,37 @@ class Service(OperatorOps):
         if doc["state"] in ("destroyed", "failed"):
             return doc
         return bridges.fast_destroy(self.settings, doc)
+
+    async def lifecycle(self, op: str, sandbox_id: str, *,
+                        caller: Caller | None = None) -> SandboxStatus:
+        """``stop``, ``start``, ``pause`` or ``resume`` one sandbox; an actor only its own
+        (another's answers not found, as the manager decides). Conflict (exit 8) in the
+        wrong state, InvalidInput (exit 4) when its extension cannot."""
+        if op not in LIFECYCLE:
+            raise UsageError(f"unknown lifecycle operation {op!r}",
+                             hint=f"one of {', '.join(LIFECYCLE)}")
+        change = {"stop": self.manager.stop, "start": self.manager.start,
+                  "pause": self.manager.pause, "resume": self.manager.resume}[op]
+        try:
+            return await change(sandbox_id, caller=caller)
+        finally:
+            self.prune_events()
+
+    async def stop(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """ready | paused -> stopped: its processes end, its data stays."""
+        return await self.lifecycle("stop", sandbox_id, caller=caller)
+
+    async def start(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """stopped -> ready: booted again, secrets resolved again, descriptor stored again."""
+        return await self.lifecycle("start", sandbox_id, caller=caller)
+
+    async def pause(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """ready -> paused: frozen, memory kept."""
+        return await self.lifecycle("pause", sandbox_id, caller=caller)
+
+    async def resume(self, sandbox_id: str, *, caller: Caller | None = None) -> SandboxStatus:
+        """paused -> ready: thawed where it was."""
+        return await self.lifecycle("resume", sandbox_id, caller=caller)
 
     async def reap(self, *, caller: Caller | None = None) -> list[SandboxStatus]:
         """Destroy expired leases now (admin)."""

@@ -3,7 +3,8 @@
 Core's keeper process for ext.local (``service/daemon.py``) hosts a ``Service`` and, with
 this, serves it on ``run/service.sock`` (the protocol, the settings key and what the
 caller's environment is used for: ``service/wire.py``). The CLI's ``create``, ``destroy``,
-``extend``, ``ssh`` and ``reachability show`` come here (``client/service.py``), so they
+``extend``, ``stop``, ``start``, ``pause``, ``resume``, ``ssh`` and ``reachability show``
+come here (``client/service.py``), so they
 find the catalog parsed, the extensions loaded and asyncssh imported, and start nothing.
 
 A request runs as a task of its own; its progress lines go back on its connection as
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sandboxer import envvars, peer, redaction
 from sandboxer.errors import SandboxerError
 from sandboxer.service import wire
+from sandboxer.values import LIFECYCLE
 
 if TYPE_CHECKING:
     from sandboxer.config import Settings
@@ -248,6 +250,8 @@ class LocalService:
             return await asyncio.to_thread(svc.get_document, sid)
         if op == "extend":
             return (await asyncio.to_thread(svc.extend, sid, str(args.get("ttl")))).document()
+        if op in LIFECYCLE:
+            return (await svc.lifecycle(op, sid)).document()
         done = await asyncio.to_thread(svc.destroy_fast, sid)
         if done is not None:
             return done

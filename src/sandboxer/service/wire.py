@@ -1,8 +1,8 @@
 """The local service's socket: where it is, what a request carries, when it may serve it.
 
 Standard library only: the CLI's thin client (``client/service.py``) imports this and
-nothing heavier, so ``create``, ``destroy``, ``extend``, ``ssh`` and ``reachability show``
-pay for no pydantic, asyncio or SSH library.
+nothing heavier, so ``create``, ``destroy``, ``extend``, ``stop``, ``start``, ``pause``,
+``resume``, ``ssh`` and ``reachability show`` pay for no pydantic, asyncio or SSH library.
 
 The local service is core's keeper process for ext.local (``service/daemon.py``), which
 hosts a ``Service``. It listens on ``$SANDBOXER_HOME/run/service.sock`` (0600, in the
@@ -46,6 +46,7 @@ from typing import Any
 
 from sandboxer import childenv
 from sandboxer.config import Settings
+from sandboxer.values import LIFECYCLE
 
 PROTOCOL = 1
 MAX_LINE = 4 << 20  # one request or reply line, environment included
@@ -54,7 +55,7 @@ _KEY_NAMES = frozenset({"PATH", "HOME"}) | childenv.PROCESS_NAMES
 _NOT_KEYED = frozenset({"SANDBOXER_HOME", "SANDBOXER_LOCAL_SERVICE",
                         "SANDBOXER_SERVICE_IDLE_EXIT", "SANDBOXER_DEBUG"})
 # The ops a thin client may send; the service refuses anything else.
-OPS = frozenset({"create", "get", "extend", "destroy", "ping"})
+OPS = frozenset({"create", "get", "extend", "destroy", "ping", *LIFECYCLE})
 
 
 def socket_path(settings: Settings) -> Path:

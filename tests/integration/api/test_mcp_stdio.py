@@ -26,6 +26,7 @@ from .conftest import serve_env
 
 pytestmark = pytest.mark.integration
 TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "extend_sandbox",
+         "stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox",
          "destroy_sandbox", "get_reachability", "list_targets", "build_image", "doctor"}
 
 
@@ -173,14 +174,18 @@ def test_mcp_schemas_annotations_and_errors_match_the_cli(tmp_path: Path) -> Non
     assert tools["get_sandbox"].input_schema["properties"]["sandbox_id"]["pattern"] == \
         "^sbx-[a-z2-7]{10}$"
     states = tools["list_sandboxes"].input_schema["properties"]["state"]["anyOf"][0]
-    assert states["items"]["enum"] == ["provisioning", "ready", "unreachable", "destroying",
-                                       "destroyed", "failed"]
+    assert states["items"]["enum"] == ["provisioning", "ready", "unreachable", "stopped",
+                                       "paused", "destroying", "destroyed", "failed"]
     assert "state" in tools["get_sandbox"].output_schema["properties"]
     hints = {n: t.annotations for n, t in tools.items()}
     assert hints["destroy_sandbox"].destructive_hint is True
     assert hints["destroy_sandbox"].idempotent_hint is True
     assert hints["create_sandbox"].idempotent_hint is False
     assert hints["create_sandbox"].read_only_hint is False
+    assert hints["stop_sandbox"].destructive_hint is True
+    for name in ("stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox"):
+        assert hints[name].idempotent_hint is True, name
+        assert hints[name].read_only_hint is False, name
     for name in ("get_sandbox", "list_sandboxes", "get_reachability", "list_profiles"):
         assert hints[name].read_only_hint is True, name
         assert hints[name].destructive_hint is False, name

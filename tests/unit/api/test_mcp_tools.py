@@ -82,6 +82,11 @@ def test_tools_declare_schemas_and_annotations() -> None:
     tools = {t.name: t for t in anyio.run(listed)}
     assert tools["destroy_sandbox"].annotations.destructive_hint is True
     assert tools["create_sandbox"].annotations.idempotent_hint is False
+    assert tools["stop_sandbox"].annotations.destructive_hint is True
+    for name in ("stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox"):
+        assert tools[name].annotations.idempotent_hint is True, name
+        assert tools[name].output_schema["properties"]["state"], name
+        assert tools[name].input_schema["required"] == ["sandbox_id"], name
     assert tools["get_reachability"].annotations.read_only_hint is True
     labels = tools["create_sandbox"].input_schema["properties"]["labels"]["anyOf"][0]
     assert labels["propertyNames"]["pattern"].startswith("^[a-z0-9]")

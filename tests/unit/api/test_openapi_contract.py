@@ -26,6 +26,10 @@ OPERATIONS = {
     ("get", "/v1/sandboxes/{sandbox_id}"): ("get_sandbox", "SandboxStatus"),
     ("delete", "/v1/sandboxes/{sandbox_id}"): ("destroy_sandbox", "SandboxStatus"),
     ("post", "/v1/sandboxes/{sandbox_id}/extend"): ("extend_sandbox", "SandboxStatus"),
+    ("post", "/v1/sandboxes/{sandbox_id}/stop"): ("stop_sandbox", "SandboxStatus"),
+    ("post", "/v1/sandboxes/{sandbox_id}/start"): ("start_sandbox", "SandboxStatus"),
+    ("post", "/v1/sandboxes/{sandbox_id}/pause"): ("pause_sandbox", "SandboxStatus"),
+    ("post", "/v1/sandboxes/{sandbox_id}/resume"): ("resume_sandbox", "SandboxStatus"),
     ("get", "/v1/sandboxes/{sandbox_id}/reachability"): ("get_reachability", "Reachability"),
     ("get", "/v1/events"): ("list_events", "EventList"),
     ("post", "/v1/reap"): ("reap", "SandboxList"),
@@ -90,6 +94,9 @@ def test_every_error_status_carries_the_error_document(spec: dict[str, Any]) -> 
     assert {"403", "404", "409", "413", "422", "502", "503"} <= set(create)
     assert "sandbox_not_found" in spec["paths"]["/v1/sandboxes/{sandbox_id}"]["get"][
         "responses"]["404"]["description"]
+    for op in ("stop", "start", "pause", "resume"):  # wrong state, cannot, failed
+        declared = spec["paths"][f"/v1/sandboxes/{{sandbox_id}}/{op}"]["post"]["responses"]
+        assert {"404", "409", "422", "502"} <= set(declared), op
 
 
 def test_the_events_route_declares_the_document_it_sends(spec: dict[str, Any]) -> None:

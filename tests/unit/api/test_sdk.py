@@ -46,6 +46,9 @@ def test_round_trip_matches_the_local_client(api: Api) -> None:
         assert [e.type for e in sdk.events(sandbox_id=box.id)] == [
             "sandbox.created", "sandbox.ready", "sandbox.extended"]
         assert sdk.event_documents(sandbox_id=box.id)[0]["delivery"] == "pending"
+        assert [sdk.stop(box.id).state, sdk.start(box.id).state, sdk.pause(box.id).state,
+                sdk.resume(box.id).state] == ["stopped", "ready", "paused", "ready"]
+        assert isinstance(sdk.stop(box.id), SandboxStatus)
         gone = sdk.destroy(box.id)
         assert gone.state == "destroyed"
         assert sdk.destroy_document(box.id)["state"] == "destroyed"  # idempotent
@@ -59,6 +62,8 @@ def test_errors_come_back_as_the_same_classes(api: Api) -> None:
             sdk.get("sbx-aaaaaaaaaa")
         with pytest.raises(Forbidden):
             sdk.reap()
+        with pytest.raises(SandboxNotFound):
+            sdk.stop("sbx-aaaaaaaaaa")
         with pytest.raises(InvalidInput):
             sdk.create("profile.fake", ttl="3h")
         with pytest.raises(NotFound):
@@ -94,8 +99,13 @@ def test_the_cli_talks_to_a_server_when_sandboxer_url_is_set(api: Api, tmp_path:
     assert json.loads(cli("get", sid, "--json").stdout)["actor"] == "alice"
     assert [d["id"] for d in json.loads(cli("list", "--json").stdout)["items"]] == [sid]
     assert cli("extend", sid, "--ttl", "20m").returncode == 0
+    stopped = cli("stop", sid, "--json")
+    assert json.loads(stopped.stdout)["state"] == "stopped", stopped.stderr
+    assert "stop on http" in stopped.stderr  # progress on stderr
+    assert cli("resume", sid).returncode == 8
+    assert json.loads(cli("start", sid, "--json", "-q").stdout)["state"] == "ready"
     shown = cli("events", "--json")
-    assert len(json.loads(shown.stdout)["items"]) == 3
+    assert len(json.loads(shown.stdout)["items"]) == 5
     missing = cli("get", "sbx-aaaaaaaaaa", "--json")
     assert missing.returncode == 3
     assert json.loads(missing.stdout)["code"] == "sandbox_not_found"

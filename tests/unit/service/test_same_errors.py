@@ -34,6 +34,10 @@ CASES: dict[str, tuple[Call, tuple[str, dict[str, Any]] | None]] = {
     "bad actor filter": (lambda c: c.list_documents(actor="not an actor!"), None),
     "bad extend ttl": (lambda c: c.extend("sbx-aaaaaaaaaa", "forever"),
                        ("extend_sandbox", {"sandbox_id": "sbx-aaaaaaaaaa", "ttl": "forever"})),
+    "stop unknown": (lambda c: c.stop("sbx-aaaaaaaaaa"),
+                     ("stop_sandbox", {"sandbox_id": "sbx-aaaaaaaaaa"})),
+    "resume unknown": (lambda c: c.resume("sbx-aaaaaaaaaa"),
+                       ("resume_sandbox", {"sandbox_id": "sbx-aaaaaaaaaa"})),
 }
 
 
@@ -82,7 +86,7 @@ def test_the_same_input_gets_the_same_error_everywhere(
         seen["mcp"] = _mcp_error(transports["local"], *tool)
     assert len(set(seen.values())) == 1, seen
     code, _message = seen["local"]
-    assert code in ("not_found", "invalid_input"), seen
+    assert code in ("not_found", "invalid_input", "sandbox_not_found"), seen
 
 
 def test_an_unknown_target_names_the_known_ones(transports: dict[str, Client]) -> None:

@@ -127,11 +127,11 @@ class Engine:
 
     async def pause(self, container: str, *, paused: bool) -> None:
         """Pause (or unpause) one container; one already so is fine (the engine answers
-        409 "is already paused" / "is not paused")."""
+        409 or 500 "… is already paused" / "… is not paused")."""
         try:
             await self.call("POST", f"{self._c(container)}/{'pause' if paused else 'unpause'}")
         except ProvisionFailed as e:
-            if " 409: " not in e.message:
+            if not e.message.endswith(("is already paused", "is not paused")):
                 raise
 
     async def inspect(self, container: str) -> dict[str, Any]:

@@ -8,10 +8,10 @@
 * pause/resume: ``docker pause``/``unpause`` of each running container of the project
   (the engine API's ``POST /containers/{id}/pause`` on the local target).
 * activity: SSH sessions are the ``sshd: USER@…`` processes of the main container, from
-  ``docker top`` (``GET /containers/{id}/top``); CPU is the containers' cumulative CPU:
-  the cgroup's counter (``GET /containers/{id}/stats?one-shot=true``) on the local target,
-  the sum of ``docker top``'s per-process times (dead children included, whole seconds) on
-  a remote one — both read by the engine, outside the container, adding nothing to it.
+  ``docker top`` (``GET /containers/{id}/top``); CPU is the project's running containers'
+  cumulative cgroup CPU: ``GET /containers/{id}/stats?one-shot=true`` on the local target,
+  cpuacct.usage (v1) or cpu.stat (v2) read on a remote docker host — both outside the
+  container, adding nothing to it.
 * bind: exactly these secrets in /run/secrets, and a SetEnv file for sessions made of the
   container's environment without what provision bound, plus ``env`` (``secrets.fill``).
 """

@@ -28,6 +28,24 @@ from sandboxer.extensions.compose_ssh.config import TargetConfig
 from sandboxer.extensions.compose_ssh.engine import local_engine
 from sandboxer.openssh import known_hosts_name
 
+# The CPU counter of the cgroup process $1 is in: "ns N" (v1) or "us N" (v2).
+_CGROUP_CPU = r"""set -u
+while IFS=: read -r _ ctrl path; do
+    case ",$ctrl," in
+    *,cpuacct,*)
+        for f in "/sys/fs/cgroup/cpuacct$path/cpuacct.usage" \
+                 "/sys/fs/cgroup/cpu,cpuacct$path/cpuacct.usage"; do
+            [ -r "$f" ] && { printf 'ns '; cat "$f"; exit 0; }
+        done ;;
+    ,,)
+        f="/sys/fs/cgroup$path/cpu.stat"
+        [ -r "$f" ] && while read -r k v; do
+            [ "$k" = usage_usec ] && { echo "us $v"; exit 0; }
+        done <"$f" ;;
+    esac
+done <"/proc/$1/cgroup"
+exit 1
+"""
 # docker pause/unpause of a container already so.
 _ALREADY = ("is already paused", "is not paused")
 
@@ -149,10 +167,10 @@ class Runner(ABC):
         return found
 
     async def processes(self, container: str) -> list[tuple[float, str]]:
-        """(CPU seconds, command line) of each process in the container: `docker top`,
-        run by the engine on the docker host (so it adds no CPU to the container). ps's
-        ``S`` adds the CPU of dead children their parent waited for; whole seconds."""
-        done = await self.check(["docker", "top", container, "-eo", "pid,time,args", "S"],
+        """(CPU seconds, command line) of each process in the container now: `docker
+        top`, run by the engine on the docker host (so it adds no CPU to the container);
+        whole seconds."""
+        done = await self.check(["docker", "top", container, "-eo", "pid,time,args"],
                                 timeout=30, what=f"docker top {container}")
         rows = []
         for line in done.out.splitlines()[1:]:
@@ -162,7 +180,16 @@ class Runner(ABC):
         return rows
 
     async def cpu_seconds(self, container: str) -> float:
-        """Cumulative CPU of the container's processes (here: the ``processes`` sum)."""
+        """Cumulative CPU of the container's cgroup, read on the docker host (cgroup v1's
+        cpuacct.usage or v2's cpu.stat, found from its first process's /proc/PID/cgroup);
+        where that cannot be read, the CPU of the processes alive now (``processes``)."""
+        info = await self.inspect(container) or {}
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        if pid > 0:
+            done = await self.run(["sh", "-c", _CGROUP_CPU, "sh", str(pid)], timeout=30)
+            unit, _, value = done.out.strip().partition(" ")
+            if done.rc == 0 and value.isdigit():
+                return int(value) / (1e9 if unit == "ns" else 1e6)
         return sum(t for t, _ in await self.processes(container))
 
     async def __aenter__(self) -> Runner:
@@ -240,7 +267,7 @@ class LocalRunner(Runner):
     async def processes(self, container: str) -> list[tuple[float, str]]:
         if self.engine is not None:
             with contextlib.suppress(OSError):
-                top = await self.engine.top(container, "-eo pid,time,args S")
+                top = await self.engine.top(container, "-eo pid,time,args")
                 return [(_clock(str(p[1])), str(p[2]) if len(p) > 2 else "")
                         for p in top.get("Processes") or [] if len(p) >= 2]
         return await super().processes(container)

@@ -86,16 +86,23 @@ fi
 listening() {
     for t in /proc/net/tcp /proc/net/tcp6; do
         [ -r "$t" ] || continue
-        while read -r _ l _ st _ _ _ _ _ _ ino _; do
+        while read -r _ l _ st _ _ _ _ _ ino _; do
             [ "$st" = 0A ] && case $l in *:"$hexport") printf '%s ' "$ino" ;; esac
         done <"$t"
     done
 }
+count() { set -- $1; echo $#; }
+shared() { for a in $1; do case " $2 " in *" $a "*) return 0 ;; esac; done; return 1; }
 old=$(listening)
 pid=$(cat /run/sshd.pid 2>/dev/null) || pid=1
 kill -HUP "${pid:-1}" || exit 1
+# Done once every listening socket is a new one (IPv4 and IPv6 alike).
 i=0; while [ "$i" -lt 1000 ]; do
-    now=$(listening); [ -n "$now" ] && [ "$now" != "$old" ] && exit 0
+    now=$(listening)
+    if [ -n "$now" ] && ! shared "$old" "$now" \
+            && [ "$(count "$now")" -ge "$(count "$old")" ]; then
+        exit 0
+    fi
     i=$((i+1)); sleep 0.01
 done
 echo "sshd did not listen again within 10s of reading its new environment" >&2

@@ -151,12 +151,27 @@ class SandboxCgroup:
         """Thaw every process; returns once the kernel says none is frozen."""
         self._set_frozen(False, timeout)
 
-    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+    def try_set_frozen(self, frozen: bool) -> bool:
+        """Write the freezer once; whether the kernel is done already (a thaw, a freeze of
+        sleeping tasks: the common case, with no wait worth a thread)."""
+        f = self._freezer_file()
+        _write(f, self._value(frozen))
+        return self._reached(f, frozen)
+
+    def _freezer_file(self) -> Path:
         f = self.freezer
         if f is None:
             raise OSError(f"no freezer cgroup for {self.unique_dirs}")
-        value = ("1" if frozen else "0") if self.version == 2 else (
-            "FROZEN" if frozen else "THAWED")
+        return f
+
+    def _value(self, frozen: bool) -> str:
+        if self.version == 2:
+            return "1" if frozen else "0"
+        return "FROZEN" if frozen else "THAWED"
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        f = self._freezer_file()
+        value = self._value(frozen)
         _write(f, value)
         deadline = time.monotonic() + timeout
         delay = 0.0002

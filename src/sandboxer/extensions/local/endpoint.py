@@ -74,6 +74,7 @@ class Daemon(Lifecycle):
         self.idle_exit = envvars.local_idle_exit(settings.env)
         self._stop = asyncio.Event()
         self._warned: set[str] = set()
+        self._asking: set[asyncio.Task[None]] = set()  # rebinds of sandboxes added late
 
     def _warn_once(self, what: str, e: Exception) -> None:
         # A missing store would otherwise flood the log every second.
@@ -155,6 +156,15 @@ class Daemon(Lifecycle):
             secrets=secrets,
             secrets_missing=[str(n) for n in req.get("secret_names") or [] if n not in secrets],
         )
+        if sb.secrets_missing:
+            # Served without its secrets (a restore): sessions wait until core was asked
+            # for them (after_restore; run() asks for those restored before it accepts).
+            sb.rebound = asyncio.Event()
+            if self.accepting:
+                asking = asyncio.create_task(self.after_restore([sid]), name=f"rebind {sid}")
+                asking.add_done_callback(_retrieved)
+                self._asking.add(asking)
+                asking.add_done_callback(self._asking.discard)
         host_key = asyncssh.read_private_key(str(req["host_key_path"]))
         sb.jail = self._jail(sb)
         sb.revive = partial(self._revive, sb)

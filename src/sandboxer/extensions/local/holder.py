@@ -110,6 +110,8 @@ class Jail:
     proc: Child | None = None
     holder_pid: int = 0
     ns: Namespaces = field(default_factory=Namespaces)
+    # What /run/secrets holds: ``secrets`` as it was at start (a later bind changes it).
+    started_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def alive(self) -> bool:
@@ -132,7 +134,8 @@ class Jail:
         secret_fds: dict[str, int] = {}
         filter_fds: list[int] = []
         try:
-            secret_fds = jail.data_pipes(jail.secret_files(dict(self.secrets)))
+            self.started_secrets = dict(self.secrets)
+            secret_fds = jail.data_pipes(jail.secret_files(self.started_secrets))
             filter_fds.append(seccomp.pipe_fd())
             argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
                                     seccomp_fd=filter_fds[0], bwrap=self.bwrap,
@@ -298,6 +301,7 @@ class Jail:
     async def stop(self) -> None:
         """End every process of the jail; the namespaces go with them. Idempotent."""
         self.ns.close()
+        self.started_secrets = {}
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self.cgroup.kill)

@@ -14,7 +14,8 @@
   seconds (v1 ``cpuacct.usage``, v2 ``cpu.stat`` ``usage_usec``).
 - **bind**: env and secret values for later sessions, held in this process's memory only
   (the record names the secrets, never a value). A jail that runs nothing but its holder
-  (just restored, just claimed) starts again so that ``/run/secrets`` holds them too;
+  (just restored, just claimed) starts again so that ``/run/secrets`` holds them too (when
+they differ from what it holds);
   otherwise its ``/run/secrets`` keeps what the jail started with until its next start.
 """
 
@@ -158,7 +159,8 @@ class Lifecycle(ControlServer):
         async with self._turn(sid):
             sb = await self._served(sid, "pause" if paused else "resume")
             cg = self._freezer(sb)
-            await in_thread(cg.freeze if paused else cg.thaw)
+            if not cg.try_set_frozen(paused):  # else the kernel is still at it: wait aside
+                await in_thread(cg.freeze if paused else cg.thaw)
             sb.paused = paused
             mark(self.settings, sid, paused=paused)
 
@@ -171,7 +173,7 @@ class Lifecycle(ControlServer):
             return {"sessions": 0, "cpu_seconds": 0.0, "detail": why}
         sessions = sum(len(c.procs) for c in sb.conns)
         cg = sb.jail.cgroup if sb.jail is not None else None
-        cpu = await in_thread(cg.cpu_seconds) if cg is not None else None
+        cpu = cg.cpu_seconds() if cg is not None else None  # one small read: no thread
         detail = f"{len(sb.conns)} connection(s)" + (" (paused)" if sb.paused else "")
         if cpu is None:
             detail += "; CPU not accounted (no cgroup)"
@@ -192,7 +194,8 @@ class Lifecycle(ControlServer):
             if record is not None:
                 record["env"], record["secret_names"] = sb.env, sorted(checked)
                 control.write_record(self.settings, sid, record)
-            if sb.jail is not None and not sb.paused and not any(c.procs for c in sb.conns) \
+            if sb.jail is not None and sb.jail.started_secrets != checked and not sb.paused \
+                    and not any(c.procs for c in sb.conns) \
                     and await in_thread(partial(only_holder, sb.jail)):
                 # Nothing runs in it yet: a new jail, so /run/secrets holds them as well.
                 async with sb.revive_lock:
@@ -206,25 +209,39 @@ class Lifecycle(ControlServer):
         then freeze again those that were paused. Runs once the control socket answers:
         the rebind comes back to ``bind_here``, in this process."""
         rebinding = True
-        for sid in restored:
-            sb = self.sandboxes.get(sid)
-            if sb is None:
-                continue
-            if sb.secrets_missing and rebinding:
-                try:
-                    if not await self.host.rebind(sid):
-                        log.warning("%s: its secrets no longer resolve; core stopped it", sid)
-                except NotImplementedError:
-                    rebinding = False  # this core cannot: sessions say what is missing
-                except Exception as e:
-                    log.warning("rebinding the secrets of %s failed: %s", sid, e)
-            record = control.read_record(self.settings, sid)
-            if record and record.get("paused") and sid in self.sandboxes:
-                try:
-                    await self.pause_here(sid)
-                    log.info("%s is paused again, as before the restart", sid)
-                except Exception as e:
-                    log.warning("pausing %s again failed: %s", sid, e)
+        # Sessions wait for each one's rebind (Sandbox.rebound, set by _add).
+        waiting = [sb for sid in restored if (sb := self.sandboxes.get(sid)) is not None
+                   and sb.rebound is not None]
+        try:
+            for sid in restored:
+                sb = self.sandboxes.get(sid)
+                if sb is not None and sb.rebound is not None and rebinding:
+                    rebinding = await self._rebind(sid)
+                if sb is not None and sb.rebound is not None:
+                    sb.rebound.set()
+                    sb.rebound = None
+                record = control.read_record(self.settings, sid)
+                if record and record.get("paused") and sid in self.sandboxes:
+                    try:
+                        await self.pause_here(sid)
+                        log.info("%s is paused again, as before the restart", sid)
+                    except Exception as e:
+                        log.warning("pausing %s again failed: %s", sid, e)
+        finally:
+            for sb in waiting:
+                if sb.rebound is not None:
+                    sb.rebound.set()
+
+    async def _rebind(self, sid: str) -> bool:
+        """``Host.rebind``; False when this core cannot (SANDBOXER_SECRETS_MISSING stays)."""
+        try:
+            if not await self.host.rebind(sid):
+                log.warning("%s: its secrets no longer resolve; core stopped it", sid)
+        except NotImplementedError:
+            return False
+        except Exception as e:
+            log.warning("rebinding the secrets of %s failed: %s", sid, e)
+        return True
 
     @override
     async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:

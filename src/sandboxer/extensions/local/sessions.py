@@ -50,6 +50,9 @@ class Sandbox:
     revive_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     starting: asyncio.Task[None] | None = field(default=None, repr=False)  # its jail's start
     paused: bool = False  # its jail is frozen (lifecycle.py): new sessions are refused
+    # Set once core was asked for the secrets of a restored sandbox (lifecycle.py): a
+    # session waits for it rather than start without them.
+    rebound: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def started(self) -> bool:
@@ -103,6 +106,7 @@ class SSHServer(asyncssh.SSHServer):
 
 
 OUTPUT_GRACE = 2.0
+REBIND_WAIT = 30.0
 
 
 async def _pump(fd: int, out: asyncssh.SSHWriter[bytes]) -> None:
@@ -140,6 +144,14 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
                              f"{sb.id}` first\n".encode())
         process.exit(255)
         return
+    if sb.rebound is not None and not sb.rebound.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sb.rebound.wait(), REBIND_WAIT)
+        if sb.jail is None or not sb.jail.alive:  # core stopped it: a ref did not resolve
+            process.stderr.write(f"sandboxer: sandbox {sb.id} was stopped: its secrets "
+                                 "no longer resolve (see sandboxer get)\n".encode())
+            process.exit(255)
+            return
     term = process.term_type
     pty = term is not None
     env = dict(sb.env)

@@ -216,6 +216,9 @@ class VMPackerExtension(VMLifecycle, BuildsImages):
             return Observed(live=live, detail=None if live else "no lease record")
         if self._pid(handle.sandbox_id) is not None:
             return Observed(live=True)
+        if self._record(handle.sandbox_id).get("stopped") and (
+                self.sandbox_dir(handle.sandbox_id) / "overlay.qcow2").is_file():
+            return Observed(live=True, detail="stopped: its disk is kept")
         return Observed(live=False, detail="its QEMU process is gone")
 
     # -- destroy ------------------------------------------------------------------------
