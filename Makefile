@@ -38,11 +38,12 @@ BENCH_OUT := bench/out
 QUICK ?=
 BENCH_QUICK := $(if $(QUICK),--quick,)
 COMPOSE_ROUNDS := $(if $(QUICK),--rounds 1,)
-bench: ## the benchmarks (ext.local CLI, API create + burst, API on wrk, fleet, ext.local pause, compose) and their plot
+bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, fleet, ext.local pause, compose) and their plot
 	@mkdir -p $(BENCH_OUT); rm -f $(BENCH_OUT)/*.json; status=0; \
 	$(PYTHON) -m compileall -q src >/dev/null || status=1; \
 	$(PYTHON) bench/run.py $(BENCH_QUICK) --json $(BENCH_OUT)/run.json || status=1; \
 	$(PYTHON) bench/create_api.py $(BENCH_QUICK) --json $(BENCH_OUT)/create_api.json || status=1; \
+	$(PYTHON) bench/pools.py $(BENCH_QUICK) --compose --json $(BENCH_OUT)/pools.json || status=1; \
 	$(PYTHON) bench/api.py $(BENCH_QUICK) --json $(BENCH_OUT)/api.json || status=1; \
 	$(PYTHON) bench/fleet.py $(BENCH_QUICK) --json $(BENCH_OUT)/fleet.json || status=1; \
 	if [ "$$(id -u)" = 0 ]; then \

@@ -150,7 +150,8 @@ class Watcher:
         acted: list[str] = []
         seen: set[str] = set()
         catalog = self.manager.catalog  # read again only when a profile file changed
-        for status in self.manager.store.query(states=["ready"], extension=self.extension):
+        for status in self.manager.store.query(states=["ready"], extension=self.extension,
+                                                 pooled=False):  # unclaimed: nobody's
             idle = self._idle_of(catalog, status.profile)
             if idle is None:
                 continue

@@ -364,8 +364,8 @@ async def rebind(manager: Manager, sandbox_id: str) -> bool:
     if rec is None:
         raise not_found(sandbox_id)
     s = rec.status
-    if s.state not in _BINDABLE:
-        return True
+    if s.state not in _BINDABLE or rec.pool is not None:
+        return True  # an unclaimed pooled sandbox was never given anything (sandboxer.pools)
     handle = _handle(rec)
     ext = manager.extension(s.extension)
     profile, secrets, why = await _resolve_again(manager, s)
@@ -384,9 +384,13 @@ async def rebind(manager: Manager, sandbox_id: str) -> bool:
     if isinstance(ext, StopsAndStarts) and ext.stoppable(handle) is None:
         new = await _quietly(f"stopping {sandbox_id}", ext.stop(handle)) or handle
     log.warning("%s stopped: %s", sandbox_id, why)
+    # The host resolves in its own environment (a keeper's is allow-listed: no env: ref's
+    # variable); the caller's resolves them again.
+    text = (f"{why}; `sandboxer start {sandbox_id}` where they resolve (an env: ref's "
+            "variable set) brings it back")[-2000:]
     with contextlib.suppress(Conflict):
         manager.store.transition(
             sandbox_id, from_states=set(_BINDABLE), to_state="stopped",
-            event="sandbox.stopped", reason=SECRETS_UNRESOLVED, error=str(why)[-2000:],
+            event="sandbox.stopped", reason=SECRETS_UNRESOLVED, error=text,
             handle=new.model_dump(mode="json"))
     return False

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandboxer import checks as inputs
 from sandboxer import idling, lifecycle, placement, reaping
@@ -56,12 +56,16 @@ if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, prof
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.target import TargetRecord
+    from sandboxer.secrets.refs import Ref
 
 log = logging.getLogger(__name__)
 # Live states with a running lease: extended, destroyed and reaped (reason expired) alike.
 _KEEPS_LEASE = ("ready", "unreachable", "stopped", "paused")
 READY_TIMEOUT = 60.0
 SETUP_STEP_TIMEOUT = 1800.0
+# A sandbox made ahead for a pool is replaced at max_age (sandboxer.pools); its lease runs
+# this much longer, so the reaper ends it when nobody hosts the pool any more.
+POOL_GRACE = timedelta(minutes=1)
 
 
 @dataclass
@@ -209,14 +213,45 @@ class Manager:
         labels: dict[str, str] | None = None,
         target: str | None = None,
         resolve_secrets: bool = True,
+        check_secrets: bool = True,
         caller: Caller | None = None,
     ) -> tuple[Plan, Extension, dict[str, SecretStr]]:
         """Validate everything a create needs, resolving secrets last; creates nothing.
 
         Secret refs are parsed first (grammar: exit 7 before any probe), validated after
-        placement, and resolved only when ``resolve_secrets`` (a create) and every ref
+        placement (unless not ``check_secrets``: a sandbox made ahead for a pool gets
+        none), and resolved only when ``resolve_secrets`` (a create) and every ref
         validated; a dry run reports each ref's check in the plan instead of raising.
         """
+        profile, refs, actor, lease, merged = self.terms(
+            profile_id, ttl=ttl, actor=actor, labels=labels, caller=caller)
+        ext = self.extension(profile.extension)
+        spec = ext.parse_spec(profile)
+        known = ext.targets(self.settings)
+        candidates = [t for t in known if target in (None, t.name)]
+        probed = await placement.probe_candidates(ext, candidates)
+        others = [t for t in known if t not in candidates]
+        chosen = placement.choose([*probed, *others], profile.route, pinned=target,
+                        placement=profile.placement)
+        ext.check(profile, spec, chosen, self.catalog.source(profile.id).path)
+        checks, secrets = await self.secrets(profile, refs if check_secrets else [],
+                                             resolve=resolve_secrets)
+        plan = Plan(
+            profile=profile,
+            target=chosen,
+            ttl=lease,
+            actor=actor or profile.actor,
+            labels=merged,
+            secret_checks=checks,
+        )
+        return plan, ext, secrets
+
+    def terms(self, profile_id: str, *, ttl: str | None, actor: str | None,
+              labels: dict[str, str] | None, caller: Caller | None,
+              ) -> tuple[Profile, list[Ref], str | None, timedelta,
+                         dict[str, str]]:
+        """What a request asks of a profile, checked: the profile, its parsed secret refs,
+        the owner (None: the profile's actor), the lease and the merged labels."""
         actor = inputs.actor(actor)  # as the service checks it: one message everywhere
         actor = owner_for_create(actor, caller)  # an API caller owns what it creates
         profile = self.catalog.get(profile_id)
@@ -232,33 +267,22 @@ class Manager:
                 f"({format_duration(profile.ttl.max)})",
                 hint="ask for a shorter lease",
             )
-        ext = self.extension(profile.extension)
-        idling.check(profile, ext)  # an idle the extension cannot carry out: exit 4
-        spec = ext.parse_spec(profile)
+        idling.check(profile, self.extension(profile.extension))  # idle it cannot do: exit 4
         from sandboxer.reachability import resolve_tunnel
 
         resolve_tunnel(profile.reachability, self.settings.env)  # bad SANDBOXER_TUNNEL_*: exit 4
-        known = ext.targets(self.settings)
-        candidates = [t for t in known if target in (None, t.name)]
-        probed = await placement.probe_candidates(ext, candidates)
-        others = [t for t in known if t not in candidates]
-        chosen = placement.choose([*probed, *others], profile.route, pinned=target,
-                        placement=profile.placement)
-        ext.check(profile, spec, chosen, self.catalog.source(profile.id).path)
+        return profile, refs, actor, lease, merged
+
+    async def secrets(self, profile: Profile, refs: list[Ref], *,
+                      resolve: bool) -> tuple[list[boundary.RefCheck], dict[str, SecretStr]]:
+        """Each ref validated at the boundary, and (``resolve``) every value read, in
+        memory only; SecretError before any is read when one does not validate."""
         checks = await asyncio.to_thread(boundary.check, refs, self.settings) if refs else []
         secrets: dict[str, SecretStr] = {}
-        if resolve_secrets and refs:
+        if resolve and refs:
             boundary.ensure_valid(profile.id, checks)
             secrets = await asyncio.to_thread(boundary.read, refs, self.settings)
-        plan = Plan(
-            profile=profile,
-            target=chosen,
-            ttl=lease,
-            actor=actor or profile.actor,
-            labels=merged,
-            secret_checks=checks,
-        )
-        return plan, ext, secrets
+        return checks, secrets
 
     async def create(
         self,
@@ -270,26 +294,37 @@ class Manager:
         target: str | None = None,
         name: str | None = None,
         caller: Caller | None = None,
+        pooled: bool = False,
     ) -> SandboxStatus:
-        """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise."""
+        """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise.
+
+        ``pooled``: provision one ahead for the profile's pool (``sandboxer.pools``): no
+        owner, no secrets, no ``setup.env``, no setup steps (they belong to the claim),
+        its lease the pool's ``max_age``; refused (Conflict) when the pool is full."""
         name = inputs.name(name)
         plan, ext, secrets = await self.plan(
-            profile_id, ttl=ttl, actor=actor, labels=labels, target=target, caller=caller
-        )
+            profile_id, ttl=ttl, actor=actor, labels=labels, target=target, caller=caller,
+            check_secrets=not pooled, resolve_secrets=not pooled)
         now = utcnow()
         sid = new_sandbox_id()
+        pool = plan.profile.pool if pooled else None
+        lease = plan.ttl if pool is None else pool.max_age + POOL_GRACE
         status = SandboxStatus(
             id=sid, name=name, profile=plan.profile.id, extension=ext.name,
-            target=plan.target.name, state="provisioning", actor=plan.actor,
-            labels=plan.labels, created_at=now, expires_at=now + plan.ttl,
+            target=plan.target.name, state="provisioning",
+            actor=None if pooled else plan.actor, labels=plan.labels, created_at=now,
+            expires_at=now + lease,
         )
         from sandboxer import creator
 
         # plan() saw a free slot; the insert takes it, or refuses when a concurrent create
         # took it meanwhile (STYLE 16: the check is in the transaction of the write).
-        self.store.insert(status, max_expires_at=now + plan.profile.ttl.max,
+        self.store.insert(status, max_expires_at=now + (lease if pooled
+                                                        else plan.profile.ttl.max),
                           creator=creator.current(), capacity=plan.target.capacity,
-                          retain=reaping.seconds(plan.profile.ttl.retain))
+                          retain=reaping.seconds(plan.profile.ttl.retain),
+                          pool=plan.profile.id if pool else None,
+                          pool_size=pool.size if pool else None)
         self.progress(f"{sid}: provisioning {plan.profile.id} on {plan.target.name}")
         handle = Handle(sandbox_id=sid, extension=ext.name, target=plan.target.name)
         try:
@@ -297,38 +332,23 @@ class Manager:
                 sandbox_id=sid, profile=plan.profile, spec=ext.parse_spec(plan.profile),
                 target=plan.target, settings=self.settings,
                 user=plan.profile.reachability.user, labels=plan.labels,
-                env=dict(plan.profile.setup.env), expires_at=status.expires_at,
+                env={} if pooled else dict(plan.profile.setup.env),
+                expires_at=status.expires_at,
                 progress=self.progress, source=self.catalog.source(plan.profile.id).path,
             )
             handle = await ext.provision(req, secrets)
             self.store.set_handle(sid, handle.model_dump(mode="json"))
             self.progress(f"{sid}: waiting for SSH")
             await ext.wait_ready(handle, READY_TIMEOUT)
-            await self._run_setup(ext, handle, plan.profile, secrets)
+            if not pooled:
+                await self._run_setup(ext, handle, plan.profile, secrets)
             reach = self.descriptor(sid, await ext.endpoint(handle), plan.profile)
             ready = self.store.transition(
                 sid, from_states={"provisioning"}, to_state="ready", event="sandbox.ready",
                 reachability=reach,
             )
         except BaseException as e:
-            placement.forget(ext, plan.target.name)
-            cleaned = await self._fail(sid, ext, handle, e, secrets)
-            # Destroyed by someone else meanwhile: whatever broke here (SSH to a jail that is
-            # gone, a setup step killed) follows from that, and their record stands.
-            if isinstance(e, Conflict) or (isinstance(e, Exception)
-                                           and self._destroyed_meanwhile(sid)):
-                raise Conflict(f"sandbox {sid} was destroyed while it was provisioning") from e
-            if isinstance(e, SandboxerError) and not isinstance(e, ProvisionFailed):
-                raise
-            if isinstance(e, Exception):
-                detail = boundary.redact(e.render() if isinstance(e, SandboxerError)
-                                         else f"{type(e).__name__}: {e}", secrets)
-                left = ("nothing was left behind" if cleaned else "its cleanup failed too "
-                        f"(`sandboxer destroy {sid}` retries it)")
-                raise ProvisionFailed(f"creating {sid} from {profile_id} failed: {detail}",
-                                      hint=f"{left}; see `sandboxer get {sid}` for the "
-                                      "recorded error") from e
-            raise
+            await self.failed_create(e, ext, handle, secrets, profile_id)
         placement.answered(ext, plan.target.name)
         if idling.watched(plan.profile, ext):  # its keeper watches it, serve or not
             try:
@@ -338,6 +358,30 @@ class Manager:
                             "idle (%s); `sandboxer serve` or the next create does", sid, e)
         self.progress(f"{sid}: ready")
         return ready
+
+    async def failed_create(self, e: BaseException, ext: Extension, handle: Handle,
+                            secrets: dict[str, SecretStr], profile_id: str) -> NoReturn:
+        """After ``e`` broke a create (or a claim) of ``handle``'s sandbox: clean up,
+        record it failed, and raise what the caller should see."""
+        sid = handle.sandbox_id
+        placement.forget(ext, handle.target or "")
+        cleaned = await self._fail(sid, ext, handle, e, secrets)
+        # Destroyed by someone else meanwhile: whatever broke here (SSH to a jail that is
+        # gone, a setup step killed) follows from that, and their record stands.
+        if isinstance(e, Conflict) or (isinstance(e, Exception)
+                                       and self._destroyed_meanwhile(sid)):
+            raise Conflict(f"sandbox {sid} was destroyed while it was provisioning") from e
+        if isinstance(e, SandboxerError) and not isinstance(e, ProvisionFailed):
+            raise e
+        if isinstance(e, Exception):
+            detail = boundary.redact(e.render() if isinstance(e, SandboxerError)
+                                     else f"{type(e).__name__}: {e}", secrets)
+            left = ("nothing was left behind" if cleaned else "its cleanup failed too "
+                    f"(`sandboxer destroy {sid}` retries it)")
+            raise ProvisionFailed(f"creating {sid} from {profile_id} failed: {detail}",
+                                  hint=f"{left}; see `sandboxer get {sid}` for the "
+                                  "recorded error") from e
+        raise e
 
     def _destroyed_meanwhile(self, sid: str) -> bool:
         current = self.store.get(sid)
@@ -477,7 +521,8 @@ class Manager:
                     continue
                 if state != "destroying" and not reaping.lapsed(rec, now):
                     continue  # extended meanwhile, or another reaper began its retain
-                if reaping.retains(rec):  # ttl.retain: stopped and kept, not destroyed yet
+                if reaping.retains(rec) and rec.pool is None:  # ttl.retain: stopped, kept
+                    # (an unclaimed pooled sandbox holds no one's work: destroyed)
                     done.append(await reaping.retain(self, rec, now))
                     continue
                 reason = ("expired" if state in _KEEPS_LEASE

@@ -168,12 +168,12 @@ class _Manager:
         raise Conflict("changed meanwhile")
 
 
-def _add(store: Store, profile: str, state: str = "ready") -> str:
+def _add(store: Store, profile: str, state: str = "ready", pool: str | None = None) -> str:
     now = utcnow()
     s = SandboxStatus.model_validate({
         "id": f"sbx-{profile[:1] * 10}", "profile": profile, "extension": "ext.watched",
         "state": state, "created_at": now, "expires_at": now + timedelta(hours=1)})
-    store.insert(s, max_expires_at=now + timedelta(hours=2))
+    store.insert(s, max_expires_at=now + timedelta(hours=2), pool=pool)
     store.set_handle(s.id, Handle(sandbox_id=s.id, extension="ext.watched").model_dump(
         mode="json"))
     return s.id
@@ -187,13 +187,14 @@ async def _watch(settings: Settings) -> None:
     settings.ensure()
     store = open_store(settings)
     tiny = IdleSpec(after=timedelta(seconds=1))
-    cat = _Catalog({"quiet": tiny, "talky": tiny, "cpu": tiny, "free": None,
+    cat = _Catalog({"quiet": tiny, "talky": tiny, "cpu": tiny, "free": None, "new": tiny,
                     "ice": IdleSpec(after=timedelta(seconds=1), action="pause")})
     ext = _Watched(settings)
     manager = _Manager(store, cat, ext)
     quiet, talky, busy = _add(store, "quiet"), _add(store, "talky"), _add(store, "cpu")
     free, frozen = _add(store, "free"), _add(store, "ice")
     _add(store, "zgone")  # its profile was removed: left alone
+    _add(store, "new", pool="new")  # unclaimed in a warm pool: nobody's, never idle
     for sid in (quiet, frozen):
         ext.answers[sid] = Activity(cpu_seconds=2.0)
     ext.answers[talky] = Activity(sessions=1)

@@ -92,8 +92,8 @@ class BodyLimit:
 
 
 async def _background(app: FastAPI, stop: asyncio.Event) -> None:
-    """The leader's duties — reaper, periodic reconcile, idle handling, State Hub
-    publisher — run by whichever replica of this store leads (service/leader.py;
+    """The leader's duties — reaper, periodic reconcile, idle handling, warm pools, State
+    Hub publisher — run by whichever replica of this store leads (service/leader.py;
     docs/architecture.md)."""
     from sandboxer import events, idling
     from sandboxer.service.leader import Campaign, every, publishing
@@ -117,10 +117,18 @@ async def _background(app: FastAPI, stop: asyncio.Event) -> None:
         if removed:
             log.info("reconcile removed %d resource(s) no live sandbox claims", len(removed))
 
+    async def refill() -> None:
+        if made := await service.app.refill_pools():
+            service.changed.set()
+            log.info("provisioned %d sandbox(es) ahead for warm pools", made)
+
+    from sandboxer.pools import REFILL_INTERVAL
+
     duties = [every("the reaper", envvars.reap_interval(env), reap),
               every("reconcile", envvars.reconcile_interval(env), reconcile),
               every("idle handling", envvars.idle_interval(env),
-                    idling.Watcher(service.manager).round)]
+                    idling.Watcher(service.manager).round),
+              every("the pools", REFILL_INTERVAL, refill)]
     config = events.hub_config(settings)
     if config is not None:
         duties.append(publishing(service.store, config, service.changed))

@@ -61,6 +61,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "sandboxes", "description": "create, inspect, extend, stop, start, pause, "
      "resume and destroy sandboxes"},
     {"name": "events", "description": "the outbox of state changes"},
+    {"name": "pools", "description": "sandboxes provisioned ahead, claimed by a create"},
     {"name": "targets", "description": "where sandboxes run"},
     {"name": "images", "description": "image recipes"},
     {"name": "admin", "description": "the caller's identity and operator actions"},
@@ -297,6 +298,22 @@ async def reap(svc: Svc, who: Who) -> JSONResponse:
              responses=errors(Forbidden, ProvisionFailed))
 async def reconcile(svc: Svc, who: Who) -> JSONResponse:
     return _json({"schema": "sandboxer.reconcile/v1", "removed": await svc.reconcile(who)})
+
+
+# -- pools ------------------------------------------------------------------------------
+
+
+@router.get("/pools", summary="every warm pool (admin: with its sandboxes)", tags=["pools"],
+            response_model=r.PoolList, responses=errors(InvalidInput))
+def list_pools(svc: Svc, who: Who) -> JSONResponse:
+    return _json({"schema": "sandboxer.pools/v1", "items": svc.client(who).pools_list()})
+
+
+@router.get("/pools/{profile_id}", summary="one profile's warm pool", tags=["pools"],
+            response_model=r.Pool, responses=errors(NotFound, InvalidInput))
+def get_pool(svc: Svc, who: Who,
+             profile_id: Annotated[str, Path(pattern=PROFILE_ID)]) -> JSONResponse:
+    return _json(svc.client(who).pools_show(profile_id))
 
 
 # -- targets and images -----------------------------------------------------------------

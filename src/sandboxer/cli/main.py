@@ -14,6 +14,7 @@ from sandboxer.cli import (
     events,
     images,
     mcp,
+    pools,
     profiles,
     reach,
     sandboxes,
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for group in (profiles, sandboxes, reach, targets, images, events, serve, tokens, mcp,
-                  db, doctor):
+    for group in (profiles, sandboxes, reach, pools, targets, images, events, serve, tokens,
+                  mcp, db, doctor):
         group.register(sub, common)
     return parser
 

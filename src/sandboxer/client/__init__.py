@@ -104,6 +104,12 @@ class Client(Protocol):
                         limit: int = 1000) -> list[dict[str, Any]]:
         """Like events, as sandboxer.event/v1 documents (the wire format)."""
 
+    def pools_list(self) -> list[dict[str, Any]]:
+        """Every warm pool (sandboxer.pool/v1); an actor sees counts, an admin sandboxes."""
+
+    def pools_show(self, profile_id: str) -> dict[str, Any]:
+        """One profile's warm pool; NotFound when it has none."""
+
     def targets_list(self) -> list[dict[str, Any]]:
         """Configured targets plus the implicit ones."""
 

@@ -248,6 +248,14 @@ class HttpClient(TypedReads):
 
     # -- targets and images -----------------------------------------------------------
 
+    def pools_list(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call("GET", "/v1/pools")["items"]
+        return items
+
+    def pools_show(self, profile_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._call("GET", f"/v1/pools/{profile_id}")
+        return doc
+
     def targets_list(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self._call("GET", "/v1/targets")["items"]
         return items

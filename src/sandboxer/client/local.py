@@ -159,6 +159,12 @@ class LocalClient(TypedReads):
 
     # -- targets and images -----------------------------------------------------------
 
+    def pools_list(self) -> list[dict[str, Any]]:
+        return self.service.list_pools(caller=self.caller)
+
+    def pools_show(self, profile_id: str) -> dict[str, Any]:
+        return self.service.get_pool(profile_id, caller=self.caller)
+
     def targets_list(self) -> list[dict[str, Any]]:
         return self.service.targets_list(caller=self.caller)
 

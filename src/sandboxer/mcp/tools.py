@@ -27,6 +27,8 @@ from sandboxer.models.requests import DURATION, PROFILE_ID
 from sandboxer.models.responses import (
     DoctorReport,
     ImageBuilt,
+    Pool,
+    PoolList,
     ProfileList,
     SandboxList,
     TargetList,
@@ -255,6 +257,19 @@ def build(client: Client) -> MCPServer[Any]:
     async def list_targets() -> TargetList:
         items = await call(client.targets_list)
         return TargetList.model_validate({"schema": "sandboxer.targets/v1", "items": items})
+
+    @server.tool(description="Warm pools: per profile, how many sandboxes are kept "
+                 "provisioned ahead for create_sandbox to claim (an admin also sees them).",
+                 annotations=_annotations("List warm pools", **reads))
+    async def list_pools() -> PoolList:
+        items = await call(client.pools_list)
+        return PoolList.model_validate({"schema": "sandboxer.pools/v1", "items": items})
+
+    @server.tool(description="One profile's warm pool: its size, max_age and how many "
+                 "sandboxes are ready to be claimed.",
+                 annotations=_annotations("Show a warm pool", **reads))
+    async def show_pool(profile: ProfileId) -> Pool:
+        return Pool.model_validate(await call(lambda: client.pools_show(profile)))
 
     @server.tool(description="Build (or find cached) the image a profile needs, or an image "
                  "recipe an extension offers by name (admin tokens only).",

@@ -151,6 +151,34 @@ class TargetList(_Document):
     items: list[TargetSummary]
 
 
+class PooledSandbox(_Document):
+    id: str
+    state: str
+    target: str | None
+    created_at: str
+
+
+class Pool(_Document):
+    """``sandboxer.pool/v1``: one profile's warm pool (docs/cli.md#pools)."""
+
+    schema_: Literal["sandboxer.pool/v1"] = Field("sandboxer.pool/v1", alias="schema")
+    profile: str
+    extension: str | None
+    size: int = Field(description="sandboxes the profile keeps unclaimed (0: no pool now)")
+    max_age: str | None = Field(description="an unclaimed one this old is replaced")
+    ready: int
+    provisioning: int
+    unreachable: int
+    destroying: int
+    sandboxes: list[PooledSandbox] | None = Field(
+        None, description="the unclaimed sandboxes; only an admin sees them")
+
+
+class PoolList(_Document):
+    schema_: Literal["sandboxer.pools/v1"] = Field("sandboxer.pools/v1", alias="schema")
+    items: list[Pool]
+
+
 class TargetAdded(_Open):
     schema_: Literal["sandboxer.target/v1"] = Field("sandboxer.target/v1", alias="schema")
     name: str

@@ -158,6 +158,12 @@ class Service(OperatorOps):
         checks.name(req.name)
         options = self._checked(req)
         try:
+            from sandboxer import pools
+
+            claimed = await pools.claim(self.manager, req.profile, name=req.name,
+                                        caller=caller, **options)
+            if claimed is not None:
+                return claimed
             for attempt in range(1, PLACEMENT_ATTEMPTS):
                 try:
                     return await self.manager.create(req.profile, name=req.name,
@@ -173,6 +179,27 @@ class Service(OperatorOps):
                                              **options)
         finally:
             self.prune_events()
+
+    # -- pools ------------------------------------------------------------------------
+
+    def list_pools(self, *, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Every pool (sandboxer.pool/v1); an actor sees counts, an admin the sandboxes."""
+        from sandboxer import pools
+
+        return pools.documents(self.manager, caller=caller)
+
+    def get_pool(self, profile_id: str, *, caller: Caller | None = None) -> dict[str, Any]:
+        """One profile's pool; NotFound when it has none."""
+        from sandboxer import pools
+
+        return pools.document(self.manager, profile_id, caller=caller)
+
+    async def refill_pools(self, *, extension: str | None = None) -> int:
+        """One refill round of the pools this process hosts (``serve``'s leader: every
+        profile's; the local service: its extension's); how many sandboxes were made."""
+        from sandboxer import pools
+
+        return await pools.refill(self.manager, extension=extension)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -203,9 +230,10 @@ class Service(OperatorOps):
                    "actor": actor_filter(checks.actor(req.actor), caller),
                    "labels": dict(req.labels) or None}
         self.reap_seen()
-        docs = self.store.query_documents(**filters)
+        # A pooled sandbox is nobody's yet: `pools show` lists it, never `list`.
+        docs = self.store.query_documents(**filters, pooled=False)
         if self.serve(docs):
-            docs = self.store.query_documents(**filters)
+            docs = self.store.query_documents(**filters, pooled=False)
         return docs
 
     def event_documents(self, query: EventsQuery, *,

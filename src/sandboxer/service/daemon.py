@@ -8,12 +8,14 @@ keeps the extension's leases, reaping them every ``Extension.keeper_interval()``
 (the same code as every CLI call and ``sandboxer reap``), so a lease ends even when nobody
 runs a command (and ``ttl.retain`` stops, then destroys). When the extension implements
 ``ReportsActivity`` it also watches its sandboxes of profiles with ``idle``
-(``sandboxer.idling``, every ``SANDBOXER_IDLE_INTERVAL`` seconds). When the extension
-implements ``Housekeeping`` (ext.local serves its SSH endpoints there) it awaits
-``housekeep(host)`` alongside and exits when that returns; otherwise it exits once no
-sandbox of the extension has been live for ``IDLE_EXIT`` seconds (stopped and paused ones
-are live: a sandbox kept by ``ttl.retain`` or watched for being idle keeps it running).
-It forks once at start, so whoever spawns it can reap its first process at once.
+(``sandboxer.idling``, every ``SANDBOXER_IDLE_INTERVAL`` seconds). The keeper that hosts
+the local service also keeps the warm pools of its extension's profiles filled
+(``sandboxer.pools``). When the extension implements ``Housekeeping`` (ext.local serves
+its SSH endpoints there) it awaits ``housekeep(host)`` alongside and exits when that
+returns; otherwise it exits once no sandbox of the extension has been live for
+``IDLE_EXIT`` seconds (stopped and paused ones are live: a sandbox kept by ``ttl.retain``
+or watched for being idle keeps it running). It forks once at start, so whoever spawns it
+can reap its first process at once.
 
 It starts with an allow-listed environment (``childenv.for_sandboxer``), never a copy of
 its caller's: it outlives the command that started it.
@@ -82,6 +84,20 @@ async def _local_service(service: Service, sock: socket.socket | None,
     service.manager.busy = local.busy
     await local.start(sock)
     return local
+
+
+async def _pools(service: Service, extension: str) -> None:
+    """Keep the warm pools of ``extension``'s profiles filled (sandboxer.pools), until
+    cancelled; a round that fails is logged and the next one runs as usual."""
+    from sandboxer.pools import REFILL_INTERVAL
+
+    while True:
+        try:
+            if made := await service.refill_pools(extension=extension):
+                log.info("provisioned %d sandbox(es) ahead for warm pools", made)
+        except Exception as e:
+            log.warning("refilling the warm pools of %s failed: %s", extension, e)
+        await asyncio.sleep(REFILL_INTERVAL)
 
 
 def _lock(path: Path, timeout: float = LOCK_WAIT) -> int | None:
@@ -199,6 +215,8 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
         watcher = idling.Watcher(service.manager, extension=extension)
         others.add(asyncio.create_task(watcher.run(idling.interval_of(service.manager)),
                                        name="idle"))
+    if service_socket is not None:  # the local service hosts its extension's warm pools
+        others.add(asyncio.create_task(_pools(service, extension), name="pools"))
     local = await _local_service(service, service_socket, {keeping, *others})
     log.info("keeper %d for %s in %s%s%s", os.getpid(), extension, settings.home,
              " with its housekeeping" if housekeeping else "",

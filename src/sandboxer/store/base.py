@@ -50,6 +50,7 @@ class Record:
     version: int
     retain: float | None = None
     """Its profile's ``ttl.retain`` when it was created, in seconds (None: no retain)."""
+    pool: str | None = None  # the profile whose pool holds it, while unclaimed
 
 
 class Changes(TypedDict, total=False):
@@ -62,6 +63,19 @@ class Changes(TypedDict, total=False):
     handle: dict[str, Any] | None
     target: str | None
     retain: float | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the claim of a pooled sandbox binds to it in the store (``Store.claim``)."""
+
+    actor: str | None
+    name: str | None
+    labels: dict[str, str]
+    created_at: datetime
+    expires_at: datetime
+    max_expires_at: datetime
+    creator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,13 +208,29 @@ class Store(Protocol):
 
     def insert(self, status: SandboxStatus, *, max_expires_at: datetime,
                creator: str | None = None, capacity: int | None = None,
-               retain: float | None = None) -> None:
+               retain: float | None = None, pool: str | None = None,
+               pool_size: int | None = None) -> None:
         """Record a new sandbox (version 1, no handle) and its ``sandbox.created`` event in
         one transaction. With ``capacity``, the live sandboxes of its extension on its
         target are counted in that same transaction and ``NoTarget`` is raised, nothing
         written, when ``capacity`` are live already. A duplicate id raises. ``retain``
         (seconds, its profile's ``ttl.retain``) is kept for the reaper (``Record``,
-        ``ReapCandidate``)."""
+        ``ReapCandidate``).
+
+        ``pool``: the sandbox is provisioned ahead for that profile's pool, unclaimed
+        (``claim`` hands it out). With ``pool_size``, the live unclaimed sandboxes of that
+        pool are counted in the same transaction and ``Conflict`` is raised, nothing
+        written, when ``pool_size`` are live already (two fillers never overfill)."""
+        ...
+
+    def claim(self, pool: str, claim: Claim, *, born_after: datetime,
+              targets: Iterable[str] | None = None) -> SandboxStatus | None:
+        """Hand out one ``ready`` unclaimed sandbox of ``pool`` created after
+        ``born_after`` (on one of ``targets`` when given), oldest first, in one
+        transaction: it leaves the pool (``pool`` NULL), takes ``claim``'s actor, name,
+        labels, times and creator, becomes ``provisioning`` (the claim binds and runs the
+        setup steps, then makes it ready) and its ``sandbox.claimed`` event is appended.
+        Two concurrent claims never get the same sandbox. None: none was free."""
         ...
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
@@ -208,7 +238,8 @@ class Store(Protocol):
         ...
 
     def get_record(self, sandbox_id: str) -> Record | None:
-        """The sandbox's status with its handle, lease bound and version, or None."""
+        """The sandbox's status with its handle, lease bound, version and pool (the
+        profile whose pool holds it unclaimed, else None), or None."""
         ...
 
     def get_document(self, sandbox_id: str) -> dict[str, Any] | None:
@@ -239,15 +270,17 @@ class Store(Protocol):
     def query(self, *, states: Iterable[str] | None = None, profile: str | None = None,
               actor: str | None = None, extension: str | None = None,
               labels: dict[str, str] | None = None,
-              limit: int | None = None) -> list[SandboxStatus]:
-        """Sandboxes matching every filter given (``labels``: each key has that value),
-        oldest first (creation time, then id), at most ``limit``."""
+              limit: int | None = None, pooled: bool | None = None) -> list[SandboxStatus]:
+        """Sandboxes matching every filter given (``labels``: each key has that value;
+        ``pooled``: True only unclaimed ones of a pool, False none of them), oldest first
+        (creation time, then id), at most ``limit``."""
         ...
 
     def query_documents(self, *, states: Iterable[str] | None = None,
                         profile: str | None = None, actor: str | None = None,
                         extension: str | None = None, labels: dict[str, str] | None = None,
-                        limit: int | None = None) -> list[dict[str, Any]]:
+                        limit: int | None = None,
+                        pooled: bool | None = None) -> list[dict[str, Any]]:
         """``query`` as ``sandboxer.sandbox/v1`` documents, built without pydantic."""
         ...
 

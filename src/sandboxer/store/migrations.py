@@ -140,4 +140,16 @@ MIGRATIONS.append(
         """,
     )
 )
+# 6: warm pools (issue 16): ``pool`` names the profile of a sandbox provisioned ahead and
+# not claimed yet; a claim sets it to NULL (5 is the last activity, added beside it).
+MIGRATIONS.append(
+    (
+        6,
+        """
+        ALTER TABLE sandboxes ADD COLUMN pool TEXT;
+        CREATE INDEX sandboxes_pool ON sandboxes (pool, state, created_at)
+        """,
+    )
+)
+MIGRATIONS.sort()
 LATEST = MIGRATIONS[-1][0]

@@ -116,7 +116,8 @@ def test_a_generated_client_drives_the_api(server: tuple[Serve, dict[str, str]],
 
 def drive(m: ModuleType, ops: dict[str, ModuleType], admin: Any, agent: Any,
           nobody: Any) -> None:
-    """create, get, list, events, extend, reachability, destroy; operator routes; errors."""
+    """create, get, list, events, extend, stop/start/pause/resume, reachability, destroy;
+    operator routes; errors."""
 
     def op(tag: str, name: str) -> Any:
         return importlib.import_module(f"{ops[tag].__name__}.{name}").sync_detailed
@@ -155,6 +156,18 @@ def drive(m: ModuleType, ops: dict[str, ModuleType], admin: Any, agent: Any,
     events = parsed(op("events", "list_events")(client=agent, sandbox=box.id), 200,
                     m.EventList)
     assert [e.type_ for e in events.items][:2] == ["sandbox.created", "sandbox.ready"]
+    for name, state in (("stop_sandbox", "stopped"), ("start_sandbox", "ready"),
+                        ("pause_sandbox", "paused"), ("resume_sandbox", "ready")):
+        changed = parsed(op("sandboxes", name)(box.id, client=agent), 200, m.SandboxStatus)
+        assert changed.state == state, name
+    wrong = parsed(op("sandboxes", "resume_sandbox")(box.id, client=agent), 200,
+                   m.SandboxStatus)  # ready already: unchanged
+    assert wrong.state == "ready"
+    conflict = parsed(op("sandboxes", "start_sandbox")(
+        parsed(op("sandboxes", "pause_sandbox")(box.id, client=agent), 200,
+               m.SandboxStatus).id, client=agent), 409, m.ErrorDocument)
+    assert conflict.code == "conflict"
+    parsed(op("sandboxes", "resume_sandbox")(box.id, client=agent), 200, m.SandboxStatus)
     gone = parsed(op("sandboxes", "destroy_sandbox")(box.id, client=agent), 200,
                   m.SandboxStatus)
     assert gone.state == "destroyed"

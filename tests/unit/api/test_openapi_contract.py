@@ -15,7 +15,7 @@ from sandboxer.config import Settings
 
 from .conftest import Api
 
-TAGS = {"profiles", "sandboxes", "events", "targets", "images", "admin"}
+TAGS = {"profiles", "sandboxes", "events", "pools", "targets", "images", "admin"}
 OPERATIONS = {
     ("get", "/v1/whoami"): ("whoami", "Whoami"),
     ("get", "/v1/profiles"): ("list_profiles", "ProfileList"),
@@ -34,6 +34,8 @@ OPERATIONS = {
     ("get", "/v1/events"): ("list_events", "EventList"),
     ("post", "/v1/reap"): ("reap", "SandboxList"),
     ("post", "/v1/reconcile"): ("reconcile", "ReconcileReport"),
+    ("get", "/v1/pools"): ("list_pools", "PoolList"),
+    ("get", "/v1/pools/{profile_id}"): ("get_pool", "Pool"),
     ("get", "/v1/targets"): ("list_targets", "TargetList"),
     ("post", "/v1/targets"): ("add_target", "TargetAdded"),
     ("get", "/v1/targets/check"): ("check_targets", "TargetCheckList"),
@@ -75,7 +77,7 @@ def test_every_route_declares_its_answer_operation_id_and_tag(spec: dict[str, An
     assert _ref(found[("post", "/v1/sandboxes")]["responses"]["200"]) == "Plan"
     assert "201" in found[("post", "/v1/sandboxes")]["responses"]
     assert [t["name"] for t in spec["tags"]] == sorted(TAGS, key=[
-        "profiles", "sandboxes", "events", "targets", "images", "admin"].index)
+        "profiles", "sandboxes", "events", "pools", "targets", "images", "admin"].index)
 
 
 def test_every_error_status_carries_the_error_document(spec: dict[str, Any]) -> None:

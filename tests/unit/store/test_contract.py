@@ -725,3 +725,127 @@ def test_stopped_and_paused_leases_run_out_too(store: Store) -> None:
     got = store.reapable(now)
     assert [(c.id, c.state) for c in got] == [(paused.id, "paused"), (stopped.id, "stopped")]
     assert got[1].reason == "expired: kept"
+# -- pools -----------------------------------------------------------------------------
+
+
+def _pooled(store: Store, pool: str = "profile.fake", state: str = "ready",
+            **kw: Any) -> SandboxStatus:
+    s = status(state, **kw)
+    store.insert(s, max_expires_at=s.expires_at, pool=pool)
+    return s
+
+
+def _claim(**kw: Any) -> Any:
+    from sandboxer.store.base import Claim
+
+    now = utcnow()
+    fields: dict[str, Any] = {"actor": "agt", "name": "mine", "labels": {"run": "7"},
+                              "created_at": now, "expires_at": now + HOUR,
+                              "max_expires_at": now + 2 * HOUR, "creator": "c1"}
+    fields.update(kw)
+    return Claim(**fields)
+
+
+def test_pooled_sandboxes_are_live_but_left_out_of_unpooled_queries(store: Store) -> None:
+    mine = add(store)
+    pooled = _pooled(store)
+    assert [s.id for s in store.query(pooled=False)] == [mine.id]
+    assert [d["id"] for d in store.query_documents(pooled=True)] == [pooled.id]
+    assert {s.id for s in store.query()} == {mine.id, pooled.id}
+    assert store.live_count("fake-1", "ext.fake") == 2  # capacity counts the pool
+    assert pooled.id in store.live_ids()
+
+
+def test_a_claim_binds_and_leaves_the_pool_with_its_event(store: Store) -> None:
+    old = _pooled(store, created_at=utcnow() - timedelta(minutes=5))
+    young = _pooled(store)
+    other = _pooled(store, pool="profile.other")
+    claim = _claim()
+    got = store.claim("profile.fake", claim, born_after=utcnow() - HOUR)
+    assert got is not None
+    assert got.id == old.id  # oldest first
+    assert (got.state, got.actor, got.name, got.labels) == ("provisioning", "agt", "mine",
+                                                            {"run": "7"})
+    assert abs((got.created_at - claim.created_at).total_seconds()) < 0.01
+    rec = store.get_record(got.id)
+    assert rec is not None
+    assert abs((rec.max_expires_at - claim.max_expires_at).total_seconds()) < 0.01
+    assert rec.pool is None
+    still = store.get_record(young.id)
+    assert still is not None
+    assert still.pool == "profile.fake"
+    assert types(store, got.id)[-1] == "sandbox.claimed"
+    assert [d["id"] for d in store.query_documents(pooled=True)] == [young.id, other.id]
+    # Too old (born before born_after), another target, or nothing left: None.
+    assert store.claim("profile.fake", _claim(), born_after=utcnow()) is None
+    assert store.claim("profile.fake", _claim(), born_after=utcnow() - HOUR,
+                       targets=["elsewhere"]) is None
+    assert store.claim("profile.fake", _claim(), born_after=utcnow() - HOUR,
+                       targets=["fake-1"]) is not None
+    assert store.claim("profile.fake", _claim(), born_after=utcnow() - HOUR) is None
+
+
+def test_only_a_ready_pooled_sandbox_is_claimed(store: Store) -> None:
+    _pooled(store, state="provisioning")
+    gone = _pooled(store)
+    store.transition(gone.id, from_states={"ready"}, to_state="destroying", event=None)
+    assert store.claim("profile.fake", _claim(), born_after=utcnow() - HOUR) is None
+
+
+def test_a_pool_is_never_overfilled(store: Store) -> None:
+    _pooled(store)
+    _pooled(store)
+    s = status("provisioning")
+    with pytest.raises(Conflict, match="2/2"):
+        store.insert(s, max_expires_at=s.expires_at, pool="profile.fake", pool_size=2)
+    assert len(store.query(pooled=True)) == 2
+    store.insert(s, max_expires_at=s.expires_at, pool="profile.fake", pool_size=3)
+
+
+def test_concurrent_claims_never_get_the_same_sandbox(backend: Backend) -> None:
+    """Eight connections claim from a pool of five at once: five distinct winners."""
+    first = backend.open()
+    pooled = {_pooled(first).id for _ in range(5)}
+    stores = [backend.open() for _ in range(8)]
+    start = threading.Barrier(8)
+    got: list[str | None] = []
+
+    def claim(store: Store) -> None:
+        start.wait()
+        s = store.claim("profile.fake", _claim(), born_after=utcnow() - HOUR)
+        got.append(None if s is None else s.id)
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    won = [g for g in got if g is not None]
+    assert len(got) == 8
+    assert sorted(won) == sorted(pooled)
+    assert [r.sandbox_id for r in first.event_rows() if r.type == "sandbox.claimed"].count(
+        won[0]) == 1
+
+
+def _claims(url: str, start: Any, n: int, out: Any) -> None:
+    store = open_store(_settings(url))
+    start.wait()
+    for _ in range(n):
+        s = store.claim("profile.fake", _claim(), born_after=utcnow() - HOUR)
+        out.put(None if s is None else s.id)
+
+
+def test_concurrent_claims_across_processes(backend: Backend) -> None:
+    first = backend.open()
+    pooled = {_pooled(first).id for _ in range(5)}
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claims, args=(backend.url, start, 4, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in range(8)]
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    won = [r for r in results if r]
+    assert sorted(won) == sorted(pooled)

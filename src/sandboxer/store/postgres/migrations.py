@@ -133,6 +133,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
 ]
+# 6: warm pools, as store/migrations.py's 6.
+MIGRATIONS.append(
+    (
+        6,
+        """
+        ALTER TABLE sandboxes ADD COLUMN pool TEXT;
+        CREATE INDEX sandboxes_pool ON sandboxes (pool, state, created_at)
+        """,
+    )
+)
+MIGRATIONS.sort()
 LATEST = MIGRATIONS[-1][0]
 
 # The session advisory lock every migrating process takes (one bigint key of its own).

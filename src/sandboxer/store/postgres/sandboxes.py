@@ -27,7 +27,7 @@ from psycopg import errors as pg_errors
 from psycopg.types.json import Json, Jsonb
 
 from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
-from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
+from sandboxer.store.base import Claim, ReapCandidate, Record, iso_from_epoch
 from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, key32, key64, ts
 from sandboxer.store.postgres.fastread import Skip
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator, "
-    "last_active_at, retain"
+    "last_active_at, retain, pool"
 )
 # States whose lease (or ttl.retain) runs out: the reaper acts when expires_at passes.
 _EXPIRING = "state IN ('ready', 'unreachable', 'stopped', 'paused')"
@@ -50,6 +50,7 @@ _DOCUMENT_COLUMNS = ("id, name, profile, extension, target, state, reason, actor
 _GET_DOCUMENT = f"SELECT {_DOCUMENT_COLUMNS} FROM sandboxes WHERE id = $1".encode()
 _LIVE_COUNT = ("SELECT COUNT(*) AS n FROM sandboxes WHERE target = %s AND extension = %s "
                f"AND {LIVE}")
+_POOL_COUNT = f"SELECT COUNT(*) AS n FROM sandboxes WHERE pool = %s AND {LIVE}"
 # Every event append takes this transaction-scoped lock, so events commit in ``seq`` order
 # and a reader following ``seq`` (``events --follow``) never skips one that commits late.
 OUTBOX_LOCK = key64("sandboxer", "outbox")
@@ -122,16 +123,23 @@ class Sandboxes(Connection):
         return Record(status=self._status(row), handle=row["handle"],
                       max_expires_at=dt(row["max_expires_at"]),
                       updated_at=dt(row["updated_at"]), version=row["version"],
-                      retain=row["retain"])
+                      retain=row["retain"], pool=row["pool"])
 
     # -- sandboxes --------------------------------------------------------------------
 
     def insert(self, status: SandboxStatus, *, max_expires_at: datetime,
                creator: str | None = None, capacity: int | None = None,
-               retain: float | None = None) -> None:
+               retain: float | None = None, pool: str | None = None,
+               pool_size: int | None = None) -> None:
         now = time.time()
 
         def write(c: Conn) -> None:
+            if pool is not None and pool_size is not None:
+                # The pool's own lock, then a count in a statement of its own (as capacity).
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (key64("sandboxer.pool", pool),))
+                held = c.execute(_POOL_COUNT, (pool,)).fetchone()
+                if held and int(held["n"]) >= pool_size:
+                    raise Conflict(f"the pool of {pool} holds {held['n']}/{pool_size} already")
             if capacity is not None:
                 # Two statements, not one: under READ COMMITTED a statement's snapshot is
                 # taken when it starts, so a count in the statement that waited for the
@@ -149,22 +157,51 @@ class Sandboxes(Connection):
             try:
                 c.execute(
                     f"INSERT INTO sandboxes ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s, NULL, %s)",
+                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s, NULL, %s, %s)",
                     (status.id, status.name, status.profile, status.extension, status.target,
                      status.state, status.reason, status.actor, Jsonb(status.labels),
                      ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
-                     status.error, creator, retain))
+                     status.error, creator, retain, pool))
             except pg_errors.UniqueViolation as e:
                 raise Conflict(f"a sandbox with id {status.id} exists already") from e
             append_event(c, "sandbox.created", status)
 
         self._run(write, write=True)
 
+    def claim(self, pool: str, claim: Claim, *, born_after: datetime,
+              targets: Iterable[str] | None = None) -> SandboxStatus | None:
+        # One UPDATE whose pick skips rows another claim has locked (FOR UPDATE SKIP
+        # LOCKED): concurrent claims take different sandboxes and never wait on each other.
+        pick = "pool = %s AND state = 'ready' AND created_at > %s"
+        args: list[Any] = [pool, ts(born_after)]
+        if targets is not None:
+            pick += " AND target = ANY(%s)"
+            args.append(list(targets))
+
+        def write(c: Conn) -> SandboxStatus | None:
+            new = c.execute(
+                "UPDATE sandboxes SET pool = NULL, state = 'provisioning', reason = NULL, "
+                "actor = %s, name = %s, labels = %s, created_at = %s, expires_at = %s, "
+                "max_expires_at = %s, creator = %s, updated_at = %s, version = version + 1 "
+                f"WHERE id = (SELECT id FROM sandboxes WHERE {pick} ORDER BY created_at, id "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED) AND pool IS NOT NULL AND state = 'ready' "
+                f"RETURNING {_COLUMNS}",
+                (claim.actor, claim.name, Jsonb(claim.labels), ts(claim.created_at),
+                 ts(claim.expires_at), ts(claim.max_expires_at), claim.creator, time.time(),
+                 *args)).fetchone()
+            if new is None:
+                return None
+            status = self._status(new)
+            append_event(c, "sandbox.claimed", status)
+            return status
+
+        return self._run(write, write=True)
+
     def _row(self, sandbox_id: str) -> dict[str, Any] | None:
         return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = %s", (sandbox_id,))
 
     def get_record(self, sandbox_id: str) -> Record | None:
-        row = self._row(sandbox_id)
+        row = self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = %s", (sandbox_id,))
         return self._record(row) if row else None
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
@@ -245,9 +282,11 @@ class Sandboxes(Connection):
     def _select(self, *, states: Iterable[str] | None = None, profile: str | None = None,
                 actor: str | None = None, extension: str | None = None,
                 labels: dict[str, str] | None = None,
-                limit: int | None = None) -> list[dict[str, Any]]:
+                limit: int | None = None, pooled: bool | None = None) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[Any] = []
+        if pooled is not None:
+            where.append("pool IS NOT NULL" if pooled else "pool IS NULL")
         if states is not None:
             where.append("state = ANY(%s)")
             args.append(list(states))

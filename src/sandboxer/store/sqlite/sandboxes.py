@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
-from sandboxer.store.base import ReapCandidate, Record, iso_from_epoch
+from sandboxer.store.base import Claim, ReapCandidate, Record, iso_from_epoch
 from sandboxer.store.sqlite.connection import LIVE, Connection, dt, ts
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
@@ -25,12 +25,13 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator, "
-    "last_active_at, retain"
+    "last_active_at, retain, pool"
 )
 # States whose lease (or ttl.retain) runs out: the reaper acts when expires_at passes.
 _EXPIRING = "state IN ('ready', 'unreachable', 'stopped', 'paused')"
 # What takes a slot of a target's capacity.
 _LIVE_COUNT = f"SELECT COUNT(*) FROM sandboxes WHERE target = ? AND extension = ? AND {LIVE}"
+_POOL_COUNT = f"SELECT COUNT(*) FROM sandboxes WHERE pool = ? AND {LIVE}"
 
 
 def _document(row: sqlite3.Row) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class Sandboxes(Connection):
             updated_at=dt(row["updated_at"]),
             version=row["version"],
             retain=row["retain"],
+            pool=row["pool"],
         )
 
     def _append_event(self, c: sqlite3.Connection, kind: str, status: SandboxStatus) -> None:
@@ -91,11 +93,16 @@ class Sandboxes(Connection):
     def insert(
         self, status: SandboxStatus, *, max_expires_at: datetime, creator: str | None = None,
         capacity: int | None = None, retain: float | None = None,
+        pool: str | None = None, pool_size: int | None = None,
     ) -> None:
         # SQLite counts under the write lock of BEGIN IMMEDIATE; a server backend locks the
         # target's row instead.
         now = time.time()
         with self._write() as c:
+            if pool is not None and pool_size is not None:
+                held = c.execute(_POOL_COUNT, (pool,)).fetchone()[0]
+                if held >= pool_size:
+                    raise Conflict(f"the pool of {pool} holds {held}/{pool_size} already")
             if capacity is not None:
                 used = c.execute(_LIVE_COUNT, (status.target, status.extension)).fetchone()[0]
                 if used >= capacity:
@@ -107,22 +114,50 @@ class Sandboxes(Connection):
                     )
             c.execute(
                 f"INSERT INTO sandboxes ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?, NULL, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?, NULL, ?, ?)",
                 (
                     status.id, status.name, status.profile, status.extension, status.target,
                     status.state, status.reason, status.actor,
                     json.dumps(status.labels, sort_keys=True),
                     ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
-                    status.error, creator, retain,
+                    status.error, creator, retain, pool,
                 ),
             )
             self._append_event(c, "sandbox.created", status)
+
+    def claim(self, pool: str, claim: Claim, *, born_after: datetime,
+              targets: Iterable[str] | None = None) -> SandboxStatus | None:
+        # One write transaction (BEGIN IMMEDIATE): no other claim runs between the pick
+        # and the update.
+        where = "pool = ? AND state = 'ready' AND created_at > ?"
+        args: list[Any] = [pool, ts(born_after)]
+        if targets is not None:
+            names = list(targets)
+            where += f" AND target IN ({', '.join('?' * len(names))})"
+            args += names
+        with self._write() as c:
+            row = c.execute(f"SELECT id FROM sandboxes WHERE {where} "
+                            "ORDER BY created_at, id LIMIT 1", args).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE sandboxes SET pool = NULL, state = 'provisioning', reason = NULL, "
+                "actor = ?, name = ?, labels = ?, created_at = ?, expires_at = ?, "
+                "max_expires_at = ?, creator = ?, updated_at = ?, version = version + 1 "
+                "WHERE id = ?",
+                (claim.actor, claim.name, json.dumps(claim.labels, sort_keys=True),
+                 ts(claim.created_at), ts(claim.expires_at), ts(claim.max_expires_at),
+                 claim.creator, time.time(), row["id"]))
+            status = self._status(c.execute(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?",
+                                            (row["id"],)).fetchone())
+            self._append_event(c, "sandbox.claimed", status)
+            return status
 
     def _row(self, sandbox_id: str) -> sqlite3.Row | None:
         return self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,))
 
     def get_record(self, sandbox_id: str) -> Record | None:
-        row = self._row(sandbox_id)
+        row = self._one(f"SELECT {_COLUMNS} FROM sandboxes WHERE id = ?", (sandbox_id,))
         return self._record(row) if row else None
 
     def get(self, sandbox_id: str) -> SandboxStatus | None:
@@ -201,9 +236,12 @@ class Sandboxes(Connection):
         extension: str | None = None,
         labels: dict[str, str] | None = None,
         limit: int | None = None,
+        pooled: bool | None = None,
     ) -> list[sqlite3.Row]:
         where: list[str] = []
         args: list[Any] = []
+        if pooled is not None:
+            where.append("pool IS NOT NULL" if pooled else "pool IS NULL")
         if states is not None:
             st = list(states)
             where.append(f"state IN ({', '.join('?' * len(st))})")
