@@ -47,7 +47,7 @@ from sandboxer.extensions.vm_packer.machine import TARGET, VMBase
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 90.0   # seconds a guest may take to power off before QEMU is ended
-CHECK_EVERY = 10.0    # seconds between two checks of the ready VMs in the keeper
+CHECK_EVERY = 15.0    # seconds between two checks of the ready VMs in the keeper
 IDLE_EXIT = 30.0      # the keeper exits once no VM sandbox lived for this long
 _BOOT_KEYS = ("image", "user", "cpus", "memory_mib", "accel")
 
