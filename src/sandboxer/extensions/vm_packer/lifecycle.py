@@ -280,7 +280,15 @@ class VMLifecycle(VMBase, StopsAndStarts, Pauses, ReportsActivity, Binds, Housek
         elif await qmp.status(self.sandbox_dir(sid)) != "running":
             return  # paused: nothing to read until it resumes
         else:
-            _sessions, _cpu, bound = await remote.activity(await self.endpoint(handle))
+            fd = os.open(self.sandbox_dir(sid) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:  # a start binding it right now holds the lock: not a reboot
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _sessions, _cpu, bound = await remote.activity(await self.endpoint(handle))
+            except BlockingIOError:
+                return
+            finally:
+                os.close(fd)
             if bound:
                 return
             log.info("%s: its guest rebooted (the binding is gone); binding again", sid)
