@@ -14,6 +14,10 @@ it, in the same rounds (interleaved, so the machine's other load falls on all al
   <= x1.20. Until the CLI is a thin client of the warm local service, it pays the
   interpreter's start and the manager's imports on top of the in-process figure.
 
+Pause and resume: ext.compose-ssh's ``pause``/``resume`` of one sandbox in the warm
+process (the engine API: list the project's running containers, pause each) against the
+raw `docker pause`/`unpause` CLI of the same container, interleaved. Targets <= x1.10.
+
 Also 5 concurrent creates through the CLI on one target. Uses DOCKER_HOST when an engine
 answers there, else starts a private dockerd (as the integration tests do). ``--json
 FILE`` writes the figures, each check and the raw samples (ms) under ``"samples"``, which
@@ -43,7 +47,9 @@ PROFILE = "profile.bench-compose"
 TARGETS = (("create in-process", "compose in-process", "raw compose up + ssh", 1.10),
            ("create CLI", "compose CLI", "raw compose up + ssh", 1.20),
            ("destroy in-process", "destroy in-process", "raw compose down", 1.10),
-           ("destroy CLI", "destroy CLI", "raw compose down", 1.20))
+           ("destroy CLI", "destroy CLI", "raw compose down", 1.20),
+           ("pause in-process", "pause in-process", "raw docker pause", 1.10),
+           ("resume in-process", "resume in-process", "raw docker unpause", 1.10))
 
 
 def engine(tmp: Path) -> tuple[str, Any]:
@@ -146,6 +152,44 @@ class InProcess:
         return end - start, time.perf_counter() - t
 
 
+def pause_rounds(warm: InProcess, env: dict[str, str], rounds: int,
+                 samples: dict[str, list[float]]) -> None:
+    """One sandbox paused and resumed by the extension, then by the docker CLI, in turn."""
+    import asyncio
+
+    from sandboxer.extensions.compose_ssh.extension import ComposeSSHExtension
+
+    sid = warm.client.create(PROFILE, target="local").id
+    manager = warm.client.manager
+    ext = manager.extension("ext.compose-ssh")
+    assert isinstance(ext, ComposeSSHExtension)
+    handle = next(h for h in manager.store.live_handles(ext.name) if h.sandbox_id == sid)
+    cid = handle.data["container"]
+    loop = asyncio.new_event_loop()  # one loop for every round, as a long-lived process
+    try:
+        for n in range(rounds + 1):  # the first round unmeasured
+            timed = {}
+            for name, step in (("pause in-process", lambda: loop.run_until_complete(
+                                    ext.pause(handle))),
+                               ("resume in-process", lambda: loop.run_until_complete(
+                                    ext.resume(handle))),
+                               ("raw docker pause", lambda: subprocess.run(
+                                    ["docker", "pause", cid], env=env, check=True,
+                                    capture_output=True)),
+                               ("raw docker unpause", lambda: subprocess.run(
+                                    ["docker", "unpause", cid], env=env, check=True,
+                                    capture_output=True))):
+                t = time.perf_counter()
+                step()
+                timed[name] = round((time.perf_counter() - t) * 1000, 3)
+            if n:
+                for name, value in timed.items():
+                    samples[name].append(value)
+    finally:
+        loop.close()
+        warm.client.destroy(sid)
+
+
 def concurrent(env: dict[str, str], n: int) -> dict[str, Any]:
     def one(_: int) -> tuple[int, str]:
         done = subprocess.run([CLI, "create", PROFILE, "--target", "local", "--json",
@@ -189,7 +233,9 @@ def main() -> int:
     args = ap.parse_args()
     samples: dict[str, list[float]] = {
         name: [] for name in ("raw compose up + ssh", "compose in-process", "compose CLI",
-                              "raw compose down", "destroy in-process", "destroy CLI")}
+                              "raw compose down", "destroy in-process", "destroy CLI",
+                              "pause in-process", "resume in-process", "raw docker pause",
+                              "raw docker unpause")}
     with tempfile.TemporaryDirectory(prefix="sbx-bench-compose-", dir="/var/tmp") as tmp:
         d = Path(tmp)
         host, started = engine(d)
@@ -220,6 +266,7 @@ def main() -> int:
                     samples[up_name].append(round(up * 1000, 3))
                     samples[down_name].append(round(down * 1000, 3))
             phases = {k: round(statistics.median(v) * 1000, 1) for k, v in warm.phases.items()}
+            pause_rounds(warm, env, max(args.rounds, 5) * 3, samples)
             extra = concurrent(env, 5)
         finally:
             if started is not None:

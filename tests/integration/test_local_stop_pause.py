@@ -104,6 +104,10 @@ def test_ten_pause_resume_cycles_lose_nothing(local_home: Settings) -> None:
     asyncio.run(ext.resume(h))
     asyncio.run(ext.resume(h))
     assert "paused" not in (control.read_record(local_home, sid) or {})
+    asyncio.run(ext.pause(h))  # a paused sandbox is destroyed like any other
+    assert LocalClient(local_home).destroy(sid).state == "destroyed"
+    assert not cg.pids()
+    assert not any(d.exists() for d in cg.unique_dirs)
 
 
 def test_stop_start_keeps_workspace_host_key_and_binds_again(local_home: Settings) -> None:
@@ -188,6 +192,8 @@ def test_activity_sees_a_session_and_cpu(local_home: Settings) -> None:
     stopped = asyncio.run(ext.stop(h))
     seen = asyncio.run(ext.activity(stopped))
     assert (seen.sessions, seen.cpu_seconds) == (0, 0.0)
+    assert LocalClient(local_home).destroy(h.sandbox_id).state == "destroyed"
+    assert not control.sandbox_dir(local_home, h.sandbox_id).exists()
 
 
 def test_keeper_restart_brings_secrets_back_from_a_file_ref(local_home: Settings,
@@ -216,6 +222,21 @@ def test_keeper_restart_brings_secrets_back_from_a_file_ref(local_home: Settings
              "the secrets to be bound again")
     events = [e["type"] for e in client.event_documents(sandbox_id=sid)]
     assert "sandbox.restored" in events
+    # Paused when the keeper dies: restored, bound again, then frozen again.
+    m = Manager(local_home)
+    assert asyncio.run(m.pause(sid)).state == "paused"
+    pid = control.daemon_pid(local_home)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not port_open(reach["port"]), "the listener to go away")
+    asyncio.run(control.ensure_running(local_home))
+    cg = sandbox_cgroup(sid)
+    wait_for(cg.frozen, "the restored sandbox to be frozen again")
+    assert events.count("sandbox.restored") == 1
+    wait_for(lambda: [e["type"] for e in client.event_documents(sandbox_id=sid)].count(
+        "sandbox.restored") == 2, "the second rebind")
+    assert asyncio.run(m.resume(sid)).state == "ready"
+    assert out(reach, probe) == f"{value} plain []\n{value}\n"
     found = leaks([value], [local_home.home])
     assert not found, found
 
@@ -238,3 +259,38 @@ def test_through_the_manager_states_and_descriptor(local_home: Settings) -> None
     events = [e["type"] for e in LocalClient(local_home).event_documents(sandbox_id=sid)]
     assert events[-4:] == ["sandbox.paused", "sandbox.resumed", "sandbox.stopped",
                            "sandbox.started"]
+
+
+def test_through_the_cli(local_home: Settings) -> None:
+    import json
+    import subprocess
+
+    from .conftest import SANDBOXER
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SANDBOXER, *args], capture_output=True, text=True,
+                              timeout=120, check=False, stdin=subprocess.DEVNULL)
+
+    made = cli("create", "profile.local", "--ttl", "10m", "--json", "-q")
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(made.stdout)
+    sid, reach = doc["id"], doc["reachability"]
+    out(reach, "echo kept > /workspace/data; " + COUNTER)
+    cg = sandbox_cgroup(sid)
+    for command, state in (("pause", "paused"), ("resume", "ready"), ("pause", "paused"),
+                           ("stop", "stopped")):
+        done = cli(command, sid, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == state
+        if state == "paused":
+            assert cg.frozen()
+            assert ssh(reach, "true").returncode == 255
+    # stop from paused: the frozen processes ended too
+    assert not cg.pids()
+    assert not port_open(reach["port"])
+    wrong = cli("pause", sid, "--json")
+    assert wrong.returncode == 8, wrong.stderr  # conflict: a stopped sandbox
+    done = cli("start", sid, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reachability"]["port"] == reach["port"]
+    assert out(reach, "cat /workspace/data; test -e /tmp/c || echo fresh") == "kept\nfresh\n"

@@ -1,4 +1,5 @@
 """The guest side of secrets, one copy: the loader that exports /run/secrets/NAME as NAME
+(after /run/secrets/.env/NAME, the environment ext.vm-packer binds there)
 and the session wrapper sshd runs for every session (ForceCommand) when a sandbox has
 secrets.
 

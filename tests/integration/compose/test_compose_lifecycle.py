@@ -2,8 +2,10 @@
 activity, bind, and a container docker restarted getting its secrets back.
 
 Sandboxes are made with the installed CLI (the SSH target, so the remote path runs: the
-docker CLI over one SSH connection; the local target for the engine API's path), then
-driven through the extension as core drives it (``Manager.extension``).
+docker CLI over one SSH connection; the local target for the engine API's path). Activity,
+bind and pause are driven through the extension as core drives it (``Manager.extension``);
+stop/start/pause/resume also through the CLI; the restart is noticed by core's keeper for
+ext.compose-ssh on its own. The secret is a ``file:`` ref: the keeper resolves it again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tests.integration.compose.test_compose_ssh import make_env
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
 from sandboxer.extensions.base import Handle
-from sandboxer.extensions.compose_ssh import ready, restarts
+from sandboxer.extensions.compose_ssh import ready
 from sandboxer.extensions.compose_ssh.extension import ComposeSSHExtension
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ PROFILE = {
     "ttl": {"default": "30m", "max": "2h"},
     "reachability": {"user": "agent"},
     "setup": {"env": {"PLAIN": "plain"},
-              "secret_refs": [{"name": "TOKEN", "ref": "env:SBX_LIFE_TOKEN"}]},
+              "secret_refs": [{"name": "TOKEN", "ref": "file:{token_file}"}]},
 }
 # The workspace the hashes cover: files in the container's own layer (/tmp/work) and in
 # the named volume (the home directory).
@@ -102,28 +104,16 @@ def home(ssh_target: SshTarget, tmp_path: Path) -> Iterator[Home]:
             "compose": {"services": {"main": {"image": ssh_target.image,
                                               "volumes": ["data:/home/agent"]}},
                         "volumes": {"data": {}}}}}
-        (ctx.profiles / "life.yaml").write_text(json.dumps(doc))
         token = f"cnrylife{secrets.token_hex(12)}"
-        ctx.env["SBX_LIFE_TOKEN"] = token
+        (tmp_path / "token").write_text(token)
+        (tmp_path / "token").chmod(0o600)
+        text = json.dumps(doc).replace("{token_file}", str(tmp_path / "token"))
+        (ctx.profiles / "life.yaml").write_text(text)
         yield Home(ctx.env, token)
 
 
-class Rebinding:
-    """Host.rebind as core does it (refs resolved again: here, the known values)."""
-
-    def __init__(self, ext: ComposeSSHExtension, handles: dict[str, Handle],
-                 token: str) -> None:
-        self.ext, self.handles, self.token, self.calls = ext, handles, token, 0
-
-    async def rebind(self, sandbox_id: str) -> bool:
-        self.calls += 1
-        await self.ext.bind(self.handles[sandbox_id], {"PLAIN": "plain"},
-                            {"TOKEN": SecretStr(self.token)})
-        return True
-
-
-def test_stop_start_activity_bind_and_restart_over_ssh(
-    home: Home, docker_daemon: DockerDaemon, ssh_target: SshTarget, tmp_path: Path,
+def test_activity_and_bind_over_ssh(
+    home: Home, docker_daemon: DockerDaemon, ssh_target: SshTarget,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     doc = home.create("t1")
@@ -133,7 +123,6 @@ def test_stop_start_activity_bind_and_restart_over_ssh(
     assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{home.token}|plain"
     home.out(doc, FILL)
     before = home.out(doc, HASH)
-    key = asyncio.run(ext.endpoint(handle)).host_key
 
     # Activity: a session open (a sleeping command) and CPU burnt show.
     quiet = asyncio.run(ext.activity(handle))
@@ -147,46 +136,27 @@ def test_stop_start_activity_bind_and_restart_over_ssh(
             ext.activity(handle)).sessions >= 1, timeout=30, interval=0.2)
         home.out(doc, "timeout 3 sh -c 'while :; do :; done' || true")
         busy = asyncio.run(ext.activity(handle))
-        assert busy.cpu_seconds >= quiet.cpu_seconds + 1.0, (quiet, busy)
+        # At least a fifth of those 3 s, however loaded this machine is.
+        assert busy.cpu_seconds >= quiet.cpu_seconds + 0.6, (quiet, busy)
     finally:
         holder.kill()
         holder.wait()
 
-    # Stop: the processes end (no SSH), the data and the volume stay; start: same port,
-    # same host key, the files and the secrets back.
-    stopped = asyncio.run(ext.stop(handle))
-    assert home.ssh(doc, "true", timeout=20).returncode != 0
-    assert asyncio.run(ext.stop(stopped)) == stopped  # idempotent
-    started = asyncio.run(ext.start(stopped, {"PLAIN": "again"},
-                                    {"TOKEN": SecretStr(home.token)}))
-    asyncio.run(ext.wait_ready(started, 60))
-    assert started.data["port"] == doc["reachability"]["port"]
-    assert asyncio.run(ext.endpoint(started)).host_key == key
-    assert home.out(doc, HASH) == before  # through the pinned known_hosts: same host key
-    # bind replaces what provision bound: the new PLAIN, the new secret set.
-    assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{home.token}|again"
+    # bind replaces what provision bound: the new env, exactly the new secrets.
     other = f"cnryother{secrets.token_hex(8)}"
-    asyncio.run(ext.bind(started, {"EXTRA": "x"}, {"OTHER": SecretStr(other)}))
+    asyncio.run(ext.bind(handle, {"EXTRA": "x"}, {"OTHER": SecretStr(other)}))
     assert home.out(doc, 'printf "%s|%s|%s|" "${TOKEN-unset}" "${PLAIN-unset}" "$EXTRA"; '
                     'cat /run/secrets/OTHER; echo; ls /run/secrets') == \
         f"unset|unset|x|{other}\nOTHER"
-
-    # docker restarts the container: /run/secrets is empty; the watch notices and rebinds.
-    docker_daemon.docker("restart", "-t", "2", started.data["container"])
-    wait_until("sshd after the restart",
-               lambda: home.ssh(doc, "true", timeout=20).returncode == 0, timeout=60)
-    assert home.out(doc, "ls /run/secrets | wc -l") == "0"
-    host = Rebinding(ext, {sid: started}, home.token)
-    assert asyncio.run(restarts.check(ext, host, [started])) == [sid]
-    assert asyncio.run(restarts.check(ext, host, [started])) == []
-    assert host.calls == 1
-    assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{home.token}|plain"
+    asyncio.run(ext.bind(handle, {"PLAIN": "plain"}, {"TOKEN": SecretStr(home.token)}))
+    assert home.out(doc, 'printf "%s|%s|%s" "$TOKEN" "$PLAIN" "${EXTRA-unset}"') == \
+        f"{home.token}|plain|unset"
     assert home.out(doc, HASH) == before
 
     # Canaries: nowhere in our home, the project directory, docker inspect or the logs.
     canaries = [home.token, other]
-    inspected = docker_daemon.docker("inspect", started.data["container"]).stdout
-    logs = docker_daemon.docker("logs", started.data["container"]).stdout
+    inspected = docker_daemon.docker("inspect", handle.data["container"]).stdout
+    logs = docker_daemon.docker("logs", handle.data["container"]).stdout
     assert not [c for c in canaries if c in inspected + logs + caplog.text]
     found = leaks(canaries, [Path(home.env["SANDBOXER_HOME"]), ssh_target.home])
     assert not found, found
@@ -222,3 +192,55 @@ def test_ten_pause_resume_cycles_keep_files_and_memory(
         wait_until("the counter to go on", counting, timeout=10, interval=0.1)
     activity = asyncio.run(ext.activity(handle))
     assert activity.cpu_seconds > 0, activity
+
+
+def test_cli_stop_start_pause_resume_and_a_restart_the_keeper_rebinds(
+    home: Home, docker_daemon: DockerDaemon, ssh_target: SshTarget,
+) -> None:
+    """Through `sandboxer stop/start/pause/resume` (core's Manager), and a `docker restart`
+    that core's keeper for ext.compose-ssh notices on its own: Host.rebind resolves the
+    `file:` ref again (an `env:` one from this shell would not resolve in the keeper)."""
+    token = home.token
+    doc = home.create("t1")
+    sid = doc["id"]
+    home.out(doc, FILL)
+    before = home.out(doc, HASH)
+
+    def state(*argv: str) -> str:
+        done = home.cli(*argv, sid, "--json")
+        assert done.returncode == 0, (argv, done.stderr)
+        return str(json.loads(done.stdout)["state"])
+
+    assert state("stop") == "stopped"
+    assert home.cli("pause", sid).returncode == 8  # only a ready one pauses: a Conflict
+    assert state("start") == "ready"
+    got = json.loads(home.cli("get", sid, "--json").stdout)
+    assert got["reachability"]["port"] == doc["reachability"]["port"]  # pinned
+    assert home.out(doc, HASH) == before  # through the pinned known_hosts: same host key
+    assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{token}|plain"
+    assert state("pause") == "paused"
+    assert state("resume") == "ready"
+    assert home.out(doc, HASH) == before
+
+    container = docker_daemon.docker(
+        "ps", "-q", "--filter", f"label=sandboxer.id={sid}").stdout.split()[0]
+    docker_daemon.docker("restart", "-t", "2", container)
+
+    def bound_again() -> bool:
+        done = home.ssh(doc, "cat /run/secrets/TOKEN", timeout=20)
+        return done.returncode == 0 and done.stdout == token
+
+    wait_until("the keeper to bind the secret again", bound_again, timeout=60, interval=0.5)
+    assert home.out(doc, 'printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{token}|plain"
+    assert home.out(doc, HASH) == before
+    events = json.loads(home.cli("events", "--sandbox", sid, "--json").stdout)["items"]
+    kinds = [e["type"] for e in events]
+    assert "sandbox.restored" in kinds, kinds
+    for kind in ("sandbox.stopped", "sandbox.started", "sandbox.paused", "sandbox.resumed"):
+        assert kind in kinds, kinds
+
+    inspected = docker_daemon.docker("inspect", container).stdout
+    logs = docker_daemon.docker("logs", container).stdout
+    assert token not in inspected + logs
+    found = leaks([token], [Path(home.env["SANDBOXER_HOME"]), ssh_target.home])
+    assert not found, found

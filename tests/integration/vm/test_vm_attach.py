@@ -3,6 +3,7 @@ and its authorized_keys as it was."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -19,8 +20,11 @@ import pytest
 if TYPE_CHECKING:
     from tests.integration.vm.conftest import VMCli
 
+from sandboxer.config import Settings
+from sandboxer.errors import InvalidInput
 from sandboxer.extensions import _keys
 from sandboxer.extensions.vm_packer import qemu
+from sandboxer.manager import Manager
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -112,6 +116,19 @@ def test_attach_leases_a_running_vm_and_destroy_leaves_it_running(
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ops-vm", "ops"]
     assert f"sandboxer.id={sid}" in running_vm.admin("cat ~/.ssh/authorized_keys").stdout
+
+    # Stop and pause are refused with the reason (InvalidInput, exit 4); the lease stays.
+    manager = Manager(Settings.from_env(vm_cli.env))
+    for verb in ("stop", "pause"):
+        with pytest.raises(InvalidInput) as refused:
+            asyncio.run(getattr(manager, verb)(sid))
+        assert refused.value.exit_code == 4
+        assert f"cannot {verb}" in refused.value.message, refused.value.message
+        assert f"{sid} is an attached VM (ops@127.0.0.1:{running_vm.port})" \
+            in refused.value.message
+        assert f"not sand-boxer's to {verb}" in refused.value.message
+    assert vm_cli.json("get", sid)["state"] == "ready"
+    assert running_vm.admin("true").returncode == 0
 
     assert vm_cli.json("destroy", sid)["items"][0]["state"] == "destroyed"
     assert running_vm.admin("true").returncode == 0, "destroy stopped the attached VM"

@@ -94,3 +94,34 @@ def test_the_activity_script_reports_one_line() -> None:
     assert int(words[1]) >= -1  # no SSH session of ours here (remote.activity clamps)
     assert float(words[2]) >= 0
     assert words[3] in ("bound", "unbound")
+
+
+def test_the_manager_refuses_stop_and_pause_of_an_attached_vm(home: Path) -> None:
+    """Through core (Manager.stop/pause): InvalidInput, exit 4, naming the extension and
+    its reason; the sandbox stays ready."""
+    from datetime import timedelta
+
+    from sandboxer.manager import Manager
+    from sandboxer.models.common import utcnow
+    from sandboxer.models.sandbox import SandboxStatus
+
+    m = Manager(Settings.from_env())
+    now, sid = utcnow(), "sbx-aaaaaaaaaa"
+    m.store.insert(SandboxStatus(id=sid, profile="profile.vm-lab", extension="ext.vm-packer",
+                                 target="qemu", state="provisioning", actor="agt",
+                                 created_at=now, expires_at=now + timedelta(hours=1)),
+                   max_expires_at=now + timedelta(hours=2))
+    m.store.set_handle(sid, Handle(sandbox_id=sid, extension="ext.vm-packer", target="qemu",
+                                   data=ATTACH).model_dump(mode="json"))
+    m.store.transition(sid, from_states={"provisioning"}, to_state="ready",
+                       event="sandbox.ready")
+    for verb in ("stop", "pause"):
+        with pytest.raises(InvalidInput) as refused:
+            asyncio.run(getattr(m, verb)(sid))
+        assert refused.value.exit_code == 4
+        assert refused.value.message.startswith(
+            f"cannot {verb} sandbox {sid}: ext.vm-packer says: {sid} is an attached VM "
+            f"(agent@lab-vm.lan:22): it is not sand-boxer's to {verb}")
+    got = m.store.get(sid)
+    assert got is not None
+    assert got.state == "ready"

@@ -63,15 +63,19 @@ i=0; until id -u "$u" >/dev/null 2>&1; do
 [ -d "$d" ] || { echo "the container has no $d tmpfs" >&2; exit 3; }
 new=$(mktemp -d "$d/.bind.XXXXXX") || exit 1
 env=
+n=0
 while IFS=' ' read -r name val; do
     case $name in
     @env) env=$val ;;
-    ?*) printf '%b' "$val" >"$new/$name" && chmod 0400 "$new/$name" \
-            && chown "$u:" "$new/$name" || exit 1 ;;
+    ?*) printf '%b' "$val" >"$new/$name" || exit 1; n=$((n+1)) ;;
     esac
 done
-for f in "$d"/*; do [ -e "$f" ] && rm -f -- "$f"; done
-for f in "$new"/*; do [ -e "$f" ] && mv -f -- "$f" "$d/"; done
+# Few processes: a claim waits for this exec.
+set -- "$d"/*
+[ -e "$1" ] && { rm -f -- "$@" || exit 1; }
+if [ "$n" -gt 0 ]; then
+    chmod 0400 "$new"/* && chown "$u:" "$new"/* && mv -f -- "$new"/* "$d/" || exit 1
+fi
 rmdir "$new"
 if [ -n "$env" ]; then
     printf '%b' "$env" >"$conf.new" || exit 1

@@ -65,6 +65,11 @@ class SandboxCgroup:
         """Make the directories and write the limits; an existing one is reused."""
         for d in self.unique_dirs:
             d.mkdir(mode=0o755, parents=False, exist_ok=True)
+        if self.frozen():
+            # Left frozen by an endpoint that died while the sandbox was paused: its jail's
+            # processes could not die with it. They go now (kill thaws), and so does the
+            # freeze, which would hold the new jail too.
+            self.kill()
         quota = max(1000, int(cpus * PERIOD_US))
         if self.version == 2:
             d = self.dirs["memory"]

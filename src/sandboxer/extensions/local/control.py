@@ -272,12 +272,13 @@ async def ensure_running(settings: Settings, timeout: float = _START_TIMEOUT) ->
 
 async def call(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
     """``request`` against a running daemon, starting or replacing it when it is gone."""
-    for _attempt in range(3):
-        await ensure_running(settings)
+    for attempt in range(3):
         try:
+            # Asked first, started only when nobody answers: one round trip, not a ping too.
             return await request(settings, op, **args)
         except DaemonUnavailable:
-            continue
+            if attempt < 2:
+                await ensure_running(settings)
     raise ProvisionFailed(f"the ext.local endpoint kept going away during {op!r}",
                           hint=f"see {log_path(settings)}")
 

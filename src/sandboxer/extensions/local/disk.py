@@ -9,12 +9,14 @@ endpoint restart or a reboot: ``mount`` is idempotent and runs again on restore.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 from sandboxer.errors import NoTarget, ProvisionFailed
@@ -155,10 +157,53 @@ def _mount_loop(img: Path, workspace: Path) -> None:
         os.close(ctl)
 
 
+def remount(sandbox_dir: Path, workspace: Path) -> None:
+    """Mount an existing image again (a start, a restore) once its last mount is gone."""
+    wait_detached(image_path(sandbox_dir))
+    mount(sandbox_dir, workspace)
+
+
+def attached(img: Path) -> bool:
+    """Whether a loop device still has ``img`` as its backing file."""
+    target = str(img.resolve())
+    for f in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if f.read_text().strip() == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def wait_detached(img: Path, timeout: float = 10.0) -> None:
+    """Wait until no loop device holds ``img`` (a stopped sandbox's file system lives on
+    until the last namespace that saw it is freed): mounting it through a second device
+    meanwhile would give two live file systems on one image."""
+    deadline = time.monotonic() + timeout
+    while attached(img):
+        if time.monotonic() > deadline:
+            raise ProvisionFailed(f"ext.local: {img} is still attached to a loop device "
+                                  f"after {timeout:.0f}s", hint="losetup -j shows by what")
+        time.sleep(0.01)
+
+
+def _syncfs(workspace: Path) -> None:
+    """Write the workspace file system's dirty data to its image now: a lazy unmount
+    does not, and nothing else may read the image meanwhile."""
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _libc().syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def unmount(workspace: Path) -> None:
-    """Unmount, lazily when something still holds it; not mounted is fine."""
+    """Unmount (its data written to the image first), lazily when something still holds
+    it; not mounted is fine."""
     if not is_mounted(workspace):
         return
+    with contextlib.suppress(OSError):
+        _syncfs(workspace)
     done = subprocess.run(["umount", "--", str(workspace)], capture_output=True,
                           timeout=_TIMEOUT, check=False)
     if done.returncode != 0 and is_mounted(workspace):

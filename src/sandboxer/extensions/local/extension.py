@@ -333,6 +333,11 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             return
         uid = self._private_uid(handle, d)
         if uid is not None:
+            hierarchy = cgroups.detect()
+            if hierarchy is not None:
+                # A jail left frozen (its endpoint died while paused) dies only thawed.
+                with contextlib.suppress(OSError):
+                    hierarchy.sandbox(sid).kill()
             dirs.kill_uid(uid)
         self._teardown(sid, d)
         if uid is not None:

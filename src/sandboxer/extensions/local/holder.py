@@ -125,7 +125,7 @@ class Jail:
         """Start bwrap and wait for its waiting child; raises JailError when it fails."""
         sandbox_dir = self.workspace.parent
         if disk.image_path(sandbox_dir).exists() and not disk.is_mounted(self.workspace):
-            await asyncio.to_thread(disk.mount, sandbox_dir, self.workspace)
+            await asyncio.to_thread(disk.remount, sandbox_dir, self.workspace)
         if self.cgroup is not None:
             lim = self.spec.limits
             self.cgroup.create(memory=lim.memory_bytes, cpus=lim.cpus, pids=lim.processes)

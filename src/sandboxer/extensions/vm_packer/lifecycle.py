@@ -47,7 +47,7 @@ from sandboxer.extensions.vm_packer.machine import TARGET, VMBase
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 90.0   # seconds a guest may take to power off before QEMU is ended
-CHECK_EVERY = 10.0    # seconds between two checks of the ready VMs in the keeper
+CHECK_EVERY = 15.0    # seconds between two checks of the ready VMs in the keeper
 IDLE_EXIT = 30.0      # the keeper exits once no VM sandbox lived for this long
 _BOOT_KEYS = ("image", "user", "cpus", "memory_mib", "accel")
 
@@ -280,7 +280,15 @@ class VMLifecycle(VMBase, StopsAndStarts, Pauses, ReportsActivity, Binds, Housek
         elif await qmp.status(self.sandbox_dir(sid)) != "running":
             return  # paused: nothing to read until it resumes
         else:
-            _sessions, _cpu, bound = await remote.activity(await self.endpoint(handle))
+            fd = os.open(self.sandbox_dir(sid) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:  # a start binding it right now holds the lock: not a reboot
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _sessions, _cpu, bound = await remote.activity(await self.endpoint(handle))
+            except BlockingIOError:
+                return
+            finally:
+                os.close(fd)
             if bound:
                 return
             log.info("%s: its guest rebooted (the binding is gone); binding again", sid)

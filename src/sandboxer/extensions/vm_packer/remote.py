@@ -77,28 +77,23 @@ rmdir "$n"
 # process that ended takes its CPU along (the sum may drop: it only rises with work).
 _ACTIVITY = r"""b=unbound
 [ -e /run/secrets/.bound ] && b=bound
-awk -v me="$(id -u)" -v self="$$" -v hz="$(getconf CLK_TCK)" -v b="$b" 'BEGIN {
+me=$(id -u)
+awk -v self="$$" -v hz="$(getconf CLK_TCK)" -v b="$b" 'BEGIN {
     if ((getline st < ("/proc/" self "/stat")) > 0) {
         sub(/^.*\) /, "", st); split(st, s, " "); ours = s[4]
     }
     for (i = 1; i < ARGC; i++) {
-        d = ARGV[i]; pid = d; sub(/.*\//, "", pid)
-        if ((getline st < (d "/stat")) <= 0) continue
-        close(d "/stat")
+        if ((getline st < (ARGV[i] "/stat")) <= 0) continue
+        close(ARGV[i] "/stat")
         comm = st; sub(/^[^(]*\(/, "", comm); sub(/\)[^)]*$/, "", comm)
         sub(/^.*\) /, "", st); split(st, f, " ")
-        uid = ""
-        while ((getline l < (d "/status")) > 0)
-            if (l ~ /^Uid:/) { split(l, u, /[ \t]+/); uid = u[2] }
-        close(d "/status")
-        if (uid != me) continue
         if (comm == "sshd") { sessions++; continue }
         if (f[4] == ours) continue
         cpu += f[12] + f[13] + f[14] + f[15]
     }
     printf "activity %d %.2f %s\n", sessions - 1, cpu / hz, b
     exit
-}' /proc/[0-9]*
+}' $(find /proc -mindepth 1 -maxdepth 1 -regex '/proc/[0-9]+' -user "$me" 2>/dev/null)
 """
 
 
@@ -129,7 +124,7 @@ async def bind(ep: Endpoint, env: Mapping[str, str],
                               "the sand-boxer guest files (see packer/base.json)")
 
 
-async def activity(ep: Endpoint, timeout: float = 30) -> tuple[int, float, bool]:
+async def activity(ep: Endpoint, timeout: float = 60) -> tuple[int, float, bool]:
     """(sessions open besides ours, cumulative CPU seconds, binding present) of the guest."""
     rc, out = await run(ep, f"sh -c {shlex.quote(_ACTIVITY)}", timeout=timeout)
     for line in out.splitlines():
