@@ -401,17 +401,26 @@ async def rebind(manager: Manager, sandbox_id: str) -> bool:
             return True  # nothing of ours to give back
         why = (f"{ext.name} cannot give a restarted sandbox its secrets back (it does not "
                "bind secrets after provision)")
-    new = handle
+    stopped: Handle | None = None
     if isinstance(ext, StopsAndStarts) and ext.stoppable(handle) is None:
-        new = await _quietly(f"stopping {sandbox_id}", ext.stop(handle)) or handle
-    log.warning("%s stopped: %s", sandbox_id, why)
+        stopped = await _quietly(f"stopping {sandbox_id}", ext.stop(handle))
     # The host resolves in its own environment (a keeper's is allow-listed: no env: ref's
     # variable); the caller's resolves them again.
     text = (f"{why}; `sandboxer start {sandbox_id}` where they resolve (an env: ref's "
             "variable set) brings it back")[-2000:]
     with contextlib.suppress(Conflict):
+        if stopped is None:  # it could not be stopped: recorded as it is, never "stopped"
+            log.warning("%s runs without its secrets and could not be stopped: %s",
+                        sandbox_id, why)
+            manager.store.transition(
+                sandbox_id, from_states={s.state}, to_state=s.state, event=None,
+                reason=SECRETS_UNRESOLVED,
+                error=(f"{why}; it could not be stopped: destroy it, or run `sandboxer "
+                       f"stop {sandbox_id}` and `start` where the refs resolve")[-2000:])
+            return False
+        log.warning("%s stopped: %s", sandbox_id, why)
         manager.store.transition(
             sandbox_id, from_states=set(_BINDABLE), to_state="stopped",
             event="sandbox.stopped", reason=SECRETS_UNRESOLVED, error=text,
-            handle=new.model_dump(mode="json"))
+            handle=stopped.model_dump(mode="json"))
     return False

@@ -314,3 +314,27 @@ def test_rebind_stops_a_sandbox_it_could_not_bind(
     assert "sandbox.restored" not in events(m, s.id)
     text = json.dumps([m.store.get_document(s.id), [x.payload for x in m.store.events()]])
     assert CANARY not in text
+
+
+def test_rebind_never_records_stopped_what_it_could_not_stop(
+        settings: Settings, profiles_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox whose secrets are gone and whose stop failed is not recorded ``stopped``
+    (it runs): it keeps its state, with reason secrets_unresolved and what to do."""
+    add_profile(profiles_dir, "sec", "setup:\n  secret_refs: [{name: TOKEN, ref: "
+                "'env:LIFE_TOKEN'}]\n")
+    monkeypatch.setenv("LIFE_TOKEN", CANARY)
+    m = Manager(Settings.from_env())
+    s = run(m.create("profile.sec"))
+    monkeypatch.delenv("LIFE_TOKEN")
+
+    async def stuck(self: Any, handle: Any) -> Any:
+        raise ProvisionFailed("fake: the stop hung")
+
+    monkeypatch.setattr(type(m.extension("ext.fake")), "stop", stuck)
+    m = Manager(Settings.from_env())
+    assert run(m.extension("ext.fake").host.rebind(s.id)) is False
+    after = m.get(s.id)
+    assert (after.state, after.reason) == ("ready", "secrets_unresolved")
+    assert "could not be stopped" in (after.error or "")
+    assert "sandbox.stopped" not in events(m, s.id)
+    assert CANARY not in json.dumps(m.store.get_document(s.id))
