@@ -80,3 +80,29 @@ def test_pausable_needs_root(tmp_path: Path) -> None:
     reason = ext.pausable(h)
     assert (reason is None) == (os.geteuid() == 0)
     assert ext.stoppable(h) is None
+
+
+def test_a_restored_sandbox_core_cannot_rebind_is_stopped_here_not_served_bare(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host.rebind raising (its store failing) is tried again, then the sandbox is stopped
+    in the endpoint: its sessions never run without their secrets (review L4)."""
+    calls: list[str] = []
+
+    class _Host:
+        async def rebind(self, sid: str) -> bool:
+            calls.append("rebind")
+            raise OSError("database is locked")
+
+    class _Endpoint:
+        host = _Host()
+
+        async def stop_here(self, sid: str) -> None:
+            calls.append(f"stop {sid}")
+
+    async def no_wait(_s: float) -> None:
+        return None
+
+    monkeypatch.setattr(lifecycle.asyncio, "sleep", no_wait)
+    ok = asyncio.run(lifecycle.Lifecycle._rebind(_Endpoint(), "sbx-1"))  # type: ignore[arg-type]
+    assert ok is True  # the next restored sandbox is asked about too
+    assert calls == ["rebind"] * lifecycle.REBIND_TRIES + ["stop sbx-1"]

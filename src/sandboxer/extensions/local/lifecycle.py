@@ -21,6 +21,7 @@ they differ from what it holds);
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import abstractmethod
 from functools import partial
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from sandboxer.extensions.local.sessions import Sandbox
 
 log = logging.getLogger("sandboxer.extensions.local.endpoint")
+# How often a restored sandbox asks core for its secrets before it is stopped here.
+REBIND_TRIES = 3
 
 
 def mark(settings: Settings, sid: str, **flags: bool) -> dict[str, Any]:
@@ -233,14 +236,29 @@ class Lifecycle(ControlServer):
                     sb.rebound.set()
 
     async def _rebind(self, sid: str) -> bool:
-        """``Host.rebind``; False when this core cannot (SANDBOXER_SECRETS_MISSING stays)."""
+        """``Host.rebind``; False when this core cannot (SANDBOXER_SECRETS_MISSING stays).
+
+        When core cannot answer (its store failing), the sandbox is stopped here after a
+        few tries rather than served without its secrets; a later read serves it again
+        and asks once more."""
+        for attempt in range(1, REBIND_TRIES + 1):
+            try:
+                if not await self.host.rebind(sid):
+                    log.warning("%s: its secrets no longer resolve; core stopped it", sid)
+                return True
+            except NotImplementedError:
+                return False
+            except Exception as e:
+                log.warning("rebinding the secrets of %s failed (try %d of %d): %s", sid,
+                            attempt, REBIND_TRIES, e)
+            if attempt < REBIND_TRIES:
+                await asyncio.sleep(1.0)
         try:
-            if not await self.host.rebind(sid):
-                log.warning("%s: its secrets no longer resolve; core stopped it", sid)
-        except NotImplementedError:
-            return False
+            await self.stop_here(sid)
+            log.warning("%s is stopped here: its secrets could not be bound again", sid)
         except Exception as e:
-            log.warning("rebinding the secrets of %s failed: %s", sid, e)
+            log.warning("stopping %s, whose secrets could not be bound again, failed: %s",
+                        sid, e)
         return True
 
     @override
