@@ -150,3 +150,19 @@ def test_the_hint_names_each_grant_as_the_cli_takes_it() -> None:
     with pytest.raises(InvalidInput) as e:
         ov.check(doc, [], "p", "t")
     assert "--allow env-file --allow privileged" in (e.value.hint or "")
+
+
+@pytest.mark.parametrize(("theirs", "kept"), [(None, "unless-stopped"),
+                                              ("always", "unless-stopped"),
+                                              ("no", None), ("on-failure", None)])
+def test_a_stopped_sandbox_stays_stopped_after_a_dockerd_restart(theirs: str | None,
+                                                                 kept: str | None) -> None:
+    """`restart: always` would start a `sandboxer stop`ped container again when dockerd
+    restarts, behind the store's back: the override makes it unless-stopped."""
+    main: dict[str, Any] = {"image": "sandboxer/base:latest"}
+    if theirs is not None:
+        main["restart"] = theirs
+    doc = {"services": {"main": main}}
+    out = ov.build(doc, spec(), sandbox_id="sbx-abcdefghij", instance="i1", user="agent",
+                   env={}, bind="127.0.0.1", port=40000)
+    assert out["services"]["main"].get("restart") == kept

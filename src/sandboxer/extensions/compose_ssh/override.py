@@ -163,9 +163,11 @@ def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: 
                           "cap_drop": ["ALL"], **_limits(svc, spec)}
         if spec.pull != "missing":
             services[name]["pull_policy"] = spec.pull
-        if not (isinstance(svc, dict) and "restart" in svc):
+        theirs = svc.get("restart") if isinstance(svc, dict) else None
+        if theirs in (None, "always"):
             # Back after a dockerd restart or a reboot (then bound again: `restarts`); a
-            # `compose stop` keeps it stopped.
+            # `compose stop` keeps it stopped (`always` would start a stopped sandbox
+            # again behind the store's back).
             services[name]["restart"] = "unless-stopped"
     main = services[spec.service]
     main["ports"] = [{"target": spec.ssh_port, "host_ip": bind, "published": str(port),
