@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,29 @@ class VMCli:
     def profile(self, name: str, text: str) -> str:
         (self.profiles / f"{name}.yaml").write_text(text)
         return f"profile.{name}"
+
+
+def ssh_argv(known_hosts: Path, reach: dict[str, Any], command: str) -> list[str]:
+    """The system OpenSSH client's argv for ``command`` through a descriptor's endpoint."""
+    return ["ssh", "-i", reach["identity_file"], "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=20",
+            "-p", str(reach["port"]), f"{reach['user']}@127.0.0.1", "--", command]
+
+
+def ssh(known_hosts: Path, reach: dict[str, Any], command: str,
+        timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ssh_argv(known_hosts, reach, command), capture_output=True,
+                          text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+
+
+def must(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def phase(what: str, since: float) -> None:
+    sys.stderr.write(f"{time.monotonic() - since:7.1f}s {what}\n")
 
 
 @pytest.fixture(scope="session")

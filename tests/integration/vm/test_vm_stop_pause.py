@@ -12,9 +12,7 @@ import os
 import secrets as random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,6 +21,8 @@ from pydantic import SecretStr
 from sandboxer.config import Settings
 from sandboxer.extensions.base import key_paths
 from sandboxer.extensions.vm_packer import qemu, qmp
+
+from .conftest import must, phase, ssh
 
 if TYPE_CHECKING:
     from tests.integration.vm.conftest import VMCli
@@ -43,27 +43,6 @@ setup:
 """
 HASH = "sha256sum ~/work.bin | cut -d' ' -f1; cat /proc/$(cat ~/sleeper.pid)/status | grep VmRSS"
 SHOW = 'printf "%s|%s\\n" "$API_TOKEN" "$GREETING"'
-
-
-def ssh(known_hosts: Path, reach: dict[str, Any], command: str,
-        timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    argv = ["ssh", "-i", reach["identity_file"], "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=20",
-            "-p", str(reach["port"]), f"{reach['user']}@127.0.0.1", "--", command]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          check=False, stdin=subprocess.DEVNULL)
-
-
-def must(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def phase(what: str, since: float) -> None:
-    sys.stderr.write(f"{time.monotonic() - since:7.1f}s {what}\n")
-
-
 
 @pytest.mark.timeout(1800)  # a TCG VM booted four times
 def test_pause_resume_stop_start_and_restarts_keep_disk_key_and_secrets(vm_cli: VMCli
