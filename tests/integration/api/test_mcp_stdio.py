@@ -27,7 +27,8 @@ from .conftest import serve_env
 pytestmark = pytest.mark.integration
 TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "extend_sandbox",
          "stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox",
-         "destroy_sandbox", "get_reachability", "list_targets", "build_image", "doctor"}
+         "destroy_sandbox", "get_reachability", "list_pools", "show_pool", "list_targets",
+         "build_image", "doctor"}
 
 
 @pytest.mark.usefixtures("database")
@@ -186,7 +187,8 @@ def test_mcp_schemas_annotations_and_errors_match_the_cli(tmp_path: Path) -> Non
     for name in ("stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox"):
         assert hints[name].idempotent_hint is True, name
         assert hints[name].read_only_hint is False, name
-    for name in ("get_sandbox", "list_sandboxes", "get_reachability", "list_profiles"):
+    for name in ("get_sandbox", "list_sandboxes", "get_reachability", "list_profiles",
+                 "list_pools", "show_pool"):
         assert hints[name].read_only_hint is True, name
         assert hints[name].destructive_hint is False, name
 
