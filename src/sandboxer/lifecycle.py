@@ -175,8 +175,7 @@ def _failed(manager: Manager, verb: str, sandbox_id: str, e: BaseException, stay
     ProvisionFailed) as it is, anything else as ProvisionFailed (exit 5), redacted."""
     if not isinstance(e, Exception):
         return e
-    current = manager.store.get(sandbox_id)
-    if current is None or current.state in ("destroying", "destroyed"):
+    if _destroyed(manager, sandbox_id):
         return Conflict(f"sandbox {sandbox_id} was destroyed while it was being {_DONE[verb]}",
                         hint=f"see `sandboxer get {sandbox_id}`")
     if isinstance(e, SandboxerError) and not isinstance(e, ProvisionFailed):
@@ -185,6 +184,12 @@ def _failed(manager: Manager, verb: str, sandbox_id: str, e: BaseException, stay
     return ProvisionFailed(f"{_GERUND[verb]} {sandbox_id} failed: "
                            f"{boundary.redact(text, secrets or {})}",
                            hint=f"it stays {stays}; retry, or `sandboxer destroy {sandbox_id}`")
+
+
+def _destroyed(manager: Manager, sandbox_id: str) -> bool:
+    """Destroyed (or being destroyed, or gone) meanwhile: a destroy wins over every change."""
+    current = manager.store.get(sandbox_id)
+    return current is None or current.state in ("destroying", "destroyed")
 
 
 async def _quietly(what: str, coro: Any) -> Any:
@@ -272,8 +277,7 @@ async def start(manager: Manager, sandbox_id: str, *,
             reach = manager.descriptor(sandbox_id, await base.endpoint(new), profile)
         except BaseException as e:
             stopped = await _quietly(f"stopping {sandbox_id} again", ext.stop(new)) or new
-            current = manager.store.get(sandbox_id)
-            if current is None or current.state in ("destroying", "destroyed"):
+            if _destroyed(manager, sandbox_id):
                 await _quietly(f"destroying {sandbox_id} again", base.destroy(new))
             text = e.render() if isinstance(e, SandboxerError) else f"{type(e).__name__}: {e}"
             with contextlib.suppress(Conflict):
@@ -288,8 +292,7 @@ async def start(manager: Manager, sandbox_id: str, *,
                 event="sandbox.started", reason=None, error=None, reachability=reach,
                 handle=new.model_dump(mode="json"))
         except Conflict:
-            current = manager.store.get(sandbox_id)
-            if current is None or current.state in ("destroying", "destroyed"):
+            if _destroyed(manager, sandbox_id):
                 await _quietly(f"destroying {sandbox_id} again", base.destroy(new))
             return _lost(manager, sandbox_id, "started", "ready")
         manager.progress(f"{sandbox_id}: ready")
