@@ -22,11 +22,13 @@ from pydantic import BaseModel
 
 from sandboxer.models.reachability import REACHABILITY_SCHEMA, Reachability
 from sandboxer.models.sandbox import SANDBOX_SCHEMA, SandboxStatus
+from sandboxer.models.snapshot import SNAPSHOT_SCHEMA, SnapshotStatus
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 MODELS: dict[str, tuple[str, type[BaseModel]]] = {
     "reachability.v1.json": (REACHABILITY_SCHEMA, Reachability),
     "sandbox.v1.json": (SANDBOX_SCHEMA, SandboxStatus),
+    "snapshot.v1.json": (SNAPSHOT_SCHEMA, SnapshotStatus),
 }
 
 

@@ -12,6 +12,14 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 # Patterns are used with fullmatch: ``$`` would also accept a trailing newline.
 SANDBOX_ID = re.compile(r"sbx-[a-z2-7]{10}")  # what new_sandbox_id makes; always fullmatch
+SNAPSHOT_ID = re.compile(r"snap-[a-z2-7]{10}")  # what new_snapshot_id makes; always fullmatch
+# A snapshot's states (models.snapshot.SnapshotState): ``creating`` while the extension
+# records it, ``ready`` to create from, ``deleting`` while its artifact is removed;
+# ``deleted`` (deleted, or its retention ended) and ``failed`` are final.
+SNAPSHOT_STATES = ("creating", "ready", "deleting", "deleted", "failed")
+SNAPSHOT_FINAL_STATES = frozenset({"deleted", "failed"})
+# What a sandbox must be in to be snapshotted (the extension quiesces a ready one).
+SNAPSHOTTABLE_STATES = ("ready", "stopped", "paused")
 # A sandbox's states (models.sandbox.State); a live one holds a slot of its target.
 # ``unreachable``: ready, but its target failed its last probe (sandboxer.fleet).
 # ``stopped``: its processes ended, its data kept; ``paused``: frozen, memory kept. Both
@@ -91,6 +99,13 @@ def new_sandbox_id() -> str:
     import secrets  # hmac and hashlib: only where an id is made
 
     return "sbx-" + "".join(secrets.choice(_B32) for _ in range(10))
+
+
+def new_snapshot_id() -> str:
+    """``snap-`` followed by 10 random base32 characters (50 bits)."""
+    import secrets
+
+    return "snap-" + "".join(secrets.choice(_B32) for _ in range(10))
 
 
 def safe_repr(text: str) -> str:

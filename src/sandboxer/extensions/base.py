@@ -15,7 +15,14 @@ from pydantic import BaseModel, SecretStr
 
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed, SandboxerError
-from sandboxer.models.extension import Activity, Endpoint, Handle, Observed, Target
+from sandboxer.models.extension import (
+    Activity,
+    Endpoint,
+    Handle,
+    Observed,
+    SnapshotArtifact,
+    Target,
+)
 from sandboxer.openssh import key_paths
 
 if TYPE_CHECKING:
@@ -30,10 +37,11 @@ FAST_PATH_GROUP = "sandboxer.fast_paths"
 LABEL = "sandboxer.id"
 # Re-exported: the value types live in models/, the key paths in sandboxer.openssh.
 __all__ = ["ENTRY_POINT_GROUP", "FAST_PATH_GROUP", "LABEL", "Activity", "Binds",
-           "BuildsImages", "DoctorChecks", "Endpoint", "Extension", "FastPaths", "Handle",
-           "Host", "Housekeeping", "ManagesTargets", "Observed", "Pauses",
-           "ProvisionRequest", "ReportsActivity", "ServesEndpoints", "StopsAndStarts",
-           "Target", "available", "fast_paths", "instance", "key_paths", "load"]
+           "BuildsImages", "CopiesFiles", "DoctorChecks", "Endpoint", "Extension",
+           "FastPaths", "Handle", "Host", "Housekeeping", "ManagesTargets", "Observed",
+           "Pauses", "ProvisionRequest", "ReportsActivity", "ServesEndpoints",
+           "SnapshotArtifact", "Snapshots", "StopsAndStarts", "Target", "available",
+           "fast_paths", "instance", "key_paths", "load"]
 
 
 class Host(Protocol):
@@ -101,6 +109,12 @@ class ProvisionRequest:
     expires_at: datetime
     progress: Callable[[str], None] = field(default=lambda _msg: None)
     source: Path | None = None  # the profile file, for paths relative to it
+    # Start from this snapshot's data (``create --from-snapshot``, ``fork``): only ever
+    # handed to an extension that implements ``Snapshots``, on the snapshot's target.
+    snapshot: SnapshotArtifact | None = None
+    # Ports of the sandbox's own loopback that ``ssh -L`` may reach (the profile's
+    # ``reachability.forward``): the endpoint allows these and nothing else.
+    forward: tuple[int, ...] = ()
 
 
 class Extension(ABC):
@@ -375,6 +389,55 @@ class Binds(ABC):
         """Give the sandbox's later sessions and setup steps ``env`` and ``secrets``
         exactly as provision would have (replacing what was bound before). Secret values
         stay in memory or in the sandbox; never in a file of ours, a log or an error."""
+
+
+class Snapshots(ABC):
+    """Optional capability: record a sandbox's data as a snapshot, provision from one
+    (``ProvisionRequest.snapshot``), delete one (``sandboxer snapshot``, ``fork``,
+    ``create --from-snapshot``, the snapshot reaper).
+
+    A snapshot never holds a secret value: secrets live in memory or in the sandbox's
+    tmpfs, which is not part of its data, and a canary test searches every artifact.
+    """
+
+    def snapshottable(self, handle: Handle) -> str | None:
+        """Why this sandbox cannot be snapshotted (e.g. an attached VM), or None."""
+        return None
+
+    @abstractmethod
+    async def snapshot(self, handle: Handle, snapshot_id: str,
+                       progress: Callable[[str], None]) -> SnapshotArtifact:
+        """Record the sandbox's data (workspace, main filesystem + named volumes, disk)
+        consistently — quiescing a running sandbox as needed and leaving it in the state
+        it was in — and return where it is, with its size and ``sha256:`` content hash.
+        Everything it creates carries ``sandboxer.snapshot=<snapshot_id>``. Clean on
+        failure: if it raises, whatever it created is already gone."""
+
+    @abstractmethod
+    async def delete_snapshot(self, artifact: SnapshotArtifact) -> None:
+        """Remove a snapshot's data. Idempotent: already gone is fine; sandboxes created
+        from it must not depend on it (copy, or keep what they need)."""
+
+    async def owned_snapshots(self, target: Target) -> list[SnapshotArtifact]:
+        """Every snapshot artifact on ``target`` labelled ``sandboxer.snapshot`` (for
+        reconcile to remove those no snapshot record claims); default: none known."""
+        return []
+
+
+class CopiesFiles(ABC):
+    """Optional capability: copy one file into or out of a live sandbox over its pinned
+    SSH endpoint (sftp), for the service's cp (SDK ``cp``, MCP, the API's files route).
+    The CLI's ``sandboxer cp`` runs OpenSSH's scp with the descriptor instead."""
+
+    @abstractmethod
+    async def put_file(self, handle: Handle, local: Path, remote: str) -> int:
+        """Copy the regular file ``local`` to ``remote`` in the sandbox (relative: to the
+        login directory), as the sandbox's user; bytes written."""
+
+    @abstractmethod
+    async def get_file(self, handle: Handle, remote: str, local: Path) -> int:
+        """Copy the sandbox's regular file ``remote`` to ``local`` (created 0600); bytes
+        read. NotFound when it does not exist."""
 
 
 class FastPaths(Protocol):

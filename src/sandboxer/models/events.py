@@ -26,11 +26,18 @@ EventType = Literal[
     # A pooled sandbox handed to a caller; secrets bound again after a restart.
     "sandbox.claimed",
     "sandbox.restored",
+    # Snapshots (sandboxer.snapshot/v1 payload; ``sandbox_id`` is the snapshotted sandbox):
+    # recorded, failed to record, deleted (``reason``: deleted, or expired when its
+    # retention ended).
+    "snapshot.created",
+    "snapshot.failed",
+    "snapshot.deleted",
 ]
 
 
 class Event(StrictModel):
-    """One state change; ``payload`` is the SandboxStatus document at that moment."""
+    """One state change; ``payload`` is the SandboxStatus document at that moment (the
+    SnapshotStatus document for ``snapshot.*``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -59,6 +59,19 @@ class Observed(StrictModel):
     detail: str | None = None
 
 
+class SnapshotArtifact(StrictModel):
+    """What ``Snapshots.snapshot`` recorded, for core to store and hand back: to
+    ``provision`` (``ProvisionRequest.snapshot``) and to ``delete_snapshot``. JSON, never a
+    secret; ``data`` is the extension's own (paths, image ids, volume names)."""
+
+    snapshot_id: str
+    extension: str
+    target: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    size_bytes: int | None = None
+    content_hash: str | None = None  # "sha256:<hex>"
+
+
 class Activity(StrictModel):
     """What ``ReportsActivity.activity`` saw of a live sandbox at one moment.
 

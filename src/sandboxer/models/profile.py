@@ -101,11 +101,25 @@ class TunnelSpec(StrictModel):
 
 
 class ReachabilitySpec(StrictModel):
-    """How consumers reach the sandbox: SSH user, warden identity hint, optional tunnel."""
+    """How consumers reach the sandbox: SSH user, warden identity hint, optional tunnel,
+    and the ports of the sandbox's own loopback that ``ssh -L`` may reach (``forward``;
+    nothing else is ever forwarded: not the host, not another sandbox)."""
 
     user: UserName = "sandbox"
     identity: str | None = None
     tunnel: TunnelSpec | None = None
+    forward: list[int] = Field(default_factory=list, max_length=32)
+
+    @field_validator("forward", mode="before")
+    @classmethod
+    def _forward(cls, v: object) -> object:
+        if not isinstance(v, list):
+            return v
+        ports = [check_port(p, "reachability.forward (a port of the sandbox's loopback)")
+                 for p in v]
+        if len(set(ports)) != len(ports):
+            raise ValueError("reachability.forward: each port once")
+        return sorted(ports)
 
     @field_validator("identity")
     @classmethod
@@ -146,6 +160,20 @@ class PoolSpec(StrictModel):
     max_age: Duration = timedelta(hours=1)
 
 
+class SnapshotSpec(StrictModel):
+    """How long a snapshot of this profile's sandboxes is kept: ``retain`` unless
+    ``snapshot --retain`` says otherwise, never longer than ``max``."""
+
+    retain: Duration = timedelta(days=7)
+    max: Duration = timedelta(days=30)
+
+    @model_validator(mode="after")
+    def _retain_within_max(self) -> SnapshotSpec:
+        if self.retain > self.max:
+            raise ValueError("snapshot.retain must not exceed snapshot.max")
+        return self
+
+
 class Profile(StrictModel):
     """A validated profile. ``spec`` is checked later by the extension's own Spec model."""
 
@@ -163,6 +191,7 @@ class Profile(StrictModel):
     setup: SetupSpec = Field(default_factory=SetupSpec)
     idle: IdleSpec | None = None
     pool: PoolSpec | None = None
+    snapshot: SnapshotSpec = Field(default_factory=SnapshotSpec)
 
     @field_validator("id", "extends")
     @classmethod

@@ -105,3 +105,8 @@ class Reachability(StrictModel):
     tunnel_status: TunnelStatus | None = Field(
         None, description="where to see the tunnel's status; null unless tunnel_via is set"
     )
+    forward: list[int] = Field(
+        default_factory=list,
+        description="ports of the sandbox's own loopback that `ssh -L` may reach "
+        "(the profile's reachability.forward; `sandboxer port-forward`); empty: none",
+    )

@@ -151,5 +151,37 @@ MIGRATIONS.append(
         """,
     )
 )
+# 7: snapshots (issue 17). ``artifact`` is the extension's SnapshotArtifact document (never
+# a secret); ``sandboxes.snapshot`` names the snapshot a sandbox was created from.
+MIGRATIONS.append(
+    (
+        7,
+        """
+        CREATE TABLE snapshots (
+            id           TEXT PRIMARY KEY,
+            name         TEXT,
+            sandbox_id   TEXT NOT NULL,
+            profile      TEXT NOT NULL,
+            extension    TEXT NOT NULL,
+            target       TEXT,
+            state        TEXT NOT NULL,
+            reason       TEXT,
+            actor        TEXT,
+            created_at   REAL NOT NULL,
+            expires_at   REAL NOT NULL,
+            updated_at   REAL NOT NULL,
+            artifact     TEXT,
+            size_bytes   INTEGER,
+            content_hash TEXT,
+            error        TEXT,
+            version      INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX snapshots_state_expires ON snapshots (state, expires_at);
+        CREATE INDEX snapshots_actor ON snapshots (actor, created_at);
+        CREATE INDEX snapshots_sandbox ON snapshots (sandbox_id);
+        ALTER TABLE sandboxes ADD COLUMN snapshot TEXT
+        """,
+    )
+)
 MIGRATIONS.sort()
 LATEST = MIGRATIONS[-1][0]

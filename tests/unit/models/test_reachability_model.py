@@ -32,7 +32,8 @@ def test_defaults_are_the_no_tunnel_descriptor() -> None:
         "tunnel": None, "tunnel_via": None, "identity": None, "tunnel_status": None}
     assert list(doc) == ["schema", "sandbox_id", "transport", "host", "port", "user",
                          "identity_file", "known_hosts", "ssh_command", "tunnel",
-                         "tunnel_via", "identity", "tunnel_status"]
+                         "tunnel_via", "identity", "tunnel_status", "forward"]
+    assert doc["forward"] == []
 
 
 def test_every_field_round_trips() -> None:

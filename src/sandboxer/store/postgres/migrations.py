@@ -143,6 +143,37 @@ MIGRATIONS.append(
         """,
     )
 )
+# 7: snapshots, as store/migrations.py's 7 (``artifact`` is json, like ``handle``).
+MIGRATIONS.append(
+    (
+        7,
+        """
+        CREATE TABLE snapshots (
+            id           TEXT PRIMARY KEY,
+            name         TEXT,
+            sandbox_id   TEXT NOT NULL,
+            profile      TEXT NOT NULL,
+            extension    TEXT NOT NULL,
+            target       TEXT,
+            state        TEXT NOT NULL,
+            reason       TEXT,
+            actor        TEXT,
+            created_at   DOUBLE PRECISION NOT NULL,
+            expires_at   DOUBLE PRECISION NOT NULL,
+            updated_at   DOUBLE PRECISION NOT NULL,
+            artifact     JSON,
+            size_bytes   BIGINT,
+            content_hash TEXT,
+            error        TEXT,
+            version      INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX snapshots_state_expires ON snapshots (state, expires_at);
+        CREATE INDEX snapshots_actor ON snapshots (actor, created_at);
+        CREATE INDEX snapshots_sandbox ON snapshots (sandbox_id);
+        ALTER TABLE sandboxes ADD COLUMN snapshot TEXT
+        """,
+    )
+)
 MIGRATIONS.sort()
 LATEST = MIGRATIONS[-1][0]
 
