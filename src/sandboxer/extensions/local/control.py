@@ -31,8 +31,9 @@ from sandboxer.errors import (
     ProvisionFailed,
     SandboxerError,
     SandboxNotFound,
+    UnsafePermissions,
 )
-from sandboxer.extensions.local.peer import check_server
+from sandboxer.extensions.local.peer import check_server, unsafe
 
 SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
@@ -162,6 +163,15 @@ async def request(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
     Raises UnsafePermissions, having sent nothing, when the socket is not our endpoint's.
     """
     path = socket_path(settings)
+    # Our uid behind the socket is not enough: a symlink put in a loosened run/ leads to
+    # any socket of our uid, and an ``add`` carries the sandbox's resolved secret values.
+    if unsafe(path, settings.home) is not None:
+        settings.ensure()  # repairs what is ours but loose, refuses others' entries
+    if (problem := unsafe(path, settings.home)) is not None:
+        raise UnsafePermissions(
+            f"refusing to send {op!r} to {path}: {problem}",
+            hint=f"remove {path} (the ext.local endpoint makes it again) and make sure only "
+                 f"you can write {path.parent} (sandboxer doctor)")
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as e:
