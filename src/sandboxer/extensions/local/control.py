@@ -216,17 +216,20 @@ def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     # Never a copy of the caller's environment (its secrets would sit in /proc/PID/environ
     # for the daemon's life): the system basics plus sand-boxer's settings, and the same
     # sand-boxer as its caller, installed or from a checkout.
-    env = childenv.for_sandboxer({**os.environ, **settings.env}, settings.home)
-    argv = [sys.executable, *DAEMON, "--home", str(settings.home)]
+    caller = {**os.environ, **settings.env}
+    env = childenv.for_sandboxer(caller, settings.home)
+    argv = [sys.executable, *DAEMON, "--home", str(settings.home), "--piped-settings"]
     fd = os.open(log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         # The daemon forks once and its first process exits, so nobody keeps a zombie.
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=fd, stderr=fd,
             start_new_session=True, close_fds=True, env=env,
         )
     finally:
         os.close(fd)
+    childenv.send_piped(proc, caller)
+    return proc
 
 
 async def _lock(path: Path, deadline: float) -> int:
