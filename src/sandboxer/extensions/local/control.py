@@ -139,7 +139,9 @@ def lock_path(settings: Settings) -> Path:
 
 
 def log_path(settings: Settings) -> Path:
-    return settings.log_dir / "local-endpoint.log"
+    # The same process as core's keeper for ext.local (sandboxer.keeper.log_path): one name
+    # whichever of the two started it.
+    return settings.log_dir / "keeper-ext.local.log"
 
 
 def daemon_pid(settings: Settings) -> int | None:
