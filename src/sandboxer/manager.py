@@ -19,10 +19,11 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandboxer import checks as inputs
-from sandboxer import idling, lifecycle, placement, reaping
+from sandboxer import files, idling, lifecycle, placement, reaping
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -335,6 +336,7 @@ class Manager:
                 env={} if pooled else dict(plan.profile.setup.env),
                 expires_at=status.expires_at,
                 progress=self.progress, source=self.catalog.source(plan.profile.id).path,
+                forward=tuple(plan.profile.reachability.forward),
             )
             handle = await ext.provision(req, secrets)
             self.store.set_handle(sid, handle.model_dump(mode="json"))
@@ -566,6 +568,19 @@ class Manager:
     async def rebind(self, sandbox_id: str) -> bool:
         """Secrets back after a restart (``Host.rebind``); False: stopped, unresolved."""
         return await lifecycle.rebind(self, sandbox_id)
+
+    # -- files in and out (sandboxer.files) -------------------------------------------
+
+    async def put_file(self, sandbox_id: str, local: Path, remote: str, *,
+                       caller: Caller | None = None) -> int:
+        """Copy the regular file ``local`` into a ready sandbox at ``remote``; bytes."""
+        return await files.put_file(self, sandbox_id, local, remote, caller=caller)
+
+    async def get_file(self, sandbox_id: str, remote: str, local: Path, *,
+                       caller: Caller | None = None, max_bytes: int | None = None) -> int:
+        """Copy a ready sandbox's regular file ``remote`` to ``local`` (0600); bytes."""
+        return await files.get_file(self, sandbox_id, remote, local, caller=caller,
+                                    max_bytes=max_bytes)
 
 
 class _ManagerHost:
