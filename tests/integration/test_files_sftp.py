@@ -130,3 +130,75 @@ def test_a_host_key_that_does_not_match_is_refused(
     src.write_text("never sent")
     with pytest.raises(SandboxerError, match=f"cannot reach sandbox {SID} over SSH"):
         asyncio.run(sftp_put(wrong, SID, src, "f"))
+
+
+def _descriptor(ep: Endpoint) -> dict[str, object]:
+    return {"sandbox_id": SID, "host": ep.host, "port": ep.port, "user": ep.user,
+            "identity_file": ep.identity_file, "tunnel": None, "forward": [1]}
+
+
+def test_the_cli_scp_and_port_forward_argv_work_with_openssh(
+        sshd: tuple[Endpoint, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `sandboxer cp` and `port-forward` run (cli/files.py), against real OpenSSH:
+    scp -s both ways (a directory with -r -p, a local name with a colon), and ssh -N -L
+    carrying a TCP connection to a listener on the server's loopback."""
+    from sandboxer.cli.files import scp_argv
+    from sandboxer.cli.reach import ssh_argv
+    from sandboxer.openssh import option_args
+
+    ep, work = sshd
+    reach = _descriptor(ep)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("alpha")
+    os.utime(tree / "sub" / "a.txt", (1_000_000_000, 1_000_000_000))
+    run = subprocess.run(scp_argv(reach, ep.known_hosts_file, str(tree), "tree-in", into=True,
+                                  recursive=True, preserve=True),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert (work / "tree-in" / "sub" / "a.txt").read_text() == "alpha"
+    assert (work / "tree-in" / "sub" / "a.txt").stat().st_mtime == 1_000_000_000
+    monkeypatch.chdir(tmp_path)  # a local name with a colon is a path here, not a host
+    run = subprocess.run(scp_argv(reach, ep.known_hosts_file, "tree-in/sub/a.txt", "x:y",
+                                  into=False),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "x:y").read_text() == "alpha"
+    run = subprocess.run(scp_argv(reach, ep.known_hosts_file, "missing", "m", into=False),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode != 0
+    assert "No such file" in run.stderr
+
+    # A listener on the server's loopback answers through the forward.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        target, local = srv.getsockname()[1], _free_port()
+        argv = ssh_argv(reach, ep.known_hosts_file, [], extra=[
+            "-N", "-L", f"127.0.0.1:{local}:127.0.0.1:{target}",
+            *option_args([("ExitOnForwardFailure", "yes")])])
+        fwd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", local)) == 0:
+                        break
+                assert fwd.poll() is None, fwd.stderr.read() if fwd.stderr else ""
+                assert time.monotonic() < deadline, "the forward never listened"
+                time.sleep(0.05)
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as c:
+                c.sendall(b"ping")
+                srv.settimeout(10)
+                while True:  # the probes above came through too; take the one that talks
+                    conn, _ = srv.accept()
+                    with conn:
+                        conn.settimeout(10)
+                        got = conn.recv(4)
+                        if got:
+                            conn.sendall(got.upper())
+                            break
+                assert c.recv(4) == b"PING"
+        finally:
+            fwd.terminate()
+            fwd.communicate(timeout=10)

@@ -25,6 +25,7 @@ from sandboxer.errors import (
 from sandboxer.extensions._proc import communicate
 from sandboxer.extensions.base import CopiesFiles, Extension
 from sandboxer.models.extension import Endpoint, Handle
+from sandboxer.perms import open_regular
 from sandboxer.values import safe_repr, validate_remote_path
 
 # Answers that retrying cannot change: a wrong host key or a refused key.
@@ -230,29 +231,12 @@ def _remote(remote: str) -> str:
         raise InvalidInput(str(e)) from e
 
 
-def _open_regular(local: Path) -> int:
-    """A read descriptor of ``local``, which must be a regular file (never blocks on a
-    FIFO: opened non-blocking, checked, then made blocking)."""
-    try:
-        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as e:
-        raise NotFound(f"{local}: no such file") from e
-    except OSError as e:
-        raise InvalidInput(f"cannot read {local}: {e.strerror}") from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InvalidInput(f"{local} is not a regular file",
-                           hint="copy one file (`sandboxer cp -r` copies directories)")
-    os.set_blocking(fd, True)
-    return fd
-
-
 async def sftp_put(ep: Endpoint, sandbox_id: str, local: Path, remote: str) -> int:
     """Copy the regular file ``local`` to ``remote`` in the sandbox; bytes written."""
     import asyncssh
 
     remote = _remote(remote)
-    fd = _open_regular(local)
+    fd = open_regular(local)
     written = 0
     with os.fdopen(fd, "rb") as src:
         async with _sftp(ep, sandbox_id) as sftp:

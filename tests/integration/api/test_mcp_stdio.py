@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "extend_sandbox",
          "stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox",
          "destroy_sandbox", "get_reachability", "list_pools", "show_pool", "list_targets",
-         "build_image", "doctor"}
+         "build_image", "doctor", "upload_file", "download_file"}
 
 
 @pytest.mark.usefixtures("database")
