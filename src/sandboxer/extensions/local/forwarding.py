@@ -117,7 +117,8 @@ async def forward(j: Jail, host: str, port: int) -> asyncssh.SSHTCPSession[bytes
 
     try:
         sock = await connect(j, host, port)
-    except OSError as e:
+    except (OSError, subprocess.SubprocessError) as e:
+        # SubprocessError: the connector's preexec failed (the jail went away meanwhile).
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(e)) from None
     loop = asyncio.get_running_loop()
     try:
