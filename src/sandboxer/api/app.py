@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
         try:
             yield
         finally:
+            app.state.stopping.set()
             await app.state.service.drain(grace)
             stop.set()
             if loops is not None:
@@ -170,6 +171,9 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
                   description="Sandbox custodian API (docs/api.md). Every route needs "
                   "`Authorization: Bearer TOKEN` (`sandboxer tokens add ACTOR`).")
     app.include_router(routes.router)
+    from sandboxer.api import web
+
+    web.install(app)  # the dashboard at / (api/web/)
 
     @app.exception_handler(SandboxerError)
     async def sandboxer_error(_r: Request, e: SandboxerError) -> JSONResponse:

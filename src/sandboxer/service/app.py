@@ -244,7 +244,8 @@ class Service(OperatorOps):
 
         actor = None if caller is None or caller.admin else caller.actor
         return Outbox(self.store).documents(after=query.after, sandbox_id=query.sandbox_id,
-                                            limit=query.limit, actor=actor)
+                                            limit=query.limit, actor=actor,
+                                            newest=query.newest)
 
     def reachability(self, sandbox_id: str, *,
                      caller: Caller | None = None) -> Reachability:
