@@ -6,17 +6,20 @@ One server, one browser and one sequence, to stay cheap in CI: a bad token is re
 alice, bob and an admin sign in (one browser context each); sandboxes created through the
 CLI appear on the open pages without a reload; alice never sees bob's (not in her list,
 not by its URL, not in her events); the copy button copies the descriptor's SSH command;
-extend moves the countdown; destroy removes the sandbox. A screenshot of each page is
+a snapshot appears on the open snapshots page; extend moves the countdown; destroy
+removes the sandbox. A screenshot of each page is
 written under the test's temporary directory and its path printed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from tests.integration.api.conftest import Serve, serve_env
 from tests.integration.conftest import SANDBOXER
 
 from sandboxer.config import Settings
+from sandboxer.manager import Manager
+from sandboxer.models.snapshot import SnapshotStatus
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +55,21 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr.decode()
     doc: dict[str, Any] = json.loads(done.stdout)
     return doc
+
+
+def snapshot(settings: Settings, sandbox_id: str, name: str) -> SnapshotStatus:
+    """A snapshot taken by a manager of this process (in a thread of its own: Playwright's
+    sync API runs an event loop in this one)."""
+
+    def take() -> SnapshotStatus:
+        manager = Manager(settings)
+        try:
+            return asyncio.run(manager.snapshot(sandbox_id, name=name))
+        finally:
+            manager.store.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(take).result(timeout=60)
 
 
 def seconds(countdown: str) -> int:
@@ -166,6 +186,16 @@ def test_the_dashboard_in_chromium(server: tuple[Serve, dict[str, str]],
             assert "sandbox.created" in alice.inner_text("#timeline")
             shot(alice, "sandbox")
 
+            # A snapshot taken meanwhile (by another process) appears on the open page.
+            alice.goto("/snapshots")
+            alice.evaluate("window.notReloaded = true")
+            snap = snapshot(settings, mine["id"], "before-extend")
+            alice.wait_for_selector(f"#snap-row-{snap.id}", timeout=WAIT_MS)
+            assert alice.evaluate("window.notReloaded") is True
+            assert "before-extend" in alice.inner_text(f"#snap-row-{snap.id}")
+            shot(alice, "snapshots")
+            alice.goto(f"/sandboxes/{mine['id']}")
+
             # Extend moves the countdown (30m lease -> 90m from now).
             before = seconds(alice.inner_text("#sandbox .lease"))
             assert 25 * 60 < before <= 30 * 60
@@ -204,5 +234,5 @@ def test_the_dashboard_in_chromium(server: tuple[Serve, dict[str, str]],
             browser.close()
     assert sorted(p.name for p in shots.iterdir()) == [
         "events.png", "pools.png", "sandbox.png", "sandboxes-admin.png", "sandboxes.png",
-        "sign-in-refused.png", "sign-in.png", "targets.png"]
+        "sign-in-refused.png", "sign-in.png", "snapshots.png", "targets.png"]
     assert os.path.getsize(shots / "sandboxes.png") > 10_000

@@ -211,7 +211,7 @@ def test_pages_carry_strict_headers_and_no_external_asset(api: Api,
                                                           boxes: dict[str, Any]) -> None:
     root, anonymous = signed_in(api, api.root), client(api)
     for path in ("/", f"/sandboxes/{boxes['alice']}", "/events", "/targets", "/pools",
-                 "/sign-in"):
+                 "/snapshots", "/sign-in"):
         page = (anonymous if path == "/sign-in" else root).get(path)
         assert page.status_code == 200, (path, page.text)
         csp = page.headers["content-security-policy"]
@@ -240,3 +240,36 @@ def test_the_countdown_without_javascript() -> None:
     assert [remaining(v, now) for v in at.values()] == ["3m 20s", "1h 04m", "2d 03h",
                                                         "expired"]
     assert remaining(None, now) == remaining("garbage", now) == "—"
+
+
+def test_snapshots_are_shown_and_deleted_only_for_their_owner(api: Api,
+                                                              boxes: dict[str, Any]) -> None:
+    import asyncio
+
+    from sandboxer.manager import Manager
+
+    manager = Manager(api.settings)  # another process's snapshots, on the server's store
+    try:
+        mine = asyncio.run(manager.snapshot(boxes["alice"], name="before"))
+        theirs = asyncio.run(manager.snapshot(boxes["bob"]))
+        alice, root = signed_in(api, api.alice), signed_in(api, api.root)
+        listing = alice.get("/snapshots").text
+        assert mine.id in listing
+        assert "before" in listing
+        assert theirs.id not in listing
+        everything = root.get("/snapshots").text
+        assert mine.id in everything
+        assert theirs.id in everything
+        assert theirs.id not in root.get(f"/snapshots?sandbox={boxes['alice']}").text
+        token = csrf(alice, "/snapshots")
+        assert alice.post(f"/snapshots/{theirs.id}/delete",
+                          data={"csrf": token}).status_code == 404
+        assert alice.post(f"/snapshots/{mine.id}/delete", data={"x": "1"}).status_code == 403
+        assert manager.get_snapshot(theirs.id).state == mine.state == "ready"
+        done = alice.post(f"/snapshots/{mine.id}/delete", data={"csrf": token})
+        assert (done.status_code, done.headers["location"]) == (303, "/snapshots")
+        assert manager.get_snapshot(mine.id).state == "deleted"
+        assert mine.id not in alice.get("/snapshots").text
+        assert mine.id in alice.get("/snapshots?all=1").text
+    finally:
+        manager.store.close()

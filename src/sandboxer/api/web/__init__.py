@@ -2,8 +2,8 @@
 at ``/`` over the same service and authorization as the API.
 
 ``session`` (sign-in cookie, CSRF), ``render`` (templates, headers), ``pages`` (GET),
-``actions`` (POST forms), ``stream`` (server-sent events); the templates and the one
-hand-written script and style sheet ship in the package (no external assets).
+``actions`` (POST forms), ``snapshots``, ``stream`` (server-sent events); the templates
+and the one hand-written script and style sheet ship in the package (no external assets).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ def install(app: FastAPI) -> None:
     """Add the dashboard's routes to the API application."""
     from urllib.parse import quote
 
-    from sandboxer.api.web import actions, auth, pages, stream
+    from sandboxer.api.web import actions, auth, pages, snapshots, stream
     from sandboxer.api.web.render import redirect
 
     app.state.stopping = asyncio.Event()  # set when the server stops: streams end
-    for module in (auth, pages, actions, stream):
+    for module in (auth, pages, actions, snapshots, stream):
         app.include_router(module.router)
 
     @app.get("/static/{name}", include_in_schema=False)

@@ -22,7 +22,7 @@ HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "X-Frame-Options": "DENY"}
 NAV = (("/", "Sandboxes"), ("/events", "Events"), ("/targets", "Targets"),
-       ("/pools", "Pools"))
+       ("/pools", "Pools"), ("/snapshots", "Snapshots"))
 
 
 def _parse(value: str | None) -> datetime | None:
