@@ -35,7 +35,7 @@ def _close_clients() -> Iterator[None]:
 
 
 def client(api: Api) -> httpx.Client:
-    OPEN.append(httpx.Client(base_url=api.url, timeout=10))
+    OPEN.append(httpx.Client(base_url=api.url, timeout=60))
     return OPEN[-1]
 
 
@@ -220,6 +220,9 @@ def test_pages_carry_strict_headers_and_no_external_asset(api: Api,
         assert page.headers["cache-control"] == "no-store"
         assert not re.search(r'(src|href)="(https?:)?//', page.text), path
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page.text), path  # no inline
+    fleet = root.get("/targets").text
+    assert 'id="target-ext.fake-fake-1"' in fleet
+    assert 'id="target-ext.local-local"' in fleet
     for name, kind in (("dash.js", "text/javascript"), ("dash.css", "text/css")):
         asset = httpx.get(f"{api.url}/static/{name}")
         assert asset.status_code == 200

@@ -129,18 +129,17 @@ async def events(request: Request, who: Who) -> Response:
 
 @router.get("/targets")
 async def targets(request: Request, who: Who) -> Response:
-    """Every target with its health, its reason when unhealthy and the capacity used: the
-    API's ``GET /v1/targets/check`` beside ``GET /v1/targets``."""
+    """Every extension's targets with health, the reason when down and the capacity used,
+    probed now (the service's ``target_health``, what placement and reconcile see),
+    beside what ``GET /v1/targets`` says of those added with `targets add`."""
     svc = session.service(request)
     try:
-        checks = await svc.targets_check(who.caller, None)
+        health = await svc.app.target_health(caller=who.caller)
         summaries = await asyncio.to_thread(svc.client(who.caller).targets_list)
     except SandboxerError as e:
         return failed(request, who, e)
     known = {(s.get("name"), s.get("extension")): s for s in summaries}
-    by_name = {s.get("name"): s for s in summaries}
-    rows = [{**c, "summary": known.get((c.get("name"), c.get("extension")))
-             or by_name.get(c.get("name")) or {}} for c in checks]
+    rows = [{**t, "summary": known.get((t["name"], t["extension"])) or {}} for t in health]
     return page(request, "targets.html", who, targets=rows,
                 after=await high_water(request, who))
 
