@@ -171,6 +171,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
         try:
             yield
         finally:
+            app.state.stopping.set()
             await app.state.service.drain(grace)
             stop.set()
             if loops is not None:
@@ -186,6 +187,9 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
     app.include_router(routes.router)
     app.include_router(snapshot_routes.router)
     app.include_router(files.router)
+    from sandboxer.api import web
+
+    web.install(app)  # the dashboard at / (api/web/)
 
     @app.exception_handler(SandboxerError)
     async def sandboxer_error(_r: Request, e: SandboxerError) -> JSONResponse:

@@ -250,7 +250,8 @@ class Service(SnapshotOps, OperatorOps, FileOps):
 
         actor = None if caller is None or caller.admin else caller.actor
         return Outbox(self.store).documents(after=query.after, sandbox_id=query.sandbox_id,
-                                            limit=query.limit, actor=actor)
+                                            limit=query.limit, actor=actor,
+                                            newest=query.newest)
 
     def reachability(self, sandbox_id: str, *,
                      caller: Caller | None = None) -> Reachability:
