@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from typing_extensions import override
 
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput, ProvisionFailed, SandboxNotFound
+from sandboxer.errors import InvalidInput, NoTarget, ProvisionFailed, SandboxNotFound
 from sandboxer.extensions.base import Handle, SnapshotArtifact, Snapshots, Target
 from sandboxer.extensions.local import control, disk
 from sandboxer.values import SNAPSHOT_ID
@@ -190,6 +190,21 @@ def grow(img: Path, size: int) -> None:
                                   f"the workspace: {done.stderr.decode(errors='replace')[-300:]}")
 
 
+def check_room(root: Path, img: Path, sandbox_id: str) -> None:
+    """Refuse a copy of ``img`` (its allocated bytes: a reflink shares them only until
+    either side writes) that would leave less than disk.RESERVE free under ``root``, the
+    floor a create keeps: snapshots must not eat the room other sandboxes' sparse
+    images were promised."""
+    need = os.stat(img).st_blocks * 512
+    vfs = os.statvfs(root)
+    free = vfs.f_bavail * vfs.f_frsize
+    if need > free - disk.RESERVE:
+        raise NoTarget(
+            f"ext.local: a snapshot of {sandbox_id} needs {need >> 20} MiB; {free >> 20} MiB "
+            f"are free under {root} and {disk.RESERVE >> 20} MiB stay free",
+            hint="delete snapshots (`sandboxer snapshots list`) or free space on the host")
+
+
 # -- the capability ------------------------------------------------------------------------
 
 
@@ -233,6 +248,7 @@ class LocalSnapshots(Snapshots):
             raise SandboxNotFound(f"ext.local sandbox {sid} has no workspace under "
                                   f"{s.local_root}", hint="it was destroyed")
         sd = snapshot_dir(s, snapshot_id)
+        check_room(s.local_root, disk.image_path(d), sid)
         root_dir(s).mkdir(mode=0o700, exist_ok=True)
         sd.mkdir(mode=0o700)
         try:
