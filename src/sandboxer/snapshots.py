@@ -304,10 +304,14 @@ async def fork(manager: Manager, sandbox_id: str, *, ttl: str | None = None,
     new sandbox's ``snapshot``) until its retention ends or it is deleted. ``name`` is
     checked by the caller (``Manager.fork``), before the snapshot is taken."""
     original = manager.get(sandbox_id, caller=caller)
+    owner = actor if actor is not None else original.actor
+    merged = {**original.labels, **(labels or {})}
+    # What the create would refuse (another actor, a ttl over the max, labels) is refused
+    # before the workspace is frozen and copied: a refused fork leaves no snapshot.
+    manager.terms(original.profile, ttl=ttl, actor=owner, labels=merged, caller=caller)
     snap = await snapshot(manager, sandbox_id, caller=caller, progress=progress)
     return await manager.create(
-        original.profile, ttl=ttl, actor=actor if actor is not None else original.actor,
-        labels={**original.labels, **(labels or {})}, name=name, caller=caller,
+        original.profile, ttl=ttl, actor=owner, labels=merged, name=name, caller=caller,
         from_snapshot=snap.id)
 
 
