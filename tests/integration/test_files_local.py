@@ -1,14 +1,18 @@
 """Files in and out of a real ext.local sandbox through every face: the installed CLI's
 `sandboxer cp` (OpenSSH scp, sftp protocol, the pinned key), the service's cp (asyncssh
-sftp, ``LocalClient.upload/download/cp``), and `sandboxer port-forward` (refusals here; a
-forwarded connection once the endpoint forwards). One sandbox serves every check."""
+sftp, ``LocalClient.upload/download/cp``), and `sandboxer port-forward` reaching a
+listener on the sandbox's own loopback at a port its profile forwards (and refusing
+another). One sandbox serves every check."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shlex
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +44,59 @@ def in_sandbox(sid: str, command: str) -> str:
     return str(json.loads(done.stdout)["stdout"])
 
 
-def test_cp_both_ways_through_the_cli_and_the_service(local_home: Settings,
-                                                      tmp_path: Path) -> None:
-    sid = cli_json("create", "profile.local", "--ttl", "10m", "-q")["id"]
+LISTENER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+open("/tmp/listening", "w").write("1")
+while True:
+    c, _ = s.accept()
+    c.sendall(b"inside")
+    c.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_forward(sid: str, port: int, local: int) -> bytes:
+    """Run `sandboxer port-forward SID PORT:LOCAL --json` until 127.0.0.1:LOCAL answers;
+    what it answered."""
+    proc = subprocess.Popen([SANDBOXER, "port-forward", sid, f"{port}:{local}", "--json"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        doc = json.loads(proc.stdout.readline())
+        assert doc == {"schema": "sandboxer.port-forward/v1", "sandbox_id": sid,
+                       "port": port, "local_host": "127.0.0.1", "local_port": local}
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                with socket.create_connection(("127.0.0.1", local), timeout=5) as c:
+                    got = c.recv(6)
+                    if got:
+                        return got
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the forward never answered"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_cp_and_port_forward_through_the_cli_and_the_service(local_home: Settings,
+                                                             tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "profiles" / "fwd.yaml").write_text(
+        f"id: profile.fwd\nextends: profile.local\nreachability: {{forward: [{port}]}}\n")
+    sid = cli_json("create", "profile.fwd", "--ttl", "10m", "-q")["id"]
     data = os.urandom(2 * (1 << 20) + 7)
     src = tmp_path / "in.bin"
     src.write_bytes(data)
@@ -78,10 +132,17 @@ def test_cp_both_ways_through_the_cli_and_the_service(local_home: Settings,
     with pytest.raises(NotFound, match="no such file"):
         client.download(sid, "nope", tmp_path / "nope")
 
-    # Ports: this profile forwards none.
-    done = cli("port-forward", sid, "8080")
+    # Ports: the one the profile forwards reaches the sandbox's own listener; another is
+    # refused before ssh runs.
+    script = shlex.quote(LISTENER)
+    in_sandbox(sid, f"setsid python3 -c {script} {port} </dev/null >/dev/null 2>&1 & "
+                    "for i in $(seq 200); do [ -s /tmp/listening ] && exit 0; sleep 0.05; "
+                    "done; exit 1")
+    assert port_forward(sid, port, free_port()) == b"inside"
+    other = port + 1 if port < 65535 else port - 1
+    done = cli("port-forward", sid, str(other))
     assert done.returncode == 4, done.stderr
-    assert "lists no port" in done.stderr
+    assert f"lists {port}" in done.stderr
 
     # Not ready: refused with the way back, by every face.
     assert cli("stop", sid).returncode == 0
