@@ -294,8 +294,12 @@ def test_the_reaper_deletes_expired_snapshots_and_gives_up_abandoned_ones(
     s = run(m.create("profile.fake"))
     old = run(m.snapshot(s.id))
     kept = run(m.snapshot(s.id))
+    from sandboxer import reaping
+
+    assert not reaping.any_due(m.store, utcnow())
     m.store.snapshot_transition(old.id, from_states={"ready"}, to_state="ready", event=None,
                                 expires_at=utcnow() - timedelta(seconds=1))
+    assert reaping.any_due(m.store, utcnow())  # the opportunistic reap sees a snapshot due
     assert run(m.reap()) == []  # no sandbox was due
     gone = m.get_snapshot(old.id)
     assert (gone.state, gone.reason) == ("deleted", "expired")
