@@ -7,11 +7,11 @@ container's own filesystem holding ``--layer-mib`` of data and its named volume 
 directory) ``--volume-mib``, running, made once. Then, interleaved round by round:
 
 * baseline: `docker commit` of its main container (the CLI; the image removed after);
-* snapshot: ext.compose-ssh's ``snapshot`` of it in a warm process (pause the project,
-  commit with the configuration reset, copy and hash the volume, unpause);
-* fork: the manager's ``fork`` (snapshot + a create from it to ready: SSH answers) once
-  core has it, else the same through the extension (``snapshot``, ``provision`` from it,
-  ``wait_ready``); the fork destroyed and the snapshot deleted after, untimed.
+* snapshot: the manager's ``snapshot`` of it in a warm process (records it; ext.compose-ssh
+  pauses the project, commits with the configuration reset, copies and hashes the
+  volume, unpauses); deleted after, untimed;
+* fork: the manager's ``fork`` (that snapshot + a create from it to ready: SSH answers);
+  the fork destroyed and its snapshot deleted after, untimed.
 
 The figures are ratios against the baseline of the same rounds; a fork does much more
 than a commit (a volume copy, a new project up, sshd ready), so its ratio is reported,
@@ -29,7 +29,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +60,9 @@ class Forker:
         assert isinstance(ext, ComposeSSHExtension)
         self.ext = ext
         self.loop = asyncio.new_event_loop()
-        self.sid = self.client.create(PROFILE, target="local").id
+        self.sid = self.loop.run_until_complete(self.manager.create(PROFILE, target="local")).id
         self.handle = next(h for h in self.manager.store.live_handles(ext.name)
                            if h.sandbox_id == self.sid)
-        self.core_fork = hasattr(self.manager, "fork")
 
     def ssh(self, command: str) -> None:
         import shlex
@@ -84,52 +82,23 @@ class Forker:
         return took
 
     def snapshot(self) -> float:
-        from sandboxer.values import new_snapshot_id
-
         t = time.perf_counter()
-        art = self.loop.run_until_complete(
-            self.ext.snapshot(self.handle, new_snapshot_id(), lambda _m: None))
+        snap = self.loop.run_until_complete(self.manager.snapshot(self.sid))
         took = time.perf_counter() - t
-        self.loop.run_until_complete(self.ext.delete_snapshot(art))
+        self.loop.run_until_complete(self.manager.delete_snapshot(snap.id))
         return took
 
     def fork(self) -> float:
         t = time.perf_counter()
-        if self.core_fork:
-            made = self.loop.run_until_complete(self.manager.fork(self.sid))  # type: ignore[attr-defined]
-            took = time.perf_counter() - t
-            self.client.destroy(made.id)
-            self.loop.run_until_complete(
-                self.manager.delete_snapshot(made.snapshot))  # type: ignore[attr-defined]
-            return took
-        took, (handle, art) = self._fork_through_extension(t)
-        self.loop.run_until_complete(self.ext.destroy(handle))
-        self.loop.run_until_complete(self.ext.delete_snapshot(art))
+        made = self.loop.run_until_complete(self.manager.fork(self.sid))
+        took = time.perf_counter() - t
+        self.loop.run_until_complete(self.manager.destroy(made.id))
+        if made.snapshot:
+            self.loop.run_until_complete(self.manager.delete_snapshot(made.snapshot))
         return took
 
-    def _fork_through_extension(self, t: float) -> tuple[float, Any]:
-        from sandboxer.extensions.base import ProvisionRequest
-        from sandboxer.values import new_sandbox_id, new_snapshot_id
-
-        profile = self.manager.catalog.get(PROFILE)
-        (target,) = [x for x in self.ext.targets(self.ext.settings) if x.name == "local"]
-
-        async def go() -> Any:
-            art = await self.ext.snapshot(self.handle, new_snapshot_id(), lambda _m: None)
-            req = ProvisionRequest(
-                sandbox_id=new_sandbox_id(), profile=profile,
-                spec=self.ext.parse_spec(profile), target=target, settings=self.ext.settings,
-                user=profile.reachability.user, labels={}, env={},
-                expires_at=datetime.now(UTC) + timedelta(hours=1), snapshot=art)
-            handle = await self.ext.provision(req, {})
-            await self.ext.wait_ready(handle, 120)
-            return handle, art
-
-        made = self.loop.run_until_complete(go())
-        return time.perf_counter() - t, made
-
     def close(self) -> None:
-        self.client.destroy(self.sid)
+        self.loop.run_until_complete(self.manager.destroy(self.sid))
         self.loop.close()
 
 
@@ -157,7 +126,6 @@ def run(rounds: int, layer_mib: int, volume_mib: int) -> tuple[dict[str, Any], l
                 samples["raw docker commit"].append(round(warm.raw_commit(n) * 1000, 3))
                 samples["compose snapshot"].append(round(warm.snapshot() * 1000, 3))
                 samples["compose fork"].append(round(warm.fork() * 1000, 3))
-            how = "Manager.fork" if warm.core_fork else "the extension's capability"
         finally:
             warm.close()
     base = median(samples["raw docker commit"])
@@ -165,11 +133,11 @@ def run(rounds: int, layer_mib: int, volume_mib: int) -> tuple[dict[str, Any], l
         Check("compose snapshot (pause, commit, volume copy)",
               median(samples["compose snapshot"]), base, "raw docker commit",
               max_ratio=SNAPSHOT_MAX_RATIO, series="compose snapshot"),
-        Check(f"compose fork to ready ({how})", median(samples["compose fork"]), base,
+        Check("compose fork to ready (snapshot + create)", median(samples["compose fork"]), base,
               "raw docker commit", series="compose fork"),
     ]
-    return {"layer_mib": layer_mib, "volume_mib": volume_mib, "rounds": rounds,
-            "fork_through": how}, checks, samples
+    return {"layer_mib": layer_mib, "volume_mib": volume_mib, "rounds": rounds}, checks, \
+        samples
 
 
 def main() -> int:

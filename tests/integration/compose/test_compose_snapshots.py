@@ -1,17 +1,18 @@
-"""ext.compose-ssh snapshots, sftp and forwarded ports on a real dockerd, compose v2 and the
-image's sshd, through the SSH target (the docker CLI over one SSH connection).
+"""ext.compose-ssh snapshots, forks, sftp and forwarded ports on a real dockerd, compose v2
+and the image's sshd, through the SSH target (the docker CLI over one SSH connection), as
+core's Manager drives them (create, snapshot, fork, delete_snapshot, pause, stop).
 
-One sandbox A (a named volume at its home directory, a side service, a secret,
-``forward: [8080]``) shows: OpenSSH ``ssh -L`` and ``-W`` reach 127.0.0.1/localhost:8080
-and nothing else (not a port not listed, not the side container the sandbox itself
-reaches, not the docker host); ``sftp`` and ``scp`` work with the pinned key. Then the
-capability as core drives it: a snapshot of the running sandbox (it keeps running, its
-processes alive), one of the paused sandbox (it stays paused), deleted twice; neither the
-secret nor the sandbox's host key in the image (``docker save``, ``docker image
-inspect``) nor anywhere in dockerd's data root. Sandbox B from the snapshot has A's files
-(layer and volume), its own keys and volume (A's later writes do not reach it), no
-forwarding; deleting the snapshot leaves B whole, and B's destroy takes the untagged
-image with it. Last, a snapshot of the stopped sandbox leaves it stopped.
+One sandbox A of a profile with a named volume at its home directory, a side service, a
+secret (``env:`` ref) and ``reachability.forward: [8080]`` shows: OpenSSH ``ssh -L`` and
+``-W`` reach 127.0.0.1/localhost:8080 and nothing else (not a port not listed, not the
+side container the sandbox itself reaches, not the docker host); ``sftp`` and ``scp``
+work with the pinned key. A fork B of the running A (which keeps running, its processes
+alive) has A's files (layer and volume), its own keys and volume (A's later writes do not
+reach it), its secret resolved again and its forwarding; neither the secret nor A's host
+key is in the snapshot's image (``docker save``, ``docker image inspect``) nor anywhere in
+dockerd's data root. Deleting the snapshot leaves B whole, and B's destroy takes the
+untagged image with it. Snapshots of the paused and of the stopped A leave it so; the
+extension's delete is idempotent and ``owned_snapshots`` finds what is left.
 """
 
 from __future__ import annotations
@@ -22,26 +23,29 @@ import secrets
 import socket
 import subprocess
 import tarfile
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from pydantic import SecretStr
 from tests.canary_support import leaks
 from tests.docker_support import free_port, port_open, wait_until
 from tests.integration.compose.test_compose_ssh import make_env
 
 from sandboxer.client.local import LocalClient
 from sandboxer.config import Settings
-from sandboxer.extensions.base import Endpoint, Handle, ProvisionRequest, SnapshotArtifact
+from sandboxer.extensions.base import Endpoint, Handle
+from sandboxer.extensions.compose_ssh import snapshots
 from sandboxer.extensions.compose_ssh.extension import ComposeSSHExtension
-from sandboxer.models.profile import Profile
 from sandboxer.openssh import endpoint_args
-from sandboxer.values import new_sandbox_id, new_snapshot_id
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sandboxer.manager import Manager
+
     from .conftest import DockerDaemon, SshTarget
+
+    Run = Callable[[Awaitable[Any]], Any]
 
 pytestmark = pytest.mark.integration
 
@@ -57,40 +61,30 @@ HASH = ("find /tmp/work /home/agent/data -type f -print0 | sort -z "
         "| xargs -0 sha256sum | sha256sum")
 
 
-def _profile(image: str) -> Profile:
-    return Profile.model_validate({
-        "id": "profile.snap", "extension": "ext.compose-ssh",
+def _profile(image: str) -> dict[str, Any]:
+    return {
+        "id": "profile.snap", "extension": "ext.compose-ssh", "route": "self-hosted-only",
         "reachability": {"user": "agent", "forward": [8080]},
+        "setup": {"env": {"PLAIN": "plainvalue"},
+                  "secret_refs": [{"name": "TOKEN", "ref": "env:SBX_SNAP_CANARY"}]},
         "spec": {"service": "main", "pull": "never", "compose": {
             "services": {"main": {"image": image, "volumes": ["data:/home/agent"]},
                          "side": {"image": image, "entrypoint": SIDE}},
-            "volumes": {"data": {}}}}})
+            "volumes": {"data": {}}}}}
 
 
 class Box:
-    """A sandbox provisioned through the extension itself (core's snapshot and
-    from-snapshot paths land separately), reached with OpenSSH as the descriptor says."""
+    """A sandbox the manager made, reached with OpenSSH and its endpoint's pinned key."""
 
     def __init__(self, ext: ComposeSSHExtension, handle: Handle, ep: Endpoint) -> None:
         self.ext, self.handle, self.ep = ext, handle, ep
 
     @classmethod
-    def create(cls, ext: ComposeSSHExtension, profile: Profile, *, forward: tuple[int, ...],
-               secrets: dict[str, SecretStr], snapshot: SnapshotArtifact | None = None
-               ) -> Box:
-        (target,) = [t for t in ext.targets(ext.settings) if t.name == "t1"]
-        req = ProvisionRequest(
-            sandbox_id=new_sandbox_id(), profile=profile, spec=ext.parse_spec(profile),
-            target=target, settings=ext.settings, user="agent", labels={},
-            env={"PLAIN": "plainvalue"}, expires_at=datetime.now(UTC) + timedelta(hours=1),
-            snapshot=snapshot, forward=forward)
-
-        async def go() -> Box:
-            h = await ext.provision(req, secrets)
-            await ext.wait_ready(h, 120)
-            return cls(ext, h, await ext.endpoint(h))
-
-        return asyncio.run(go())
+    def of(cls, manager: Manager, run: Run, sid: str) -> Box:
+        ext = manager.extension("ext.compose-ssh")
+        assert isinstance(ext, ComposeSSHExtension)
+        (handle,) = [h for h in manager.store.live_handles(ext.name) if h.sandbox_id == sid]
+        return cls(ext, handle, run(ext.endpoint(handle)))
 
     def args(self) -> list[str]:
         return [*endpoint_args(self.ep), "-o", "ConnectTimeout=10"]
@@ -113,9 +107,6 @@ class Box:
         return subprocess.run(["ssh", "-o", "LogLevel=INFO", *self.args(), "-W", dest, "--",
                                f"{self.ep.user}@{self.ep.host}"], capture_output=True,
                               text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
-
-    def destroy(self) -> None:
-        asyncio.run(self.ext.destroy(self.handle))
 
 
 def _refused(done: subprocess.CompletedProcess[str]) -> bool:
@@ -169,24 +160,24 @@ def test_snapshot_fork_forward_and_sftp_on_compose(
     ssh_target: SshTarget, docker_daemon: DockerDaemon, tmp_path: Path,
 ) -> None:
     canary = f"cnrysnap{secrets.token_hex(12)}"
+    data_root = docker_daemon.root or Path(docker_daemon.docker(
+        "info", "--format", "{{.DockerRootDir}}").stdout.strip())
     for ctx in make_env(ssh_target, tmp_path):
-        ext = LocalClient(Settings.from_env(ctx.env)).manager.extension("ext.compose-ssh")
-        assert isinstance(ext, ComposeSSHExtension)
-        profile = _profile(ssh_target.image)
-        a = Box.create(ext, profile, forward=(8080,), secrets={"TOKEN": SecretStr(canary)})
-        boxes = [a]
+        ctx.env["SBX_SNAP_CANARY"] = canary
+        (ctx.profiles / "snap.yaml").write_text(json.dumps(_profile(ssh_target.image)))
+        manager = LocalClient(Settings.from_env(ctx.env)).manager
+        loop = asyncio.new_event_loop()  # one loop, as a long-lived process has
         try:
-            _scenario(ext, profile, a, boxes, canary, ctx, docker_daemon, tmp_path)
+            _scenario(manager, loop.run_until_complete, canary, ctx, docker_daemon, tmp_path)
         finally:
-            for box in boxes:
-                box.destroy()
-        data_root = docker_daemon.root or Path(docker_daemon.docker(
-            "info", "--format", "{{.DockerRootDir}}").stdout.strip())
+            loop.close()
         assert not leaks([canary], [ctx.home, ssh_target.home, data_root])
 
 
-def _scenario(ext: ComposeSSHExtension, profile: Profile, a: Box, boxes: list[Box],
-              canary: str, ctx: Any, docker_daemon: DockerDaemon, tmp_path: Path) -> None:
+def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
+              docker_daemon: DockerDaemon, tmp_path: Path) -> None:
+    made = run(manager.create("profile.snap", target="t1"))
+    a = Box.of(manager, run, made.id)
     assert a.out('printf "%s|%s" "$TOKEN" "$PLAIN"') == f"{canary}|plainvalue"
     a.out("mkdir -p /tmp/work ~/data && head -c 65536 /dev/urandom > /tmp/work/layer "
           "&& head -c 65536 /dev/urandom > ~/data/blob")
@@ -201,80 +192,80 @@ def _scenario(ext: ComposeSSHExtension, profile: Profile, a: Box, boxes: list[Bo
     assert _refused(a.stdio("127.0.0.1:8081"))  # listening, not listed
     assert a.out(f"{CONNECT} side 9090") == "side"  # the sandbox reaches its side service
     assert _refused(a.stdio("side:9090"))  # ssh does not
-    net = _docker_json(docker_daemon, "network", "inspect", f"{a.handle.sandbox_id}_default")
+    net = _docker_json(docker_daemon, "network", "inspect", f"{made.id}_default")
     gateway = net[0]["IPAM"]["Config"][0]["Gateway"]
     assert _refused(a.stdio(f"{gateway}:{ctx.target.ssh_port}"))  # the docker host
     _sftp_and_scp(a, tmp_path)
     before = a.out(HASH)
 
-    # A snapshot of the running sandbox: it keeps running, processes and all.
-    progress: list[str] = []
-    snap = asyncio.run(ext.snapshot(a.handle, new_snapshot_id(), progress.append))
+    # A fork of the running sandbox: A keeps running, processes and all.
+    forked = run(manager.fork(made.id))
     assert a.stdio("127.0.0.1:8080").stdout == "fwd-8080\n"
-    assert snap.target == "t1"
-    assert (snap.size_bytes or 0) >= 65536
+    assert forked.snapshot is not None
+    snap = manager.get_snapshot(forked.snapshot)
+    assert (snap.state, snap.target, snap.sandbox_id) == ("ready", "t1", made.id)
+    assert (snap.size_bytes or 0) >= 2 * 65536
     assert (snap.content_hash or "").startswith("sha256:")
-    assert set(snap.data["volumes"]) == {"data"}
-    assert any("pausing" in p for p in progress), progress
-    image = _docker_json(docker_daemon, "image", "inspect", snap.data["image"])[0]
+    b = Box.of(manager, run, forked.id)
+    assert b.out(HASH) == before
+    assert b.ep.host_key != a.ep.host_key
+    assert b.out('printf "%s" "$TOKEN"') == canary  # resolved again, not from the snapshot
+    assert _refused(b.stdio("127.0.0.1:8081"))  # its own forwarding drop-in
+    a.out("echo later > ~/data/after")
+    assert b.ssh("test -e ~/data/after").returncode == 1
+
+    # The snapshot holds neither the secret nor A's host key.
+    tag = snapshots.image_tag(snap.id)
+    image = _docker_json(docker_daemon, "image", "inspect", tag)[0]
     labels = image["Config"]["Labels"]
-    assert labels["sandboxer.snapshot"] == snap.snapshot_id
+    assert labels["sandboxer.snapshot"] == snap.id
     assert (labels["sandboxer.id"], labels["com.docker.compose.project"]) == ("", "")
     assert "PLAIN=" in image["Config"]["Env"]  # provision's environment blanked
+    assert canary not in json.dumps(image)
     saved = tmp_path / "saved"
     saved.mkdir()
-    with subprocess.Popen(["docker", "save", snap.data["image"]], env=ctx.env,
+    with subprocess.Popen(["docker", "save", tag], env=ctx.env,
                           stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             tar.extractall(saved, filter="data")
-    layers = [p for p in saved.rglob("*") if p.is_file()]
-    assert any(p.stat().st_size > 1 << 20 for p in layers)
+    assert any(p.stat().st_size > 1 << 20 for p in saved.rglob("*") if p.is_file())
     found = _in_layers(saved, [canary.encode(), *_key_lines(a)])
     assert not found, found
-    assert canary not in json.dumps(image)
-
-    # A snapshot of the paused sandbox leaves it paused; deleting it twice is fine.
-    asyncio.run(ext.pause(a.handle))
-    paused = asyncio.run(ext.snapshot(a.handle, new_snapshot_id(), lambda _m: None))
-    main = a.handle.data["container"]
-    assert _docker_json(docker_daemon, "inspect", main)[0]["State"]["Paused"] is True
-    asyncio.run(ext.resume(a.handle))
-    for _ in range(2):
-        asyncio.run(ext.delete_snapshot(paused))
-    assert docker_daemon.docker("image", "ls", "-q", paused.data["image"]).stdout == ""
-    assert not docker_daemon.docker("volume", "ls", "-q", "--filter",
-                                    f"label=sandboxer.snapshot={paused.snapshot_id}").stdout
-    (t1,) = [t for t in ext.targets(ext.settings) if t.name == "t1"]
-    assert [s.snapshot_id for s in asyncio.run(ext.owned_snapshots(t1))] == [snap.snapshot_id]
-
-    # B from the snapshot: A's files, its own keys and volume, no forwarding, no secret.
-    b = Box.create(ext, profile, forward=(), secrets={}, snapshot=snap)
-    boxes.append(b)
-    assert b.out(HASH) == before
-    assert b.ep.host_key != a.ep.host_key
-    assert b.out('printf "[%s]" "${TOKEN-}"; ls -A /run/secrets') == "[]"
-    assert _refused(b.stdio("127.0.0.1:8080"))
-    a.out("echo later > ~/data/after")
-    assert b.ssh("test -e ~/data/after").returncode == 1
+    data_root = docker_daemon.root or Path(docker_daemon.docker(
+        "info", "--format", "{{.DockerRootDir}}").stdout.strip())
+    assert not leaks([canary], [data_root])  # the snapshot's volume copy included
 
     # Deleting the snapshot leaves B whole; B's destroy then takes the untagged image.
-    asyncio.run(ext.delete_snapshot(snap))
-    assert asyncio.run(ext.owned_snapshots(t1)) == []
+    run(manager.delete_snapshot(snap.id))
+    assert manager.get_snapshot(snap.id).state == "deleted"
     assert b.out("cat ~/data/blob | wc -c") == "65536"
     image_id = b.handle.data["snapshot_image"]
     assert image_id == image["Id"]
-    boxes.remove(b)
-    b.destroy()
-    gone = docker_daemon.docker("image", "inspect", image_id, check=False)
-    assert gone.returncode != 0
+    run(manager.destroy(forked.id))
+    assert docker_daemon.docker("image", "inspect", image_id, check=False).returncode != 0
 
-    # A snapshot of the stopped sandbox leaves it stopped.
-    asyncio.run(ext.stop(a.handle))
-    stopped = asyncio.run(ext.snapshot(a.handle, new_snapshot_id(), lambda _m: None))
+    # Snapshots of the paused and of the stopped sandbox leave it so.
+    main = a.handle.data["container"]
+    run(manager.pause(made.id))
+    paused = run(manager.snapshot(made.id))
+    assert _docker_json(docker_daemon, "inspect", main)[0]["State"]["Paused"] is True
+    assert manager.get(made.id).state == "paused"
+    run(manager.stop(made.id))
+    stopped = run(manager.snapshot(made.id))
     assert _docker_json(docker_daemon, "inspect", main)[0]["State"]["Running"] is False
-    assert stopped.content_hash != snap.content_hash  # ~/data/after, since
-    asyncio.run(ext.delete_snapshot(stopped))
+    assert manager.get(made.id).state == "stopped"
+
+    # The extension's side: what is on the target by its labels; a delete again is fine.
+    (t1,) = [t for t in a.ext.targets(a.ext.settings) if t.name == "t1"]
+    left = run(a.ext.owned_snapshots(t1))
+    assert sorted(x.snapshot_id for x in left) == sorted([paused.id, stopped.id])
+    for art in left:
+        run(manager.delete_snapshot(art.snapshot_id))
+        run(a.ext.delete_snapshot(art))
+    assert run(a.ext.owned_snapshots(t1)) == []
+    assert not docker_daemon.docker("volume", "ls", "-q", "--filter",
+                                    f"label=sandboxer.snapshot={paused.id}").stdout
 
 
 def _key_lines(box: Box) -> list[bytes]:
