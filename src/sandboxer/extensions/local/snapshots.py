@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from typing_extensions import override
 
 from sandboxer.config import Settings
-from sandboxer.errors import InvalidInput, ProvisionFailed, SandboxNotFound
+from sandboxer.errors import InvalidInput, NoTarget, ProvisionFailed, SandboxNotFound
 from sandboxer.extensions.base import Handle, SnapshotArtifact, Snapshots, Target
 from sandboxer.extensions.local import control, disk
 from sandboxer.values import SNAPSHOT_ID
@@ -242,6 +242,7 @@ class LocalSnapshots(Snapshots):
             raise SandboxNotFound(f"ext.local sandbox {sid} has no workspace under "
                                   f"{s.local_root}", hint="it was destroyed")
         sd = snapshot_dir(s, snapshot_id)
+        _check_room(s.local_root, disk.image_path(d).stat().st_blocks * 512)
         root_dir(s).mkdir(mode=0o700, exist_ok=True)
         sd.mkdir(mode=0o700)
         try:
@@ -346,6 +347,17 @@ def restore_image(src: Path, sandbox_dir: Path, size: int) -> None:
     except BaseException:
         img.unlink(missing_ok=True)
         raise
+
+
+def _check_room(directory: Path, need: int) -> None:
+    """What a copy takes (the image's data, not its size) must leave the reserve free."""
+    vfs = os.statvfs(directory)
+    free = vfs.f_bavail * vfs.f_frsize
+    if need > free - disk.RESERVE:
+        raise NoTarget(
+            f"ext.local: a snapshot takes {need >> 20} MiB, and {free >> 20} MiB are free "
+            f"under {directory} (a {disk.RESERVE >> 20} MiB reserve stays free)",
+            hint="free space on the host, or delete snapshots (sandboxer snapshots list)")
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
