@@ -212,6 +212,10 @@ class LocalSnapshots(Snapshots):
     def _images(self) -> bool:
         """Whether workspaces are images here (root, mkfs.ext4, loop devices)."""
 
+    @abstractmethod
+    def _drop_empty_root(self) -> None:
+        """Remove this home's local root once nothing is left in it."""
+
     @override
     def snapshottable(self, handle: Handle) -> str | None:
         if not self._images():
@@ -280,6 +284,7 @@ class LocalSnapshots(Snapshots):
         shutil.rmtree(sd, ignore_errors=True)
         with contextlib.suppress(OSError):
             root_dir(self.settings).rmdir()  # the last one
+            self._drop_empty_root()  # and no sandbox left either
 
     @override
     async def owned_snapshots(self, target: Target) -> list[SnapshotArtifact]:
