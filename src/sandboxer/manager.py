@@ -614,7 +614,6 @@ class Manager:
         return await snapshots.fork(self, sandbox_id, ttl=ttl, labels=labels,
                                     name=inputs.name(name),
                                     actor=actor, caller=caller, progress=progress)
-
     # -- files in and out (sandboxer.files) -------------------------------------------
 
     async def put_file(self, sandbox_id: str, local: Path, remote: str, *,

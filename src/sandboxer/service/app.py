@@ -21,6 +21,7 @@ from sandboxer.errors import NotFound, SandboxerError, UsageError
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
 from sandboxer.service.files import FileOps
 from sandboxer.service.operator import OperatorOps
+from sandboxer.service.snapshots import SnapshotOps
 from sandboxer.values import LIFECYCLE
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 PLACEMENT_ATTEMPTS = 3  # a create that loses its target to concurrent ones places again
 
 
-class Service(OperatorOps, FileOps):
+class Service(SnapshotOps, OperatorOps, FileOps):
     """One sand-boxer over one store: hosted in-process, by `sandboxer serve`, or by a
     keeper process; shells hold one and pass each call's ``caller``."""
 
@@ -158,13 +159,17 @@ class Service(OperatorOps, FileOps):
 
         checks.name(req.name)
         options = self._checked(req)
+        source = req.from_snapshot  # a pooled sandbox has no such data: never claimed
         try:
             from sandboxer import pools
 
-            claimed = await pools.claim(self.manager, req.profile, name=req.name,
-                                        caller=caller, **options)
+            claimed = None if source else await pools.claim(
+                self.manager, req.profile, name=req.name, caller=caller, **options)
             if claimed is not None:
                 return claimed
+            if source:  # placed on the snapshot's target: no other to try
+                return await self.manager.create(req.profile, name=req.name, caller=caller,
+                                                 from_snapshot=source, **options)
             for attempt in range(1, PLACEMENT_ATTEMPTS):
                 try:
                     return await self.manager.create(req.profile, name=req.name,
@@ -245,7 +250,8 @@ class Service(OperatorOps, FileOps):
 
         actor = None if caller is None or caller.admin else caller.actor
         return Outbox(self.store).documents(after=query.after, sandbox_id=query.sandbox_id,
-                                            limit=query.limit, actor=actor)
+                                            limit=query.limit, actor=actor,
+                                            newest=query.newest)
 
     def reachability(self, sandbox_id: str, *,
                      caller: Caller | None = None) -> Reachability:
