@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -196,6 +197,15 @@ def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
     gateway = net[0]["IPAM"]["Config"][0]["Gateway"]
     assert _refused(a.stdio(f"{gateway}:{ctx.target.ssh_port}"))  # the docker host
     _sftp_and_scp(a, tmp_path)
+    # The service's cp (CopiesFiles: asyncssh sftp on the pinned endpoint), both ways.
+    payload = tmp_path / "service.bin"
+    payload.write_bytes(os.urandom(300_000))
+    assert run(manager.put_file(made.id, payload, "service.bin")) == 300_000
+    assert a.out("wc -c < service.bin") == "300000"
+    back = tmp_path / "service.back"
+    assert run(manager.get_file(made.id, "service.bin", back)) == 300_000
+    assert back.read_bytes() == payload.read_bytes()
+    a.out("rm service.bin")
     before = a.out(HASH)
 
     # A fork of the running sandbox: A keeps running, processes and all.
