@@ -6,13 +6,14 @@ One sandbox A of a profile with a named volume at its home directory, a side ser
 secret (``env:`` ref) and ``reachability.forward: [8080]`` shows: OpenSSH ``ssh -L`` and
 ``-W`` reach 127.0.0.1/localhost:8080 and nothing else (not a port not listed, not the
 side container the sandbox itself reaches, not the docker host); ``sftp`` and ``scp``
-work with the pinned key. A fork B of the running A (which keeps running, its processes
-alive) has A's files (layer and volume), its own keys and volume (A's later writes do not
-reach it), its secret resolved again and its forwarding; neither the secret nor A's host
-key is in the snapshot's image (``docker save``, ``docker image inspect``) nor anywhere in
-dockerd's data root. Deleting the snapshot leaves B whole, and B's destroy takes the
-untagged image with it. Snapshots of the paused and of the stopped A leave it so; the
-extension's delete is idempotent and ``owned_snapshots`` finds what is left.
+work with the pinned key, and so do the manager's put_file/get_file. A fork B of the
+running A (which keeps running, its processes alive) has A's files (layer and volume),
+its own keys and volume (A's later writes do not reach it), its secret resolved again
+and its forwarding; neither the secret nor A's host key is in the snapshot's image
+(``docker save``, ``docker image inspect``) nor anywhere in dockerd's data root. Deleting
+the snapshot leaves B whole, and B's destroy takes the untagged image with it. Snapshots
+of the paused and of the stopped A leave it so; the extension's delete is idempotent and
+``owned_snapshots`` finds what is left.
 """
 
 from __future__ import annotations
@@ -183,7 +184,9 @@ def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
     wait_until("the listeners", lambda: a.ssh(f"{CONNECT} 127.0.0.1 8081").returncode == 0,
                timeout=30, interval=0.2)
 
-    # Forwarding: exactly 8080 of the sandbox's own loopback.
+    # Forwarding: exactly 8080 of the sandbox's own loopback, as the descriptor says.
+    assert made.reachability is not None
+    assert made.reachability.forward == [8080]
     assert _forward_once(a, "127.0.0.1:8080") == "fwd-8080\n"
     assert a.stdio("localhost:8080").stdout == "fwd-8080\n"
     assert _refused(a.stdio("127.0.0.1:8081"))  # listening, not listed
@@ -193,6 +196,10 @@ def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
     gateway = net[0]["IPAM"]["Config"][0]["Gateway"]
     assert _refused(a.stdio(f"{gateway}:{ctx.target.ssh_port}"))  # the docker host
     _sftp_and_scp(a, tmp_path)
+    (tmp_path / "put.txt").write_text("through the service\n")
+    assert run(manager.put_file(made.id, tmp_path / "put.txt", "put.txt")) == 20
+    assert run(manager.get_file(made.id, "/home/agent/put.txt", tmp_path / "got.txt")) == 20
+    assert (tmp_path / "got.txt").read_text() == "through the service\n"
     before = a.out(HASH)
 
     # A fork of the running sandbox: A keeps running, processes and all.
