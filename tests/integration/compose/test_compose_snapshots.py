@@ -6,13 +6,14 @@ One sandbox A of a profile with a named volume at its home directory, a side ser
 secret (``env:`` ref) and ``reachability.forward: [8080]`` shows: OpenSSH ``ssh -L`` and
 ``-W`` reach 127.0.0.1/localhost:8080 and nothing else (not a port not listed, not the
 side container the sandbox itself reaches, not the docker host); ``sftp`` and ``scp``
-work with the pinned key. A fork B of the running A (which keeps running, its processes
-alive) has A's files (layer and volume), its own keys and volume (A's later writes do not
-reach it), its secret resolved again and its forwarding; neither the secret nor A's host
-key is in the snapshot's image (``docker save``, ``docker image inspect``) nor anywhere in
-dockerd's data root. Deleting the snapshot leaves B whole, and B's destroy takes the
-untagged image with it. Snapshots of the paused and of the stopped A leave it so; the
-extension's delete is idempotent and ``owned_snapshots`` finds what is left.
+work with the pinned key, and so do the manager's put_file/get_file. A fork B of the
+running A (which keeps running, its processes alive) has A's files (layer and volume),
+its own keys and volume (A's later writes do not reach it), its secret resolved again
+and its forwarding; neither the secret nor A's host key is in the snapshot's image
+(``docker save``, ``docker image inspect``) nor anywhere in dockerd's data root. Deleting
+the snapshot leaves B whole, and B's destroy takes the untagged image with it. Snapshots
+of the paused and of the stopped A leave it so; the extension's delete is idempotent and
+``owned_snapshots`` finds what is left.
 """
 
 from __future__ import annotations
@@ -161,8 +162,6 @@ def test_snapshot_fork_forward_and_sftp_on_compose(
     ssh_target: SshTarget, docker_daemon: DockerDaemon, tmp_path: Path,
 ) -> None:
     canary = f"cnrysnap{secrets.token_hex(12)}"
-    data_root = docker_daemon.root or Path(docker_daemon.docker(
-        "info", "--format", "{{.DockerRootDir}}").stdout.strip())
     for ctx in make_env(ssh_target, tmp_path):
         ctx.env["SBX_SNAP_CANARY"] = canary
         (ctx.profiles / "snap.yaml").write_text(json.dumps(_profile(ssh_target.image)))
@@ -172,7 +171,6 @@ def test_snapshot_fork_forward_and_sftp_on_compose(
             _scenario(manager, loop.run_until_complete, canary, ctx, docker_daemon, tmp_path)
         finally:
             loop.close()
-        assert not leaks([canary], [ctx.home, ssh_target.home, data_root])
 
 
 def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
@@ -187,7 +185,9 @@ def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
     wait_until("the listeners", lambda: a.ssh(f"{CONNECT} 127.0.0.1 8081").returncode == 0,
                timeout=30, interval=0.2)
 
-    # Forwarding: exactly 8080 of the sandbox's own loopback.
+    # Forwarding: exactly 8080 of the sandbox's own loopback, as the descriptor says.
+    assert made.reachability is not None
+    assert made.reachability.forward == [8080]
     assert _forward_once(a, "127.0.0.1:8080") == "fwd-8080\n"
     assert a.stdio("localhost:8080").stdout == "fwd-8080\n"
     assert _refused(a.stdio("127.0.0.1:8081"))  # listening, not listed
@@ -244,7 +244,8 @@ def _scenario(manager: Manager, run: Run, canary: str, ctx: Any,
     assert not found, found
     data_root = docker_daemon.root or Path(docker_daemon.docker(
         "info", "--format", "{{.DockerRootDir}}").stdout.strip())
-    assert not leaks([canary], [data_root])  # the snapshot's volume copy included
+    # While the snapshot exists: its layers and its volume copy are under the data root.
+    assert not leaks([canary], [ctx.home, ctx.target.home, data_root])
 
     # Deleting the snapshot leaves B whole; B's destroy then takes the untagged image.
     run(manager.delete_snapshot(snap.id))
