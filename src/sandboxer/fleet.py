@@ -58,6 +58,23 @@ async def probe(ext: Extension, targets: list[Target]) -> list[Target]:
     return out
 
 
+async def health(manager: Manager) -> list[Target]:
+    """Every registered extension's targets, probed now (the extensions in parallel) as
+    placement and reconcile see them: health, reason, capacity, used. An extension that
+    cannot list its targets is logged and left out."""
+
+    async def one(name: str) -> list[Target]:
+        try:
+            ext = manager.extension(name)
+            return await probe(ext, ext.targets(manager.settings))
+        except SandboxerError as e:
+            log.warning("target health skips %s: %s", name, e.render())
+            return []
+
+    found = await asyncio.gather(*(one(name) for name in extensions.available()))
+    return [t for targets in found for t in targets]
+
+
 def _handle(store: Store, status: SandboxStatus) -> Handle:
     rec = store.get_record(status.id)
     if rec is not None and rec.handle:

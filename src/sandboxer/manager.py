@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandboxer import checks as inputs
-from sandboxer import idling, lifecycle, placement, reaping, snapshots
+from sandboxer import files, idling, lifecycle, placement, reaping, snapshots
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -613,6 +614,18 @@ class Manager:
         return await snapshots.fork(self, sandbox_id, ttl=ttl, labels=labels,
                                     name=inputs.name(name),
                                     actor=actor, caller=caller, progress=progress)
+    # -- files in and out (sandboxer.files) -------------------------------------------
+
+    async def put_file(self, sandbox_id: str, local: Path, remote: str, *,
+                       caller: Caller | None = None) -> int:
+        """Copy the regular file ``local`` into a ready sandbox at ``remote``; bytes."""
+        return await files.put_file(self, sandbox_id, local, remote, caller=caller)
+
+    async def get_file(self, sandbox_id: str, remote: str, local: Path, *,
+                       caller: Caller | None = None, max_bytes: int | None = None) -> int:
+        """Copy a ready sandbox's regular file ``remote`` to ``local`` (0600); bytes."""
+        return await files.get_file(self, sandbox_id, remote, local, caller=caller,
+                                    max_bytes=max_bytes)
 
 
 class _ManagerHost:

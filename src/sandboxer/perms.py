@@ -162,3 +162,23 @@ def secure(settings: Settings) -> None:
             f"sand-boxer refuses to use {first.path}: it {first.problem}{more}",
             hint=first.fix,
         )
+
+
+def open_regular(path: Path) -> int:
+    """A read descriptor of ``path``, which must be a regular file (a file to copy): never
+    blocks on a FIFO (opened non-blocking, checked, then made blocking). NotFound or
+    InvalidInput otherwise."""
+    from sandboxer.errors import InvalidInput, NotFound
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise NotFound(f"{path}: no such file") from e
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidInput(f"{path} is not a regular file",
+                           hint="copy one file (`sandboxer cp -r` copies directories)")
+    os.set_blocking(fd, True)
+    return fd

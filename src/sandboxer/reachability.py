@@ -222,6 +222,7 @@ def assemble(
         identity=decl.identity,
         tunnel_status=TunnelStatus(command=f"ops-bridge tunnel status {decl.via}",
                                    doc=TUNNEL_STATUS_DOC) if decl.via else None,
+        forward=list(profile.reachability.forward),
     )
 
 

@@ -162,6 +162,30 @@ def validate_host(host: str, what: str = "a host") -> str:
     return host
 
 
+MAX_REMOTE_PATH = 4096  # PATH_MAX: what a sandbox's filesystem takes
+
+
+def validate_remote_path(path: str, what: str = "the sandbox path") -> str:
+    """A path inside a sandbox for cp (sftp takes it as is, no shell sees it): not empty,
+    no NUL, no newline, at most ``MAX_REMOTE_PATH`` bytes (ValueError otherwise)."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{what}: expected a path, got nothing")
+    if "\0" in path or "\n" in path or "\r" in path:
+        raise ValueError(f"{what} {safe_repr(path)}: a NUL or newline is not allowed")
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_REMOTE_PATH:
+        raise ValueError(f"{what}: longer than {MAX_REMOTE_PATH} bytes")
+    return path
+
+
+def split_remote(spec: str) -> tuple[str, str] | None:
+    """``("sbx-…", "PATH")`` for cp's ``ID:PATH``; None for a local path (a path that
+    begins with a sandbox id and a colon is written ``./sbx-…:…``)."""
+    sid, colon, path = spec.partition(":")
+    if colon and SANDBOX_ID.fullmatch(sid):
+        return sid, path
+    return None
+
+
 def _quoted(value: object) -> str:
     return safe_repr(value) if isinstance(value, str) else type(value).__name__
 

@@ -54,21 +54,34 @@ def _validation_text(e: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes (413), declared or streamed."""
+def _is_upload(scope: Scope) -> bool:
+    """``PUT /v1/sandboxes/{id}/files``: a file, capped by SANDBOXER_API_MAX_FILE."""
+    path = str(scope.get("path", ""))
+    return (scope.get("method") == "PUT" and path.startswith("/v1/sandboxes/")
+            and path.endswith("/files") and path.count("/") == 4)
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (413), declared or streamed; a file
+    upload over ``file_limit``."""
+
+    def __init__(self, app: Any, limit: int, file_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.file_limit = limit if file_limit is None else file_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = RequestTooLarge(f"request body over {self.limit} bytes",
-                                    hint="send less; the limit is SANDBOXER_API_MAX_BODY")
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+        upload = _is_upload(scope)
+        limit, name = ((self.file_limit, "SANDBOXER_API_MAX_FILE") if upload
+                       else (self.limit, "SANDBOXER_API_MAX_BODY"))
+        too_large = RequestTooLarge(f"request body over {limit} bytes",
+                                    hint=f"send less; the limit is {name}"
+                                    + ("; `sandboxer cp` (scp) has none" if upload else ""))
+        for header, value in scope.get("headers", []):
+            if header == b"content-length" and value.isdigit() and int(value) > limit:
                 await error_response(too_large)(scope, receive, send)
                 return
         seen, refused = 0, False
@@ -78,7 +91,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request" and not refused:
                 seen += len(message.get("body", b""))
-                if seen > self.limit:  # a streamed body: answer now, the app sees a hang-up
+                if seen > limit:  # a streamed body: answer now, the app sees a hang-up
                     refused = True
                     await error_response(too_large)(scope, receive, send)
                     return {"type": "http.disconnect"}
@@ -145,7 +158,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
                grace: float = 30.0) -> FastAPI:
     """The API application over ``settings``' home; ``background``: campaign for the
     leader role and run its duties (reaper, reconcile, State Hub publisher) while leading."""
-    from sandboxer.api import routes, snapshot_routes
+    from sandboxer.api import files, routes, snapshot_routes
     from sandboxer.api.service import Service
 
     settings = settings or Settings.from_env()
@@ -158,6 +171,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
         try:
             yield
         finally:
+            app.state.stopping.set()
             await app.state.service.drain(grace)
             stop.set()
             if loops is not None:
@@ -172,6 +186,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
                   "`Authorization: Bearer TOKEN` (`sandboxer tokens add ACTOR`).")
     app.include_router(routes.router)
     app.include_router(snapshot_routes.router)
+    app.include_router(files.router)
+    from sandboxer.api import web
+
+    web.install(app)  # the dashboard at / (api/web/)
 
     @app.exception_handler(SandboxerError)
     async def sandboxer_error(_r: Request, e: SandboxerError) -> JSONResponse:
@@ -206,6 +224,6 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
     from sandboxer.api.fastpath import FastRead
 
     limit = envvars.api_max_body(settings.env)
-    app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(BodyLimit, limit=limit, file_limit=envvars.api_max_file(settings.env))
     app.add_middleware(FastRead)  # the outermost (added last): it reads no body
     return app

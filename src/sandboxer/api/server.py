@@ -169,6 +169,7 @@ def run_server(settings: Settings, sock: socket.socket, *, tls_cert: Path | None
     from sandboxer.api.app import create_app
 
     app: Any = create_app(settings, grace=grace)
+    stopping: asyncio.Event = app.state.stopping  # the dashboard's streams end on it
     if worker is not None:
         app = worker.asgi(app)
     config = uvicorn.Config(
@@ -187,6 +188,10 @@ def run_server(settings: Settings, sock: socket.socket, *, tls_cert: Path | None
             await asyncio.sleep(0.01)
         if server.started:
             on_started()
+        while not task.done():  # uvicorn waits for open responses: end the streams now
+            if server.should_exit:
+                stopping.set()
+            await asyncio.wait({task}, timeout=0.2)
         await task
 
     asyncio.run(main())

@@ -12,6 +12,7 @@ from sandboxer.cli import (
     db,
     doctor,
     events,
+    files,
     images,
     mcp,
     pools,
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for group in (profiles, sandboxes, snapshots, reach, pools, targets, images, events, serve,
-                  tokens, mcp, db, doctor):
+    for group in (profiles, sandboxes, snapshots, reach, files, pools, targets, images, events,
+                  serve, tokens, mcp, db, doctor):
         group.register(sub, common)
     return parser
 

@@ -102,21 +102,31 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def pinned_args(reach: Doc, known_hosts_file: str, *,
+                direct: bool = False) -> tuple[str, list[str]]:
+    """(host, ``-o`` arguments) for a descriptor: the ssh-config options, host key
+    pinned, no agent, quiet — what ``ssh``, ``cp`` (scp) and ``port-forward`` pass."""
+    from sandboxer import openssh
+    from sandboxer.reachability import ssh_options
+
+    options = dict(ssh_options(reach, known_hosts_file, direct=direct))
+    host = options.pop("HostName")
+    return host, openssh.option_args([*options.items(), openssh.NO_AGENT, openssh.QUIET])
+
+
 def ssh_argv(reach: Doc, known_hosts_file: str, command: list[str], *,
-             direct: bool = False) -> list[str]:
-    """The OpenSSH argv for a descriptor: the ssh-config options, host key pinned."""
+             direct: bool = False, extra: list[str] | None = None) -> list[str]:
+    """The OpenSSH argv for a descriptor: the ssh-config options, host key pinned, then
+    ``extra`` options (``port-forward``'s), all before ``--``."""
     import shlex
 
     from sandboxer import openssh
     from sandboxer.errors import UsageError
-    from sandboxer.reachability import ssh_options
 
     ssh = openssh.client(UsageError)
-    options = dict(ssh_options(reach, known_hosts_file, direct=direct))
-    host = options.pop("HostName")
-    args = openssh.option_args([*options.items(), openssh.NO_AGENT, openssh.QUIET])
+    host, args = pinned_args(reach, known_hosts_file, direct=direct)
     remote = None if not command else command[0] if len(command) == 1 else shlex.join(command)
-    return openssh.argv(ssh, args, host, remote)
+    return openssh.argv(ssh, [*args, *(extra or [])], host, remote)
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:

@@ -116,6 +116,20 @@ class Client(Protocol):
     def reachability(self, sandbox_id: str) -> Reachability:
         """The reachability descriptor of a ready sandbox."""
 
+    def upload(self, sandbox_id: str, local: Path, remote: str) -> int:
+        """Copy the regular file ``local`` (of this machine) to ``remote`` in a ready
+        sandbox (relative: from its login directory), over sand-boxer's own SSH (sftp);
+        bytes written. No key of the sandbox is needed here."""
+
+    def download(self, sandbox_id: str, remote: str, local: Path, *,
+                 max_bytes: int | None = None) -> int:
+        """Copy a ready sandbox's regular file ``remote`` to ``local`` (0600, replaced
+        whole); bytes read. RequestTooLarge over ``max_bytes`` (or the server's cap)."""
+
+    def cp(self, src: str, dst: str) -> int:
+        """One file either way: ``cp("sbx-…:PATH", "local")`` or ``cp("local",
+        "sbx-…:PATH")``, as `sandboxer cp` without -r; bytes copied."""
+
     def identity(self, sandbox_id: str) -> str:
         """The private key (OpenSSH PEM) a ready sandbox is reached with: the per-sandbox
         key sand-boxer made, for its owner or an admin (Conflict otherwise)."""

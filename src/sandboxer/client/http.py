@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from sandboxer.client._files import FileCopies
 from sandboxer.client._reads import TypedReads
 from sandboxer.client.http_snapshots import SnapshotCalls
 from sandboxer.config import Settings
@@ -39,7 +40,7 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.ya?ml")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the build route's {name}
 
 
-class HttpClient(TypedReads, SnapshotCalls):
+class HttpClient(TypedReads, SnapshotCalls, FileCopies):
     """The Client that talks to a sand-boxer server as the actor of ``token``."""
 
     def __init__(self, url: str, token: str | None = None, *, settings: Settings | None = None,
@@ -240,6 +241,19 @@ class HttpClient(TypedReads, SnapshotCalls):
         """``GET /v1/sandboxes/{id}/identity``: the sandbox's private key (keep it 0600)."""
         doc = self._call("GET", f"/v1/sandboxes/{_seg(sandbox_id)}/identity")
         return str(doc["private_key"])
+
+    def upload(self, sandbox_id: str, local: Path, remote: str) -> int:
+        """``PUT /v1/sandboxes/{id}/files?path=REMOTE``, the file streamed as the body."""
+        from sandboxer.client.transfer import upload
+
+        return upload(self, sandbox_id, Path(local), remote)
+
+    def download(self, sandbox_id: str, remote: str, local: Path, *,
+                 max_bytes: int | None = None) -> int:
+        """``GET /v1/sandboxes/{id}/files?path=REMOTE``, streamed to ``local`` (0600)."""
+        from sandboxer.client.transfer import download
+
+        return download(self, sandbox_id, remote, Path(local), max_bytes=max_bytes)
 
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:

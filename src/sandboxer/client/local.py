@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandboxer.access import Caller
+from sandboxer.client._files import FileCopies
 from sandboxer.client._reads import TypedReads
 from sandboxer.config import Settings
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
@@ -46,7 +47,7 @@ def _create_request(profile_id: str, **fields: Any) -> CreateRequest:
     return CreateRequest.model_construct(profile=profile_id, **fields)
 
 
-class LocalClient(TypedReads):
+class LocalClient(TypedReads, FileCopies):
     """The Client that runs the application service in this process."""
 
     def __init__(
@@ -182,6 +183,17 @@ class LocalClient(TypedReads):
 
     def identity(self, sandbox_id: str) -> str:
         return self.service.identity(sandbox_id, caller=self.caller)
+
+    def upload(self, sandbox_id: str, local: Path, remote: str) -> int:
+        self.get_document(sandbox_id)  # upkeep first (reap, serve again), outside the loop
+        return _run(self.service.put_file(sandbox_id, Path(local), remote,
+                                          caller=self.caller))
+
+    def download(self, sandbox_id: str, remote: str, local: Path, *,
+                 max_bytes: int | None = None) -> int:
+        self.get_document(sandbox_id)
+        return _run(self.service.get_file(sandbox_id, remote, Path(local),
+                                          caller=self.caller, max_bytes=max_bytes))
 
     def event_documents(self, *, after: int = 0, sandbox_id: str | None = None,
                         limit: int = 1000) -> list[dict[str, Any]]:

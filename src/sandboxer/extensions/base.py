@@ -435,9 +435,11 @@ class CopiesFiles(ABC):
         login directory), as the sandbox's user; bytes written."""
 
     @abstractmethod
-    async def get_file(self, handle: Handle, remote: str, local: Path) -> int:
+    async def get_file(self, handle: Handle, remote: str, local: Path, *,
+                       max_bytes: int | None = None) -> int:
         """Copy the sandbox's regular file ``remote`` to ``local`` (created 0600); bytes
-        read. NotFound when it does not exist."""
+        read. NotFound when it does not exist; RequestTooLarge when it is larger than
+        ``max_bytes`` (the service's cap), and then nothing is left at ``local``."""
 
 
 class FastPaths(Protocol):

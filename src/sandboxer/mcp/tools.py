@@ -132,6 +132,9 @@ def _annotations(title: str, *, read_only: bool = False, destructive: bool = Fal
                            open_world_hint=open_world)
 
 
+tool_annotations = _annotations  # for the tools of sandboxer.mcp.files
+
+
 def _server_class() -> type[MCPServer[Any]]:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
@@ -305,7 +308,8 @@ def build(client: Client) -> MCPServer[Any]:
                                             "ok": all(c["ok"] for c in checks),
                                             "checks": checks})
 
-    from sandboxer.mcp import snapshot_tools
+    from sandboxer.mcp import files, snapshot_tools
 
     snapshot_tools.register(server, client, call)
+    files.register(server, client, call)
     return server

@@ -27,8 +27,10 @@ class ListRequest:
 
 @dataclass(frozen=True)
 class EventsQuery:
-    """`events`: outbox events after ``after`` (a sequence number), oldest first."""
+    """`events`: outbox events after ``after`` (a sequence number), oldest first;
+    ``newest``: the last ``limit`` of them (the dashboard's recent events)."""
 
     after: int = 0
     sandbox_id: str | None = None
     limit: int = 1000
+    newest: bool = False

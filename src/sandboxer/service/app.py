@@ -19,6 +19,7 @@ from sandboxer import checks
 from sandboxer.access import Caller, actor_filter, require_admin, require_visible
 from sandboxer.errors import NotFound, SandboxerError, UsageError
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
+from sandboxer.service.files import FileOps
 from sandboxer.service.operator import OperatorOps
 from sandboxer.service.snapshots import SnapshotOps
 from sandboxer.values import LIFECYCLE
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 PLACEMENT_ATTEMPTS = 3  # a create that loses its target to concurrent ones places again
 
 
-class Service(SnapshotOps, OperatorOps):
+class Service(SnapshotOps, OperatorOps, FileOps):
     """One sand-boxer over one store: hosted in-process, by `sandboxer serve`, or by a
     keeper process; shells hold one and pass each call's ``caller``."""
 
@@ -249,7 +250,8 @@ class Service(SnapshotOps, OperatorOps):
 
         actor = None if caller is None or caller.admin else caller.actor
         return Outbox(self.store).documents(after=query.after, sandbox_id=query.sandbox_id,
-                                            limit=query.limit, actor=actor)
+                                            limit=query.limit, actor=actor,
+                                            newest=query.newest)
 
     def reachability(self, sandbox_id: str, *,
                      caller: Caller | None = None) -> Reachability:

@@ -33,6 +33,15 @@ class OperatorOps(ServiceCore):
         """Every extension's targets (with the implicit ones)."""
         return bridges.target_summaries(self.manager)
 
+    async def target_health(self, *, caller: Caller | None = None) -> list[dict[str, Any]]:
+        """Every extension's targets (those without ``targets add`` too: ext.local's,
+        the VMs'), probed now: name, extension, kind, healthy, reason, capacity, used,
+        free, labels. Counts only, so any caller may ask."""
+        from sandboxer import fleet
+
+        return [{**t.model_dump(mode="json"), "free": t.free}
+                for t in await fleet.health(self.manager)]
+
     async def targets_add(self, req: TargetAddRequest, *, caller: Caller | None = None,
                           confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """Record a target after first contact (its host key is pinned), admin only.

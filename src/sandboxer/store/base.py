@@ -325,10 +325,12 @@ class Store(SnapshotRows, Protocol):
     # -- the outbox -------------------------------------------------------------------
 
     def event_rows(self, *, after: int = 0, sandbox_id: str | None = None,
-                   limit: int = 1000, actor: str | None = None) -> list[OutboxRow]:
+                   limit: int = 1000, actor: str | None = None,
+                   newest: bool = False) -> list[OutboxRow]:
         """Events with ``seq`` above ``after`` in ``seq`` order, at most ``limit`` (0 for
-        none); only ``sandbox_id``'s, or only those of ``actor``'s sandboxes, when given.
-        ``seq`` grows with every event appended, never reused."""
+        none); only ``sandbox_id``'s, or only those of ``actor``'s sandboxes, when given;
+        ``newest``: the last ``limit`` of them (still in ``seq`` order) instead of the
+        first. ``seq`` grows with every event appended, never reused."""
         ...
 
     def events(self, *, after: int = 0, sandbox_id: str | None = None,

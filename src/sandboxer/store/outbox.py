@@ -55,10 +55,11 @@ class Outbox:
         self.store = store
 
     def documents(self, *, after: int = 0, sandbox_id: str | None = None, limit: int = 1000,
-                  actor: str | None = None) -> list[dict[str, Any]]:
-        """Events after ``after`` in order; ``actor``: only events of that actor's sandboxes."""
+                  actor: str | None = None, newest: bool = False) -> list[dict[str, Any]]:
+        """Events after ``after`` in order; ``actor``: only events of that actor's sandboxes;
+        ``newest``: the last ``limit`` of them."""
         rows = self.store.event_rows(after=after, sandbox_id=sandbox_id, limit=limit,
-                                     actor=actor)
+                                     actor=actor, newest=newest)
         return [document(r) for r in rows]
 
     def due(self, now: float, *, limit: int = 500) -> list[OutboxRow]:

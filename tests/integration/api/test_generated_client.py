@@ -10,6 +10,7 @@ constant or an undeclared status (``raise_on_unexpected_status``) fails the test
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import shutil
 import subprocess
@@ -168,6 +169,14 @@ def drive(m: ModuleType, ops: dict[str, ModuleType], admin: Any, agent: Any,
                m.SandboxStatus).id, client=agent), 409, m.ErrorDocument)
     assert conflict.code == "conflict"
     parsed(op("sandboxes", "resume_sandbox")(box.id, client=agent), 200, m.SandboxStatus)
+    types = importlib.import_module(f"{PACKAGE}.types")
+    put = parsed(op("sandboxes", "upload_file")(
+        box.id, client=agent, path="gen.txt",
+        body=types.File(payload=io.BytesIO(b"generated"), file_name="gen.txt")), 200,
+        m.FileCopied)
+    assert (put.bytes_, put.direction) == (9, "in")
+    got_file = op("sandboxes", "download_file")(box.id, client=agent, path="gen.txt")
+    assert (got_file.status_code, got_file.content) == (200, b"generated")
     gone = parsed(op("sandboxes", "destroy_sandbox")(box.id, client=agent), 200,
                   m.SandboxStatus)
     assert gone.state == "destroyed"

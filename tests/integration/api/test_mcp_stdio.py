@@ -29,7 +29,7 @@ TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "ex
          "stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox",
          "destroy_sandbox", "get_reachability", "list_pools", "show_pool", "list_targets",
          "build_image", "doctor", "snapshot_sandbox", "list_snapshots", "show_snapshot",
-         "delete_snapshot", "fork_sandbox"}
+         "delete_snapshot", "fork_sandbox", "upload_file", "download_file"}
 
 
 @pytest.mark.usefixtures("database")

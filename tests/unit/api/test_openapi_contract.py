@@ -54,6 +54,8 @@ OPERATIONS = {
     ("get", "/v1/snapshots"): ("list_snapshots", "SnapshotList"),
     ("get", "/v1/snapshots/{snapshot_id}"): ("get_snapshot", "SnapshotStatus"),
     ("delete", "/v1/snapshots/{snapshot_id}"): ("delete_snapshot", "SnapshotStatus"),
+    ("put", "/v1/sandboxes/{sandbox_id}/files"): ("upload_file", "FileCopied"),
+    ("get", "/v1/sandboxes/{sandbox_id}/files"): ("download_file", None),  # octet-stream
 }
 
 
@@ -79,6 +81,9 @@ def test_every_route_declares_its_answer_operation_id_and_tag(spec: dict[str, An
         assert len(op["tags"]) == 1, key
         assert set(op["tags"]) <= TAGS, key
         ok = "201" if "201" in op["responses"] else "200"  # a create's, then a dry run's
+        if model is None:  # the file's bytes
+            assert list(op["responses"][ok]["content"]) == ["application/octet-stream"], key
+            continue
         assert _ref(op["responses"][ok]) == model, key
     assert _ref(found[("post", "/v1/sandboxes")]["responses"]["200"]) == "Plan"
     assert "201" in found[("post", "/v1/sandboxes")]["responses"]

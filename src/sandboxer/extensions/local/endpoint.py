@@ -39,7 +39,7 @@ from typing_extensions import override
 from sandboxer import envvars, redaction
 from sandboxer.config import Settings
 from sandboxer.errors import Conflict
-from sandboxer.extensions.local import cgroups, control, jail
+from sandboxer.extensions.local import cgroups, control, forwarding, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.holder import Jail, JailError
 from sandboxer.extensions.local.lifecycle import Lifecycle
@@ -155,6 +155,7 @@ class Daemon(Lifecycle):
             client_key=asyncssh.import_public_key(str(req["authorized_key"])),
             secrets=secrets,
             secrets_missing=[str(n) for n in req.get("secret_names") or [] if n not in secrets],
+            forward=forwarding.checked_ports(req.get("forward")),
         )
         if sb.secrets_missing:
             # Served without its secrets (a restore): sessions wait until core was asked

@@ -15,7 +15,13 @@ from typing_extensions import override
 
 from sandboxer import envvars
 from sandboxer.config import Settings
-from sandboxer.errors import Conflict, ProvisionFailed, SandboxerError, SandboxNotFound
+from sandboxer.errors import (
+    Conflict,
+    InvalidInput,
+    ProvisionFailed,
+    SandboxerError,
+    SandboxNotFound,
+)
 from sandboxer.extensions import _keys
 from sandboxer.extensions._ssh import SSHExtension, ssh_probe
 from sandboxer.extensions.base import (
@@ -30,8 +36,9 @@ from sandboxer.extensions.base import (
     Target,
     key_paths,
 )
-from sandboxer.extensions.local import cgroups, control, dirs, disk, spares, uids
+from sandboxer.extensions.local import cgroups, control, dirs, disk, snapshots, spares, uids
 from sandboxer.extensions.local.operations import LocalOperations
+from sandboxer.extensions.local.snapshots import LocalSnapshots
 from sandboxer.extensions.local.spec import LocalSpec
 from sandboxer.models.doctor import Check
 
@@ -58,7 +65,7 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
 
 
 class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
-                     LocalOperations):
+                     LocalOperations, LocalSnapshots):
     """ext.local: a bwrap jail per sandbox, reached through the shared SSH endpoint.
 
     The endpoint is this extension's housekeeping, in core's keeper process for it.
@@ -153,6 +160,18 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
         s = self.settings
         sid = req.sandbox_id
         spec = req.spec if isinstance(req.spec, LocalSpec) else self._spec(req.spec)
+        if req.forward and spec.network:
+            raise InvalidInput(
+                f"ext.local cannot forward ports of {sid}: with spec.network: true it shares "
+                "the host's network and has no loopback of its own",
+                hint="drop reachability.forward, or spec.network")
+        source: tuple[Path, int] | None = None
+        if req.snapshot is not None:
+            if not self._images():
+                raise InvalidInput(f"ext.local cannot create {sid} from a snapshot: "
+                                   f"{disk.available() or 'it makes no workspace images'}")
+            # Checked before anything is made: the snapshot's image is there and fits.
+            source = snapshots.source_image(s, req.snapshot, spec.limits.disk_bytes)
         here = self._here()
         starting: asyncio.Task[None] | None = None
         if here is None:
@@ -169,7 +188,11 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             await _cancel(starting)
             raise
         try:
-            if self._images():
+            if source is not None and req.snapshot is not None:
+                req.progress(f"copying the workspace of {req.snapshot.snapshot_id}")
+                await asyncio.to_thread(snapshots.restore_workspace, d, ws,
+                                        spec.limits.disk_bytes, host_uid, source)
+            elif self._images():
                 req.progress(f"making a {spec.limits.disk} workspace")
                 size = spec.limits.disk_bytes
                 spare = spares.take(s.local_root, size)
@@ -189,7 +212,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
                 "host_key_path": str(keys.host_key), "authorized_key": keys.client_public,
                 "workspace": str(ws), "host_uid": host_uid,
                 "spec": spec.model_dump(mode="json"), "env": dict(req.env),
-                "secret_names": sorted(secrets),
+                "secret_names": sorted(secrets), "forward": sorted(req.forward),
             }
             req.progress("opening the SSH endpoint")
             # Values travel only in this request (in memory, or over the 0600 control
@@ -208,7 +231,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             raise ProvisionFailed(f"ext.local: creating {sid} failed: {e}") from e
         return Handle(sandbox_id=sid, extension=self.name, target=TARGET, data={
             "port": port, "host_uid": host_uid, "dir": str(d), "workspace": str(ws),
-            "user": req.user,
+            "user": req.user, "forward": sorted(req.forward),
         })
 
     @override
@@ -249,6 +272,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             raise ProvisionFailed(f"ext.local: the jail of {sid} did not start: {first}",
                                   hint=f"see {control.log_path(self.settings)}") from first
 
+    @override
     def _images(self) -> bool:
         if self._disk is None:
             self._disk = self._root and disk.available() is None
@@ -365,6 +389,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             disk.unmount(d / "workspace")
         dirs.rmtree(d)
 
+    @override
     def _drop_empty_root(self) -> None:
         """The per-home directory under /var/lib/sandboxer/local goes with its last sandbox."""
         root = self.settings.local_root

@@ -24,7 +24,7 @@ from typing import Any
 import asyncssh
 from typing_extensions import override
 
-from sandboxer.extensions.local import jail
+from sandboxer.extensions.local import forwarding, jail
 from sandboxer.extensions.local.holder import Jail
 from sandboxer.extensions.local.spawn import Child, spawn
 from sandboxer.extensions.local.spec import LocalSpec
@@ -51,6 +51,7 @@ class Sandbox:
     revive: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     revive_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     starting: asyncio.Task[None] | None = field(default=None, repr=False)  # its jail's start
+    forward: frozenset[int] = frozenset()  # ports of its loopback ssh -L may reach
     paused: bool = False  # its jail is frozen (lifecycle.py): new sessions are refused
     # Set once core was asked for the secrets of a restored sandbox (lifecycle.py): a
     # session waits for it rather than start without them.
@@ -67,7 +68,8 @@ class Sandbox:
 
 
 class SSHServer(asyncssh.SSHServer):
-    """One connection to one sandbox: its user and its client key only, no forwarding."""
+    """One connection to one sandbox: its user and its client key only; forwarding only
+    to its own loopback at its forward ports (forwarding.py)."""
 
     def __init__(self, sb: Sandbox, *, bwrap: str | None = None, root: bool = False) -> None:
         self.sb = sb
@@ -75,6 +77,7 @@ class SSHServer(asyncssh.SSHServer):
         self.root = root
         self.conn: asyncssh.SSHServerConnection | None = None
         self.procs: set[Child] = set()
+        self.forwards = 0  # forwarded connections open now
 
     @override
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -91,6 +94,33 @@ class SSHServer(asyncssh.SSHServer):
     @override
     def session_requested(self) -> JailedProcess:
         return JailedProcess(partial(run_session, self.sb, bwrap=self.bwrap, root=self.root))
+
+    @override
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        why = forwarding.refusal(self.sb.id, self.sb.forward, dest_host, dest_port)
+        if why is None and self.sb.paused:
+            why = f"{self.sb.id} is paused; run `sandboxer resume {self.sb.id}` first"
+        if why is not None:
+            log.info("refused a forwarded connection: %s", why)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, why)
+        return self._forward(dest_host, dest_port)
+
+    async def _forward(self, host: str, port: int) -> asyncssh.SSHTCPSession[bytes]:
+        sb = self.sb
+        if sb.starting is not None and not sb.starting.done():
+            await asyncio.shield(sb.starting)
+        if (sb.jail is None or not sb.jail.alive) and sb.revive is not None:
+            await sb.revive()
+        if sb.jail is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            f"the jail of {sb.id} is not running")
+        session = await forwarding.forward(sb.jail, host, port, self._forward_closed)
+        self.forwards += 1  # open relays count as sessions for idle handling
+        return session
+
+    def _forward_closed(self) -> None:
+        self.forwards -= 1
 
     @override
     def begin_auth(self, username: str) -> bool:

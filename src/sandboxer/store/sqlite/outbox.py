@@ -30,7 +30,8 @@ class OutboxRows(Connection):
     """The outbox's rows and their delivery bookkeeping."""
 
     def event_rows(self, *, after: int = 0, sandbox_id: str | None = None,
-                   limit: int = 1000, actor: str | None = None) -> list[OutboxRow]:
+                   limit: int = 1000, actor: str | None = None,
+                   newest: bool = False) -> list[OutboxRow]:
         sql = f"SELECT {_EVENT_FIELDS} FROM events e"
         where: list[str] = ["e.seq > ?"]
         args: list[Any] = [after]
@@ -41,8 +42,10 @@ class OutboxRows(Connection):
         if sandbox_id is not None:
             where.append("e.sandbox_id = ?")
             args.append(sandbox_id)
-        sql += " WHERE " + " AND ".join(where) + " ORDER BY e.seq LIMIT ?"
-        return [_event(r) for r in self._all(sql, [*args, max(0, int(limit))])]
+        order = "DESC" if newest else "ASC"
+        sql += " WHERE " + " AND ".join(where) + f" ORDER BY e.seq {order} LIMIT ?"
+        rows = [_event(r) for r in self._all(sql, [*args, max(0, int(limit))])]
+        return rows[::-1] if newest else rows
 
     def events(self, *, after: int = 0, sandbox_id: str | None = None,
                limit: int = 1000) -> list[Event]:
