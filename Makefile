@@ -38,7 +38,7 @@ BENCH_OUT := bench/out
 QUICK ?=
 BENCH_QUICK := $(if $(QUICK),--quick,)
 COMPOSE_ROUNDS := $(if $(QUICK),--rounds 1,)
-bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, fleet, ext.local pause and fork, compose) and their plot
+bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, fleet, ext.local pause, ext.local and compose fork, compose) and their plot
 	@mkdir -p $(BENCH_OUT); rm -f $(BENCH_OUT)/*.json; status=0; \
 	$(PYTHON) -m compileall -q src >/dev/null || status=1; \
 	$(PYTHON) bench/run.py $(BENCH_QUICK) --json $(BENCH_OUT)/run.json || status=1; \
@@ -51,7 +51,7 @@ bench: ## the benchmarks (ext.local CLI, API create + burst, pools, API on wrk, 
 		$(PYTHON) bench/fork.py $(BENCH_QUICK) --json $(BENCH_OUT)/fork.json || status=1; \
 	else \
 		echo "bench/pause_local.py: skipped: the freezer cgroup needs root"; \
-		echo "bench/fork.py: skipped: ext.local snapshots need workspace images (root)"; \
+		echo "bench/fork.py: skipped: ext.local snapshots need workspace images, a compose fork dockerd (root)"; \
 	fi; \
 	if ! command -v docker >/dev/null; then \
 		echo "bench/compose.py: skipped: no docker CLI (apt-get install docker.io)"; \

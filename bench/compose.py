@@ -27,6 +27,7 @@ bench/plot.py draws. Exit status 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,29 @@ def engine(tmp: Path) -> tuple[str, Any]:
 
     daemon, proc = infra.start_dockerd()
     return daemon.host, (infra, daemon, proc)
+
+
+@contextlib.contextmanager
+def bench_home(prefix: str) -> Iterator[tuple[Path, dict[str, str], str]]:
+    """A temporary directory, an environment naming a sandboxer home and a profiles
+    directory in it on an engine (``engine``), and sandboxer/base built there: (the
+    directory, the environment, the image). A dockerd it started is stopped after."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/var/tmp") as tmp:
+        d = Path(tmp)
+        host, started = engine(d)
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+            env.update(DOCKER_HOST=host, SANDBOXER_HOME=str(d / "home"),
+                       SANDBOXER_PROFILES=str(d / "profiles"))
+            built = subprocess.run(["bash", str(ROOT / "images/sandbox-base/build.sh"),
+                                    "--docker-host", host], capture_output=True, text=True,
+                                   check=True)
+            (d / "profiles").mkdir()
+            yield d, env, built.stdout.strip().splitlines()[-1]
+        finally:
+            if started is not None:
+                infra, daemon, proc = started
+                infra._stop_dockerd(daemon, proc)
 
 
 class ByHand:
@@ -236,42 +261,27 @@ def main() -> int:
                               "raw compose down", "destroy in-process", "destroy CLI",
                               "pause in-process", "resume in-process", "raw docker pause",
                               "raw docker unpause")}
-    with tempfile.TemporaryDirectory(prefix="sbx-bench-compose-", dir="/var/tmp") as tmp:
-        d = Path(tmp)
-        host, started = engine(d)
-        try:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
-            env.update(DOCKER_HOST=host, SANDBOXER_HOME=str(d / "home"),
-                       SANDBOXER_PROFILES=str(d / "profiles"),
-                       SANDBOXER_SERVICE_IDLE_EXIT="15")  # the CLI's service, if any
-            built = subprocess.run(["bash", str(ROOT / "images/sandbox-base/build.sh"),
-                                    "--docker-host", host], capture_output=True, text=True,
-                                   check=True)
-            image = built.stdout.strip().splitlines()[-1]
-            (d / "profiles").mkdir()
-            (d / "profiles" / "bench.yaml").write_text(
-                f"id: {PROFILE}\nextension: ext.compose-ssh\n"
-                "spec: {service: main, pull: never, compose: {services: "
-                f"{{main: {{image: '{image}'}}}}}}}}\nreachability: {{user: agent}}\n")
-            hand, warm = ByHand(env, d / "hand", image), InProcess(env)
-            runs = (("raw compose up + ssh", "raw compose down", hand.round),
-                    ("compose in-process", "destroy in-process", warm.round),
-                    ("compose CLI", "destroy CLI", lambda: cli_round(env)))
-            for _, _, run in runs:  # one unmeasured round each: caches, page cache
-                run()
-            warm.phases.clear()
-            for _ in range(args.rounds):
-                for up_name, down_name, run in runs:
-                    up, down = run()
-                    samples[up_name].append(round(up * 1000, 3))
-                    samples[down_name].append(round(down * 1000, 3))
-            phases = {k: round(statistics.median(v) * 1000, 1) for k, v in warm.phases.items()}
-            pause_rounds(warm, env, max(args.rounds, 5) * 3, samples)
-            extra = concurrent(env, 5)
-        finally:
-            if started is not None:
-                infra, daemon, proc = started
-                infra._stop_dockerd(daemon, proc)
+    with bench_home("sbx-bench-compose-") as (d, env, image):
+        env["SANDBOXER_SERVICE_IDLE_EXIT"] = "15"  # the CLI's service, if any
+        (d / "profiles" / "bench.yaml").write_text(
+            f"id: {PROFILE}\nextension: ext.compose-ssh\n"
+            "spec: {service: main, pull: never, compose: {services: "
+            f"{{main: {{image: '{image}'}}}}}}}}\nreachability: {{user: agent}}\n")
+        hand, warm = ByHand(env, d / "hand", image), InProcess(env)
+        runs = (("raw compose up + ssh", "raw compose down", hand.round),
+                ("compose in-process", "destroy in-process", warm.round),
+                ("compose CLI", "destroy CLI", lambda: cli_round(env)))
+        for _, _, run in runs:  # one unmeasured round each: caches, page cache
+            run()
+        warm.phases.clear()
+        for _ in range(args.rounds):
+            for up_name, down_name, run in runs:
+                up, down = run()
+                samples[up_name].append(round(up * 1000, 3))
+                samples[down_name].append(round(down * 1000, 3))
+        phases = {k: round(statistics.median(v) * 1000, 1) for k, v in warm.phases.items()}
+        pause_rounds(warm, env, max(args.rounds, 5) * 3, samples)
+        extra = concurrent(env, 5)
     found = checks(samples)
     print(f"\n== compose-ssh (local target, {args.rounds} rounds, medians)")
     for c in found:

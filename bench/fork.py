@@ -11,6 +11,10 @@ own copy of the image, its files handed to its uid, keys, endpoint, SSH ready), 
 directory on the same filesystem, run in turn with each sample under the same load, its
 page cache as warm. The fork and its snapshot are removed between rounds (not timed).
 Medians. Needs root (workspace images).
+
+ext.compose-ssh (bench/fork_compose.py): a compose sandbox with 64 MiB in its layer and 64
+MiB in its volume, forked and snapshotted through the manager, against a raw `docker
+commit` of the same container; skipped where no engine answers or can be started.
 """
 
 from __future__ import annotations
@@ -99,7 +103,22 @@ def local_part(quick: bool) -> Part:
     ]
 
 
-PARTS = [local_part]  # each extension's part, in turn
+def compose_part(quick: bool) -> Part:
+    """ext.compose-ssh's samples and figures (bench/fork_compose.py: a fork and a snapshot
+    of a compose sandbox against a raw `docker commit` of the same container), when an
+    engine answers at DOCKER_HOST or dockerd can be started."""
+    import fork_compose
+
+    why = fork_compose.unavailable()
+    if why:
+        print(f"bench/fork.py: ext.compose-ssh skipped: {why}")
+        return {}, []
+    rounds, mib = (2, 8) if quick else (5, 64)
+    _, checks, samples = fork_compose.run(rounds, mib, mib)
+    return {k: [x / 1000 for x in v] for k, v in samples.items()}, checks  # ms -> s
+
+
+PARTS = [local_part, compose_part]  # each extension's part, in turn
 
 
 def main() -> int:

@@ -237,6 +237,13 @@ async def delete(manager: Manager, snapshot_id: str, *, reason: str = DELETED,
                        hint=f"delete it once it is ready: `sandboxer snapshots show "
                        f"{snapshot_id}`")
     if s.state == "ready":
+        # A create from it copies its data while provisioning: not pulled from under it
+        # (the reaper tries again next round).
+        busy = [b.id for b in manager.store.query(states=["provisioning"])
+                if b.snapshot == snapshot_id]
+        if busy:
+            raise Conflict(f"snapshot {snapshot_id} is being created from ({busy[0]})",
+                           hint="delete it once that sandbox is ready")
         try:
             manager.store.snapshot_transition(snapshot_id, from_states={"ready"},
                                               to_state="deleting", event=None, reason=reason)

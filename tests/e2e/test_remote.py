@@ -331,7 +331,8 @@ def test_what_cannot_work_remotely_says_so(plane: Plane) -> None:
     assert not (Path(plane.env["SANDBOXER_HOME"]) / "state.db").exists()
 
 
-def test_ssh_from_another_machine_fetches_the_sandboxs_key(plane: Plane) -> None:
+def test_ssh_from_another_machine_fetches_the_sandboxs_key(plane: Plane,
+                                                           tmp_path: Path) -> None:
     if shutil.which("bwrap") is None:
         pytest.fail("bubblewrap is required for a real ext.local sandbox")
     box = plane.ok("create", "profile.local", "--ttl", "10m", "--quiet", token=plane.alice)
@@ -346,6 +347,20 @@ def test_ssh_from_another_machine_fetches_the_sandboxs_key(plane: Plane) -> None
         assert res.json()["stdout"] == f"in-{box['reachability']['user']}\n"
         assert mine.read_bytes() == (plane.home / "keys" / sid).read_bytes()
         assert mine.stat().st_mode & 0o777 == 0o600
+        # cp likewise (scp with the fetched key), and the SDK through the files route.
+        note = tmp_path / "note.txt"
+        note.write_text("remote cp\n")
+        res = _operator_only(plane, plane.home, "true", "cp", "--json", str(note),
+                             f"{sid}:note.txt")
+        assert (res.code, res.json()["exit_status"]) == (0, 0), (res.out, res.err)
+        from sandboxer.client.http import HttpClient
+
+        with HttpClient(plane.server.url, plane.alice) as sdk:
+            assert sdk.download(sid, "note.txt", tmp_path / "back.txt") == 10
+            assert (tmp_path / "back.txt").read_text() == "remote cp\n"
+            assert sdk.upload(sid, note, "via-api.txt") == 10
+        res = plane.run("ssh", sid, "--json", "--", "cat via-api.txt", token=plane.alice)
+        assert res.json()["stdout"] == "remote cp\n"
         config = _operator_only(plane, plane.home, "true", "ssh-config", "--json")
         assert config.json()["hosts"][0]["options"]["IdentityFile"] == str(mine)
         here = plane.ok("ssh-config", sid)  # where the server's file is readable: that one

@@ -16,7 +16,7 @@ import shlex
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -205,6 +205,11 @@ LISTENER = (
     "while True:\n"
     "    c, _ = s.accept()\n"
     "    c.sendall(sys.argv[2].encode())\n"
+    "    c.settimeout(10)\n"
+    "    try:\n"
+    "        c.recv(1)\n"  # held until the client is done
+    "    except OSError:\n"
+    "        pass\n"
     "    c.close()\n"
 )
 
@@ -246,9 +251,10 @@ class HostListener:
         self.sock.close()
 
 
-async def through(ep: Endpoint, host: str, port: int) -> bytes:
-    """What a direct-tcpip channel to ``host:port`` reads until EOF (asyncssh's client,
-    the endpoint's pinned host key)."""
+async def through(ep: Endpoint, host: str, port: int,
+                  during: Callable[[], Awaitable[None]] | None = None) -> bytes:
+    """What a direct-tcpip channel to ``host:port`` reads first (asyncssh's client, the
+    endpoint's pinned host key); ``during``: awaited while the channel is open."""
     import asyncssh
 
     async with asyncssh.connect(ep.host, port=ep.port, username=ep.user,
@@ -256,7 +262,10 @@ async def through(ep: Endpoint, host: str, port: int) -> bytes:
                                 known_hosts=ep.known_hosts_file) as conn:
         reader, writer = await conn.open_connection(host, port)
         try:
-            return await asyncio.wait_for(reader.read(), 10)
+            data = await asyncio.wait_for(reader.read(64), 10)
+            if during is not None:
+                await during()
+            return data
         finally:
             writer.close()
 
@@ -272,7 +281,7 @@ def refused(ep: Endpoint, host: str, port: int) -> str:
 def test_forward_reaches_only_the_sandbox_own_loopback(settings: Settings,
                                                        box: tuple[Handle, Endpoint]) -> None:
 
-    _, ep = box
+    h, ep = box
     host = HostListener(PORT)
     other_h, other = create(LocalExtension(settings), "b")  # no forward ports
     try:
@@ -280,6 +289,14 @@ def test_forward_reaches_only_the_sandbox_own_loopback(settings: Settings,
         listen_inside(other, PORT, "inside-b")
         assert asyncio.run(through(ep, "127.0.0.1", PORT)) == b"inside-a"
         assert asyncio.run(through(ep, "localhost", PORT)) == b"inside-a"
+        # An open forwarded connection counts as a session (idle handling sees it).
+        local_ext = LocalExtension(settings)
+
+        async def counted() -> None:
+            assert (await local_ext.activity(h)).sessions == 1
+
+        assert asyncio.run(through(ep, "127.0.0.1", PORT, counted)) == b"inside-a"
+        _wait_for_no_session(local_ext, h)
         # OpenSSH's ssh -L, as `sandboxer port-forward` runs it.
         local = free_port()
         tunnel = subprocess.Popen(
@@ -312,6 +329,15 @@ def test_forward_reaches_only_the_sandbox_own_loopback(settings: Settings,
     finally:
         host.close()
         asyncio.run(LocalExtension(settings).destroy(other_h))
+
+
+def _wait_for_no_session(ext: LocalExtension, h: Handle) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while asyncio.run(ext.activity(h)).sessions:
+        assert time.monotonic() < deadline, "the closed forward still counts"
+        time.sleep(0.05)
 
 
 def _refused_once_gone(ep: Endpoint) -> str:

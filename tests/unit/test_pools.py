@@ -166,6 +166,25 @@ def test_a_pinned_target_the_pooled_ones_are_not_on_is_a_cold_create(
     assert len(pooled_ids(service)) == 2
 
 
+def test_a_create_from_a_snapshot_is_never_claimed_from_the_pool(
+        settings: Settings, binds: None) -> None:
+    service = Service(settings)
+    run(service.refill_pools())
+    before = pooled_ids(service, "profile.plain")
+    first = run(service.create(CreateRequest(profile="profile.plain")))  # claimed
+    assert first.id in before
+    run(service.refill_pools())
+    free = pooled_ids(service, "profile.plain")
+    from sandboxer.models.requests import SnapshotRequest
+
+    snap = run(service.snapshot(first.id, SnapshotRequest()))
+    made = run(service.create(CreateRequest(profile="profile.plain",
+                                            from_snapshot=snap.id)))
+    assert made.id not in free  # a pooled sandbox holds none of the snapshot's data
+    assert made.snapshot == snap.id
+    assert pooled_ids(service, "profile.plain") == free
+
+
 def test_pooled_sandboxes_are_replaced_at_max_age(settings: Settings, binds: None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     service = Service(settings)

@@ -231,6 +231,16 @@ def test_a_sandbox_created_from_a_snapshot_has_its_data_and_outlives_it(
     assert (d / "from_snapshot").read_text() == snap.id
     assert json.loads((d / "forward").read_text()) == [3000, 8080]  # ProvisionRequest.forward
     assert m.store.get_document(new.id)["snapshot"] == snap.id  # type: ignore[index]
+    # While a sandbox is being created from it, it is not deleted from under it.
+    made = m.store.get_record(new.id)
+    assert made is not None
+    m.store.insert(made.status.model_copy(update={"id": "sbx-cccccccccc",
+                                                  "state": "provisioning"}),
+                   max_expires_at=made.max_expires_at)
+    with pytest.raises(Conflict, match="is being created from"):
+        run(m.delete_snapshot(snap.id))
+    m.store.transition("sbx-cccccccccc", from_states={"provisioning"}, to_state="failed",
+                       event=None)
     run(m.delete_snapshot(snap.id))
     assert (d / "work.txt").read_text() == "v1"  # never depends on the snapshot
     assert m.get(new.id).state == "ready"
@@ -294,8 +304,12 @@ def test_the_reaper_deletes_expired_snapshots_and_gives_up_abandoned_ones(
     s = run(m.create("profile.fake"))
     old = run(m.snapshot(s.id))
     kept = run(m.snapshot(s.id))
+    from sandboxer import reaping
+
+    assert not reaping.any_due(m.store, utcnow())
     m.store.snapshot_transition(old.id, from_states={"ready"}, to_state="ready", event=None,
                                 expires_at=utcnow() - timedelta(seconds=1))
+    assert reaping.any_due(m.store, utcnow())  # the opportunistic reap sees a snapshot due
     assert run(m.reap()) == []  # no sandbox was due
     gone = m.get_snapshot(old.id)
     assert (gone.state, gone.reason) == ("deleted", "expired")

@@ -64,7 +64,6 @@ async def upload_file(request: Request, svc: Svc, who: Who, sandbox_id: SandboxI
             except ClientDisconnect as e:  # BodyLimit answered 413 already, or a hang-up
                 raise _too_large(limit) from e
         written = await svc.app.put_file(sandbox_id, tmp, path, caller=who)
-    svc.changed.set()
     return JSONResponse(copied(sandbox_id, path, written, "in"))
 
 

@@ -150,6 +150,7 @@ class LocalClient(TypedReads, FileCopies):
         return _run(self.service.snapshot(sandbox_id, req, caller=self.caller))
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotStatus:
+        self.service.reap_seen()  # a snapshot whose retention ended is shown deleted
         return self.service.get_snapshot(snapshot_id, caller=self.caller)
 
     def list_snapshots(self, *, sandbox_id: str | None = None,

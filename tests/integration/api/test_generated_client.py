@@ -10,6 +10,7 @@ constant or an undeclared status (``raise_on_unexpected_status``) fails the test
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import shutil
 import subprocess
@@ -168,6 +169,14 @@ def drive(m: ModuleType, ops: dict[str, ModuleType], admin: Any, agent: Any,
                m.SandboxStatus).id, client=agent), 409, m.ErrorDocument)
     assert conflict.code == "conflict"
     parsed(op("sandboxes", "resume_sandbox")(box.id, client=agent), 200, m.SandboxStatus)
+    types = importlib.import_module(f"{PACKAGE}.types")
+    put = parsed(op("sandboxes", "upload_file")(
+        box.id, client=agent, path="gen.txt",
+        body=types.File(payload=io.BytesIO(b"generated"), file_name="gen.txt")), 200,
+        m.FileCopied)
+    assert (put.bytes_, put.direction) == (9, "in")
+    got_file = op("sandboxes", "download_file")(box.id, client=agent, path="gen.txt")
+    assert (got_file.status_code, got_file.content) == (200, b"generated")
     gone = parsed(op("sandboxes", "destroy_sandbox")(box.id, client=agent), 200,
                   m.SandboxStatus)
     assert gone.state == "destroyed"
@@ -207,3 +216,50 @@ def test_reconcile_through_a_generated_client(server: tuple[Serve, dict[str, str
         report = parsed(reconcile(client=admin), 200, import_module(f"{PACKAGE}.models")
                         .ReconcileReport)
     assert report.removed == []
+
+
+def test_snapshots_through_a_generated_client(server: tuple[Serve, dict[str, str]],
+                                              generated: ModuleType) -> None:
+    """snapshot, list, show, create from it, fork, delete; the snapshot errors."""
+    from importlib import import_module
+
+    m = import_module(f"{PACKAGE}.models")
+
+    def op(tag: str, name: str) -> Any:
+        return import_module(f"{PACKAGE}.api.{tag}.{name}").sync_detailed
+
+    agent = generated.AuthenticatedClient(base_url=server[0].url, token=server[1]["agent"],
+                                          raise_on_unexpected_status=True, timeout=60)
+    with agent:
+        box = parsed(op("sandboxes", "create_sandbox")(
+            client=agent, body=m.CreateRequest(profile="profile.fake")), 201, m.SandboxStatus)
+        snap = parsed(op("snapshots", "snapshot_sandbox")(
+            box.id, client=agent, body=m.SnapshotRequest(name="gen", retain="1h")), 201,
+            m.SnapshotStatus)
+        assert (snap.state, snap.actor, snap.sandbox_id) == ("ready", "agt", box.id)
+        listed = parsed(op("snapshots", "list_snapshots")(client=agent, sandbox=box.id), 200,
+                        m.SnapshotList)
+        assert [s.id for s in listed.items] == [snap.id]
+        parsed(op("snapshots", "get_snapshot")(snap.id, client=agent), 200, m.SnapshotStatus)
+        made = parsed(op("sandboxes", "create_sandbox")(
+            client=agent, body=m.CreateRequest(profile="profile.fake", from_snapshot=snap.id)),
+            201, m.SandboxStatus)
+        assert made.snapshot == snap.id
+        fork = parsed(op("snapshots", "fork_sandbox")(
+            box.id, client=agent, body=m.ForkRequest(name="gen-fork")), 201, m.SandboxStatus)
+        assert (fork.state, fork.name) == ("ready", "gen-fork")
+        gone = parsed(op("snapshots", "delete_snapshot")(snap.id, client=agent), 200,
+                      m.SnapshotStatus)
+        assert gone.state == "deleted"
+        missing = parsed(op("snapshots", "get_snapshot")("snap-aaaaaaaaaa", client=agent),
+                         404, m.ErrorDocument)
+        assert missing.code == "snapshot_not_found"
+        too_long = parsed(op("snapshots", "snapshot_sandbox")(
+            box.id, client=agent, body=m.SnapshotRequest(retain="90d")), 422, m.ErrorDocument)
+        assert too_long.code == "invalid_input"
+        for sid in (box.id, made.id, fork.id):
+            parsed(op("sandboxes", "destroy_sandbox")(sid, client=agent), 200,
+                   m.SandboxStatus)
+        stale = parsed(op("snapshots", "snapshot_sandbox")(
+            box.id, client=agent, body=m.SnapshotRequest()), 409, m.ErrorDocument)
+        assert stale.code == "conflict"

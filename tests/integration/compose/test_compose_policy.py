@@ -102,8 +102,9 @@ def test_side_service_runs_without_capabilities_and_volumes_are_labelled(cenv: E
     # owned() finds leaked volumes by these labels.
     listed = env.docker("volume", "ls", "-q", "--filter", f"label=sandboxer.id={sid}",
                         "--filter", f"label=sandboxer.instance={env.instance()}").split()
-    assert listed == [f"{sid}_data"], env.docker("volume", "ls", "--format",
-                                                 "{{.Name}} {{.Labels}}")
+    assert sorted(listed) == [f"{sid}_data", f"{sid}_sandboxer-keys",
+                              f"{sid}_sandboxer-sshd-keys"], env.docker(
+        "volume", "ls", "--format", "{{.Name}} {{.Labels}}")
 
 
 def test_a_restarted_container_keeps_its_ssh_port(cenv: Env) -> None:

@@ -153,7 +153,9 @@ def test_create_over_ssh_reach_label_destroy(env: Env) -> None:
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert host["NetworkMode"] != "host"
-    assert not host["Binds"]
+    # No host path: only the project's own key volumes (the SSH keys, out of its layer).
+    assert sorted(host["Binds"]) == [f"{sid}_sandboxer-keys:/etc/sandboxer:rw",
+                                     f"{sid}_sandboxer-sshd-keys:/etc/ssh/sandboxer:rw"]
     assert main["Config"]["Labels"]["sandboxer.instance"] == env.instance()
     assert sid in env.remote_dirs()
     listing = env.target.run(["sh", "-c", 'ls -la "$HOME/.sandboxer/$1/$2"', "sh",

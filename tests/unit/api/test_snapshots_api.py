@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.api_support import ApiServer, add_token, wait_for
 
 from sandboxer.client.http import HttpClient
+from sandboxer.config import Settings
 from sandboxer.errors import Conflict, InvalidInput, SandboxNotFound, SnapshotNotFound
 from sandboxer.models.sandbox import SandboxStatus
 from sandboxer.models.snapshot import SnapshotStatus
@@ -108,3 +110,20 @@ def test_routes_answer_statuses_and_the_cli_works_by_url(api: Api, tmp_path: Pat
     assert cli("snapshots", "delete", by_url["id"]).returncode == 0
     assert cli("snapshots", "show", "snap-aaaaaaaaaa").returncode == 3
     assert not (tmp_path / "elsewhere" / "state.db").exists()  # nothing local was used
+
+
+def test_the_leaders_reaper_deletes_a_snapshot_when_its_retention_ends(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOXER_REAP_INTERVAL", "0.2")
+    monkeypatch.setenv("SANDBOXER_LEADER_INTERVAL", "0.2")
+    own = Settings.from_env()
+    token = add_token(own, "alice")
+    with ApiServer(own) as server, HttpClient(server.url, token) as sdk:
+        box = sdk.create("profile.fake")
+        snap = sdk.snapshot(box.id, retain="1s")
+        wait_for(lambda: sdk.get_snapshot(snap.id).state == "deleted", timeout=30)
+        gone = sdk.get_snapshot(snap.id)
+        assert gone.reason == "expired"
+        assert [e.type for e in sdk.events(sandbox_id=box.id)][-1] == "snapshot.deleted"
+        assert not (own.home / "fake-snapshots" / snap.id).exists()
+        assert sdk.get(box.id).state == "ready"  # the sandbox is not touched

@@ -131,8 +131,14 @@ def test_every_service_is_limited_in_the_form_its_profile_uses() -> None:
                                                      "memory": ov.DEFAULT_MEMORY}
     assert "pids_limit" not in side
     # Named volumes are labelled so owned() finds a leaked one; an external one is not ours.
-    assert out["volumes"] == {"data": {"labels": {"sandboxer.id": "sbx-abcdefghij",
-                                                  "sandboxer.instance": "i1"}}}
+    # The key volumes hold the SSH keys, out of the main container's own filesystem.
+    labels = {"labels": {"sandboxer.id": "sbx-abcdefghij", "sandboxer.instance": "i1"}}
+    assert out["volumes"] == {"data": labels, "sandboxer-keys": labels,
+                              "sandboxer-sshd-keys": labels}
+    assert {"type": "volume", "source": "sandboxer-keys", "target": "/etc/sandboxer"} in \
+        out["services"]["main"]["volumes"]
+    assert "volumes" not in side
+    assert ov.named_volumes(doc) == ["data"]
 
 
 @pytest.mark.parametrize("key", ["env_file", "build", "extends"])

@@ -33,6 +33,7 @@ from sandboxer.extensions.base import (
 from sandboxer.extensions.compose_ssh import override as ov
 from sandboxer.extensions.compose_ssh import policy, ready, restarts, tool
 from sandboxer.extensions.compose_ssh import secrets as cs
+from sandboxer.extensions.compose_ssh import snapshots as snaps
 from sandboxer.extensions.compose_ssh.config import LOCAL, target_config
 from sandboxer.extensions.compose_ssh.config import TargetConfig as ComposeTarget
 from sandboxer.extensions.compose_ssh.lifecycle import Lifecycle
@@ -64,9 +65,10 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle):
+class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle,
+                          snaps.Snapshotting):
     """ext.compose-ssh: a compose project `sbx-…` whose main service runs sshd; stops,
-    starts, pauses, binds and reports activity (``lifecycle``)."""
+    starts, pauses, binds and reports activity (``lifecycle``); snapshots (``snapshots``)."""
 
     name = "ext.compose-ssh"
     Spec = ComposeSpec
@@ -220,6 +222,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
         assert isinstance(spec, ComposeSpec)  # noqa: S101 - parse_spec made it
         sid, target = req.sandbox_id, req.target.name
         doc = ov.load(spec, req.source, f"profile {req.profile.id}")
+        image = (snaps.check_artifact(req.snapshot, self.name, req.user)
+                 if req.snapshot is not None else None)
         bind, host = self._where(target)
         keys = _keys.generate(self.settings, sid)
         req.progress(f"connecting to target {target}")
@@ -230,6 +234,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
                 try:
                     d, port, main = await self._up(r, compose, doc, spec, req, keys, bind,
                                                    secrets)
+                    made_from = (await r.image_inspect(image) or {}).get("Id") if image \
+                        else None
                 except BaseException:
                     tool.forget(r)  # it may be compose that failed (moved, upgraded)
                     await asyncio.shield(self._teardown(r, sid, compose, d))
@@ -244,7 +250,9 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
         return Handle(sandbox_id=sid, extension=self.name, target=target, data={
             "dir": d, "host": host, "port": port, "user": req.user, "compose": compose,
             "container": main, "ssh_port": spec.ssh_port, "env_names": sorted(req.env),
-            "loader": self._loader(req, secrets),
+            "loader": self._loader(req, secrets), "service": spec.service,
+            "volumes": ov.named_volumes(doc), "key_volumes": True,
+            "forward": sorted(req.forward), "snapshot_image": made_from,
         })
 
     @staticmethod
@@ -272,9 +280,12 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
         # A pinned host port, so a restarted container keeps it; another one if taken.
         for attempt in range(PORT_ATTEMPTS):
             port = PORT_RANGE[0] + secrets_random.randbelow(PORT_RANGE[1] - PORT_RANGE[0])
-            extra = ov.dump(ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
-                                     user=req.user, env=req.env, bind=bind, port=port,
-                                     secrets=True))  # the tmpfs: a later bind fills it
+            override_doc = ov.build(doc, spec, sandbox_id=sid, instance=self.settings.instance,
+                                    user=req.user, env=req.env, bind=bind, port=port,
+                                    secrets=True)  # the tmpfs: a later bind fills it
+            if req.snapshot is not None:
+                snaps.from_snapshot(override_doc, spec.service, req.snapshot)
+            extra = ov.dump(override_doc)
             if not d:  # one round trip for the directory and both files
                 d = await self._dir(r, sid, {"compose.yaml": ov.dump(doc),
                                              "override.yaml": extra})
@@ -283,6 +294,9 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
             base = [*compose, "-p", sid, "--project-directory", d,
                     "-f", f"{d}/compose.yaml", "-f", f"{d}/override.yaml"]
             await self._check_resolved(r, compose, base, doc, spec, req, bind, port)
+            if req.snapshot is not None:  # (again after a `down -v` below)
+                await snaps.restore(r, req.snapshot, sid, self.settings.instance,
+                                    ov.named_volumes(doc), req.progress)
             req.progress(f"{sid}: starting containers")
             up = [*base, "up", "-d"]
             if spec.wait and tool.is_v2(compose):  # other services' healthchecks
@@ -299,7 +313,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
             await cs.install_loader(r, ids[0])
         # The entrypoint waits for these (SANDBOXER_KEYS_WAIT). They land in the container's
         # writable layer (so a restart keeps them), removed with the container.
-        tarball = ready.key_tarball(keys.host_key.read_bytes(), keys.client_public)
+        tarball = ready.key_tarball(keys.host_key.read_bytes(), keys.client_public,
+                                    req.forward)
         await r.copy_in(ids[0], tarball, "installing the sandbox's SSH keys")
         if secrets:  # values only now, into the running container's tmpfs, over stdin
             req.progress(f"{sid}: injecting {len(secrets)} secret(s)")
@@ -333,6 +348,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
             own=ov.own(spec, bind, port))
         ov.check(doc, self._allow(r.name), f"profile {req.profile.id} (as compose resolves "
                  f"it on the target)", r.name, found)
+        if req.forward:
+            policy.check_forward(cfg, spec.service, f"profile {req.profile.id}")
 
     @staticmethod
     def _explain(r: Runner, tail: str, profile_id: str, doc: dict[str, Any]) -> ProvisionFailed:
@@ -350,8 +367,9 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
         return ProvisionFailed(f"docker compose failed on target {r.name}: {tail}")
 
     async def _teardown(self, r: Runner, sid: str, compose: list[str] | None,
-                        d: str | None) -> None:
-        """Remove the project, anything else labelled with its id, and its directory."""
+                        d: str | None, image: str | None = None) -> None:
+        """Remove the project, anything else labelled with its id, its directory, and the
+        image of the snapshot it was made from once nothing uses it (deleted meanwhile)."""
         if compose:
             await r.run([*compose, "-p", sid, "down", "-v", "--remove-orphans", "-t", "5"],
                         timeout=120)
@@ -365,6 +383,9 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
                 await r.check([*rm, *left], timeout=120, what=f"removing leftovers of {sid}")
         await r.check(["rm", "-rf", "--", d or f"{r.base_dir}/{sid}"],
                       what="removing the sandbox directory")
+        if image and image.startswith("sha256:"):
+            # Refused (and fine) while it is still tagged or another container uses it.
+            await r.run(["docker", "image", "rm", "--", image], timeout=120)
 
     @override
     async def wait_ready(self, handle: Handle, timeout: float) -> None:
@@ -404,7 +425,8 @@ class ComposeSSHExtension(SSHExtension, BuildsImages, ManagesTargets, Lifecycle)
                         compose = await self.compose_command(r)
                     except ProvisionFailed:
                         compose = None  # labels still find everything
-                await self._teardown(r, sid, compose, handle.data.get("dir"))
+                await self._teardown(r, sid, compose, handle.data.get("dir"),
+                                     handle.data.get("snapshot_image"))
         except ProvisionFailed as e:
             raise DestroyFailed(f"cannot destroy {sid} on target {target}: {e.message}") from e
         _keys.remove(self.settings, sid)

@@ -30,6 +30,10 @@ DEFAULT_MEMORY = "4g"
 # separation, SETUID/SETGID/CHOWN to become the user and own its tty. NET_BIND_SERVICE only
 # matters on engines older than 20.10, which do not let containers bind port 22 without it.
 SSHD_CAPS = ["CHOWN", "SETUID", "SETGID", "SYS_CHROOT", "AUDIT_WRITE", "NET_BIND_SERVICE"]
+# The SSH key material lives in named volumes of the project, not in the main container's
+# own filesystem: `docker commit` (a snapshot) leaves mounts out, so no snapshot image
+# holds a sandbox's host key, and a restarted container still finds its keys.
+KEY_VOLUMES = {"sandboxer-keys": "/etc/sandboxer", "sandboxer-sshd-keys": "/etc/ssh/sandboxer"}
 
 
 def load(spec: ComposeSpec, source: Path | None, where: str) -> dict[str, Any]:
@@ -178,6 +182,8 @@ def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: 
                            "SANDBOXER_KEYS_WAIT": "120"}
     if secrets:
         cs.add_to_override(main)
+    main.setdefault("volumes", []).extend(
+        {"type": "volume", "source": name, "target": path} for name, path in KEY_VOLUMES.items())
     main["cap_add"] = list(SSHD_CAPS)
     out: dict[str, Any] = {"services": services}
     uses_default = any(not isinstance(s, dict) or ("networks" not in s
@@ -187,9 +193,14 @@ def build(doc: dict[str, Any], spec: ComposeSpec, *, sandbox_id: str, instance: 
     # Named volumes carry the labels too, so owned() finds one a killed create leaked.
     volumes = {name: {"labels": dict(labels)} for name, v in (doc.get("volumes") or {}).items()
                if not (isinstance(v, dict) and v.get("external"))}
-    if volumes:
-        out["volumes"] = volumes
+    out["volumes"] = {**volumes, **{name: {"labels": dict(labels)} for name in KEY_VOLUMES}}
     return out
+
+
+def named_volumes(doc: dict[str, Any]) -> list[str]:
+    """The project's own named volumes (the profile's, not external), by compose key."""
+    return sorted(name for name, v in (doc.get("volumes") or {}).items()
+                  if not (isinstance(v, dict) and v.get("external")))
 
 
 def dump(doc: dict[str, Any]) -> bytes:

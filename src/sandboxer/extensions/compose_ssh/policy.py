@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sandboxer.errors import InvalidInput
+
 # Service keys that carry nothing beyond the container's own namespaces and limits.
 _SAFE_SERVICE_KEYS = frozenset({
     "image", "command", "entrypoint", "environment", "labels", "healthcheck", "depends_on",
@@ -174,3 +176,24 @@ def resolved_violations(cfg: dict[str, Any], *, project: str, main: str,
     for kind in ("volumes", "networks", "secrets", "configs"):
         found += _resources(kind, cfg, project)
     return found
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
+                             "ip6-loopback"})
+
+
+def check_forward(cfg: dict[str, Any], main: str, where: str) -> None:
+    """Refuse `extra_hosts` that give a loopback name another address in the main service:
+    sshd resolves the `localhost` of a forward (PermitOpen) in the container, and would
+    then connect wherever that entry points."""
+    hosts = ((cfg.get("services") or {}).get(main) or {}).get("extra_hosts") or []
+    if isinstance(hosts, dict):
+        names = [str(k) for k in hosts]
+    else:
+        names = [str(h).replace("=", ":", 1).split(":", 1)[0] for h in hosts]
+    bad = sorted({n for n in names if n.strip().lower() in _LOOPBACK_NAMES})
+    if bad:
+        raise InvalidInput(
+            f"{where}: services.{main}.extra_hosts names {', '.join(bad)}, and the profile "
+            "forwards ports (reachability.forward): a forward to localhost would then "
+            "leave the sandbox", hint="remove those extra_hosts entries")

@@ -156,12 +156,20 @@ class Runner(ABC):
     async def inspect(self, container: str) -> dict[str, Any] | None:
         """`docker inspect` of one container (``State``, ``Config``…), None when there is
         no such container."""
-        done = await self.run(["docker", "inspect", "--format", "{{json .}}", "--",
-                               container], timeout=30)
+        return await self._inspect(["inspect"], container)
+
+    async def image_inspect(self, image: str) -> dict[str, Any] | None:
+        """`docker image inspect` of one image (``Id``, ``Size``, ``Config``), None when
+        there is no such image."""
+        return await self._inspect(["image", "inspect"], image)
+
+    async def _inspect(self, command: list[str], name: str) -> dict[str, Any] | None:
+        done = await self.run(["docker", *command, "--format", "{{json .}}", "--", name],
+                              timeout=30)
         if done.rc != 0:
             if "No such" in done.err:
                 return None
-            raise ProvisionFailed(f"docker inspect {container} failed on target "
+            raise ProvisionFailed(f"docker {' '.join(command)} {name} failed on target "
                                   f"{self.name}: {done.tail(3)}")
         found: dict[str, Any] = json.loads(done.out)
         return found

@@ -389,6 +389,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             disk.unmount(d / "workspace")
         dirs.rmtree(d)
 
+    @override
     def _drop_empty_root(self) -> None:
         """The per-home directory under /var/lib/sandboxer/local goes with its last sandbox."""
         root = self.settings.local_root

@@ -20,10 +20,11 @@ import errno
 import os
 import socket
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import asyncssh
+from typing_extensions import override
 
 from sandboxer.extensions.local import jail
 from sandboxer.extensions.local.holder import Jail
@@ -111,8 +112,27 @@ async def connect(j: Jail, host: str, port: int) -> socket.socket:
                         f"{os.strerror(code)}")
 
 
-async def forward(j: Jail, host: str, port: int) -> asyncssh.SSHTCPSession[bytes]:
-    """The session of a direct-tcpip channel: relays it to ``host:port`` of the jail."""
+class _Channel(asyncssh.SSHForwarder):
+    """The channel's side of a relay; ``closed`` is called once when it ends."""
+
+    def __init__(self, peer: asyncssh.SSHForwarder, closed: Callable[[], None]) -> None:
+        super().__init__(peer)
+        self._closed: Callable[[], None] | None = closed
+
+    @override
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            closed, self._closed = self._closed, None
+            if closed is not None:
+                closed()
+
+
+async def forward(j: Jail, host: str, port: int,
+                  closed: Callable[[], None]) -> asyncssh.SSHTCPSession[bytes]:
+    """The session of a direct-tcpip channel: relays it to ``host:port`` of the jail;
+    ``closed`` is called when the channel ends (not when this raises)."""
     import asyncio
 
     try:
@@ -128,4 +148,4 @@ async def forward(j: Jail, host: str, port: int) -> asyncssh.SSHTCPSession[bytes
             sock.close()
         raise
     # asyncssh's own forward_connection returns the same object, cast the same way.
-    return cast("asyncssh.SSHTCPSession[bytes]", asyncssh.SSHForwarder(peer))
+    return cast("asyncssh.SSHTCPSession[bytes]", _Channel(peer, closed))

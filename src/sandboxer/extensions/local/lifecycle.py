@@ -174,7 +174,7 @@ class Lifecycle(ControlServer):
             record = control.read_record(self.settings, sid)
             why = "stopped" if record and record.get("stopped") else "not served"
             return {"sessions": 0, "cpu_seconds": 0.0, "detail": why}
-        sessions = sum(len(c.procs) for c in sb.conns)
+        sessions = sum(len(c.procs) + c.forwards for c in sb.conns)  # forwards: ssh -L
         cg = sb.jail.cgroup if sb.jail is not None else None
         cpu = cg.cpu_seconds() if cg is not None else None  # one small read: no thread
         detail = f"{len(sb.conns)} connection(s)" + (" (paused)" if sb.paused else "")

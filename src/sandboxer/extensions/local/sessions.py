@@ -77,6 +77,7 @@ class SSHServer(asyncssh.SSHServer):
         self.root = root
         self.conn: asyncssh.SSHServerConnection | None = None
         self.procs: set[Child] = set()
+        self.forwards = 0  # forwarded connections open now
 
     @override
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -114,7 +115,12 @@ class SSHServer(asyncssh.SSHServer):
         if sb.jail is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                             f"the jail of {sb.id} is not running")
-        return await forwarding.forward(sb.jail, host, port)
+        session = await forwarding.forward(sb.jail, host, port, self._forward_closed)
+        self.forwards += 1  # open relays count as sessions for idle handling
+        return session
+
+    def _forward_closed(self) -> None:
+        self.forwards -= 1
 
     @override
     def begin_auth(self, username: str) -> bool:

@@ -120,7 +120,10 @@ def _copy(src_fd: int, fd: int, src: Path) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """``sha256:`` of the size and each 1 MiB block's sha256 (see the module docstring)."""
+    """``sha256:`` of the size and each 1 MiB block's sha256 (see the module docstring).
+    Blocks holding data are hashed in threads (hashlib and pread release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     outer = hashlib.sha256()
     with open(path, "rb") as f:
         fd = f.fileno()
@@ -129,13 +132,19 @@ def content_hash(path: Path) -> str:
         data: set[int] = set()
         for start, end in _extents(fd, size):
             data.update(range(start // BLOCK, (end - 1) // BLOCK + 1))
+
+        def digest(i: int) -> bytes:
+            return hashlib.sha256(os.pread(fd, BLOCK, i * BLOCK)).digest()
+
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            hashed = dict(zip(sorted(data), pool.map(digest, sorted(data)), strict=True))
         for i in range((size + BLOCK - 1) // BLOCK):
-            if i not in data:
-                block_len = min(BLOCK, size - i * BLOCK)
-                outer.update(_ZERO_DIGEST if block_len == BLOCK
-                             else hashlib.sha256(bytes(block_len)).digest())
+            if i in hashed:
+                outer.update(hashed[i])
                 continue
-            outer.update(hashlib.sha256(os.pread(fd, BLOCK, i * BLOCK)).digest())
+            block_len = min(BLOCK, size - i * BLOCK)
+            outer.update(_ZERO_DIGEST if block_len == BLOCK
+                         else hashlib.sha256(bytes(block_len)).digest())
     return f"sha256:{outer.hexdigest()}"
 
 
@@ -190,21 +199,6 @@ def grow(img: Path, size: int) -> None:
                                   f"the workspace: {done.stderr.decode(errors='replace')[-300:]}")
 
 
-def check_room(root: Path, img: Path, sandbox_id: str) -> None:
-    """Refuse a copy of ``img`` (its allocated bytes: a reflink shares them only until
-    either side writes) that would leave less than disk.RESERVE free under ``root``, the
-    floor a create keeps: snapshots must not eat the room other sandboxes' sparse
-    images were promised."""
-    need = os.stat(img).st_blocks * 512
-    vfs = os.statvfs(root)
-    free = vfs.f_bavail * vfs.f_frsize
-    if need > free - disk.RESERVE:
-        raise NoTarget(
-            f"ext.local: a snapshot of {sandbox_id} needs {need >> 20} MiB; {free >> 20} MiB "
-            f"are free under {root} and {disk.RESERVE >> 20} MiB stay free",
-            hint="delete snapshots (`sandboxer snapshots list`) or free space on the host")
-
-
 # -- the capability ------------------------------------------------------------------------
 
 
@@ -217,6 +211,10 @@ class LocalSnapshots(Snapshots):
     @abstractmethod
     def _images(self) -> bool:
         """Whether workspaces are images here (root, mkfs.ext4, loop devices)."""
+
+    @abstractmethod
+    def _drop_empty_root(self) -> None:
+        """Remove this home's local root once nothing is left in it."""
 
     @override
     def snapshottable(self, handle: Handle) -> str | None:
@@ -248,7 +246,7 @@ class LocalSnapshots(Snapshots):
             raise SandboxNotFound(f"ext.local sandbox {sid} has no workspace under "
                                   f"{s.local_root}", hint="it was destroyed")
         sd = snapshot_dir(s, snapshot_id)
-        check_room(s.local_root, disk.image_path(d), sid)
+        _check_room(s.local_root, disk.image_path(d).stat().st_blocks * 512)
         root_dir(s).mkdir(mode=0o700, exist_ok=True)
         sd.mkdir(mode=0o700)
         try:
@@ -286,6 +284,7 @@ class LocalSnapshots(Snapshots):
         shutil.rmtree(sd, ignore_errors=True)
         with contextlib.suppress(OSError):
             root_dir(self.settings).rmdir()  # the last one
+            self._drop_empty_root()  # and no sandbox left either
 
     @override
     async def owned_snapshots(self, target: Target) -> list[SnapshotArtifact]:
@@ -353,6 +352,17 @@ def restore_image(src: Path, sandbox_dir: Path, size: int) -> None:
     except BaseException:
         img.unlink(missing_ok=True)
         raise
+
+
+def _check_room(directory: Path, need: int) -> None:
+    """What a copy takes (the image's data, not its size) must leave the reserve free."""
+    vfs = os.statvfs(directory)
+    free = vfs.f_bavail * vfs.f_frsize
+    if need > free - disk.RESERVE:
+        raise NoTarget(
+            f"ext.local: a snapshot takes {need >> 20} MiB, and {free >> 20} MiB are free "
+            f"under {directory} (a {disk.RESERVE >> 20} MiB reserve stays free)",
+            hint="free space on the host, or delete snapshots (sandboxer snapshots list)")
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
