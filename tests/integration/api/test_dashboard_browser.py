@@ -6,8 +6,8 @@ One server, one browser and one sequence, to stay cheap in CI: a bad token is re
 alice, bob and an admin sign in (one browser context each); sandboxes created through the
 CLI appear on the open pages without a reload; alice never sees bob's (not in her list,
 not by its URL, not in her events); the copy button copies the descriptor's SSH command;
-a snapshot appears on the open snapshots page; extend moves the countdown; destroy
-removes the sandbox. A screenshot of each page is
+a snapshot appears on the open snapshots page; extend moves the countdown; the pages
+read and the forms work without JavaScript; destroy removes the sandbox. A screenshot of each page is
 written under the test's temporary directory and its path printed.
 """
 
@@ -206,6 +206,24 @@ def test_the_dashboard_in_chromium(server: tuple[Serve, dict[str, str]],
             assert after > before + 55 * 60
             alice.wait_for_selector("#timeline :text('sandbox.extended')", timeout=WAIT_MS)
             assert api_get(mine["id"])["expires_at"] > mine["expires_at"]
+
+            # Without JavaScript the pages still read and the forms still work.
+            plain = browser.new_context(base_url=srv.url, java_script_enabled=False)
+            noscript = plain.new_page()
+            noscript.goto("/")
+            noscript.fill("#token", tokens["alice"])
+            noscript.click("button[type=submit]")
+            noscript.wait_for_url(f"{srv.url}/")
+            assert mine["id"] in noscript.inner_text("#sandboxes")
+            noscript.goto(f"/sandboxes/{mine['id']}")
+            assert noscript.inner_text("#ssh-command") == mine["reachability"]["ssh_command"]
+            assert not noscript.is_visible("button[data-copy=ssh-command]")
+            shown = seconds(noscript.inner_text("#sandbox .lease"))  # rendered by the server
+            noscript.fill("input[name=ttl]", "100m")
+            noscript.click("button[value=extend]")
+            noscript.wait_for_url(f"{srv.url}/sandboxes/{mine['id']}")
+            assert seconds(noscript.inner_text("#sandbox .lease")) > shown + 5 * 60
+            plain.close()
 
             # Destroy removes it: from the list here, and live from the admin's open page.
             root.evaluate("window.notReloaded = true")
