@@ -7,8 +7,8 @@ alice, bob and an admin sign in (one browser context each); sandboxes created th
 CLI appear on the open pages without a reload; alice never sees bob's (not in her list,
 not by its URL, not in her events); the copy button copies the descriptor's SSH command;
 a snapshot appears on the open snapshots page; extend moves the countdown; the pages
-read and the forms work without JavaScript; destroy removes the sandbox. A screenshot of each page is
-written under the test's temporary directory and its path printed.
+read and the forms work without JavaScript; destroy removes the sandbox. A screenshot of
+each page is written under the test's temporary directory and its path printed.
 """
 
 from __future__ import annotations
