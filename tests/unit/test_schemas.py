@@ -54,7 +54,7 @@ def test_every_key_is_required_and_new_keys_are_allowed() -> None:
     doc = {"schema": "sandboxer.reachability/v1", "sandbox_id": "sbx-aaaaaaaaaa",
            "transport": "ssh", "host": "h", "port": 22, "user": "u", "identity_file": "/i",
            "known_hosts": "h k", "ssh_command": "ssh h", "tunnel": None, "tunnel_via": None,
-           "identity": None, "tunnel_status": None}
+           "identity": None, "tunnel_status": None, "forward": []}
     validator(REACH, strict=False).validate({**doc, "added_in_a_later_v1": 1})
     with pytest.raises(jsonschema.ValidationError):
         validator(REACH).validate({**doc, "added_in_a_later_v1": 1})

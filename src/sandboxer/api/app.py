@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
                grace: float = 30.0) -> FastAPI:
     """The API application over ``settings``' home; ``background``: campaign for the
     leader role and run its duties (reaper, reconcile, State Hub publisher) while leading."""
-    from sandboxer.api import routes
+    from sandboxer.api import routes, snapshot_routes
     from sandboxer.api.service import Service
 
     settings = settings or Settings.from_env()
@@ -166,11 +166,13 @@ def create_app(settings: Settings | None = None, *, background: bool = True,
             app.state.service.store.close()
 
     app = FastAPI(title="sand-boxer", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_tags=routes.TAGS,
+                  docs_url=None, redoc_url=None,
+                  openapi_tags=[*routes.TAGS, snapshot_routes.TAG],
                   generate_unique_id_function=routes.operation_id,
                   description="Sandbox custodian API (docs/api.md). Every route needs "
                   "`Authorization: Bearer TOKEN` (`sandboxer tokens add ACTOR`).")
     app.include_router(routes.router)
+    app.include_router(snapshot_routes.router)
     from sandboxer.api import web
 
     web.install(app)  # the dashboard at / (api/web/)

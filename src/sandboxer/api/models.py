@@ -8,14 +8,16 @@ from sandboxer.models.requests import (
     PROFILE_ID,
     CreateRequest,
     ExtendRequest,
+    ForkRequest,
     ImageBuildRequest,
     NamedImageBuildRequest,
     ProfileFile,
+    SnapshotRequest,
     TargetAddRequest,
     TokenAddRequest,
     ValidateRequest,
 )
 
 __all__ = ["DURATION", "NAME", "PROFILE_ID", "CreateRequest", "ExtendRequest",
-           "ImageBuildRequest", "NamedImageBuildRequest", "ProfileFile", "TargetAddRequest",
-           "TokenAddRequest", "ValidateRequest"]
+           "ForkRequest", "ImageBuildRequest", "NamedImageBuildRequest", "ProfileFile",
+           "SnapshotRequest", "TargetAddRequest", "TokenAddRequest", "ValidateRequest"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.access import Caller
@@ -23,7 +23,9 @@ from sandboxer.errors import ProvisionFailed
 from sandboxer.manager import Manager
 from sandboxer.models.requests import (
     CreateRequest,
+    ForkRequest,
     ImageBuildRequest,
+    SnapshotRequest,
     TargetAddRequest,
     ValidateRequest,
 )
@@ -128,7 +130,26 @@ class Service:
     async def create(self, caller: Caller, req: CreateRequest) -> dict[str, Any]:
         if req.dry_run:
             return await self.app.plan(req, caller=caller)
-        task = asyncio.ensure_future(self.app.create(req, caller=caller))
+        return await self.in_flight(self.app.create(req, caller=caller))
+
+    async def fork(self, caller: Caller, sandbox_id: str, req: ForkRequest) -> dict[str, Any]:
+        """A fork creates: it runs as a create does (shielded, drained at shutdown)."""
+        return await self.in_flight(self.app.fork(sandbox_id, req, caller=caller))
+
+    async def snapshot(self, caller: Caller, sandbox_id: str,
+                       req: SnapshotRequest) -> dict[str, Any]:
+        """A snapshot may copy a whole workspace or disk: shielded from the request too."""
+        return await self.in_flight(self.app.snapshot(sandbox_id, req, caller=caller))
+
+    async def delete_snapshot(self, caller: Caller, snapshot_id: str) -> dict[str, Any]:
+        status = await self.app.delete_snapshot(snapshot_id, caller=caller)
+        self.changed.set()
+        return dict(status.document())
+
+    async def in_flight(self, work: Coroutine[Any, Any, Any]) -> dict[str, Any]:
+        """Run a create (or fork, or snapshot) as a task of its own, shielded from the
+        request; its document."""
+        task = asyncio.ensure_future(work)
         self.creates.add(task)
         task.add_done_callback(self._created)
         try:
@@ -187,7 +208,7 @@ class Service:
             done = await self.manager.reap()
             if done:
                 log.info("reaped %d sandbox(es)", len(done))
-                self.changed.set()
+            self.changed.set()  # a snapshot whose retention ended is no sandbox
 
     async def drain(self, grace: float) -> None:
         """Shutdown: let in-flight creates finish for ``grace`` seconds, then cancel them

@@ -23,7 +23,7 @@ def make_client(progress: Callable[[str], None] | None = None) -> Client:
 
 class WarmClient:
     """The commands that change one sandbox or reach it (create, destroy, extend, stop,
-    start, pause, resume, ssh, reachability show): through the warm local service
+    start, pause, resume, snapshot, fork, ssh, reachability show): through the warm local service
     (``client/service.py``) when it takes the request, else through ``make_client`` in
     this process, as before.
 
@@ -91,6 +91,16 @@ class WarmClient:
         change = {"stop": self.full.stop, "start": self.full.start,
                   "pause": self.full.pause, "resume": self.full.resume}[op]
         return dict(change(sandbox_id).document())
+
+    def snapshot(self, sandbox_id: str, **options: Any) -> Doc:
+        doc = self._thin_or_none(lambda c: c.snapshot(sandbox_id, **options))
+        return doc if doc is not None else dict(self.full.snapshot(sandbox_id,
+                                                                   **options).document())
+
+    def fork(self, sandbox_id: str, **options: Any) -> Doc:
+        doc = self._thin_or_none(lambda c: c.fork(sandbox_id, **options))
+        return doc if doc is not None else dict(self.full.fork(sandbox_id,
+                                                               **options).document())
 
     def identity(self, sandbox_id: str) -> str:
         return self.full.identity(sandbox_id)

@@ -19,6 +19,7 @@ from sandboxer.cli import (
     reach,
     sandboxes,
     serve,
+    snapshots,
     targets,
     tokens,
 )
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for group in (profiles, sandboxes, reach, pools, targets, images, events, serve, tokens,
-                  mcp, db, doctor):
+    for group in (profiles, sandboxes, snapshots, reach, pools, targets, images, events, serve,
+                  tokens, mcp, db, doctor):
         group.register(sub, common)
     return parser
 

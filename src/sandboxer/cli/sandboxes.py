@@ -24,6 +24,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--label", action="append", metavar="K=V", help="add a label (repeatable)")
     c.add_argument("--target", help="pin a target")
     c.add_argument("--name", help="a free-form name")
+    c.add_argument("--from-snapshot", metavar="SNAPSHOT",
+                   help="start from this ready snapshot's data, on its target")
     c.add_argument("--dry-run", action="store_true", help="validate and plan; create nothing")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(handler=cmd_create)
@@ -91,6 +93,7 @@ def _show(status: Any, as_json: bool) -> None:
         ("labels", ",".join(f"{k}={v}" for k, v in d["labels"].items()) or None),
         ("created (utc)", _when(d["created_at"])), ("expires (utc)", _when(d["expires_at"])),
         ("last active (utc)", _when(d["last_active_at"]) if d.get("last_active_at") else None),
+        ("from snapshot", d.get("snapshot")),
         ("ssh", r["ssh_command"] if r and d["state"] == "ready" else None),
         ("error", d["error"]),
     ]))
@@ -118,6 +121,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     from sandboxer.cli.output import Progress, emit_json, kv, printable
 
     labels = parse_labels(args.label)
+    if args.dry_run and args.from_snapshot:
+        from sandboxer.errors import UsageError
+
+        raise UsageError("--dry-run plans a create from a profile; it does not take "
+                         "--from-snapshot", hint="leave one of them out")
     if args.dry_run:
         plan = make_client().plan(args.profile, ttl=args.ttl, actor=args.actor,
                                   labels=labels, target=args.target)
@@ -138,7 +146,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     try:
         status = WarmClient(progress).create(
             args.profile, ttl=args.ttl, actor=args.actor, labels=labels, target=args.target,
-            name=args.name)
+            name=args.name, from_snapshot=args.from_snapshot)
     finally:
         progress.done()
     _show(status, args.json)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # importing the client must stay cheap (CLI cold start)
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.sandbox import SandboxStatus
+    from sandboxer.models.snapshot import SnapshotStatus
 
 
 class Client(Protocol):
@@ -43,8 +44,9 @@ class Client(Protocol):
 
     def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
                labels: dict[str, str] | None = None, target: str | None = None,
-               name: str | None = None) -> SandboxStatus:
-        """Provision and return a ready sandbox (or raise, leaving it recorded failed)."""
+               name: str | None = None, from_snapshot: str | None = None) -> SandboxStatus:
+        """Provision and return a ready sandbox (or raise, leaving it recorded failed);
+        ``from_snapshot``: starting from that ready snapshot's data, on its target."""
 
     def get(self, sandbox_id: str) -> SandboxStatus:
         """One sandbox by id."""
@@ -82,6 +84,28 @@ class Client(Protocol):
 
     def resume(self, sandbox_id: str) -> SandboxStatus:
         """paused -> ready: thawed where it was."""
+
+    def snapshot(self, sandbox_id: str, *, name: str | None = None,
+                 retain: str | None = None) -> SnapshotStatus:
+        """Record a snapshot of a ready, stopped or paused sandbox (left in its state),
+        kept ``retain`` (default the profile's snapshot.retain, at most snapshot.max)."""
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotStatus:
+        """One snapshot by id (snap-…)."""
+
+    def list_snapshots(self, *, sandbox_id: str | None = None,
+                       all: bool = False) -> list[SnapshotStatus]:
+        """Snapshots that hold data (creating, ready, deleting; every state with ``all``),
+        only ``sandbox_id``'s when given."""
+
+    def delete_snapshot(self, snapshot_id: str) -> SnapshotStatus:
+        """Remove a snapshot's data; idempotent."""
+
+    def fork(self, sandbox_id: str, *, ttl: str | None = None,
+             labels: dict[str, str] | None = None, name: str | None = None,
+             actor: str | None = None) -> SandboxStatus:
+        """Snapshot the sandbox and create a new ready one of its profile from it: a new
+        lease, new keys, secrets resolved again; owner and labels the original's."""
 
     def reap(self) -> list[SandboxStatus]:
         """Destroy expired leases now."""

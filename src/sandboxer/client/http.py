@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.client._reads import TypedReads
+from sandboxer.client.http_snapshots import SnapshotCalls
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, SandboxerError, UsageError, from_code
 
@@ -38,7 +39,7 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.ya?ml")
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the build route's {name}
 
 
-class HttpClient(TypedReads):
+class HttpClient(TypedReads, SnapshotCalls):
     """The Client that talks to a sand-boxer server as the actor of ``token``."""
 
     def __init__(self, url: str, token: str | None = None, *, settings: Settings | None = None,
@@ -141,19 +142,21 @@ class HttpClient(TypedReads):
 
     def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
                labels: dict[str, str] | None = None, target: str | None = None,
-               name: str | None = None) -> SandboxStatus:
+               name: str | None = None, from_snapshot: str | None = None) -> SandboxStatus:
         from sandboxer.models.sandbox import SandboxStatus
 
         return SandboxStatus.model_validate(self.create_document(
-            profile_id, ttl=ttl, actor=actor, labels=labels, target=target, name=name))
+            profile_id, ttl=ttl, actor=actor, labels=labels, target=target, name=name,
+            from_snapshot=from_snapshot))
 
     def create_document(self, profile_id: str, *, ttl: str | None = None,
                         actor: str | None = None, labels: dict[str, str] | None = None,
-                        target: str | None = None, name: str | None = None) -> dict[str, Any]:
+                        target: str | None = None, name: str | None = None,
+                        from_snapshot: str | None = None) -> dict[str, Any]:
         if self.progress:
             self.progress(f"creating from {profile_id} on {self.url}")
         body = self._create_body(profile_id, ttl=ttl, actor=actor, labels=labels,
-                                 target=target, name=name)
+                                 target=target, name=name, from_snapshot=from_snapshot)
         doc: dict[str, Any] = self._call("POST", "/v1/sandboxes", timeout=CREATE_TIMEOUT,
                                          json=body)
         return doc

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pydantic models load only where a command needs them
     from sandboxer.models.reachability import Reachability
     from sandboxer.models.requests import CreateRequest
     from sandboxer.models.sandbox import SandboxStatus
+    from sandboxer.models.snapshot import SnapshotStatus
     from sandboxer.store.base import Store
 
 __all__ = ["LIVE_STATES", "LocalClient"]
@@ -97,10 +98,10 @@ class LocalClient(TypedReads):
 
     def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
                labels: dict[str, str] | None = None, target: str | None = None,
-               name: str | None = None) -> SandboxStatus:
+               name: str | None = None, from_snapshot: str | None = None) -> SandboxStatus:
         self.service.reap_seen()
         req = _create_request(profile_id, ttl=ttl, actor=actor, labels=labels or {},
-                              target=target, name=name)
+                              target=target, name=name, from_snapshot=from_snapshot)
         return _run(self.service.create(req, caller=self.caller))
 
     def get_document(self, sandbox_id: str) -> dict[str, Any]:
@@ -138,6 +139,36 @@ class LocalClient(TypedReads):
 
     def resume(self, sandbox_id: str) -> SandboxStatus:
         return _run(self.service.resume(sandbox_id, caller=self.caller))
+
+    def snapshot(self, sandbox_id: str, *, name: str | None = None,
+                 retain: str | None = None) -> SnapshotStatus:
+        from sandboxer.models.requests import SnapshotRequest
+
+        self.service.reap_seen()
+        req = SnapshotRequest.model_construct(name=name, retain=retain)
+        return _run(self.service.snapshot(sandbox_id, req, caller=self.caller))
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotStatus:
+        return self.service.get_snapshot(snapshot_id, caller=self.caller)
+
+    def list_snapshots(self, *, sandbox_id: str | None = None,
+                       all: bool = False) -> list[SnapshotStatus]:
+        self.service.reap_seen()
+        return self.service.list_snapshots(sandbox_id=sandbox_id, all=all,
+                                           caller=self.caller)
+
+    def delete_snapshot(self, snapshot_id: str) -> SnapshotStatus:
+        return _run(self.service.delete_snapshot(snapshot_id, caller=self.caller))
+
+    def fork(self, sandbox_id: str, *, ttl: str | None = None,
+             labels: dict[str, str] | None = None, name: str | None = None,
+             actor: str | None = None) -> SandboxStatus:
+        from sandboxer.models.requests import ForkRequest
+
+        self.service.reap_seen()
+        req = ForkRequest.model_construct(ttl=ttl, labels=dict(labels or {}), name=name,
+                                          actor=actor)
+        return _run(self.service.fork(sandbox_id, req, caller=self.caller))
 
     def reap(self) -> list[SandboxStatus]:
         return _run(self.service.reap(caller=self.caller))

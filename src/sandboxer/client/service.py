@@ -1,7 +1,8 @@
 """ServiceClient: the CLI's thin client of the local service, standard library only.
 
 ``create``, ``destroy``, ``extend``, the lifecycle commands (``stop``, ``start``,
-``pause``, ``resume``), ``ssh`` and ``reachability show`` send one request
+``pause``, ``resume``), ``snapshot``, ``fork``, ``ssh`` and ``reachability show`` send one
+request
 over ``$SANDBOXER_HOME/run/service.sock`` to the warm local service (``service/local.py``,
 hosted by core's keeper for ext.local) and print its answer, so the command costs the
 interpreter's start and a round trip instead of importing pydantic, the manager and an
@@ -64,10 +65,26 @@ class ServiceClient:
 
     def create(self, profile_id: str, *, ttl: str | None = None, actor: str | None = None,
                labels: dict[str, str] | None = None, target: str | None = None,
-               name: str | None = None) -> dict[str, Any]:
+               name: str | None = None, from_snapshot: str | None = None) -> dict[str, Any]:
         args = {"profile": profile_id, "ttl": ttl, "actor": actor,
-                "labels": labels or {}, "target": target, "name": name}
+                "labels": labels or {}, "target": target, "name": name,
+                "from_snapshot": from_snapshot}
         doc: dict[str, Any] = self.call("create", args)
+        return doc
+
+    def snapshot(self, sandbox_id: str, *, name: str | None = None,
+                 retain: str | None = None) -> dict[str, Any]:
+        """A sandboxer.snapshot/v1 document."""
+        doc: dict[str, Any] = self.call("snapshot", {"id": sandbox_id, "name": name,
+                                                     "retain": retain})
+        return doc
+
+    def fork(self, sandbox_id: str, *, ttl: str | None = None,
+             labels: dict[str, str] | None = None, name: str | None = None,
+             actor: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = self.call("fork", {"id": sandbox_id, "ttl": ttl,
+                                                 "labels": labels or {}, "name": name,
+                                                 "actor": actor})
         return doc
 
     def get_document(self, sandbox_id: str) -> dict[str, Any]:

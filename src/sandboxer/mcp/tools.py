@@ -35,7 +35,14 @@ from sandboxer.models.responses import (
 )
 from sandboxer.models.sandbox import STATES, SandboxStatus
 from sandboxer.redaction import redact
-from sandboxer.values import LABEL_KEY, LABEL_VALUE, NAME_PATTERN, SANDBOX_ID, safe_repr
+from sandboxer.values import (
+    LABEL_KEY,
+    LABEL_VALUE,
+    NAME_PATTERN,
+    SANDBOX_ID,
+    SNAPSHOT_ID,
+    safe_repr,
+)
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -68,6 +75,7 @@ Labels = Annotated[dict[str, str], WithJsonSchema({
     "propertyNames": {"pattern": f"^{LABEL_KEY.pattern}$"},
     "additionalProperties": {"type": "string", "pattern": f"^{LABEL_VALUE.pattern}$"}})]
 Name = Annotated[str, _string(NAME_PATTERN, maxLength=128)]
+SnapshotRef = Annotated[str, _string(f"^{SNAPSHOT_ID.pattern}$", maxLength=64)]
 # The schema lists the states; the service refuses an unknown one, with the message every
 # transport gives for it.
 State = Annotated[str, WithJsonSchema({"type": "string", "enum": list(STATES)})]
@@ -180,9 +188,12 @@ def build(client: Client) -> MCPServer[Any]:
         labels: Annotated[Labels | None, Field(
             description="key=value labels, e.g. {\"team\": \"infra\"}")] = None,
         name: Annotated[Name | None, Field(description="a free-form name to show")] = None,
+        from_snapshot: Annotated[SnapshotRef | None, Field(
+            description="start from this ready snapshot's data (snap-…), on its target; "
+            "the profile's extension must be the snapshot's")] = None,
     ) -> SandboxStatus:
         status = await call(lambda: client.create(profile, ttl=ttl, labels=labels or {},
-                                                  name=name))
+                                                  name=name, from_snapshot=from_snapshot))
         return status
 
     @server.tool(description="One sandbox by id (sbx-…), in any state.",
@@ -294,4 +305,7 @@ def build(client: Client) -> MCPServer[Any]:
                                             "ok": all(c["ok"] for c in checks),
                                             "checks": checks})
 
+    from sandboxer.mcp import snapshot_tools
+
+    snapshot_tools.register(server, client, call)
     return server

@@ -20,13 +20,14 @@ from sandboxer.values import ACTOR_PATTERN as ACTOR
 from sandboxer.values import NAME_PATTERN as SANDBOX_NAME
 from sandboxer.values import validate_labels
 
-__all__ = ["CreateRequest", "EventsQuery", "ExtendRequest", "ImageBuildRequest",
-           "ListRequest", "NamedImageBuildRequest", "ProfileFile", "TargetAddRequest",
-           "TokenAddRequest", "ValidateRequest"]
+__all__ = ["CreateRequest", "EventsQuery", "ExtendRequest", "ForkRequest",
+           "ImageBuildRequest", "ListRequest", "NamedImageBuildRequest", "ProfileFile",
+           "SnapshotRequest", "TargetAddRequest", "TokenAddRequest", "ValidateRequest"]
 
 PROFILE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DURATION = r"^[0-9]{1,9}[smhd]$"
+SNAPSHOT = r"^snap-[a-z2-7]{10}$"
 
 
 def _documented(pattern: str, description: str) -> Any:
@@ -51,6 +52,33 @@ class CreateRequest(StrictModel):
     target: Annotated[str, _documented(NAME, "pin a target")] | None = None
     name: Annotated[str, _documented(SANDBOX_NAME, "a free-form name")] | None = None
     dry_run: bool = Field(False, description="validate and plan; create nothing")
+    from_snapshot: Annotated[str, Field(
+        max_length=64, json_schema_extra={"pattern": SNAPSHOT},
+        description="start from this ready snapshot's data (snap-…), on its target; the "
+        "profile's extension must be the snapshot's")] | None = None
+
+
+class SnapshotRequest(StrictModel):
+    """``POST /v1/sandboxes/{id}/snapshot``, ``sandboxer snapshot``, MCP
+    ``snapshot_sandbox``."""
+
+    name: Annotated[str, _documented(SANDBOX_NAME, "a free-form name")] | None = None
+    retain: Annotated[str, _documented(
+        DURATION, "how long it is kept; default the profile's snapshot.retain, at most "
+        "its snapshot.max")] | None = None
+
+
+class ForkRequest(StrictModel):
+    """``POST /v1/sandboxes/{id}/fork``, ``sandboxer fork``, MCP ``fork_sandbox``: a
+    snapshot, then a new sandbox of the same profile from it."""
+
+    ttl: Ttl | None = None
+    actor: Annotated[str, _documented(
+        ACTOR, "owner; default the original's; a non-admin token may only name its own "
+        "actor")] | None = None
+    labels: Labels = Field(default_factory=dict,
+                           description="added to the original's labels")
+    name: Annotated[str, _documented(SANDBOX_NAME, "a free-form name")] | None = None
 
 
 class ExtendRequest(StrictModel):

@@ -18,11 +18,13 @@ from sandboxer.models.base import StrictModel
 from sandboxer.models.events import Event
 from sandboxer.models.profile import Profile
 from sandboxer.models.sandbox import SandboxStatus
+from sandboxer.models.snapshot import SnapshotStatus
 
 __all__ = [
     "ErrorDocument", "EventList", "ImageBuilt", "Plan", "ProfileDocument", "ProfileList",
     "ProfileSummary", "PublishReport", "ReconcileReport", "RemovedHandle", "SandboxIdentity",
-    "SandboxList", "SandboxStatus", "SecretRefCheck", "TargetAdded", "TargetCheck",
+    "SandboxList", "SandboxStatus", "SecretRefCheck", "SnapshotList", "SnapshotStatus",
+    "TargetAdded", "TargetCheck",
     "TargetCheckList", "TargetList", "TargetRemoved", "TargetSummary", "TokenCreated",
     "TokenList", "TokenRemoved", "TokenSummary", "ValidationReport", "ValidationResult",
     "Whoami",
@@ -120,6 +122,12 @@ class SandboxList(_Document):
     schema_: Literal["sandboxer.sandboxes/v1"] = Field("sandboxer.sandboxes/v1",
                                                        alias="schema")
     items: list[SandboxStatus]
+
+
+class SnapshotList(_Document):
+    schema_: Literal["sandboxer.snapshots/v1"] = Field("sandboxer.snapshots/v1",
+                                                       alias="schema")
+    items: list[SnapshotStatus]
 
 
 class EventList(_Document):

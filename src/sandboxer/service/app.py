@@ -20,6 +20,7 @@ from sandboxer.access import Caller, actor_filter, require_admin, require_visibl
 from sandboxer.errors import NotFound, SandboxerError, UsageError
 from sandboxer.models.queries import LIVE_STATES, EventsQuery, ListRequest
 from sandboxer.service.operator import OperatorOps
+from sandboxer.service.snapshots import SnapshotOps
 from sandboxer.values import LIFECYCLE
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 PLACEMENT_ATTEMPTS = 3  # a create that loses its target to concurrent ones places again
 
 
-class Service(OperatorOps):
+class Service(SnapshotOps, OperatorOps):
     """One sand-boxer over one store: hosted in-process, by `sandboxer serve`, or by a
     keeper process; shells hold one and pass each call's ``caller``."""
 
@@ -157,13 +158,17 @@ class Service(OperatorOps):
 
         checks.name(req.name)
         options = self._checked(req)
+        source = req.from_snapshot  # a pooled sandbox has no such data: never claimed
         try:
             from sandboxer import pools
 
-            claimed = await pools.claim(self.manager, req.profile, name=req.name,
-                                        caller=caller, **options)
+            claimed = None if source else await pools.claim(
+                self.manager, req.profile, name=req.name, caller=caller, **options)
             if claimed is not None:
                 return claimed
+            if source:  # placed on the snapshot's target: no other to try
+                return await self.manager.create(req.profile, name=req.name, caller=caller,
+                                                 from_snapshot=source, **options)
             for attempt in range(1, PLACEMENT_ATTEMPTS):
                 try:
                     return await self.manager.create(req.profile, name=req.name,

@@ -239,13 +239,15 @@ class LocalService:
 
             # Built as the in-process client builds it; the service checks every value.
             fields: dict[str, Any] = {k: args.get(k) for k in ("ttl", "actor", "target",
-                                                               "name")}
+                                                               "name", "from_snapshot")}
             req = CreateRequest.model_construct(profile=str(args.get("profile")),
                                                 labels=dict(args.get("labels") or {}),
                                                 **fields)
             status = await svc.create(req)
             return status.document()
         sid = str(args.get("id"))
+        if op in ("snapshot", "fork"):
+            return (await _snapshot_op(svc, op, sid, args)).document()
         if op == "get":
             return await asyncio.to_thread(svc.get_document, sid)
         if op == "extend":
@@ -256,3 +258,15 @@ class LocalService:
         if done is not None:
             return done
         return (await svc.destroy(sid)).document()
+
+
+async def _snapshot_op(svc: Service, op: str, sandbox_id: str, args: dict[str, Any]) -> Any:
+    """``snapshot`` or ``fork``, built as the in-process client builds them."""
+    from sandboxer.models.requests import ForkRequest, SnapshotRequest
+
+    if op == "snapshot":
+        return await svc.snapshot(sandbox_id, SnapshotRequest.model_construct(
+            name=args.get("name"), retain=args.get("retain")))
+    return await svc.fork(sandbox_id, ForkRequest.model_construct(
+        ttl=args.get("ttl"), labels=dict(args.get("labels") or {}), name=args.get("name"),
+        actor=args.get("actor")))

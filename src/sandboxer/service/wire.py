@@ -55,7 +55,8 @@ _KEY_NAMES = frozenset({"PATH", "HOME"}) | childenv.PROCESS_NAMES
 _NOT_KEYED = frozenset({"SANDBOXER_HOME", "SANDBOXER_LOCAL_SERVICE",
                         "SANDBOXER_SERVICE_IDLE_EXIT", "SANDBOXER_DEBUG"})
 # The ops a thin client may send; the service refuses anything else.
-OPS = frozenset({"create", "get", "extend", "destroy", "ping", *LIFECYCLE})
+OPS = frozenset({"create", "get", "extend", "destroy", "ping", "snapshot", "fork",
+                 *LIFECYCLE})
 
 
 def socket_path(settings: Settings) -> Path:

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 TOOLS = {"list_profiles", "create_sandbox", "get_sandbox", "list_sandboxes", "extend_sandbox",
          "stop_sandbox", "start_sandbox", "pause_sandbox", "resume_sandbox",
          "destroy_sandbox", "get_reachability", "list_pools", "show_pool", "list_targets",
-         "build_image", "doctor"}
+         "build_image", "doctor", "snapshot_sandbox", "list_snapshots", "show_snapshot",
+         "delete_snapshot", "fork_sandbox"}
 
 
 @pytest.mark.usefixtures("database")

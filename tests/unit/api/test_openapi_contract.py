@@ -15,7 +15,8 @@ from sandboxer.config import Settings
 
 from .conftest import Api
 
-TAGS = {"profiles", "sandboxes", "events", "pools", "targets", "images", "admin"}
+TAGS = {"profiles", "sandboxes", "events", "pools", "targets", "images", "admin",
+        "snapshots"}
 OPERATIONS = {
     ("get", "/v1/whoami"): ("whoami", "Whoami"),
     ("get", "/v1/profiles"): ("list_profiles", "ProfileList"),
@@ -48,6 +49,11 @@ OPERATIONS = {
     ("delete", "/v1/tokens/{token_id}"): ("remove_token", "TokenRemoved"),
     ("post", "/v1/events/publish"): ("publish_events", "PublishReport"),
     ("get", "/v1/sandboxes/{sandbox_id}/identity"): ("get_identity", "SandboxIdentity"),
+    ("post", "/v1/sandboxes/{sandbox_id}/snapshot"): ("snapshot_sandbox", "SnapshotStatus"),
+    ("post", "/v1/sandboxes/{sandbox_id}/fork"): ("fork_sandbox", "SandboxStatus"),
+    ("get", "/v1/snapshots"): ("list_snapshots", "SnapshotList"),
+    ("get", "/v1/snapshots/{snapshot_id}"): ("get_snapshot", "SnapshotStatus"),
+    ("delete", "/v1/snapshots/{snapshot_id}"): ("delete_snapshot", "SnapshotStatus"),
 }
 
 
@@ -77,7 +83,8 @@ def test_every_route_declares_its_answer_operation_id_and_tag(spec: dict[str, An
     assert _ref(found[("post", "/v1/sandboxes")]["responses"]["200"]) == "Plan"
     assert "201" in found[("post", "/v1/sandboxes")]["responses"]
     assert [t["name"] for t in spec["tags"]] == sorted(TAGS, key=[
-        "profiles", "sandboxes", "events", "pools", "targets", "images", "admin"].index)
+        "profiles", "sandboxes", "events", "pools", "targets", "images", "admin",
+        "snapshots"].index)
 
 
 def test_every_error_status_carries_the_error_document(spec: dict[str, Any]) -> None:

@@ -111,6 +111,23 @@ def test_create_and_destroy_through_the_service(
     assert local.busy()  # for idle_exit seconds after the last request
 
 
+def test_snapshot_fork_and_create_from_a_snapshot_through_the_service(
+        settings: Settings, served: tuple[LocalService, Service]) -> None:
+    seen: list[str] = []
+    client = ServiceClient(settings, dict(os.environ), seen.append)
+    box = client.create("profile.fake")
+    snap = client.snapshot(box["id"], name="s", retain="1h")
+    assert (snap["schema"], snap["state"], snap["name"]) == ("sandboxer.snapshot/v1",
+                                                             "ready", "s")
+    assert any("recording a snapshot" in m for m in seen)
+    made = client.create("profile.fake", from_snapshot=snap["id"])
+    assert made["snapshot"] == snap["id"]
+    fork = client.fork(box["id"], labels={"b": "1"}, name="f")
+    assert (fork["state"], fork["name"], fork["labels"]["b"]) == ("ready", "f", "1")
+    with pytest.raises(InvalidInput, match=r"snapshot\.max"):
+        client.snapshot(box["id"], retain="90d")
+
+
 def test_errors_keep_their_class_and_other_settings_fall_back(
         settings: Settings, served: tuple[LocalService, Service]) -> None:
     client = ServiceClient(settings, dict(os.environ))
