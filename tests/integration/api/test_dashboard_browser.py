@@ -13,13 +13,11 @@ each page is written under the test's temporary directory and its path printed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,6 @@ from tests.integration.api.conftest import Serve, serve_env
 from tests.integration.conftest import SANDBOXER
 
 from sandboxer.config import Settings
-from sandboxer.manager import Manager
-from sandboxer.models.snapshot import SnapshotStatus
 
 pytestmark = pytest.mark.integration
 
@@ -55,21 +51,6 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr.decode()
     doc: dict[str, Any] = json.loads(done.stdout)
     return doc
-
-
-def snapshot(settings: Settings, sandbox_id: str, name: str) -> SnapshotStatus:
-    """A snapshot taken by a manager of this process (in a thread of its own: Playwright's
-    sync API runs an event loop in this one)."""
-
-    def take() -> SnapshotStatus:
-        manager = Manager(settings)
-        try:
-            return asyncio.run(manager.snapshot(sandbox_id, name=name))
-        finally:
-            manager.store.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(take).result(timeout=60)
 
 
 def seconds(countdown: str) -> int:
@@ -186,13 +167,13 @@ def test_the_dashboard_in_chromium(server: tuple[Serve, dict[str, str]],
             assert "sandbox.created" in alice.inner_text("#timeline")
             shot(alice, "sandbox")
 
-            # A snapshot taken meanwhile (by another process) appears on the open page.
+            # A snapshot taken through the CLI meanwhile appears on the open page.
             alice.goto("/snapshots")
             alice.evaluate("window.notReloaded = true")
-            snap = snapshot(settings, mine["id"], "before-extend")
-            alice.wait_for_selector(f"#snap-row-{snap.id}", timeout=WAIT_MS)
+            snap = cli(env, "snapshot", mine["id"], "--name", "before-extend")["id"]
+            alice.wait_for_selector(f"#snap-row-{snap}", timeout=WAIT_MS)
             assert alice.evaluate("window.notReloaded") is True
-            assert "before-extend" in alice.inner_text(f"#snap-row-{snap.id}")
+            assert "before-extend" in alice.inner_text(f"#snap-row-{snap}")
             shot(alice, "snapshots")
             alice.goto(f"/sandboxes/{mine['id']}")
 
