@@ -133,8 +133,9 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
     scheme = "https" if tls_cert else "http"
     shown = f"[{host}]" if ":" in host else host
     several = f", {workers} workers" if workers > 1 else ""
-    banner = (f"sandboxer: serving {scheme}://{shown}:{sock.getsockname()[1]} "
-              f"(home {settings.home}{several})\n")
+    url = f"{scheme}://{shown}:{sock.getsockname()[1]}"
+    banner = (f"sandboxer: serving {url} (home {settings.home}{several}); the dashboard: "
+              f"{url}/ (sign in with a token from `sandboxer tokens add ACTOR`)\n")
     if workers == 1:
         def started() -> None:
             sys.stderr.write(banner)

@@ -6,20 +6,18 @@ One server, one browser and one sequence, to stay cheap in CI: a bad token is re
 alice, bob and an admin sign in (one browser context each); sandboxes created through the
 CLI appear on the open pages without a reload; alice never sees bob's (not in her list,
 not by its URL, not in her events); the copy button copies the descriptor's SSH command;
-a snapshot appears on the open snapshots page; extend moves the countdown; destroy
-removes the sandbox. A screenshot of each page is
-written under the test's temporary directory and its path printed.
+a snapshot appears on the open snapshots page; extend moves the countdown; the pages
+read and the forms work without JavaScript; destroy removes the sandbox. A screenshot of
+each page is written under the test's temporary directory and its path printed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,6 @@ from tests.integration.api.conftest import Serve, serve_env
 from tests.integration.conftest import SANDBOXER
 
 from sandboxer.config import Settings
-from sandboxer.manager import Manager
-from sandboxer.models.snapshot import SnapshotStatus
 
 pytestmark = pytest.mark.integration
 
@@ -55,21 +51,6 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr.decode()
     doc: dict[str, Any] = json.loads(done.stdout)
     return doc
-
-
-def snapshot(settings: Settings, sandbox_id: str, name: str) -> SnapshotStatus:
-    """A snapshot taken by a manager of this process (in a thread of its own: Playwright's
-    sync API runs an event loop in this one)."""
-
-    def take() -> SnapshotStatus:
-        manager = Manager(settings)
-        try:
-            return asyncio.run(manager.snapshot(sandbox_id, name=name))
-        finally:
-            manager.store.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(take).result(timeout=60)
 
 
 def seconds(countdown: str) -> int:
@@ -186,13 +167,13 @@ def test_the_dashboard_in_chromium(server: tuple[Serve, dict[str, str]],
             assert "sandbox.created" in alice.inner_text("#timeline")
             shot(alice, "sandbox")
 
-            # A snapshot taken meanwhile (by another process) appears on the open page.
+            # A snapshot taken through the CLI meanwhile appears on the open page.
             alice.goto("/snapshots")
             alice.evaluate("window.notReloaded = true")
-            snap = snapshot(settings, mine["id"], "before-extend")
-            alice.wait_for_selector(f"#snap-row-{snap.id}", timeout=WAIT_MS)
+            snap = cli(env, "snapshot", mine["id"], "--name", "before-extend")["id"]
+            alice.wait_for_selector(f"#snap-row-{snap}", timeout=WAIT_MS)
             assert alice.evaluate("window.notReloaded") is True
-            assert "before-extend" in alice.inner_text(f"#snap-row-{snap.id}")
+            assert "before-extend" in alice.inner_text(f"#snap-row-{snap}")
             shot(alice, "snapshots")
             alice.goto(f"/sandboxes/{mine['id']}")
 
@@ -206,6 +187,24 @@ def test_the_dashboard_in_chromium(server: tuple[Serve, dict[str, str]],
             assert after > before + 55 * 60
             alice.wait_for_selector("#timeline :text('sandbox.extended')", timeout=WAIT_MS)
             assert api_get(mine["id"])["expires_at"] > mine["expires_at"]
+
+            # Without JavaScript the pages still read and the forms still work.
+            plain = browser.new_context(base_url=srv.url, java_script_enabled=False)
+            noscript = plain.new_page()
+            noscript.goto("/")
+            noscript.fill("#token", tokens["alice"])
+            noscript.click("button[type=submit]")
+            noscript.wait_for_url(f"{srv.url}/")
+            assert mine["id"] in noscript.inner_text("#sandboxes")
+            noscript.goto(f"/sandboxes/{mine['id']}")
+            assert noscript.inner_text("#ssh-command") == mine["reachability"]["ssh_command"]
+            assert not noscript.is_visible("button[data-copy=ssh-command]")
+            shown = seconds(noscript.inner_text("#sandbox .lease"))  # rendered by the server
+            noscript.fill("input[name=ttl]", "100m")
+            noscript.click("button[value=extend]")
+            noscript.wait_for_url(f"{srv.url}/sandboxes/{mine['id']}")
+            assert seconds(noscript.inner_text("#sandbox .lease")) > shown + 5 * 60
+            plain.close()
 
             # Destroy removes it: from the list here, and live from the admin's open page.
             root.evaluate("window.notReloaded = true")

@@ -245,17 +245,27 @@ def test_the_countdown_without_javascript() -> None:
     assert remaining(None, now) == remaining("garbage", now) == "—"
 
 
-def test_snapshots_are_shown_and_deleted_only_for_their_owner(api: Api,
-                                                              boxes: dict[str, Any]) -> None:
+def test_snapshots_are_taken_shown_and_deleted_only_by_their_owner(
+        api: Api, boxes: dict[str, Any]) -> None:
     import asyncio
 
     from sandboxer.manager import Manager
 
-    manager = Manager(api.settings)  # another process's snapshots, on the server's store
+    alice, root = signed_in(api, api.alice), signed_in(api, api.root)
+    token = csrf(alice)
+    taken = alice.post(f"/sandboxes/{boxes['alice']}/snapshot",
+                       data={"csrf": token, "name": "before"})
+    assert (taken.status_code, taken.headers["location"]) == (
+        303, f"/snapshots?sandbox={boxes['alice']}")
+    assert alice.post(f"/sandboxes/{boxes['bob']}/snapshot",
+                      data={"csrf": token}).status_code == 404
+    assert alice.post(f"/sandboxes/{boxes['alice']}/snapshot",
+                      data={"csrf": token, "name": "x\ny"}).status_code == 422
+    manager = Manager(api.settings)  # another process's snapshot, on the server's store
     try:
-        mine = asyncio.run(manager.snapshot(boxes["alice"], name="before"))
         theirs = asyncio.run(manager.snapshot(boxes["bob"]))
-        alice, root = signed_in(api, api.alice), signed_in(api, api.root)
+        (mine,) = manager.list_snapshots(sandbox_id=boxes["alice"])
+        assert mine.name == "before"
         listing = alice.get("/snapshots").text
         assert mine.id in listing
         assert "before" in listing
@@ -264,7 +274,6 @@ def test_snapshots_are_shown_and_deleted_only_for_their_owner(api: Api,
         assert mine.id in everything
         assert theirs.id in everything
         assert theirs.id not in root.get(f"/snapshots?sandbox={boxes['alice']}").text
-        token = csrf(alice, "/snapshots")
         assert alice.post(f"/snapshots/{theirs.id}/delete",
                           data={"csrf": token}).status_code == 404
         assert alice.post(f"/snapshots/{mine.id}/delete", data={"x": "1"}).status_code == 403
@@ -274,5 +283,13 @@ def test_snapshots_are_shown_and_deleted_only_for_their_owner(api: Api,
         assert manager.get_snapshot(mine.id).state == "deleted"
         assert mine.id not in alice.get("/snapshots").text
         assert mine.id in alice.get("/snapshots?all=1").text
+        forked = alice.post(f"/sandboxes/{boxes['alice']}/fork", data={"csrf": token})
+        assert forked.status_code == 303
+        fork_id = forked.headers["location"].removeprefix("/sandboxes/")
+        assert fork_id != boxes["alice"]
+        copy = manager.get(fork_id)
+        assert (copy.state, copy.actor, copy.profile) == ("ready", "alice", "profile.fake")
+        assert copy.snapshot is not None
+        assert copy.snapshot in alice.get(forked.headers["location"]).text
     finally:
         manager.store.close()

@@ -26,9 +26,9 @@ RECENT_EVENTS = 100
 TIMELINE = 200  # one sandbox's events shown on its page
 # What each state offers, in the order the buttons appear (docs/api.md#the-dashboard).
 ACTIONS: dict[str, tuple[str, ...]] = {
-    "ready": ("extend", "stop", "pause", "destroy"),
-    "paused": ("extend", "resume", "stop", "destroy"),
-    "stopped": ("extend", "start", "destroy"),
+    "ready": ("extend", "stop", "pause", "snapshot", "fork", "destroy"),
+    "paused": ("extend", "resume", "stop", "snapshot", "fork", "destroy"),
+    "stopped": ("extend", "start", "snapshot", "fork", "destroy"),
     "unreachable": ("extend", "destroy"),
     "provisioning": ("destroy",),
     "destroying": ("destroy",),

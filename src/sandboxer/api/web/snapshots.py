@@ -1,10 +1,10 @@
 """The dashboard's snapshots: ``GET /snapshots`` (``?sandbox=ID``, ``?all=1``) and the
 delete form ``POST /snapshots/{id}/delete``.
 
-Both go through the snapshot operations the API's routes call, as the signed-in caller:
-an actor sees and deletes only its own snapshots (another's answers not found), an admin
-all. Creating one stays with `sandboxer snapshot ID` and ``POST
-/v1/sandboxes/{id}/snapshot``: it may copy a whole workspace or disk.
+Both go through the snapshot operations the API's routes call (``GET /v1/snapshots``,
+``DELETE /v1/snapshots/{id}``), as the signed-in caller: an actor sees and deletes only
+its own snapshots (another's answers not found), an admin all. Taking one and forking are
+a sandbox's actions (api/web/actions.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ async def snapshots(request: Request, who: Who) -> Response:
     sandbox_id = (request.query_params.get("sandbox") or "").strip()[:128] or None
     everything = request.query_params.get("all") == "1"
     try:
-        items = await asyncio.to_thread(svc.manager.list_snapshots, sandbox_id=sandbox_id,
-                                        caller=who.caller, all_states=everything)
+        items = await asyncio.to_thread(svc.app.list_snapshots, sandbox_id=sandbox_id,
+                                        all=everything, caller=who.caller)
     except SandboxerError as e:
         return failed(request, who, e)
     docs = [s.document() for s in items][::-1]  # newest first
@@ -46,8 +46,7 @@ async def delete(request: Request, who: Who, snapshot_id: str) -> Response:
     svc = session.service(request)
     try:
         session.check_csrf(await session.form(request), who)
-        await svc.manager.delete_snapshot(snapshot_id[:128], caller=who.caller)
+        await svc.delete_snapshot(who.caller, snapshot_id[:128])
     except SandboxerError as e:
         return failed(request, who, e)
-    svc.changed.set()
     return redirect("/snapshots")

@@ -73,7 +73,9 @@
         const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
         document.querySelectorAll("[data-live][id]").forEach((part) => {
           const next = fresh.getElementById(part.id);
-          if (next) {
+          const typing = document.activeElement && document.activeElement.tagName === "INPUT"
+            && part.contains(document.activeElement);
+          if (next && !typing) {  // never take a field from under the cursor
             part.replaceWith(next);
             wire(next);
           }
