@@ -1,8 +1,8 @@
 """ext.vm-packer's lifecycle on one real TCG VM (boots are minutes here, so one combined
 test): pause/resume three times with the disk's content hashes and a process's memory kept,
 activity, a clean stop with the disk kept, start with the same host key and the binding
-again, and the keeper's restart survival (a guest reset, a QEMU gone) through
-core's keeper and Host.rebind."""
+again, and the keeper's restart survival (a binding gone as after a guest reboot, a QEMU
+gone) through core's keeper and Host.rebind; a snapshot of the stopped VM."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ setup:
 HASH = "sha256sum ~/work.bin | cut -d' ' -f1; cat /proc/$(cat ~/sleeper.pid)/status | grep VmRSS"
 SHOW = 'printf "%s|%s\\n" "$API_TOKEN" "$GREETING"'
 
-@pytest.mark.timeout(1800)  # a TCG VM booted four times
+@pytest.mark.timeout(1800)  # a TCG VM booted three times
 def test_pause_resume_stop_start_and_restarts_keep_disk_key_and_secrets(vm_cli: VMCli
                                                                         ) -> None:
     token = f"tok-{random.token_hex(12)}"
@@ -135,14 +135,17 @@ def test_pause_resume_stop_start_and_restarts_keep_disk_key_and_secrets(vm_cli: 
         assert out.split("\n")[:2] == [before.split("\n")[0], f"{token}|hello there"]
 
         phase("started", t0)
-        # A guest reboot (QMP system_reset) empties the tmpfs: core's keeper sees no
-        # binding and rebinds (Host.rebind: the ref resolved again).
-        await qmp.command(d, "system_reset")
+        # A guest reboot leaves the tmpfs empty, as the boot of start just did: here it is
+        # emptied in place (a real reboot is one more TCG boot, minutes). Core's keeper
+        # sees no binding and rebinds (Host.rebind: the ref resolved again).
+        # (The keeper log's "its guest rebooted", checked below, says it saw that.)
+        must(ssh(known, new_reach, "rm -rf /run/secrets/.env /run/secrets/.bound "
+                 "/run/secrets/*"))
         deadline = time.monotonic() + 400
         while ssh(known, new_reach, SHOW, timeout=60).stdout.strip() != f"{token}|hello there":
-            assert time.monotonic() < deadline, "the keeper did not rebind after a reset"
+            assert time.monotonic() < deadline, "the keeper did not rebind"
             await asyncio.sleep(2)
-        phase("rebound after a reset", t0)
+        phase("rebound once the binding was gone", t0)
 
         # QEMU gone while the sandbox is ready (a host restart): the keeper boots it again
         # over its disk and rebinds.
