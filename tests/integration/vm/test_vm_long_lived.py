@@ -280,7 +280,7 @@ async def _from_snapshot(vm_cli: VMCli, manager: Manager, ext: Any, pid: str,
         assert Path(f"{local}.scp").read_text() == "kept-work\n"
 
         # forwarding: 8080 of its loopback, nothing else
-        must(ssh(known, reach, f"{_serve(8080)}; {_serve(8081)}"))
+        must(ssh(known, reach, f"{_serve(8080)}\n{_serve(8081)}\n{_LISTENING}"))
         for target in ("127.0.0.1:8080", "localhost:8080"):
             assert must(ssh_stdio(known, reach, target)) == "hello-8080\n"
         for target in ("127.0.0.1:8081", f"10.0.2.2:{host.port}",
@@ -309,12 +309,17 @@ async def _from_snapshot(vm_cli: VMCli, manager: Manager, ext: Any, pid: str,
     assert await ext.owned_snapshots(ext.targets(manager.settings)[0]) == []
 
 
+# bash: wait until both guest servers accept (perl starts slowly under TCG)
+_LISTENING = ("for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8080) 2>/dev/null && "
+              "(echo > /dev/tcp/127.0.0.1/8081) 2>/dev/null && exit 0; sleep 0.3; done; exit 1")
+
+
 def _serve(port: int) -> str:
     """A guest command: a background server on 127.0.0.1:``port`` greeting each client."""
     code = (f'$s=IO::Socket::INET->new(LocalAddr=>"127.0.0.1",LocalPort=>{port},'
             f'Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){{print $c '
             f'"hello-{port}\\n"; close $c}}')
-    return f"nohup perl -MIO::Socket::INET -e {shlex.quote(code)} >/dev/null 2>&1 &"
+    return f"nohup perl -MIO::Socket::INET -e {shlex.quote(code)} </dev/null >/dev/null 2>&1 &"
 
 
 async def _via_local_forward(known: Path, reach: dict[str, Any], port: int) -> bytes:
