@@ -8,10 +8,16 @@ process needs plus the settings they read, named by the caller.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    import subprocess
 
 SYSTEM = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
 # A setting under an allowed prefix is still dropped when its name looks like a credential.
@@ -55,6 +61,35 @@ def for_tool(env: Mapping[str, str], *, prefixes: tuple[str, ...] = ()) -> dict[
     return {k: v for k, v in chosen.items() if k not in NEVER_TO_TOOLS}
 
 
+def piped(caller: Mapping[str, str]) -> bytes:
+    """What a keeper's starter writes to its stdin: the ``PIPED`` settings it has."""
+    return json.dumps({k: caller[k] for k in sorted(PIPED) if k in caller}).encode()
+
+
+def send_piped(proc: subprocess.Popen[bytes], caller: Mapping[str, str]) -> None:
+    """Hand a keeper just started with ``stdin=PIPE`` the ``PIPED`` settings of
+    ``caller``; it reads them before it forks."""
+    if proc.stdin is None:
+        return
+    with contextlib.suppress(BrokenPipeError):  # it died at once: its log says why
+        proc.stdin.write(piped(caller))
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+
+
+def receive_piped(stream: BinaryIO) -> dict[str, str]:
+    """The ``PIPED`` settings a keeper's starter wrote (none from ``/dev/null``); anything
+    else in the stream is ignored."""
+    data = stream.read(1 << 16)
+    try:
+        got = json.loads(data) if data.strip() else {}
+    except ValueError:
+        return {}
+    if not isinstance(got, dict):
+        return {}
+    return {k: v for k, v in got.items() if k in PIPED and isinstance(v, str)}
+
+
 def source_dir() -> str:
     """The directory this sand-boxer is imported from (site-packages or a checkout's
     ``src``): what a keeper gets first on its PYTHONPATH."""
@@ -63,13 +98,20 @@ def source_dir() -> str:
     return str(Path(sandboxer.__file__).resolve().parent.parent)
 
 
+# Settings a keeper needs but must not carry in ``/proc/PID/environ`` for its whole life
+# (the database URL holds a password): they reach it over a pipe on its stdin instead
+# (``piped`` in the starter, ``receive_piped`` in the keeper, before it reads settings).
+PIPED = frozenset({"SANDBOXER_DATABASE_URL"})
+
+
 def for_sandboxer(caller: Mapping[str, str], home: Path) -> dict[str, str]:
     """The environment of a long-lived sand-boxer process of ``home`` (core's daemon):
     the system basics, docker's client settings, proxies and CA bundles (``PROCESS_NAMES``:
     the local service acts for its callers with them), sand-boxer's own settings (none
-    whose name looks like a credential), and the same sand-boxer on PYTHONPATH as the
-    caller's, installed or from a checkout."""
-    env = allowed(caller, names=PROCESS_NAMES, prefixes=("SANDBOXER_",))
+    whose name looks like a credential, none of ``PIPED``), and the same sand-boxer on
+    PYTHONPATH as the caller's, installed or from a checkout."""
+    env = {k: v for k, v in allowed(caller, names=PROCESS_NAMES, prefixes=("SANDBOXER_",))
+           .items() if k not in PIPED}
     env["SANDBOXER_HOME"] = str(home)
     src = source_dir()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, caller.get("PYTHONPATH")) if p)

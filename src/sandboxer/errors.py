@@ -63,6 +63,10 @@ class SandboxNotFound(NotFound):
     code = "sandbox_not_found"
 
 
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
 class InvalidInput(SandboxerError):
     code = "invalid_input"
     exit_code = 4

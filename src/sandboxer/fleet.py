@@ -6,7 +6,8 @@ target and why), so nobody is handed an endpoint that cannot answer. When it ans
 again, each of its ``unreachable`` sandboxes is looked at (``Extension.inspect``): still
 there → ``ready`` (event ``sandbox.ready``, reason null); gone → ``failed`` (reason
 ``lost``). Destroys that failed while it was down are retried, and what it holds that no
-live sandbox claims is destroyed (orphans), as before. A target that cannot be reached is
+live sandbox claims is destroyed (orphans), as before, and so is the snapshot data no
+snapshot record claims (``sandboxer.snapshots.sweep``). A target that cannot be reached is
 never swept: its sandboxes are left as they are until it can be.
 
 The manager calls ``reconcile``; state changes happen one sandbox at a time through the
@@ -20,7 +21,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from sandboxer import placement
+from sandboxer import placement, snapshots
 from sandboxer.errors import Conflict, SandboxerError
 from sandboxer.extensions import base as extensions
 from sandboxer.models.extension import Handle, Target
@@ -149,4 +150,9 @@ async def reconcile(manager: Manager) -> list[Handle]:
                 removed += await _orphans(store, ext, target)
             except SandboxerError as e:
                 log.warning("reconcile skips orphans on %s: %s", target.name, e.render())
+            try:  # snapshot data no snapshot record claims
+                await snapshots.sweep(manager, ext, target)
+            except SandboxerError as e:
+                log.warning("reconcile skips snapshot data on %s: %s", target.name,
+                            e.render())
     return removed

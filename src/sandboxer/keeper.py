@@ -37,7 +37,7 @@ def _checked(extension: str) -> str:
 def argv(settings: Settings, extension: str) -> list[str]:
     """How the keeper of ``extension`` for this home is started."""
     return [sys.executable, "-m", MODULE, "--home", str(settings.home),
-            "--extension", _checked(extension)]
+            "--extension", _checked(extension), "--piped-settings"]
 
 
 def running(settings: Settings, extension: str) -> bool:
@@ -62,14 +62,16 @@ def ensure(settings: Settings, extension: str) -> None:
     settings.ensure()
     if running(settings, extension):
         return
-    env = childenv.for_sandboxer({**os.environ, **settings.env}, settings.home)
+    caller = {**os.environ, **settings.env}
+    env = childenv.for_sandboxer(caller, settings.home)
     fd = os.open(log_path(settings, extension), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                  0o600)
     try:
-        proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.PIPE,
                                 stdout=fd, stderr=fd, start_new_session=True,
                                 close_fds=True, env=env)
     finally:
         os.close(fd)
+    childenv.send_piped(proc, caller)
     # Its first process exits right after the fork: reap it without blocking the caller.
     threading.Thread(target=proc.wait, daemon=True).start()

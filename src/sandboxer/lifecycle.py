@@ -73,7 +73,8 @@ def reason_text(reason: str, detail: str | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _one_at_a_time(manager: Manager, sandbox_id: str) -> AsyncIterator[None]:
+async def one_at_a_time(manager: Manager, sandbox_id: str) -> AsyncIterator[None]:
+    """One lifecycle operation (or snapshot) of ``sandbox_id`` at a time in this process."""
     locks = manager.lifecycle_locks
     entry = locks.get(sandbox_id)
     if entry is None:
@@ -206,7 +207,7 @@ async def _quietly(what: str, coro: Any) -> Any:
 async def stop(manager: Manager, sandbox_id: str, *, reason: str = "stopped",
                detail: str | None = None, caller: Caller | None = None) -> SandboxStatus:
     """ready | paused -> stopped: its processes end, its data stays (``StopsAndStarts``)."""
-    async with _one_at_a_time(manager, sandbox_id):
+    async with one_at_a_time(manager, sandbox_id):
         s, handle = _begin(manager, sandbox_id, caller, "stop")
         if handle is None:
             return s
@@ -259,7 +260,7 @@ async def start(manager: Manager, sandbox_id: str, *,
     """stopped -> ready: boot it again with its data, secrets resolved again, then wait for
     SSH and store the descriptor again (same host key; the port may change). A sandbox in
     its retain stage needs a new lease (``extend``) first."""
-    async with _one_at_a_time(manager, sandbox_id):
+    async with one_at_a_time(manager, sandbox_id):
         s, handle = _begin(manager, sandbox_id, caller, "start")
         if handle is None:
             return s
@@ -305,7 +306,7 @@ async def start(manager: Manager, sandbox_id: str, *,
 async def pause(manager: Manager, sandbox_id: str, *, reason: str = "paused",
                 detail: str | None = None, caller: Caller | None = None) -> SandboxStatus:
     """ready -> paused: every process frozen, memory kept (``Pauses``)."""
-    async with _one_at_a_time(manager, sandbox_id):
+    async with one_at_a_time(manager, sandbox_id):
         s, handle = _begin(manager, sandbox_id, caller, "pause")
         if handle is None:
             return s
@@ -328,7 +329,7 @@ async def pause(manager: Manager, sandbox_id: str, *, reason: str = "paused",
 async def resume(manager: Manager, sandbox_id: str, *,
                  caller: Caller | None = None) -> SandboxStatus:
     """paused -> ready: thawed, it carries on where it was; the descriptor is unchanged."""
-    async with _one_at_a_time(manager, sandbox_id):
+    async with one_at_a_time(manager, sandbox_id):
         s, handle = _begin(manager, sandbox_id, caller, "resume")
         if handle is None:
             return s

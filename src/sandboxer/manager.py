@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandboxer import checks as inputs
-from sandboxer import idling, lifecycle, placement, reaping
+from sandboxer import idling, lifecycle, placement, reaping, snapshots
 from sandboxer.access import Caller, not_found, owner_for_create
 from sandboxer.config import Settings
 from sandboxer.errors import (
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # destroy, reap and extend never load the catalog (YAML, prof
     from sandboxer.catalog import Catalog
     from sandboxer.models.profile import Profile
     from sandboxer.models.reachability import Reachability
+    from sandboxer.models.snapshot import SnapshotStatus
     from sandboxer.models.target import TargetRecord
     from sandboxer.secrets.refs import Ref
 
@@ -295,13 +297,20 @@ class Manager:
         name: str | None = None,
         caller: Caller | None = None,
         pooled: bool = False,
+        from_snapshot: str | None = None,
     ) -> SandboxStatus:
         """Provision a sandbox and return it ``ready``, or record it ``failed`` and raise.
 
         ``pooled``: provision one ahead for the profile's pool (``sandboxer.pools``): no
         owner, no secrets, no ``setup.env``, no setup steps (they belong to the claim),
-        its lease the pool's ``max_age``; refused (Conflict) when the pool is full."""
+        its lease the pool's ``max_age``; refused (Conflict) when the pool is full.
+        ``from_snapshot``: start from that ready snapshot's data, on its target
+        (``sandboxer.snapshots.source`` says what is refused)."""
         name = inputs.name(name)
+        artifact = None
+        if from_snapshot is not None:
+            artifact, target = snapshots.source(self, from_snapshot, profile_id,
+                                                caller=caller, target=target)
         plan, ext, secrets = await self.plan(
             profile_id, ttl=ttl, actor=actor, labels=labels, target=target, caller=caller,
             check_secrets=not pooled, resolve_secrets=not pooled)
@@ -313,7 +322,7 @@ class Manager:
             id=sid, name=name, profile=plan.profile.id, extension=ext.name,
             target=plan.target.name, state="provisioning",
             actor=None if pooled else plan.actor, labels=plan.labels, created_at=now,
-            expires_at=now + lease,
+            expires_at=now + lease, snapshot=from_snapshot,
         )
         from sandboxer import creator
 
@@ -335,6 +344,7 @@ class Manager:
                 env={} if pooled else dict(plan.profile.setup.env),
                 expires_at=status.expires_at,
                 progress=self.progress, source=self.catalog.source(plan.profile.id).path,
+                snapshot=artifact, forward=tuple(plan.profile.reachability.forward),
             )
             handle = await ext.provision(req, secrets)
             self.store.set_handle(sid, handle.model_dump(mode="json"))
@@ -530,6 +540,7 @@ class Manager:
                 done.append(await self.destroy(sid, reason=reason))
             except SandboxerError as e:
                 log.warning("reaping %s failed: %s", sid, e.render())
+        await snapshots.reap(self, extension=extension, now=now)  # retention ended
         return done
 
     async def reconcile(self) -> list[Handle]:
@@ -566,6 +577,42 @@ class Manager:
     async def rebind(self, sandbox_id: str) -> bool:
         """Secrets back after a restart (``Host.rebind``); False: stopped, unresolved."""
         return await lifecycle.rebind(self, sandbox_id)
+
+    def exclusive(self, sandbox_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the sandbox's lifecycle lock of this process (stop, start, snapshot…)."""
+        return lifecycle.one_at_a_time(self, sandbox_id)
+
+    # -- snapshots and forks (sandboxer.snapshots) ---------------------------------------
+
+    async def snapshot(self, sandbox_id: str, *, name: str | None = None,
+                       retain: str | None = None, caller: Caller | None = None,
+                       progress: Callable[[str], None] | None = None) -> SnapshotStatus:
+        """Record a snapshot of a ready, stopped or paused sandbox (left in its state)."""
+        return await snapshots.snapshot(self, sandbox_id, name=inputs.name(name), retain=retain,
+                                        caller=caller, progress=progress)
+
+    def get_snapshot(self, snapshot_id: str, *, caller: Caller | None = None) -> SnapshotStatus:
+        return snapshots.get(self, snapshot_id, caller=caller)
+
+    def list_snapshots(self, *, sandbox_id: str | None = None, caller: Caller | None = None,
+                       all_states: bool = False) -> list[SnapshotStatus]:
+        """Snapshots holding data (every state with ``all_states``), oldest first."""
+        return snapshots.listing(self, sandbox_id=sandbox_id, caller=caller,
+                                 all_states=all_states)
+
+    async def delete_snapshot(self, snapshot_id: str, *, reason: str = "deleted",
+                              caller: Caller | None = None) -> SnapshotStatus:
+        """Remove a snapshot's data; idempotent."""
+        return await snapshots.delete(self, snapshot_id, reason=reason, caller=caller)
+
+    async def fork(self, sandbox_id: str, *, ttl: str | None = None,
+                   labels: dict[str, str] | None = None, name: str | None = None,
+                   actor: str | None = None, caller: Caller | None = None,
+                   progress: Callable[[str], None] | None = None) -> SandboxStatus:
+        """A snapshot of the sandbox and a new sandbox created from it."""
+        return await snapshots.fork(self, sandbox_id, ttl=ttl, labels=labels,
+                                    name=inputs.name(name),
+                                    actor=actor, caller=caller, progress=progress)
 
 
 class _ManagerHost:

@@ -53,9 +53,11 @@ def due(store: Store, now: datetime, *, extension: str | None = None,
 
 
 def any_due(store: Store, now: datetime, *, stale_after: float = STALE_AFTER) -> bool:
-    """A cheap check for the opportunistic reap in every CLI call: one indexed query, plus
-    a look at the creators of the sandboxes being created, if any."""
-    if store.has_reapable(now, stale_after=stale_after):
+    """A cheap check for the opportunistic reap in every CLI call: two indexed queries (a
+    sandbox or a snapshot due), plus a look at the creators of the sandboxes being
+    created, if any."""
+    if store.has_reapable(now, stale_after=stale_after) or store.has_reapable_snapshots(
+            now, stale_after=stale_after):
         return True
     stale_before = now - timedelta(seconds=stale_after)
     return any(_due(c, stale_before) for c in store.reapable(now, stale_after=stale_after)

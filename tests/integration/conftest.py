@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,69 @@ def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sett
         client.destroy(doc["id"])
     if settings.local_root.exists():
         shutil.rmtree(settings.local_root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_local(idle_exit: str = "0.5") -> Iterator[Settings]:
+    """Settings of a private home and local root (under /var/tmp, which jail uids can pass
+    through); at the end every sandbox it owns is destroyed and both are removed."""
+    import asyncio
+    import tempfile
+    import time
+
+    from sandboxer.extensions.local import LocalExtension, control
+
+    home = Path(tempfile.mkdtemp(prefix="sbx-home-"))
+    base = Path("/var/tmp/sandboxer-test")
+    base.mkdir(exist_ok=True)
+    base.chmod(0o711)
+    root = Path(tempfile.mkdtemp(prefix="local-", dir=base))
+    root.chmod(0o711)
+    s = Settings.from_env({**os.environ, "SANDBOXER_HOME": str(home),
+                           "SANDBOXER_LOCAL_ROOT": str(root),
+                           "SANDBOXER_LOCAL_IDLE_EXIT": idle_exit})
+    try:
+        yield s
+    finally:
+        ext = LocalExtension(s)
+
+        async def teardown() -> None:
+            for h in await ext.owned(ext.targets(s)[0]):
+                await ext.destroy(h)
+
+        asyncio.run(teardown())
+        deadline = time.monotonic() + 10
+        while control.daemon_pid(s) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert control.daemon_pid(s) is None, "the endpoint did not exit"
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def provision_local(ext: Any, sandbox_id: str, *, spec: Any = None,
+                    env: dict[str, str] | None = None, forward: tuple[int, ...] = (),
+                    snapshot: Any = None, secrets: dict[str, Any] | None = None) -> Any:
+    """Provision a real ext.local sandbox straight through the extension (no store) and
+    wait until SSH answers; (handle, endpoint)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sandboxer.extensions.base import ProvisionRequest
+    from sandboxer.extensions.local.spec import LocalSpec
+    from sandboxer.models.profile import Profile
+
+    req = ProvisionRequest(
+        sandbox_id=sandbox_id, profile=Profile(id="profile.test", extension="ext.local"),
+        spec=spec or LocalSpec(), target=ext.targets(ext.settings)[0], settings=ext.settings,
+        user="dev", labels={}, env=env or {}, expires_at=datetime.now(UTC), forward=forward,
+        snapshot=snapshot)
+
+    async def go() -> Any:
+        h = await ext.provision(req, secrets or {})
+        await ext.wait_ready(h, timeout=20)
+        return h, await ext.endpoint(h)
+
+    return asyncio.run(go())
 
 
 def raw_state(settings: Settings, sandbox_id: str) -> dict[str, Any]:

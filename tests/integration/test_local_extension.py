@@ -8,13 +8,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.integration.conftest import private_local, provision_local
 
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed
@@ -45,26 +45,8 @@ def wait_for(cond: object, what: str, timeout: float = 10.0) -> None:
 
 @pytest.fixture(scope="module")
 def settings() -> Iterator[Settings]:
-    home = Path(tempfile.mkdtemp(prefix="sbx-home-"))
-    base = Path("/var/tmp/sandboxer-test")
-    base.mkdir(exist_ok=True)
-    base.chmod(0o711)
-    root = Path(tempfile.mkdtemp(prefix="local-", dir=base))
-    root.chmod(0o711)
-    s = Settings.from_env({**os.environ, "SANDBOXER_HOME": str(home),
-                           "SANDBOXER_LOCAL_ROOT": str(root),
-                           "SANDBOXER_LOCAL_IDLE_EXIT": "0.5"})
-    yield s
-    ext = LocalExtension(s)
-
-    async def teardown() -> None:
-        for h in await ext.owned(ext.targets(s)[0]):
-            await ext.destroy(h)
-
-    asyncio.run(teardown())
-    wait_for(lambda: control.daemon_pid(s) is None, "the endpoint to exit")
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
+    with private_local() as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +59,8 @@ _counter = iter(range(1, 1000))
 
 def create(ext: LocalExtension, spec: LocalSpec | None = None) -> tuple[Handle, Endpoint]:
     sid = f"sbx-t{os.getpid()}-{next(_counter)}"
-    req = ProvisionRequest(
-        sandbox_id=sid, profile=Profile(id="profile.test", extension="ext.local"),
-        spec=spec or LocalSpec(), target=ext.targets(ext.settings)[0], settings=ext.settings,
-        user="dev", labels={}, env={"GREETING": "hello"}, expires_at=datetime.now(UTC),
-    )
-
-    async def go() -> tuple[Handle, Endpoint]:
-        h = await ext.provision(req, {})
-        await ext.wait_ready(h, timeout=20)
-        return h, await ext.endpoint(h)
-
-    return asyncio.run(go())
+    h, ep = provision_local(ext, sid, spec=spec, env={"GREETING": "hello"})
+    return h, ep
 
 
 @pytest.fixture(scope="module")

@@ -140,10 +140,11 @@ def test_clients_check_the_peer_before_sending(open_home: Settings) -> None:
     sock = control.socket_path(open_home)
     squatter = Squatter(sock)
     try:
-        with pytest.raises(UnsafePermissions, match="running as uid 65534"):
+        # refused before it connects: the socket is not ours (sandboxer.peer.unsafe)
+        with pytest.raises(UnsafePermissions, match="owned by uid 65534"):
             asyncio.run(control.request(open_home, "add", sandbox_id="sbx-x",
                                         secrets={"TOKEN": "cnrypeer"}))
-        with pytest.raises(UnsafePermissions, match="running as uid 65534"):
+        with pytest.raises(UnsafePermissions, match="owned by uid 65534"):
             asyncio.run(control.ensure_running(open_home))
         with pytest.raises(UnsafePermissions, match=re.escape(str(sock))):
             wire.request_if_running(open_home, "destroy", sandbox_id="sbx-x")

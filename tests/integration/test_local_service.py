@@ -183,3 +183,23 @@ def test_a_keeper_started_with_the_service_off_sends_callers_home_at_once(
     assert said.returncode == 0, said.stderr
     assert "the local service is off" in said.stderr  # answered fallback, not waited for
     assert ping(local_home) == served_by
+
+
+def test_the_database_url_reaches_the_keeper_over_a_pipe_not_its_environ(
+        local_home: Settings, pg_url: str) -> None:
+    """SANDBOXER_DATABASE_URL carries a password: the keeper that hosts the service gets it
+    on its stdin (childenv.PIPED) and works on that database, while its /proc/PID/environ
+    never holds it."""
+    import psycopg
+
+    env = {**os.environ, "SANDBOXER_DATABASE_URL": pg_url}
+    doc, modules = imported("create", "profile.local", "--ttl", "5m", env=env)
+    assert "pydantic" not in modules  # the service did it, in its own settings
+    served_by = ping(local_home)
+    environ = Path(f"/proc/{served_by}/environ").read_bytes()
+    assert pg_url.encode() not in environ
+    assert b"SANDBOXER_DATABASE_URL=" not in environ
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT state FROM sandboxes WHERE id = %s", (doc["id"],)).fetchone()
+    assert row == ("ready",)
+    assert run("destroy", doc["id"], env=env).returncode == 0

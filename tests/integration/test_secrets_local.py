@@ -193,6 +193,6 @@ def test_restarted_endpoint_stops_a_sandbox_whose_env_ref_it_cannot_resolve(
     assert got["reason"] == "secrets_unresolved"
     assert "TOKEN" in got["error"]
     assert value not in json.dumps(got)
-    log = (local_home.log_dir / "local-endpoint.log").read_text()
+    log = (local_home.log_dir / "keeper-ext.local.log").read_text()
     assert "its secrets no longer resolve" in log
     assert value not in log

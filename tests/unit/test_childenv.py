@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sandboxer import childenv
 
 
@@ -33,3 +35,20 @@ def test_a_build_tool_never_sees_credentials_or_the_database_url() -> None:
     assert got == {"PATH": "/usr/bin", "HOME": "/root",
                    "SANDBOXER_DEBIAN_MIRROR": "http://deb", "PACKER_LOG": "1",
                    "https_proxy": "http://proxy:3128", "DOCKER_HOST": "unix:///d.sock"}
+
+
+def test_piped_settings_leave_the_environment_and_come_back_only_by_name() -> None:
+    import io
+
+    caller = {"PATH": "/bin", "SANDBOXER_DATABASE_URL": "postgresql://u:pw@h/db",
+              "SANDBOXER_PROFILES": "/p"}
+    env = childenv.for_sandboxer(caller, Path("/h"))
+    assert "SANDBOXER_DATABASE_URL" not in env
+    assert env["SANDBOXER_PROFILES"] == "/p"
+    sent = childenv.piped(caller)
+    assert childenv.receive_piped(io.BytesIO(sent)) == {
+        "SANDBOXER_DATABASE_URL": "postgresql://u:pw@h/db"}
+    # Nothing from /dev/null, nothing but PIPED names, nothing from garbage.
+    assert childenv.receive_piped(io.BytesIO(b"")) == {}
+    assert childenv.receive_piped(io.BytesIO(b'{"PATH": "/evil", "LD_PRELOAD": "x"}')) == {}
+    assert childenv.receive_piped(io.BytesIO(b"not json")) == {}

@@ -40,6 +40,8 @@ class SandboxStatus(StrictModel):
     # When idle handling last saw it active (a session, CPU used): sandboxes of a profile
     # with ``idle`` only (sandboxer.idling); None before its first sample and otherwise.
     last_active_at: datetime | None = None
+    snapshot: str | None = Field(None, description="the snapshot it was created from "
+                                 "(create --from-snapshot, fork); null otherwise")
     reachability: Reachability | None = None
     error: str | None = None
 

@@ -247,13 +247,20 @@ def main(args: list[str] | None = None) -> int:
     ap.add_argument("--extension", required=True)
     ap.add_argument("--foreground", action="store_true", help="do not fork")
     ap.add_argument("--idle-exit", type=float, default=IDLE_EXIT, help=argparse.SUPPRESS)
+    ap.add_argument("--piped-settings", action="store_true",
+                    help="read the settings kept out of the environment from stdin")
     opts = ap.parse_args(args)
     if not EXTENSION_NAME.fullmatch(opts.extension):
         ap.error(f"invalid extension name {opts.extension!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    from sandboxer import childenv
     from sandboxer.errors import SandboxerError
 
+    # Settings kept out of our environment by whoever started us (childenv.PIPED): into
+    # os.environ, which /proc/PID/environ does not show, before anything reads settings.
+    if opts.piped_settings:
+        os.environ.update(childenv.receive_piped(sys.stdin.buffer))
     try:
         settings = Settings.from_env({**os.environ, "SANDBOXER_HOME": opts.home})
         settings.ensure()

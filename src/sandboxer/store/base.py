@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
+from sandboxer.store.snapshots import SnapshotRows
+
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from sandboxer.models.extension import Handle
     from sandboxer.models.sandbox import SandboxStatus
     from sandboxer.models.target import TargetRecord
-
 
 
 def iso_from_epoch(ts: float) -> str:
@@ -174,8 +175,9 @@ def holder_text() -> str:
             f"{iso_from_epoch(round(time.time()))}")
 
 
-class Store(Protocol):
-    """The state store core works with (SQLite, embedded; PostgreSQL, a shared plane)."""
+class Store(SnapshotRows, Protocol):
+    """The state store core works with (SQLite, embedded; PostgreSQL, a shared plane);
+    its snapshot methods are in store/snapshots.py."""
 
     migrated_from: int
     """The schema version the database had when this store opened it (then migrated it)."""

@@ -94,9 +94,15 @@ def test_ensure_starts_the_keeper_with_an_allow_listed_environment(
 
     started: list[tuple[list[str], dict[str, Any]]] = []
 
+    import io
+
+    piped = io.BytesIO()
+    piped.close = lambda: None  # type: ignore[method-assign]  # read after the "close"
+
     class Popen:
         def __init__(self, argv: list[str], **kw: Any) -> None:
             started.append((argv, kw))
+            self.stdin = piped
 
         def wait(self) -> int:
             return 0
@@ -105,16 +111,20 @@ def test_ensure_starts_the_keeper_with_an_allow_listed_environment(
     caller = {"SANDBOXER_HOME": str(tmp_path / "h"), "PATH": "/usr/bin", "SBX_CANARY": "c1",
               "SANDBOXER_TOKEN": "c2", "BAO_TOKEN": "c3", "AWS_SECRET_ACCESS_KEY": "c4",
               "SANDBOXER_VM_KEEPER_INTERVAL": "1", "SANDBOXER_PROFILES": "/p",
-              "SANDBOXER_LOCAL_IDLE_EXIT": "4"}
+              "SANDBOXER_LOCAL_IDLE_EXIT": "4",
+              "SANDBOXER_DATABASE_URL": "postgresql://u:c5@h/db"}
     for name, value in caller.items():
         monkeypatch.setenv(name, value)
     settings = Settings.from_env(caller)
     daemon.ensure(settings, "ext.vm-packer")
     [(argv, kw)] = started
     assert argv == [sys.executable, "-m", "sandboxer.service.daemon", "--home",
-                    str(settings.home), "--extension", "ext.vm-packer"]
+                    str(settings.home), "--extension", "ext.vm-packer", "--piped-settings"]
     env = kw["env"]
     assert not {"c1", "c2", "c3", "c4"} & set(env.values())
+    assert "SANDBOXER_DATABASE_URL" not in env  # on its stdin instead
+    assert kw["stdin"] == subprocess.PIPE
+    assert json.loads(piped.getvalue()) == {"SANDBOXER_DATABASE_URL": "postgresql://u:c5@h/db"}
     assert env["SANDBOXER_HOME"] == str(settings.home)
     assert env["SANDBOXER_VM_KEEPER_INTERVAL"] == "1"
     assert env["SANDBOXER_PROFILES"] == "/p"

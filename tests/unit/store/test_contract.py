@@ -24,14 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sandboxer.config import Settings
-from sandboxer.errors import Conflict, NoTarget, NotFound, SandboxNotFound
+from sandboxer.errors import Conflict, NoTarget, NotFound, SandboxNotFound, SnapshotNotFound
 from sandboxer.models.common import new_sandbox_id, utcnow
 from sandboxer.models.sandbox import STATES, SandboxStatus
+from sandboxer.models.snapshot import SnapshotStatus
 from sandboxer.models.target import TargetRecord
 from sandboxer.store import open_store
 from sandboxer.store.base import KnowsLeaders, Store, TokenRow
 from sandboxer.store.outbox import Outbox
-from sandboxer.values import LABEL_KEY, LABEL_VALUE, LIVE_STATES
+from sandboxer.values import LABEL_KEY, LABEL_VALUE, LIVE_STATES, new_snapshot_id
 
 HOUR = timedelta(hours=1)
 
@@ -849,3 +850,146 @@ def test_concurrent_claims_across_processes(backend: Backend) -> None:
     assert [p.exitcode for p in procs] == [0, 0]
     won = [r for r in results if r]
     assert sorted(won) == sorted(pooled)
+
+
+# -- issue 17: snapshots -----------------------------------------------------------------
+
+
+def snapshot(sandbox: SandboxStatus, state: str = "creating", **kw: Any) -> SnapshotStatus:
+    now = utcnow()
+    fields: dict[str, Any] = {
+        "id": new_snapshot_id(), "sandbox_id": sandbox.id, "profile": sandbox.profile,
+        "extension": sandbox.extension, "target": sandbox.target, "state": state,
+        "actor": sandbox.actor, "created_at": now, "expires_at": now + 7 * 24 * HOUR}
+    fields.update(kw)
+    return SnapshotStatus.model_validate(fields)
+
+
+def add_snapshot(store: Store, sandbox: SandboxStatus, state: str = "creating",
+                 **kw: Any) -> SnapshotStatus:
+    snap = snapshot(sandbox, state, **kw)
+    store.insert_snapshot(snap)
+    return snap
+
+
+def test_a_sandbox_records_the_snapshot_it_was_created_from(store: Store) -> None:
+    s = add(store, "provisioning", snapshot="snap-aaaaaaaaaa")
+    assert store.get(s.id) == s
+    assert store.get_document(s.id) == s.document()
+    assert s.document()["snapshot"] == "snap-aaaaaaaaaa"
+    assert store.query_documents()[0]["snapshot"] == "snap-aaaaaaaaaa"
+    assert store.event_rows()[0].payload["snapshot"] == "snap-aaaaaaaaaa"
+    assert add(store).snapshot is None
+    assert store.get_document(store.query()[1].id)["snapshot"] is None  # type: ignore[index]
+
+
+def test_a_snapshot_round_trips_without_an_event_until_it_is_ready(store: Store) -> None:
+    s = add(store, actor="agt")
+    snap = add_snapshot(store, s, name="before-upgrade")
+    assert store.get_snapshot(snap.id) == snap
+    rec = store.get_snapshot_record(snap.id)
+    assert rec is not None
+    assert (rec.status, rec.artifact, rec.version) == (snap, None, 1)
+    assert types(store) == ["sandbox.created"]
+    assert store.get_snapshot("snap-aaaaaaaaaa") is None
+    assert store.get_snapshot_record("snap-aaaaaaaaaa") is None
+    with pytest.raises(Conflict):
+        store.insert_snapshot(snap)
+    assert len(store.query_snapshots()) == 1
+
+
+def test_a_snapshot_transition_changes_fields_and_appends_its_event(store: Store) -> None:
+    s = add(store, actor="agt")
+    snap = add_snapshot(store, s)
+    artifact = {"snapshot_id": snap.id, "extension": "ext.fake", "data": {"dir": "/x"}}
+    later = snap.expires_at + HOUR
+    ready = store.snapshot_transition(
+        snap.id, from_states={"creating"}, to_state="ready", event="snapshot.created",
+        artifact=artifact, size_bytes=1234, content_hash="sha256:" + "0" * 64,
+        expires_at=later)
+    assert (ready.state, ready.size_bytes, ready.content_hash) == (
+        "ready", 1234, "sha256:" + "0" * 64)
+    assert abs((ready.expires_at - later).total_seconds()) < 1e-3
+    rec = store.get_snapshot_record(snap.id)
+    assert rec is not None
+    assert (rec.status, rec.artifact, rec.version) == (ready, artifact, 2)
+    row = store.event_rows()[-1]
+    # The event belongs to the snapshotted sandbox, carries the document, never the artifact.
+    assert (row.type, row.sandbox_id, row.payload) == ("snapshot.created", s.id,
+                                                       ready.document())
+    assert "artifact" not in row.payload
+    assert "/x" not in str(row.payload)
+    assert [r.type for r in store.event_rows(actor="agt")] == ["sandbox.created",
+                                                               "snapshot.created"]
+    assert store.events()[-1].payload["schema"] == "sandboxer.snapshot/v1"
+    with pytest.raises(Conflict, match="is ready"):
+        store.snapshot_transition(snap.id, from_states={"creating"}, to_state="failed",
+                                  event="snapshot.failed", error="x")
+    assert store.get_snapshot(snap.id) == ready  # nothing written
+    with pytest.raises(SnapshotNotFound):
+        store.snapshot_transition("snap-aaaaaaaaaa", from_states={"ready"},
+                                  to_state="deleting", event=None)
+    with pytest.raises(ValueError, match="unknown snapshot field"):
+        store.snapshot_transition(snap.id, from_states={"ready"}, to_state="ready",
+                                  event=None, **{"profile": "x"})  # type: ignore[arg-type]
+    store.snapshot_transition(snap.id, from_states={"ready"}, to_state="deleting", event=None)
+    gone = store.snapshot_transition(snap.id, from_states={"deleting"}, to_state="deleted",
+                                     event="snapshot.deleted", reason="expired")
+    assert (gone.state, gone.reason) == ("deleted", "expired")
+    assert types(store)[-1] == "snapshot.deleted"
+
+
+def test_a_snapshot_transition_in_a_transaction_commits_or_rolls_back(store: Store) -> None:
+    s = add(store)
+    snap = add_snapshot(store, s)
+
+    def broken() -> None:
+        with store.transaction():
+            store.snapshot_transition(snap.id, from_states={"creating"}, to_state="ready",
+                                      event="snapshot.created")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        broken()
+    assert store.get_snapshot(snap.id) == snap
+    assert types(store) == ["sandbox.created"]
+
+
+def test_snapshot_queries_filter_and_order(store: Store) -> None:
+    a = add(store, actor="agt")
+    b = add(store, actor="bob", extension="ext.other")
+    one = add_snapshot(store, a, "ready")
+    two = add_snapshot(store, a, "deleted")
+    three = add_snapshot(store, b, "ready")
+    ids = [x.id for x in store.query_snapshots()]
+    assert ids == [one.id, two.id, three.id]
+    assert [x.id for x in store.query_snapshots(sandbox_id=a.id)] == [one.id, two.id]
+    assert [x.id for x in store.query_snapshots(actor="bob")] == [three.id]
+    assert [x.id for x in store.query_snapshots(states=["ready"])] == [one.id, three.id]
+    assert [x.id for x in store.query_snapshots(extension="ext.other")] == [three.id]
+    assert [x.id for x in store.query_snapshots(limit=1)] == [one.id]
+    assert store.query_snapshots(states=[]) == []
+    assert store.claimed_snapshots("ext.fake") == {one.id}
+    assert store.claimed_snapshots("ext.other") == {three.id}
+
+
+def test_reapable_snapshots(store: Store) -> None:
+    now = utcnow()
+    s = add(store)
+    expired = add_snapshot(store, s, "ready", expires_at=now - timedelta(seconds=1))
+    add_snapshot(store, s, "ready")  # kept a week
+    add_snapshot(store, s, "deleted", expires_at=now - HOUR)
+    add_snapshot(store, s, "failed", expires_at=now - HOUR)
+    creating = add_snapshot(store, s)
+    deleting = add_snapshot(store, s, "deleting")
+    assert [x.id for x in store.reapable_snapshots(now)] == [expired.id]
+    assert store.has_reapable_snapshots(now)
+    assert not store.has_reapable_snapshots(now - timedelta(seconds=2))
+    later = now + HOUR  # the creating and deleting ones went stale
+    assert {x.id for x in store.reapable_snapshots(later, stale_after=60)} == {
+        expired.id, creating.id, deleting.id}
+    assert store.reapable_snapshots(now, extension="ext.other") == []
+    store.snapshot_transition(expired.id, from_states={"ready"}, to_state="deleted",
+                              event=None)
+    assert not store.has_reapable_snapshots(now)
+    assert store.has_reapable_snapshots(later, stale_after=60)

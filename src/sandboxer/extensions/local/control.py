@@ -31,8 +31,9 @@ from sandboxer.errors import (
     ProvisionFailed,
     SandboxerError,
     SandboxNotFound,
+    UnsafePermissions,
 )
-from sandboxer.extensions.local.peer import check_server
+from sandboxer.extensions.local.peer import check_server, unsafe
 
 SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
@@ -138,7 +139,9 @@ def lock_path(settings: Settings) -> Path:
 
 
 def log_path(settings: Settings) -> Path:
-    return settings.log_dir / "local-endpoint.log"
+    # The same process as core's keeper for ext.local (sandboxer.keeper.log_path): one name
+    # whichever of the two started it.
+    return settings.log_dir / "keeper-ext.local.log"
 
 
 def daemon_pid(settings: Settings) -> int | None:
@@ -162,6 +165,15 @@ async def request(settings: Settings, op: str, **args: Any) -> dict[str, Any]:
     Raises UnsafePermissions, having sent nothing, when the socket is not our endpoint's.
     """
     path = socket_path(settings)
+    # Our uid behind the socket is not enough: a symlink put in a loosened run/ leads to
+    # any socket of our uid, and an ``add`` carries the sandbox's resolved secret values.
+    if unsafe(path, settings.home) is not None:
+        settings.ensure()  # repairs what is ours but loose, refuses others' entries
+    if (problem := unsafe(path, settings.home)) is not None:
+        raise UnsafePermissions(
+            f"refusing to send {op!r} to {path}: {problem}",
+            hint=f"remove {path} (the ext.local endpoint makes it again) and make sure only "
+                 f"you can write {path.parent} (sandboxer doctor)")
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as e:
@@ -206,17 +218,20 @@ def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     # Never a copy of the caller's environment (its secrets would sit in /proc/PID/environ
     # for the daemon's life): the system basics plus sand-boxer's settings, and the same
     # sand-boxer as its caller, installed or from a checkout.
-    env = childenv.for_sandboxer({**os.environ, **settings.env}, settings.home)
-    argv = [sys.executable, *DAEMON, "--home", str(settings.home)]
+    caller = {**os.environ, **settings.env}
+    env = childenv.for_sandboxer(caller, settings.home)
+    argv = [sys.executable, *DAEMON, "--home", str(settings.home), "--piped-settings"]
     fd = os.open(log_path(settings), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         # The daemon forks once and its first process exits, so nobody keeps a zombie.
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=fd, stderr=fd,
             start_new_session=True, close_fds=True, env=env,
         )
     finally:
         os.close(fd)
+    childenv.send_piped(proc, caller)
+    return proc
 
 
 async def _lock(path: Path, deadline: float) -> int:

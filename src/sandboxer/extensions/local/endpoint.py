@@ -43,7 +43,7 @@ from sandboxer.extensions.local import cgroups, control, jail
 from sandboxer.extensions.local.control import SANDBOX_ID, read_record, record_path
 from sandboxer.extensions.local.holder import Jail, JailError
 from sandboxer.extensions.local.lifecycle import Lifecycle
-from sandboxer.extensions.local.sessions import Sandbox, SSHServer, run_session
+from sandboxer.extensions.local.sessions import Sandbox, SSHServer
 from sandboxer.extensions.local.spec import LocalSpec
 
 if TYPE_CHECKING:
@@ -262,8 +262,8 @@ class Daemon(Lifecycle):
             port=port,
             reuse_address=True,
             server_host_keys=[host_key],
-            server_factory=partial(SSHServer, sb),
-            process_factory=partial(run_session, sb, bwrap=self.bwrap, root=self.root),
+            # Sessions (SSHServer.session_requested): processes in the jail, sftp too.
+            server_factory=partial(SSHServer, sb, bwrap=self.bwrap, root=self.root),
             encoding=None,
             line_editor=False,
             allow_scp=False,

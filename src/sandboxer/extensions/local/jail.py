@@ -43,6 +43,8 @@ class Session:
     term: str | None = None          # set for PTY sessions
     pty: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    # A program to run instead of the shell (the sftp subsystem's server): its argv.
+    program: tuple[str, ...] = ()
     # Resolved secret values by variable name; kept out of repr so a logged session is safe.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -194,10 +196,15 @@ HOLDER = ("/run/sandboxer-jail", "infinity")
 # forwards the signals it gets to the command's process group, and exits as the command
 # did (re-raising a fatal signal). It runs as the jail's uid under its seccomp filter.
 SPAWNER = ("/usr/bin/timeout",)
+# The sftp subsystem (sftp, scp in its default sftp mode, the service's cp): OpenSSH's own
+# server, run as a session of the jail. /usr is the host's, read-only: the same binary.
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
 def session_argv(s: Session) -> list[str]:
     """The command line of one session, run from inside the jail (see SPAWNER)."""
+    if s.program:
+        return [*SPAWNER, "0", *s.program]
     if s.pty:
         # --foreground: the command stays in the terminal's foreground process group.
         argv = [*SPAWNER, "--foreground", "0", s.spec.shell]

@@ -1,6 +1,6 @@
 """Who is on the other end of the control socket: ``sandboxer.peer``, shared with the
 local service's socket."""
 
-from sandboxer.peer import check_server, client_allowed, peer
+from sandboxer.peer import check_server, client_allowed, peer, unsafe
 
-__all__ = ["check_server", "client_allowed", "peer"]
+__all__ = ["check_server", "client_allowed", "peer", "unsafe"]

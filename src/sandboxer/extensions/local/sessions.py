@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,10 @@ class Sandbox:
 class SSHServer(asyncssh.SSHServer):
     """One connection to one sandbox: its user and its client key only, no forwarding."""
 
-    def __init__(self, sb: Sandbox) -> None:
+    def __init__(self, sb: Sandbox, *, bwrap: str | None = None, root: bool = False) -> None:
         self.sb = sb
+        self.bwrap = bwrap
+        self.root = root
         self.conn: asyncssh.SSHServerConnection | None = None
         self.procs: set[Child] = set()
 
@@ -83,6 +87,10 @@ class SSHServer(asyncssh.SSHServer):
         # A client that goes away ends its sessions' process groups, as a hang-up would.
         for proc in self.procs:
             kill_session(proc)
+
+    @override
+    def session_requested(self) -> JailedProcess:
+        return JailedProcess(partial(run_session, self.sb, bwrap=self.bwrap, root=self.root))
 
     @override
     def begin_auth(self, username: str) -> bool:
@@ -105,6 +113,34 @@ class SSHServer(asyncssh.SSHServer):
         return username == self.sb.user and key.public_data == self.sb.client_key.public_data
 
 
+class JailedProcess(asyncssh.SSHServerProcess[bytes]):
+    """A session channel whose every request — a shell, a command, the sftp subsystem —
+    becomes a process in the jail (``run_session``). asyncssh would serve sftp itself, in
+    this process, as its uid: here OpenSSH's sftp-server runs in the jail instead."""
+
+    def __init__(self, factory: Callable[[asyncssh.SSHServerProcess[bytes]],
+                                         Awaitable[None]]) -> None:
+        super().__init__(factory, None, 0, False)
+
+    @override
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp"
+
+    @override
+    def session_started(self) -> None:
+        # asyncssh's own would hand an sftp channel to its in-process server.
+        stdin = asyncssh.SSHReader[bytes](self, self._chan)
+        stdout = asyncssh.SSHWriter[bytes](self, self._chan)
+        stderr = asyncssh.SSHWriter[bytes](self, self._chan, STDERR)
+        factory = self._session_factory
+        if factory is None or self._conn is None:
+            return
+        handler = factory(stdin, stdout, stderr)
+        if inspect.isawaitable(handler):
+            self._conn.create_task(handler, stdin.logger)
+
+
+STDERR = 1  # SSH_EXTENDED_DATA_STDERR
 OUTPUT_GRACE = 2.0
 REBIND_WAIT = 30.0
 
@@ -133,10 +169,14 @@ def kill_session(proc: Child) -> None:
 async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
                       bwrap: str | None = None, root: bool = False) -> None:
     """One SSH session (exec or PTY) of a sandbox, run inside the sandbox's jail."""
-    if process.subsystem:
-        process.stderr.write(b"subsystems are not supported\n")
-        process.exit(1)
-        return
+    program: tuple[str, ...] = ()
+    if process.subsystem:  # sftp: JailedProcess accepts no other
+        if not os.access(jail.SFTP_SERVER, os.X_OK):
+            process.stderr.write(f"sandboxer: {jail.SFTP_SERVER} is missing on the host "
+                                 "(apt-get install openssh-sftp-server)\n".encode())
+            process.exit(1)
+            return
+        program = (jail.SFTP_SERVER,)
     if sb.paused:
         # Refused, not held: a client held for as long as a sandbox stays paused (hours,
         # when idle handling paused it) would look hung.
@@ -158,7 +198,7 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
     if sb.secrets_missing:
         env["SANDBOXER_SECRETS_MISSING"] = ",".join(sb.secrets_missing)
     s = jail.Session(sb.id, sb.user, sb.workspace, sb.spec, command=process.command,
-                     term=term, pty=pty, env=env, secrets=sb.secrets)
+                     term=term, pty=pty, env=env, secrets=sb.secrets, program=program)
     master = slave = -1
     pipes: list[int] = []
     ours: tuple[int, int, int] = (-1, -1, -1)

@@ -19,9 +19,10 @@ from sandboxer.store.postgres.leadership import Leaderships
 from sandboxer.store.postgres.outbox import OutboxRows
 from sandboxer.store.postgres.records import Records
 from sandboxer.store.postgres.sandboxes import Sandboxes
+from sandboxer.store.postgres.snapshots import Snapshots
 
 
-class PostgresStore(Sandboxes, OutboxRows, Records, Leaderships):
+class PostgresStore(Sandboxes, Snapshots, OutboxRows, Records, Leaderships):
     """The shared store in the PostgreSQL database ``SANDBOXER_DATABASE_URL`` names."""
 
 

@@ -41,12 +41,12 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator, "
-    "last_active_at, retain, pool"
+    "last_active_at, retain, pool, snapshot"
 )
 # States whose lease (or ttl.retain) runs out: the reaper acts when expires_at passes.
 _EXPIRING = "state IN ('ready', 'unreachable', 'stopped', 'paused')"
 _DOCUMENT_COLUMNS = ("id, name, profile, extension, target, state, reason, actor, labels, "
-                     "created_at, expires_at, reachability, error, last_active_at")
+                     "created_at, expires_at, reachability, error, last_active_at, snapshot")
 _GET_DOCUMENT = f"SELECT {_DOCUMENT_COLUMNS} FROM sandboxes WHERE id = $1".encode()
 _LIVE_COUNT = ("SELECT COUNT(*) AS n FROM sandboxes WHERE target = %s AND extension = %s "
                f"AND {LIVE}")
@@ -73,7 +73,8 @@ def _document_of_text(v: list[bytes | None]) -> dict[str, Any]:
         "reason": text(v[6]), "actor": text(v[7]), "labels": labels,
         "created_at": float(v[9] or b"0"), "expires_at": float(v[10] or b"0"),
         "reachability": None if v[11] is None else json.loads(v[11]),
-        "error": text(v[12]), "last_active_at": None if v[13] is None else float(v[13])})
+        "error": text(v[12]), "last_active_at": None if v[13] is None else float(v[13]),
+        "snapshot": text(v[14])})
 
 
 def _document(row: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
         "expires_at": iso_from_epoch(row["expires_at"]),
         "last_active_at": (None if row["last_active_at"] is None
                            else iso_from_epoch(row["last_active_at"])),
+        "snapshot": row["snapshot"],
         "reachability": row["reachability"],
         "error": row["error"],
     }
@@ -100,12 +102,17 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
 
 def append_event(c: Conn, kind: str, status: SandboxStatus) -> None:
     """Append ``kind`` carrying ``status`` to the outbox, on ``c``'s open transaction."""
+    append_document(c, kind, status.id, status.document())
+
+
+def append_document(c: Conn, kind: str, sandbox_id: str, payload: dict[str, Any]) -> None:
+    """Append ``kind`` of ``sandbox_id`` carrying ``payload``, on ``c``'s transaction."""
     # One statement: the lock is taken before the row (and its seq) is made.
     c.execute(
         "INSERT INTO events (id, sandbox_id, type, time, payload) "
         "SELECT %s, %s, %s, %s, %s FROM (SELECT pg_advisory_xact_lock(%s)) AS locked",
-        (f"evt-{uuid.uuid4().hex}", status.id, kind, time.time(),
-         Json(status.document(), dumps=lambda v: json.dumps(v, separators=(",", ":"))),
+        (f"evt-{uuid.uuid4().hex}", sandbox_id, kind, time.time(),
+         Json(payload, dumps=lambda v: json.dumps(v, separators=(",", ":"))),
          OUTBOX_LOCK),
     )
 
@@ -157,11 +164,11 @@ class Sandboxes(Connection):
             try:
                 c.execute(
                     f"INSERT INTO sandboxes ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s, NULL, %s, %s)",
+                    "%s, %s, %s, %s, %s, %s, NULL, NULL, %s, 1, %s, NULL, %s, %s, %s)",
                     (status.id, status.name, status.profile, status.extension, status.target,
                      status.state, status.reason, status.actor, Jsonb(status.labels),
                      ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
-                     status.error, creator, retain, pool))
+                     status.error, creator, retain, pool, status.snapshot))
             except pg_errors.UniqueViolation as e:
                 raise Conflict(f"a sandbox with id {status.id} exists already") from e
             append_event(c, "sandbox.created", status)

@@ -17,9 +17,10 @@ from sandboxer.store.sqlite.leadership import Leaderships
 from sandboxer.store.sqlite.outbox import OutboxRows
 from sandboxer.store.sqlite.records import Records
 from sandboxer.store.sqlite.sandboxes import Sandboxes
+from sandboxer.store.sqlite.snapshots import Snapshots
 
 
-class SqliteStore(Sandboxes, OutboxRows, Records, Leaderships):
+class SqliteStore(Sandboxes, Snapshots, OutboxRows, Records, Leaderships):
     """The embedded store at ``$SANDBOXER_HOME/state.db`` (or ``SANDBOXER_DATABASE_URL``)."""
 
 

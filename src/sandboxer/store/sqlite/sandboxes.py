@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain docum
 _COLUMNS = (
     "id, name, profile, extension, target, state, reason, actor, labels, created_at, "
     "expires_at, max_expires_at, updated_at, handle, reachability, error, version, creator, "
-    "last_active_at, retain, pool"
+    "last_active_at, retain, pool, snapshot"
 )
 # States whose lease (or ttl.retain) runs out: the reaper acts when expires_at passes.
 _EXPIRING = "state IN ('ready', 'unreachable', 'stopped', 'paused')"
@@ -51,6 +51,7 @@ def _document(row: sqlite3.Row) -> dict[str, Any]:
         "expires_at": iso_from_epoch(row["expires_at"]),
         "last_active_at": (None if row["last_active_at"] is None
                            else iso_from_epoch(row["last_active_at"])),
+        "snapshot": row["snapshot"],
         "reachability": json.loads(row["reachability"]) if row["reachability"] else None,
         "error": row["error"],
     }
@@ -114,13 +115,14 @@ class Sandboxes(Connection):
                     )
             c.execute(
                 f"INSERT INTO sandboxes ({_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?, NULL, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 1, ?, NULL, ?, ?, "
+                "?)",
                 (
                     status.id, status.name, status.profile, status.extension, status.target,
                     status.state, status.reason, status.actor,
                     json.dumps(status.labels, sort_keys=True),
                     ts(status.created_at), ts(status.expires_at), ts(max_expires_at), now,
-                    status.error, creator, retain, pool,
+                    status.error, creator, retain, pool, status.snapshot,
                 ),
             )
             self._append_event(c, "sandbox.created", status)
