@@ -5,13 +5,13 @@ that pauses it once idle (``sandboxer.idling``); ``ttl.retain``: the lease's end
 and keeps it, ``extend`` + ``start`` bring it back with its work; destroy leaves nothing.
 The pool is filled, the watcher and the reaper driven here, in this process.
 
-Snapshots on the same VM: one while it runs (synced and paused for the copy, running
-after), one while paused (still paused after); neither holds the secret or the host's
-private key. After the destroy, a second boot — the only one besides the pool's and the
-start — provisions from the first snapshot with a new binding and ``forward: [8080]``
-(through the extension: its work is there, its keys are its own, sftp and scp work,
+Snapshots on the same VM (``Manager.snapshot``): one while it runs (synced and paused for
+the copy, running after), one while paused (still paused after); neither holds the secret
+or the host's private key. After the destroy, a third boot — besides the pool's and the
+start's — creates another profile from the first snapshot, with its own binding and
+``forward: [8080]``: its work is there, its keys are its own, sftp and scp work,
 ``ssh -W``/``-L`` reach 127.0.0.1:8080 and nothing else, the snapshot's deletion leaves it
-whole); the pooled VM, without ``forward``, refused every forward."""
+whole; the pooled VM, without ``forward``, refused every forward."""
 
 from __future__ import annotations
 
@@ -26,18 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from pydantic import SecretStr
 from tests.canary_support import leaks
 
 from sandboxer import idling
 from sandboxer.config import Settings
-from sandboxer.extensions.base import ProvisionRequest, key_paths
+from sandboxer.extensions.base import key_paths
 from sandboxer.extensions.vm_packer import qemu, qmp
 from sandboxer.models.common import iso, utcnow
-from sandboxer.models.extension import SnapshotArtifact
 from sandboxer.models.requests import CreateRequest
 from sandboxer.service.app import Service
-from sandboxer.values import new_sandbox_id, new_snapshot_id
 
 from .conftest import HostListener, must, phase, pinned, ssh, ssh_argv, ssh_stdio
 
@@ -64,6 +61,18 @@ setup:
   env: {GREETING: "hello there"}
   secret_refs: [{name: API_TOKEN, ref: "file:TOKEN_FILE"}]
 """
+FORK_PROFILE = """\
+id: profile.vm-fork
+extension: ext.vm-packer
+spec:
+  packer: {template: base.json}
+  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 300}
+reachability: {user: agent, forward: [8080]}
+ttl: {default: 30m, max: 2h}
+setup:
+  env: {GREETING: forked}
+  secret_refs: [{name: API_TOKEN, ref: "file:TOKEN_FILE"}]
+"""
 SHOW = 'printf "%s|%s\\n" "$API_TOKEN" "$GREETING"'
 UNBOUND = "test -e /run/secrets/API_TOKEN || test -e /run/secrets/.env/GREETING || echo unbound"
 LIVE = ["provisioning", "ready", "paused", "stopped", "unreachable", "destroying"]
@@ -82,6 +91,11 @@ def test_a_pooled_vm_is_claimed_paused_when_idle_and_retained_at_its_lease_end(
     token_file.write_text(token)
     token_file.chmod(0o600)
     pid = vm_cli.profile("vm-long", PROFILE.replace("TOKEN_FILE", str(token_file)))
+    fork_token = f"cnryfork{random.token_hex(12)}"  # resolved again for the fork
+    fork_file = vm_cli.home.parent / "fork-token"
+    fork_file.write_text(fork_token)
+    fork_file.chmod(0o600)
+    vm_cli.profile("vm-fork", FORK_PROFILE.replace("TOKEN_FILE", str(fork_file)))
     # The keeper a create starts watches for idleness too; it samples once and then waits
     # an hour, so that the rounds of this test's own watcher are the ones that count.
     vm_cli.env["SANDBOXER_IDLE_INTERVAL"] = "3600"
@@ -89,17 +103,18 @@ def test_a_pooled_vm_is_claimed_paused_when_idle_and_retained_at_its_lease_end(
     service = Service(settings, upkeep=False)
     manager = service.manager
     try:
-        asyncio.run(_long_lived(vm_cli, service, pid, token))
+        asyncio.run(_long_lived(vm_cli, service, pid, token, fork_token))
     finally:  # a pooled VM is in no `list`: the fixture's cleanup would not see it
         for doc in manager.store.query_documents(states=LIVE):
             asyncio.run(manager.destroy(doc["id"]))
     assert manager.store.query_documents(states=LIVE) == []
     assert qemu.vm_processes(str(vm_cli.home) + "/") == {}
-    found = leaks([token], [vm_cli.home])
+    found = leaks([token, fork_token], [vm_cli.home])
     assert not found, found
 
 
-async def _long_lived(vm_cli: VMCli, service: Service, pid: str, token: str) -> None:
+async def _long_lived(vm_cli: VMCli, service: Service, pid: str, token: str,
+                      fork_token: str) -> None:
     manager, t0 = service.manager, time.monotonic()
     ext: Any = manager.extension("ext.vm-packer")
 
@@ -131,10 +146,14 @@ async def _long_lived(vm_cli: VMCli, service: Service, pid: str, token: str) -> 
     # -- a snapshot while it runs: the guest synced (no sync of ours) and paused for the
     # copy, running again afterwards; the default endpoint forwards nothing ----------
     must(ssh(known, reach, "echo fork-work > ~/fork.txt"))
-    snap = await ext.snapshot(handle, new_snapshot_id(), lambda _m: None)
+    snap = await manager.snapshot(sid, name="work")
+    assert (snap.state, snap.sandbox_id, snap.actor, snap.name) == ("ready", sid, "agt",
+                                                                    "work")
+    assert manager.get(sid).state == "ready"
     assert await qmp.status(d) == "running"
     assert (snap.size_bytes or 0) > 0
     assert (snap.content_hash or "").startswith("sha256:")
+    assert "snapshot.created" in [e.type for e in manager.store.events(sandbox_id=sid)]
     refused = ssh_stdio(known, reach, "127.0.0.1:22")
     assert refused.returncode == 255
     assert "administratively prohibited" in refused.stderr, refused.stderr
@@ -177,8 +196,9 @@ async def _long_lived(vm_cli: VMCli, service: Service, pid: str, token: str) -> 
         paused.reason
     assert _last_event(manager, sid) == ("sandbox.paused", paused.reason)
     assert await qmp.status(d) == "paused"
-    paused_snap = await ext.snapshot(handle, new_snapshot_id(), lambda _m: None)
-    assert await qmp.status(d) == "paused"  # left as it was
+    paused_snap = await manager.snapshot(sid)
+    assert manager.get(sid).state == "paused"  # left as it was
+    assert await qmp.status(d) == "paused"
     assert (await manager.resume(sid)).state == "ready"
     assert must(ssh(known, reach, "cat ~/note.txt")) == "kept-work\n"
     phase("paused when idle, resumed", t0)
@@ -220,8 +240,9 @@ async def _long_lived(vm_cli: VMCli, service: Service, pid: str, token: str) -> 
     found = leaks(private, [ext.snapshot_root(), ext.sandbox_dir(sid) / "overlay.qcow2"])
     assert not found, found
     owned = await ext.owned_snapshots(ext.targets(manager.settings)[0])
-    assert {a.snapshot_id for a in owned} == {snap.snapshot_id, paused_snap.snapshot_id}
-    await ext.delete_snapshot(paused_snap)
+    assert {a.snapshot_id for a in owned} == {snap.id, paused_snap.id}
+    assert (await manager.delete_snapshot(paused_snap.id)).state == "deleted"
+    assert not ext.snapshot_dir(paused_snap.id).exists()
 
     old_identity = vm_cli.home.parent / "old_identity"  # destroy removes the keys
     shutil.copy(key_paths(manager.settings, sid)["identity"], old_identity)
@@ -232,30 +253,23 @@ async def _long_lived(vm_cli: VMCli, service: Service, pid: str, token: str) -> 
     assert qemu.vm_processes(str(vm_cli.home) + "/") == {}
     assert not d.exists()
     phase("destroyed", t0)
-    await _from_snapshot(vm_cli, manager, ext, pid, snap, old_identity, old_host)
+    await _from_snapshot(vm_cli, manager, ext, snap.id, fork_token, old_identity, old_host)
     phase("booted from the snapshot", t0)
 
 
-async def _from_snapshot(vm_cli: VMCli, manager: Manager, ext: Any, pid: str,
-                         snap: SnapshotArtifact, old_identity: Path, old_host: str) -> None:
-    """A VM provisioned from the snapshot of the destroyed one, with a new binding and
-    ``forward: [8080]``: its work is there, its keys and binding are its own, sftp and scp
-    work, ``ssh -L`` reaches the guest's 127.0.0.1:8080 and nothing else; deleting the
-    snapshot leaves it whole."""
-    token = f"cnryfork{random.token_hex(12)}"
-    fork = new_sandbox_id()
-    profile = manager.catalog.get(pid)
-    req = ProvisionRequest(
-        sandbox_id=fork, profile=profile, spec=ext.parse_spec(profile),
-        target=ext.targets(manager.settings)[0], settings=manager.settings, user="agent",
-        labels={}, env={"GREETING": "forked"}, expires_at=utcnow() + timedelta(minutes=30),
-        source=manager.catalog.source(pid).path, snapshot=snap, forward=(8080,))
+async def _from_snapshot(vm_cli: VMCli, manager: Manager, ext: Any, snap: str, token: str,
+                         old_identity: Path, old_host: str) -> None:
+    """``create profile.vm-fork --from-snapshot`` of the destroyed VM's snapshot: another
+    profile of the extension, with its own binding and ``forward: [8080]``. Its work is
+    there, its keys and binding are its own, sftp and scp work, ``ssh -W``/``-L`` reach the
+    guest's 127.0.0.1:8080 and nothing else; deleting the snapshot leaves it whole."""
     host = HostListener()  # the host's loopback: never reachable through the fork's sshd
-    handle = await ext.provision(req, {"API_TOKEN": SecretStr(token)})
+    box = await manager.create("profile.vm-fork", actor="agt", from_snapshot=snap)
     try:
-        ep = await ext.endpoint(handle)
-        known = Path(ep.known_hosts_file)
-        reach = {"identity_file": ep.identity_file, "port": ep.port, "user": ep.user}
+        assert (box.state, box.snapshot) == ("ready", snap)
+        assert box.reachability is not None
+        reach = box.reachability.model_dump(mode="json", by_alias=True)
+        known = key_paths(manager.settings, box.id)["known_hosts"]
         assert must(ssh(known, reach, f"cat ~/note.txt ~/fork.txt; {SHOW}")) == \
             f"kept-work\nfork-work\n{token}|forked\n"
         # its own keys: a new host key, and the old client key is not authorized
@@ -292,21 +306,22 @@ async def _from_snapshot(vm_cli: VMCli, manager: Manager, ext: Any, pid: str,
         assert host.accepted == 0
 
         # the snapshot deleted: the fork's disk never depended on it
-        await ext.delete_snapshot(snap)
-        await ext.delete_snapshot(snap)  # idempotent
-        assert not ext.snapshot_dir(snap.snapshot_id).exists()
+        assert (await manager.delete_snapshot(snap)).state == "deleted"
+        assert (await manager.delete_snapshot(snap)).state == "deleted"  # idempotent
+        assert not ext.snapshot_dir(snap).exists()
         chain = must(subprocess.run(
             ["qemu-img", "info", "-U", "--backing-chain", "--output=json",
-             str(ext.sandbox_dir(fork) / "overlay.qcow2")],
+             str(ext.sandbox_dir(box.id) / "overlay.qcow2")],
             capture_output=True, text=True, timeout=60, check=False))
-        assert snap.snapshot_id not in chain
+        assert snap not in chain
         assert must(ssh(known, reach, "cat ~/note.txt")) == "kept-work\n"
         assert leaks([token], [vm_cli.home]) == []
     finally:
         host.close()
-        await ext.destroy(handle)
-    assert not ext.sandbox_dir(fork).exists()
+        assert (await manager.destroy(box.id)).state == "destroyed"
+    assert not ext.sandbox_dir(box.id).exists()
     assert await ext.owned_snapshots(ext.targets(manager.settings)[0]) == []
+    assert manager.list_snapshots() == []
 
 
 # bash: wait until both guest servers accept (perl starts slowly under TCG)
