@@ -28,7 +28,8 @@ from sandboxer.extensions.vm_packer import qemu
 from sandboxer.manager import Manager
 from sandboxer.values import new_snapshot_id
 
-pytestmark = [pytest.mark.integration, pytest.mark.vm]
+# The first test also waits for the module's VM to boot (TCG: minutes on a loaded host).
+pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.timeout(900)]
 
 
 @dataclass
@@ -79,7 +80,7 @@ def running_vm(vm_images: Path, tmp_path_factory: pytest.TempPathFactory
     vm = RunningVM(port=port, user="ops", host_key=host_pub, identity=admin,
                    known_hosts=known, pid=pid)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while vm.admin("true").returncode != 0:
             assert time.monotonic() < deadline, (d / "console").read_text()[-2000:]
             time.sleep(1)

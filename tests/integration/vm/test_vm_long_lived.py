@@ -52,7 +52,7 @@ id: profile.vm-long
 extension: ext.vm-packer
 spec:
   packer: {template: base.json}
-  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 300}
+  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 900}
 reachability: {user: agent}
 ttl: {default: 30m, max: 2h, retain: 10m}
 idle: {after: 15s, action: pause}
@@ -66,7 +66,7 @@ id: profile.vm-fork
 extension: ext.vm-packer
 spec:
   packer: {template: base.json}
-  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 300}
+  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 900}
 reachability: {user: agent, forward: [8080]}
 ttl: {default: 30m, max: 2h}
 setup:

@@ -36,7 +36,7 @@ id: profile.vm-states
 extension: ext.vm-packer
 spec:
   packer: {template: base.json}
-  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 300}
+  vm: {cpus: 1, memory: 384M, accel: auto, boot_timeout: 900}
 reachability: {user: agent}
 setup:
   env: {GREETING: "hello there"}
@@ -55,7 +55,7 @@ def test_pause_resume_stop_start_and_restarts_keep_disk_key_and_secrets(vm_cli: 
     token_file.write_text(token)
     token_file.chmod(0o600)
     pid = vm_cli.profile("vm-states", PROFILE.replace("TOKEN_FILE", str(token_file)))
-    created = vm_cli.json("create", pid)
+    created = vm_cli.json("create", pid, timeout=1000)
     sid, reach = created["id"], created["reachability"]
     first_known = vm_cli.home.parent / "first_known_hosts"
     first_known.write_text(reach["known_hosts"] + "\n")
