@@ -71,6 +71,7 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.timeout(1500)  # the session's image build may come first (minutes)
 def test_create_reach_run_destroy_from_the_cached_image(vm_cli: VMCli, vm_images: Path
                                                         ) -> None:
     token = f"cnryvm{random.token_hex(12)}"
