@@ -358,8 +358,11 @@ async def _via_local_forward(known: Path, reach: dict[str, Any], port: int) -> b
                 continue
             got = await asyncio.wait_for(reader.read(), 30)
             writer.close()
+            await writer.wait_closed()
             return got
     finally:
         proc.kill()
         proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()  # else a ResourceWarning (an error here) once collected
 
