@@ -16,7 +16,24 @@ trap 'umount "$mnt"; rmdir "$mnt"' EXIT
 
 user=$(cat "$mnt/user")
 case $user in '' | [!a-z_]* | *[!a-z0-9_-]*) echo "sandboxer-config: bad user '$user'" >&2; exit 1 ;; esac
-install -m 0600 -o root -g root "$mnt/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
+# The host key lives in /run (a tmpfs), never on the disk: a snapshot of the disk holds no
+# private key of this sandbox, and a sandbox made from it gets its own from its drive.
+install -d -m 0700 -o root -g root /run/sandboxer-ssh
+install -m 0600 -o root -g root "$mnt/ssh_host_ed25519_key" /run/sandboxer-ssh/ssh_host_ed25519_key
+# Forwarding: none (10-sandboxer.conf) unless the drive lists ports; then `ssh -L` (and
+# -W) may reach exactly those ports of the guest's own loopback. sshd takes the first
+# value of each option it reads, and 04- is read before 10-.
+fwd=/etc/ssh/sshd_config.d/04-sandboxer-forward.conf
+rm -f "$fwd"
+if [ -s "$mnt/forward" ]; then
+    opens=
+    for p in $(cat "$mnt/forward"); do
+        case $p in '' | 0* | *[!0-9]*) echo "sandboxer-config: bad forward port '$p'" >&2; exit 1 ;; esac
+        [ "$p" -le 65535 ] || { echo "sandboxer-config: bad forward port '$p'" >&2; exit 1; }
+        opens="$opens localhost:$p 127.0.0.1:$p [::1]:$p"
+    done
+    printf 'AllowTcpForwarding local\nPermitOpen%s\n' "$opens" >"$fwd"
+fi
 if [ -s "$mnt/hostname" ]; then
     hostname "$(cat "$mnt/hostname")"
     cat "$mnt/hostname" >/etc/hostname

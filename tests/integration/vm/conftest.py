@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,12 +69,25 @@ class VMCli:
         return f"profile.{name}"
 
 
-def ssh_argv(known_hosts: Path, reach: dict[str, Any], command: str) -> list[str]:
-    """The system OpenSSH client's argv for ``command`` through a descriptor's endpoint."""
-    return ["ssh", "-i", reach["identity_file"], "-o", "IdentitiesOnly=yes",
+def pinned(known_hosts: Path, reach: dict[str, Any]) -> list[str]:
+    """OpenSSH options (ssh, scp, sftp) for a descriptor's key, pinned host key and port."""
+    return ["-i", reach["identity_file"], "-o", "IdentitiesOnly=yes",
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "ConnectTimeout=20",
-            "-p", str(reach["port"]), f"{reach['user']}@127.0.0.1", "--", command]
+            "-o", f"Port={reach['port']}"]
+
+
+def ssh_argv(known_hosts: Path, reach: dict[str, Any], command: str) -> list[str]:
+    """The system OpenSSH client's argv for ``command`` through a descriptor's endpoint."""
+    return ["ssh", *pinned(known_hosts, reach), f"{reach['user']}@127.0.0.1", "--", command]
+
+
+def ssh_stdio(known_hosts: Path, reach: dict[str, Any], dest: str,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``ssh -W dest``: a direct-tcpip channel (what ``ssh -L`` opens) to ``dest``."""
+    return subprocess.run(["ssh", *pinned(known_hosts, reach), "-W", dest,
+                           f"{reach['user']}@127.0.0.1"], capture_output=True, text=True,
+                          timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 
 def ssh(known_hosts: Path, reach: dict[str, Any], command: str,
@@ -88,6 +103,47 @@ def must(done: subprocess.CompletedProcess[str]) -> str:
 
 def phase(what: str, since: float) -> None:
     sys.stderr.write(f"{time.monotonic() - since:7.1f}s {what}\n")
+
+
+def pids_with(*marks: str) -> list[int]:
+    """Processes with each of ``marks`` somewhere in their command line."""
+    from sandboxer.extensions.vm_packer import qemu
+
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and all(
+        any(m in arg for arg in qemu.cmdline(int(e.name))) for m in marks)]
+
+
+def environ_of(pid: int) -> list[bytes]:
+    return [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if e]
+
+
+class HostListener:
+    """A TCP server on the host's 127.0.0.1 that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions import _keys
+from sandboxer.extensions.base import Snapshots
 from sandboxer.extensions.vm_packer import qemu
 from sandboxer.manager import Manager
+from sandboxer.values import new_snapshot_id
 
-pytestmark = [pytest.mark.integration, pytest.mark.vm]
+# The first test also waits for the module's VM to boot (TCG: minutes on a loaded host).
+pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.timeout(900)]
 
 
 @dataclass
@@ -47,11 +50,14 @@ class RunningVM:
                               stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def running_vm(vm_images: Path, tmp_path: Path) -> Iterator[RunningVM]:
-    """A VM booted with a bare qemu command from the test image, outside sand-boxer."""
+@pytest.fixture(scope="module")
+def running_vm(vm_images: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[RunningVM]:
+    """A VM booted with a bare qemu command from the test image, outside sand-boxer: one
+    for the module (a TCG boot is minutes); each test leaves its authorized_keys as it
+    found them, and checks that it does."""
     [key] = [p for p in vm_images.iterdir() if (p / "disk.qcow2").is_file()]
-    d = tmp_path / "ops-vm"
+    d = tmp_path_factory.mktemp("attach") / "ops-vm"
     d.mkdir(mode=0o700)
     admin = d / "admin"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops-admin",
@@ -74,7 +80,7 @@ def running_vm(vm_images: Path, tmp_path: Path) -> Iterator[RunningVM]:
     vm = RunningVM(port=port, user="ops", host_key=host_pub, identity=admin,
                    known_hosts=known, pid=pid)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while vm.admin("true").returncode != 0:
             assert time.monotonic() < deadline, (d / "console").read_text()[-2000:]
             time.sleep(1)
@@ -84,7 +90,8 @@ def running_vm(vm_images: Path, tmp_path: Path) -> Iterator[RunningVM]:
 
 
 def _attach_profile(vm_cli: VMCli, name: str, vm: RunningVM, *,
-                    identity: Path | None = None, extra: str = "") -> str:
+                    identity: Path | None = None, extra: str = "",
+                    reach: str = "{user: ops}") -> str:
     """A profile leasing ``vm`` as ops, with the operator's key unless ``identity``."""
     return vm_cli.profile(name, f"""\
 id: profile.{name}
@@ -96,7 +103,7 @@ extension: ext.vm-packer
     user: ops
     host_key: "{vm.host_key}"
     identity: {identity or vm.identity}
-reachability: {{user: ops}}
+reachability: {reach}
 """)
 
 
@@ -127,6 +134,15 @@ def test_attach_leases_a_running_vm_and_destroy_leaves_it_running(
         assert f"{sid} is an attached VM (ops@127.0.0.1:{running_vm.port})" \
             in refused.value.message
         assert f"not sand-boxer's to {verb}" in refused.value.message
+    # Snapshots are refused too: the VM's disk is not sand-boxer's to copy.
+    ext = manager.extension("ext.vm-packer")
+    assert isinstance(ext, Snapshots)
+    [handle] = [h for h in ext.host.live_handles() if h.sandbox_id == sid]
+    why = ext.snapshottable(handle)
+    assert why is not None
+    assert f"{sid} is an attached VM (ops@127.0.0.1:{running_vm.port})" in why
+    with pytest.raises(InvalidInput, match="its disk is not sand-boxer's to copy"):
+        asyncio.run(ext.snapshot(handle, new_snapshot_id(), lambda _m: None))
     assert vm_cli.json("get", sid)["state"] == "ready"
     assert running_vm.admin("true").returncode == 0
 
@@ -138,6 +154,14 @@ def test_attach_leases_a_running_vm_and_destroy_leaves_it_running(
     again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
                            stdin=subprocess.DEVNULL)
     assert again.returncode != 0, "the sandbox key still logs in after destroy"
+
+    # A profile asking for forwarded ports is refused before anything reaches the VM.
+    fwd = _attach_profile(vm_cli, "vm-attach-fwd", running_vm,
+                          reach="{user: ops, forward: [8080]}")
+    done = vm_cli.run("create", fwd, "--json", timeout=120)
+    assert done.returncode == 4, done.stderr
+    assert "reachability.forward is not supported by the attach variant" in done.stdout
+    assert running_vm.admin("cat ~/.ssh/authorized_keys").stdout == before
 
 
 def test_an_expired_attach_lease_is_released_by_the_keeper(

@@ -28,6 +28,7 @@ from sandboxer.extensions.base import (
 from sandboxer.extensions.vm_packer import images, qemu, remote
 from sandboxer.extensions.vm_packer.lifecycle import VMLifecycle
 from sandboxer.extensions.vm_packer.machine import TARGET
+from sandboxer.extensions.vm_packer.snapshots import VMSnapshots
 from sandboxer.extensions.vm_packer.spec import VMSpec, size_bytes
 from sandboxer.values import SANDBOX_ID
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class VMPackerExtension(VMLifecycle, BuildsImages):
+class VMPackerExtension(VMLifecycle, VMSnapshots, BuildsImages):
     """ext.vm-packer: QEMU VMs from cached Packer images, or leases on existing VMs."""
 
     name = "ext.vm-packer"
@@ -59,6 +60,12 @@ class VMPackerExtension(VMLifecycle, BuildsImages):
                     f"profile {profile.id}: secret_refs are not supported by the attach "
                     "variant of ext.vm-packer (the VM is not ours to hold values in)",
                     hint="inject them yourself, or use a VM booted from a Packer image")
+            if profile.reachability.forward:
+                raise InvalidInput(f"profile {profile.id}: reachability.forward is not "
+                                   "supported by the attach variant of ext.vm-packer (the "
+                                   "VM's sshd is its own to configure)",
+                                   hint="remove reachability.forward, or use a VM booted "
+                                   "from a Packer image")
             ident = Path(spec.attach.identity).expanduser()
             if not ident.is_file():
                 raise InvalidInput(f"profile {profile.id}: spec.attach.identity {ident} "
@@ -106,6 +113,8 @@ class VMPackerExtension(VMLifecycle, BuildsImages):
         spec = req.spec
         assert isinstance(spec, VMSpec)  # noqa: S101 - parse_spec made it
         sid = req.sandbox_id
+        if spec.attach is not None:
+            refuse_attached(req)
         d = self.sandbox_dir(sid)
         self.vm_root().mkdir(parents=True, exist_ok=True, mode=0o700)
         d.mkdir(mode=0o700)
@@ -133,10 +142,16 @@ class VMPackerExtension(VMLifecycle, BuildsImages):
         assert spec.packer is not None  # noqa: S101 - the caller checked
         sid, d = req.sandbox_id, self.sandbox_dir(req.sandbox_id)
         qemu_bin = self._qemu_bin()
-        template = images.resolve_template(self.settings, spec.packer.template, req.source)
-        image, built = await images.build(self.settings, template, spec.packer.vars,
-                                          accel=spec.vm.accel, progress=req.progress)
-        req.progress(f"{sid}: image {image.name} ({'built' if built else 'cached'})")
+        if req.snapshot is not None:  # its disk is an overlay of that image, no other
+            image = self.snapshot_image(req.snapshot)
+            req.progress(f"{sid}: from snapshot {req.snapshot.snapshot_id} (image "
+                         f"{image.name})")
+        else:
+            template = images.resolve_template(self.settings, spec.packer.template,
+                                               req.source)
+            image, built = await images.build(self.settings, template, spec.packer.vars,
+                                              accel=spec.vm.accel, progress=req.progress)
+            req.progress(f"{sid}: image {image.name} ({'built' if built else 'cached'})")
         accel, why = await asyncio.to_thread(qemu.choose_accel, self.settings, spec.vm.accel,
                                              qemu_bin, image / "vmlinuz")
         req.progress(f"{sid}: accelerator {accel} ({why})")
@@ -147,16 +162,19 @@ class VMPackerExtension(VMLifecycle, BuildsImages):
         record = {"kind": "boot", "image": str(image), "user": user, "accel": accel,
                   "cpus": spec.vm.cpus, "memory_mib": spec.vm.memory_mib,
                   "network": spec.network, "boot_timeout": spec.vm.boot_timeout,
-                  "bindable": bindable}
+                  "bindable": bindable, "forward": list(req.forward)}
         self._write_record(sid, record)
         overlay = d / "overlay.qcow2"
         grow = size_bytes(spec.vm.disk) if spec.vm.disk else None
-        await self._check(qemu.overlay_argv(image / "disk.qcow2", overlay, grow),
-                          "creating the overlay")
+        if req.snapshot is not None:
+            await self.overlay_from(req.snapshot, overlay, grow)
+        else:
+            await self._check(qemu.overlay_argv(image / "disk.qcow2", overlay, grow),
+                              "creating the overlay")
         await asyncio.to_thread(
             qemu.make_config_drive, d / "config.img", user=user, hostname=sid,
             authorized_keys=keys.client_public + "\n",
-            host_key=keys.host_key.read_bytes(), secrets=bindable)
+            host_key=keys.host_key.read_bytes(), secrets=bindable, forward=req.forward)
         port = await self._start(qemu_bin, sid, image, cpus=spec.vm.cpus,
                                  memory_mib=spec.vm.memory_mib, accel=accel,
                                  network=spec.network)
@@ -265,3 +283,14 @@ class VMPackerExtension(VMLifecycle, BuildsImages):
         if handle.sandbox_id in self._answered and handle.data.get("kind") == "boot":
             return
         await ssh_probe(await self.endpoint(handle), timeout=max(timeout, 30.0))
+
+
+def refuse_attached(req: ProvisionRequest) -> None:
+    """What the attach variant cannot do at provision: start from a snapshot, limit
+    forwarding (``check`` refuses the profile already; this guards a direct caller)."""
+    if req.snapshot is not None:
+        raise InvalidInput(f"{req.profile.id} attaches to an existing VM: it cannot start "
+                           f"from snapshot {req.snapshot.snapshot_id}")
+    if req.forward:
+        raise InvalidInput(f"{req.profile.id} attaches to an existing VM: its sshd is its "
+                           "own, sand-boxer cannot allow reachability.forward there")

@@ -22,7 +22,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +79,6 @@ class VMLifecycle(VMBase, StopsAndStarts, Pauses, ReportsActivity, Binds, Housek
     def _refuse(self, handle: Handle, what: str) -> None:
         if (why := self._refusal(handle, what)) is not None:
             raise InvalidInput(f"{self.name} cannot {what} {handle.sandbox_id}: {why}")
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, sid: str) -> AsyncIterator[dict[str, Any]]:
-        """This sandbox's lock (stop, start and the keeper's revival exclude each other,
-        across processes); yields its record as it is then."""
-        fd = os.open(self.sandbox_dir(sid) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
-        try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-            yield self._record(sid)
-        finally:
-            os.close(fd)
 
     # -- stop and start -----------------------------------------------------------------
 
@@ -171,7 +159,8 @@ class VMLifecycle(VMBase, StopsAndStarts, Pauses, ReportsActivity, Binds, Housek
         await asyncio.to_thread(
             qemu.make_config_drive, self.sandbox_dir(sid) / "config.img", user=user,
             hostname=sid, authorized_keys=paths["identity_pub"].read_text(),
-            host_key=paths["host_key"].read_bytes(), secrets=True)
+            host_key=paths["host_key"].read_bytes(), secrets=True,
+            forward=self._record(sid).get("forward") or ())
 
     # -- pause and resume ---------------------------------------------------------------
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,18 @@ class VMBase(SSHExtension):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, sid: str) -> AsyncIterator[dict[str, Any]]:
+        """This sandbox's lock (stop, start, snapshot and the keeper's revival exclude each
+        other, across processes); yields its record as it is then."""
+        fd = os.open(self.sandbox_dir(sid) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield self._record(sid)
+        finally:
+            os.close(fd)
 
     def _pid(self, sid: str) -> int | None:
         try:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,8 +161,9 @@ def choose_accel(settings: Settings, wanted: str, qemu: str = QEMU,
 
 
 def make_config_drive(path: Path, *, user: str, authorized_keys: str, host_key: bytes,
-                      hostname: str, secrets: bool) -> None:
-    """A small ext4 image (label SBXCFG) the guest reads before sshd starts.
+                      hostname: str, secrets: bool, forward: Sequence[int] = ()) -> None:
+    """A small ext4 image (label SBXCFG) the guest reads before sshd starts; ``forward``:
+    the loopback ports sshd lets ``ssh -L`` reach (PermitOpen), none when empty.
 
     Built with ``mkfs.ext4 -d`` from a private temporary directory: no mount, no root.
     It holds the host private key, so it is 0600 in the sandbox's 0700 directory.
@@ -175,6 +177,10 @@ def make_config_drive(path: Path, *, user: str, authorized_keys: str, host_key: 
                  "ssh_host_ed25519_key": host_key, "hostname": hostname.encode() + b"\n"}
         if secrets:
             files["secrets"] = b""
+        if forward:
+            if not all(isinstance(p, int) and 0 < p < 65536 for p in forward):
+                raise ProvisionFailed(f"forward ports must be 1 to 65535, got {forward!r}")
+            files["forward"] = " ".join(str(p) for p in forward).encode() + b"\n"
         for name, data in files.items():
             fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
