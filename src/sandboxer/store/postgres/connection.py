@@ -12,6 +12,7 @@ write as a savepoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import threading
@@ -26,6 +27,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
+from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sandboxer.envvars import masked_database_url
@@ -58,6 +60,11 @@ def _stale(conn: psycopg.Connection[Any], e: psycopg.OperationalError) -> bool:
 def ts(when: datetime) -> float:
     """What the tables hold for a time: epoch seconds (double precision), as SQLite does."""
     return when.timestamp()
+
+
+def sorted_json(value: Any) -> Json:
+    """A document for a ``json`` column, its keys sorted (one text for equal documents)."""
+    return Json(value, dumps=lambda v: json.dumps(v, sort_keys=True))
 
 
 def dt(epoch: float) -> datetime:

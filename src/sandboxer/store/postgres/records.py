@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from psycopg.types.json import Json
-
 from sandboxer.errors import Conflict, NotFound
 from sandboxer.store.base import TokenRow
-from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, ts
+from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, sorted_json, ts
 
 if TYPE_CHECKING:
     from sandboxer.models.target import TargetRecord
@@ -76,7 +73,7 @@ class Records(Connection):
                 f"INSERT INTO targets ({_TARGET_FIELDS}) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (name) DO NOTHING",
                 (rec.name, rec.extension,
-                 Json(rec.config, dumps=lambda v: json.dumps(v, sort_keys=True)), created))
+                 sorted_json(rec.config), created))
             if added.rowcount == 0:
                 raise Conflict(f"a target named {rec.name!r} exists already",
                                hint="remove it first with `sandboxer targets remove`")

@@ -28,7 +28,16 @@ from psycopg.types.json import Json, Jsonb
 
 from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
 from sandboxer.store.base import Claim, ReapCandidate, Record, iso_from_epoch
-from sandboxer.store.postgres.connection import LIVE, Conn, Connection, dt, key32, key64, ts
+from sandboxer.store.postgres.connection import (
+    LIVE,
+    Conn,
+    Connection,
+    dt,
+    key32,
+    key64,
+    sorted_json,
+    ts,
+)
 from sandboxer.store.postgres.fastread import Skip
 
 if TYPE_CHECKING:  # models import pydantic; read-only paths work on plain documents
@@ -54,10 +63,6 @@ _POOL_COUNT = f"SELECT COUNT(*) AS n FROM sandboxes WHERE pool = %s AND {LIVE}"
 # Every event append takes this transaction-scoped lock, so events commit in ``seq`` order
 # and a reader following ``seq`` (``events --follow``) never skips one that commits late.
 OUTBOX_LOCK = key64("sandboxer", "outbox")
-
-
-def _sorted(value: Any) -> Json:
-    return Json(value, dumps=lambda v: json.dumps(v, sort_keys=True))
 
 
 def _document_of_text(v: list[bytes | None]) -> dict[str, Any]:
@@ -242,7 +247,7 @@ class Sandboxes(Connection):
             if key == "expires_at":
                 value = ts(value)
             elif key in ("reachability", "handle"):
-                value = None if value is None else _sorted(value)
+                value = None if value is None else sorted_json(value)
             elif key not in ("reason", "error", "target", "retain"):
                 raise ValueError(f"unknown sandbox field {key}")
             sets.append(f"{key} = %s")
@@ -271,7 +276,7 @@ class Sandboxes(Connection):
     def set_handle(self, sandbox_id: str, handle: dict[str, Any]) -> None:
         self._run(lambda c: c.execute(
             "UPDATE sandboxes SET handle = %s, updated_at = %s WHERE id = %s",
-            (_sorted(handle), time.time(), sandbox_id)), write=True)
+            (sorted_json(handle), time.time(), sandbox_id)), write=True)
 
     def set_last_active(self, sandbox_id: str, when: datetime) -> None:
         t = ts(when)

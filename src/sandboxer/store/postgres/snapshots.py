@@ -3,17 +3,15 @@ event to the outbox (``sandbox_id``: the snapshotted sandbox) in the same transa
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors as pg_errors
-from psycopg.types.json import Json
 
 from sandboxer.errors import Conflict, SnapshotNotFound
-from sandboxer.store.postgres.connection import Conn, Connection, dt, ts
+from sandboxer.store.postgres.connection import Conn, Connection, dt, sorted_json, ts
 from sandboxer.store.postgres.sandboxes import append_document
 from sandboxer.store.snapshots import (
     CLAIMING_STATES,
@@ -81,8 +79,7 @@ class Snapshots(Connection):
             if key == "expires_at":
                 value = ts(value)
             elif key == "artifact":
-                value = None if value is None else Json(
-                    value, dumps=lambda v: json.dumps(v, sort_keys=True))
+                value = None if value is None else sorted_json(value)
             sets.append(f"{key} = %s")
             args.append(value)
 
