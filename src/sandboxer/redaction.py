@@ -4,19 +4,21 @@ Values are registered when the boundary resolves them (and when the ext.local en
 receives them) and are kept, reference-counted, until unregistered. Error rendering
 (``SandboxerError.render``, the CLI's error report) and logging (a record factory plus a
 filter on the handlers) pass text through ``redact``, so a bug that puts a value into a
-message fails closed instead of leaking it. Standard library only: the CLI's read paths
-import this module.
+message fails closed instead of leaking it. The net goes on logging the first time a
+value is registered (and wherever a process calls ``install``), so a process that never
+holds one -- the CLI's thin paths -- does not even import logging. Standard library only:
+the CLI's read paths import this module.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandboxer._typing import override
+if TYPE_CHECKING:
+    import logging
 
 MASK = "***"
 _lock = threading.Lock()
@@ -31,7 +33,10 @@ def _refresh() -> None:
 
 
 def register(values: Iterable[str]) -> None:
-    """Remember ``values`` (non-empty ones) until as many ``unregister`` calls."""
+    """Remember ``values`` (non-empty ones) until as many ``unregister`` calls; the
+    first call puts the net on logging (``install``)."""
+    if not _installed:
+        install()
     with _lock:
         for v in values:
             if v:
@@ -73,6 +78,8 @@ def redact(text: str, extra: Iterable[str] = ()) -> str:
 
 
 def _scrub(record: logging.LogRecord) -> None:
+    import logging
+
     if not _ordered:
         return
     try:
@@ -90,10 +97,10 @@ def _scrub(record: logging.LogRecord) -> None:
         record.stack_info = redact(record.stack_info)
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that rewrites a record holding a registered value; never drops it."""
+class RedactingFilter:
+    """A logging filter that rewrites a record holding a registered value; never drops it.
+    (A filter is any object with this method: logging.Filter itself is not needed.)"""
 
-    @override
     def filter(self, record: logging.LogRecord) -> bool:
         _scrub(record)
         return True
@@ -109,8 +116,10 @@ def install() -> None:
     (plus ``logging.lastResort``, the CLI's only handler); a record factory also scrubs
     records as they are made, which covers handlers added later.
     """
+    import logging
+
     global _installed
-    handlers = [*logging.getLogger().handlers, *logging.getLogger("sandboxer").handlers]
+    handlers: list[logging.Handler] = [*logging.getLogger().handlers, *logging.getLogger("sandboxer").handlers]
     if logging.lastResort is not None:
         handlers.append(logging.lastResort)
     for h in handlers:

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from sandboxer._typing import override
-from sandboxer.cli import (
-    db,
-    doctor,
-    events,
-    files,
-    images,
-    mcp,
-    pools,
-    profiles,
-    reach,
-    sandboxes,
-    serve,
-    snapshots,
-    targets,
-    tokens,
-)
+
+# Every command group (a module of sandboxer.cli with ``register``), in help order.
+GROUPS = ("profiles", "sandboxes", "snapshots", "reach", "files", "pools", "targets",
+          "images", "events", "serve", "tokens", "mcp", "db", "doctor")
+# The group that registers each top-level command. A call that names one builds only that
+# group's parser: importing and building all fourteen cost every command ~15 ms (a third
+# of a thin `destroy`). tests/unit/cli/test_main.py checks this against the full parser.
+GROUP_OF = {
+    "profiles": "profiles",
+    **dict.fromkeys(("create", "get", "list", "extend", "stop", "start", "pause", "resume",
+                     "destroy", "reap", "reconcile"), "sandboxes"),
+    **dict.fromkeys(("snapshot", "snapshots", "fork"), "snapshots"),
+    **dict.fromkeys(("reachability", "ssh", "ssh-config"), "reach"),
+    **dict.fromkeys(("cp", "port-forward"), "files"),
+    **{g: g for g in ("pools", "targets", "images", "events", "serve", "tokens", "mcp", "db",
+                      "doctor")},
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +40,9 @@ def _untranslated(message: str) -> str:
     return message
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: every group's, or (``words``, a command line) only the group
+    of the command it names, when it names a known one."""
     # argparse asks gettext for every help and usage string, and gettext looks for
     # translation files anew on each call (~100 calls, ~15 ms per command here); sand-boxer
     # speaks English and Python ships no argparse translations.
@@ -56,10 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a stable JSON document")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for group in (profiles, sandboxes, snapshots, reach, files, pools, targets, images, events,
-                  serve, tokens, mcp, db, doctor):
-        group.register(sub, common)
+    for name in _groups(words):
+        importlib.import_module(f"sandboxer.cli.{name}").register(sub, common)
     return parser
+
+
+def _groups(words: Sequence[str] | None) -> tuple[str, ...]:
+    """Which groups to register for ``words``: the first word that is no option names the
+    command; anything else (no command, ``--help``, a typo) gets them all, so that usage
+    and errors list every command."""
+    if words is None:
+        return GROUPS
+    first = next((w for w in words if not w.startswith("-")), None)
+    if first is None or first not in GROUP_OF or any(w in ("-h", "--help", "--version")
+                                                      for w in words[:words.index(first)]):
+        return GROUPS
+    return (GROUP_OF[first],)
 
 
 def _version() -> str:
@@ -89,16 +105,14 @@ def _report(error: Exception, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
     if words[:1] == ["ssh"] and "--" in words:  # `ssh ID [options] -- CMD...`
         cut = words.index("--")
         words, command = words[:cut], words[cut + 1:]
-    args = parser.parse_args(words)
-    from sandboxer import redaction
-
-    redaction.install()
+    args = build_parser(words).parse_args(words)
+    # No redaction.install() here: registering a value installs the net (redaction.py),
+    # and a thin command, whose process never holds one, then imports no logging.
     if command:
         args.command = command
     try:

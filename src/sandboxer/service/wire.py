@@ -38,14 +38,13 @@ its own process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sandboxer import childenv
-from sandboxer.config import Settings
+from sandboxer.config import Settings, sha256_hex
 from sandboxer.values import LIFECYCLE
 
 PROTOCOL = 1
@@ -79,7 +78,7 @@ def settings_key(env: Mapping[str, str], home: Path) -> str:
     src = childenv.source_dir()
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
     payload = [PROTOCOL, sandboxer.__version__, src, str(home), items, path]
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+    return sha256_hex(json.dumps(payload).encode())
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
