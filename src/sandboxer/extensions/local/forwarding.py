@@ -5,9 +5,10 @@ A direct-tcpip request is allowed when its destination is ``127.0.0.1``, ``local
 kept in the sandbox's record and handle); anything else is refused before anything is
 connected. The connection itself is made by a process of the jail, confined exactly like
 a session (holder.Jail.enter: its cgroup, namespaces, root, uid, rlimits and seccomp
-filter): in its preexec step, once it stands in the jail, it connects a socket — which so
+filter): once it stands in the jail, before its exec, it connects a socket — which so
 belongs to the jail's network namespace, whose loopback is the sandbox's own — and hands
-the fd back over a socketpair (SCM_RIGHTS), then execs ``/usr/bin/true``. The endpoint only
+the fd back over a socketpair (SCM_RIGHTS, enter.connect_back), then execs
+``/usr/bin/true``. The endpoint only
 relays bytes between that socket and the SSH channel: nothing is connected from the host's
 network namespace, so neither a listener on the host's 127.0.0.1 nor another sandbox's
 port is reachable, whatever the port.
@@ -28,7 +29,7 @@ from typing_extensions import override
 
 from sandboxer.extensions.local import jail
 from sandboxer.extensions.local.holder import Jail
-from sandboxer.extensions.local.spawn import spawn
+from sandboxer.extensions.local.spawnerclient import DEVNULL, spawn_jailed
 
 LOOPBACK = {"127.0.0.1": (socket.AF_INET, "127.0.0.1"),
             "localhost": (socket.AF_INET, "127.0.0.1"),
@@ -72,23 +73,14 @@ async def connect(j: Jail, host: str, port: int) -> socket.socket:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ns_fds: tuple[int, ...] = ()
     try:
-        enter, ns_fds = j.enter(pty=False)
-        child_end = theirs.fileno()
-
-        def preexec() -> None:
-            enter()  # in the jail now: its uid, namespaces, cgroup and seccomp filter
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.settimeout(CONNECT_TIMEOUT)
-                try:
-                    s.connect((address, port))
-                except OSError as e:
-                    os.write(child_end, f"E{e.errno or errno.ECONNREFUSED}".encode())
-                    return
-                socket.send_fds(theirs, [b"K"], [s.fileno()])
-
-        proc = await spawn([TRUE], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, env={"PATH": jail.JAIL_PATH},
-                           pass_fds=ns_fds, preexec_fn=preexec, start_new_session=True)
+        plan = j.plan(pty=False)
+        ns_fds = tuple(plan.ns.values())
+        # In the jail (its uid, namespaces, cgroup and seccomp filter), the child connects
+        # and hands the socket back over ``theirs`` (enter.connect_back), then execs true.
+        proc = await spawn_jailed([TRUE], env={"PATH": jail.JAIL_PATH}, stdio=(
+            DEVNULL, DEVNULL, DEVNULL), plan=plan, connect=(family, address, port,
+                                                           CONNECT_TIMEOUT),
+            reply=theirs.fileno())
         jail.close_fds(ns_fds)
         ns_fds = ()
         await proc.wait()

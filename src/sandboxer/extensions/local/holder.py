@@ -5,19 +5,20 @@ keeps open the namespaces of the jail's waiting child: its user namespace (and t
 parent, which owns the others), mount, pid, net, ipc, uts and cgroup namespaces, and its
 root directory. Fds, not pids, so a recycled pid can never point a session elsewhere.
 
-``Jail.enter`` is a session's preexec step, run in the forked child while it is still
-the endpoint's user: join the cgroup, enter the namespaces (the parent user namespace
-first, which owns the others, then the jail's own), chroot to the jail's root, drop the
-capability bounding set, become the jail user, set rlimits, then no_new_privs and the
-seccomp filter. What it execs (jail.SPAWNER) is the jail's own binary running as the jail
-user: nothing in the profile's environment reaches a host-side program.
+``Jail.plan`` is what a session's process does between fork and exec (enter.py), run in
+the child while it is still the endpoint's user: join the cgroup, enter the namespaces
+(the parent user namespace first, which owns the others, then the jail's own), chroot to
+the jail's root, drop the capability bounding set, become the jail user, set rlimits,
+then no_new_privs and the seccomp filter. The spawner (spawner.py) forks such children;
+``Jail.enter`` makes the same steps a preexec function, for when it cannot. What the child
+execs (jail.SPAWNER) is the jail's own binary running as the jail user: nothing in the
+profile's environment reaches a host-side program.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import functools
 import logging
@@ -26,7 +27,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import termios
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,28 +34,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sandboxer.extensions.local import disk, jail, seccomp
+from sandboxer.extensions.local import disk, jail, seccomp, spawnerclient
+from sandboxer.extensions.local import enter as entry
 from sandboxer.extensions.local.cgroups import SandboxCgroup
 from sandboxer.extensions.local.spawn import Child, in_thread, spawn
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
 NS_GET_PARENT = 0xB702
-PR_CAPBSET_DROP = 24
-# Entered after the parent user namespace, before the jail's own (which owns none of them).
-_ORDER = (("mnt", CLONE_NEWNS), ("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC),
-          ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP), ("pid", CLONE_NEWPID))
 _START_TIMEOUT = 10.0
 SESSION_OOM_SCORE_ADJ = 500
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class JailError(OSError):
@@ -75,7 +64,7 @@ class Namespaces:
             ns.fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
             ns.fds["user_parent"] = fcntl.ioctl(ns.fds["user"], NS_GET_PARENT)
             os.set_inheritable(ns.fds["user_parent"], False)
-            for name, _flag in _ORDER:
+            for name, _flag in entry.ORDER:
                 ns.fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY)
             ns.fds["root"] = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY)
         except OSError:
@@ -86,12 +75,6 @@ class Namespaces:
     def close(self) -> None:
         jail.close_fds(self.fds.values())
         self.fds.clear()
-
-
-def _setns(fd: int, flag: int, what: str) -> None:
-    if _libc.setns(fd, flag) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"entering the jail's {what} namespace: {os.strerror(err)}")
 
 
 @dataclass(eq=False)
@@ -159,6 +142,9 @@ class Jail:
                 self.proc = await spawn(argv, preexec_fn=self._holder_preexec(), **kw)
         finally:
             jail.close_fds([*data_fds.values(), *secret_fds.values(), *filter_fds])
+        # The first jail starts the spawner, which boots while bwrap sets the jail up:
+        # ready by the time the jail's first session (a create's readiness probe) comes.
+        spawnerclient.client()
         try:
             self.holder_pid = await self._wait_for_holder()
             if joining is not None:
@@ -244,59 +230,36 @@ class Jail:
         raise JailError(f"the jail of {self.sandbox_id} did not start: "
                         f"{err.decode(errors='replace').strip()[-300:] or 'timed out'}")
 
-    def enter(self, *, pty: bool) -> tuple[Callable[[], None], tuple[int, ...]]:
-        """The preexec step of a session's process (see the module docstring), and the
-        fds its spawn must pass to the child: duplicates of the jail's, which the caller
-        closes once the child runs (the preexec closes the child's copies).
+    def plan(self, *, pty: bool) -> entry.Plan:
+        """What a session's process does between fork and exec (enter.py), with fds of
+        its own: duplicates of the jail's, which the caller closes once the child runs
+        (the child closes its copies in its last steps).
 
-        Duplicates, because the spawn runs in a worker thread while the event loop goes
-        on: if the loop stops this jail meanwhile (a destroy, a revive) and starts another
-        sandbox's, the numbers of this jail's fds may name that one's namespaces by then.
-        A duplicate keeps naming this jail's, even once it stopped.
+        Duplicates, because the spawn runs in a worker thread or in the spawner while the
+        event loop goes on: if the loop stops this jail meanwhile (a destroy, a revive)
+        and starts another sandbox's, the numbers of this jail's fds may name that one's
+        namespaces by then. A duplicate keeps naming this jail's, even once it stopped.
         """
         if not self.alive:
             raise JailError(f"the jail of {self.sandbox_id} is not running")
         ns: dict[str, int] = {}
         try:
-            for name, fd in self.ns.fds.items():
-                ns[name] = os.dup(fd)  # not inheritable: only pass_fds reach the child
-        except OSError:
+            for name in entry.NS_NAMES:
+                ns[name] = os.dup(self.ns.fds[name])  # not inheritable: passed on purpose
+        except (OSError, KeyError):
             jail.close_fds(ns.values())
             raise
-        cgroup, limits = self.cgroup, self._limits()
-        load_filter = seccomp.loader()
-        caps = _last_cap()
+        procs = () if self.cgroup is None else tuple(
+            str(d / "cgroup.procs") for d in self.cgroup.unique_dirs)
+        return entry.Plan(cgroup_procs=procs, oom_score_adj=SESSION_OOM_SCORE_ADJ, pty=pty,
+                          uid=jail.JAIL_UID, home=jail.JAIL_HOME, last_cap=_last_cap(),
+                          rlimits=tuple(self._limits()), seccomp=seccomp.program(), ns=ns)
 
-        def preexec() -> None:
-            if cgroup is not None:
-                cgroup.join_self()
-            # The OOM killer picks what sessions run before the jail's own processes (a
-            # killed init would end the sandbox). Raising needs no privilege, lowering
-            # would (CAP_SYS_RESOURCE, which some hosts withhold even from root).
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(SESSION_OOM_SCORE_ADJ))
-            if pty:
-                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-            _setns(ns["user_parent"], CLONE_NEWUSER, "parent user")
-            for name, flag in _ORDER:
-                _setns(ns[name], flag, name)
-            _setns(ns["user"], CLONE_NEWUSER, "user")
-            os.fchdir(ns["root"])
-            os.chroot(".")
-            os.chdir(jail.JAIL_HOME)
-            for cap in range(caps + 1):
-                if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), f"dropping capability {cap}")
-            with contextlib.suppress(PermissionError):  # "deny" in an unprivileged userns
-                os.setgroups([])
-            os.setresgid(jail.JAIL_UID, jail.JAIL_UID, jail.JAIL_UID)
-            os.setresuid(jail.JAIL_UID, jail.JAIL_UID, jail.JAIL_UID)
-            for which, value in limits:
-                resource.setrlimit(which, (value, value))
-            jail.close_fds(ns.values())
-            load_filter()
-
-        return preexec, tuple(ns.values())
+    def enter(self, *, pty: bool) -> tuple[Callable[[], None], tuple[int, ...]]:
+        """The in-process way in: ``plan``'s steps as a preexec function, and the fds its
+        spawn must pass to the child (the caller closes them once the child runs)."""
+        plan = self.plan(pty=pty)
+        return entry.preexec(plan), tuple(plan.ns.values())
 
     async def stop(self) -> None:
         """End every process of the jail; the namespaces go with them. Idempotent."""

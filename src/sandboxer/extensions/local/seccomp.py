@@ -15,12 +15,13 @@ the filter as its last step, after it entered the jail (holder.Jail.enter).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import os
 import tempfile
 from collections.abc import Callable
+
+from sandboxer.extensions.local.enter import filter_loader
 
 # Denied outright: keys, BPF, perf, userfaultfd, kexec and modules, every mount and
 # namespace call, swap,
@@ -83,35 +84,7 @@ def pipe_fd() -> int:
     return r
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-
-
 def loader() -> Callable[[], None]:
-    """A function for a child's last step before exec: no_new_privs, then the filter.
-
-    Everything it needs is allocated here, in the parent; the child makes two prctl calls.
-    """
-    code = program()
-    buf = ctypes.create_string_buffer(code, len(code))
-    prog = _SockFprog(len(code) // 8, ctypes.addressof(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
-                      ctypes.c_ulong]
-    addr = ctypes.addressof(prog)
-
-    def load() -> None:
-        _keep = (buf, prog)  # referenced so the program outlives the parent's frame
-        if prctl(PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, addr, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
-        del _keep
-
-    return load
+    """A function for a child's last step before exec: no_new_privs, then the filter
+    (enter.filter_loader: everything allocated here, in the parent)."""
+    return filter_loader(program())

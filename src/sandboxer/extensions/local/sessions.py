@@ -14,19 +14,18 @@ import contextlib
 import inspect
 import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 from typing_extensions import override
 
 from sandboxer.extensions.local import forwarding, jail
 from sandboxer.extensions.local.holder import Jail
-from sandboxer.extensions.local.spawn import Child, spawn
+from sandboxer.extensions.local.spawn import Process
+from sandboxer.extensions.local.spawnerclient import spawn_jailed
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class SSHServer(asyncssh.SSHServer):
         self.bwrap = bwrap
         self.root = root
         self.conn: asyncssh.SSHServerConnection | None = None
-        self.procs: set[Child] = set()
+        self.procs: set[Process] = set()
         self.forwards = 0  # forwarded connections open now
 
     @override
@@ -189,11 +188,9 @@ async def _pump(fd: int, out: asyncssh.SSHWriter[bytes]) -> None:
         transport.close()
 
 
-def kill_session(proc: Child) -> None:
-    """SIGKILL a session's process group (its spawner leads it); gone already is fine."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+def kill_session(proc: Process) -> None:
+    """SIGKILL a session's process group (its process leads it); gone already is fine."""
+    proc.kill_group()
 
 
 async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
@@ -240,27 +237,23 @@ async def run_session(sb: Sandbox, process: asyncssh.SSHServerProcess[bytes], *,
             await sb.revive()
         if sb.jail is None:
             raise OSError("the sandbox's jail is not running")
-        preexec, ns_fds = sb.jail.enter(pty=pty)
-        kw: dict[str, Any] = {
-            "pass_fds": ns_fds,
-            "preexec_fn": preexec,
-            # The whole environment, secrets included: never on a command line.
-            "env": jail.session_env(s),
-            "start_new_session": True,
-        }
+        plan = sb.jail.plan(pty=pty)
+        ns_fds = tuple(plan.ns.values())
+        # The whole environment, secrets included: never on a command line.
+        child_env = jail.session_env(s)
         argv = jail.session_argv(s)
         if pty:
             cols, rows, _, _ = process.term_size
             master, slave = jail.open_pty(cols, rows, sb.host_uid if root else None,
                                           ptmx=f"/proc/{sb.jail.holder_pid}/root/dev/pts/ptmx")
-            proc = await spawn(argv, stdin=slave, stdout=slave, stderr=slave, **kw)
+            proc = await spawn_jailed(argv, env=child_env, stdio=(slave, slave, slave), plan=plan)
         else:
             # Plain pipes (not asyncio streams): asyncssh owns and closes our ends.
             for _ in range(3):
                 r, w = os.pipe()
                 pipes += [r, w]
             child = (pipes[0], pipes[3], pipes[5])
-            proc = await spawn(argv, stdin=child[0], stdout=child[1], stderr=child[2], **kw)
+            proc = await spawn_jailed(argv, env=child_env, stdio=child, plan=plan)
             ours = (pipes[1], pipes[2], pipes[4])
             pipes = list(child)
     except Exception as e:

@@ -14,12 +14,36 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Process(Protocol):
+    """A started child of the endpoint: one of ``spawn`` (``Child``) or of the spawner
+    (spawnerclient.SpawnedChild)."""
+
+    @property
+    def pid(self) -> int:
+        """Its pid (it leads its own session and process group where asked for)."""
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it exited (negative: the signal), None while it runs."""
+
+    def close_pipes(self) -> None:
+        """Close our ends of its stdin/stdout/stderr pipes, if it has any."""
+
+    async def wait(self) -> int:
+        """Its exit status, once it exits."""
+
+    def kill_group(self) -> None:
+        """SIGKILL its process group (it leads one) unless its exit is known already;
+        never a pid that may have been reused."""
 
 
 class Child:
@@ -43,6 +67,13 @@ class Child:
         for f in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
             if f is not None:
                 f.close()
+
+    def kill_group(self) -> None:
+        """SIGKILL its process group unless it was reaped (here, by ``poll``: until then
+        its pid cannot be reused); gone already is fine."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     async def wait(self) -> int:
         """Its exit status, once it exits (negative: the signal that ended it)."""

@@ -1,0 +1,352 @@
+"""The endpoint's side of the spawner (spawner.py): start it, ask it, or do without it.
+
+``spawn_jailed`` is how a session's process (and a forward's connector) starts: the
+endpoint's one spawner forks it — started lazily on first use, again after it died — and
+when there is none (it cannot start, it died while asked, the request does not fit in one
+message) the endpoint spawns the child itself (spawn.py) with the same steps as a preexec
+function (enter.preexec). The spawner is a child of the event loop's thread (its
+PR_SET_PDEATHSIG follows that thread) and is bound to that loop: a new loop gets a new
+one, and the old one exits at the EOF of its socket.
+
+A request the spawner took but did not answer before it died: its child dies with the
+spawner (PDEATHSIG SIGKILL, kept from the fork through the exec), so once the endpoint
+has reaped the spawner nothing of that request runs, and it is spawned in-process.
+Children that were running die the same way; their exit status is gone with the spawner,
+so they report -SIGKILL once their pidfd says they ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sandboxer import childenv
+from sandboxer.extensions.local import enter
+from sandboxer.extensions.local.spawn import Child, Process, spawn
+
+log = logging.getLogger(__name__)
+
+DEVNULL = -1  # for ``stdio``: /dev/null
+MODULE = "sandboxer.extensions.local.spawner"
+RETRY_AFTER = 30.0  # seconds without a spawner after it could not start
+enabled = True  # False: always in-process (bench/warm_local.py measures both ways)
+
+
+class Gone(Exception):
+    """The spawner ended before it answered."""
+
+
+class SpawnedChild:
+    """A process the spawner forked (spawn.Process): its exit comes from the spawner,
+    its kill goes through the spawner, which reaps it (or through its pidfd once the
+    spawner is gone)."""
+
+    def __init__(self, client: Client, rid: int, pid: int, pidfd: int) -> None:
+        self._client, self._id, self.pid, self._pidfd = client, rid, pid, pidfd
+        self._rc: int | None = None
+        self._exited: asyncio.Future[int] = client.loop.create_future()
+        self.stderr = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._rc
+
+    def close_pipes(self) -> None:
+        """Nothing to close: its stdio are the caller's fds, never pipes made here."""
+
+    async def wait(self) -> int:
+        """Its exit status, once the spawner reaped it (negative: the signal)."""
+        return await asyncio.shield(self._exited)
+
+    def kill_group(self) -> None:
+        """SIGKILL its process group: the spawner does it, which has not reaped it yet
+        if it still lists it. Without a spawner (it died: so did this child, by its
+        PDEATHSIG) the pidfd names this very process, whatever became of its pid."""
+        if self._rc is not None:
+            return
+        if self._client.kill(self._id):
+            return
+        if self._pidfd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def _exit(self, rc: int) -> None:
+        if self._rc is not None:
+            return
+        self._rc = rc
+        if not self._exited.done():
+            self._exited.set_result(rc)
+        if self._pidfd >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                self._client.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _orphaned(self) -> None:
+        """The spawner is gone: this child died with it, or will at once."""
+        try:
+            if self._pidfd >= 0:
+                self._client.loop.add_reader(self._pidfd, self._exit, -signal.SIGKILL)
+                return
+        except RuntimeError:  # its loop is closed: nobody waits for it any more
+            pass
+        with contextlib.suppress(RuntimeError):
+            self._exit(-signal.SIGKILL)
+
+
+class Client:
+    """One running spawner, bound to the event loop that started it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            env = childenv.allowed(os.environ)
+            env["PYTHONPATH"] = childenv.source_dir()
+            # No preexec step: Popen vforks, so starting it holds the loop ~1 ms.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-S", "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), env=env, cwd="/", stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self.alive = True
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._next = 0
+        self._pending: dict[int, asyncio.Future[SpawnedChild]] = {}
+        self._children: dict[int, SpawnedChild] = {}
+        self.reaped: asyncio.Future[int] = asyncio.ensure_future(Child(self.proc).wait())
+        loop.add_reader(ours.fileno(), self._readable)
+
+    async def spawn(self, argv: list[str], env: dict[str, str], stdio: tuple[int, int, int],
+                    plan: enter.Plan | None, *, connect: tuple[int, str, int, float] | None,
+                    reply: int) -> SpawnedChild:
+        """Ask for one child; OSError (errno and step) when it failed before its exec,
+        Gone when the spawner ended first, OSError EMSGSIZE when the request is too big."""
+        if not self.alive:
+            raise Gone
+        self._next += 1
+        rid = self._next
+        names = ["stdin", "stdout", "stderr"]
+        fds = [self.devnull if fd == DEVNULL else fd for fd in stdio]
+        if plan is not None:
+            names += enter.NS_NAMES
+            fds += [plan.ns[n] for n in enter.NS_NAMES]
+        if connect is not None:
+            names.append("reply")
+            fds.append(reply)
+        msg = {"op": "spawn", "id": rid, "argv": argv, "env": env, "session": True,
+               "plan": None if plan is None else plan.wire(), "connect": connect,
+               "fds": names}
+        started: asyncio.Future[SpawnedChild] = self.loop.create_future()
+        self._pending[rid] = started
+        try:
+            await self._send(json.dumps(msg).encode(), fds)
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        try:
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # The caller gave up: the child (forked or about to be) is killed, not kept.
+            self._pending.pop(rid, None)
+            self.kill(rid)
+            raise
+
+    def kill(self, rid: int) -> bool:
+        """Ask the spawner to SIGKILL child ``rid``'s group; False without a spawner."""
+        if not self.alive:
+            return False
+        try:
+            socket.send_fds(self.sock, [json.dumps({"op": "kill", "id": rid}).encode()], [])
+        except OSError:
+            return False
+        return True
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        while True:
+            try:
+                socket.send_fds(self.sock, [data], fds)
+                return
+            except BlockingIOError:
+                writable = self.loop.create_future()
+                self.loop.add_writer(self.sock.fileno(), writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    self.loop.remove_writer(self.sock.fileno())
+            except OSError as e:
+                if e.errno == errno.EMSGSIZE:
+                    raise
+                self._gone()
+                raise Gone from e
+
+    def _readable(self) -> None:
+        while self.alive:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 4,
+                                                          socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = b"", []
+            if not msg:
+                self._gone()
+                return
+            try:
+                self._answer(json.loads(msg), fds)
+            except (ValueError, KeyError, TypeError):
+                log.warning("the spawner sent a message that is not understood")
+                for fd in fds:
+                    os.close(fd)
+
+    def _answer(self, d: dict[str, Any], fds: list[int]) -> None:
+        rid = d["id"]
+        if "exit" in d:
+            child = self._children.pop(rid, None)
+            if child is not None:
+                child._exit(int(d["exit"]))
+            return
+        started = self._pending.pop(rid, None) if isinstance(rid, int) else None
+        if "pid" in d and len(fds) == 1:
+            if started is None or started.done():  # its caller gave up: killed already
+                os.close(fds[0])
+                return
+            child = SpawnedChild(self, rid, int(d["pid"]), fds[0])
+            self._children[rid] = child
+            started.set_result(child)
+            return
+        for fd in fds:
+            os.close(fd)
+        if started is not None and not started.done():
+            started.set_exception(OSError(int(d.get("errno") or errno.EIO),
+                                          str(d.get("error", "the spawner failed"))))
+
+    def _gone(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        os.close(self.devnull)
+        for started in self._pending.values():
+            if not started.done():
+                started.set_exception(Gone())
+        self._pending.clear()
+        for child in self._children.values():
+            child._orphaned()
+        self._children.clear()
+
+    def close(self) -> None:
+        """Close our end: the spawner exits (and its children with it)."""
+        self._gone()
+
+
+_client: Client | None = None
+_broken_until = 0.0
+_said: set[str] = set()
+
+
+def _once(what: str, why: object) -> None:
+    if what not in _said:
+        _said.add(what)
+        log.info("sessions start in the endpoint itself: %s (%s)", what, why)
+
+
+def _reset() -> None:
+    global _client
+    _client = None  # a forked child has no spawner: its parent's socket is not its own
+
+
+os.register_at_fork(after_in_child=_reset)
+
+
+def _pidfds() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def client() -> Client | None:
+    """The spawner of the running loop, started if needed; None: do without."""
+    global _client, _broken_until
+    loop = asyncio.get_running_loop()
+    if _client is not None and (_client.loop is not loop or not _client.alive):
+        _client.close()
+        _client = None
+    if _client is None and enabled and time.monotonic() >= _broken_until:
+        if not _pidfds():
+            _broken_until = float("inf")
+            _once("no pidfds", "pidfd_open failed")
+            return None
+        try:
+            _client = Client(loop)
+        except OSError as e:
+            _broken_until = time.monotonic() + RETRY_AFTER
+            _once("the spawner could not start", e)
+    return _client if enabled else None
+
+
+async def spawn_jailed(argv: list[str], *, env: dict[str, str],
+                       stdio: tuple[int, int, int], plan: enter.Plan | None,
+                       connect: tuple[int, str, int, float] | None = None,
+                       reply: int = -1) -> Process:
+    """Start ``argv`` with exactly ``env``, leading a new session, after ``plan``'s steps
+    (None: none, for tests); ``stdio`` fds (or DEVNULL) become its 0, 1 and 2; with
+    ``connect`` (family, address, port, timeout) it hands a connected socket back over
+    ``reply`` (enter.connect_back) before its exec. The caller keeps its fds (the plan's
+    too) and closes them once this returns.
+
+    Through the spawner when there is one, else in this process (see the module
+    docstring). OSError when the child failed before its exec.
+    """
+    c = client()
+    if c is not None:
+        try:
+            return await c.spawn(argv, env, stdio, plan, connect=connect, reply=reply)
+        except Gone:
+            await c.reaped  # its children died with it: none of this request is left
+            _once("the spawner died", f"exit status {c.proc.returncode}")
+        except OSError as e:
+            if e.errno != errno.EMSGSIZE:
+                raise
+            _once("a request does not fit in one message", e)
+    std = [subprocess.DEVNULL if fd == DEVNULL else fd for fd in stdio]
+    return await spawn(argv, stdin=std[0], stdout=std[1], stderr=std[2], env=env,
+                       pass_fds=() if plan is None else tuple(plan.ns.values()),
+                       preexec_fn=_preexec(plan, connect, reply), start_new_session=True)
+
+
+def _preexec(plan: enter.Plan | None, connect: tuple[int, str, int, float] | None,
+             reply: int) -> Callable[[], None] | None:
+    """The in-process way: the same steps as the spawner's child (spawner.py)."""
+    if plan is None and connect is None:
+        return None
+    load_filter = enter.filter_loader(plan.seccomp) if plan is not None else None
+
+    def preexec() -> None:
+        if plan is not None and load_filter is not None:
+            enter.run(plan, load_filter)
+        if connect is not None:
+            enter.connect_back(reply, *connect)
+
+    return preexec
