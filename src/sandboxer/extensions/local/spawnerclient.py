@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -257,6 +258,8 @@ class Client:
     def close(self) -> None:
         """Close our end: the spawner exits (and its children with it)."""
         self._gone()
+        if self.proc.returncode is None:  # reaped, not a zombie, whatever its loop does
+            threading.Thread(target=self.proc.wait, daemon=True).start()
 
 
 _client: Client | None = None

@@ -1,0 +1,112 @@
+"""A jailed process started by the spawner ends up exactly as one the endpoint forks itself.
+
+A real jail (bwrap, the sandbox's cgroup when the host offers one); the same plan
+(holder.Jail.plan) spawned both ways (spawnerclient.spawn_jailed, with and without the
+spawner), then read from /proc: credentials, capabilities, no_new_privs, seccomp,
+namespaces, cgroup, oom_score_adj, rlimits, fds and environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sandboxer.extensions.local import cgroups, jail, spawnerclient
+from sandboxer.extensions.local.holder import Jail
+from sandboxer.extensions.local.spawnerclient import DEVNULL, SpawnedChild, spawn_jailed
+from sandboxer.extensions.local.spec import LocalSpec
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("bwrap") is None or os.geteuid() != 0,
+                       reason="needs bwrap and root"),
+]
+STATUS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+          "NoNewPrivs", "Seccomp")
+NS = ("user", "mnt", "net", "ipc", "uts", "cgroup", "pid_for_children")
+
+
+def _read(pid: int) -> dict[str, object]:
+    proc = Path(f"/proc/{pid}")
+    status = dict(line.split(":", 1) for line in proc.joinpath("status").read_text()
+                  .splitlines())
+    return {
+        "status": {k: status[k].split() for k in STATUS},
+        "ns": {n: os.readlink(proc / "ns" / n) for n in NS},
+        "cgroup": proc.joinpath("cgroup").read_text(),
+        "oom": proc.joinpath("oom_score_adj").read_text().strip(),
+        "limits": proc.joinpath("limits").read_text(),
+        "fds": sorted(os.listdir(proc / "fd")),
+        "environ": sorted(proc.joinpath("environ").read_bytes().split(b"\0")[:-1]),
+        "root": os.readlink(proc / "root"),
+        "cwd": os.readlink(proc / "cwd"),
+    }
+
+
+def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hierarchy = cgroups.detect()
+    sid = "sbx-spawnertest"
+    ws = tmp_path / sid / "workspace"
+    ws.mkdir(parents=True)
+    j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
+             spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
+             root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+    env = {"PATH": jail.JAIL_PATH, "HOME": jail.JAIL_HOME, "SECRET_Y": "value-y"}
+
+    async def one(via_spawner: bool) -> tuple[str, dict[str, object], dict[str, object]]:
+        monkeypatch.setattr(spawnerclient, "enabled", via_spawner)
+        plan = j.plan(pty=False)
+        try:
+            child = await spawn_jailed(["/usr/bin/sleep", "30"], env=env,
+                                       stdio=(DEVNULL, DEVNULL, DEVNULL), plan=plan)
+        finally:
+            jail.close_fds(plan.ns.values())
+        try:
+            seen = _read(child.pid)
+            parent = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1]
+                         .split()[1])
+        finally:
+            child.kill_group()
+            await child.wait()
+        expect = {"ns": {n: os.readlink(f"/proc/{j.holder_pid}/ns/{n if n != 'pid_for_children' else 'pid'}")
+                         for n in NS},
+                  "cgroup": Path(f"/proc/{j.holder_pid}/cgroup").read_text()}
+        who = "spawner" if isinstance(child, SpawnedChild) else (
+            "endpoint" if parent == os.getpid() else f"pid {parent}")
+        if who == "spawner":
+            assert spawnerclient._client is not None
+            assert parent == spawnerclient._client.proc.pid
+        return who, seen, expect
+
+    async def main() -> list[tuple[str, dict[str, object], dict[str, object]]]:
+        await j.start()
+        try:
+            return [await one(True), await one(False)]
+        finally:
+            await j.stop()
+            if j.cgroup is not None:
+                j.cgroup.remove()
+            if spawnerclient._client is not None:
+                spawnerclient._client.close()
+                spawnerclient._client = None
+
+    (w1, spawned, expect), (w2, forked, _) = asyncio.run(main())
+    assert (w1, w2) == ("spawner", "endpoint")
+    assert spawned == forked
+    status = spawned["status"]
+    assert isinstance(status, dict)
+    assert status["CapBnd"] == status["CapEff"] == status["CapPrm"] == ["0000000000000000"]
+    assert status["NoNewPrivs"] == ["1"]
+    assert status["Seccomp"] == ["2"]
+    assert status["Uid"] == [str(os.getuid())] * 4  # JAIL_UID inside maps to it
+    assert spawned["ns"] == expect["ns"]
+    assert spawned["cgroup"] == expect["cgroup"]
+    assert spawned["oom"] == "500"
+    assert spawned["fds"] == ["0", "1", "2"]
+    assert spawned["environ"] == sorted(f"{k}={v}".encode() for k, v in env.items())
+    assert spawned["cwd"] == jail.JAIL_HOME
