@@ -15,6 +15,11 @@ Functions for other benchmarks (each runs in this process, after
   ``bwrap … true`` plus one asyncssh ``true`` round trip to an existing sandbox.
 - ``measure_paired(rounds) -> (baseline, creates)``: both, one of each per round in turn
   (the same load for both: take the ratio of these).
+- ``measure_sessions(rounds) -> dict``: ms of a session on an open asyncssh connection
+  (``conn.run("true")``), of its spawn inside the endpoint (``spawn_jailed`` called to
+  returned: the child runs) and of a create to ready, each through the spawner and
+  without it (``spawnerclient.enabled = False``: the endpoint forks the child itself, the
+  way before the spawner), the two ways in turn in the same rounds.
 
 ``endpoint="in-process"`` runs the SSH endpoint in this process, on the Service's own
 ext.local instance (as the local service, core's keeper daemon, hosts it);
@@ -193,6 +198,76 @@ def measure_paired(rounds: int = 20, *, endpoint: str = "in-process",
     return asyncio.run(main())
 
 
+def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[float]]:
+    """Samples (ms) under ``run_spawner``, ``run_inprocess``, ``spawn_spawner``,
+    ``spawn_inprocess``, ``create_spawner`` and ``create_inprocess`` (see the module
+    docstring); the endpoint runs in this process, so both ways are switched here."""
+    from sandboxer.extensions._ssh import _connect
+    from sandboxer.extensions.local import sessions, spawnerclient
+    from sandboxer.models.extension import Endpoint
+
+    out: dict[str, list[float]] = {f"{what}_{way}": [] for what in ("run", "spawn", "create")
+                                   for way in ("spawner", "inprocess")}
+    real = sessions.spawn_jailed
+    spawns: list[float] = []
+
+    async def timed_spawn(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            spawns.append((time.perf_counter() - t) * 1000)
+
+    async def main() -> None:
+        async with _service("in-process") as svc:
+            st = await svc.create(_request())
+            r = st.reachability
+            if r is None:
+                raise RuntimeError(f"{st.id} has no descriptor")
+            ep = Endpoint(host=r.host, port=r.port, user=r.user, host_key="-",
+                          identity_file=r.identity_file,
+                          known_hosts_file=str(svc.settings.keys_dir
+                                               / f"{st.id}.known_hosts"))
+            sessions.spawn_jailed = timed_spawn  # type: ignore[assignment]
+            try:
+                async with _connect(ep) as conn:
+                    for i in range(warmup + rounds):
+                        for way in ("spawner", "inprocess"):
+                            spawnerclient.enabled = way == "spawner"
+                            spawns.clear()
+                            t = time.perf_counter()
+                            done = await conn.run("true", check=False)
+                            ms = (time.perf_counter() - t) * 1000
+                            if done.exit_status != 0:
+                                raise RuntimeError(f"a session failed: {done.stderr!r}")
+                            ms_create, made = await _timed(lambda: svc.create(_request()))
+                            await svc.destroy(made.id)
+                            if i >= warmup:
+                                out[f"run_{way}"].append(ms)
+                                out[f"spawn_{way}"].append(spawns[0])
+                                out[f"create_{way}"].append(ms_create)
+            finally:
+                sessions.spawn_jailed = real
+                spawnerclient.enabled = True
+
+    asyncio.run(main())
+    return out
+
+
+def print_sessions(samples: dict[str, list[float]]) -> None:
+    """The figures of ``measure_sessions``, each against the in-process way as baseline."""
+    from figures import Check, report
+
+    n = len(samples["run_spawner"])
+    what = {"spawn": f"session spawn in the endpoint (median of {n})",
+            "run": f"session round trip, conn.run true (median of {n})",
+            "create": f"Service.create to ready (median of {n})"}
+    report("ext.local sessions: through the spawner, against the endpoint forking itself",
+           [Check(what[k], statistics.median(samples[f"{k}_spawner"]),
+                  statistics.median(samples[f"{k}_inprocess"]), "in-process fork, same rounds")
+            for k in ("spawn", "run", "create")])
+
+
 def pct(samples: list[float], p: float) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
@@ -205,8 +280,13 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--endpoint", default="in-process")
     ap.add_argument("--skip-burst", action="store_true")
+    ap.add_argument("--sessions", action="store_true",
+                    help="only the session figures: the spawner against in-process forks")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.sessions:
+        print_sessions(measure_sessions(args.rounds))
+        return 0
     baseline, creates = measure_paired(args.rounds, endpoint=args.endpoint)
     base, med = statistics.median(baseline), statistics.median(creates)
     print(f"baseline (bwrap true + asyncssh true): {base:.1f} ms")

@@ -73,7 +73,8 @@ def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
         finally:
             child.kill_group()
             await child.wait()
-        expect = {"ns": {n: os.readlink(f"/proc/{j.holder_pid}/ns/{n if n != 'pid_for_children' else 'pid'}")
+        holder = Path(f"/proc/{j.holder_pid}/ns")
+        expect = {"ns": {n: os.readlink(holder / n.replace("pid_for_children", "pid"))
                          for n in NS},
                   "cgroup": Path(f"/proc/{j.holder_pid}/cgroup").read_text()}
         who = "spawner" if isinstance(child, SpawnedChild) else (

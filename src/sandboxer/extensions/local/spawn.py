@@ -1,11 +1,12 @@
 """Starting the endpoint's children without stalling its event loop.
 
-A jail's bwrap and every session start with a preexec step (a cgroup to join,
-namespaces to enter), so they fork rather than vfork, and ``subprocess.Popen`` returns
-only once the child has exec'd. Joining a cgroup waits for an RCU grace period (10-20 ms
-on some hosts); asyncio's own subprocess support would block the event loop — every other
-SSH connection of the endpoint — for all of it. ``spawn`` runs Popen in a worker thread
-instead and hands back a ``Child`` whose exit is awaited through a pidfd.
+A jail's bwrap (without setpriv and prlimit) and a session the spawner cannot start
+(spawnerclient.py) start with a preexec step (a cgroup to join, namespaces to enter), so
+they fork rather than vfork, and ``subprocess.Popen`` returns only once the child has
+exec'd. Joining a cgroup waits for an RCU grace period (10-20 ms on some hosts); asyncio's
+own subprocess support would block the event loop — every other SSH connection of the
+endpoint — for all of it. ``spawn`` runs Popen in a worker thread instead and hands back a
+``Child`` whose exit is awaited through a pidfd.
 """
 
 from __future__ import annotations
