@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
         return who, seen, expect
 
     async def main() -> list[tuple[str, dict[str, object], dict[str, object]]]:
+        assert await spawnerclient.started() is not None
         await j.start()
         try:
             return [await one(True), await one(False)]
@@ -111,3 +113,61 @@ def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
     assert spawned["fds"] == ["0", "1", "2"]
     assert spawned["environ"] == sorted(f"{k}={v}".encode() for k, v in env.items())
     assert spawned["cwd"] == jail.JAIL_HOME
+
+
+def _jail_processes(j: Jail) -> dict[str, dict[str, object]]:
+    """bwrap, its init and the holder: what the way a jail starts could change."""
+    assert j.proc is not None
+    init = int(Path(f"/proc/{j.proc.pid}/task/{j.proc.pid}/children").read_text().split()[0])
+    out = {}
+    for name, pid in (("bwrap", j.proc.pid), ("init", init), ("holder", j.holder_pid)):
+        seen = _read(pid)
+        del seen["environ"]  # bwrap clears its children's; its own is {"PATH"} either way
+        # bwrap's own fds (an eventfd, a pipe) take whatever numbers are free: their kinds.
+        fd = Path(f"/proc/{pid}/fd")
+        seen["fds"] = sorted(re.sub(r"\[\d+\]", "", os.readlink(fd / n)) for n in seen["fds"])
+        out[name] = seen
+    # The spawner runs in /, the endpoint wherever it was started; bwrap chdirs inside.
+    del out["bwrap"]["cwd"]
+    out["bwrap"]["environ"] = sorted(Path(f"/proc/{j.proc.pid}/environ").read_bytes()
+                                     .split(b"\0")[:-1])
+    return out
+
+
+def test_a_jail_the_spawner_starts_is_the_one_the_launcher_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hierarchy = cgroups.detect()
+    sid = "sbx-spawnerjail"
+    ws = tmp_path / sid / "workspace"
+    ws.mkdir(parents=True)
+
+    async def one(via_spawner: bool) -> tuple[bool, dict[str, dict[str, object]]]:
+        monkeypatch.setattr(spawnerclient, "enabled", via_spawner)
+        j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
+                 spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
+                 root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+        await j.start()
+        try:
+            return isinstance(j.proc, SpawnedChild), _jail_processes(j)
+        finally:
+            await j.stop()
+            if j.cgroup is not None:
+                j.cgroup.remove()
+
+    async def main() -> list[tuple[bool, dict[str, dict[str, object]]]]:
+        assert await spawnerclient.started() is not None
+        try:
+            return [await one(True), await one(False)]
+        finally:
+            if spawnerclient._client is not None:
+                spawnerclient._client.close()
+                spawnerclient._client = None
+
+    (by_spawner, spawned), (by_launcher, launched) = asyncio.run(main())
+    assert (by_spawner, by_launcher) == (True, False)
+    for seen in (spawned, launched):  # namespaces are new each start: compared apart
+        for part in seen.values():
+            ns = part.pop("ns")
+            assert isinstance(ns, dict)
+        assert seen["holder"]["fds"] == ["/dev/null", "/dev/null", "pipe:"]  # 0, 1, 2
+    assert spawned == launched

@@ -76,6 +76,7 @@ def test_the_spawner_imports_the_standard_library_only() -> None:
 
 def test_children_exit_as_popen_reports_them() -> None:
     async def main() -> list[int | None]:
+        assert await spawnerclient.started() is not None
         out: list[int | None] = []
         for argv in (["true"], ["sh", "-c", "exit 3"], ["sh", "-c", "kill -TERM $$"]):
             child = await spawn_jailed(argv, env=ENV, stdio=NULL, plan=None)
@@ -88,6 +89,7 @@ def test_children_exit_as_popen_reports_them() -> None:
 
 def test_a_killed_session_leader_takes_its_group_along() -> None:
     async def main() -> tuple[int, bool]:
+        assert await spawnerclient.started() is not None
         r, w = os.pipe()
         child = await spawn_jailed(["sh", "-c", "sleep 30 & echo $!; wait"], env=ENV,
                                    stdio=(DEVNULL, w, DEVNULL), plan=None)
@@ -109,6 +111,7 @@ def test_a_killed_session_leader_takes_its_group_along() -> None:
 
 def test_an_exec_that_fails_is_an_oserror_with_its_errno() -> None:
     async def main() -> None:
+        assert await spawnerclient.started() is not None
         with pytest.raises(FileNotFoundError, match="exec /nonexistent/cmd"):
             await spawn_jailed(["/nonexistent/cmd"], env=ENV, stdio=NULL, plan=None)
         with pytest.raises(FileNotFoundError, match="exec no-such-command"):
@@ -125,6 +128,7 @@ def _plan(procs: str, null: int) -> enter.Plan:
 
 def test_a_step_that_fails_is_named_in_the_error(tmp_path: Path) -> None:
     async def main() -> None:
+        assert await spawnerclient.started() is not None
         null = os.open(os.devnull, os.O_RDONLY)
         try:
             with pytest.raises(FileNotFoundError, match="joining the sandbox's cgroup"):
@@ -142,6 +146,7 @@ def test_only_the_stdio_reach_the_child_and_its_env_is_exactly_the_given_one() -
     secret = "s3cr3t-" + os.urandom(4).hex()
 
     async def main() -> tuple[list[str], bytes, bytes]:
+        assert await spawnerclient.started() is not None
         keep = os.open(os.devnull, os.O_RDONLY)  # an fd of the endpoint's: not passed
         try:
             child = await spawn_jailed(["sleep", "30"], env={**ENV, "SECRET_X": secret},
@@ -166,6 +171,7 @@ def test_only_the_stdio_reach_the_child_and_its_env_is_exactly_the_given_one() -
 
 def test_the_spawner_stays_small() -> None:
     async def main() -> int:
+        assert await spawnerclient.started() is not None
         for _ in range(20):
             await (await spawn_jailed(["true"], env=ENV, stdio=NULL, plan=None)).wait()
         status = Path(f"/proc/{_spawner_pid()}/status").read_text()
@@ -176,12 +182,14 @@ def test_the_spawner_stays_small() -> None:
 
 def test_a_closed_socket_ends_the_spawner_and_a_new_one_starts() -> None:
     async def main() -> tuple[int, int]:
+        assert await spawnerclient.started() is not None
         await (await spawn_jailed(["true"], env=ENV, stdio=NULL, plan=None)).wait()
         client = spawnerclient._client
         assert client is not None
         first = client.proc.pid
         client.close()
         assert await asyncio.wait_for(client.reaped, 10) == 0  # it exited at the EOF
+        assert await spawnerclient.started() is not None
         await (await spawn_jailed(["true"], env=ENV, stdio=NULL, plan=None)).wait()
         return first, _spawner_pid()
 
@@ -191,10 +199,12 @@ def test_a_closed_socket_ends_the_spawner_and_a_new_one_starts() -> None:
 
 def test_a_killed_spawner_is_started_again_and_its_running_children_die_with_it() -> None:
     async def main() -> tuple[int | None, bool, int]:
+        assert await spawnerclient.started() is not None
         child = await spawn_jailed(["sleep", "30"], env=ENV, stdio=NULL, plan=None)
         first = _spawner_pid()
         os.kill(first, signal.SIGKILL)
         rc = await asyncio.wait_for(child.wait(), 10)
+        assert await spawnerclient.started() is not None
         again = await spawn_jailed(["sh", "-c", "exit 4"], env=ENV, stdio=NULL, plan=None)
         assert isinstance(again, SpawnedChild)
         return rc, _spawner_pid() != first, await again.wait()
@@ -210,6 +220,7 @@ def test_a_request_the_dead_spawner_left_unanswered_runs_in_process(tmp_path: Pa
     os.mkfifo(fifo)
 
     async def main() -> tuple[list[int], int]:
+        assert await spawnerclient.started() is not None
         await (await spawn_jailed(["true"], env=ENV, stdio=NULL, plan=None)).wait()
         spawner = _spawner_pid()
         null = os.open(os.devnull, os.O_RDONLY)
@@ -239,6 +250,15 @@ def test_a_request_the_dead_spawner_left_unanswered_runs_in_process(tmp_path: Pa
     assert fallback_child not in stuck
 
 
+def test_a_booting_spawner_is_not_waited_for() -> None:
+    async def main() -> tuple[str, bool]:
+        child = await spawn_jailed(["true"], env=ENV, stdio=NULL, plan=None)
+        await child.wait()
+        return type(child).__name__, await spawnerclient.started() is not None
+
+    assert asyncio.run(main()) == ("Child", True)
+
+
 def test_without_the_spawner_children_start_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spawnerclient, "enabled", False)
 
@@ -251,6 +271,7 @@ def test_without_the_spawner_children_start_in_process(monkeypatch: pytest.Monke
 
 def test_a_cancelled_request_leaves_no_child() -> None:
     async def main() -> list[int]:
+        assert await spawnerclient.started() is not None
         await (await spawn_jailed(["true"], env=ENV, stdio=NULL, plan=None)).wait()
         task = asyncio.create_task(spawn_jailed(["sleep", "30"], env=ENV, stdio=NULL,
                                                 plan=None))

@@ -167,6 +167,45 @@ def run(plan: Plan, load_filter: Callable[[], None]) -> None:
     load_filter()
 
 
+class HolderPlan(NamedTuple):
+    """What a jail's bwrap does before its exec (holder.Jail.start): join the sandbox's
+    cgroup itself (its children inherit it), become the host uid (None: stay), set the
+    rlimits."""
+
+    cgroup_procs: tuple[str, ...]
+    uid: int | None
+    rlimits: tuple[tuple[int, int], ...]
+
+    def wire(self) -> dict[str, Any]:
+        """The plan as JSON-able data."""
+        return self._asdict()
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> HolderPlan:
+        """The plan ``wire`` made."""
+        return cls(cgroup_procs=tuple(str(p) for p in d["cgroup_procs"]),
+                   uid=None if d["uid"] is None else int(d["uid"]),
+                   rlimits=tuple((int(w), int(v)) for w, v in d["rlimits"]))
+
+
+def run_holder(plan: HolderPlan) -> None:
+    """A jail's bwrap between fork and exec; raises StepError naming the step."""
+    step = "joining the sandbox's cgroup"
+    try:
+        for procs in plan.cgroup_procs:
+            _write(procs, str(os.getpid()))
+        if plan.uid is not None:
+            step = "becoming the sandbox's host uid"
+            os.setgroups([])
+            os.setresgid(plan.uid, plan.uid, plan.uid)
+            os.setresuid(plan.uid, plan.uid, plan.uid)
+        step = "setting rlimits"
+        for which, value in plan.rlimits:
+            resource.setrlimit(which, (value, value))
+    except OSError as e:
+        raise _fail(step, e.errno or 0) from e
+
+
 def preexec(plan: Plan) -> Callable[[], None]:
     """``run(plan)`` as a ``subprocess.Popen`` preexec function (the in-process way)."""
     load_filter = filter_loader(plan.seccomp)

@@ -25,7 +25,6 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +36,7 @@ from typing import Any
 from sandboxer.extensions.local import disk, jail, seccomp, spawnerclient
 from sandboxer.extensions.local import enter as entry
 from sandboxer.extensions.local.cgroups import SandboxCgroup
-from sandboxer.extensions.local.spawn import Child, in_thread, spawn
+from sandboxer.extensions.local.spawn import Child, Process, in_thread, spawn
 from sandboxer.extensions.local.spec import LocalSpec
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class Jail:
     root: bool                      # the endpoint runs as root: drop to host_uid
     cgroup: SandboxCgroup | None
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    proc: Child | None = None
+    proc: Process | None = None
     holder_pid: int = 0
     ns: Namespaces = field(default_factory=Namespaces)
     # What /run/secrets holds: ``secrets`` as it was at start (a later bind changes it).
@@ -116,35 +115,17 @@ class Jail:
             self.user, self.spec.hostname or self.sandbox_id, self.spec.shell))
         secret_fds: dict[str, int] = {}
         filter_fds: list[int] = []
+        joining: asyncio.Task[None] | None = None
         try:
             self.started_secrets = dict(self.secrets)
             secret_fds = jail.data_pipes(jail.secret_files(self.started_secrets))
             filter_fds.append(seccomp.pipe_fd())
-            argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
-                                    seccomp_fd=filter_fds[0], bwrap=self.bwrap,
-                                    secret_fds=secret_fds)
-            kw: dict[str, Any] = {
-                "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
-                "stderr": subprocess.PIPE, "env": {"PATH": jail.JAIL_PATH},
-                "pass_fds": (*data_fds.values(), *secret_fds.values(), *filter_fds),
-                "start_new_session": True}
-            launcher = self._launcher()
-            joining: asyncio.Task[None] | None = None
-            if launcher is not None:
-                # No preexec step: Popen vforks and returns at once.
-                self.proc = Child(subprocess.Popen([*launcher, *argv], **kw))
-                if self.cgroup is not None:
-                    # A cgroup join waits for an RCU grace period (10-20 ms on some
-                    # hosts): it runs while bwrap sets the jail up.
-                    joining = asyncio.create_task(
-                        in_thread(partial(self.cgroup.add, self.proc.pid)))
-            else:
-                self.proc = await spawn(argv, preexec_fn=self._holder_preexec(), **kw)
+            proc = await self._by_spawner(data_fds, secret_fds, filter_fds[0])
+            if proc is None:
+                proc, joining = await self._by_launcher(data_fds, secret_fds, filter_fds[0])
+            self.proc = proc
         finally:
             jail.close_fds([*data_fds.values(), *secret_fds.values(), *filter_fds])
-        # The first jail starts the spawner, which boots while bwrap sets the jail up:
-        # ready by the time the jail's first session (a create's readiness probe) comes.
-        spawnerclient.client()
         try:
             self.holder_pid = await self._wait_for_holder()
             if joining is not None:
@@ -159,6 +140,57 @@ class Jail:
             raise
         finally:
             self.proc.close_pipes()  # bwrap's stderr mattered only while it set up
+
+    async def _by_spawner(self, data_fds: dict[str, int], secret_fds: dict[str, int],
+                          filter_fd: int) -> Process | None:
+        """bwrap forked by the spawner, whose child joins the cgroup itself (its children
+        inherit it), becomes the host uid and sets the rlimits (enter.run_holder) before
+        it execs bwrap: no launcher, no cgroup join from outside. None: no spawner."""
+        order = [*data_fds.values(), *secret_fds.values(), filter_fd]
+        at = {fd: spawnerclient.PASSED_FROM + i for i, fd in enumerate(order)}
+        argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec,
+                                {p: at[fd] for p, fd in data_fds.items()},
+                                seccomp_fd=at[filter_fd], bwrap=self.bwrap,
+                                secret_fds={p: at[fd] for p, fd in secret_fds.items()})
+        r, w = os.pipe()
+        try:
+            proc = await spawnerclient.try_spawn(
+                argv, env={"PATH": jail.JAIL_PATH}, pass_fds=order,
+                stdio=(spawnerclient.DEVNULL, spawnerclient.DEVNULL, w),
+                holder=self._holder_plan())
+        except OSError as e:
+            os.close(r)
+            raise JailError(f"the jail of {self.sandbox_id} did not start: {e}") from e
+        finally:
+            os.close(w)
+        if proc is None:
+            os.close(r)
+            return None
+        proc.stderr = os.fdopen(r, "rb")  # bwrap's: read if it fails (_wait_for_holder)
+        return proc
+
+    async def _by_launcher(self, data_fds: dict[str, int], secret_fds: dict[str, int],
+                           filter_fd: int) -> tuple[Process, asyncio.Task[None] | None]:
+        """bwrap started by this process (no spawner): through setpriv and prlimit when
+        they are there (then its cgroup join, which the returned task does from outside),
+        else with a preexec step. Returns bwrap and that task."""
+        argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
+                                seccomp_fd=filter_fd, bwrap=self.bwrap, secret_fds=secret_fds)
+        kw: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.PIPE, "env": {"PATH": jail.JAIL_PATH},
+            "pass_fds": (*data_fds.values(), *secret_fds.values(), filter_fd),
+            "start_new_session": True}
+        launcher = self._launcher()
+        if launcher is None:
+            return await spawn(argv, preexec_fn=self._holder_preexec(), **kw), None
+        # No preexec step: Popen vforks and returns at once.
+        proc = Child(subprocess.Popen([*launcher, *argv], **kw))
+        if self.cgroup is None:
+            return proc, None
+        # A cgroup join waits for an RCU grace period (10-20 ms on some hosts): it runs
+        # while bwrap sets the jail up.
+        return proc, asyncio.create_task(in_thread(partial(self.cgroup.add, proc.pid)))
 
     def _launcher(self) -> list[str] | None:
         """What runs before bwrap, as programs rather than a preexec step (which makes
@@ -190,19 +222,18 @@ class Jail:
                 self.cgroup.add(pid)
                 todo += _children(pid)
 
+    def _holder_plan(self) -> entry.HolderPlan:
+        procs = () if self.cgroup is None else tuple(
+            str(d / "cgroup.procs") for d in self.cgroup.unique_dirs)
+        return entry.HolderPlan(cgroup_procs=procs,
+                                uid=self.host_uid if self.root else None,
+                                rlimits=tuple(self._limits()))
+
     def _holder_preexec(self) -> Callable[[], None]:
-        cgroup, uid, limits = self.cgroup, self.host_uid, self._limits()
-        drop = self.root
+        plan = self._holder_plan()
 
         def preexec() -> None:
-            if cgroup is not None:
-                cgroup.join_self()
-            if drop:
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-            for which, value in limits:
-                resource.setrlimit(which, (value, value))
+            entry.run_holder(plan)
 
         return preexec
 
@@ -270,8 +301,7 @@ class Jail:
                 await asyncio.to_thread(self.cgroup.kill)
         if self.proc is not None and self.proc.returncode is None:
             # bwrap's init dies with it (--die-with-parent), and the pid namespace with it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.kill_group()
             await self.proc.wait()
 
 

@@ -36,6 +36,10 @@ class Process(Protocol):
     def returncode(self) -> int | None:
         """Its exit status once it exited (negative: the signal), None while it runs."""
 
+    @property
+    def stderr(self) -> Any:
+        """Our end of its stderr pipe (a binary file), or None."""
+
     def close_pipes(self) -> None:
         """Close our ends of its stdin/stdout/stderr pipes, if it has any."""
 

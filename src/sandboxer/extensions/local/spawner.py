@@ -7,13 +7,16 @@ an allow-listed environment, and talks to it over ``FD``, its end of an AF_UNIX
 SOCK_SEQPACKET socketpair: nobody else can reach it. It dies with the endpoint
 (PR_SET_PDEATHSIG, checked against getppid) and exits when the endpoint's end closes.
 
-One JSON message a request, its fds by SCM_RIGHTS (named by ``fds``, in order):
+One JSON message a request, its fds by SCM_RIGHTS (named by ``fds``, in order); the
+spawner says ``{"ready": PID}`` once, first:
 
-- ``{"op": "spawn", "id", "argv", "env", "session", "plan", "connect", "fds"}``: fork;
-  the child takes stdin/stdout/stderr, leads a new session (``session``), runs the jail's
-  steps (enter.run with ``plan``, the jail's fds), hands a forward's socket back
-  (``connect``: family, address, port, timeout, over the ``reply`` fd), closes every
-  other fd and execs ``argv`` with exactly ``env`` (never this process's own).
+- ``{"op": "spawn", "id", "argv", "env", "session", "plan", "holder", "connect", "pass",
+  "fds"}``: fork; the child takes stdin/stdout/stderr, leads a new session
+  (``session``), runs a jail's bwrap's steps (enter.run_holder with ``holder``) or a
+  session's (enter.run with ``plan``, the jail's fds), hands a forward's socket back
+  (``connect``: family, address, port, timeout, over the ``reply`` fd), keeps the
+  ``pass`` fds ``pass0``, ``pass1``, ... as 3, 4, ..., closes every other fd and execs
+  ``argv`` with exactly ``env`` (never this process's own).
   Answer: ``{"id", "pid"}`` with a pidfd of the child once it exec'd, or ``{"id",
   "errno", "error"}`` naming the step that failed before (the child is reaped then).
   Later, ``{"id", "exit"}``: its exit status (negative: the signal), once reaped here.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import resource
@@ -49,6 +53,7 @@ PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 32
 STDIO = ("stdin", "stdout", "stderr")
+PASSED_FROM = 3  # a request's ``pass`` fds reach the exec'd program as 3, 4, ...
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -65,6 +70,30 @@ class _Kid:
     def __init__(self, rid: int, pid: int, pidfd: int, errpipe: int) -> None:
         self.id, self.pid, self.pidfd, self.errpipe = rid, pid, pidfd, errpipe
         self.err = b""
+
+
+class _Job:
+    """One spawn request, checked and decoded before the fork."""
+
+    def __init__(self, req: dict[str, Any], fds: dict[str, int]) -> None:
+        self.fds = fds
+        self.argv = [str(a) for a in req["argv"]]
+        if not self.argv:
+            raise OSError(errno.EINVAL, "no argv")
+        self.env = {str(k): str(v) for k, v in req["env"].items()}
+        self.exes = ([self.argv[0]] if "/" in self.argv[0]
+                     else [os.path.join(d, self.argv[0]) for d in os.get_exec_path(self.env)])
+        self.session = bool(req.get("session"))
+        self.plan = None if req.get("plan") is None else enter.Plan.from_wire(
+            req["plan"], {n: fds[n] for n in enter.NS_NAMES})
+        # Allocated here: the child only calls it.
+        self.load_filter = (None if self.plan is None
+                            else enter.filter_loader(self.plan.seccomp))
+        self.holder = (None if req.get("holder") is None
+                       else enter.HolderPlan.from_wire(req["holder"]))
+        self.connect: list[Any] | None = req.get("connect")
+        self.passed = [fds[f"pass{i}"] for i in range(int(req.get("pass", 0)))]
+        self.keep_below = PASSED_FROM + len(self.passed)
 
 
 class Spawner:
@@ -128,17 +157,7 @@ class Spawner:
         if len(names) != len(fds) or not set(STDIO) <= set(names):
             raise OSError(errno.EINVAL, "the fds of the request do not match their names")
         byname = dict(zip(names, fds, strict=True))
-        plan = None
-        if req.get("plan") is not None:
-            plan = enter.Plan.from_wire(req["plan"], {n: byname[n] for n in enter.NS_NAMES})
-        load_filter = enter.filter_loader(plan.seccomp) if plan is not None else None
-        argv = [str(a) for a in req["argv"]]
-        env = {str(k): str(v) for k, v in req["env"].items()}
-        if not argv:
-            raise OSError(errno.EINVAL, "no argv")
-        exes = ([argv[0]] if "/" in argv[0]
-                else [os.path.join(d, argv[0]) for d in os.get_exec_path(env)])
-        connect = req.get("connect")
+        job = _Job(req, byname)
         rid = int(req["id"])
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -148,8 +167,7 @@ class Spawner:
             os.close(w)
             raise
         if pid == 0:
-            self._child(byname, bool(req.get("session")), plan, load_filter, connect, exes,
-                        argv, env, w)
+            self._child(job, w)
         os.close(w)
         try:
             pidfd = os.pidfd_open(pid)
@@ -162,40 +180,48 @@ class Spawner:
         self.kids[rid] = kid
         self.sel.register(r, selectors.EVENT_READ, lambda: self._errpipe(kid))
 
-    def _child(self, byname: dict[str, int], session: bool, plan: enter.Plan | None,
-               load_filter: Callable[[], None] | None, connect: list[Any] | None,
-               exes: list[str], argv: list[str], env: dict[str, str], errpipe: int) -> None:
+    def _child(self, job: _Job, errpipe: int) -> None:
         """Between fork and exec: never returns."""
         step = "setting the parent-death signal"
         try:
             if not die_with(self.me):
                 os._exit(255)
+            # Above every fd the exec keeps (0-2 and the passed ones from PASSED_FROM).
+            errpipe, old = fcntl.fcntl(errpipe, fcntl.F_DUPFD_CLOEXEC, job.keep_below), errpipe
+            os.close(old)
             step = "taking stdin, stdout and stderr"
             for i, name in enumerate(STDIO):
-                os.dup2(byname[name], i)
+                os.dup2(job.fds[name], i)
             # What Popen's restore_signals undoes for a child of a Python process.
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(sig, signal.SIG_DFL)
-            if session:
+            if job.session:
                 step = "setsid"
                 os.setsid()
-            if plan is not None and load_filter is not None:
-                enter.run(plan, load_filter)
+            if job.holder is not None:
+                enter.run_holder(job.holder)
+            if job.plan is not None and job.load_filter is not None:
+                enter.run(job.plan, job.load_filter)
             step = "setting the parent-death signal"
             if not die_with(self.me):  # changing credentials cleared it
                 os._exit(255)
-            if connect is not None:
-                family, address, port, timeout = connect
-                enter.connect_back(byname["reply"], int(family), str(address), int(port),
+            if job.connect is not None:
+                family, address, port, timeout = job.connect
+                enter.connect_back(job.fds["reply"], int(family), str(address), int(port),
                                    float(timeout))
+            step = "placing the passed fds"
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, job.keep_below)
+                     for fd in job.passed]
+            for i, fd in enumerate(moved):
+                os.dup2(fd, PASSED_FROM + i)  # inheritable: the exec keeps it
             step = "closing fds"
-            os.closerange(3, errpipe)
+            os.closerange(job.keep_below, errpipe)
             os.closerange(errpipe + 1, self.maxfd)
-            step = f"exec {argv[0]}"
+            step = f"exec {job.argv[0]}"
             failed: OSError = FileNotFoundError(errno.ENOENT, "not found on PATH")
-            for exe in exes:
+            for exe in job.exes:
                 try:
-                    os.execve(exe, argv, env)  # noqa: S606 - an argv, as Popen execs it
+                    os.execve(exe, job.argv, job.env)  # noqa: S606 - an argv, as Popen execs it
                 except OSError as e:
                     failed = e
             raise failed
@@ -264,7 +290,9 @@ def main(argv: list[str]) -> int:
         return 0
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
-    Spawner(sock).serve()
+    spawner = Spawner(sock)
+    if spawner._send({"ready": os.getpid()}):
+        spawner.serve()
     return 0
 
 

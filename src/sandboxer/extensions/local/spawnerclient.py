@@ -1,10 +1,13 @@
 """The endpoint's side of the spawner (spawner.py): start it, ask it, or do without it.
 
-``spawn_jailed`` is how a session's process (and a forward's connector) starts: the
-endpoint's one spawner forks it — started lazily on first use, again after it died — and
-when there is none (it cannot start, it died while asked, the request does not fit in one
-message) the endpoint spawns the child itself (spawn.py) with the same steps as a preexec
-function (enter.preexec). The spawner is a child of the event loop's thread (its
+``spawn_jailed`` is how a session's process (and a forward's connector) starts, and
+``try_spawn`` how a jail's bwrap does (holder.py): the endpoint's one spawner forks it —
+started lazily on first use (the first jail's start), again after it died — and when
+there is none (it cannot start, it is still booting, it died while asked, the request
+does not fit in one message) the endpoint starts the child itself: a session with the
+same steps as a preexec function (enter.preexec), a jail through setpriv and prlimit.
+Nothing waits for a spawner that boots (~20 ms of interpreter start): the children of
+that moment start the other way. The spawner is a child of the event loop's thread (its
 PR_SET_PDEATHSIG follows that thread) and is bound to that loop: a new loop gets a new
 one, and the old one exits at the EOF of its socket.
 
@@ -29,8 +32,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 from sandboxer import childenv
 from sandboxer.extensions.local import enter
@@ -57,14 +60,16 @@ class SpawnedChild:
         self._client, self._id, self.pid, self._pidfd = client, rid, pid, pidfd
         self._rc: int | None = None
         self._exited: asyncio.Future[int] = client.loop.create_future()
-        self.stderr = None
+        self.stderr: BinaryIO | None = None  # a pipe's reading end, when the caller set one
 
     @property
     def returncode(self) -> int | None:
         return self._rc
 
     def close_pipes(self) -> None:
-        """Nothing to close: its stdio are the caller's fds, never pipes made here."""
+        """Close ``stderr``, if the caller gave it one (its other stdio are the caller's)."""
+        if self.stderr is not None:
+            self.stderr.close()
 
     async def wait(self) -> int:
         """Its exit status, once the spawner reaped it (negative: the signal)."""
@@ -128,6 +133,7 @@ class Client:
         ours.setblocking(False)
         self.sock = ours
         self.alive = True
+        self.ready = False  # it said so: not waited for while it boots (module docstring)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._next = 0
         self._pending: dict[int, asyncio.Future[SpawnedChild]] = {}
@@ -136,10 +142,12 @@ class Client:
         loop.add_reader(ours.fileno(), self._readable)
 
     async def spawn(self, argv: list[str], env: dict[str, str], stdio: tuple[int, int, int],
-                    plan: enter.Plan | None, *, connect: tuple[int, str, int, float] | None,
-                    reply: int) -> SpawnedChild:
-        """Ask for one child; OSError (errno and step) when it failed before its exec,
-        Gone when the spawner ended first, OSError EMSGSIZE when the request is too big."""
+                    *, plan: enter.Plan | None = None, holder: enter.HolderPlan | None = None,
+                    connect: tuple[int, str, int, float] | None = None, reply: int = -1,
+                    pass_fds: Sequence[int] = ()) -> SpawnedChild:
+        """Ask for one child (``try_spawn``); OSError (errno and step) when it failed
+        before its exec, Gone when the spawner ended first, OSError EMSGSIZE when the
+        request is too big for one message."""
         if not self.alive:
             raise Gone
         self._next += 1
@@ -152,9 +160,12 @@ class Client:
         if connect is not None:
             names.append("reply")
             fds.append(reply)
+        names += [f"pass{i}" for i in range(len(pass_fds))]
+        fds += pass_fds
         msg = {"op": "spawn", "id": rid, "argv": argv, "env": env, "session": True,
-               "plan": None if plan is None else plan.wire(), "connect": connect,
-               "fds": names}
+               "plan": None if plan is None else plan.wire(),
+               "holder": None if holder is None else holder.wire(), "connect": connect,
+               "pass": len(pass_fds), "fds": names}
         started: asyncio.Future[SpawnedChild] = self.loop.create_future()
         self._pending[rid] = started
         try:
@@ -218,6 +229,9 @@ class Client:
                     os.close(fd)
 
     def _answer(self, d: dict[str, Any], fds: list[int]) -> None:
+        if "ready" in d:
+            self.ready = True
+            return
         rid = d["id"]
         if "exit" in d:
             child = self._children.pop(rid, None)
@@ -309,30 +323,64 @@ def client() -> Client | None:
     return _client if enabled else None
 
 
+async def started(timeout: float = 10.0) -> Client | None:
+    """The spawner of the running loop once it said it is ready (tests and benchmarks
+    wait for it; the endpoint never does); None: there is none."""
+    c = client()
+    deadline = time.monotonic() + timeout
+    while c is not None and c.alive and not c.ready and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+    return c if c is not None and c.ready else None
+
+
+PASSED_FROM = 3  # spawner.PASSED_FROM: where ``pass_fds`` land in the child
+
+
+async def try_spawn(argv: list[str], *, env: dict[str, str], stdio: tuple[int, int, int],
+                    plan: enter.Plan | None = None, holder: enter.HolderPlan | None = None,
+                    connect: tuple[int, str, int, float] | None = None, reply: int = -1,
+                    pass_fds: Sequence[int] = ()) -> SpawnedChild | None:
+    """``argv`` forked by the spawner, leading a new session, with exactly ``env``:
+    ``stdio`` fds (or DEVNULL) as its 0, 1 and 2, ``pass_fds`` as PASSED_FROM, +1, ...,
+    no other fd; before its exec it runs ``holder``'s steps (a jail's bwrap:
+    enter.run_holder) or ``plan``'s (a session: enter.run), then with ``connect``
+    (family, address, port, timeout) hands a connected socket back over ``reply``
+    (enter.connect_back). The caller keeps its fds (the plan's too) and closes them once
+    this returns.
+
+    None when there is no spawner ready (not enabled, not started, still booting, or it
+    died while asked: then once it was reaped, so that nothing of this request runs), or
+    the request does not fit in one message: the caller then starts the child itself.
+    OSError when the child failed before its exec.
+    """
+    c = client()
+    if c is None or not c.ready:
+        return None
+    try:
+        return await c.spawn(argv, env, stdio, plan=plan, holder=holder, connect=connect,
+                             reply=reply, pass_fds=pass_fds)
+    except Gone:
+        await c.reaped  # its children died with it: none of this request is left
+        _once("the spawner died", f"exit status {c.proc.returncode}")
+    except OSError as e:
+        if e.errno != errno.EMSGSIZE:
+            raise
+        _once("a request does not fit in one message", e)
+    return None
+
+
 async def spawn_jailed(argv: list[str], *, env: dict[str, str],
                        stdio: tuple[int, int, int], plan: enter.Plan | None,
                        connect: tuple[int, str, int, float] | None = None,
                        reply: int = -1) -> Process:
-    """Start ``argv`` with exactly ``env``, leading a new session, after ``plan``'s steps
-    (None: none, for tests); ``stdio`` fds (or DEVNULL) become its 0, 1 and 2; with
-    ``connect`` (family, address, port, timeout) it hands a connected socket back over
-    ``reply`` (enter.connect_back) before its exec. The caller keeps its fds (the plan's
-    too) and closes them once this returns.
-
-    Through the spawner when there is one, else in this process (see the module
-    docstring). OSError when the child failed before its exec.
-    """
-    c = client()
-    if c is not None:
-        try:
-            return await c.spawn(argv, env, stdio, plan, connect=connect, reply=reply)
-        except Gone:
-            await c.reaped  # its children died with it: none of this request is left
-            _once("the spawner died", f"exit status {c.proc.returncode}")
-        except OSError as e:
-            if e.errno != errno.EMSGSIZE:
-                raise
-            _once("a request does not fit in one message", e)
+    """A session's process (or a forward's connector): ``try_spawn``, or when that cannot,
+    forked by this process with the same steps as its preexec function (``plan`` None:
+    no jail, for tests). OSError (spawner) or SubprocessError (in-process) when the child
+    failed before its exec."""
+    child = await try_spawn(argv, env=env, stdio=stdio, plan=plan, connect=connect,
+                            reply=reply)
+    if child is not None:
+        return child
     std = [subprocess.DEVNULL if fd == DEVNULL else fd for fd in stdio]
     return await spawn(argv, stdin=std[0], stdout=std[1], stderr=std[2], env=env,
                        pass_fds=() if plan is None else tuple(plan.ns.values()),
