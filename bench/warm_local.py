@@ -17,9 +17,11 @@ Functions for other benchmarks (each runs in this process, after
   (the same load for both: take the ratio of these).
 - ``measure_sessions(rounds) -> dict``: ms of a session on an open asyncssh connection
   (``conn.run("true")``), of its spawn inside the endpoint (``spawn_jailed`` called to
-  returned: the child runs) and of a create to ready, each through the spawner and
-  without it (``spawnerclient.enabled = False``: the endpoint forks the child itself, the
-  way before the spawner), the two ways in turn in the same rounds.
+  returned: the child runs), of a jail's start (``Jail.start`` called to its holder
+  found) and of a create to ready, each through the spawner and without it
+  (``spawnerclient.enabled = False``: the endpoint forks a session itself and starts a
+  jail through setpriv and prlimit, the ways before the spawner), the two ways in turn in
+  the same rounds.
 
 ``endpoint="in-process"`` runs the SSH endpoint in this process, on the Service's own
 ext.local instance (as the local service, core's keeper daemon, hosts it);
@@ -50,6 +52,7 @@ BWRAP = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent",
          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
          "--proc", "/proc", "--dev", "/dev", "true"]
 TARGETS = {"create_ms": 25.0, "burst_p99_over_p50": 2.0}
+WHAT = ("spawn", "run", "jail", "create")  # measure_sessions' figures
 
 
 def _home() -> Path:
@@ -204,12 +207,25 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
     docstring); the endpoint runs in this process, so both ways are switched here."""
     from sandboxer.extensions._ssh import _connect
     from sandboxer.extensions.local import sessions, spawnerclient
+    from sandboxer.extensions.local.holder import Jail
     from sandboxer.models.extension import Endpoint
 
-    out: dict[str, list[float]] = {f"{what}_{way}": [] for what in ("run", "spawn", "create")
+    out: dict[str, list[float]] = {f"{what}_{way}": [] for what in WHAT
                                    for way in ("spawner", "inprocess")}
     real = sessions.spawn_jailed
     spawns: list[float] = []
+    jail_starts: list[float] = []
+    real_start, real_wait = Jail.start, Jail._wait_for_holder
+    began = [0.0]
+
+    async def timed_start(self: Jail) -> None:
+        began[0] = time.perf_counter()
+        await real_start(self)
+
+    async def timed_wait(self: Jail) -> int:
+        pid = await real_wait(self)
+        jail_starts.append((time.perf_counter() - began[0]) * 1000)
+        return pid
 
     async def timed_spawn(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
@@ -229,12 +245,14 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
                           known_hosts_file=str(svc.settings.keys_dir
                                                / f"{st.id}.known_hosts"))
             sessions.spawn_jailed = timed_spawn  # type: ignore[assignment]
+            Jail.start, Jail._wait_for_holder = timed_start, timed_wait  # type: ignore[method-assign]
             try:
                 async with _connect(ep) as conn:
                     for i in range(warmup + rounds):
                         for way in ("spawner", "inprocess"):
                             spawnerclient.enabled = way == "spawner"
                             spawns.clear()
+                            jail_starts.clear()
                             t = time.perf_counter()
                             done = await conn.run("true", check=False)
                             ms = (time.perf_counter() - t) * 1000
@@ -246,8 +264,10 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
                                 out[f"run_{way}"].append(ms)
                                 out[f"spawn_{way}"].append(spawns[0])
                                 out[f"create_{way}"].append(ms_create)
+                                out[f"jail_{way}"].append(jail_starts[0])
             finally:
                 sessions.spawn_jailed = real
+                Jail.start, Jail._wait_for_holder = real_start, real_wait  # type: ignore[method-assign]
                 spawnerclient.enabled = True
 
     asyncio.run(main())
@@ -261,11 +281,13 @@ def print_sessions(samples: dict[str, list[float]]) -> None:
     n = len(samples["run_spawner"])
     what = {"spawn": f"session spawn in the endpoint (median of {n})",
             "run": f"session round trip, conn.run true (median of {n})",
+            "jail": f"jail start, Jail.start to holder found (median of {n})",
             "create": f"Service.create to ready (median of {n})"}
-    report("ext.local sessions: through the spawner, against the endpoint forking itself",
+    report("ext.local: through the spawner, against the endpoint starting them itself",
            [Check(what[k], statistics.median(samples[f"{k}_spawner"]),
-                  statistics.median(samples[f"{k}_inprocess"]), "in-process fork, same rounds")
-            for k in ("spawn", "run", "create")])
+                  statistics.median(samples[f"{k}_inprocess"]),
+                  "endpoint's own fork/launcher, same rounds")
+            for k in WHAT])
 
 
 def pct(samples: list[float], p: float) -> float:
