@@ -12,11 +12,21 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
+from tests.integration.test_local_extension import (  # noqa: F401 - fixtures
+    box,
+    create,
+    ext,
+    run,
+    settings,
+    wait_for,
+)
 
-from sandboxer.extensions.local import cgroups, jail, spawnerclient
+from sandboxer.extensions.base import Endpoint, Handle
+from sandboxer.extensions.local import LocalExtension, cgroups, control, jail, spawnerclient
 from sandboxer.extensions.local.holder import Jail
 from sandboxer.extensions.local.spawnerclient import DEVNULL, SpawnedChild, spawn_jailed
 from sandboxer.extensions.local.spec import LocalSpec
@@ -171,3 +181,25 @@ def test_a_jail_the_spawner_starts_is_the_one_the_launcher_starts(
             assert isinstance(ns, dict)
         assert seen["holder"]["fds"] == ["/dev/null", "/dev/null", "pipe:"]  # 0, 1, 2
     assert spawned == launched
+
+
+def _spawners(endpoint: int) -> list[int]:
+    kids = Path(f"/proc/{endpoint}/task/{endpoint}/children").read_text().split()
+    return [int(p) for p in kids
+            if b"sandboxer.extensions.local.spawner" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_sessions_go_on_after_the_spawner_is_killed(
+        ext: LocalExtension, box: tuple[Handle, Endpoint]) -> None:  # noqa: F811
+    """The jail dies with the spawner (bwrap --die-with-parent), as with the endpoint:
+    the next session starts it again, and a new spawner."""
+    endpoint = control.daemon_pid(ext.settings)
+    assert endpoint is not None
+    assert run(box[1], "echo ok") == (0, "ok\n")
+    first = _spawners(endpoint)
+    assert len(first) == 1
+    os.kill(first[0], signal.SIGKILL)
+    wait_for(lambda: run(box[1], "echo again") == (0, "again\n"), "a session to work again")
+    wait_for(lambda: len(_spawners(endpoint)) == 1 and _spawners(endpoint) != first,
+             "a new spawner")
+    assert control.daemon_pid(ext.settings) == endpoint

@@ -206,12 +206,20 @@ def run_holder(plan: HolderPlan) -> None:
         raise _fail(step, e.errno or 0) from e
 
 
-def preexec(plan: Plan) -> Callable[[], None]:
-    """``run(plan)`` as a ``subprocess.Popen`` preexec function (the in-process way)."""
-    load_filter = filter_loader(plan.seccomp)
+def preexec(plan: Plan | None, connect: tuple[int, str, int, float] | None = None,
+            reply: int = -1) -> Callable[[], None] | None:
+    """``run(plan)``, then ``connect_back`` with ``connect``, as a ``subprocess.Popen``
+    preexec function (the in-process way: the same steps as the spawner's child); None
+    when there is nothing to do."""
+    if plan is None and connect is None:
+        return None
+    load_filter = None if plan is None else filter_loader(plan.seccomp)
 
     def step() -> None:
-        run(plan, load_filter)
+        if plan is not None and load_filter is not None:
+            run(plan, load_filter)
+        if connect is not None:
+            connect_back(reply, *connect)
 
     return step
 

@@ -1,9 +1,11 @@
 """A sandbox's one jail: started once, entered by every SSH session, stopped with it.
 
-``Jail.start`` runs bwrap (jail.holder_argv) in the sandbox's cgroup as its host uid and
-keeps open the namespaces of the jail's waiting child: its user namespace (and that one's
-parent, which owns the others), mount, pid, net, ipc, uts and cgroup namespaces, and its
-root directory. Fds, not pids, so a recycled pid can never point a session elsewhere.
+``Jail.start`` runs bwrap (jail.holder_argv) in the sandbox's cgroup as its host uid —
+forked by the spawner (spawnerclient.try_spawn) when one is ready, else through setpriv
+and prlimit — and keeps open the namespaces of the jail's waiting child: its user
+namespace (and that one's parent, which owns the others), mount, pid, net, ipc, uts and
+cgroup namespaces, and its root directory. Fds, not pids, so a recycled pid can never
+point a session elsewhere.
 
 ``Jail.plan`` is what a session's process does between fork and exec (enter.py), run in
 the child while it is still the endpoint's user: join the cgroup, enter the namespaces
@@ -290,7 +292,12 @@ class Jail:
         """The in-process way in: ``plan``'s steps as a preexec function, and the fds its
         spawn must pass to the child (the caller closes them once the child runs)."""
         plan = self.plan(pty=pty)
-        return entry.preexec(plan), tuple(plan.ns.values())
+        load_filter = entry.filter_loader(plan.seccomp)
+
+        def preexec() -> None:
+            entry.run(plan, load_filter)
+
+        return preexec, tuple(plan.ns.values())
 
     async def stop(self) -> None:
         """End every process of the jail; the namespaces go with them. Idempotent."""

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from sandboxer import childenv
@@ -384,20 +384,4 @@ async def spawn_jailed(argv: list[str], *, env: dict[str, str],
     std = [subprocess.DEVNULL if fd == DEVNULL else fd for fd in stdio]
     return await spawn(argv, stdin=std[0], stdout=std[1], stderr=std[2], env=env,
                        pass_fds=() if plan is None else tuple(plan.ns.values()),
-                       preexec_fn=_preexec(plan, connect, reply), start_new_session=True)
-
-
-def _preexec(plan: enter.Plan | None, connect: tuple[int, str, int, float] | None,
-             reply: int) -> Callable[[], None] | None:
-    """The in-process way: the same steps as the spawner's child (spawner.py)."""
-    if plan is None and connect is None:
-        return None
-    load_filter = enter.filter_loader(plan.seccomp) if plan is not None else None
-
-    def preexec() -> None:
-        if plan is not None and load_filter is not None:
-            enter.run(plan, load_filter)
-        if connect is not None:
-            enter.connect_back(reply, *connect)
-
-    return preexec
+                       preexec_fn=enter.preexec(plan, connect, reply), start_new_session=True)
