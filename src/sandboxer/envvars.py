@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sandboxer.errors import InvalidInput
-from sandboxer.values import parse_duration, safe_repr
 
 
 def _bad(name: str, raw: str, expected: str) -> InvalidInput:
+    from sandboxer.values import safe_repr  # here: every CLI call reads settings, few fail
+
     return InvalidInput(f"{name}={safe_repr(raw)}: expected {expected}",
                         hint=f"fix {name} or unset it for the default")
 
@@ -57,6 +58,8 @@ def duration(env: Mapping[str, str], name: str, default: str) -> float:
     """A duration (``90s``, ``15m``, ``8h``, ``7d``) in seconds."""
     raw = _raw(env, name)
     try:
+        from sandboxer.values import parse_duration
+
         return parse_duration(default if raw is None else raw).total_seconds()
     except ValueError as e:
         raise _bad(name, raw or default, "a duration like 90s, 15m, 8h or 7d") from e
@@ -73,6 +76,8 @@ def path(env: Mapping[str, str], name: str, default: Path | None = None, *,
         raise _bad(name, raw, "a path without NUL bytes")
     p = Path(raw).absolute()
     if directory and p.exists() and not p.is_dir():
+        from sandboxer.values import safe_repr
+
         raise InvalidInput(f"{name}={safe_repr(raw)} is not a directory",
                            hint=f"point {name} at a directory (or a path that does not "
                            "exist yet)")

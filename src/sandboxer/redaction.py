@@ -119,7 +119,8 @@ def install() -> None:
     import logging
 
     global _installed
-    handlers: list[logging.Handler] = [*logging.getLogger().handlers, *logging.getLogger("sandboxer").handlers]
+    handlers: list[logging.Handler] = [*logging.getLogger().handlers,
+                                       *logging.getLogger("sandboxer").handlers]
     if logging.lastResort is not None:
         handlers.append(logging.lastResort)
     for h in handlers:

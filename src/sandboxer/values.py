@@ -7,30 +7,23 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sandboxer import states
+
+# The state words live in sandboxer.states (no regex, no datetime: the CLI's thin paths
+# need them and nothing else of this module); the same objects, under their old names.
+SNAPSHOT_STATES = states.SNAPSHOT_STATES
+SNAPSHOT_FINAL_STATES = states.SNAPSHOT_FINAL_STATES
+SNAPSHOTTABLE_STATES = states.SNAPSHOTTABLE_STATES
+STATES = states.STATES
+LIVE_STATES = states.LIVE_STATES
+FINAL_STATES = states.FINAL_STATES
+LIFECYCLE = states.LIFECYCLE
 _DURATION = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 # Patterns are used with fullmatch: ``$`` would also accept a trailing newline.
 SANDBOX_ID = re.compile(r"sbx-[a-z2-7]{10}")  # what new_sandbox_id makes; always fullmatch
 SNAPSHOT_ID = re.compile(r"snap-[a-z2-7]{10}")  # what new_snapshot_id makes; always fullmatch
-# A snapshot's states (models.snapshot.SnapshotState): ``creating`` while the extension
-# records it, ``ready`` to create from, ``deleting`` while its artifact is removed;
-# ``deleted`` (deleted, or its retention ended) and ``failed`` are final.
-SNAPSHOT_STATES = ("creating", "ready", "deleting", "deleted", "failed")
-SNAPSHOT_FINAL_STATES = frozenset({"deleted", "failed"})
-# What a sandbox must be in to be snapshotted (the extension quiesces a ready one).
-SNAPSHOTTABLE_STATES = ("ready", "stopped", "paused")
-# A sandbox's states (models.sandbox.State); a live one holds a slot of its target.
-# ``unreachable``: ready, but its target failed its last probe (sandboxer.fleet).
-# ``stopped``: its processes ended, its data kept; ``paused``: frozen, memory kept. Both
-# still hold their slot (their data or memory is still on the target).
-STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroying",
-          "destroyed", "failed")
-LIVE_STATES = ("provisioning", "ready", "unreachable", "stopped", "paused", "destroying")
-FINAL_STATES = frozenset({"destroyed", "failed"})
-# The lifecycle operations of a live sandbox (CLI commands, API routes, MCP tools, the
-# local service's ops): stop -> stopped, start -> ready, pause -> paused, resume -> ready.
-LIFECYCLE = ("stop", "start", "pause", "resume")
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,62})")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._:@/+=-]{0,128}")
 # Who owns a sandbox, and the free-form name it may carry (no C0/C1 controls or DEL, so

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sandboxer.values import LIFECYCLE, STATES
+from sandboxer.states import LIFECYCLE, STATES
 
 LIFECYCLE_HELP = {
     "stop": "stop a ready or paused sandbox: its processes end, its data stays",

@@ -254,9 +254,9 @@ class LocalService:
             return (await asyncio.to_thread(svc.extend, sid, str(args.get("ttl")))).document()
         if op in LIFECYCLE:
             return (await svc.lifecycle(op, sid)).document()
-        done = await asyncio.to_thread(svc.destroy_fast, sid)
-        if done is not None:
-            return done
+        # Not svc.destroy_fast: that path asks an extension's running process (here, this
+        # one, over its own control socket from a worker thread) to do what the warm
+        # manager here does directly.
         return (await svc.destroy(sid)).document()
 
 

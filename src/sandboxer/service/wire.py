@@ -45,7 +45,7 @@ from typing import Any
 
 from sandboxer import childenv
 from sandboxer.config import Settings, sha256_hex
-from sandboxer.values import LIFECYCLE
+from sandboxer.states import LIFECYCLE
 
 PROTOCOL = 1
 MAX_LINE = 4 << 20  # one request or reply line, environment included

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +92,55 @@ def test_a_cancelled_wait_leaves_no_child_running() -> None:
 
     proc = asyncio.run(main())
     assert proc.returncode is not None, "the child outlived the cancelled wait"
+
+
+def _group(n: int) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen(["sleep", "30"]) for _ in range(n)]
+
+
+def test_kill_all_waits_for_the_exits_themselves() -> None:
+    procs = _group(5)
+    pids = {p.pid for p in procs}
+
+    def live() -> set[int]:
+        # Our children stay zombies until reaped: "live" is what has not exited.
+        return {p.pid for p in procs if p.poll() is None}
+
+    assert _proc.kill_all(live, timeout=5) == set()
+    assert all(p.returncode == -9 for p in procs)
+    assert {p.pid for p in procs} == pids
+
+
+def test_kill_all_outlasts_a_respawning_set() -> None:
+    # A fork bomb's shape: each of the first three passes finds two new processes.
+    made: list[subprocess.Popen[bytes]] = []
+
+    def find() -> set[int]:
+        if len(made) < 6:
+            made.extend(_group(2))
+        return {p.pid for p in made if p.poll() is None}
+
+    assert _proc.kill_all(find, timeout=5) == set()
+    assert len(made) == 6
+    assert all(p.returncode == -9 for p in made)
+
+
+def test_a_listed_exited_process_ends_in_backoff_not_a_spin() -> None:
+    # A zombie (exited, not yet reaped) stays listed, as a killed task may stay a moment in
+    # cgroup.procs: its pidfd is readable at once, so kill_all must back off, not spin,
+    # and give up at its deadline with what is still listed.
+    zombie = subprocess.Popen(["true"])
+    while not Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1].startswith("Z"):
+        time.sleep(0.005)
+    calls = 0
+
+    def find() -> set[int]:
+        nonlocal calls
+        calls += 1
+        return {zombie.pid}
+
+    try:
+        assert _proc.kill_all(find, timeout=0.3) == {zombie.pid}
+        assert 3 <= calls < 30, calls
+    finally:
+        zombie.wait()

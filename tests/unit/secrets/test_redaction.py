@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +66,23 @@ def test_filter_on_a_handler() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "v=%s", (CANARY,), None)
     assert redaction.RedactingFilter().filter(record) is True
     assert record.getMessage() == "v=***"
+
+
+def test_the_first_registered_value_puts_the_net_on_logging() -> None:
+    # A fresh interpreter: this one's net is up already. Until a value is registered the
+    # module needs no logging (the CLI's thin paths never hold one); from then on a
+    # record made anywhere is scrubbed, with no install() call by the process.
+    code = (
+        "import sys\n"
+        "from sandboxer import redaction\n"
+        "assert 'logging' not in sys.modules, 'imported logging early'\n"
+        f"redaction.register([{CANARY!r}])\n"
+        "import logging\n"
+        "r = logging.getLogger('x').makeRecord('x', 30, 'f', 1, 'v=%s', "
+        f"({CANARY!r},), None)\n"
+        "print(r.getMessage())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "v=***\n"

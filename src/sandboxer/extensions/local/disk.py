@@ -110,12 +110,14 @@ _LOOP_CONFIGURE = 0x4C0A
 _LO_FLAGS_AUTOCLEAR = 4  # the loop device goes with the last unmount
 _MS_NOSUID, _MS_NODEV, _MS_NOATIME = 2, 4, 1024
 _EBUSY = 16
+_MNT_DETACH = 2
 
 
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_void_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
     return libc
 
 
@@ -197,17 +199,28 @@ def _syncfs(workspace: Path) -> None:
         os.close(fd)
 
 
-def unmount(workspace: Path) -> None:
-    """Unmount (its data written to the image first), lazily when something still holds
-    it; not mounted is fine."""
+def unmount(workspace: Path, *, discard: bool = False) -> None:
+    """Unmount (its data written to the image first, unless ``discard``: the image is
+    deleted next), lazily when something still holds it; not mounted is fine.
+
+    umount(2) itself, not umount(8): the loop device goes with the mount (autoclear), and
+    a process of ~100 MiB starting a program costs a destroy ~2 ms."""
     if not is_mounted(workspace):
         return
-    with contextlib.suppress(OSError):
-        _syncfs(workspace)
-    done = subprocess.run(["umount", "--", str(workspace)], capture_output=True,
-                          timeout=_TIMEOUT, check=False)
-    if done.returncode != 0 and is_mounted(workspace):
-        _run(["umount", "--lazy", "--", str(workspace)])
+    if not discard:
+        with contextlib.suppress(OSError):
+            _syncfs(workspace)
+    path = os.fsencode(workspace)
+    libc = _libc()
+    if libc.umount2(path, 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == _EBUSY and libc.umount2(path, _MNT_DETACH) == 0:
+        return
+    err = ctypes.get_errno() if err == _EBUSY else err
+    if is_mounted(workspace):
+        raise ProvisionFailed(f"ext.local: unmounting {workspace} failed: {os.strerror(err)}",
+                              hint="`findmnt` and `fuser -vm` show what holds it")
 
 
 def _run(argv: list[str]) -> None:

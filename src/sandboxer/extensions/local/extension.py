@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,11 @@ TARGET = "local"
 # lines (not secret), by sandbox id.
 _ENDPOINTS: dict[Path, Endpoint_] = {}
 _HOST_PUBLICS: dict[str, str] = {}
+# (port, when) of sandboxes this process just had the endpoint serve: the create's
+# readiness probe and descriptor (a few ms later) need not ask it again (an ``add`` over
+# its control socket, where another process runs it). Anything older asks.
+_SERVED: dict[str, tuple[int, float]] = {}
+_SERVED_FRESH = 10.0
 os.register_at_fork(after_in_child=_ENDPOINTS.clear)  # a child runs none of them
 UID_SPAN = uids.SPAN
 _proc_uids = uids.proc_uids
@@ -222,6 +228,9 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             port = await self._add(record, values, here, early=True)
             del values
             record["port"] = port
+            if len(_SERVED) > 10_000:
+                _SERVED.clear()
+            _SERVED[sid] = (port, time.monotonic())
             control.record_served(s, record, port, keys.host_public)
         except BaseException as e:
             await _cancel(starting)
@@ -321,8 +330,13 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             if rec.get("stopped"):
                 raise Conflict(f"ext.local sandbox {sid} is stopped: nothing serves it",
                                hint=f"sandboxer start {sid}")
-            # Re-serve after a daemon restart; add is idempotent and keeps the recorded port.
-            port, user = await self._add(rec, None, here), str(rec["user"])
+            just = _SERVED.get(sid)
+            if just is not None and just[0] == rec.get("port") and \
+                    time.monotonic() - just[1] < _SERVED_FRESH:
+                port, user = just[0], str(rec["user"])
+            else:
+                # Re-serve after a daemon restart; add is idempotent, keeps the recorded port.
+                port, user = await self._add(rec, None, here), str(rec["user"])
         host_public = _HOST_PUBLICS.get(sid) or _keys.public_of(paths["host_key"])
         return Endpoint(
             host="127.0.0.1", port=port, user=user, host_key=host_public,
@@ -347,6 +361,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
         sid = handle.sandbox_id
         d = control.sandbox_dir(s, sid)
         _HOST_PUBLICS.pop(sid, None)
+        _SERVED.pop(sid, None)
         here = self._here()
         if here is not None:
             await here.remove_here(sid)
@@ -356,18 +371,31 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             _keys.remove(s, sid)
             return
         uid = self._private_uid(handle, d)
-        if uid is not None:
-            hierarchy = cgroups.detect()
-            if hierarchy is not None:
-                # A jail left frozen (its endpoint died while paused) dies only thawed.
-                with contextlib.suppress(OSError):
-                    hierarchy.sandbox(sid).kill()
+        if uid is not None and not self._killed_in_cgroup(sid):
             dirs.kill_uid(uid)
         self._teardown(sid, d)
         if uid is not None:
             dirs.release_uid(s, uid, d)  # after the dir is gone: the claim names it
         _keys.remove(s, sid)
         self._drop_empty_root()
+
+    @staticmethod
+    def _killed_in_cgroup(sandbox_id: str) -> bool:
+        """Whether the sandbox's cgroup exists and is empty now, its processes killed. It
+        holds every process of the sandbox: the jail joins it before it runs anything, and
+        no process can leave (cgroup.procs is root's; the jail holds no capability). Else
+        the caller kills by uid, which scans every process of the host."""
+        hierarchy = cgroups.detect()
+        if hierarchy is None:
+            return False
+        cgroup = hierarchy.sandbox(sandbox_id)
+        if not all(d.is_dir() for d in cgroup.unique_dirs):
+            return False
+        try:
+            cgroup.kill()  # a jail left frozen (its endpoint died while paused) is thawed
+        except OSError:
+            return False
+        return True
 
     def _private_uid(self, handle: Handle, d: Path) -> int | None:
         """The sandbox's host uid when we run as root and it lies in our private range:
@@ -386,7 +414,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             hierarchy = cgroups.detect()
             if hierarchy is not None:
                 hierarchy.sandbox(sandbox_id).remove()
-            disk.unmount(d / "workspace")
+            disk.unmount(d / "workspace", discard=True)
         dirs.rmtree(d)
 
     @override
