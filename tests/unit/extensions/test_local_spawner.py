@@ -285,3 +285,14 @@ def test_a_cancelled_request_leaves_no_child() -> None:
         return left
 
     assert asyncio.run(main()) == []
+
+
+def test_a_request_too_big_for_one_message_starts_in_process() -> None:
+    async def main() -> tuple[str, int]:
+        assert await spawnerclient.started() is not None
+        # Over a message's socket buffer (~208 KiB), each under exec's 128 KiB a string.
+        big = {**ENV, **{f"BIG{i}": "x" * 100_000 for i in range(4)}}
+        child = await spawn_jailed(["true"], env=big, stdio=NULL, plan=None)
+        return type(child).__name__, await child.wait()
+
+    assert asyncio.run(main()) == ("Child", 0)
