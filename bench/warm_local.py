@@ -18,7 +18,8 @@ Functions for other benchmarks (each runs in this process, after
 - ``measure_sessions(rounds) -> dict``: ms of a session on an open asyncssh connection
   (``conn.run("true")``), of its spawn inside the endpoint (``spawn_jailed`` called to
   returned: the child runs), of a jail's start (``Jail.start`` called to its holder
-  found) and of a create to ready, each through the spawner and without it
+  found, and to its return: the holder's namespaces open, every process in the cgroup)
+  and of a create to ready, each through the spawner and without it
   (``spawnerclient.enabled = False``: the endpoint forks a session itself and starts a
   jail through setpriv and prlimit, the ways before the spawner), the two ways in turn in
   the same rounds.
@@ -52,7 +53,7 @@ BWRAP = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent",
          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
          "--proc", "/proc", "--dev", "/dev", "true"]
 TARGETS = {"create_ms": 25.0, "burst_p99_over_p50": 2.0}
-WHAT = ("spawn", "run", "jail", "create")  # measure_sessions' figures
+WHAT = ("spawn", "run", "jail", "jailstart", "create")  # measure_sessions' figures
 
 
 def _home() -> Path:
@@ -221,6 +222,7 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
     async def timed_start(self: Jail) -> None:
         began[0] = time.perf_counter()
         await real_start(self)
+        jail_starts.append((time.perf_counter() - began[0]) * 1000)
 
     async def timed_wait(self: Jail) -> int:
         pid = await real_wait(self)
@@ -265,6 +267,7 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
                                 out[f"spawn_{way}"].append(spawns[0])
                                 out[f"create_{way}"].append(ms_create)
                                 out[f"jail_{way}"].append(jail_starts[0])
+                                out[f"jailstart_{way}"].append(jail_starts[1])
             finally:
                 sessions.spawn_jailed = real
                 Jail.start, Jail._wait_for_holder = real_start, real_wait  # type: ignore[method-assign]
@@ -282,6 +285,7 @@ def print_sessions(samples: dict[str, list[float]]) -> None:
     what = {"spawn": f"session spawn in the endpoint (median of {n})",
             "run": f"session round trip, conn.run true (median of {n})",
             "jail": f"jail start, Jail.start to holder found (median of {n})",
+            "jailstart": f"jail start, Jail.start called to returned (median of {n})",
             "create": f"Service.create to ready (median of {n})"}
     report("ext.local: through the spawner, against the endpoint starting them itself",
            [Check(what[k], statistics.median(samples[f"{k}_spawner"]),
