@@ -52,11 +52,13 @@ TARGET = "local"
 # lines (not secret), by sandbox id.
 _ENDPOINTS: dict[Path, Endpoint_] = {}
 _HOST_PUBLICS: dict[str, str] = {}
-# (port, when) of sandboxes this process just had the endpoint serve: the create's
-# readiness probe and descriptor (a few ms later) need not ask it again (an ``add`` over
-# its control socket, where another process runs it). Anything older asks.
+# (port, when) of a sandbox the endpoint has just served (provision's ``add``) or just
+# answered SSH on (wait_ready's probe): the next ``endpoint()`` of this create -- the
+# probe's, then the descriptor's -- need not ask it again (an ``add`` over its control
+# socket when another process runs it). Each entry is used once, within a moment; every
+# other call asks, and so brings back an endpoint that died.
 _SERVED: dict[str, tuple[int, float]] = {}
-_SERVED_FRESH = 10.0
+_SERVED_FRESH = 2.0
 os.register_at_fork(after_in_child=_ENDPOINTS.clear)  # a child runs none of them
 UID_SPAN = uids.SPAN
 _proc_uids = uids.proc_uids
@@ -274,6 +276,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(started)
                 tg.create_task(ssh_probe(ep, timeout=timeout))
+            _SERVED[sid] = (ep.port, time.monotonic())  # answered just now
         except BaseExceptionGroup as group:
             first = group.exceptions[0]
             if isinstance(first, SandboxerError):
@@ -330,7 +333,7 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             if rec.get("stopped"):
                 raise Conflict(f"ext.local sandbox {sid} is stopped: nothing serves it",
                                hint=f"sandboxer start {sid}")
-            just = _SERVED.get(sid)
+            just = _SERVED.pop(sid, None)
             if just is not None and just[0] == rec.get("port") and \
                     time.monotonic() - just[1] < _SERVED_FRESH:
                 port, user = just[0], str(rec["user"])
