@@ -144,6 +144,9 @@ def _jail_processes(j: Jail) -> dict[str, dict[str, object]]:
     return out
 
 
+_LAUNCHER = Jail._launcher
+
+
 def test_a_jail_the_spawner_starts_is_the_one_the_launcher_starts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hierarchy = cgroups.detect()
@@ -153,6 +156,9 @@ def test_a_jail_the_spawner_starts_is_the_one_the_launcher_starts(
 
     async def one(via_spawner: bool) -> tuple[bool, dict[str, dict[str, object]]]:
         monkeypatch.setattr(spawnerclient, "enabled", via_spawner)
+        # The spawner starts a jail where setpriv or prlimit is missing.
+        monkeypatch.setattr(Jail, "_launcher", lambda self: None if via_spawner
+                            else _LAUNCHER(self))
         j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
                  spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
                  root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)

@@ -122,9 +122,17 @@ class Jail:
             self.started_secrets = dict(self.secrets)
             secret_fds = jail.data_pipes(jail.secret_files(self.started_secrets))
             filter_fds.append(seccomp.pipe_fd())
-            proc = await self._by_spawner(data_fds, secret_fds, filter_fds[0])
-            if proc is None:
-                proc, joining = await self._by_launcher(data_fds, secret_fds, filter_fds[0])
+            # The launcher first: its cgroup join from outside overlaps bwrap's own set-up,
+            # where the spawner's child must join before it execs bwrap -- on this cgroup-v1
+            # host a join can wait for an RCU grace period, and the holder was found ~15 ms
+            # later that way (interleaved creates, loaded machine). The spawner still
+            # spares the fork of this process where setpriv or prlimit is missing.
+            launched = self._by_launcher(data_fds, secret_fds, filter_fds[0])
+            if launched is not None:
+                proc, joining = launched
+            else:
+                proc = await self._by_spawner(data_fds, secret_fds, filter_fds[0]) or \
+                    await self._by_preexec(data_fds, secret_fds, filter_fds[0])
             self.proc = proc
         finally:
             jail.close_fds([*data_fds.values(), *secret_fds.values(), *filter_fds])
@@ -145,9 +153,9 @@ class Jail:
 
     async def _by_spawner(self, data_fds: dict[str, int], secret_fds: dict[str, int],
                           filter_fd: int) -> Process | None:
-        """bwrap forked by the spawner, whose child joins the cgroup itself (its children
-        inherit it), becomes the host uid and sets the rlimits (enter.run_holder) before
-        it execs bwrap: no launcher, no cgroup join from outside. None: no spawner."""
+        """bwrap forked by the spawner (where setpriv or prlimit is missing), whose child
+        joins the cgroup itself (its children inherit it), becomes the host uid and sets
+        the rlimits (enter.run_holder) before it execs bwrap. None: no spawner."""
         order = [*data_fds.values(), *secret_fds.values(), filter_fd]
         at = {fd: spawnerclient.PASSED_FROM + i for i, fd in enumerate(order)}
         argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec,
@@ -171,11 +179,8 @@ class Jail:
         proc.stderr = os.fdopen(r, "rb")  # bwrap's: read if it fails (_wait_for_holder)
         return proc
 
-    async def _by_launcher(self, data_fds: dict[str, int], secret_fds: dict[str, int],
-                           filter_fd: int) -> tuple[Process, asyncio.Task[None] | None]:
-        """bwrap started by this process (no spawner): through setpriv and prlimit when
-        they are there (then its cgroup join, which the returned task does from outside),
-        else with a preexec step. Returns bwrap and that task."""
+    def _popen_args(self, data_fds: dict[str, int], secret_fds: dict[str, int],
+                    filter_fd: int) -> tuple[list[str], dict[str, Any]]:
         argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec, data_fds,
                                 seccomp_fd=filter_fd, bwrap=self.bwrap, secret_fds=secret_fds)
         kw: dict[str, Any] = {
@@ -183,9 +188,22 @@ class Jail:
             "stderr": subprocess.PIPE, "env": {"PATH": jail.JAIL_PATH},
             "pass_fds": (*data_fds.values(), *secret_fds.values(), filter_fd),
             "start_new_session": True}
+        return argv, kw
+
+    async def _by_preexec(self, data_fds: dict[str, int], secret_fds: dict[str, int],
+                          filter_fd: int) -> Process:
+        """bwrap forked by this process with a preexec step (no launcher, no spawner)."""
+        argv, kw = self._popen_args(data_fds, secret_fds, filter_fd)
+        return await spawn(argv, preexec_fn=self._holder_preexec(), **kw)
+
+    def _by_launcher(self, data_fds: dict[str, int], secret_fds: dict[str, int],
+                     filter_fd: int) -> tuple[Process, asyncio.Task[None] | None] | None:
+        """bwrap started by this process through setpriv and prlimit, and the task that
+        joins it to its cgroup from outside; None when a tool is missing."""
         launcher = self._launcher()
         if launcher is None:
-            return await spawn(argv, preexec_fn=self._holder_preexec(), **kw), None
+            return None
+        argv, kw = self._popen_args(data_fds, secret_fds, filter_fd)
         # No preexec step: Popen vforks and returns at once.
         proc = Child(subprocess.Popen([*launcher, *argv], **kw))
         if self.cgroup is None:
