@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 from sandboxer import childenv
 from sandboxer.extensions.local import enter
 from sandboxer.extensions.local.spawn import Child, Process, spawn
+from sandboxer.extensions.local.spawner import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,13 @@ class Client:
                "plan": None if plan is None else plan.wire(),
                "holder": None if holder is None else holder.wire(), "connect": connect,
                "pass": len(pass_fds), "fds": names}
+        data = json.dumps(msg).encode()
+        if len(data) > MAX_MESSAGE:  # would leave with a large SO_SNDBUF and arrive cut short
+            raise OSError(errno.EMSGSIZE, "the request is longer than the spawner reads")
         started: asyncio.Future[SpawnedChild] = self.loop.create_future()
         self._pending[rid] = started
         try:
-            await self._send(json.dumps(msg).encode(), fds)
+            await self._send(data, fds)
         except BaseException:
             self._pending.pop(rid, None)
             raise
