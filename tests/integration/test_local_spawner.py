@@ -209,3 +209,73 @@ def test_sessions_go_on_after_the_spawner_is_killed(
     wait_for(lambda: len(_spawners(endpoint)) == 1 and _spawners(endpoint) != first,
              "a new spawner")
     assert control.daemon_pid(ext.settings) == endpoint
+
+
+def _in_pid_ns(ns: str) -> list[tuple[int, str]]:
+    """Every process whose pid namespace is ``ns``, with its command line."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/ns/pid") == ns:
+                cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ")
+                out.append((int(entry.name), cmd.decode(errors="replace").strip()))
+        except OSError:
+            continue
+    return out
+
+
+def test_a_killed_spawner_leaves_no_process_of_its_sessions_in_a_jail_that_lives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jail the endpoint started itself (the spawner was booting: the first jail of
+    every endpoint) outlives a killed spawner; a session the spawner forked into it dies
+    by its PDEATHSIG, and so must what it started in its process group (a pipeline, a
+    background job): the client saw the session end (137), nothing of it runs on."""
+    hierarchy = cgroups.detect()
+    sid = "sbx-spawnerorphans"
+    ws = tmp_path / sid / "workspace"
+    ws.mkdir(parents=True)
+    j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
+             spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
+             root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+    env = {"PATH": jail.JAIL_PATH, "HOME": jail.JAIL_HOME}
+
+    async def main() -> tuple[int, list[tuple[int, str]], list[tuple[int, str]]]:
+        monkeypatch.setattr(spawnerclient, "enabled", False)
+        await j.start()  # by this process: it outlives the spawner
+        monkeypatch.setattr(spawnerclient, "enabled", True)
+        try:
+            spawner = await spawnerclient.started()
+            assert spawner is not None
+            plan = j.plan(pty=False)
+            try:
+                child = await spawn_jailed(
+                    ["/bin/sh", "-c", "sleep 101 & sleep 102 | sleep 103"], env=env,
+                    stdio=(DEVNULL, DEVNULL, DEVNULL), plan=plan)
+            finally:
+                jail.close_fds(plan.ns.values())
+            assert isinstance(child, SpawnedChild)
+            ns = os.readlink(f"/proc/{j.holder_pid}/ns/pid")
+            wait_for(lambda: len(_in_pid_ns(ns)) >= 5, "the session's processes")
+            before = _in_pid_ns(ns)
+            os.kill(spawner.proc.pid, signal.SIGKILL)
+            rc = await asyncio.wait_for(child.wait(), 10)
+            assert j.alive
+            deadline = asyncio.get_running_loop().time() + 5
+            while (any("sleep 10" in c for _p, c in _in_pid_ns(ns))
+                   and asyncio.get_running_loop().time() < deadline):
+                await asyncio.sleep(0.05)
+            return rc, before, _in_pid_ns(ns)
+        finally:
+            await j.stop()
+            if j.cgroup is not None:
+                j.cgroup.remove()
+            if spawnerclient._client is not None:
+                spawnerclient._client.close()
+                spawnerclient._client = None
+
+    rc, before, after = asyncio.run(main())
+    assert rc == -signal.SIGKILL
+    assert [c for _p, c in before if c.startswith("sleep 10")], before
+    assert not [c for _p, c in after if "sleep 10" in c], after

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -293,6 +294,22 @@ def test_a_request_too_big_for_one_message_starts_in_process() -> None:
         # Over a message's socket buffer (~208 KiB), each under exec's 128 KiB a string.
         big = {**ENV, **{f"BIG{i}": "x" * 100_000 for i in range(4)}}
         child = await spawn_jailed(["true"], env=big, stdio=NULL, plan=None)
+        return type(child).__name__, await child.wait()
+
+    assert asyncio.run(main()) == ("Child", 0)
+
+
+def test_a_request_over_the_spawners_message_size_starts_in_process() -> None:
+    """A socket buffer raised past the spawner's MAX_MESSAGE (a host's wmem_default, or
+    SO_SNDBUF) lets a request longer than the spawner reads leave: cut short, its id
+    unreadable, it was answered with no id and its session waited for ever."""
+    async def main() -> tuple[str, int]:
+        c = await spawnerclient.started()
+        assert c is not None
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        big = {**ENV, **{f"BIG{i}": "x" * 100_000 for i in range(12)}}  # > 1 MiB
+        child = await asyncio.wait_for(
+            spawn_jailed(["true"], env=big, stdio=NULL, plan=None), 10)
         return type(child).__name__, await child.wait()
 
     assert asyncio.run(main()) == ("Child", 0)

@@ -38,11 +38,13 @@ from typing import Any, BinaryIO
 from sandboxer import childenv
 from sandboxer.extensions.local import enter
 from sandboxer.extensions.local.spawn import Child, Process, spawn
+from sandboxer.extensions.local.spawner import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
 DEVNULL = -1  # for ``stdio``: /dev/null
 MODULE = "sandboxer.extensions.local.spawner"
+PIDFD_SIGNAL_PROCESS_GROUP = 4  # linux/pidfd.h, 6.9+: the pidfd's process group
 RETRY_AFTER = 30.0  # seconds without a spawner after it could not start
 enabled = True  # False: always in-process (bench/warm_local.py measures both ways)
 
@@ -83,9 +85,22 @@ class SpawnedChild:
             return
         if self._client.kill(self._id):
             return
-        if self._pidfd >= 0:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        self._kill_by_pidfd()
+
+    def _kill_by_pidfd(self) -> None:
+        """SIGKILL its process group through its pidfd (Linux 6.9+), else the process
+        itself: never a stranger, whatever became of its pid. The group outlives the
+        process that leads it (a pipeline, a background job: in a jail that does not die
+        with the spawner, one the endpoint started itself), so the group is what ends
+        the session, as the spawner's killpg does."""
+        if self._pidfd < 0:
+            return
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL, None,
+                                     PIDFD_SIGNAL_PROCESS_GROUP)
+            return
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def _exit(self, rc: int) -> None:
         if self._rc is not None:
@@ -100,7 +115,9 @@ class SpawnedChild:
             self._pidfd = -1
 
     def _orphaned(self) -> None:
-        """The spawner is gone: this child died with it, or will at once."""
+        """The spawner is gone: this child died with it, or will at once; what it started
+        in its process group is killed now (its PDEATHSIG ends it alone)."""
+        self._kill_by_pidfd()
         try:
             if self._pidfd >= 0:
                 self._client.loop.add_reader(self._pidfd, self._exit, -signal.SIGKILL)
@@ -122,7 +139,7 @@ class Client:
             env["PYTHONPATH"] = childenv.source_dir()
             # No preexec step: Popen vforks, so starting it holds the loop ~1 ms.
             self.proc = subprocess.Popen(
-                [sys.executable, "-S", "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-S", "-P", "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), env=env, cwd="/", stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
@@ -166,10 +183,13 @@ class Client:
                "plan": None if plan is None else plan.wire(),
                "holder": None if holder is None else holder.wire(), "connect": connect,
                "pass": len(pass_fds), "fds": names}
+        data = json.dumps(msg).encode()
+        if len(data) > MAX_MESSAGE:  # would leave with a large SO_SNDBUF and arrive cut short
+            raise OSError(errno.EMSGSIZE, "the request is longer than the spawner reads")
         started: asyncio.Future[SpawnedChild] = self.loop.create_future()
         self._pending[rid] = started
         try:
-            await self._send(json.dumps(msg).encode(), fds)
+            await self._send(data, fds)
         except BaseException:
             self._pending.pop(rid, None)
             raise
