@@ -139,7 +139,9 @@ class Client:
             env["PYTHONPATH"] = childenv.source_dir()
             # No preexec step: Popen vforks, so starting it holds the loop ~1 ms.
             self.proc = subprocess.Popen(
-                [sys.executable, "-S", "-P", "-m", MODULE, str(theirs.fileno()), str(os.getpid())],
+                # -P: no cwd on its import path (it runs as root, from /).
+                [sys.executable, "-S", "-P", "-m", MODULE, str(theirs.fileno()),
+                 str(os.getpid())],
                 pass_fds=(theirs.fileno(),), env=env, cwd="/", stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
