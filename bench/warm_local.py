@@ -20,9 +20,10 @@ Functions for other benchmarks (each runs in this process, after
   returned: the child runs), of a jail's start (``Jail.start`` called to its holder
   found, and to its return: the holder's namespaces open, every process in the cgroup)
   and of a create to ready, each through the spawner and without it
-  (``spawnerclient.enabled = False``: the endpoint forks a session itself and starts a
-  jail through setpriv and prlimit, the ways before the spawner), the two ways in turn in
-  the same rounds.
+  (``spawnerclient.enabled = False``: the endpoint forks a session itself, the way before
+  the spawner), the two ways in turn in the same rounds. A jail starts through setpriv
+  and prlimit both ways (the spawner starts one only where those are missing): its rows
+  show the jail's share of a create, and that the spawner does not slow it.
 
 ``endpoint="in-process"`` runs the SSH endpoint in this process, on the Service's own
 ext.local instance (as the local service, core's keeper daemon, hosts it);
@@ -55,6 +56,18 @@ BWRAP = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent",
 TARGETS = {"create_ms": 25.0, "burst_p99_over_p50": 2.0}
 WHAT = ("spawn", "run", "jail", "jailstart", "create")  # measure_sessions' figures
 
+
+
+def _endpoint(svc: Any, st: Any) -> Any:
+    """The SSH endpoint of ready sandbox ``st``, from its descriptor."""
+    from sandboxer.models.extension import Endpoint
+
+    r = st.reachability
+    if r is None:
+        raise RuntimeError(f"{st.id} has no descriptor")
+    return Endpoint(host=r.host, port=r.port, user=r.user, host_key="-",
+                    identity_file=r.identity_file,
+                    known_hosts_file=str(svc.settings.keys_dir / f"{st.id}.known_hosts"))
 
 def _home() -> Path:
     home = Path(tempfile.mkdtemp(prefix="sbx-warm-local-", dir="/var/tmp"))
@@ -171,18 +184,11 @@ def measure_paired(rounds: int = 20, *, endpoint: str = "in-process",
     """(baseline, create) ms, one of each per round in turn, so that both see the same
     load: the baseline of ``measure_baseline``, the create of ``measure_service_create``."""
     from sandboxer.extensions._ssh import _asyncssh_run
-    from sandboxer.models.extension import Endpoint
 
     async def main() -> tuple[list[float], list[float]]:
         async with _service(endpoint) as svc:
             st = await svc.create(_request())
-            r = st.reachability
-            if r is None:
-                raise RuntimeError(f"{st.id} has no descriptor")
-            ep = Endpoint(host=r.host, port=r.port, user=r.user, host_key="-",
-                          identity_file=r.identity_file,
-                          known_hosts_file=str(svc.settings.keys_dir
-                                               / f"{st.id}.known_hosts"))
+            ep = _endpoint(svc, st)
             base, creates = [], []
             for i in range(warmup + rounds):
                 t = time.perf_counter()
@@ -209,7 +215,6 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
     from sandboxer.extensions._ssh import _connect
     from sandboxer.extensions.local import sessions, spawnerclient
     from sandboxer.extensions.local.holder import Jail
-    from sandboxer.models.extension import Endpoint
 
     out: dict[str, list[float]] = {f"{what}_{way}": [] for what in WHAT
                                    for way in ("spawner", "inprocess")}
@@ -239,13 +244,7 @@ def measure_sessions(rounds: int = 40, *, warmup: int = 5) -> dict[str, list[flo
     async def main() -> None:
         async with _service("in-process") as svc:
             st = await svc.create(_request())
-            r = st.reachability
-            if r is None:
-                raise RuntimeError(f"{st.id} has no descriptor")
-            ep = Endpoint(host=r.host, port=r.port, user=r.user, host_key="-",
-                          identity_file=r.identity_file,
-                          known_hosts_file=str(svc.settings.keys_dir
-                                               / f"{st.id}.known_hosts"))
+            ep = _endpoint(svc, st)
             sessions.spawn_jailed = timed_spawn  # type: ignore[assignment]
             Jail.start, Jail._wait_for_holder = timed_start, timed_wait  # type: ignore[method-assign]
             try:

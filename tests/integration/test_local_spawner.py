@@ -58,15 +58,19 @@ def _read(pid: int) -> dict[str, object]:
     }
 
 
-def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+
+def _jail(tmp_path: Path, sid: str) -> Jail:
+    """An unstarted jail of ``sid`` over a workspace in ``tmp_path``, as this uid."""
     hierarchy = cgroups.detect()
-    sid = "sbx-spawnertest"
     ws = tmp_path / sid / "workspace"
     ws.mkdir(parents=True)
-    j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
-             spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
-             root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+    return Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
+                spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
+                root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+
+def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    j = _jail(tmp_path, "sbx-spawnertest")
     env = {"PATH": jail.JAIL_PATH, "HOME": jail.JAIL_HOME, "SECRET_Y": "value-y"}
 
     async def one(via_spawner: bool) -> tuple[str, dict[str, object], dict[str, object]]:
@@ -232,13 +236,7 @@ def test_a_killed_spawner_leaves_no_process_of_its_sessions_in_a_jail_that_lives
     every endpoint) outlives a killed spawner; a session the spawner forked into it dies
     by its PDEATHSIG, and so must what it started in its process group (a pipeline, a
     background job): the client saw the session end (137), nothing of it runs on."""
-    hierarchy = cgroups.detect()
-    sid = "sbx-spawnerorphans"
-    ws = tmp_path / sid / "workspace"
-    ws.mkdir(parents=True)
-    j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
-             spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
-             root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+    j = _jail(tmp_path, "sbx-spawnerorphans")
     env = {"PATH": jail.JAIL_PATH, "HOME": jail.JAIL_HOME}
 
     async def main() -> tuple[int, list[tuple[int, str]], list[tuple[int, str]]]:
