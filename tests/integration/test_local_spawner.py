@@ -63,10 +63,24 @@ def _jail(tmp_path: Path, sid: str) -> Jail:
     """An unstarted jail of ``sid`` over a workspace in ``tmp_path``, as this uid."""
     hierarchy = cgroups.detect()
     ws = tmp_path / sid / "workspace"
-    ws.mkdir(parents=True)
+    ws.mkdir(parents=True, exist_ok=True)
     return Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
                 spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
                 root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+
+
+async def _stop(j: Jail) -> None:
+    """Stop ``j`` and remove its cgroup."""
+    await j.stop()
+    if j.cgroup is not None:
+        j.cgroup.remove()
+
+
+def _close_spawner() -> None:
+    """End this process's spawner client (and so its spawner)."""
+    if spawnerclient._client is not None:
+        spawnerclient._client.close()
+        spawnerclient._client = None
 
 def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,12 +119,8 @@ def test_both_ways_in_make_the_same_jailed_process(tmp_path: Path,
         try:
             return [await one(True), await one(False)]
         finally:
-            await j.stop()
-            if j.cgroup is not None:
-                j.cgroup.remove()
-            if spawnerclient._client is not None:
-                spawnerclient._client.close()
-                spawnerclient._client = None
+            await _stop(j)
+            _close_spawner()
 
     (w1, spawned, expect), (w2, forked, _) = asyncio.run(main())
     assert (w1, w2) == ("spawner", "endpoint")
@@ -153,35 +163,25 @@ _LAUNCHER = Jail._launcher
 
 def test_a_jail_the_spawner_starts_is_the_one_the_launcher_starts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    hierarchy = cgroups.detect()
-    sid = "sbx-spawnerjail"
-    ws = tmp_path / sid / "workspace"
-    ws.mkdir(parents=True)
 
     async def one(via_spawner: bool) -> tuple[bool, dict[str, dict[str, object]]]:
         monkeypatch.setattr(spawnerclient, "enabled", via_spawner)
         # The spawner starts a jail where setpriv or prlimit is missing.
         monkeypatch.setattr(Jail, "_launcher", lambda self: None if via_spawner
                             else _LAUNCHER(self))
-        j = Jail(sandbox_id=sid, user="sandbox", workspace=ws, host_uid=os.getuid(),
-                 spec=LocalSpec(hostname=sid), bwrap=shutil.which("bwrap") or "bwrap",
-                 root=False, cgroup=hierarchy.sandbox(sid) if hierarchy else None)
+        j = _jail(tmp_path, "sbx-spawnerjail")
         await j.start()
         try:
             return isinstance(j.proc, SpawnedChild), _jail_processes(j)
         finally:
-            await j.stop()
-            if j.cgroup is not None:
-                j.cgroup.remove()
+            await _stop(j)
 
     async def main() -> list[tuple[bool, dict[str, dict[str, object]]]]:
         assert await spawnerclient.started() is not None
         try:
             return [await one(True), await one(False)]
         finally:
-            if spawnerclient._client is not None:
-                spawnerclient._client.close()
-                spawnerclient._client = None
+            _close_spawner()
 
     (by_spawner, spawned), (by_launcher, launched) = asyncio.run(main())
     assert (by_spawner, by_launcher) == (True, False)
@@ -266,12 +266,8 @@ def test_a_killed_spawner_leaves_no_process_of_its_sessions_in_a_jail_that_lives
                 await asyncio.sleep(0.05)
             return rc, before, _in_pid_ns(ns)
         finally:
-            await j.stop()
-            if j.cgroup is not None:
-                j.cgroup.remove()
-            if spawnerclient._client is not None:
-                spawnerclient._client.close()
-                spawnerclient._client = None
+            await _stop(j)
+            _close_spawner()
 
     rc, before, after = asyncio.run(main())
     assert rc == -signal.SIGKILL
