@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sandboxer import perms
 from sandboxer._typing import override
@@ -145,11 +148,18 @@ def sha256_hex(data: bytes) -> str:
     """``hashlib.sha256(data).hexdigest()``, with CPython's own SHA-256 where it has one:
     hashlib loads OpenSSL, ~2.5 ms of every thin CLI call (the settings key, the home's
     id)."""
+    return str(_sha256()(data).hexdigest())
+
+
+@functools.cache
+def _sha256() -> Callable[[bytes], Any]:
+    """The SHA-256 constructor, looked up once (a failed import searches sys.path)."""
     for name in ("_sha2", "_sha256"):  # 3.12+, 3.11
         try:
-            return str(importlib.import_module(name).sha256(data).hexdigest())
+            found: Callable[[bytes], Any] = importlib.import_module(name).sha256
+            return found
         except ImportError:
             continue
     import hashlib
 
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256
