@@ -373,32 +373,16 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
         if control.owned_by(s, d) is False:  # another home's, on a shared local root
             _keys.remove(s, sid)
             return
+        hierarchy = cgroups.detect()  # None unless root
+        cgroup = hierarchy.sandbox(sid) if hierarchy is not None else None
         uid = self._private_uid(handle, d)
-        if uid is not None and not self._killed_in_cgroup(sid):
+        if uid is not None and not _killed_in(cgroup):
             dirs.kill_uid(uid)
-        self._teardown(sid, d)
+        self._teardown(d, cgroup)
         if uid is not None:
             dirs.release_uid(s, uid, d)  # after the dir is gone: the claim names it
         _keys.remove(s, sid)
         self._drop_empty_root()
-
-    @staticmethod
-    def _killed_in_cgroup(sandbox_id: str) -> bool:
-        """Whether the sandbox's cgroup exists and is empty now, its processes killed. It
-        holds every process of the sandbox: the jail joins it before it runs anything, and
-        no process can leave (cgroup.procs is root's; the jail holds no capability). Else
-        the caller kills by uid, which scans every process of the host."""
-        hierarchy = cgroups.detect()
-        if hierarchy is None:
-            return False
-        cgroup = hierarchy.sandbox(sandbox_id)
-        if not all(d.is_dir() for d in cgroup.unique_dirs):
-            return False
-        try:
-            cgroup.kill()  # a jail left frozen (its endpoint died while paused) is thawed
-        except OSError:
-            return False
-        return True
 
     def _private_uid(self, handle: Handle, d: Path) -> int | None:
         """The sandbox's host uid when we run as root and it lies in our private range:
@@ -411,12 +395,11 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
         base = dirs.uid_base(self.settings)
         return uid if isinstance(uid, int) and base <= uid < base + UID_SPAN else None
 
-    def _teardown(self, sandbox_id: str, d: Path) -> None:
+    def _teardown(self, d: Path, cgroup: cgroups.SandboxCgroup | None) -> None:
         """What a sandbox leaves on the host once its processes are gone."""
         if self._root:
-            hierarchy = cgroups.detect()
-            if hierarchy is not None:
-                hierarchy.sandbox(sandbox_id).remove()
+            if cgroup is not None:
+                cgroup.remove()
             disk.unmount(d / "workspace", discard=True)
         dirs.rmtree(d)
 
@@ -437,3 +420,17 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
         if listed:
             ids |= {str(e["sandbox_id"]) for e in listed["sandboxes"]}
         return [Handle(sandbox_id=i, extension=self.name, target=TARGET) for i in sorted(ids)]
+
+
+def _killed_in(cgroup: cgroups.SandboxCgroup | None) -> bool:
+    """Whether the sandbox's cgroup exists and is empty now, its processes killed. It
+    holds every process of the sandbox: the jail joins it before it runs anything, and no
+    process can leave (cgroup.procs is root's; the jail holds no capability). Else the
+    caller kills by uid, which scans every process of the host."""
+    if cgroup is None or not all(d.is_dir() for d in cgroup.unique_dirs):
+        return False
+    try:
+        cgroup.kill()  # a jail left frozen (its endpoint died while paused) is thawed
+    except OSError:
+        return False
+    return True
