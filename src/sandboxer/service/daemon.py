@@ -241,6 +241,20 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
             raise e
 
 
+def _loader_cache_only() -> None:
+    """Make ``ctypes.util.find_library`` ask only the dynamic loader's cache, in this process.
+
+    asyncssh's import looks for liboqs twice; on Linux each miss then runs gcc and ld
+    (~15 ms each where a compiler is installed, ~30 ms of every keeper's start). A keeper
+    starts with an allow-listed environment (no LD_LIBRARY_PATH), so the loader finds a
+    library by name only through its cache: the cache's answer is the one that matters."""
+    import ctypes.util
+
+    cache = getattr(ctypes.util, "_findSoname_ldconfig", None)  # CPython on Linux
+    if sys.platform.startswith("linux") and callable(cache):
+        ctypes.util.find_library = cache
+
+
 def main(args: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sandboxer-daemon")
     ap.add_argument("--home", required=True)
@@ -269,6 +283,7 @@ def main(args: list[str] | None = None) -> int:
         return 1
     if not opts.foreground and os.fork() > 0:
         os._exit(0)  # the caller reaps this parent at once; the keeper is adopted by init
+    _loader_cache_only()
     from sandboxer import redaction
 
     redaction.install()

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -249,3 +250,30 @@ def test_a_stop_lets_the_reap_under_way_finish() -> None:
 
     asyncio.run(go())
     assert (host.started, host.finished) == (1, 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the loader cache is Linux's")
+def test_the_keeper_finds_the_libraries_the_loader_would_find_without_running_a_compiler() -> None:
+    # In a child, so this process's ctypes stays as it was.
+    code = (
+        "import ctypes.util, json, sys\n"
+        "names = ['c', 'seccomp', 'oqs', 'no-such-library-sandboxer']\n"
+        "before = [ctypes.util.find_library(n) for n in names]\n"
+        "from sandboxer.service import daemon\n"
+        "daemon._loader_cache_only()\n"
+        "import subprocess\n"
+        "ran = []\n"
+        "real = subprocess.Popen.__init__\n"
+        "def spy(self, args, *a, **k):\n"
+        "    ran.append(args[0] if isinstance(args, list) else args)\n"
+        "    real(self, args, *a, **k)\n"
+        "subprocess.Popen.__init__ = spy\n"
+        "after = [ctypes.util.find_library(n) for n in names]\n"
+        "print(json.dumps([before, after, ran]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    before, after, ran = json.loads(out)
+    assert after == before
+    assert after[0] is not None  # libc is always in the cache
+    assert all("ldconfig" in str(program) for program in ran), ran
