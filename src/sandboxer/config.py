@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,10 @@ def sha256_hex(data: bytes) -> str:
 
 @functools.cache
 def _sha256() -> Callable[[bytes], Any]:
-    """The SHA-256 constructor, looked up once (a failed import searches sys.path)."""
-    for name in ("_sha2", "_sha256"):  # 3.12+, 3.11
+    """The SHA-256 constructor, looked up once (a failed import searches sys.path, and
+    under the ``-S`` command of cli/launch.py it would load ``site``)."""
+    names = ("_sha2", "_sha256") if sys.version_info >= (3, 12) else ("_sha256", "_sha2")
+    for name in names:
         try:
             found: Callable[[bytes], Any] = importlib.import_module(name).sha256
             return found

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import sandboxer
 from sandboxer.config import Settings
 
 from .conftest import SANDBOXER
@@ -29,8 +30,14 @@ HEAVY = ("pydantic", "asyncio", "asyncssh", "sandboxer.manager", "yaml")
 # Not heavy, but a few ms each of every thin call (bench/run.py): logging (a thin call's
 # process holds no secret value for the redaction net to scrub), OpenSSL (hashlib's; the
 # settings key uses CPython's own SHA-256) and the command groups other than the one called.
+# The command scripts/setup.sh writes starts Python without `site` (cli/launch.py): a thin
+# call that loads it imported something outside the standard library and this package.
+# shutil is argparse's for the terminal's width, which cli/main.py asks for itself.
 UNNEEDED = ("logging", "_hashlib", "sandboxer.cli.files", "sandboxer.cli.targets",
-            "sandboxer.cli.snapshots", "sandboxer.cli.profiles")
+            "sandboxer.cli.snapshots", "sandboxer.cli.profiles", "site", "shutil")
+# How that command starts (cli/launch.py: TEMPLATE), here under -X importtime.
+LAUNCH = (f"import sys; sys.path.append({str(Path(sandboxer.__file__).parents[1])!r}); "
+          "sys.argv[0] = 'sandboxer'; from sandboxer.cli.launch import run; sys.exit(run())")
 
 
 def run(*args: str, env: dict[str, str] | None = None,
@@ -40,9 +47,10 @@ def run(*args: str, env: dict[str, str] | None = None,
 
 
 def imported(*args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
-    """Run the CLI under ``-X importtime``: its JSON output and every module it imported."""
+    """Run the CLI as the written command does, under ``-X importtime``: its JSON output
+    and every module it imported."""
     quiet = ["--quiet"] if args[0] == "create" else []
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "sandboxer.cli.main",
+    done = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", LAUNCH,
                            *args, "--json", *quiet], capture_output=True, text=True,
                           timeout=120, env=env or dict(os.environ),
                           stdin=subprocess.DEVNULL, check=False)

@@ -28,7 +28,39 @@ GROUP_OF = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, told its width. Left to itself it imports shutil (and with it
+    bz2 and lzma: ~2.5 ms) to ask for the terminal's, since argparse builds a formatter for
+    each argument added, even in a command that prints no help."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it: $COLUMNS, else the
+    terminal of stdout, else 80."""
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     @override
     def error(self, message: str) -> Any:  # argparse's own usage errors -> exit 2
         self.print_usage(sys.stderr)
@@ -47,7 +79,7 @@ def build_parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
     # translation files anew on each call (~100 calls, ~15 ms per command here); sand-boxer
     # speaks English and Python ships no argparse translations.
     argparse._ = _untranslated  # type: ignore[attr-defined]
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print a stable JSON document")
     parser = _Parser(

@@ -1,0 +1,96 @@
+"""The command that starts Python without ``site`` (cli/launch.py), and its parser's
+formatter that does without shutil."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sandboxer
+from sandboxer.cli import launch, main
+
+ROOT = Path(sandboxer.__file__).resolve().parents[1]
+
+
+def _python_s(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` under ``python -S`` with this package's directory on sys.path, as the
+    written command starts."""
+    return subprocess.run([sys.executable, "-S", "-c",
+                           f"import sys; sys.path.append({str(ROOT)!r})\n{code}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_written_command_starts_python_without_site(tmp_path: Path) -> None:
+    target = launch.install(tmp_path, sys.executable, ROOT)
+    assert target == tmp_path / "sandboxer"
+    assert target.read_text().splitlines()[0] == f"#!{sys.executable} -S"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert [p.name for p in tmp_path.iterdir()] == ["sandboxer"]  # no temporary left
+    done = subprocess.run([str(target), "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (0, f"sandboxer {sandboxer.__version__}\n")
+
+
+def test_an_in_process_command_loads_site_when_it_first_needs_it(tmp_path: Path) -> None:
+    target = launch.install(tmp_path, sys.executable, ROOT)
+    env = {**os.environ, "SANDBOXER_HOME": str(tmp_path / "home")}
+    done = subprocess.run([str(target), "profiles", "list", "--json"], capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "profile.local" in {p["id"] for p in json.loads(done.stdout)["items"]}
+
+
+def test_site_waits_for_a_module_only_site_packages_holds() -> None:
+    done = _python_s(
+        "from sandboxer.cli import launch\n"
+        "sys.meta_path.append(launch.SiteOnMiss())\n"
+        "import ntpath, sandboxer.client.service, sandboxer.cli.main\n"  # _winapi: a miss
+        "print('site' in sys.modules)\n"
+        "import yaml\n"
+        "print('site' in sys.modules, yaml.safe_load('a: 1'))\n"
+        "try:\n"
+        "    import sandboxer_no_such_module\n"
+        "except ImportError:\n"
+        "    print('missing')\n")
+    assert done.stdout.splitlines() == ["False", "True {'a': 1}", "missing"], done.stderr
+
+
+def test_the_parser_asks_for_the_width_without_shutil() -> None:
+    done = _python_s("from sandboxer.cli.main import build_parser\n"
+                     "build_parser(['destroy', 'sbx-aaaaaaaaaa'])\n"
+                     "print('shutil' in sys.modules)")
+    assert done.stdout == "False\n", done.stderr
+
+
+@pytest.mark.parametrize(("columns", "width"), [("50", 48), ("0", 78), ("x", 78)])
+def test_the_help_is_as_wide_as_shutil_would_make_it(
+        monkeypatch: pytest.MonkeyPatch, columns: str, width: int) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setattr(sys, "__stdout__", None)  # no terminal: 80
+    assert main._Formatter("sandboxer")._width == width
+
+
+def test_a_regular_install_keeps_pips_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(launch, "source_root", lambda: None)
+    assert launch.main(["--scripts", str(tmp_path)]) == 0
+    assert "pip's command stays" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+def test_this_checkout_is_a_source_root() -> None:
+    assert launch.source_root() == ROOT
+
+
+@pytest.mark.parametrize("python", ["python3", "/usr/bin/python3\n-c"])
+def test_an_interpreter_path_that_is_not_one_absolute_line_is_refused(
+        tmp_path: Path, python: str) -> None:
+    with pytest.raises(ValueError, match="absolute path on one line"):
+        launch.install(tmp_path, python, ROOT)
+    assert not list(tmp_path.iterdir())
