@@ -18,8 +18,9 @@ Standard library only: the CLI's read paths import this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
@@ -33,6 +34,20 @@ if TYPE_CHECKING:
     from sandboxer.models.extension import Handle
     from sandboxer.models.sandbox import SandboxStatus
     from sandboxer.models.target import TargetRecord
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while many objects without cycles are built at once
+    (a list's documents): a collection starts every 700 allocations, and the oldest
+    generation's walk everything alive. The collector is enabled again only if it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def iso_from_epoch(ts: float) -> str:

@@ -9,6 +9,7 @@ the protocol's back.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
@@ -303,6 +304,18 @@ def test_query_filters_orders_and_limits(store: Store) -> None:
     assert ids(store.query(extension="ext.other", states=list(LIVE_STATES))) == [c.id]
     assert store.query(labels={"team": "x'; DROP TABLE sandboxes; --"}) == []
     assert store.query_documents(labels={"team": "x"}) == [a.document(), c.document()]
+    # The fast read path builds what the model would, for every filter, with the cyclic
+    # GC paused while it does and enabled again after.
+    assert gc.isenabled()
+    assert store.query_documents() == [s.document() for s in store.query()]
+    assert store.query_documents(states=["destroyed"]) == [b.document()]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        store.query_documents(limit=1)
+        assert not gc.isenabled()  # a caller's choice stays
+    finally:
+        gc.enable()
     assert store.count() == 3
 
 

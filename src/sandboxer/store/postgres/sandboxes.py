@@ -27,7 +27,7 @@ from psycopg import errors as pg_errors
 from psycopg.types.json import Json, Jsonb
 
 from sandboxer.errors import Conflict, SandboxNotFound, TargetTaken
-from sandboxer.store.base import Claim, ReapCandidate, Record, iso_from_epoch
+from sandboxer.store.base import Claim, ReapCandidate, Record, iso_from_epoch, paused_gc
 from sandboxer.store.postgres.connection import (
     LIVE,
     Conn,
@@ -289,7 +289,9 @@ class Sandboxes(Connection):
         return [self._status(r) for r in self._select(**filters)]
 
     def query_documents(self, **filters: Any) -> list[dict[str, Any]]:
-        return [_document(r) for r in self._select(**filters)]
+        rows = self._select(**filters)
+        with paused_gc():  # as the SQLite store does
+            return [_document(r) for r in rows]
 
     def _select(self, *, states: Iterable[str] | None = None, profile: str | None = None,
                 actor: str | None = None, extension: str | None = None,

@@ -157,6 +157,17 @@ class Connection:
         with self._lock:
             return self._conn.execute(sql, tuple(args)).fetchall()
 
+    def _all_tuples(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """``_all`` as plain tuples, for reads of many rows (no sqlite3.Row to build)."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.row_factory = None
+            try:
+                rows: list[tuple[Any, ...]] = cur.execute(sql, tuple(args)).fetchall()
+                return rows
+            finally:
+                cur.close()
+
     def schema_version(self) -> int:
         row = self._one("PRAGMA user_version")
         return int(row[0]) if row else 0
