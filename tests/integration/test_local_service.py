@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import sandboxer
+from sandboxer.cli import launch
 from sandboxer.config import Settings
 
 from .conftest import SANDBOXER
@@ -35,9 +36,13 @@ HEAVY = ("pydantic", "asyncio", "asyncssh", "sandboxer.manager", "yaml")
 # shutil is argparse's for the terminal's width, which cli/main.py asks for itself.
 UNNEEDED = ("logging", "_hashlib", "sandboxer.cli.files", "sandboxer.cli.targets",
             "sandboxer.cli.snapshots", "sandboxer.cli.profiles", "site", "shutil")
-# How that command starts (cli/launch.py: TEMPLATE), here under -X importtime.
-LAUNCH = (f"import sys; sys.path.append({str(Path(sandboxer.__file__).parents[1])!r}); "
-          "sys.argv[0] = 'sandboxer'; from sandboxer.cli.launch import run; sys.exit(run())")
+ROOT = Path(sandboxer.__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def command(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The command scripts/setup.sh writes, for this interpreter and checkout."""
+    return launch.install(tmp_path_factory.mktemp("bin"), sys.executable, ROOT)
 
 
 def run(*args: str, env: dict[str, str] | None = None,
@@ -46,13 +51,14 @@ def run(*args: str, env: dict[str, str] | None = None,
                           env=env or dict(os.environ), stdin=subprocess.DEVNULL, check=False)
 
 
-def imported(*args: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
-    """Run the CLI as the written command does, under ``-X importtime``: its JSON output
-    and every module it imported."""
+def imported(command: Path, *args: str,
+             env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+    """Run the written command with imports timed (``-X importtime``, as the variable
+    PYTHONPROFILEIMPORTTIME): its JSON output and every module it imported."""
     quiet = ["--quiet"] if args[0] == "create" else []
-    done = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", LAUNCH,
-                           *args, "--json", *quiet], capture_output=True, text=True,
-                          timeout=120, env=env or dict(os.environ),
+    done = subprocess.run([str(command), *args, "--json", *quiet], capture_output=True,
+                          text=True, timeout=120,
+                          env={**(env or os.environ), "PYTHONPROFILEIMPORTTIME": "1"},
                           stdin=subprocess.DEVNULL, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
@@ -71,8 +77,8 @@ def ping(settings: Settings) -> int:
     return pid
 
 
-def test_commands_go_to_one_warm_service(local_home: Settings) -> None:
-    doc, modules = imported("create", "profile.local", "--ttl", "10m")
+def test_commands_go_to_one_warm_service(local_home: Settings, command: Path) -> None:
+    doc, modules = imported(command, "create", "profile.local", "--ttl", "10m")
     assert doc["state"] == "ready"
     assert not {m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY}, \
         "the thin client imported a heavy module"
@@ -83,12 +89,12 @@ def test_commands_go_to_one_warm_service(local_home: Settings) -> None:
     # Readiness was proven through the sandbox's own endpoint: it answers, key pinned.
     said = run("ssh", doc["id"], "--", "echo", "hi")
     assert (said.returncode, said.stdout) == (0, "hi\n"), said.stderr
-    reach, modules = imported("reachability", "show", doc["id"])
+    reach, modules = imported(command, "reachability", "show", doc["id"])
     assert reach["port"] == doc["reachability"]["port"]
-    extended, modules2 = imported("extend", doc["id"], "--ttl", "20m")
+    extended, modules2 = imported(command, "extend", doc["id"], "--ttl", "20m")
     assert extended["expires_at"] > doc["expires_at"]
-    second, modules3 = imported("create", "profile.local", "--ttl", "10m")
-    gone, modules4 = imported("destroy", doc["id"], second["id"])
+    second, modules3 = imported(command, "create", "profile.local", "--ttl", "10m")
+    gone, modules4 = imported(command, "destroy", doc["id"], second["id"])
     assert [d["state"] for d in gone["items"]] == ["destroyed", "destroyed"]
     for seen in (modules, modules2, modules3, modules4):
         assert not {m for m in seen if m.split(".")[0] in HEAVY}
@@ -107,7 +113,8 @@ def test_commands_go_to_one_warm_service(local_home: Settings) -> None:
     assert "ttl.max" in too_long.stderr
 
 
-def test_secrets_resolve_in_the_callers_environment_only(local_home: Settings) -> None:
+def test_secrets_resolve_in_the_callers_environment_only(local_home: Settings,
+                                                       command: Path) -> None:
     value = f"cnrysvc{secrets.token_hex(12)}"
     profiles = Path(os.environ["SANDBOXER_PROFILES"])
     (profiles / "sec.yaml").write_text(
@@ -117,7 +124,7 @@ def test_secrets_resolve_in_the_callers_environment_only(local_home: Settings) -
     assert run("create", "profile.local", "--ttl", "5m", "--json").returncode == 0
     served_by = ping(local_home)
     env = {**os.environ, "SBX_SVC_CANARY": value}
-    doc, modules = imported("create", "profile.svcsec", env=env)
+    doc, modules = imported(command, "create", "profile.svcsec", env=env)
     assert "pydantic" not in modules
     assert ping(local_home) == served_by
     inside = run("ssh", doc["id"], "--", "printenv", "TOKEN")
@@ -134,17 +141,18 @@ def test_secrets_resolve_in_the_callers_environment_only(local_home: Settings) -
     assert value not in refused.stderr
 
 
-def test_other_settings_run_in_the_callers_process(local_home: Settings) -> None:
-    first, _ = imported("create", "profile.local", "--ttl", "5m")
+def test_other_settings_run_in_the_callers_process(local_home: Settings,
+                                                   command: Path) -> None:
+    first, _ = imported(command, "create", "profile.local", "--ttl", "5m")
     assert first["reachability"]["tunnel_via"] is None
     served_by = ping(local_home)
     env = {**os.environ, "SANDBOXER_TUNNEL_VIA": "obr-elsewhere"}
-    other, modules = imported("create", "profile.local", "--ttl", "5m", env=env)
+    other, modules = imported(command, "create", "profile.local", "--ttl", "5m", env=env)
     assert "sandboxer.client.local" in modules  # done here, not by the service
     assert other["reachability"]["tunnel_via"] == "obr-elsewhere"
     assert ping(local_home) == served_by  # and the service was left as it was
     off = {**os.environ, "SANDBOXER_LOCAL_SERVICE": "0"}
-    _doc, modules = imported("destroy", other["id"], env=off)
+    _doc, modules = imported(command, "destroy", other["id"], env=off)
     assert "sandboxer.client.local" in modules
 
 
@@ -187,9 +195,9 @@ def test_an_interrupted_create_is_cancelled_and_cleaned_up(local_home: Settings)
 
 
 def test_a_keeper_started_with_the_service_off_sends_callers_home_at_once(
-        local_home: Settings) -> None:
+        local_home: Settings, command: Path) -> None:
     off = {**os.environ, "SANDBOXER_LOCAL_SERVICE": "0"}
-    doc, modules = imported("create", "profile.local", "--ttl", "5m", env=off)
+    doc, modules = imported(command, "create", "profile.local", "--ttl", "5m", env=off)
     assert "sandboxer.client.local" in modules  # in-process; it started the keeper off
     served_by = ping(local_home)  # which binds the socket anyway
     said = run("extend", doc["id"], "--ttl", "6m", "--json",
@@ -200,14 +208,14 @@ def test_a_keeper_started_with_the_service_off_sends_callers_home_at_once(
 
 
 def test_the_database_url_reaches_the_keeper_over_a_pipe_not_its_environ(
-        local_home: Settings, pg_url: str) -> None:
+        local_home: Settings, command: Path, pg_url: str) -> None:
     """SANDBOXER_DATABASE_URL carries a password: the keeper that hosts the service gets it
     on its stdin (childenv.PIPED) and works on that database, while its /proc/PID/environ
     never holds it."""
     import psycopg
 
     env = {**os.environ, "SANDBOXER_DATABASE_URL": pg_url}
-    doc, modules = imported("create", "profile.local", "--ttl", "5m", env=env)
+    doc, modules = imported(command, "create", "profile.local", "--ttl", "5m", env=env)
     assert "pydantic" not in modules  # the service did it, in its own settings
     served_by = ping(local_home)
     environ = Path(f"/proc/{served_by}/environ").read_bytes()

@@ -5,10 +5,9 @@ anything, so this start can cost more than the command itself: on the machine th
 measured on, one imported certifi, and ``python -c pass`` took 45 ms against 9.5 ms with
 ``-S``. The thin client (``client/service.py``) needs only the standard library and this
 package. So the command that ``install`` writes runs Python with ``-S`` and puts the
-package's directory on ``sys.path``. The first import that neither can satisfy runs
-``site.main()``, which does what a normal start would have done: it adds site-packages,
-runs the ``.pth`` files and honours a virtualenv. That import is then found as it would
-have been. Such imports are pydantic, yaml or a plugin, on every in-process path.
+package's directory on ``sys.path``. ``site`` is loaded at the first import that neither
+can satisfy (pydantic, yaml or a plugin, on every in-process path) or the first look at
+installed distributions, whichever comes first (``sandboxer.sitehook``).
 
 ``scripts/setup.sh`` runs ``python -m sandboxer.cli.launch``. It writes the command in
 place of pip's wrapper, whose ``#!python`` line pip rewrites without its options. It
@@ -21,45 +20,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from importlib.machinery import ModuleSpec
     from pathlib import Path
 
 
-class SiteOnMiss:
-    """Last on ``sys.meta_path``: when no other finder finds a module, load ``site`` once
-    and look for the module again with every finder that ``site`` leaves. A standard
-    library module that is missing (``ntpath`` tries ``_winapi``) stays missing: ``site``
-    adds no standard library."""
-
-    def find_spec(self, name: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> ModuleSpec | None:
-        if name.partition(".")[0] in sys.stdlib_module_names:
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        import site
-
-        site.main()
-        for finder in list(sys.meta_path):
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                return spec
-        return None
-
-
 def run() -> int:
-    """What the written command runs: ``sandboxer.cli.main.main`` with ``site`` deferred."""
-    if sys.flags.no_site and not any(isinstance(f, SiteOnMiss) for f in sys.meta_path):
-        sys.meta_path.append(SiteOnMiss())
+    """What the written command runs: ``sandboxer.cli.main.main`` with ``site`` deferred
+    (``sandboxer.sitehook``); the package's directory is the last entry on ``sys.path``."""
+    from sandboxer import sitehook
+
+    sitehook.install(sys.path[-1])
     from sandboxer.cli.main import main
 
     return main()
 
 
+SHEBANG_MAX = 127
 TEMPLATE = """#!{python} -S
 # sand-boxer's command, written by `python -m sandboxer.cli.launch` (scripts/setup.sh)
 # in place of pip's: Python starts without `site` until something needs it
@@ -93,6 +71,12 @@ def install(scripts: Path, python: str, root: Path) -> Path:
     for value in (python, str(root)):
         if not value.startswith("/") or any(c in value for c in "\n\r"):
             raise ValueError(f"not an absolute path on one line: {value!r}")
+    shebang = f"#!{python} -S"
+    # The kernel splits a #! line at its first blank and cuts it at 255 bytes (older ones
+    # and other systems at 127): either would run something else, or drop -S.
+    if any(c.isspace() for c in python) or len(shebang.encode()) > SHEBANG_MAX:
+        raise ValueError(f"the interpreter's path cannot start a #! line: {python!r} "
+                         f"(blanks, or longer than {SHEBANG_MAX - 5} bytes)")
     target = scripts / "sandboxer"
     fd, tmp = tempfile.mkstemp(prefix=".sandboxer-", dir=scripts)
     try:
@@ -122,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if root is None:
         sys.stdout.write("sandboxer is installed in site-packages: pip's command stays\n")
         return 0
-    target = install(opts.scripts, sys.executable, root)
+    try:
+        target = install(opts.scripts, sys.executable, root)
+    except ValueError as e:  # pip's command works as it did
+        sys.stdout.write(f"pip's command stays: {e}\n")
+        return 0
     sys.stdout.write(f"wrote {target} (python -S, package from {root})\n")
     return 0
 

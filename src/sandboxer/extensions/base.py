@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib.metadata import entry_points
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -455,6 +455,15 @@ class FastPaths(Protocol):
 
 
 _cache: dict[str, type[Extension]] = {}
+
+
+def entry_points(*, group: str) -> metadata.EntryPoints:
+    """The installed entry points of ``group``, ``site`` loaded first if this process
+    deferred it (sandboxer/sitehook.py): plugins' metadata lies in site-packages."""
+    from sandboxer.sitehook import ensure_site
+
+    ensure_site()
+    return metadata.entry_points(group=group)
 
 
 def available() -> list[str]:

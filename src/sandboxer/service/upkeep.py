@@ -110,6 +110,9 @@ def registered(group: str) -> dict[str, str]:
     Reads each ``*.dist-info``/``*.egg-info`` ``entry_points.txt`` directly: importing and
     running ``importlib.metadata`` costs the CLI tens of milliseconds, this a few.
     """
+    from sandboxer.sitehook import ensure_site
+
+    ensure_site()  # under cli/launch.py's command: site-packages is on sys.path only now
     header = f"[{group}]"
     found: dict[str, str] = {}
     for entry in sys.path:

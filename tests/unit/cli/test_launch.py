@@ -48,17 +48,35 @@ def test_an_in_process_command_loads_site_when_it_first_needs_it(tmp_path: Path)
 
 def test_site_waits_for_a_module_only_site_packages_holds() -> None:
     done = _python_s(
-        "from sandboxer.cli import launch\n"
-        "sys.meta_path.append(launch.SiteOnMiss())\n"
-        "import ntpath, sandboxer.client.service, sandboxer.cli.main\n"  # _winapi: a miss
+        "from sandboxer import sitehook\n"
+        "sitehook.install(sys.path[-1])\n"
+        # Misses of the standard library's own probes: ntpath tries _winapi, copy and
+        # pickle try Jython's org.python.core (dataclasses imports copy).
+        "import ntpath, copy, pickle, dataclasses, sandboxer.client.service, sandboxer.cli.main\n"
         "print('site' in sys.modules)\n"
         "import yaml\n"
         "print('site' in sys.modules, yaml.safe_load('a: 1'))\n"
+        "print(sys.path.index(sys.path[-1]) > max(\n"
+        "    i for i, p in enumerate(sys.path) if p.endswith('-packages')))\n"
         "try:\n"
         "    import sandboxer_no_such_module\n"
         "except ImportError:\n"
         "    print('missing')\n")
-    assert done.stdout.splitlines() == ["False", "True {'a': 1}", "missing"], done.stderr
+    assert done.stdout.splitlines() == ["False", "True {'a': 1}", "True", "missing"], \
+        done.stderr
+
+
+def test_a_look_at_installed_entry_points_loads_site_first() -> None:
+    done = _python_s(
+        "from sandboxer import sitehook\n"
+        "sitehook.install(sys.path[-1])\n"
+        "from sandboxer.service.upkeep import registered\n"
+        "print('site' in sys.modules)\n"
+        "found = registered('sandboxer.extensions')\n"
+        "print('site' in sys.modules, 'ext.local' in found)\n"
+        "import site\n"
+        "print(any(p in sys.path for p in site.getsitepackages()))\n")
+    assert done.stdout.splitlines() == ["False", "True True", "True"], done.stderr
 
 
 def test_the_parser_asks_for_the_width_without_shutil() -> None:
@@ -88,9 +106,25 @@ def test_this_checkout_is_a_source_root() -> None:
     assert launch.source_root() == ROOT
 
 
-@pytest.mark.parametrize("python", ["python3", "/usr/bin/python3\n-c"])
-def test_an_interpreter_path_that_is_not_one_absolute_line_is_refused(
-        tmp_path: Path, python: str) -> None:
-    with pytest.raises(ValueError, match="absolute path on one line"):
+@pytest.mark.parametrize(("python", "why"), [
+    ("python3", "absolute path on one line"),
+    ("/usr/bin/python3\n-c", "absolute path on one line"),
+    # The kernel would run /tmp/my with the rest as its arguments.
+    ("/tmp/my env/bin/python3", "cannot start a #! line"),
+    # Cut at the kernel's limit, -S would become - (the program read from stdin).
+    ("/" + "d" * 130 + "/python3", "cannot start a #! line"),
+])
+def test_an_interpreter_path_no_shebang_can_carry_is_refused(
+        tmp_path: Path, python: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
         launch.install(tmp_path, python, ROOT)
+    assert not list(tmp_path.iterdir())
+
+
+def test_setup_keeps_pips_command_where_the_interpreter_cannot_start_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "executable", "/opt/my python/bin/python3")
+    assert launch.main(["--scripts", str(tmp_path)]) == 0
+    assert "pip's command stays" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
