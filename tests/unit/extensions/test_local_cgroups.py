@@ -51,6 +51,12 @@ def test_hybrid_v1_nests_under_our_own_cgroup(tmp_path: Path) -> None:
     assert (cg.dirs["cpu"] / "cpu.cfs_period_us").read_text() == "100000"
     assert (cg.dirs["pids"] / "pids.max").read_text() == "100"
     assert cg.memory_limit() == 256 << 20
+    # A process joins by itself through each directory's tasks (its one thread: no
+    # threadgroup lock), once per directory that cpu and cpuacct share.
+    assert cg.join_files == tuple(str(d / "tasks") for d in cg.unique_dirs)
+    assert len(cg.join_files) == 3
+    cg.join_self()
+    assert [Path(f).read_text() for f in cg.join_files] == ["0", "0", "0"]
 
 
 def test_pure_v2_uses_one_directory_under_the_root(tmp_path: Path) -> None:
@@ -73,6 +79,7 @@ def test_pure_v2_uses_one_directory_under_the_root(tmp_path: Path) -> None:
     assert (d / "memory.swap.max").read_text() == "0"
     assert (d / "cpu.max").read_text() == "25000 100000"
     assert (d / "pids.max").read_text() == "64"
+    assert cg.join_files == (str(d / "cgroup.procs"),)  # v2 has no per-thread file
 
 
 def test_no_memory_controller_means_no_cgroup(tmp_path: Path) -> None:

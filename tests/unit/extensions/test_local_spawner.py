@@ -122,7 +122,7 @@ def test_an_exec_that_fails_is_an_oserror_with_its_errno() -> None:
 
 
 def _plan(procs: str, null: int) -> enter.Plan:
-    return enter.Plan(cgroup_procs=(procs,), oom_score_adj=500, pty=False, uid=1000,
+    return enter.Plan(cgroup_join=(procs,), oom_score_adj=500, pty=False, uid=1000,
                       home="/workspace", last_cap=40, rlimits=(), seccomp=b"",
                       ns=dict.fromkeys(enter.NS_NAMES, null))
 

@@ -91,9 +91,21 @@ class SandboxCgroup:
         if "pids" in self.dirs:
             _write(self.dirs["pids"] / "pids.max", str(pids))
 
+    @property
+    def join_files(self) -> tuple[str, ...]:
+        """What a process writes ``0`` to, to move itself into every directory: on v2 each
+        ``cgroup.procs``, on v1 each ``tasks``. A v1 ``tasks`` file with ``0`` moves the
+        writing thread, which is the whole process between a fork and its exec. Unlike a
+        pid written anywhere, it takes no threadgroup lock, whose first taker waits for an
+        RCU grace period (here 5.6 ms against 0.7 ms for the five v1 controllers)."""
+        name = "cgroup.procs" if self.version == 2 else "tasks"
+        return tuple(str(d / name) for d in self.unique_dirs)
+
     def join_self(self) -> None:
-        """Move the calling process into every directory; for a child's preexec step."""
-        self.add(os.getpid())
+        """Move the calling process into every directory; for a child's preexec step (one
+        thread: ``join_files``)."""
+        for path in self.join_files:
+            _write(Path(path), "0")
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` (all its threads) into every directory."""

@@ -49,7 +49,7 @@ class Plan(NamedTuple):
     ``ns``: the open fds of the jail's namespaces and root (``NS_NAMES``), in the process
     that runs the steps."""
 
-    cgroup_procs: tuple[str, ...]      # the cgroup.procs files to write our pid to
+    cgroup_join: tuple[str, ...]       # the files to write 0 to (cgroups.join_files)
     oom_score_adj: int
     pty: bool                          # fd 0 is the session's terminal: make it ours
     uid: int                           # the jail user, inside its user namespace
@@ -69,7 +69,7 @@ class Plan(NamedTuple):
     @classmethod
     def from_wire(cls, d: Mapping[str, Any], ns: Mapping[str, int]) -> Plan:
         """The plan ``wire`` made, with the fds as the receiving process numbers them."""
-        return cls(cgroup_procs=tuple(str(p) for p in d["cgroup_procs"]),
+        return cls(cgroup_join=tuple(str(p) for p in d["cgroup_join"]),
                    oom_score_adj=int(d["oom_score_adj"]), pty=bool(d["pty"]),
                    uid=int(d["uid"]), home=str(d["home"]), last_cap=int(d["last_cap"]),
                    rlimits=tuple((int(w), int(v)) for w, v in d["rlimits"]),
@@ -127,8 +127,8 @@ def run(plan: Plan, load_filter: Callable[[], None]) -> None:
     ns, uid = plan.ns, plan.uid
     step = "joining the sandbox's cgroup"
     try:
-        for procs in plan.cgroup_procs:
-            _write(procs, str(os.getpid()))
+        for path in plan.cgroup_join:  # 0: this process, one thread until its exec
+            _write(path, "0")
         # The OOM killer picks what sessions run before the jail's own processes (a
         # killed init would end the sandbox). Raising needs no privilege, lowering would
         # (CAP_SYS_RESOURCE, which some hosts withhold even from root).
@@ -172,7 +172,7 @@ class HolderPlan(NamedTuple):
     cgroup itself (its children inherit it), become the host uid (None: stay), set the
     rlimits."""
 
-    cgroup_procs: tuple[str, ...]
+    cgroup_join: tuple[str, ...]  # the files to write 0 to (cgroups.join_files)
     uid: int | None
     rlimits: tuple[tuple[int, int], ...]
 
@@ -183,7 +183,7 @@ class HolderPlan(NamedTuple):
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> HolderPlan:
         """The plan ``wire`` made."""
-        return cls(cgroup_procs=tuple(str(p) for p in d["cgroup_procs"]),
+        return cls(cgroup_join=tuple(str(p) for p in d["cgroup_join"]),
                    uid=None if d["uid"] is None else int(d["uid"]),
                    rlimits=tuple((int(w), int(v)) for w, v in d["rlimits"]))
 
@@ -192,8 +192,8 @@ def run_holder(plan: HolderPlan) -> None:
     """A jail's bwrap between fork and exec; raises StepError naming the step."""
     step = "joining the sandbox's cgroup"
     try:
-        for procs in plan.cgroup_procs:
-            _write(procs, str(os.getpid()))
+        for path in plan.cgroup_join:  # 0: this process, one thread until its exec
+            _write(path, "0")
         if plan.uid is not None:
             step = "becoming the sandbox's host uid"
             os.setgroups([])

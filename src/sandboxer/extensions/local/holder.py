@@ -243,9 +243,8 @@ class Jail:
                 todo += _children(pid)
 
     def _holder_plan(self) -> entry.HolderPlan:
-        procs = () if self.cgroup is None else tuple(
-            str(d / "cgroup.procs") for d in self.cgroup.unique_dirs)
-        return entry.HolderPlan(cgroup_procs=procs,
+        join = () if self.cgroup is None else self.cgroup.join_files
+        return entry.HolderPlan(cgroup_join=join,
                                 uid=self.host_uid if self.root else None,
                                 rlimits=tuple(self._limits()))
 
@@ -300,9 +299,8 @@ class Jail:
         except (OSError, KeyError):
             jail.close_fds(ns.values())
             raise
-        procs = () if self.cgroup is None else tuple(
-            str(d / "cgroup.procs") for d in self.cgroup.unique_dirs)
-        return entry.Plan(cgroup_procs=procs, oom_score_adj=SESSION_OOM_SCORE_ADJ, pty=pty,
+        join = () if self.cgroup is None else self.cgroup.join_files
+        return entry.Plan(cgroup_join=join, oom_score_adj=SESSION_OOM_SCORE_ADJ, pty=pty,
                           uid=jail.JAIL_UID, home=jail.JAIL_HOME, last_cap=_last_cap(),
                           rlimits=tuple(self._limits()), seccomp=seccomp.program(), ns=ns)
 
