@@ -38,7 +38,14 @@ def of(pid: int) -> str:
 
 
 def current() -> str:
-    return of(os.getpid())
+    return _current(os.getpid())
+
+
+@cache
+def _current(pid: int) -> str:
+    """This process's ``of``, read once per pid (a fork has its own); every create and
+    state change names its creator."""
+    return of(pid)
 
 
 def is_gone(creator: str | None) -> bool:
