@@ -225,3 +225,25 @@ def test_the_database_url_reaches_the_keeper_over_a_pipe_not_its_environ(
         row = conn.execute("SELECT state FROM sandboxes WHERE id = %s", (doc["id"],)).fetchone()
     assert row == ("ready",)
     assert run("destroy", doc["id"], env=env).returncode == 0
+
+
+def test_a_per_home_dir_goes_once_the_service_that_kept_spares_in_it_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # like /root: the local root moves to /var/lib/sandboxer/local
+    monkeypatch.setenv("SANDBOXER_HOME", str(private / "home"))
+    monkeypatch.delenv("SANDBOXER_LOCAL_ROOT", raising=False)
+    settings = Settings.from_env()
+    if os.geteuid() != 0 or settings.local_root.parent != Path("/var/lib/sandboxer/local"):
+        pytest.skip("the shared local root is root's")
+    made = run("create", "profile.local", "--ttl", "5m", "--json")
+    assert made.returncode == 0, made.stderr
+    keeper = ping(settings)
+    assert run("destroy", json.loads(made.stdout)["id"], "--json").returncode == 0
+    assert [p.name for p in settings.local_root.iterdir()] == [".spares"]  # the service's
+    os.kill(keeper, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{keeper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{keeper}").exists()
+    assert not settings.local_root.exists()

@@ -115,7 +115,14 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
             else:
                 _ENDPOINTS[home] = running
 
-        await endpoint.serve(self.settings, host, bind=bind)
+        try:
+            await endpoint.serve(self.settings, host, bind=bind)
+        finally:
+            # The keeper ends with its endpoint: its spares go now rather than at exit, so
+            # that a per-home directory no sandbox is left in goes too (the last destroy
+            # could not remove it while the spares were there).
+            await asyncio.to_thread(spares.drop_all)
+            self._drop_empty_root()
 
     @override
     async def serve_again(self, documents: list[dict[str, Any]]) -> list[str]:
