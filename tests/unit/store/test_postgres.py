@@ -149,7 +149,8 @@ def _stop_fast(url: str) -> None:
 
     with psycopg.connect(url) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-    stat = Path(f"/proc/{pid}/stat").read_text()
+        # Read while the session lives: its backend exits once the connection closes.
+        stat = Path(f"/proc/{pid}/stat").read_text()
     postmaster = int(stat.rsplit(")", 1)[1].split()[1])
     os.kill(postmaster, signal.SIGINT)
     deadline = time.monotonic() + 30
