@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def run() -> int:
+def run(root: str) -> int:
     """What the written command runs: ``sandboxer.cli.main.main`` with ``site`` deferred
-    (``sandboxer.sitehook``); the package's directory is the last entry on ``sys.path``."""
+    (``sandboxer.sitehook``); ``root`` is the package's directory it put on ``sys.path``."""
     from sandboxer import sitehook
 
-    sitehook.install(sys.path[-1])
+    sitehook.install(root)
     from sandboxer.cli.main import main
 
     return main()
@@ -45,7 +45,7 @@ TEMPLATE = """#!{python} -S
 import sys
 sys.path.append({root!r})
 from sandboxer.cli.launch import run
-sys.exit(run())
+sys.exit(run({root!r}))
 """
 
 

@@ -155,9 +155,9 @@ class Jail:
 
     async def _by_spawner(self, data_fds: dict[str, int], secret_fds: dict[str, int],
                           filter_fd: int) -> Process | None:
-        """bwrap forked by the spawner (where setpriv or prlimit is missing), whose child
-        joins the cgroup itself (its children inherit it), becomes the host uid and sets
-        the rlimits (enter.run_holder) before it execs bwrap. None: no spawner."""
+        """bwrap forked by the spawner (the way tried first), whose child joins the
+        cgroup itself (its children inherit it), becomes the host uid and sets the
+        rlimits (enter.run_holder) before it execs bwrap. None: no spawner ready."""
         order = [*data_fds.values(), *secret_fds.values(), filter_fd]
         at = {fd: spawnerclient.PASSED_FROM + i for i, fd in enumerate(order)}
         argv = jail.holder_argv(self.sandbox_id, self.workspace, self.spec,
