@@ -1,7 +1,10 @@
 """Starting core's keeper process for one extension (``sandboxer.service.daemon``).
 
 Kept apart from the process itself, standard library only, so the manager can start a
-keeper for an extension (``Host.ensure_keeper``) without importing the service layer.
+keeper for an extension (``Host.ensure_keeper``) without importing the service layer, and
+the CLI's thin client can start the local service (``ensure_service``) without looking up
+which extension hosts it: that takes every installed distribution's entry points, and so
+``site``, which the keeper loads anyway.
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ def lock_path(settings: Settings, extension: str) -> Path:
     return settings.run_dir / f"keeper-{_checked(extension)}.lock"
 
 
-def log_path(settings: Settings, extension: str) -> Path:
+def service_lock_path(settings: Settings) -> Path:
+    """Held, besides its own lock, by the keeper that hosts the local service."""
+    return settings.run_dir / "service.lock"
+
+
+def log_path(settings: Settings, extension: str | None) -> Path:
+    """``extension``'s keeper's log; None: where a keeper started by ``ensure_service``
+    writes until it knows its extension (it then moves to that one's, and removes this
+    one when nothing was written to it)."""
+    if extension is None:
+        return settings.log_dir / "local-service.log"
     return settings.log_dir / f"keeper-{_checked(extension)}.log"
 
 
@@ -34,15 +47,29 @@ def _checked(extension: str) -> str:
     return extension
 
 
-def argv(settings: Settings, extension: str) -> list[str]:
-    """How the keeper of ``extension`` for this home is started."""
-    return [sys.executable, "-m", MODULE, "--home", str(settings.home),
-            "--extension", _checked(extension), "--piped-settings"]
+def argv(settings: Settings, extension: str | None) -> list[str]:
+    """How the keeper of ``extension`` for this home is started; None: the keeper of the
+    extension that hosts the local service, looked up by the keeper."""
+    which = ["--local-service"] if extension is None else ["--extension", _checked(extension)]
+    return [sys.executable, "-m", MODULE, "--home", str(settings.home), *which,
+            "--piped-settings"]
 
 
 def running(settings: Settings, extension: str) -> bool:
     """Whether a keeper holds the lock (one flock attempt)."""
-    fd = os.open(lock_path(settings, extension), os.O_RDWR | os.O_CREAT, 0o600)
+    return _held(lock_path(settings, extension))
+
+
+def service_running(settings: Settings) -> bool:
+    """Whether the keeper that hosts the local service runs (one flock attempt)."""
+    return _held(service_lock_path(settings))
+
+
+def _held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # no run/ yet: nothing runs in this home
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -54,14 +81,25 @@ def running(settings: Settings, extension: str) -> bool:
 
 def ensure(settings: Settings, extension: str) -> None:
     """Start the keeper for ``extension`` in ``settings.home`` unless one runs."""
+    settings.ensure()
+    if not running(settings, extension):
+        _start(settings, extension)
+
+
+def ensure_service(settings: Settings) -> None:
+    """Start the keeper that hosts the local service in ``settings.home`` unless it runs;
+    one that finds another keeper of that extension running (without the service) exits."""
+    settings.ensure()
+    if not service_running(settings):
+        _start(settings, None)
+
+
+def _start(settings: Settings, extension: str | None) -> None:
     import subprocess
     import threading
 
     from sandboxer import childenv
 
-    settings.ensure()
-    if running(settings, extension):
-        return
     caller = {**os.environ, **settings.env}
     env = childenv.for_sandboxer(caller, settings.home)
     fd = os.open(log_path(settings, extension), os.O_WRONLY | os.O_CREAT | os.O_APPEND,

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import sandboxer
+from sandboxer import keeper
 from sandboxer.cli import launch
 from sandboxer.config import Settings
 
@@ -78,13 +79,21 @@ def ping(settings: Settings) -> int:
 
 
 def test_commands_go_to_one_warm_service(local_home: Settings, command: Path) -> None:
-    doc, modules = imported(command, "create", "profile.local", "--ttl", "10m")
+    assert not keeper.service_running(local_home)
+    doc, first = imported(command, "create", "profile.local", "--ttl", "10m")
     assert doc["state"] == "ready"
-    assert not {m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY}, \
+    assert not {m for m in first if m.split(".")[0] in HEAVY or m in HEAVY}, \
         "the thin client imported a heavy module"
     served_by = ping(local_home)
     cmdline = Path(f"/proc/{served_by}/cmdline").read_bytes().split(b"\0")
     assert b"sandboxer.service.daemon" in cmdline
+    # The command that started it did not look up which extension hosts it (that reads
+    # every distribution's entry points, and loads site): the keeper did, and writes to
+    # that extension's keeper log.
+    assert b"--local-service" in cmdline
+    assert keeper.service_running(local_home)
+    assert "local service on" in keeper.log_path(local_home, "ext.local").read_text()
+    assert not keeper.log_path(local_home, None).exists()
 
     # Readiness was proven through the sandbox's own endpoint: it answers, key pinned.
     said = run("ssh", doc["id"], "--", "echo", "hi")
@@ -96,7 +105,7 @@ def test_commands_go_to_one_warm_service(local_home: Settings, command: Path) ->
     second, modules3 = imported(command, "create", "profile.local", "--ttl", "10m")
     gone, modules4 = imported(command, "destroy", doc["id"], second["id"])
     assert [d["state"] for d in gone["items"]] == ["destroyed", "destroyed"]
-    for seen in (modules, modules2, modules3, modules4):
+    for seen in (first, modules, modules2, modules3, modules4):
         assert not {m for m in seen if m.split(".")[0] in HEAVY}
         assert not seen & set(UNNEEDED), seen & set(UNNEEDED)
     assert ping(local_home) == served_by  # one process answered them all

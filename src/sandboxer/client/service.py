@@ -48,18 +48,6 @@ class ServiceClient:
         self.env = dict(env)
         self.key = wire.settings_key(env, settings.home)
         self.progress = progress or (lambda _m: None)
-        self._host: str | None = None
-
-    @property
-    def host(self) -> str:
-        """The extension whose keeper hosts the service; looked up (reading every
-        installed distribution's entry points) only when it must be started."""
-        if self._host is None:
-            found = wire.host_extension()
-            if found is None:
-                raise Unavailable("no installed extension hosts a local service")
-            self._host = found
-        return self._host
 
     # -- operations (each answers a sandboxer.sandbox/v1 document) ----------------------
 
@@ -169,10 +157,11 @@ class ServiceClient:
             # A keeper that hosts the service binds its socket right after taking its
             # lock: one that runs without it (SANDBOXER_LOCAL_SERVICE=0 when it started,
             # an older sand-boxer) will not grow one.
+            # Which extension hosts it is the keeper's to look up (keeper.ensure_service).
             self.settings.ensure()  # a fresh home has no run/ yet
-            running = keeper.running(self.settings, self.host)
+            running = keeper.service_running(self.settings)
             if not running:
-                keeper.ensure(self.settings, self.host)
+                keeper.ensure_service(self.settings)
         except OSError as e:
             raise Unavailable(f"cannot start the local service: {e}") from e
         start = time.monotonic()
@@ -183,7 +172,7 @@ class ServiceClient:
             except (FileNotFoundError, ConnectionRefusedError):
                 waited = time.monotonic() - start
                 if waited > (BIND_WAIT if running else START_TIMEOUT) or (
-                        waited > STARTED_BY and not keeper.running(self.settings, self.host)):
+                        waited > STARTED_BY and not keeper.service_running(self.settings)):
                     raise Unavailable("the local service did not start") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)

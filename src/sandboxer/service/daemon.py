@@ -1,6 +1,7 @@
 """Core's keeper process for one extension: ``python -m sandboxer.service.daemon``.
 
     python -m sandboxer.service.daemon --home HOME --extension NAME [--foreground]
+    python -m sandboxer.service.daemon --home HOME --local-service [--foreground]
 
 One runs per home and extension: it holds an exclusive flock on
 ``run/keeper-<NAME>.lock`` for its whole life (a second one finds it taken and exits). It
@@ -16,6 +17,11 @@ returns; otherwise it exits once no sandbox of the extension has been live for
 ``IDLE_EXIT`` seconds (stopped and paused ones are live: a sandbox kept by ``ttl.retain``
 or watched for being idle keeps it running). It forks once at start, so whoever spawns it
 can reap its first process at once.
+
+``--local-service`` names no extension: the keeper looks up the one that hosts the local
+service (``service/wire.py``), which the CLI's thin client then need not do, and moves its
+output from ``log/local-service.log`` to that extension's keeper log. The keeper that
+hosts the local service also holds ``run/service.lock`` (``keeper.service_running``).
 
 It starts with an allow-listed environment (``childenv.for_sandboxer``), never a copy of
 its caller's: it outlives the command that started it.
@@ -36,7 +42,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxer.config import Settings
-from sandboxer.keeper import EXTENSION_NAME, argv, ensure, lock_path, log_path, running
+from sandboxer.keeper import (
+    EXTENSION_NAME,
+    argv,
+    ensure,
+    lock_path,
+    log_path,
+    running,
+    service_lock_path,
+)
 
 if TYPE_CHECKING:
     from sandboxer.extensions.base import Extension, Host
@@ -60,6 +74,30 @@ def _extension(settings: Settings, name: str) -> tuple[Service, Extension]:
 
     service = Service(settings, upkeep=False, progress=route_progress)
     return service, service.manager.extension(name)
+
+
+def _resolve(settings: Settings) -> str | None:
+    """``--local-service``: the extension that hosts the local service, with this
+    process's output moved to its keeper log; None (logged) when none is installed."""
+    from sandboxer.service import wire
+
+    name = wire.host_extension()
+    if name is None:
+        log.error("no installed extension hosts a local service (entry-point group %s)",
+                  wire.GROUP)
+        return None
+    early = log_path(settings, None)
+    fd = os.open(log_path(settings, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for out in (sys.stdout, sys.stderr):
+            out.flush()
+            os.dup2(fd, out.fileno())
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        if early.stat().st_size == 0:
+            early.unlink()
+    return name
 
 
 def _hosts_local_service(extension: str) -> bool:
@@ -242,29 +280,64 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
 
 
 def _loader_cache_only() -> None:
-    """Make ``ctypes.util.find_library`` ask only the dynamic loader's cache, in this process.
+    """Make ``ctypes.util.find_library`` ask only the dynamic loader's cache, read once,
+    in this process.
 
-    asyncssh's import looks for liboqs twice; on Linux each miss then runs gcc and ld
-    (~15 ms each where a compiler is installed, ~30 ms of every keeper's start). A keeper
-    starts with an allow-listed environment (no LD_LIBRARY_PATH), so the loader finds a
-    library by name only through its cache: the cache's answer is the one that matters."""
+    asyncssh's import looks for liboqs twice and for nettle, libseccomp's binding for
+    itself; on Linux each miss then runs gcc and ld (~15 ms each where a compiler is
+    installed), and each look runs ``ldconfig -p`` (~3 ms from a process this large). A
+    keeper starts with an allow-listed environment (no LD_LIBRARY_PATH), so the loader
+    finds a library by name only through its cache: the cache's answer is the one that
+    matters, and it is read here once (with the regex CPython's own lookup uses)."""
     import ctypes.util
+    import functools
+    import re
+    import struct
+    import subprocess
 
-    cache = getattr(ctypes.util, "_findSoname_ldconfig", None)  # CPython on Linux
-    if sys.platform.startswith("linux") and callable(cache):
-        ctypes.util.find_library = cache
+    if not sys.platform.startswith("linux") or not callable(
+            getattr(ctypes.util, "_findSoname_ldconfig", None)):  # CPython on Linux
+        return
+
+    @functools.cache
+    def listing() -> bytes:
+        try:
+            return subprocess.run(["/sbin/ldconfig", "-p"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  env={"LC_ALL": "C", "LANG": "C"}, check=False).stdout
+        except OSError:
+            return b""
+
+    machine = f"{os.uname().machine}-{struct.calcsize('l') * 8}"
+    abi = _LOADER_ABI.get(machine, "libc6")
+
+    def find_library(name: str) -> str | None:
+        pattern = rf"\s+(lib{re.escape(name)}\.[^\s]+)\s+\({abi}"
+        found = re.search(os.fsencode(pattern), listing())
+        return os.fsdecode(found.group(1)) if found else None
+
+    ctypes.util.find_library = find_library
+
+
+# ctypes.util's own table: how ``ldconfig -p`` names the ABI of this machine's libraries.
+_LOADER_ABI = {"x86_64-64": "libc6,x86-64", "ppc64-64": "libc6,64bit",
+               "sparc64-64": "libc6,64bit", "s390x-64": "libc6,64bit",
+               "ia64-64": "libc6,IA-64"}
 
 
 def main(args: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sandboxer-daemon")
     ap.add_argument("--home", required=True)
-    ap.add_argument("--extension", required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--extension")
+    which.add_argument("--local-service", action="store_true",
+                       help="the extension that hosts the local service")
     ap.add_argument("--foreground", action="store_true", help="do not fork")
     ap.add_argument("--idle-exit", type=float, default=IDLE_EXIT, help=argparse.SUPPRESS)
     ap.add_argument("--piped-settings", action="store_true",
                     help="read the settings kept out of the environment from stdin")
     opts = ap.parse_args(args)
-    if not EXTENSION_NAME.fullmatch(opts.extension):
+    if opts.extension is not None and not EXTENSION_NAME.fullmatch(opts.extension):
         ap.error(f"invalid extension name {opts.extension!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
@@ -287,28 +360,37 @@ def main(args: list[str] | None = None) -> int:
     from sandboxer import redaction
 
     redaction.install()
-    path = lock_path(settings, opts.extension)
+    extension = opts.extension or _resolve(settings)
+    if extension is None:
+        return 1
+    path = lock_path(settings, extension)
     fd = _lock(path)
     if fd is None:
         log.info("another keeper holds %s; exiting", path)
         return 0
     service_socket = None
+    service_lock = None
     try:
-        if _hosts_local_service(opts.extension):
+        if _hosts_local_service(extension):
             from sandboxer.service.local import bind
 
+            # Ours once we hold the keeper lock: a keeper stopping still held it until
+            # just before it let go of that one.
+            service_lock = _lock(service_lock_path(settings))
             # Bound before anything loads: a client connects at once and waits for us.
             service_socket = bind(settings)
-        asyncio.run(keep(settings, opts.extension, idle_exit=opts.idle_exit, lock=(path, fd),
+        asyncio.run(keep(settings, extension, idle_exit=opts.idle_exit, lock=(path, fd),
                          service_socket=service_socket))
     except SandboxerError as e:
-        log.error("keeper for %s: %s", opts.extension, e.render())
+        log.error("keeper for %s: %s", extension, e.render())
         return 1
     finally:
         if service_socket is not None:
             service_socket.close()
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        for held in (service_lock, fd):  # the service's first: see above
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.close(held)
     return 0
 
 

@@ -104,9 +104,19 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
 
     @override
     async def housekeep(self, host: Host) -> None:
+        from sandboxer.extensions.local import spawnerclient
+
+        # Before asyncssh loads (~70 ms), on another core: the spawner boots and the
+        # workspace image of a default spec is formatted, so the create that started
+        # this process finds both ready instead of doing without the one and making the
+        # other on its way.
+        spares.enable()  # this process is long-lived: it keeps spares from now on
+        spawnerclient.client()
+        if self._images():
+            spares.prefill(self.settings.local_root, LocalSpec().limits.disk_bytes)
         from sandboxer.extensions.local import endpoint  # asyncssh: only in that process
 
-        type(self).warm_up()  # this process is long-lived: it keeps spares from now on
+        type(self).warm_up()
         home = self.settings.home
 
         def bind(running: Endpoint_ | None) -> None:

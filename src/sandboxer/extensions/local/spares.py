@@ -41,17 +41,18 @@ class _Pool:
         self.refill()
         return spare
 
-    def refill(self) -> None:
+    def refill(self, upto: int = SIZE) -> None:
         with self.guard:  # from half full, in one batch
-            if self.filling or len(self.ready) > SIZE // 2:
+            if self.filling or len(self.ready) > min(upto, SIZE) // 2:
                 return
             self.filling = True
-        threading.Thread(target=self._fill, name="sandboxer-spares", daemon=True).start()
+        threading.Thread(target=self._fill, args=(upto,), name="sandboxer-spares",
+                         daemon=True).start()
 
-    def _fill(self) -> None:
+    def _fill(self, upto: int) -> None:
         try:
             self.dir.mkdir(mode=0o700, exist_ok=True)
-            while _state.enabled and len(self.ready) < SIZE:
+            while _state.enabled and len(self.ready) < upto:
                 disk.check_room(self.dir, self.size)
                 self.made += 1
                 img = self.dir / f"{os.getpid()}-{self.size}-{self.made}.img"
@@ -99,6 +100,18 @@ def take(root: Path, size: int) -> Path | None:
     is none (or spares are not kept in this process). Starts a refill either way."""
     if not _state.enabled:
         return None
+    return _pool(root, size).take()
+
+
+def prefill(root: Path, size: int, count: int = 1) -> None:
+    """Start making ``count`` spares of ``size`` under ``root`` now, in the background
+    (a process that starts makes the likely first one while it loads the rest); the
+    first ``take`` fills the pool from there."""
+    if _state.enabled:
+        _pool(root, size).refill(upto=count)
+
+
+def _pool(root: Path, size: int) -> _Pool:
     key = (root, size)
     with _state.guard:
         pool = _state.pools.get(key)
@@ -107,7 +120,7 @@ def take(root: Path, size: int) -> Path | None:
             pool = _state.pools[key] = _Pool(root, size)
     if new:
         _sweep(pool.dir)
-    return pool.take()
+    return pool
 
 
 def _sweep(directory: Path) -> None:
