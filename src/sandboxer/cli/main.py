@@ -142,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] == ["ssh"] and "--" in words:  # `ssh ID [options] -- CMD...`
         cut = words.index("--")
         words, command = words[:cut], words[cut + 1:]
+    if words[:1] == ["create"] and not {"-h", "--help", "--dry-run"} & set(words):
+        from sandboxer.client.service import start_early
+
+        start_early()  # a first create's keeper starts while the rest is parsed
     args = build_parser(words).parse_args(words)
     # No redaction.install() here: registering a value installs the net (redaction.py),
     # and a thin command, whose process never holds one, then imports no logging.

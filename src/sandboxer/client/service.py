@@ -35,6 +35,9 @@ STARTED_BY = 1.0  # a keeper that does not hold its lock after this has failed t
 BIND_WAIT = 0.5  # a running keeper's socket appears within this of its lock, or never
 
 
+_started: set[str] = set()  # homes whose service this process started (start_early)
+
+
 class Unavailable(Exception):
     """The local service did not take the request; do it in this process."""
 
@@ -160,7 +163,7 @@ class ServiceClient:
             # Which extension hosts it is the keeper's to look up (keeper.ensure_service).
             self.settings.ensure()  # a fresh home has no run/ yet
             running = keeper.service_running(self.settings)
-            if not running:
+            if not running and str(self.settings.home) not in _started:
                 keeper.ensure_service(self.settings)
         except OSError as e:
             raise Unavailable(f"cannot start the local service: {e}") from e
@@ -199,10 +202,33 @@ def for_cli(progress: Callable[[str], None] | None = None) -> ServiceClient | No
     """The thin client when this command may use the local service (no SANDBOXER_URL,
     SANDBOXER_LOCAL_SERVICE not 0); None otherwise."""
     env = os.environ
-    if env.get("SANDBOXER_URL"):
-        return None
-    from sandboxer import envvars
-
-    if not envvars.local_service(env):
+    if not _may_use(env):
         return None
     return ServiceClient(Settings.from_env(), env, progress)
+
+
+def _may_use(env: Mapping[str, str]) -> bool:
+    if env.get("SANDBOXER_URL"):
+        return False
+    from sandboxer import envvars
+
+    return envvars.local_service(env)
+
+
+def start_early() -> None:
+    """Start the local service now when it is not running: called by ``create`` before its
+    parser and request are built, so that the keeper's start (most of a first create)
+    overlaps them. Anything that goes wrong is left for the request to meet."""
+    env = os.environ
+    try:
+        if not _may_use(env):
+            return
+        settings = Settings.from_env()
+        if os.path.exists(wire.socket_path(settings)):
+            return  # up (or a dead one's socket: the request finds out)
+        settings.ensure()
+        if not keeper.service_running(settings):
+            keeper.ensure_service(settings)
+            _started.add(str(settings.home))
+    except (OSError, SandboxerError):
+        return
