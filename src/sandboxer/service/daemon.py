@@ -341,11 +341,15 @@ _LOADER_ABI = {"x86_64-64": "libc6,x86-64", "ppc64-64": "libc6,64bit",
 
 
 def main(args: list[str] | None = None) -> int:
-    collecting = gc.isenabled()
+    from sandboxer.models import building
+
+    collecting, deferring = gc.isenabled(), building.defer
     gc.disable()  # until the keeper serves: GC_AFTER
+    building.defer = True  # before any model is imported (models/building.py)
     try:
         return _main(args)
-    finally:
+    finally:  # as they were, for a caller in this process (tests)
+        building.defer = deferring
         if collecting:
             gc.enable()
 
