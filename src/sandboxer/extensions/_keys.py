@@ -102,6 +102,7 @@ class _Pairs:
             time.sleep(REFILL_DELAY)
             while self.enabled and len(self.pairs) < self.SIZE:
                 self.pairs.append(_new_pair())
+                time.sleep(0)  # the GIL to a request waiting for it, after each pair
         finally:
             with self.guard:
                 self.filling = False
