@@ -18,6 +18,7 @@ from pathlib import Path
 from sandboxer.config import Settings
 
 MODULE = "sandboxer.service.daemon"
+LOG_MAX = 8 << 20  # a keeper's log past this when a keeper starts is rotated (one old copy)
 EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch
 
 
@@ -45,6 +46,17 @@ def _checked(extension: str) -> str:
 
         raise InvalidInput(f"invalid extension name {extension!r}")
     return extension
+
+
+def open_log(path: Path) -> int:
+    """``path`` opened for appending (0600); first moved to ``NAME.1`` (replacing the last
+    one) when it grew past ``LOG_MAX``, so that years of keepers do not fill the disk."""
+    try:
+        if path.stat().st_size > LOG_MAX:
+            os.replace(path, path.with_name(f"{path.name}.1"))
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def argv(settings: Settings, extension: str | None) -> list[str]:
@@ -102,8 +114,7 @@ def _start(settings: Settings, extension: str | None) -> None:
 
     caller = {**os.environ, **settings.env}
     env = childenv.for_sandboxer(caller, settings.home)
-    fd = os.open(log_path(settings, extension), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                 0o600)
+    fd = open_log(log_path(settings, extension))
     try:
         proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.PIPE,
                                 stdout=fd, stderr=fd, start_new_session=True,

@@ -64,7 +64,15 @@ TEMPLATE = """#!{python} -S
 # (src/sandboxer/cli/launch.py says why). `pip install` writes pip's own again.
 import sys
 sys.path.append({root!r})
-from sandboxer.cli.launch import run
+try:
+    from sandboxer.cli.launch import run
+except ModuleNotFoundError as e:
+    if e.name not in ("sandboxer", "sandboxer.cli", "sandboxer.cli.launch"):
+        raise
+    sys.stderr.write("sandboxer: this command runs the checkout in %s, which holds no "
+                     "sand-boxer now; run `python -m sandboxer.cli.launch` (scripts/setup.sh) "
+                     "in the checkout to use, or `pip install` it\\n" % {root!r})
+    sys.exit(1)
 sys.exit(run({root!r}))
 """
 

@@ -7,12 +7,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, SecretStr
 
+from sandboxer import entrypoints
 from sandboxer.config import Settings
 from sandboxer.errors import InvalidInput, ProvisionFailed, SandboxerError
 from sandboxer.models.extension import (
@@ -457,32 +457,23 @@ class FastPaths(Protocol):
 _cache: dict[str, type[Extension]] = {}
 
 
-def entry_points(*, group: str) -> metadata.EntryPoints:
-    """The installed entry points of ``group``, ``site`` loaded first if this process
-    deferred it (sandboxer/sitehook.py): plugins' metadata lies in site-packages."""
-    from sandboxer.sitehook import ensure_site
-
-    ensure_site()
-    return metadata.entry_points(group=group)
-
-
 def available() -> list[str]:
     """Names of every registered extension (without importing them)."""
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return sorted(entrypoints.registered(ENTRY_POINT_GROUP))
 
 
 def load(name: str) -> type[Extension]:
     """Import one extension by name, lazily, so a broken plugin breaks only itself."""
     if name in _cache:
         return _cache[name]
-    eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if not eps:
+    value = entrypoints.registered(ENTRY_POINT_GROUP).get(name)
+    if value is None:
         raise InvalidInput(
             f"unknown extension {name!r}",
             hint=f"registered extensions: {', '.join(available()) or 'none'}",
         )
     try:
-        cls = eps[0].load()
+        cls = entrypoints.load(value)
     except Exception as e:
         raise ProvisionFailed(f"extension {name!r} failed to load: {e}") from e
     if not (isinstance(cls, type) and issubclass(cls, Extension)):
@@ -507,12 +498,12 @@ def instance(name: str, settings: Settings, host: Host | None = None) -> Extensi
 
 def fast_paths(name: str) -> FastPaths | None:
     """The light fast paths ``name`` registered, or None (imports only that object)."""
-    for ep in entry_points(group=FAST_PATH_GROUP):
-        if ep.name == name:
-            try:
-                found: FastPaths = ep.load()
-            except Exception:  # a broken fast path only costs the slow path
-                return None
-            return found
-    return None
+    value = entrypoints.registered(FAST_PATH_GROUP).get(name)
+    if value is None:
+        return None
+    try:
+        found: FastPaths = entrypoints.load(value)
+    except Exception:  # a broken fast path only costs the slow path
+        return None
+    return found
 

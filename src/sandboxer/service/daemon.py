@@ -49,6 +49,7 @@ from sandboxer.keeper import (
     ensure,
     lock_path,
     log_path,
+    open_log,
     running,
     service_lock_path,
 )
@@ -93,7 +94,7 @@ def _resolve(settings: Settings) -> str | None:
                   wire.GROUP)
         return None
     early = log_path(settings, None)
-    fd = os.open(log_path(settings, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_log(log_path(settings, name))
     try:
         for out in (sys.stdout, sys.stderr):
             out.flush()

@@ -4,15 +4,16 @@ process (an ext.local destroy) are taken when one answers.
 
 Uses only the light ``FastPaths`` an extension registers (``sandboxer.fast_paths``) until
 something must really be done, so the CLI's reads stay cheap: neither pydantic nor
-asyncio nor ``importlib.metadata`` (tens of milliseconds) is imported on the way.
+asyncio nor ``importlib.metadata`` (tens of milliseconds) is imported on the way
+(``sandboxer/entrypoints.py`` reads the entry points).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from sandboxer.entrypoints import load, registered
 
 if TYPE_CHECKING:
     from sandboxer.config import Settings
@@ -90,60 +91,8 @@ def _fast_paths(extension: str) -> FastPaths | None:
     target = registered(GROUP).get(extension)
     if target is None:
         return None
-    import importlib
-
-    module, _, attr = target.split("[", 1)[0].partition(":")  # extras name no object
     try:
-        found: Any = importlib.import_module(module.strip())
-        for part in attr.strip().split(".") if attr.strip() else ():
-            found = getattr(found, part)
+        paths: FastPaths = load(target)
     except Exception:
         return None
-    paths: FastPaths = found
     return paths
-
-
-def registered(group: str) -> dict[str, str]:
-    """``name -> "module:attr"`` of the entry points in ``group`` of every distribution on
-    ``sys.path`` (the first wins, as for ``importlib.metadata``).
-
-    Reads each ``*.dist-info``/``*.egg-info`` ``entry_points.txt`` directly: importing and
-    running ``importlib.metadata`` costs the CLI tens of milliseconds, this a few.
-    """
-    from sandboxer.sitehook import ensure_site
-
-    ensure_site()  # under cli/launch.py's command: site-packages is on sys.path only now
-    header = f"[{group}]"
-    found: dict[str, str] = {}
-    for entry in sys.path:
-        base = entry or "."
-        try:
-            names = sorted(os.listdir(base))
-        except OSError:
-            continue
-        for name in names:
-            if not name.endswith((".dist-info", ".egg-info")):
-                continue
-            try:
-                with open(os.path.join(base, name, "entry_points.txt")) as f:
-                    text = f.read()
-            except OSError:
-                continue
-            if header in text:
-                for key, value in _section(text, header):
-                    found.setdefault(key, value)
-    return found
-
-
-def _section(text: str, header: str) -> list[tuple[str, str]]:
-    """The ``name = value`` lines of one ``[section]`` of an entry_points.txt."""
-    inside = False
-    out: list[tuple[str, str]] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("["):
-            inside = line == header
-        elif inside and "=" in line and not line.startswith(("#", ";")):
-            key, _, value = line.partition("=")
-            out.append((key.strip(), value.strip()))
-    return out

@@ -92,7 +92,7 @@ GROUP = "sandboxer.local_service"
 def host_extension() -> str | None:
     """The extension whose keeper hosts the local service: the first registered under
     the ``sandboxer.local_service`` entry-point group (ext.local's), or None."""
-    from sandboxer.service.upkeep import registered
+    from sandboxer.entrypoints import registered
 
     names = sorted(registered(GROUP))
     return names[0] if names else None

@@ -70,7 +70,7 @@ def test_a_look_at_installed_entry_points_loads_site_first() -> None:
     done = _python_s(
         "from sandboxer import sitehook\n"
         "sitehook.install(sys.path[-1])\n"
-        "from sandboxer.service.upkeep import registered\n"
+        "from sandboxer.entrypoints import registered\n"
         "print('site' in sys.modules)\n"
         "found = registered('sandboxer.extensions')\n"
         "print('site' in sys.modules, 'ext.local' in found)\n"
@@ -128,3 +128,13 @@ def test_setup_keeps_pips_command_where_the_interpreter_cannot_start_one(
     assert launch.main(["--scripts", str(tmp_path)]) == 0
     assert "pip's command stays" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
+
+
+def test_a_command_whose_checkout_is_gone_says_so(tmp_path: Path) -> None:
+    gone = tmp_path / "moved" / "src"
+    command = launch.install(tmp_path, sys.executable, gone)
+    done = subprocess.run([str(command), "list"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 1
+    assert f"runs the checkout in {gone}, which holds no sand-boxer" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -279,3 +279,20 @@ def test_the_keeper_finds_the_libraries_the_loader_would_find_reading_its_cache_
     # No compiler, and one ``ldconfig -p`` for all four names.
     assert len(ran) == 1, ran
     assert "ldconfig" in str(ran[0]), ran
+
+
+def test_a_keeper_log_past_its_cap_is_rotated_when_a_keeper_starts(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    from sandboxer import keeper
+
+    monkeypatch.setattr(keeper, "LOG_MAX", 10)
+    log = tmp_path / "keeper-ext.x.log"
+    log.write_text("old enough to go\n")
+    os.close(keeper.open_log(log))
+    assert (tmp_path / "keeper-ext.x.log.1").read_text() == "old enough to go\n"
+    assert log.read_text() == ""
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    log.write_text("small\n")
+    os.close(keeper.open_log(log))  # under the cap: appended to as it is
+    assert log.read_text() == "small\n"
