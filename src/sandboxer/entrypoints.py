@@ -30,6 +30,7 @@ def registered(group: str) -> dict[str, str]:
     ensure_site()  # under cli/launch.py's command: site-packages is on sys.path only now
     header = f"[{group}]"
     found: dict[str, str] = {}
+    seen: set[str] = set()  # distributions: the first copy along sys.path shadows the rest
     for entry in sys.path:
         base = entry or "."
         try:
@@ -39,15 +40,25 @@ def registered(group: str) -> dict[str, str]:
         for name in names:
             if not name.endswith((".dist-info", ".egg-info")):
                 continue
+            dist = _normalized(name.rpartition(".")[0].partition("-")[0])
+            if dist in seen:
+                continue
+            seen.add(dist)
             try:
-                with open(os.path.join(base, name, "entry_points.txt")) as f:
+                with open(os.path.join(base, name, "entry_points.txt"),
+                          encoding="utf-8") as f:
                     text = f.read()
-            except OSError:
+            except (OSError, ValueError):  # none, or not text: this one registers nothing
                 continue
             if header in text:
                 for key, value in _section(text, header):
                     found.setdefault(key, value)
     return found
+
+
+def _normalized(name: str) -> str:
+    """A distribution's name as importlib.metadata compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def _section(text: str, header: str) -> list[tuple[str, str]]:

@@ -48,14 +48,17 @@ def _checked(extension: str) -> str:
     return extension
 
 
-def open_log(path: Path) -> int:
-    """``path`` opened for appending (0600); first moved to ``NAME.1`` (replacing the last
-    one) when it grew past ``LOG_MAX``, so that years of keepers do not fill the disk."""
-    try:
-        if path.stat().st_size > LOG_MAX:
-            os.replace(path, path.with_name(f"{path.name}.1"))
-    except FileNotFoundError:
-        pass
+def open_log(path: Path, *, rotate: bool = True) -> int:
+    """``path`` opened for appending (0600); with ``rotate``, first moved to ``NAME.1``
+    (replacing the last one) when it grew past ``LOG_MAX``, so that years of keepers do
+    not fill the disk. A rotation that fails (an append-only or bind-mounted log, a
+    directory in the way) leaves the log as it is: it never stops a keeper."""
+    if rotate:
+        try:
+            if path.stat().st_size > LOG_MAX:
+                os.replace(path, path.with_name(f"{path.name}.1"))
+        except OSError:
+            pass
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
@@ -63,7 +66,9 @@ def argv(settings: Settings, extension: str | None) -> list[str]:
     """How the keeper of ``extension`` for this home is started; None: the keeper of the
     extension that hosts the local service, looked up by the keeper."""
     which = ["--local-service"] if extension is None else ["--extension", _checked(extension)]
-    return [sys.executable, "-m", MODULE, "--home", str(settings.home), *which,
+    # -P: no working directory on sys.path (it starts in /, see _start), so a module or an
+    # entry_points.txt planted where the caller stood is never imported or read.
+    return [sys.executable, "-P", "-m", MODULE, "--home", str(settings.home), *which,
             "--piped-settings"]
 
 
@@ -118,7 +123,7 @@ def _start(settings: Settings, extension: str | None) -> None:
     try:
         proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.PIPE,
                                 stdout=fd, stderr=fd, start_new_session=True,
-                                close_fds=True, env=env)
+                                close_fds=True, env=env, cwd="/")
     finally:
         os.close(fd)
     childenv.send_piped(proc, caller)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,19 @@ def test_the_registry_scans_no_distribution_through_importlib_metadata() -> None
     names, loaded, fast = done.stdout.rsplit(" ", 2)
     assert "'ext.local'" in names
     assert (loaded, fast) == ("ext.local", "True\n")
+
+
+def test_a_shadowed_copy_of_a_distribution_registers_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for where, text in ((first, "ext.a = new:A\n"),
+                        (second, "ext.a = old:A\next.stale = old:S\n")):
+        (where / "foo_bar-1.0.dist-info").mkdir(parents=True)
+        (where / "foo_bar-1.0.dist-info" / "entry_points.txt").write_text(
+            f"[sandboxer.test]\n{text}")
+    (second / "Foo.Bar-0.9.dist-info").mkdir()  # the same name, normalized
+    (second / "other-1.dist-info").mkdir()
+    (second / "other-1.dist-info" / "entry_points.txt").write_bytes(b"\xff\xfe[bad")
+    monkeypatch.syspath_prepend(str(second))
+    monkeypatch.syspath_prepend(str(first))
+    assert entrypoints.registered("sandboxer.test") == {"ext.a": "new:A"}

@@ -42,17 +42,25 @@ def run(root: str) -> int:
 def _exit_now(rc: int) -> None:
     """End the process without tearing the interpreter down (~4 ms of every thin command)
     when nothing waits for that teardown: no atexit callback (an in-process path registers
-    some: the redaction net's logging, a spare image's removal). Output is flushed first."""
+    some: the redaction net's logging, a spare image's removal) and no thread but daemon
+    ones. Output is flushed first; a stream closed or failing means the usual teardown."""
     import atexit
     import os
 
     pending = getattr(atexit, "_ncallbacks", None)  # CPython's
     if pending is None or pending() != 0:
         return
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+            t.is_alive() and not t.daemon and t is not threading.main_thread()
+            for t in threading.enumerate()):
+        return
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # a closed pipe: the usual teardown reports it as it always did
+        for stream in (sys.stdout, sys.stderr):
+            if stream is None:
+                return
+            stream.flush()
+    except Exception:  # a closed pipe: the usual teardown reports it as it always did
         return
     os._exit(rc)
 

@@ -163,7 +163,10 @@ class ServiceClient:
             # Which extension hosts it is the keeper's to look up (keeper.ensure_service).
             self.settings.ensure()  # a fresh home has no run/ yet
             running = keeper.service_running(self.settings)
-            if not running and str(self.settings.home) not in _started:
+            home = str(self.settings.home)
+            if home in _started:  # start_early's keeper, still starting: not twice
+                _started.discard(home)
+            elif not running:
                 keeper.ensure_service(self.settings)
         except OSError as e:
             raise Unavailable(f"cannot start the local service: {e}") from e

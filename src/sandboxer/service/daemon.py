@@ -39,6 +39,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 IDLE_EXIT = 30.0  # seconds without a live sandbox before a keeper without housekeeping exits
 # The cyclic garbage collector is off from the start of ``main`` until this long after the
-# keeper serves (``_collect_again``). A start allocates ~80,000 objects that live as long
-# as the process (modules, classes, pydantic's validators); with the collector on, their
+# keeper serves (``_settle``). A start allocates ~80,000 objects that live as long as the
+# process (modules, classes, pydantic's validators); with the collector on, their
 # allocation alone set off collections that scanned them all, ~35 ms of a first create.
 GC_AFTER = 5.0
 LOCK_WAIT = 10.0  # how long a new keeper waits out one that is still shutting down
@@ -94,7 +95,7 @@ def _resolve(settings: Settings) -> str | None:
                   wire.GROUP)
         return None
     early = log_path(settings, None)
-    fd = open_log(log_path(settings, name))
+    fd = open_log(log_path(settings, name), rotate=False)  # whoever started us rotated
     try:
         for out in (sys.stdout, sys.stderr):
             out.flush()
@@ -145,12 +146,24 @@ async def _pools(service: Service, extension: str) -> None:
         await asyncio.sleep(REFILL_INTERVAL)
 
 
-def _collect_again() -> None:
-    """The collector back on (``GC_AFTER``), with what the start made frozen: never
-    scanned again (it is not garbage; the collector would only keep visiting it)."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
+def _settle(loop: asyncio.AbstractEventLoop, busy: Callable[[], bool]) -> None:
+    """``GC_AFTER`` seconds after the keeper serves, or once no request runs: every model's
+    validator built (the keeper defers them, models/building.py; building one is not
+    thread-safe in pydantic, and worker threads validate too), the garbage of the start
+    collected (a value it held goes now, not never), what is left frozen (never scanned
+    again: it lives as long as the process) and the collector back on."""
+    if busy():
+        loop.call_later(1.0, _settle, loop, busy)
+        return
+    from sandboxer.models.base import build_all
+
+    try:
+        build_all()
+    finally:
+        if not gc.isenabled():
+            gc.collect()
+            gc.freeze()
+            gc.enable()
 
 
 def _lock(path: Path, timeout: float = LOCK_WAIT) -> int | None:
@@ -271,7 +284,7 @@ async def keep(settings: Settings, extension: str, *, idle_exit: float = IDLE_EX
     if service_socket is not None:  # the local service hosts its extension's warm pools
         others.add(asyncio.create_task(_pools(service, extension), name="pools"))
     local = await _local_service(service, service_socket, {keeping, *others})
-    loop.call_later(GC_AFTER, _collect_again)
+    loop.call_later(GC_AFTER, _settle, loop, lambda: local is not None and local.inflight > 0)
     log.info("keeper %d for %s in %s%s%s", os.getpid(), extension, settings.home,
              " with its housekeeping" if housekeeping else "",
              " and the local service" if local else "")
@@ -407,6 +420,9 @@ def _main(args: list[str] | None) -> int:
             # Ours once we hold the keeper lock: a keeper stopping still held it until
             # just before it let go of that one.
             service_lock = _lock(service_lock_path(settings))
+            if service_lock is None:  # another keeper hosts it (another extension's)
+                log.info("another keeper holds %s; exiting", service_lock_path(settings))
+                return 0
             # Bound before anything loads: a client connects at once and waits for us.
             service_socket = bind(settings)
         asyncio.run(keep(settings, extension, idle_exit=opts.idle_exit, lock=(path, fd),

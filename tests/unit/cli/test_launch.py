@@ -133,8 +133,43 @@ def test_setup_keeps_pips_command_where_the_interpreter_cannot_start_one(
 def test_a_command_whose_checkout_is_gone_says_so(tmp_path: Path) -> None:
     gone = tmp_path / "moved" / "src"
     command = launch.install(tmp_path, sys.executable, gone)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([str(command), "list"], capture_output=True, text=True, timeout=60,
-                          check=False)
+                          check=False, env=env)
     assert done.returncode == 1
     assert f"runs the checkout in {gone}, which holds no sand-boxer" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_thin_command_ends_at_once_only_when_nothing_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    ended: list[int] = []
+    monkeypatch.setattr("os._exit", ended.append)
+    monkeypatch.setattr("atexit._ncallbacks", lambda: 0)
+    monkeypatch.setattr(sys, "stdout", None)  # `sandboxer ... >&-`
+    launch._exit_now(3)
+    assert ended == []  # the usual teardown: no AttributeError, the status kept
+    monkeypatch.undo()
+    monkeypatch.setattr("os._exit", ended.append)
+    monkeypatch.setattr("atexit._ncallbacks", lambda: 0)
+    hold = threading.Event()
+    worker = threading.Thread(target=hold.wait)
+    worker.start()
+    try:
+        launch._exit_now(3)
+        assert ended == []  # a thread that is not a daemon still runs
+    finally:
+        hold.set()
+        worker.join()
+    launch._exit_now(3)
+    assert ended == [3]
+
+
+@pytest.mark.parametrize(("word", "asks"), [("-h", True), ("--help", True), ("--he", True),
+                                            ("--dry-run", True), ("--dry", True),
+                                            ("--ttl", False), ("--", False), ("-", False),
+                                            ("profile.local", False)])
+def test_create_starts_no_service_early_for_help_or_a_dry_run(word: str, asks: bool) -> None:
+    assert main._asks_no_create(word) is asks

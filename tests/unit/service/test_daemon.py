@@ -119,8 +119,9 @@ def test_ensure_starts_the_keeper_with_an_allow_listed_environment(
     settings = Settings.from_env(caller)
     daemon.ensure(settings, "ext.vm-packer")
     [(argv, kw)] = started
-    assert argv == [sys.executable, "-m", "sandboxer.service.daemon", "--home",
+    assert argv == [sys.executable, "-P", "-m", "sandboxer.service.daemon", "--home",
                     str(settings.home), "--extension", "ext.vm-packer", "--piped-settings"]
+    assert kw["cwd"] == "/"  # nothing where the caller stood is on its path
     env = kw["env"]
     assert not {"c1", "c2", "c3", "c4"} & set(env.values())
     assert "SANDBOXER_DATABASE_URL" not in env  # on its stdin instead
@@ -296,3 +297,45 @@ def test_a_keeper_log_past_its_cap_is_rotated_when_a_keeper_starts(tmp_path: Pat
     log.write_text("small\n")
     os.close(keeper.open_log(log))  # under the cap: appended to as it is
     assert log.read_text() == "small\n"
+
+
+def test_a_failed_rotation_leaves_the_log_in_place(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxer import keeper
+
+    monkeypatch.setattr(keeper, "LOG_MAX", 1)
+    log = tmp_path / "keeper-ext.x.log"
+    log.write_text("kept\n")
+    (tmp_path / "keeper-ext.x.log.1").mkdir()  # in the way of the rename
+    os.close(keeper.open_log(log))
+    assert log.read_text() == "kept\n"
+
+
+def test_the_cli_starts_the_keeper_that_looks_its_extension_up(tmp_path: Path) -> None:
+    from sandboxer import keeper
+
+    argv = keeper.argv(Settings.from_env({"SANDBOXER_HOME": str(tmp_path / "h")}), None)
+    assert argv[1:4] == ["-P", "-m", keeper.MODULE]
+    assert "--local-service" in argv
+
+
+def test_the_keeper_settles_once_no_request_runs() -> None:
+    import gc
+
+    busy = [True]
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        daemon._settle(loop, lambda: busy[0])
+        assert not gc.isenabled()  # a request runs: later
+        busy[0] = False
+        await asyncio.sleep(1.2)
+
+    gc.disable()
+    try:
+        asyncio.run(go())
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()

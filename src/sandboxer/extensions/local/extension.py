@@ -106,17 +106,6 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
     async def housekeep(self, host: Host) -> None:
         from sandboxer.extensions.local import spawnerclient
 
-        # Before asyncssh loads (~70 ms), on another core: the spawner boots and the
-        # workspace image of a default spec is formatted, so the create that started
-        # this process finds both ready instead of doing without the one and making the
-        # other on its way.
-        spares.enable()  # this process is long-lived: it keeps spares from now on
-        spawnerclient.client()
-        if self._images():
-            spares.prefill(self.settings.local_root, LocalSpec().limits.disk_bytes)
-        from sandboxer.extensions.local import endpoint  # asyncssh: only in that process
-
-        type(self).warm_up()
         home = self.settings.home
 
         def bind(running: Endpoint_ | None) -> None:
@@ -126,6 +115,17 @@ class LocalExtension(SSHExtension, DoctorChecks, Housekeeping, ServesEndpoints,
                 _ENDPOINTS[home] = running
 
         try:
+            # Before asyncssh loads (~70 ms): the spawner boots and the workspace image of
+            # a default spec is formatted meanwhile, so the create that started this
+            # process finds both ready instead of doing without the one and making the
+            # other on its way.
+            spares.enable()  # this process is long-lived: it keeps spares from now on
+            spawnerclient.client()
+            if self._images():
+                spares.prefill(self.settings.local_root, LocalSpec().limits.disk_bytes)
+            from sandboxer.extensions.local import endpoint  # asyncssh: only here
+
+            type(self).warm_up()
             await endpoint.serve(self.settings, host, bind=bind)
         finally:
             # The keeper ends with its endpoint: its spares go now rather than at exit, so

@@ -57,6 +57,8 @@ class _Pool:
     def _fill(self, upto: int, delay: float) -> None:
         try:
             time.sleep(delay)
+            if not _state.enabled:  # the process dropped its spares meanwhile
+                return
             # A fresh home's (or one whose last destroy removed it): ``prefill`` runs
             # before any create made it.
             dirs.make_private_dirs(self.dir.parent)
