@@ -66,8 +66,9 @@ def argv(settings: Settings, extension: str | None) -> list[str]:
     """How the keeper of ``extension`` for this home is started; None: the keeper of the
     extension that hosts the local service, looked up by the keeper."""
     which = ["--local-service"] if extension is None else ["--extension", _checked(extension)]
-    # -P: no working directory on sys.path (it starts in /, see _start), so a module or an
-    # entry_points.txt planted where the caller stood is never imported or read.
+    # -P: no working directory on sys.path, so a module or an entry_points.txt planted
+    # where the caller stood is never imported or read. (The keeper keeps that directory
+    # as its own: relative paths in settings and file: refs mean what they meant.)
     return [sys.executable, "-P", "-m", MODULE, "--home", str(settings.home), *which,
             "--piped-settings"]
 
@@ -123,7 +124,7 @@ def _start(settings: Settings, extension: str | None) -> None:
     try:
         proc = subprocess.Popen(argv(settings, extension), stdin=subprocess.PIPE,
                                 stdout=fd, stderr=fd, start_new_session=True,
-                                close_fds=True, env=env, cwd="/")
+                                close_fds=True, env=env)
     finally:
         os.close(fd)
     childenv.send_piped(proc, caller)
