@@ -39,7 +39,7 @@ SHUTTING_DOWN = "shutting-down"
 _REQUEST_TIMEOUT = 15.0
 _START_TIMEOUT = 15.0
 # Core's keeper process, which runs the endpoint as ext.local's housekeeping.
-DAEMON = ("-m", "sandboxer.service.daemon", "--extension", "ext.local")
+DAEMON = ("-P", "-m", "sandboxer.service.daemon", "--extension", "ext.local")  # -P: keeper.argv
 
 
 SANDBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch
