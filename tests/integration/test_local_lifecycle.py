@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -235,6 +237,19 @@ def test_the_per_home_dir_goes_with_the_last_sandbox(tmp_path: Path,
     client.destroy(a.id)
     assert settings.local_root.is_dir()  # b still lives there
     client.destroy(b.id)
+    # What is left is the keeper's spare images (extensions/local/spares.py): they go, and
+    # the dir with them, when it ends.
+    left = sorted(p.name for p in settings.local_root.iterdir()) \
+        if settings.local_root.exists() else []
+    assert left in ([], [".spares"])
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(settings.run_dir / "service.sock"))
+        s.sendall(b'{"v": 1, "op": "ping"}\n')
+        keeper = json.loads(s.makefile().readline())["result"]["pid"]
+    os.kill(keeper, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{keeper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not settings.local_root.exists()
 
 

@@ -153,8 +153,15 @@ def test_only_the_stdio_reach_the_child_and_its_env_is_exactly_the_given_one() -
             child = await spawn_jailed(["sleep", "30"], env={**ENV, "SECRET_X": secret},
                                        stdio=NULL, plan=None)
             try:
+                # The answer comes once the exec closed the child's CLOEXEC pipe, which
+                # the kernel does before it lays out the new environment: until then
+                # /proc/PID/environ reads empty.
+                deadline = time.monotonic() + 5
+                environ = b""
+                while not environ and time.monotonic() < deadline:
+                    environ = Path(f"/proc/{child.pid}/environ").read_bytes()
+                    await asyncio.sleep(0.001)
                 fds = sorted(os.listdir(f"/proc/{child.pid}/fd"))
-                environ = Path(f"/proc/{child.pid}/environ").read_bytes()
                 spawner = Path(f"/proc/{_spawner_pid()}/environ").read_bytes()
             finally:
                 child.kill_group()
