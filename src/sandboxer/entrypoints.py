@@ -75,6 +75,19 @@ def _section(text: str, header: str) -> list[tuple[str, str]]:
     return out
 
 
+def find(group: str, name: str) -> Any:
+    """The object ``name`` registered in ``group``, imported now; None when nothing is
+    registered under that name or it fails to load (for optional objects: a broken one
+    only costs the path that does without it)."""
+    value = registered(group).get(name)
+    if value is None:
+        return None
+    try:
+        return load(value)
+    except Exception:
+        return None
+
+
 def load(value: str) -> Any:
     """The object an entry point's ``value`` names (``module:attr``), imported now; any
     error its import raises, or ValueError when ``value`` names nothing."""

@@ -104,12 +104,15 @@ def ensure(settings: Settings, extension: str) -> None:
         _start(settings, extension)
 
 
-def ensure_service(settings: Settings) -> None:
-    """Start the keeper that hosts the local service in ``settings.home`` unless it runs;
-    one that finds another keeper of that extension running (without the service) exits."""
+def ensure_service(settings: Settings) -> bool:
+    """Start the keeper that hosts the local service in ``settings.home`` unless it runs
+    (True: started); one that finds another keeper of that extension running (without
+    the service) exits."""
     settings.ensure()
-    if not service_running(settings):
-        _start(settings, None)
+    if service_running(settings):
+        return False
+    _start(settings, None)
+    return True
 
 
 def _start(settings: Settings, extension: str | None) -> None:

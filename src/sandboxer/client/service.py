@@ -229,9 +229,7 @@ def start_early() -> None:
         settings = Settings.from_env()
         if os.path.exists(wire.socket_path(settings)):
             return  # up (or a dead one's socket: the request finds out)
-        settings.ensure()
-        if not keeper.service_running(settings):
-            keeper.ensure_service(settings)
+        if keeper.ensure_service(settings):
             _started.add(str(settings.home))
     except (OSError, SandboxerError):
         return

@@ -498,12 +498,6 @@ def instance(name: str, settings: Settings, host: Host | None = None) -> Extensi
 
 def fast_paths(name: str) -> FastPaths | None:
     """The light fast paths ``name`` registered, or None (imports only that object)."""
-    value = entrypoints.registered(FAST_PATH_GROUP).get(name)
-    if value is None:
-        return None
-    try:
-        found: FastPaths = entrypoints.load(value)
-    except Exception:  # a broken fast path only costs the slow path
-        return None
+    found: FastPaths | None = entrypoints.find(FAST_PATH_GROUP, name)
     return found
 

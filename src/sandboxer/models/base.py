@@ -15,7 +15,6 @@ class StrictModel(BaseModel):
                               defer_build=building.defer)
 
 
-
 def build_all() -> None:
     """Build now the validator of every model imported so far whose build was deferred
     (``models/building.py``), in the calling thread."""

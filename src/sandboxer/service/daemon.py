@@ -414,7 +414,7 @@ def _main(args: list[str] | None) -> int:
     service_socket = None
     service_lock = None
     try:
-        if _hosts_local_service(extension):
+        if opts.local_service or _hosts_local_service(extension):
             from sandboxer.service.local import bind
 
             # Ours once we hold the keeper lock: a keeper stopping still held it until

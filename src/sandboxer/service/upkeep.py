@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sandboxer.entrypoints import load, registered
+from sandboxer.entrypoints import find
 
 if TYPE_CHECKING:
     from sandboxer.config import Settings
@@ -88,11 +88,5 @@ def _run(coro: Any) -> bool:
 def _fast_paths(extension: str) -> FastPaths | None:
     """The FastPaths object ``extension`` registered, or None (a broken one is None too:
     it only costs the slow path)."""
-    target = registered(GROUP).get(extension)
-    if target is None:
-        return None
-    try:
-        paths: FastPaths = load(target)
-    except Exception:
-        return None
+    paths: FastPaths | None = find(GROUP, extension)
     return paths

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from sandboxer import entrypoints
 from sandboxer.config import Settings
 from sandboxer.errors import ProvisionFailed, SandboxNotFound
 from sandboxer.extensions import base
@@ -85,12 +86,12 @@ def test_entry_points_are_read_like_importlib_metadata(
         (tmp_path / name).mkdir()
         (tmp_path / name / "entry_points.txt").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
-    found = upkeep.registered("sandboxer.fast_paths")
+    found = entrypoints.registered("sandboxer.fast_paths")
     assert found["ext.a"] == "mod_a:X"
     assert found["ext.b"] == "mod_b:Y.z [extra]"
     # Everything importlib.metadata finds, found the same way (the first one wins).
     for ep in entry_points(group="sandboxer.extensions"):
-        assert upkeep.registered("sandboxer.extensions")[ep.name] == ep.value
+        assert entrypoints.registered("sandboxer.extensions")[ep.name] == ep.value
 
 
 def test_a_fast_path_loads_its_object_and_a_broken_one_is_none(
