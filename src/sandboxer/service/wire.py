@@ -33,7 +33,9 @@ proxy and CA bundle variables (``childenv.PROCESS_NAMES``: tools and libraries r
 from the process environment, the service's, not from settings) and every
 ``SANDBOXER_*`` setting whose name does not look like a credential. ``settings_key``
 hashes those; a caller whose key differs from the service's is told to do the work in
-its own process.
+its own process. A relative path in one of them (``SANDBOXER_PROFILES=profiles``, a
+``PATH`` entry ``bin``) names another place from another directory, and the service keeps
+its starter's: then the working directory is in the key too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ _KEY_NAMES = frozenset({"PATH", "HOME"}) | childenv.PROCESS_NAMES
 # Settings of the local service itself, which its callers need not share.
 _NOT_KEYED = frozenset({"SANDBOXER_HOME", "SANDBOXER_LOCAL_SERVICE",
                         "SANDBOXER_SERVICE_IDLE_EXIT", "SANDBOXER_DEBUG"})
+# Values that are a path or a list of them (os.pathsep), read relative to the working
+# directory when relative (SANDBOXER_WARDEN: when it holds a slash, else PATH finds it).
+_PATH_NAMES = frozenset({"PATH", "PYTHONPATH", "SANDBOXER_PROFILES", "SANDBOXER_IMAGES",
+                         "SANDBOXER_PACKER_DIR", "SANDBOXER_VM_IMAGES",
+                         "SANDBOXER_LOCAL_ROOT", "SANDBOXER_WARDEN", "SANDBOXER_CA_CERT",
+                         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                         "CURL_CA_BUNDLE", "DOCKER_CONFIG"})
 # The ops a thin client may send; the service refuses anything else.
 OPS = frozenset({"create", "get", "extend", "destroy", "ping", "snapshot", "fork",
                  *LIFECYCLE})
@@ -77,8 +86,27 @@ def settings_key(env: Mapping[str, str], home: Path) -> str:
     # a keeper's gets in front of it (childenv.for_sandboxer).
     src = childenv.source_dir()
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
-    payload = [PROTOCOL, sandboxer.__version__, src, str(home), items, path]
+    payload = [PROTOCOL, sandboxer.__version__, src, str(home), items, path,
+               _working_directory(env)]
     return sha256_hex(json.dumps(payload).encode())
+
+
+def _working_directory(env: Mapping[str, str]) -> str | None:
+    """This process's working directory when a keyed path is relative, else None."""
+    import os
+
+    for name in _PATH_NAMES:
+        value = env.get(name)
+        if value is None or (name == "SANDBOXER_WARDEN" and "/" not in value):
+            continue
+        # An empty PATH entry is the working directory; elsewhere empty ones are skipped.
+        if any(not p.startswith("/") for p in value.split(os.pathsep)
+               if p or name == "PATH"):
+            try:
+                return os.getcwd()
+            except OSError:  # removed: nothing relative resolves there, for anyone
+                return ""
+    return None
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

@@ -53,6 +53,28 @@ def test_the_key_covers_what_one_process_cannot_change_per_request() -> None:
     assert wire.settings_key(base, Path("/elsewhere")) != key
 
 
+@pytest.mark.parametrize("relative", [
+    {"SANDBOXER_PROFILES": "/etc/sbx:profiles"}, {"PATH": "/usr/bin:bin"},
+    {"PATH": "/usr/bin::/bin"}, {"PYTHONPATH": "plugins"}, {"SANDBOXER_WARDEN": "./warden"},
+    {"SSL_CERT_FILE": "ca.pem"}])
+def test_a_relative_path_keys_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: dict[str, str]) -> None:
+    """The service resolves a relative path from its starter's directory: a caller in
+    another one is not served by it."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    env = {"PATH": "/usr/bin", "HOME": "/root", "SANDBOXER_WARDEN": "warden",
+           "SANDBOXER_PROFILES": "/etc/sbx"}
+    keys = {}
+    for d in ("a", "b"):
+        monkeypatch.chdir(tmp_path / d)
+        keys[d] = (wire.settings_key(env, HOME), wire.settings_key({**env, **relative}, HOME))
+    assert keys["a"][0] == keys["b"][0]  # absolute paths only: any directory
+    assert keys["a"][1] != keys["b"][1]
+    monkeypatch.chdir(tmp_path / "a")
+    assert wire.settings_key({**env, **relative}, HOME) == keys["a"][1]
+
+
 @pytest.fixture(autouse=True)
 def _service_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests are of the service itself (unit tests elsewhere turn it off)."""
