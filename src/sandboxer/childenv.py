@@ -90,6 +90,36 @@ def receive_piped(stream: BinaryIO) -> dict[str, str]:
     return {k: v for k, v in got.items() if k in PIPED and isinstance(v, str)}
 
 
+def send_environ(fd: int, caller: Mapping[str, str], home: Path) -> None:
+    """Hand a keeper started early (``sandboxer/early.py``) its environment on the pipe
+    ``fd``, which is then closed: ``for_sandboxer``'s, with the ``PIPED`` settings, which
+    it keeps out of ``/proc/PID/environ`` as ``receive_piped`` does."""
+    environ = {**for_sandboxer(caller, home), **json.loads(piped(caller))}
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it died at once: its log says why
+            os.write(fd, json.dumps({"environ": environ}).encode())
+    finally:
+        os.close(fd)
+
+
+def receive_environ(stream: BinaryIO) -> dict[str, str] | None:
+    """What ``send_environ`` wrote, read to its end; None when the starter wrote nothing
+    (it closed the pipe: it will not be served by this keeper) or something else."""
+    data = stream.read(EARLY_MAX + 1)
+    try:
+        got = json.loads(data) if data.strip() and len(data) <= EARLY_MAX else None
+    except ValueError:
+        return None
+    environ = got.get("environ") if isinstance(got, dict) else None
+    if not isinstance(environ, dict):
+        return None
+    return {k: v for k, v in environ.items() if isinstance(k, str) and isinstance(v, str)
+            and k and "=" not in k and "\0" not in k + v}
+
+
+EARLY_MAX = 4 << 20  # the largest environment send_environ may write
+
+
 def source_dir() -> str:
     """The directory this sand-boxer is imported from (site-packages or a checkout's
     ``src``): what a keeper gets first on its PYTHONPATH."""

@@ -9,15 +9,14 @@ which extension hosts it: that takes every installed distribution's entry points
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sys
 from pathlib import Path
 
 from sandboxer.config import Settings
+from sandboxer.early import MODULE, held
 
-MODULE = "sandboxer.service.daemon"
 LOG_MAX = 8 << 20  # a keeper's log past this when a keeper starts is rotated (one old copy)
 EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch
 
@@ -75,26 +74,12 @@ def argv(settings: Settings, extension: str | None) -> list[str]:
 
 def running(settings: Settings, extension: str) -> bool:
     """Whether a keeper holds the lock (one flock attempt)."""
-    return _held(lock_path(settings, extension))
+    return held(os.fspath(lock_path(settings, extension)))
 
 
 def service_running(settings: Settings) -> bool:
     """Whether the keeper that hosts the local service runs (one flock attempt)."""
-    return _held(service_lock_path(settings))
-
-
-def _held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except FileNotFoundError:  # no run/ yet: nothing runs in this home
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held(os.fspath(service_lock_path(settings)))
 
 
 def ensure(settings: Settings, extension: str) -> None:

@@ -122,6 +122,35 @@ def test_commands_go_to_one_warm_service(local_home: Settings, command: Path) ->
     assert "ttl.max" in too_long.stderr
 
 
+def test_a_first_create_starts_the_service_at_its_first_line(local_home: Settings,
+                                                             command: Path) -> None:
+    """The written command spawns the keeper before it imports anything else
+    (sandboxer/early.py) with only what an interpreter's start reads, and hands it the
+    rest of its allowed environment over a pipe: the service then works in the caller's
+    settings, and no credential or stray variable of the caller is in its environ."""
+    canary = f"cnryearly{secrets.token_hex(8)}"
+    env = {**os.environ, "SANDBOXER_TUNNEL_VIA": "obr-early", "SBX_EARLY_CANARY": canary,
+           "SANDBOXER_STATE_HUB_TOKEN": canary, "LC_ALL": "C.UTF-8"}
+    doc, modules = imported(command, "create", "profile.local", "--ttl", "5m", env=env)
+    assert "pydantic" not in modules  # the service did it
+    assert doc["reachability"]["tunnel_via"] == "obr-early"  # in the caller's settings
+    served_by = ping(local_home)
+    environ = dict(entry.split(b"=", 1) for entry in
+                   Path(f"/proc/{served_by}/environ").read_bytes().split(b"\0") if entry)
+    assert set(environ) <= {b"HOME", b"LANG", b"LANGUAGE", b"PYTHONPATH", b"LC_ALL"}
+    assert environ[b"LC_ALL"] == b"C.UTF-8"
+    assert environ[b"PYTHONPATH"].split(b":")[0] == str(ROOT).encode()
+    assert canary.encode() not in Path(f"/proc/{served_by}/environ").read_bytes()
+    # What it reads as its settings came over the pipe: the same caller is served by it.
+    again, modules = imported(command, "create", "profile.local", "--ttl", "5m", env=env)
+    assert "sandboxer.client.local" not in modules
+    assert again["reachability"]["tunnel_via"] == "obr-early"
+    assert ping(local_home) == served_by
+    assert "local service on" in keeper.log_path(local_home, "ext.local").read_text()
+    for sid in (doc["id"], again["id"]):
+        assert run("destroy", sid, env=env).returncode == 0
+
+
 def test_secrets_resolve_in_the_callers_environment_only(local_home: Settings,
                                                        command: Path) -> None:
     value = f"cnrysvc{secrets.token_hex(12)}"

@@ -52,3 +52,27 @@ def test_piped_settings_leave_the_environment_and_come_back_only_by_name() -> No
     assert childenv.receive_piped(io.BytesIO(b"")) == {}
     assert childenv.receive_piped(io.BytesIO(b'{"PATH": "/evil", "LD_PRELOAD": "x"}')) == {}
     assert childenv.receive_piped(io.BytesIO(b"not json")) == {}
+
+
+def test_a_keeper_started_early_gets_its_whole_environment_over_the_pipe() -> None:
+    """send_environ (the command, once it read its settings) to receive_environ (the
+    keeper sandboxer/early.py spawned): for_sandboxer's environment with the PIPED
+    settings; nothing when the command closed the pipe without a word, or sent junk."""
+    import io
+    import os
+
+    caller = {"PATH": "/bin", "SANDBOXER_DATABASE_URL": "postgresql://u:pw@h/db",
+              "SANDBOXER_TOKEN": "t", "BAO_TOKEN": "b", "SANDBOXER_PROFILES": "/p"}
+    r, w = os.pipe()
+    childenv.send_environ(w, caller, Path("/h"))  # it closes w
+    with os.fdopen(r, "rb") as stream:
+        got = childenv.receive_environ(stream)
+    assert got == {**childenv.for_sandboxer(caller, Path("/h")),
+                   "SANDBOXER_DATABASE_URL": "postgresql://u:pw@h/db"}
+    assert "SANDBOXER_TOKEN" not in got
+    assert "BAO_TOKEN" not in got
+    for junk in (b"", b"not json", b"[1]", b'{"environ": [1]}',
+                 b"{" + b" " * childenv.EARLY_MAX + b"}"):
+        assert childenv.receive_environ(io.BytesIO(junk)) is None
+    odd = b'{"environ": {"A=B": "x", "": "y", "C": "\\u0000", "D": 1, "E": "ok"}}'
+    assert childenv.receive_environ(io.BytesIO(odd)) == {"E": "ok"}

@@ -19,16 +19,23 @@ bring every ``.pth``-less package with it. There pip's wrapper stays.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+# typing's own TYPE_CHECKING would import typing (and collections.abc), ~3 ms before this
+# command's first line starts the local service (sandboxer.early); checkers read this one.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 
 def run(root: str) -> int:
     """What the written command runs: ``sandboxer.cli.main.main`` with ``site`` deferred
-    (``sandboxer.sitehook``); ``root`` is the package's directory it put on ``sys.path``."""
+    (``sandboxer.sitehook``); ``root`` is the package's directory it put on ``sys.path``.
+    A first ``create`` starts the local service before anything else (``sandboxer.early``).
+    """
+    from sandboxer import early
+
+    early.start(sys.argv[1:], root)
     from sandboxer import sitehook
 
     sitehook.install(root)

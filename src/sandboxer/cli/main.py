@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sandboxer._typing import override
+from sandboxer.early import asks_no_create
 
 # Every command group (a module of sandboxer.cli with ``register``), in help order.
 GROUPS = ("profiles", "sandboxes", "snapshots", "reach", "files", "pools", "targets",
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] == ["ssh"] and "--" in words:  # `ssh ID [options] -- CMD...`
         cut = words.index("--")
         words, command = words[:cut], words[cut + 1:]
-    if words[:1] == ["create"] and not any(map(_asks_no_create, words)):
+    if words[:1] == ["create"] and not any(map(asks_no_create, words)):
         from sandboxer.client.service import start_early
 
         start_early()  # a first create's keeper starts while the rest is parsed
@@ -165,12 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(e, SandboxerError) and _debug():
             raise
         return _report(e, getattr(args, "json", False))
-
-
-def _asks_no_create(word: str) -> bool:
-    """``-h``, ``--help`` or ``--dry-run``, or an abbreviation argparse takes for one."""
-    return word == "-h" or (len(word) > 2 and any(
-        full.startswith(word) for full in ("--help", "--dry-run")))
 
 
 def _debug() -> bool:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from sandboxer import keeper, peer
+from sandboxer import childenv, early, keeper, peer
 from sandboxer.config import Settings
 from sandboxer.errors import SandboxerError, UnsafePermissions, from_code
 from sandboxer.service import wire
@@ -227,9 +227,17 @@ def start_early() -> None:
         if not _may_use(env):
             return
         settings = Settings.from_env()
+        home = str(settings.home)
+        if (fd := early.take(home)) is not None:  # the command's first line started it
+            childenv.send_environ(fd, {**env, **settings.env}, settings.home)
+            _started.add(home)
+            return
+        early.abandon()
         if os.path.exists(wire.socket_path(settings)):
             return  # up (or a dead one's socket: the request finds out)
         if keeper.ensure_service(settings):
-            _started.add(str(settings.home))
+            _started.add(home)
     except (OSError, SandboxerError):
         return
+    finally:
+        early.abandon()  # a keeper started early and left here reads nothing and exits

@@ -24,7 +24,10 @@ output from ``log/local-service.log`` to that extension's keeper log. The keeper
 hosts the local service also holds ``run/service.lock`` (``keeper.service_running``).
 
 It starts with an allow-listed environment (``childenv.for_sandboxer``), never a copy of
-its caller's: it outlives the command that started it.
+its caller's: it outlives the command that started it. One that a first ``create``
+spawned at its first line (``--started-early``, ``sandboxer/early.py``) starts with even
+less (what the interpreter's start reads), reads that environment from its stdin once the
+command has read its settings, and opens its log itself.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sandboxer import early
 from sandboxer.config import Settings
 from sandboxer.keeper import (
     EXTENSION_NAME,
@@ -94,18 +98,22 @@ def _resolve(settings: Settings) -> str | None:
         log.error("no installed extension hosts a local service (entry-point group %s)",
                   wire.GROUP)
         return None
-    early = log_path(settings, None)
-    fd = open_log(log_path(settings, name), rotate=False)  # whoever started us rotated
+    first = log_path(settings, None)
+    _log_to(open_log(log_path(settings, name), rotate=False))  # whoever started us rotated
+    with contextlib.suppress(OSError):
+        if first.stat().st_size == 0:
+            first.unlink()
+    return name
+
+
+def _log_to(fd: int) -> None:
+    """This process's output from now on goes to ``fd`` (which is closed)."""
     try:
         for out in (sys.stdout, sys.stderr):
             out.flush()
             os.dup2(fd, out.fileno())
     finally:
         os.close(fd)
-    with contextlib.suppress(OSError):
-        if early.stat().st_size == 0:
-            early.unlink()
-    return name
 
 
 def _hosts_local_service(extension: str) -> bool:
@@ -379,6 +387,9 @@ def _main(args: list[str] | None) -> int:
     ap.add_argument("--idle-exit", type=float, default=IDLE_EXIT, help=argparse.SUPPRESS)
     ap.add_argument("--piped-settings", action="store_true",
                     help="read the settings kept out of the environment from stdin")
+    ap.add_argument(early.FLAG, dest="started_early", action="store_true",
+                    help="started by sandboxer/early.py: read the environment from stdin "
+                    "and open the log")
     opts = ap.parse_args(args)
     if opts.extension is not None and not EXTENSION_NAME.fullmatch(opts.extension):
         ap.error(f"invalid extension name {opts.extension!r}")
@@ -389,7 +400,13 @@ def _main(args: list[str] | None) -> int:
 
     # Settings kept out of our environment by whoever started us (childenv.PIPED): into
     # os.environ, which /proc/PID/environ does not show, before anything reads settings.
-    if opts.piped_settings:
+    if opts.started_early:  # all of it, once the command read its own settings
+        handed = childenv.receive_environ(sys.stdin.buffer)
+        if handed is None:
+            return 0  # the command is served otherwise (another home, another process)
+        os.environ.clear()
+        os.environ.update(handed)
+    elif opts.piped_settings:
         os.environ.update(childenv.receive_piped(sys.stdin.buffer))
     try:
         settings = Settings.from_env({**os.environ, "SANDBOXER_HOME": opts.home})
@@ -397,6 +414,8 @@ def _main(args: list[str] | None) -> int:
     except SandboxerError as e:
         log.error("%s", e.render())
         return 1
+    if opts.started_early:  # its starter could not open the log before the home existed
+        _log_to(open_log(log_path(settings, None)))
     if not opts.foreground and os.fork() > 0:
         os._exit(0)  # the caller reaps this parent at once; the keeper is adopted by init
     _loader_cache_only()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import sandboxer
+from sandboxer import early
 from sandboxer.cli import launch, main
 
 ROOT = Path(sandboxer.__file__).resolve().parents[1]
@@ -172,4 +173,4 @@ def test_a_thin_command_ends_at_once_only_when_nothing_waits(
                                             ("--ttl", False), ("--", False), ("-", False),
                                             ("profile.local", False)])
 def test_create_starts_no_service_early_for_help_or_a_dry_run(word: str, asks: bool) -> None:
-    assert main._asks_no_create(word) is asks
+    assert early.asks_no_create(word) is asks
