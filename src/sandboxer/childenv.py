@@ -27,13 +27,14 @@ SECRETISH = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|KEY", re.IGNORECASE)
 def allowed(
     env: Mapping[str, str], *, names: Iterable[str] = (), prefixes: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    """The subset of ``env`` a child may see: SYSTEM, ``LC_*``, ``names`` (exactly), and
-    variables starting with one of ``prefixes`` whose name does not look secret."""
+    """The subset of ``env`` a child may see: SYSTEM, ``names`` (exactly), and ``LC_*``
+    and variables starting with one of ``prefixes`` whose name does not look secret (an
+    ssh client's ``SendEnv LC_*`` passes anything under that prefix)."""
     wanted = SYSTEM | set(names)
     return {
         k: v for k, v in env.items()
-        if k in wanted or k.startswith("LC_")
-        or (k.startswith(prefixes) and not SECRETISH.search(k))
+        if k in wanted
+        or (k.startswith(("LC_", *prefixes)) and not SECRETISH.search(k))
     }
 
 
@@ -90,14 +91,39 @@ def receive_piped(stream: BinaryIO) -> dict[str, str]:
     return {k: v for k, v in got.items() if k in PIPED and isinstance(v, str)}
 
 
-def send_environ(fd: int, caller: Mapping[str, str], home: Path) -> None:
+EARLY_MAX = 4 << 20  # the largest environment send_environ may write
+HANDOVER_TIMEOUT = 5.0  # a keeper reads it within ~0.1 s of its start here
+
+
+def send_environ(fd: int, caller: Mapping[str, str], home: Path,
+                 timeout: float = HANDOVER_TIMEOUT) -> bool:
     """Hand a keeper started early (``sandboxer/early.py``) its environment on the pipe
     ``fd``, which is then closed: ``for_sandboxer``'s, with the ``PIPED`` settings, which
-    it keeps out of ``/proc/PID/environ`` as ``receive_piped`` does."""
+    it keeps out of ``/proc/PID/environ`` as ``receive_piped`` does. False, the pipe
+    closed with nothing whole on it (the keeper exits), when it is too large for
+    ``receive_environ`` or the keeper has not read it within ``timeout`` seconds (stuck
+    in its start): the caller starts a keeper otherwise."""
+    import select
+    import time
+
     environ = {**for_sandboxer(caller, home), **json.loads(piped(caller))}
+    data = memoryview(json.dumps({"environ": environ}).encode())
     try:
-        with contextlib.suppress(BrokenPipeError):  # it died at once: its log says why
-            os.write(fd, json.dumps({"environ": environ}).encode())
+        if len(data) > EARLY_MAX:
+            return False
+        os.set_blocking(fd, False)
+        deadline = time.monotonic() + timeout
+        while data:
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False  # cut off: invalid JSON, which the keeper refuses
+                select.select([], [fd], [], left)
+            except BrokenPipeError:  # it died at once: its log says why
+                return False
+        return True
     finally:
         os.close(fd)
 
@@ -117,7 +143,6 @@ def receive_environ(stream: BinaryIO) -> dict[str, str] | None:
             and k and "=" not in k and "\0" not in k + v}
 
 
-EARLY_MAX = 4 << 20  # the largest environment send_environ may write
 
 
 def source_dir() -> str:

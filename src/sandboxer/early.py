@@ -26,15 +26,18 @@ import sys
 MODULE = "sandboxer.service.daemon"
 FLAG = "--started-early"
 # What a Python interpreter's start reads from the environment before the keeper can
-# read its stdin: where the user's site-packages are, and the locale.
-_AT_START = ("HOME", "LANG", "LANGUAGE")
+# read its stdin: where the user's site-packages are, and the locale (by name: other
+# LC_ names are anyone's, an ssh client's SendEnv LC_* among them).
+_AT_START = ("HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE")
 _pending: dict[str, int] = {}  # home -> the write end of its keeper's stdin
 
 
 def asks_no_create(word: str) -> bool:
-    """``-h``, ``--help`` or ``--dry-run``, or an abbreviation argparse takes for one."""
-    return word == "-h" or (len(word) > 2 and any(
-        full.startswith(word) for full in ("--help", "--dry-run")))
+    """``-h``, ``--help`` or ``--dry-run``, an abbreviation argparse takes for one, or
+    short options that may hold ``-h`` (``-qh``)."""
+    if word.startswith("-") and not word.startswith("--"):
+        return "h" in word
+    return len(word) > 2 and any(full.startswith(word) for full in ("--help", "--dry-run"))
 
 
 def start(words: list[str], root: str) -> None:
@@ -50,8 +53,18 @@ def start(words: list[str], root: str) -> None:
     if home is None or not sys.executable or home in _pending:
         return
     try:
-        if os.path.exists(f"{home}/run/service.sock") or held(f"{home}/run/service.lock"):
-            return
+        run: int | None = _private_run(home)
+    except FileNotFoundError:  # a fresh home
+        run = None
+    except OSError:  # not a directory only we may write: Settings.ensure's to judge
+        return
+    try:
+        if run is not None:
+            try:  # what is in run/ is ours: nobody else could have put it there
+                if _exists("service.sock", run) or held("service.lock", run):
+                    return
+            finally:
+                os.close(run)
         _pending[home] = _spawn(home, root, env)
     except OSError:
         return
@@ -84,13 +97,35 @@ def _home(env: os._Environ[str]) -> str | None:
     return raw
 
 
-def held(path: str) -> bool:
+def _private_run(home: str) -> int:
+    """``home``'s run/ opened (no symlink followed), when it is a directory of ours that
+    nobody else may write; OSError otherwise (FileNotFoundError: there is none)."""
+    import stat
+
+    fd = os.open(f"{home}/run", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(fd)
+        raise PermissionError(f"{home}/run is not only ours")
+    return fd
+
+
+def _exists(name: str, run: int) -> bool:
+    try:
+        os.stat(name, dir_fd=run, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def held(path: str, dir_fd: int | None = None) -> bool:
     """Whether a keeper holds the lock at ``path`` (one flock attempt; nothing created:
     a lock file or run/ that is not there is held by nobody)."""
     import fcntl
 
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     try:
@@ -108,7 +143,6 @@ def _spawn(home: str, root: str, env: os._Environ[str]) -> int:
     import _signal  # type: ignore[import-not-found]  # signal.py builds enums: ~2 ms
 
     start_env = {k: env[k] for k in _AT_START if k in env}
-    start_env.update({k: v for k, v in env.items() if k.startswith("LC_")})
     start_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-P", "-m", MODULE, "--home", home, "--local-service", FLAG]
     r, w = os.pipe()  # both close on exec; dup2 makes the keeper's stdin inheritable

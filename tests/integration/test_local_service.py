@@ -137,7 +137,8 @@ def test_a_first_create_starts_the_service_at_its_first_line(local_home: Setting
     served_by = ping(local_home)
     environ = dict(entry.split(b"=", 1) for entry in
                    Path(f"/proc/{served_by}/environ").read_bytes().split(b"\0") if entry)
-    assert set(environ) <= {b"HOME", b"LANG", b"LANGUAGE", b"PYTHONPATH", b"LC_ALL"}
+    assert set(environ) <= {b"HOME", b"LANG", b"LANGUAGE", b"PYTHONPATH", b"LC_ALL",
+                            b"LC_CTYPE"}
     assert environ[b"LC_ALL"] == b"C.UTF-8"
     assert environ[b"PYTHONPATH"].split(b":")[0] == str(ROOT).encode()
     assert canary.encode() not in Path(f"/proc/{served_by}/environ").read_bytes()

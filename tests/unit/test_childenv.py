@@ -14,7 +14,7 @@ def test_only_system_names_and_asked_settings_pass() -> None:
         "SANDBOXER_TOKEN": "t", "SANDBOXER_URL": "http://x", "BAO_TOKEN": "b",
         "AWS_SECRET_ACCESS_KEY": "a", "MY_CANARY": "c", "LD_PRELOAD": "/evil.so",
         "SANDBOXER_LOCAL_API_TOKEN": "t2", "SANDBOXER_LOCAL_SIGNING_KEY": "k",
-        "PYTHONPATH": "/elsewhere",
+        "PYTHONPATH": "/elsewhere", "LC_MYTOKEN": "smuggled by SendEnv LC_*",
     }
     got = childenv.allowed(env, names=("SANDBOXER_PROFILES",), prefixes=("SANDBOXER_LOCAL_",))
     assert got == {
@@ -76,3 +76,24 @@ def test_a_keeper_started_early_gets_its_whole_environment_over_the_pipe() -> No
         assert childenv.receive_environ(io.BytesIO(junk)) is None
     odd = b'{"environ": {"A=B": "x", "": "y", "C": "\\u0000", "D": 1, "E": "ok"}}'
     assert childenv.receive_environ(io.BytesIO(odd)) == {"E": "ok"}
+
+
+def test_a_handover_the_keeper_cannot_take_gives_up_without_hanging() -> None:
+    """Too large for receive_environ, or not read in time (a keeper stuck in its start):
+    False, the pipe closed with nothing whole on it, and the caller starts a keeper
+    otherwise."""
+    import os
+    import time
+
+    big = {"PATH": "/bin", "SANDBOXER_BIG": "x" * (256 << 10)}  # past the pipe's buffer
+    r, w = os.pipe()
+    t = time.monotonic()
+    assert childenv.send_environ(w, big, Path("/h"), timeout=0.2) is False
+    assert time.monotonic() - t < 5
+    with os.fdopen(r, "rb") as stream:
+        assert childenv.receive_environ(stream) is None  # cut off: refused
+    r, w = os.pipe()
+    huge = {"PATH": "/bin", "SANDBOXER_BIG": "\x01" * (childenv.EARLY_MAX // 5)}
+    assert childenv.send_environ(w, huge, Path("/h")) is False
+    with os.fdopen(r, "rb") as stream:
+        assert stream.read() == b""

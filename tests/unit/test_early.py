@@ -78,6 +78,24 @@ def test_a_running_service_is_not_started_again(tmp_path: Path,
     assert early._pending == {}
 
 
+def test_a_run_dir_not_only_ours_is_not_touched(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run/ others may write, or a lock file that is a symlink: early opens nothing in
+    it and starts nothing (Settings.ensure, on the usual path, refuses or repairs it)."""
+    home = tmp_path / "home"
+    run = home / "run"
+    run.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    (run / "service.lock").symlink_to(victim)
+    monkeypatch.setenv("SANDBOXER_HOME", str(home))
+    for mode in (0o777, 0o700):  # loose; then ours, with the planted symlink in it
+        run.chmod(mode)
+        early.start(["create", "profile.local"], ROOT)
+        assert early._pending == {}
+    assert victim.read_text() == "x"
+
+
 def test_a_keeper_left_without_its_environment_exits_having_made_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real keeper: spawned, then abandoned (the command went its own way): it reads

@@ -99,12 +99,15 @@ class ServiceClient:
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         """One request; its result, or the error it answered (raised, final)."""
+        request = wire.encode({"v": wire.PROTOCOL, "op": op, "args": args,
+                               "key": self.key, "env": self.env})
+        if len(request) > wire.MAX_LINE:  # the service would refuse it: do it here
+            raise Unavailable(f"a request over {wire.MAX_LINE} bytes (the environment)")
         sock = self._connect()
         taken = False
         try:
             # The environment goes only to our own uid's service (checked in _open).
-            sock.sendall(wire.encode({"v": wire.PROTOCOL, "op": op, "args": args,
-                                      "key": self.key, "env": self.env}))
+            sock.sendall(request)
             for line in _lines(sock):
                 msg = json.loads(line)
                 if msg.get("taken") is True:
@@ -228,8 +231,9 @@ def start_early() -> None:
             return
         settings = Settings.from_env()
         home = str(settings.home)
-        if (fd := early.take(home)) is not None:  # the command's first line started it
-            childenv.send_environ(fd, {**env, **settings.env}, settings.home)
+        fd = early.take(home)  # the keeper the command's first line started, if any
+        if fd is not None and childenv.send_environ(fd, {**env, **settings.env},
+                                                    settings.home):
             _started.add(home)
             return
         early.abandon()

@@ -171,6 +171,7 @@ def test_a_thin_command_ends_at_once_only_when_nothing_waits(
 @pytest.mark.parametrize(("word", "asks"), [("-h", True), ("--help", True), ("--he", True),
                                             ("--dry-run", True), ("--dry", True),
                                             ("--ttl", False), ("--", False), ("-", False),
+                                            ("-qh", True), ("-q", False),
                                             ("profile.local", False)])
 def test_create_starts_no_service_early_for_help_or_a_dry_run(word: str, asks: bool) -> None:
     assert early.asks_no_create(word) is asks

@@ -160,6 +160,11 @@ def test_errors_keep_their_class_and_other_settings_fall_back(
     other = ServiceClient(settings, {**os.environ, "SANDBOXER_TUNNEL_VIA": "obr-x"})
     with pytest.raises(Unavailable, match="other settings"):
         other.create("profile.fake")
+    # An environment too large for one request line is worked with in-process, not
+    # refused by the service as a usage error.
+    huge = ServiceClient(settings, {**os.environ, "BIG": "\x01" * (wire.MAX_LINE // 5)})
+    with pytest.raises(Unavailable, match="over"):
+        huge.create("profile.fake")
 
 
 @pytest.mark.parametrize("line", [b"not json\n", b'{"v": "1", "op": "create"}\n',
