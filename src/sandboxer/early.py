@@ -10,12 +10,14 @@ it spawns (``sandboxer.service.daemon --started-early``) loads while the command
 What ``start`` cannot decide without the rest of sand-boxer it leaves to the usual path:
 it starts a keeper only for the plainest settings (no ``SANDBOXER_URL``,
 ``SANDBOXER_LOCAL_SERVICE`` unset or ``1``, a home given as a normalized absolute path or
-left to its default) when no service runs there. It gives that keeper nothing of the
-caller's environment but what the interpreter's start reads (``HOME``, the locale, the
-checkout on ``PYTHONPATH``). The keeper then waits on its stdin for the rest: once the
-command has read its settings, ``client/service.py`` ``start_early`` writes the
-environment a keeper is allowed (``childenv.for_keeper``) and closes the pipe — or closes
-it without a word (another home, settings it will not serve), and the keeper exits.
+left to its default) when no service runs there; it looks into ``run/`` only when that
+is a directory of ours nobody else may write, and follows no symlink there. It gives that
+keeper nothing of the caller's environment but what the interpreter's start reads
+(``HOME``, the locale, the checkout on ``PYTHONPATH``). The keeper then waits on its
+stdin for the rest: once the command has read its settings, ``client/service.py``
+``start_early`` writes the environment a keeper is allowed (``childenv.send_environ``)
+and closes the pipe — or closes it without a word (another home, settings it will not
+serve, a keeper that did not read in time), and the keeper exits.
 """
 
 from __future__ import annotations
