@@ -320,3 +320,30 @@ def test_a_request_over_the_spawners_message_size_starts_in_process() -> None:
         return type(child).__name__, await child.wait()
 
     assert asyncio.run(main()) == ("Child", 0)
+
+
+def test_a_stuck_spawner_is_killed_and_the_request_runs_in_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawner that takes a request and never answers (here: stopped) holds no create
+    forever: after SPAWN_TIMEOUT it is killed, the request starts in this process, and
+    the next request gets a new spawner."""
+    monkeypatch.setattr(spawnerclient, "SPAWN_TIMEOUT", 0.5)
+
+    async def main() -> tuple[int, int, bool, int, bool]:
+        assert await spawnerclient.started() is not None
+        stuck = _spawner_pid()
+        os.kill(stuck, signal.SIGSTOP)
+        t = time.monotonic()
+        child = await asyncio.wait_for(
+            spawn_jailed(["sh", "-c", "exit 3"], env=ENV, stdio=NULL, plan=None), 10)
+        waited = time.monotonic() - t
+        rc = await child.wait()
+        assert await spawnerclient.started() is not None
+        again = await spawn_jailed(["sh", "-c", "exit 4"], env=ENV, stdio=NULL, plan=None)
+        return (stuck, rc, isinstance(child, SpawnedChild), await again.wait(),
+                0.4 < waited < 5)
+
+    stuck, rc, via_spawner, again, timely = asyncio.run(main())
+    assert (rc, via_spawner, again, timely) == (3, False, 4, True)
+    assert not _alive(stuck)
+    assert _spawner_pid() != stuck

@@ -21,6 +21,7 @@ so they report -SIGKILL once their pidfd says they ended.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import errno
 import json
@@ -46,6 +47,9 @@ DEVNULL = -1  # for ``stdio``: /dev/null
 MODULE = "sandboxer.extensions.local.spawner"
 PIDFD_SIGNAL_PROCESS_GROUP = 4  # linux/pidfd.h, 6.9+: the pidfd's process group
 RETRY_AFTER = 30.0  # seconds without a spawner after it could not start
+# A spawner that answers no request in this long is stuck (stopped, hung): it is killed
+# and the request starts in process. A fork and its steps take milliseconds here.
+SPAWN_TIMEOUT = 30.0
 enabled = True  # False: always in-process (bench/warm_local.py measures both ways)
 
 
@@ -196,7 +200,11 @@ class Client:
             self._pending.pop(rid, None)
             raise
         try:
-            return await asyncio.shield(started)
+            return await asyncio.wait_for(asyncio.shield(started), SPAWN_TIMEOUT)
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            self._stuck()
+            raise Gone from None
         except asyncio.CancelledError:
             # The caller gave up: the child (forked or about to be) is killed, not kept.
             self._pending.pop(rid, None)
@@ -275,6 +283,15 @@ class Client:
             started.set_exception(OSError(int(d.get("errno") or errno.EIO),
                                           str(d.get("error", "the spawner failed"))))
 
+    def _stuck(self) -> None:
+        """It took a request and did not answer in ``SPAWN_TIMEOUT`` (stopped, hung): it
+        is killed, its children with it (so nothing of that request runs on), and the
+        next request starts a new one."""
+        _once("the spawner is stuck", f"no answer in {SPAWN_TIMEOUT:g}s; killed")
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self._gone()
+
     def _gone(self) -> None:
         if not self.alive:
             return
@@ -301,6 +318,7 @@ class Client:
 _client: Client | None = None
 _broken_until = 0.0
 _said: set[str] = set()
+_exit_hooked = False  # _at_exit registered (once a spawner started)
 
 
 def _once(what: str, why: object) -> None:
@@ -317,6 +335,16 @@ def _reset() -> None:
 os.register_at_fork(after_in_child=_reset)
 
 
+def _at_exit() -> None:
+    """The spawner ends with this process: its socket closed, it exits and is reaped
+    here (not left running for Popen's destructor to warn about)."""
+    c = _client
+    if c is not None and c.alive:
+        c._gone()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            c.proc.wait(1.0)
+
+
 def _pidfds() -> bool:
     try:
         os.close(os.pidfd_open(os.getpid()))
@@ -327,7 +355,7 @@ def _pidfds() -> bool:
 
 def client() -> Client | None:
     """The spawner of the running loop, started if needed; None: do without."""
-    global _client, _broken_until
+    global _client, _broken_until, _exit_hooked
     loop = asyncio.get_running_loop()
     if _client is not None and (_client.loop is not loop or not _client.alive):
         _client.close()
@@ -339,6 +367,9 @@ def client() -> Client | None:
             return None
         try:
             _client = Client(loop)
+            if not _exit_hooked:
+                atexit.register(_at_exit)
+                _exit_hooked = True
         except OSError as e:
             _broken_until = time.monotonic() + RETRY_AFTER
             _once("the spawner could not start", e)
