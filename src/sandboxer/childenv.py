@@ -64,7 +64,11 @@ def for_tool(env: Mapping[str, str], *, prefixes: tuple[str, ...] = ()) -> dict[
 
 def piped(caller: Mapping[str, str]) -> bytes:
     """What a keeper's starter writes to its stdin: the ``PIPED`` settings it has."""
-    return json.dumps({k: caller[k] for k in sorted(PIPED) if k in caller}).encode()
+    return json.dumps(_piped_settings(caller)).encode()
+
+
+def _piped_settings(caller: Mapping[str, str]) -> dict[str, str]:
+    return {k: caller[k] for k in sorted(PIPED) if k in caller}
 
 
 def send_piped(proc: subprocess.Popen[bytes], caller: Mapping[str, str]) -> None:
@@ -106,7 +110,7 @@ def send_environ(fd: int, caller: Mapping[str, str], home: Path,
     import select
     import time
 
-    environ = {**for_sandboxer(caller, home), **json.loads(piped(caller))}
+    environ = {**for_sandboxer(caller, home), **_piped_settings(caller)}
     data = memoryview(json.dumps({"environ": environ}).encode())
     try:
         if len(data) > EARLY_MAX:
@@ -141,8 +145,6 @@ def receive_environ(stream: BinaryIO) -> dict[str, str] | None:
         return None
     return {k: v for k, v in environ.items() if isinstance(k, str) and isinstance(v, str)
             and k and "=" not in k and "\0" not in k + v}
-
-
 
 
 def source_dir() -> str:

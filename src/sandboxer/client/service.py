@@ -236,7 +236,6 @@ def start_early() -> None:
                                                     settings.home):
             _started.add(home)
             return
-        early.abandon()
         if os.path.exists(wire.socket_path(settings)):
             return  # up (or a dead one's socket: the request finds out)
         if keeper.ensure_service(settings):
